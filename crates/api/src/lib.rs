@@ -1,0 +1,15 @@
+//! Outpost's contract with its users: manifest types, quantities, the
+//! selector language and validation. No I/O lives here.
+
+pub mod diagnostic;
+pub mod manifest;
+pub mod quantity;
+pub mod schema;
+pub mod selector;
+pub mod validate;
+pub mod yaml;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use manifest::{Kind, Manifest};
+pub use selector::Selector;
+pub use validate::{Document, check_batch, parse_documents};

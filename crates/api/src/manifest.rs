@@ -1,0 +1,585 @@
+//! The manifests operators write: `Site`, `Application` and `Deployment`
+//! (`apiVersion: outpost/v1`). Serde and the JSON Schema are derived from
+//! these types; the schema walker validates documents against that schema,
+//! so the published schema and the validator cannot drift apart.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::quantity::{Cpu, Duration, FailureBudget, Size};
+use crate::selector::Selector;
+
+/// The one API version this build understands.
+pub const API_VERSION: &str = "outpost/v1";
+
+/// Any manifest, tagged by its `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind")]
+pub enum Manifest {
+    Site(Site),
+    Application(Application),
+    Deployment(Deployment),
+}
+
+/// The kinds of object, as they appear in manifests, URLs and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Site,
+    Application,
+    Deployment,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Site, Kind::Application, Kind::Deployment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Site => "Site",
+            Kind::Application => "Application",
+            Kind::Deployment => "Deployment",
+        }
+    }
+
+    /// The plural, lower-case name used in URLs: `sites`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Site => "sites",
+            Kind::Application => "applications",
+            Kind::Deployment => "deployments",
+        }
+    }
+
+    /// Reads a kind as an operator types it: `site`, `sites`, `apps`, `deploy`…
+    pub fn from_cli(text: &str) -> Option<Kind> {
+        match text.to_ascii_lowercase().as_str() {
+            "site" | "sites" => Some(Kind::Site),
+            "application" | "applications" | "app" | "apps" => Some(Kind::Application),
+            "deployment" | "deployments" | "deploy" | "deploys" => Some(Kind::Deployment),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Manifest {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Manifest::Site(_) => Kind::Site,
+            Manifest::Application(_) => Kind::Application,
+            Manifest::Deployment(_) => Kind::Deployment,
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Manifest::Site(o) => &o.metadata,
+            Manifest::Application(o) => &o.metadata,
+            Manifest::Deployment(o) => &o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_str()
+    }
+
+    /// The spec alone, as JSON (what the store keeps beside the labels).
+    pub fn spec_json(&self) -> serde_json::Value {
+        let spec = match self {
+            Manifest::Site(o) => serde_json::to_value(&o.spec),
+            Manifest::Application(o) => serde_json::to_value(&o.spec),
+            Manifest::Deployment(o) => serde_json::to_value(&o.spec),
+        };
+        spec.unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `apiVersion: outpost/v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[default]
+    #[serde(rename = "outpost/v1")]
+    V1,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label: lower-case letters, digits and `-`, at most 63 characters.
+    pub name: Name,
+    /// The operator's labels, matched by selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A site: one location (a store, a plant, a vessel) with its own hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Site {
+    pub api_version: ApiVersion,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: SiteSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteSpec {
+    /// Per-site values usable in application env as `${site.NAME}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// A versioned set of services, each made of containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Application {
+    pub api_version: ApiVersion,
+    pub metadata: Metadata,
+    pub spec: ApplicationSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplicationSpec {
+    /// The application's version; a changed spec needs a new version.
+    pub version: String,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub name: Name,
+    /// Instances per site (default 1); exclusive with `mode: per-host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ServiceMode>,
+    /// Which hosts of a site may run this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Selector>,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    /// `replicas` instances per site.
+    Replicated,
+    /// One instance on every matching host.
+    PerHost,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container {
+    pub name: Name,
+    pub image: ImageRef,
+    /// Overrides the image entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Values may use `${site.NAME}` for the site's variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Named volumes; they survive updates of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// Host devices passed through, such as `/dev/video0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    #[schemars(range(min = 1, max = 65535))]
+    pub container: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub host: Option<u32>,
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn is_tcp(&self) -> bool {
+        *self == Protocol::Tcp
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpu: Option<u32>,
+}
+
+/// A health probe run by the agent: exactly one of `http`, `tcp`, `exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive failures before the instance is unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpProbe {
+    pub path: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpProbe {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecProbe {
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeMount {
+    pub name: Name,
+    /// Absolute path inside the container.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// Which version of an application runs on which sites, and how changes roll out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deployment {
+    pub api_version: ApiVersion,
+    pub metadata: Metadata,
+    pub spec: DeploymentSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub application: Name,
+    /// A version from the application's history; without it, the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Which sites run it, by their labels.
+    pub sites: Selector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// Sites updated first; the rest wait for `healthyFor` or a manual promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub canary: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_for: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<FailureBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// Waves of a fixed `size`, or growing by a factor (`exponential`) from `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waves {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 100))]
+    pub exponential: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub start: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Rollback,
+    Pause,
+}
+
+/// Declares a string newtype that is validated on parse and carries a schema
+/// `format` the schema walker checks with the same function.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $ty:ident, $format:literal, $check:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $check(s).map(|()| $ty(s.to_string()))
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($ty))
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({ "type": "string", "format": $format })
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// A DNS label (RFC 1123): the name of a site, application, service…
+    Name,
+    "dns-label",
+    check_dns_label
+);
+checked_string!(
+    /// A container image reference: `[registry/]path[:tag][@sha256:digest]`.
+    ImageRef,
+    "image",
+    check_image
+);
+
+pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if valid {
+        return Ok(());
+    }
+    let hint = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>();
+    let hint = hint.trim_matches('-');
+    if s.len() > 63 {
+        Err(format!("{s:?} is longer than 63 characters"))
+    } else if hint.is_empty() || hint.len() > 63 {
+        Err(format!(
+            "{s:?} is not a DNS label (lower-case letters, digits and '-')"
+        ))
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label (lower-case letters, digits and '-'; try {hint:?})"
+        ))
+    }
+}
+
+pub(crate) fn check_image(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{s:?} is not an image reference ({why})"));
+    if s.is_empty() {
+        return bad("it is empty");
+    }
+    if s.chars().any(char::is_whitespace) {
+        return bad("it contains white space");
+    }
+    let (name, digest) = match s.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (s, None),
+    };
+    if let Some(digest) = digest {
+        let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        if !valid {
+            return bad("a digest is sha256: and 64 lower-case hex digits");
+        }
+    }
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && !tag.starts_with(['.', '-']);
+        if !valid {
+            return bad("a tag is letters, digits, '_', '.' and '-'");
+        }
+    }
+    let mut components = path.split('/').peekable();
+    let mut first = true;
+    while let Some(component) = components.next() {
+        let is_registry = first
+            && components.peek().is_some()
+            && (component.contains(['.', ':']) || component == "localhost");
+        first = false;
+        if is_registry {
+            let valid = component
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+            if !valid || component.starts_with(['.', '-', ':']) {
+                return bad("the registry host is not valid");
+            }
+            continue;
+        }
+        let valid = !component.is_empty()
+            && component
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && component.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return bad("each path part is lower-case letters and digits, separated by '.', '_' or '-'");
+        }
+    }
+    Ok(())
+}
+
+/// Checks a value against one of the formats above; used by the schema walker.
+pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String>> {
+    Some(match format {
+        "dns-label" => check_dns_label(text),
+        "image" => check_image(text),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "store-042", "x1", &"a".repeat(63)] {
+            assert_eq!(check_dns_label(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_dns_label("Store_042").unwrap_err(),
+            r#""Store_042" is not a DNS label (lower-case letters, digits and '-'; try "store-042")"#
+        );
+        for bad in ["", "-a", "a-", "a.b", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images() {
+        for ok in [
+            "busybox",
+            "busybox:1.36",
+            "registry.example.com/pos/api:1.4.2",
+            "localhost:5000/cam/analytics",
+            "registry.example.com:5000/a/b/c:v1-rc.1",
+            "outpost/busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(check_image(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "Registry/Pos",
+            "pos api",
+            "pos/api:",
+            "pos//api",
+            "pos/api:-x",
+            "pos/api@sha256:xyz",
+            "-pos/api",
+        ] {
+            assert!(check_image(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kinds_from_cli() {
+        assert_eq!(Kind::from_cli("apps"), Some(Kind::Application));
+        assert_eq!(Kind::from_cli("Deploy"), Some(Kind::Deployment));
+        assert_eq!(Kind::from_cli("pods"), None);
+    }
+}

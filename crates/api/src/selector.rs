@@ -1,0 +1,545 @@
+//! The selector language that picks sites and hosts by their labels:
+//! `key`, `!key`, `key = v`, `key != v`, `key in (a, b)`, `key not in (a)`,
+//! ordering comparisons on numbers and sizes (`memory >= 4Gi`, `cpus > 2`),
+//! `and`, `or`, `not` and parentheses. `not` binds tighter than `and`, which
+//! binds tighter than `or`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::quantity::Size;
+
+/// A parsed selector; its text form is kept for display and storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    text: String,
+    expr: Expr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// Matches everything (the empty selector).
+    All,
+    Exists(String),
+    Compare(String, Op, String),
+    In {
+        key: String,
+        values: Vec<String>,
+        negated: bool,
+    },
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A parse error: what is wrong and at which character of the selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorError {
+    /// Offset in characters from the start of the selector text.
+    pub offset: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at character {})", self.message, self.offset + 1)
+    }
+}
+
+impl std::error::Error for SelectorError {}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Quoted(String),
+    Op(Op),
+    Bang,
+    LParen,
+    RParen,
+    Comma,
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':')
+}
+
+fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, SelectorError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let start = i;
+        let next = chars.get(i + 1).copied();
+        let token = match c {
+            c if c.is_whitespace() => {
+                i += 1;
+                continue;
+            }
+            '(' => Token::LParen,
+            ')' => Token::RParen,
+            ',' => Token::Comma,
+            '=' if next == Some('=') => {
+                i += 1;
+                Token::Op(Op::Eq)
+            }
+            '=' => Token::Op(Op::Eq),
+            '!' if next == Some('=') => {
+                i += 1;
+                Token::Op(Op::Ne)
+            }
+            '!' => Token::Bang,
+            '<' | '>' => {
+                let or_equal = next == Some('=');
+                if or_equal {
+                    i += 1;
+                }
+                Token::Op(match (c, or_equal) {
+                    ('<', false) => Op::Lt,
+                    ('<', true) => Op::Le,
+                    ('>', false) => Op::Gt,
+                    _ => Op::Ge,
+                })
+            }
+            '"' | '\'' => {
+                let quote = c;
+                let mut value = String::new();
+                i += 1;
+                while i < chars.len() && chars[i] != quote {
+                    value.push(chars[i]);
+                    i += 1;
+                }
+                if i == chars.len() {
+                    return Err(SelectorError {
+                        offset: start,
+                        message: format!("unterminated {quote} quote"),
+                    });
+                }
+                Token::Quoted(value)
+            }
+            c if is_word_char(c) => {
+                while i + 1 < chars.len() && is_word_char(chars[i + 1]) {
+                    i += 1;
+                }
+                Token::Word(chars[start..=i].iter().collect())
+            }
+            other => {
+                return Err(SelectorError {
+                    offset: start,
+                    message: format!("unexpected character {other:?}"),
+                });
+            }
+        };
+        tokens.push((start, token));
+        i += 1;
+    }
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<(usize, Token)>,
+    pos: usize,
+    end: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos).map(|(_, t)| t)
+    }
+
+    fn offset(&self) -> usize {
+        self.tokens.get(self.pos).map_or(self.end, |(o, _)| *o)
+    }
+
+    fn error<T>(&self, message: impl Into<String>) -> Result<T, SelectorError> {
+        Err(SelectorError {
+            offset: self.offset(),
+            message: message.into(),
+        })
+    }
+
+    fn is_keyword(&self, keyword: &str) -> bool {
+        matches!(self.peek(), Some(Token::Word(w)) if w == keyword)
+    }
+
+    fn or(&mut self) -> Result<Expr, SelectorError> {
+        let mut left = self.and()?;
+        while self.is_keyword("or") {
+            self.pos += 1;
+            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, SelectorError> {
+        let mut left = self.unary()?;
+        while self.is_keyword("and") {
+            self.pos += 1;
+            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Expr, SelectorError> {
+        if self.is_keyword("not") {
+            self.pos += 1;
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        if self.peek() == Some(&Token::Bang) {
+            self.pos += 1;
+            let key = self.key()?;
+            return Ok(Expr::Not(Box::new(Expr::Exists(key))));
+        }
+        if self.peek() == Some(&Token::LParen) {
+            self.pos += 1;
+            let inner = self.or()?;
+            if self.peek() != Some(&Token::RParen) {
+                return self.error("expected ')'");
+            }
+            self.pos += 1;
+            return Ok(inner);
+        }
+        self.comparison()
+    }
+
+    fn key(&mut self) -> Result<String, SelectorError> {
+        match self.peek() {
+            Some(Token::Word(w)) if !matches!(w.as_str(), "and" | "or" | "not" | "in") => {
+                let key = w.clone();
+                self.pos += 1;
+                Ok(key)
+            }
+            Some(_) => self.error("expected a label key"),
+            None => self.error("expected a label key, found the end"),
+        }
+    }
+
+    fn value(&mut self) -> Result<String, SelectorError> {
+        match self.peek() {
+            Some(Token::Word(w) | Token::Quoted(w)) => {
+                let value = w.clone();
+                self.pos += 1;
+                Ok(value)
+            }
+            Some(_) => self.error("expected a value"),
+            None => self.error("expected a value, found the end"),
+        }
+    }
+
+    fn comparison(&mut self) -> Result<Expr, SelectorError> {
+        let key = self.key()?;
+        match self.peek() {
+            Some(Token::Op(op)) => {
+                let op = *op;
+                self.pos += 1;
+                let at = self.offset();
+                let value = self.value()?;
+                if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) && ordinal(&value).is_none() {
+                    return Err(SelectorError {
+                        offset: at,
+                        message: format!("{value:?} is not a number or size, which {} needs", op_text(op)),
+                    });
+                }
+                Ok(Expr::Compare(key, op, value))
+            }
+            Some(Token::Word(w)) if w == "in" => {
+                self.pos += 1;
+                self.set(key, false)
+            }
+            Some(Token::Word(w)) if w == "not" => {
+                self.pos += 1;
+                if !self.is_keyword("in") {
+                    return self.error("expected 'in' after 'not'");
+                }
+                self.pos += 1;
+                self.set(key, true)
+            }
+            _ => Ok(Expr::Exists(key)),
+        }
+    }
+
+    fn set(&mut self, key: String, negated: bool) -> Result<Expr, SelectorError> {
+        if self.peek() != Some(&Token::LParen) {
+            return self.error("expected '(' to start the list of values");
+        }
+        self.pos += 1;
+        let mut values = vec![self.value()?];
+        loop {
+            match self.peek() {
+                Some(Token::Comma) => {
+                    self.pos += 1;
+                    values.push(self.value()?);
+                }
+                Some(Token::RParen) => {
+                    self.pos += 1;
+                    return Ok(Expr::In { key, values, negated });
+                }
+                _ => return self.error("expected ',' or ')' in the list of values"),
+            }
+        }
+    }
+}
+
+fn op_text(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Ne => "!=",
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+    }
+}
+
+/// The number a label value or literal stands for in an ordering comparison:
+/// plain numbers as they are, sizes (`4Gi`) in bytes.
+fn ordinal(text: &str) -> Option<f64> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .or_else(|| text.parse::<Size>().ok().map(|s| s.0 as f64))
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+
+    fn from_str(text: &str) -> Result<Self, SelectorError> {
+        let tokens = tokenize(text)?;
+        let end = text.chars().count();
+        if tokens.is_empty() {
+            return Ok(Selector {
+                text: String::new(),
+                expr: Expr::All,
+            });
+        }
+        let mut parser = Parser { tokens, pos: 0, end };
+        let expr = parser.or()?;
+        if parser.pos < parser.tokens.len() {
+            return parser.error("expected 'and', 'or' or the end of the selector");
+        }
+        Ok(Selector {
+            text: text.trim().to_string(),
+            expr,
+        })
+    }
+}
+
+impl Selector {
+    /// The selector that matches everything.
+    pub fn all() -> Self {
+        Selector {
+            text: String::new(),
+            expr: Expr::All,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// Whether a set of labels satisfies the selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        eval(&self.expr, labels)
+    }
+}
+
+fn eval(expr: &Expr, labels: &BTreeMap<String, String>) -> bool {
+    match expr {
+        Expr::All => true,
+        Expr::Exists(key) => labels.contains_key(key),
+        Expr::Compare(key, op, want) => {
+            let Some(have) = labels.get(key) else {
+                // An absent label is "not equal" to anything, as in Kubernetes.
+                return *op == Op::Ne;
+            };
+            match op {
+                Op::Eq => have == want,
+                Op::Ne => have != want,
+                ordering => match (ordinal(have), ordinal(want)) {
+                    (Some(h), Some(w)) => match ordering {
+                        Op::Lt => h < w,
+                        Op::Le => h <= w,
+                        Op::Gt => h > w,
+                        _ => h >= w,
+                    },
+                    _ => false,
+                },
+            }
+        }
+        Expr::In { key, values, negated } => {
+            let found = labels.get(key).is_some_and(|v| values.contains(v));
+            found != *negated
+        }
+        Expr::Not(inner) => !eval(inner, labels),
+        Expr::And(a, b) => eval(a, labels) && eval(b, labels),
+        Expr::Or(a, b) => eval(a, labels) || eval(b, labels),
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Selector {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Selector {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Selector")
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "format": "selector",
+            "description": "a label selector such as 'customer = acme and memory >= 2Gi'"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn evaluates() {
+        let store = labels(&[
+            ("customer", "acme"),
+            ("env", "prod"),
+            ("region", "eu-north"),
+            ("memory", "8Gi"),
+            ("cpus", "4"),
+            ("camera", "true"),
+        ]);
+        let table = [
+            ("", true),
+            ("customer", true),
+            ("!customer", false),
+            ("!gpu", true),
+            ("customer = acme", true),
+            ("customer == acme", true),
+            ("customer = 'acme'", true),
+            ("customer != acme", false),
+            ("tier != gold", true),
+            ("tier = gold", false),
+            ("region in (eu-north, eu-west)", true),
+            ("region in (us-east)", false),
+            ("region not in (us-east)", true),
+            ("tier not in (gold)", true),
+            ("memory >= 4Gi", true),
+            ("memory >= 8Gi", true),
+            ("memory > 8Gi", false),
+            ("memory < 16G", true),
+            ("cpus > 2", true),
+            ("cpus <= 2", false),
+            ("customer > 2", false),
+            ("missing >= 1", false),
+            ("customer = acme and env = prod", true),
+            ("customer = acme and env = dev", false),
+            ("customer = other or env = prod", true),
+            ("not customer = other", true),
+            ("not (customer = acme and env = prod)", false),
+            // `and` binds tighter than `or`:
+            ("env = dev and customer = other or camera", true),
+            ("env = dev and (customer = other or camera)", false),
+            // `not` binds tighter than `and`:
+            ("not env = dev and camera", true),
+            ("not (env = prod and camera)", false),
+            ("camera and memory >= 2Gi", true),
+        ];
+        for (text, want) in table {
+            let selector: Selector = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(selector.matches(&store), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn precedence_shapes() {
+        let parsed: Selector = "a or b and not c".parse().unwrap();
+        assert_eq!(
+            parsed.expr,
+            Expr::Or(
+                Box::new(Expr::Exists("a".into())),
+                Box::new(Expr::And(
+                    Box::new(Expr::Exists("b".into())),
+                    Box::new(Expr::Not(Box::new(Expr::Exists("c".into()))))
+                ))
+            )
+        );
+    }
+
+    #[test]
+    fn rejects_with_position() {
+        let table = [
+            ("customer =", 10, "expected a value, found the end"),
+            ("customer = acme and", 19, "expected a label key, found the end"),
+            ("(env = prod", 11, "expected ')'"),
+            (
+                "env = prod)",
+                10,
+                "expected 'and', 'or' or the end of the selector",
+            ),
+            (
+                "env = prod env = dev",
+                11,
+                "expected 'and', 'or' or the end of the selector",
+            ),
+            (
+                "region in eu-north",
+                10,
+                "expected '(' to start the list of values",
+            ),
+            ("region in (a b)", 13, "expected ',' or ')' in the list of values"),
+            (
+                "memory >= lots",
+                10,
+                "\"lots\" is not a number or size, which >= needs",
+            ),
+            ("env = 'prod", 6, "unterminated ' quote"),
+            ("env ~ prod", 4, "unexpected character '~'"),
+            ("region not (a)", 11, "expected 'in' after 'not'"),
+            ("and", 0, "expected a label key"),
+        ];
+        for (text, offset, message) in table {
+            let err = text.parse::<Selector>().unwrap_err();
+            assert_eq!((err.offset, err.message.as_str()), (offset, message), "{text}");
+        }
+    }
+}

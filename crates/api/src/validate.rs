@@ -1,0 +1,416 @@
+//! From text to validated manifests: YAML syntax, then the schema walk,
+//! then the rules a schema cannot say (duplicate names, exclusive fields,
+//! `${site.x}` references, host port clashes). Every problem is reported at
+//! once, each with `file:line:column` and its field path.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Path};
+use crate::manifest::{
+    Application, Container, Deployment, Health, Kind, Manifest, Metadata, ServiceMode, Site,
+};
+use crate::schema;
+use crate::yaml::{self, Node, Pos};
+
+/// A validated manifest and the tree it came from, for positions of later
+/// findings (such as a Deployment naming an application that does not exist).
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: String,
+    pub manifest: Manifest,
+    node: Node,
+}
+
+impl Document {
+    pub fn pos(&self, path: &Path) -> Pos {
+        path.locate(&self.node).pos
+    }
+
+    /// A diagnostic about this document at a field path.
+    pub fn diagnostic(&self, path: &Path, message: impl Into<String>) -> Diagnostic {
+        let pos = self.pos(path);
+        Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses and validates every document of a YAML (or JSON) stream.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnostics> {
+    let mut out = Diagnostics::default();
+    let nodes = match yaml::load(text) {
+        Ok(nodes) => nodes,
+        Err(err) => {
+            out.push(
+                file,
+                err.pos,
+                &Path::root(),
+                format!("not valid YAML: {}", err.message),
+            );
+            return Err(out);
+        }
+    };
+    if nodes.is_empty() {
+        out.push(
+            file,
+            Pos { line: 1, column: 1 },
+            &Path::root(),
+            "no manifests found (the file is empty)",
+        );
+        return Err(out);
+    }
+    let mut documents = Vec::new();
+    for node in nodes {
+        let before = out.len();
+        schema::check_document(file, &node, &mut out);
+        if out.len() > before {
+            continue;
+        }
+        match serde_json::from_value::<Manifest>(node.to_json()) {
+            Ok(manifest) => {
+                let document = Document {
+                    file: file.to_string(),
+                    manifest,
+                    node,
+                };
+                Checker {
+                    document: &document,
+                    out: &mut out,
+                }
+                .check();
+                documents.push(document);
+            }
+            // The schema walk should have caught this; report it all the same.
+            Err(err) => out.push(file, node.pos, &Path::root(), err.to_string()),
+        }
+    }
+    if out.is_empty() {
+        Ok(documents)
+    } else {
+        Err(out.sorted())
+    }
+}
+
+/// Checks a batch applied together: one object may be defined only once.
+pub fn check_batch(documents: &[Document]) -> Diagnostics {
+    let mut out = Diagnostics::default();
+    let mut first: HashMap<(Kind, &str), &Document> = HashMap::new();
+    let name_path = Path::root().field("metadata").field("name");
+    for document in documents {
+        let key = (document.manifest.kind(), document.manifest.name());
+        if let Some(earlier) = first.get(&key) {
+            let at = earlier.pos(&name_path);
+            out.0.push(document.diagnostic(
+                &name_path,
+                format!(
+                    "{} {:?} is defined twice (also at {}:{}:{})",
+                    key.0, key.1, earlier.file, at.line, at.column
+                ),
+            ));
+        } else {
+            first.insert(key, document);
+        }
+    }
+    out
+}
+
+struct Checker<'a> {
+    document: &'a Document,
+    out: &'a mut Diagnostics,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &Path, message: impl Into<String>) {
+        self.out.0.push(self.document.diagnostic(path, message));
+    }
+
+    fn check(&mut self) {
+        let root = Path::root();
+        match &self.document.manifest {
+            Manifest::Site(site) => {
+                self.metadata(&site.metadata, &root);
+                self.site(site, &root.field("spec"));
+            }
+            Manifest::Application(app) => {
+                self.metadata(&app.metadata, &root);
+                self.application(app, &root.field("spec"));
+            }
+            Manifest::Deployment(deployment) => {
+                self.metadata(&deployment.metadata, &root);
+                self.deployment(deployment, &root.field("spec"));
+            }
+        }
+    }
+
+    fn metadata(&mut self, metadata: &Metadata, root: &Path) {
+        let labels = root.field("metadata").field("labels");
+        for (key, value) in &metadata.labels {
+            let path = labels.field(key);
+            if let Err(message) = check_label_key(key) {
+                self.error(&path, message);
+            }
+            if let Err(message) = check_label_value(value) {
+                self.error(&path, message);
+            }
+        }
+    }
+
+    fn site(&mut self, site: &Site, spec: &Path) {
+        for name in site.spec.variables.keys() {
+            if !is_identifier(name) {
+                self.error(
+                    &spec.field("variables").field(name),
+                    format!(
+                        "{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn application(&mut self, app: &Application, spec: &Path) {
+        let version = &app.spec.version;
+        if version.is_empty() || version.len() > 128 || version.chars().any(char::is_whitespace) {
+            self.error(
+                &spec.field("version"),
+                format!("{version:?} is not a version (1 to 128 characters, no spaces)"),
+            );
+        }
+        let services = spec.field("services");
+        if app.spec.services.is_empty() {
+            self.error(&services, "an application needs at least one service");
+        }
+        let mut service_names: HashMap<&str, usize> = HashMap::new();
+        let mut host_ports: HashMap<(u32, bool), String> = HashMap::new();
+        for (i, service) in app.spec.services.iter().enumerate() {
+            let path = services.index(i);
+            if let Some(first) = service_names.insert(service.name.as_str(), i) {
+                self.error(
+                    &path.field("name"),
+                    format!(
+                        "duplicate service name {:?} (also spec.services[{first}])",
+                        service.name.as_str()
+                    ),
+                );
+            }
+            if service.mode == Some(ServiceMode::PerHost) && service.replicas.is_some() {
+                self.error(
+                    &path.field("replicas"),
+                    "replicas cannot be combined with mode: per-host",
+                );
+            }
+            let containers = path.field("containers");
+            if service.containers.is_empty() {
+                self.error(&containers, "a service needs at least one container");
+            }
+            let mut container_names: HashMap<&str, usize> = HashMap::new();
+            for (j, container) in service.containers.iter().enumerate() {
+                let path = containers.index(j);
+                if let Some(first) = container_names.insert(container.name.as_str(), j) {
+                    self.error(
+                        &path.field("name"),
+                        format!(
+                            "duplicate container name {:?} (also containers[{first}])",
+                            container.name.as_str()
+                        ),
+                    );
+                }
+                self.container(container, &path, &mut host_ports);
+            }
+        }
+    }
+
+    fn container(
+        &mut self,
+        container: &Container,
+        path: &Path,
+        host_ports: &mut HashMap<(u32, bool), String>,
+    ) {
+        for (name, value) in &container.env {
+            let env_path = path.field("env").field(name);
+            if !is_identifier(name) {
+                self.error(
+                    &env_path,
+                    format!("{name:?} is not an environment variable name (letters, digits and '_')"),
+                );
+            }
+            if let Err(message) = check_references(value) {
+                self.error(&env_path, message);
+            }
+        }
+        for (k, port) in container.ports.iter().enumerate() {
+            let Some(host) = port.host else { continue };
+            let port_path = path.field("ports").index(k).field("host");
+            let key = (host, port.protocol == crate::manifest::Protocol::Udp);
+            if let Some(other) = host_ports.get(&key) {
+                self.error(&port_path, format!("host port {host} is already used by {other}"));
+            } else {
+                host_ports.insert(key, port_path.to_string());
+            }
+        }
+        if let Some(health) = &container.health {
+            self.health(health, &path.field("health"));
+        }
+        let mut mount_paths: BTreeMap<&str, usize> = BTreeMap::new();
+        for (k, volume) in container.volumes.iter().enumerate() {
+            let volume_path = path.field("volumes").index(k).field("path");
+            if !volume.path.starts_with('/') {
+                self.error(&volume_path, format!("{:?} is not an absolute path", volume.path));
+            } else if let Some(first) = mount_paths.insert(volume.path.as_str(), k) {
+                self.error(
+                    &volume_path,
+                    format!("{:?} is already mounted by volumes[{first}]", volume.path),
+                );
+            }
+        }
+        for (k, device) in container.devices.iter().enumerate() {
+            if !device.starts_with("/dev/") {
+                self.error(
+                    &path.field("devices").index(k),
+                    format!("{device:?} is not a device path (such as /dev/video0)"),
+                );
+            }
+        }
+    }
+
+    fn health(&mut self, health: &Health, path: &Path) {
+        let probes = [health.http.is_some(), health.tcp.is_some(), health.exec.is_some()];
+        match probes.iter().filter(|p| **p).count() {
+            0 => self.error(path, "a health check needs one of http, tcp or exec"),
+            1 => {}
+            _ => self.error(path, "a health check takes only one of http, tcp or exec"),
+        }
+        if let Some(http) = &health.http
+            && !http.path.starts_with('/')
+        {
+            self.error(
+                &path.field("http").field("path"),
+                format!("{:?} must start with '/'", http.path),
+            );
+        }
+        if let Some(exec) = &health.exec
+            && exec.command.is_empty()
+        {
+            self.error(&path.field("exec").field("command"), "the command is empty");
+        }
+    }
+
+    fn deployment(&mut self, deployment: &Deployment, spec: &Path) {
+        if let Some(version) = &deployment.spec.version
+            && version.trim().is_empty()
+        {
+            self.error(
+                &spec.field("version"),
+                "the version is empty (leave it out to follow the application)",
+            );
+        }
+        let Some(rollout) = &deployment.spec.rollout else {
+            return;
+        };
+        let rollout_path = spec.field("rollout");
+        if let Some(waves) = &rollout.waves {
+            let path = rollout_path.field("waves");
+            match (waves.size, waves.exponential) {
+                (Some(_), Some(_)) => self.error(&path, "waves take either size or exponential, not both"),
+                (None, None) => self.error(&path, "waves need size (fixed) or exponential (growing)"),
+                (Some(_), None) if waves.start.is_some() => {
+                    self.error(&path.field("start"), "start goes with exponential waves")
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Label keys: an optional DNS prefix and `/`, then a name of at most 63
+/// letters, digits, `-`, `_`, `.`, starting and ending alphanumeric.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix
+                .split('.')
+                .all(|part| crate::manifest::check_dns_label(part).is_ok());
+        if !valid {
+            return Err(format!(
+                "label key {key:?} has an invalid prefix (a DNS name such as example.com)"
+            ));
+        }
+    }
+    if !is_label_text(name) || name.is_empty() {
+        return Err(format!(
+            "label key {key:?} is not valid (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_text(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value {value:?} is not valid (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+fn is_label_text(text: &str) -> bool {
+    text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The `${site.NAME}` references in an env value; `$$` writes a literal `$`.
+pub fn site_references(value: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            rest = after;
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            return Err(format!("unterminated \"${{\" in {value:?}"));
+        };
+        let reference = &body[..end];
+        match reference.strip_prefix("site.") {
+            Some(name) if is_identifier(name) => names.push(name),
+            _ => {
+                return Err(format!(
+                    "\"${{{reference}}}\" is not a reference this can resolve (use ${{site.NAME}} for a site variable, $$ for a literal $)"
+                ));
+            }
+        }
+        rest = &body[end + 1..];
+    }
+    Ok(names)
+}
+
+fn check_references(value: &str) -> Result<(), String> {
+    site_references(value).map(drop)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! A YAML (and so JSON) document tree that remembers where every node stands,
+//! so that every diagnostic can name `file:line:column`.
+//!
+//! Maps keep their entries in order and keep duplicate keys (a typo an
+//! operator must be told about, where most loaders silently keep the last).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use saphyr::Scalar;
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    /// Whether a scalar was written in quotes (its text starts one column later).
+    pub quoted: bool,
+    pub value: Value,
+}
+
+impl Node {
+    /// The node's value in a short form for messages: `"256MB"`, `12`, `a map`.
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Value::Null => "nothing".to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Str(s) => format!("{s:?}"),
+            Value::Seq(_) => "a list".to_string(),
+            Value::Map(_) => "a map".to_string(),
+        }
+    }
+
+    /// The scalar's text, for values that may be written as a string or a number.
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Looks up a key in a map node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The plain JSON value, positions dropped (the last of duplicate keys wins,
+    /// but duplicates are reported before anything is converted).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A syntax error: the document is not YAML at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+enum Frame {
+    Seq(Pos, usize, Vec<Node>),
+    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
+}
+
+/// Loads every document of a YAML stream. Empty documents are skipped.
+pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut documents = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next.map_err(|e| SyntaxError {
+            pos: Pos {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
+            },
+            message: e.info().to_string(),
+        })?;
+        let pos = Pos {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        };
+        let (node, anchor) = match event {
+            Event::SequenceStart(anchor, _) => {
+                stack.push(Frame::Seq(pos, anchor, Vec::new()));
+                continue;
+            }
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map(pos, anchor, Vec::new(), None));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq(pos, anchor, items)) => (
+                    Node {
+                        pos,
+                        quoted: false,
+                        value: Value::Seq(items),
+                    },
+                    anchor,
+                ),
+                Some(Frame::Map(pos, anchor, entries, _)) => (
+                    Node {
+                        pos,
+                        quoted: false,
+                        value: Value::Map(entries),
+                    },
+                    anchor,
+                ),
+                None => continue,
+            },
+            Event::Scalar(text, style, anchor, tag) => {
+                let quoted = matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted);
+                let value = match Scalar::parse_from_cow_and_metadata(text.clone(), style, tag.as_ref()) {
+                    Some(Scalar::Null) => Value::Null,
+                    Some(Scalar::Boolean(b)) => Value::Bool(b),
+                    Some(Scalar::Integer(i)) => Value::Int(i),
+                    Some(Scalar::FloatingPoint(f)) => Value::Float(f.into_inner()),
+                    Some(Scalar::String(s)) => Value::Str(s.into_owned()),
+                    None => Value::Str(text.into_owned()),
+                };
+                (Node { pos, quoted, value }, anchor)
+            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(node) => (node.clone(), 0),
+                None => {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "alias to an unknown anchor".to_string(),
+                    });
+                }
+            },
+            Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(_)
+            | Event::DocumentEnd
+            | Event::Nothing => continue,
+        };
+        if anchor != 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            Some(Frame::Seq(_, _, items)) => items.push(node),
+            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                Some(key) => entries.push((key, node)),
+                None => *pending = Some(node),
+            },
+            None if node.value == Value::Null => {}
+            None => documents.push(node),
+        }
+    }
+    Ok(documents)
+}
+
+/// Keys as an operator reads them, for messages.
+pub(crate) fn key_text(node: &Node) -> Cow<'_, str> {
+    match &node.value {
+        Value::Str(s) => Cow::Borrowed(s),
+        _ => Cow::Owned(node.describe()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_and_documents() {
+        let docs = load("a: 1\nb:\n  - x\n  - 'y'\n---\n# empty\n---\nc: {d: 2.5}\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        let b = docs[0].get("b").unwrap();
+        let Value::Seq(items) = &b.value else {
+            panic!("not a list")
+        };
+        assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
+        assert!(items[1].quoted);
+        assert_eq!(
+            docs[1].get("c").unwrap().get("d").unwrap().value,
+            Value::Float(2.5)
+        );
+    }
+
+    #[test]
+    fn keeps_duplicates_and_types() {
+        let doc = &load("k: 1\nk: '1'\nv: 1.4\nn: ~\nt: true\n").unwrap()[0];
+        let Value::Map(entries) = &doc.value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[1].1.value, Value::Str("1".into()));
+        assert_eq!(entries[3].1.value, Value::Null);
+    }
+
+    #[test]
+    fn aliases_resolve() {
+        let doc = &load("base: &b {x: 1}\nother: *b\n").unwrap()[0];
+        assert_eq!(doc.get("other").unwrap().to_json(), serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = load("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1, "{err:?}");
+        assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn json_is_yaml() {
+        let doc = &load("{\n  \"kind\": \"Site\",\n  \"n\": 3\n}").unwrap()[0];
+        assert_eq!(doc.get("n").unwrap().pos, Pos { line: 3, column: 8 });
+    }
+}
