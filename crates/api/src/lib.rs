@@ -1,12 +1,14 @@
 //! Outpost's contract with its users: manifest types, quantities, the
 //! selector language and validation. No I/O lives here.
 
+pub mod client_config;
 pub mod diagnostic;
 pub mod manifest;
 pub mod quantity;
 pub mod schema;
 pub mod selector;
 pub mod validate;
+pub mod wire;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};

@@ -27,7 +27,7 @@ pub enum Manifest {
 }
 
 /// The kinds of object, as they appear in manifests, URLs and the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Kind {
     Site,
     Application,

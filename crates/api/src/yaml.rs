@@ -194,6 +194,14 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
     Ok(documents)
 }
 
+/// Reads the first document of a YAML text into a serde type (for small
+/// files such as the CLI configuration, where positions matter less).
+pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let documents = load(text).map_err(|e| format!("line {}: {}", e.pos.line, e.message))?;
+    let document = documents.into_iter().next().ok_or("the file is empty")?;
+    serde_json::from_value(document.to_json()).map_err(|e| e.to_string())
+}
+
 /// Keys as an operator reads them, for messages.
 pub(crate) fn key_text(node: &Node) -> Cow<'_, str> {
     match &node.value {

@@ -1,1 +1,8 @@
-//! placeholder
+//! The `outpost` command-line client: reads manifests, validates them
+//! locally with the server's own rules, and talks to the REST API.
+
+pub mod client;
+pub mod commands;
+pub mod output;
+
+pub use client::{CliError, Client};

@@ -1,1 +1,137 @@
-//! placeholder
+//! The Outpost control plane: store, certificate authority, admin
+//! credentials and the operator REST API over HTTPS.
+
+pub mod api;
+pub mod auth;
+pub mod pki;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use outpost_api::client_config::ClientConfig;
+use tokio::net::TcpListener;
+
+use crate::pki::Pki;
+use crate::store::{SqliteStore, Store};
+
+/// Where the admin credentials are written, inside the data directory.
+pub const ADMIN_CONFIG: &str = "admin.yaml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra names (DNS or IP) for the server certificate.
+    pub tls_san: Vec<String>,
+}
+
+/// A control plane that is listening; `serve` runs it until shutdown.
+pub struct ControlPlane {
+    pub local_addr: SocketAddr,
+    /// The URL written into `admin.yaml`.
+    pub url: String,
+    pub admin_config: PathBuf,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl ControlPlane {
+    /// Prepares the data directory (store, CA, admin credentials) and binds
+    /// the listener; nothing is served until `serve`.
+    pub async fn start(config: &Config) -> Result<ControlPlane> {
+        pki::create_private_dir(&config.data_dir)?;
+        let store = SqliteStore::open(&config.data_dir.join("outpost.db"))
+            .await
+            .context("opening the store")?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let url = local_url(local_addr);
+
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        if let Some(host) = host_name() {
+            names.push(host);
+        }
+        if !local_addr.ip().is_unspecified() {
+            names.push(local_addr.ip().to_string());
+        }
+        names.extend(config.tls_san.iter().cloned());
+        names.dedup();
+        let pki = Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
+        let tls = server::tls_config(&pki)?;
+
+        let admin_config = config.data_dir.join(ADMIN_CONFIG);
+        write_admin_config(&admin_config, &url, &pki, store.as_ref()).await?;
+        Ok(ControlPlane {
+            local_addr,
+            url,
+            admin_config,
+            listener,
+            store,
+            tls,
+        })
+    }
+
+    /// Serves the API until `shutdown` completes, then drains and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let router = api::router(api::AppState {
+            store: self.store.clone(),
+        });
+        tracing::info!(url = %self.url, admin = %self.admin_config.display(), "control plane listening");
+        server::serve(self.listener, self.tls, router, shutdown).await;
+        self.store.close().await;
+        tracing::info!("control plane stopped");
+    }
+}
+
+fn local_url(addr: SocketAddr) -> String {
+    let port = addr.port();
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("https://127.0.0.1:{port}"),
+        std::net::IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+        ip => format!("https://{ip}:{port}"),
+    }
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')).then_some(name)
+}
+
+/// Writes `admin.yaml` (mode 0600). On first start this issues the admin
+/// token; later starts keep its token and refresh the URL and CA. If the file
+/// was removed, a new admin token is issued (the old one stays valid).
+async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Store) -> Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => Some(
+            outpost_api::yaml::from_str::<ClientConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let token = match existing.as_ref().and_then(|c| c.context(None)) {
+        Some(context) => context.token.clone(),
+        None => {
+            let token = auth::new_token();
+            let hash = auth::hash_token(&token);
+            // The hash's prefix names the token in the audit log without revealing it.
+            let name = format!("admin-{}", &hash[..8]);
+            store.add_api_token(&name, &hash).await?;
+            tracing::info!(token_name = %name, "issued an admin API token");
+            token
+        }
+    };
+    let config = ClientConfig::single("default", url, &pki.ca_pem, &token);
+    let text = serde_saphyr::to_string(&config).context("writing the admin configuration")?;
+    pki::write_private(path, text.as_bytes())
+}

@@ -1,1 +1,260 @@
-fn main() {}
+//! The `outpost` binary: parses the command line, sets up logging and the
+//! TLS provider, and hands over to the control plane or the CLI.
+
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use outpost_api::manifest::Kind;
+use outpost_cli::output::Format;
+use outpost_cli::{CliError, Client, commands};
+
+/// Orchestrates container applications across thousands of edge sites.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, about, propagate_version = true)]
+struct Cli {
+    /// The CLI configuration file [default: $OUTPOST_CONFIG or ~/.config/outpost/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The context to use instead of the configuration's current one
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane
+    Control {
+        /// Where the store, certificates and admin.yaml live
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost")]
+        data_dir: PathBuf,
+        /// Address of the REST API (HTTPS)
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7800")]
+        listen: std::net::SocketAddr,
+        /// Extra DNS name or IP address for the server certificate (repeatable)
+        #[arg(long, value_name = "NAME")]
+        tls_san: Vec<String>,
+    },
+    /// Quickstart: a local control plane with the example manifests applied
+    Up {
+        /// Where the quickstart keeps its data [default: ~/.local/share/outpost/up]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the REST API
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7800")]
+        listen: std::net::SocketAddr,
+    },
+    /// Create or update objects from manifest files (all or nothing)
+    Apply {
+        /// A manifest file, a directory of them, or - for standard input (repeatable)
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and report what would change; store nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what apply would change
+    Diff {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check manifest files without a control plane
+    Validate {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List objects, or show one
+    Get {
+        /// sites, applications (apps) or deployments (deploy)
+        #[arg(value_parser = parse_kind)]
+        kind: Kind,
+        name: Option<String>,
+        /// Only objects whose labels match, e.g. 'customer = acme and env = prod'
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show one object in detail
+    Describe {
+        #[arg(value_parser = parse_kind)]
+        kind: Kind,
+        name: String,
+    },
+    /// Delete one object
+    Delete {
+        #[arg(value_parser = parse_kind)]
+        kind: Kind,
+        name: String,
+    },
+    /// Show the kept versions of an application
+    History {
+        /// Only `application` has a history
+        #[arg(value_parser = parse_history_kind)]
+        kind: Kind,
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print the JSON Schema of the manifests (for editors and CI)
+    Schema,
+    /// Print a shell completion script
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(format: OutputFormat) -> Format {
+        match format {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Wide => Format::Wide,
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Yaml => Format::Yaml,
+        }
+    }
+}
+
+fn parse_kind(text: &str) -> Result<Kind, String> {
+    Kind::from_cli(text).ok_or_else(|| format!("unknown kind {text:?} (use sites, applications or deployments)"))
+}
+
+fn parse_history_kind(text: &str) -> Result<Kind, String> {
+    match Kind::from_cli(text) {
+        Some(Kind::Application) => Ok(Kind::Application),
+        _ => Err(format!("{text:?} has no history (use: outpost history application NAME)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS provider for the whole process: ring (pure Rust build, no aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error; manifest problems one per line, like a compiler.
+fn report(err: &anyhow::Error) {
+    if let Some(cli_error) = err.downcast_ref::<CliError>() {
+        for diagnostic in &cli_error.diagnostics {
+            eprintln!("{diagnostic}");
+        }
+        eprintln!("error: {}", cli_error.message);
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub(crate) async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let path = outpost_cli::client::config_path(cli.config.as_deref())
+        .context("no configuration file: pass --config FILE or set OUTPOST_CONFIG")?;
+    let config = outpost_cli::client::load_config(&path)?;
+    let context = config.context(cli.context.as_deref()).with_context(|| {
+        let name = cli.context.as_deref().unwrap_or(&config.current_context);
+        format!("{}: no context named {name:?}", path.display())
+    })?;
+    Client::new(context)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let output = match &cli.command {
+        Command::Control {
+            data_dir,
+            listen,
+            tls_san,
+        } => {
+            init_logging();
+            let config = outpost_control::Config {
+                data_dir: data_dir.clone(),
+                listen: *listen,
+                tls_san: tls_san.clone(),
+            };
+            let control = outpost_control::ControlPlane::start(&config).await?;
+            control.serve(shutdown_signal()).await;
+            return Ok(());
+        }
+        Command::Up { data_dir, listen } => {
+            init_logging();
+            return up::run(data_dir.clone(), *listen, cli.config.clone()).await;
+        }
+        Command::Schema => {
+            let mut text = serde_json::to_string_pretty(outpost_api::schema::manifest_schema())?;
+            text.push('\n');
+            text
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "outpost", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Validate { files } => {
+            let files = commands::read_sources(files)?;
+            let manifests = commands::validate(&files)?;
+            format!("{} manifest(s) valid\n", manifests.len())
+        }
+        Command::Apply { files, dry_run } => {
+            commands::apply(&client(&cli)?, commands::read_sources(files)?, *dry_run).await?
+        }
+        Command::Diff { files } => commands::diff(&client(&cli)?, commands::read_sources(files)?).await?,
+        Command::Get {
+            kind,
+            name,
+            selector,
+            output,
+        } => commands::get(&client(&cli)?, *kind, name.as_deref(), selector.as_deref(), (*output).into()).await?,
+        Command::Describe { kind, name } => commands::describe(&client(&cli)?, *kind, name).await?,
+        Command::Delete { kind, name } => commands::delete(&client(&cli)?, *kind, name).await?,
+        Command::History { name, output, .. } => commands::history(&client(&cli)?, name, (*output).into()).await?,
+    };
+    print!("{output}");
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The REST API's bodies, shared by the control plane and the CLI.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::Diagnostic;
+use crate::manifest::{ApiVersion, Kind, Manifest};
+
+/// An object as the control plane stores it: the manifest plus what the
+/// server keeps about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredObject {
+    pub api_version: ApiVersion,
+    pub kind: Kind,
+    pub metadata: ObjectMeta,
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Raised by one each time the object's labels or spec change.
+    pub generation: i64,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl StoredObject {
+    /// The manifest as the operator wrote it, without the server's fields.
+    pub fn manifest(&self) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_value(self.manifest_json())
+    }
+
+    /// The manifest as JSON (what `outpost diff` compares).
+    pub fn manifest_json(&self) -> serde_json::Value {
+        manifest_json(self.kind, &self.metadata.name, &self.metadata.labels, &self.spec)
+    }
+}
+
+/// A manifest as JSON in one canonical layout, whether it comes from the
+/// store or from a file, so that two of them compare field by field.
+pub fn manifest_json(
+    kind: Kind,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    spec: &serde_json::Value,
+) -> serde_json::Value {
+    let mut metadata = serde_json::json!({ "name": name });
+    if !labels.is_empty() {
+        metadata["labels"] = serde_json::json!(labels);
+    }
+    serde_json::json!({
+        "apiVersion": ApiVersion::V1,
+        "kind": kind,
+        "metadata": metadata,
+        "spec": spec,
+    })
+}
+
+impl Manifest {
+    /// This manifest in the layout of [`manifest_json`].
+    pub fn to_canonical_json(&self) -> serde_json::Value {
+        let metadata = self.metadata();
+        manifest_json(self.kind(), metadata.name.as_str(), &metadata.labels, &self.spec_json())
+    }
+}
+
+/// A batch of manifest files applied together: all of it, or none of it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub files: Vec<SourceFile>,
+    /// Validate and report what would change, store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceFile {
+    /// Shown in diagnostics (`pos.yaml:14:9: …`).
+    pub name: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResponse {
+    pub dry_run: bool,
+    pub results: Vec<ApplyResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub kind: Kind,
+    pub name: String,
+    pub action: ApplyAction,
+    /// The generation after the apply (or that it would have).
+    pub generation: i64,
+    /// The object before this apply, if it existed (for `outpost diff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<StoredObject>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl ApplyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyAction::Created => "created",
+            ApplyAction::Configured => "configured",
+            ApplyAction::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One stored version of an application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationVersion {
+    pub version: String,
+    /// The application's generation when this version was last applied.
+    pub generation: i64,
+    pub applied_at: String,
+    pub current: bool,
+    pub spec: serde_json::Value,
+}
+
+/// Every error response: a stable code, a message, and for manifests every
+/// diagnostic with its position.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorInfo {
+    /// Stable and machine-readable: `invalid_manifest`, `not_found`, `unauthorized`…
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// `GET /api/v1/{kind}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ObjectList {
+    pub items: Vec<StoredObject>,
+}

@@ -1,0 +1,173 @@
+//! The REST client: HTTPS that trusts only the control plane's own CA, the
+//! context's bearer token, and server errors turned into `CliError`s that
+//! keep every diagnostic.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use outpost_api::Diagnostic;
+use outpost_api::client_config::{ClientConfig, Context};
+use outpost_api::manifest::Kind;
+use outpost_api::wire::{ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, ObjectList, StoredObject};
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+
+/// An error to show the operator as it is (exit code 1).
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        for diagnostic in &self.diagnostics {
+            write!(f, "\n  {diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CliError {}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// Where the configuration comes from: `--config`, `$OUTPOST_CONFIG`, or
+/// `~/.config/outpost/config.yaml`.
+pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("OUTPOST_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    dirs::config_dir().map(|dir| dir.join("outpost").join("config.yaml"))
+}
+
+pub fn load_config(path: &Path) -> Result<ClientConfig> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "no configuration at {}: pass --config FILE or set OUTPOST_CONFIG (the control plane writes DATA_DIR/admin.yaml; `outpost up` sets up the default one)",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(err).context(format!("reading {}", path.display()))
+        }
+    })?;
+    outpost_api::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+impl Client {
+    pub fn new(context: &Context) -> Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut reader = context.certificate_authority.as_bytes();
+        for cert in rustls_pemfile::certs(&mut reader) {
+            roots
+                .add(cert.context("the context's certificateAuthority is not PEM")?)
+                .context("the context's certificateAuthority is not a usable certificate")?;
+        }
+        if roots.is_empty() {
+            anyhow::bail!("context {:?} has no certificateAuthority", context.name);
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(Arc::new(roots))
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("setting up HTTPS")?;
+        Ok(Client {
+            http,
+            base: format!("{}/api/v1", context.server.trim_end_matches('/')),
+            token: context.token.clone(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
+        let response = request.send().await.map_err(|err| {
+            let mut cause: &dyn std::error::Error = &err;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            CliError {
+                message: format!("cannot reach the control plane at {}: {cause}", self.base),
+                diagnostics: Vec::new(),
+            }
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the response")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).context("the control plane sent a response this CLI cannot read");
+        }
+        let error = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => CliError {
+                message: body.error.message,
+                diagnostics: body.error.diagnostics,
+            },
+            Err(_) => CliError {
+                message: format!("the control plane answered {status}"),
+                diagnostics: Vec::new(),
+            },
+        };
+        Err(error.into())
+    }
+
+    pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse> {
+        self.send(self.request(Method::POST, "/apply").json(request)).await
+    }
+
+    pub async fn list(&self, kind: Kind, selector: Option<&str>) -> Result<Vec<StoredObject>> {
+        let mut request = self.request(Method::GET, &format!("/{}", kind.plural()));
+        if let Some(selector) = selector {
+            request = request.query(&[("selector", selector)]);
+        }
+        let list: ObjectList = self.send(request).await?;
+        Ok(list.items)
+    }
+
+    pub async fn get(&self, kind: Kind, name: &str) -> Result<StoredObject> {
+        self.send(self.request(Method::GET, &format!("/{}/{}", kind.plural(), encode(name))))
+            .await
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<StoredObject> {
+        self.send(self.request(Method::DELETE, &format!("/{}/{}", kind.plural(), encode(name))))
+            .await
+    }
+
+    pub async fn history(&self, application: &str) -> Result<Vec<ApplicationVersion>> {
+        self.send(self.request(Method::GET, &format!("/applications/{}/history", encode(application))))
+            .await
+    }
+}
+
+/// Names are DNS labels, but a mistyped one must not break the URL.
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

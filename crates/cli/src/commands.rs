@@ -1,0 +1,478 @@
+//! The CLI's commands. Each returns the text to print, so tests can check it
+//! and the binary only prints.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use outpost_api::manifest::{Application, Container, Deployment, Kind, Manifest, ServiceMode, Site};
+use outpost_api::selector::Selector;
+use outpost_api::wire::{ApplyAction, ApplyRequest, SourceFile, StoredObject};
+use outpost_api::{Diagnostics, check_batch, parse_documents};
+
+use crate::client::{CliError, Client};
+use crate::output::{self, Format, Table, age};
+
+/// Reads `-f` arguments: files, directories (their `.yaml`, `.yml` and
+/// `.json` files, sorted) or `-` for standard input.
+pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut content = String::new();
+            std::io::stdin().read_to_string(&mut content).context("reading standard input")?;
+            files.push(SourceFile {
+                name: "<stdin>".to_string(),
+                content,
+            });
+        } else if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                anyhow::bail!("{} holds no .yaml, .yml or .json files", path.display());
+            }
+            for entry in entries {
+                files.push(read_file(&entry)?);
+            }
+        } else {
+            files.push(read_file(path)?);
+        }
+    }
+    Ok(files)
+}
+
+fn read_file(path: &Path) -> Result<SourceFile> {
+    let content = std::fs::read_to_string(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: no such file or directory", path.display()),
+        _ => anyhow::Error::new(err).context(format!("reading {}", path.display())),
+    })?;
+    Ok(SourceFile {
+        name: path.display().to_string(),
+        content,
+    })
+}
+
+/// Validates manifests locally, with the same rules and messages as the server.
+pub fn validate(files: &[SourceFile]) -> Result<Vec<Manifest>, CliError> {
+    let mut documents = Vec::new();
+    let mut problems = Diagnostics::default();
+    for file in files {
+        match parse_documents(&file.name, &file.content) {
+            Ok(parsed) => documents.extend(parsed),
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
+    problems.extend(check_batch(&documents));
+    if problems.is_empty() {
+        Ok(documents.into_iter().map(|d| d.manifest).collect())
+    } else {
+        let problems = problems.sorted();
+        let count = problems.len();
+        Err(CliError {
+            message: if count == 1 {
+                "1 problem in the manifests; nothing was applied".to_string()
+            } else {
+                format!("{count} problems in the manifests; nothing was applied")
+            },
+            diagnostics: problems.0,
+        })
+    }
+}
+
+fn lower(kind: Kind) -> String {
+    kind.as_str().to_ascii_lowercase()
+}
+
+pub async fn apply(client: &Client, files: Vec<SourceFile>, dry_run: bool) -> Result<String> {
+    validate(&files)?;
+    let response = client.apply(&ApplyRequest { files, dry_run }).await?;
+    let suffix = if response.dry_run { " (dry run)" } else { "" };
+    let mut out = String::new();
+    for result in &response.results {
+        let _ = writeln!(out, "{}/{} {}{suffix}", lower(result.kind), result.name, result.action.as_str());
+    }
+    Ok(out)
+}
+
+/// What `apply` would change, as a unified diff per object.
+pub async fn diff(client: &Client, files: Vec<SourceFile>) -> Result<String> {
+    let manifests = validate(&files)?;
+    let response = client.apply(&ApplyRequest { files, dry_run: true }).await?;
+    let mut out = String::new();
+    for (manifest, result) in manifests.iter().zip(&response.results) {
+        if result.action == ApplyAction::Unchanged {
+            continue;
+        }
+        let before = match &result.previous {
+            Some(previous) => output::yaml(&previous.manifest_json())?,
+            None => String::new(),
+        };
+        let after = output::yaml(&manifest.to_canonical_json())?;
+        let label = format!("{}/{}", lower(result.kind), result.name);
+        let diff = similar::TextDiff::from_lines(&before, &after);
+        let _ = write!(
+            out,
+            "{}",
+            diff.unified_diff()
+                .context_radius(3)
+                .header(&format!("{label} (stored)"), &format!("{label} ({})", result.action.as_str()))
+        );
+    }
+    if out.is_empty() {
+        out.push_str("no changes\n");
+    }
+    Ok(out)
+}
+
+pub async fn get(
+    client: &Client,
+    kind: Kind,
+    name: Option<&str>,
+    selector: Option<&str>,
+    format: Format,
+) -> Result<String> {
+    if let Some(name) = name {
+        let object = client.get(kind, name).await?;
+        return match format {
+            Format::Json => output::json(&object),
+            Format::Yaml => output::yaml(&object),
+            Format::Table | Format::Wide => render_table(client, kind, &[object], format).await,
+        };
+    }
+    let objects = client.list(kind, selector).await?;
+    match format {
+        Format::Json => output::json(&serde_json::json!({ "items": objects })),
+        Format::Yaml => output::yaml(&serde_json::json!({ "items": objects })),
+        Format::Table | Format::Wide if objects.is_empty() => Ok(match selector {
+            Some(selector) => format!("no {} match {selector:?}\n", kind.plural()),
+            None => format!("no {} yet\n", kind.plural()),
+        }),
+        Format::Table | Format::Wide => render_table(client, kind, &objects, format).await,
+    }
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".to_string();
+    }
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+async fn render_table(client: &Client, kind: Kind, objects: &[StoredObject], format: Format) -> Result<String> {
+    let wide = format == Format::Wide;
+    let table = match kind {
+        Kind::Site => {
+            let mut table = if wide {
+                Table::new(&["NAME", "LABELS", "VARIABLES", "GENERATION", "AGE"])
+            } else {
+                Table::new(&["NAME", "LABELS", "AGE"])
+            };
+            for object in objects {
+                let site: Site = typed(object)?;
+                let mut row = vec![site.metadata.name.to_string(), labels_text(&site.metadata.labels)];
+                if wide {
+                    row.push(site.spec.variables.len().to_string());
+                    row.push(object.metadata.generation.to_string());
+                }
+                row.push(age(&object.metadata.created_at));
+                table.row(row);
+            }
+            table
+        }
+        Kind::Application => {
+            let mut table = if wide {
+                Table::new(&["NAME", "VERSION", "SERVICES", "GENERATION", "IMAGES", "AGE"])
+            } else {
+                Table::new(&["NAME", "VERSION", "SERVICES", "AGE"])
+            };
+            for object in objects {
+                let app: Application = typed(object)?;
+                let services: Vec<&str> = app.spec.services.iter().map(|s| s.name.as_str()).collect();
+                let mut row = vec![app.metadata.name.to_string(), app.spec.version.clone(), services.join(",")];
+                if wide {
+                    row.push(object.metadata.generation.to_string());
+                    let images: Vec<&str> = app
+                        .spec
+                        .services
+                        .iter()
+                        .flat_map(|s| s.containers.iter().map(|c| c.image.as_str()))
+                        .collect();
+                    row.push(images.join(","));
+                }
+                row.push(age(&object.metadata.created_at));
+                table.row(row);
+            }
+            table
+        }
+        Kind::Deployment => {
+            let sites = if wide { client.list(Kind::Site, None).await? } else { Vec::new() };
+            let mut table = if wide {
+                Table::new(&["NAME", "APPLICATION", "VERSION", "SITES", "MATCHING", "GENERATION", "AGE"])
+            } else {
+                Table::new(&["NAME", "APPLICATION", "VERSION", "SITES", "AGE"])
+            };
+            for object in objects {
+                let deployment: Deployment = typed(object)?;
+                let mut row = vec![
+                    deployment.metadata.name.to_string(),
+                    deployment.spec.application.to_string(),
+                    deployment.spec.version.clone().unwrap_or_else(|| "current".to_string()),
+                    selector_text(&deployment.spec.sites),
+                ];
+                if wide {
+                    row.push(matching(&deployment.spec.sites, &sites).len().to_string());
+                    row.push(object.metadata.generation.to_string());
+                }
+                row.push(age(&object.metadata.created_at));
+                table.row(row);
+            }
+            table
+        }
+    };
+    Ok(table.render())
+}
+
+fn selector_text(selector: &Selector) -> String {
+    if selector.as_str().is_empty() {
+        "<all>".to_string()
+    } else {
+        selector.as_str().to_string()
+    }
+}
+
+fn matching<'a>(selector: &Selector, sites: &'a [StoredObject]) -> Vec<&'a str> {
+    sites
+        .iter()
+        .filter(|s| selector.matches(&s.metadata.labels))
+        .map(|s| s.metadata.name.as_str())
+        .collect()
+}
+
+/// A stored object as its manifest type.
+fn typed<T: serde::de::DeserializeOwned>(object: &StoredObject) -> Result<T> {
+    let mut json = object.manifest_json();
+    if let Some(map) = json.as_object_mut() {
+        map.remove("kind");
+    }
+    serde_json::from_value(json)
+        .with_context(|| format!("{} {:?} from the server does not read as a manifest", object.kind, object.metadata.name))
+}
+
+pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String> {
+    let object = client.get(kind, name).await?;
+    let mut out = String::new();
+    let meta = &object.metadata;
+    let _ = writeln!(out, "Name:        {}", meta.name);
+    let _ = writeln!(out, "Kind:        {}", object.kind);
+    let _ = writeln!(out, "Labels:      {}", labels_text(&meta.labels));
+    let _ = writeln!(out, "Generation:  {}", meta.generation);
+    let _ = writeln!(out, "Created:     {} ({} ago)", meta.created_at, age(&meta.created_at));
+    let _ = writeln!(out, "Updated:     {} ({} ago)", meta.updated_at, age(&meta.updated_at));
+    match kind {
+        Kind::Site => {
+            let site: Site = typed(&object)?;
+            out.push_str("Variables:");
+            if site.spec.variables.is_empty() {
+                out.push_str("   <none>\n");
+            } else {
+                out.push('\n');
+                for (key, value) in &site.spec.variables {
+                    let _ = writeln!(out, "  {key} = {value}");
+                }
+            }
+            let deployments = client.list(Kind::Deployment, None).await?;
+            out.push_str("Deployments:");
+            let mut any = false;
+            for object in &deployments {
+                let deployment: Deployment = typed(object)?;
+                if deployment.spec.sites.matches(&meta.labels) {
+                    let _ = write!(out, "\n  {} ({})", deployment.metadata.name, deployment.spec.application);
+                    any = true;
+                }
+            }
+            out.push_str(if any { "\n" } else { " <none>\n" });
+        }
+        Kind::Application => {
+            let app: Application = typed(&object)?;
+            let _ = writeln!(out, "Version:     {}", app.spec.version);
+            out.push_str("Services:\n");
+            for service in &app.spec.services {
+                let placement = match (service.mode, service.replicas) {
+                    (Some(ServiceMode::PerHost), _) => "one per host".to_string(),
+                    (_, Some(1) | None) => "1 replica".to_string(),
+                    (_, Some(n)) => format!("{n} replicas"),
+                };
+                let hosts = service.hosts.as_ref().map(|h| format!(", hosts: {h}")).unwrap_or_default();
+                let _ = writeln!(out, "  {} ({placement}{hosts})", service.name);
+                for container in &service.containers {
+                    describe_container(&mut out, container);
+                }
+            }
+            let deployments = client.list(Kind::Deployment, None).await?;
+            out.push_str("Deployments:");
+            let mut any = false;
+            for object in &deployments {
+                let deployment: Deployment = typed(object)?;
+                if deployment.spec.application.as_str() == meta.name {
+                    let version = deployment.spec.version.as_deref().unwrap_or("current");
+                    let _ = write!(
+                        out,
+                        "\n  {} (version {version}, sites: {})",
+                        deployment.metadata.name,
+                        selector_text(&deployment.spec.sites)
+                    );
+                    any = true;
+                }
+            }
+            out.push_str(if any { "\n" } else { " <none>\n" });
+            let history = client.history(&meta.name).await?;
+            let _ = writeln!(
+                out,
+                "History:     {} version(s) kept (outpost history application {})",
+                history.len(),
+                meta.name
+            );
+        }
+        Kind::Deployment => {
+            let deployment: Deployment = typed(&object)?;
+            let spec = &deployment.spec;
+            let _ = writeln!(out, "Application: {}", spec.application);
+            let _ = writeln!(out, "Version:     {}", spec.version.as_deref().unwrap_or("current (follows the application)"));
+            let _ = writeln!(out, "Sites:       {}", selector_text(&spec.sites));
+            if let Some(rollout) = &spec.rollout {
+                out.push_str("Rollout:    ");
+                if let Some(canary) = rollout.canary {
+                    let _ = write!(out, " canary {canary} site(s);");
+                }
+                if let Some(waves) = &rollout.waves {
+                    match (waves.size, waves.exponential) {
+                        (Some(size), _) => {
+                            let _ = write!(out, " waves of {size};");
+                        }
+                        (_, Some(factor)) => {
+                            let _ = write!(out, " waves growing x{factor} from {};", waves.start.unwrap_or(1));
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(d) = rollout.healthy_for {
+                    let _ = write!(out, " healthy for {d};");
+                }
+                if let Some(d) = rollout.timeout {
+                    let _ = write!(out, " timeout {d};");
+                }
+                if let Some(m) = rollout.max_failures {
+                    let _ = write!(out, " max failures {m};");
+                }
+                if let Some(on) = rollout.on_failure {
+                    let _ = write!(out, " on failure {};", serde_json::to_value(on)?.as_str().unwrap_or_default());
+                }
+                out = out.trim_end_matches(';').to_string();
+                out.push('\n');
+            } else {
+                out.push_str("Rollout:     all at once\n");
+            }
+            let sites = client.list(Kind::Site, None).await?;
+            let matched = matching(&spec.sites, &sites);
+            if matched.is_empty() {
+                out.push_str("Matching sites: <none>\n");
+            } else {
+                let _ = writeln!(out, "Matching sites ({}):", matched.len());
+                for site in matched {
+                    let _ = writeln!(out, "  {site}");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe_container(out: &mut String, container: &Container) {
+    let _ = writeln!(out, "    {}: {}", container.name, container.image);
+    let command: Vec<&str> = container.command.iter().chain(&container.args).map(String::as_str).collect();
+    if !command.is_empty() {
+        let _ = writeln!(out, "      command:   {}", command.join(" "));
+    }
+    if !container.env.is_empty() {
+        let env: Vec<String> = container.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "      env:       {}", env.join(" "));
+    }
+    if !container.ports.is_empty() {
+        let ports: Vec<String> = container
+            .ports
+            .iter()
+            .map(|p| {
+                let protocol = serde_json::to_value(p.protocol).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                match p.host {
+                    Some(host) => format!("{host}->{}/{protocol}", p.container),
+                    None => format!("{}/{protocol}", p.container),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "      ports:     {}", ports.join(", "));
+    }
+    if let Some(resources) = &container.resources {
+        let mut parts = Vec::new();
+        if let Some(cpu) = resources.cpu {
+            parts.push(format!("cpu {cpu}"));
+        }
+        if let Some(memory) = resources.memory {
+            parts.push(format!("memory {memory}"));
+        }
+        if let Some(gpu) = resources.gpu {
+            parts.push(format!("gpu {gpu}"));
+        }
+        let _ = writeln!(out, "      resources: {}", parts.join(", "));
+    }
+    if let Some(health) = &container.health {
+        let probe = if let Some(http) = &health.http {
+            format!("http GET :{}{}", http.port, http.path)
+        } else if let Some(tcp) = &health.tcp {
+            format!("tcp :{}", tcp.port)
+        } else if let Some(exec) = &health.exec {
+            format!("exec {}", exec.command.join(" "))
+        } else {
+            String::new()
+        };
+        let interval = health.interval.map(|i| format!(" every {i}")).unwrap_or_default();
+        let _ = writeln!(out, "      health:    {probe}{interval}");
+    }
+    for volume in &container.volumes {
+        let mode = if volume.read_only { " (read-only)" } else { "" };
+        let _ = writeln!(out, "      volume:    {} at {}{mode}", volume.name, volume.path);
+    }
+    if !container.devices.is_empty() {
+        let _ = writeln!(out, "      devices:   {}", container.devices.join(", "));
+    }
+}
+
+pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<String> {
+    let deleted = client.delete(kind, name).await?;
+    Ok(format!("{}/{} deleted\n", lower(deleted.kind), deleted.metadata.name))
+}
+
+pub async fn history(client: &Client, application: &str, format: Format) -> Result<String> {
+    let versions = client.history(application).await?;
+    match format {
+        Format::Json => output::json(&versions),
+        Format::Yaml => output::yaml(&versions),
+        Format::Table | Format::Wide => {
+            let mut table = Table::new(&["VERSION", "GENERATION", "APPLIED", "CURRENT"]);
+            for version in &versions {
+                table.row(vec![
+                    version.version.clone(),
+                    version.generation.to_string(),
+                    format!("{} ago", age(&version.applied_at)),
+                    if version.current { "*".to_string() } else { String::new() },
+                ]);
+            }
+            Ok(table.render())
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! API errors: a stable code and a precise public message in JSON; internal
+//! details go to the log, never to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use outpost_api::Diagnostics;
+use outpost_api::wire::{ErrorBody, ErrorInfo};
+
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    BadRequest(String),
+    UnsupportedMediaType(String),
+    PayloadTooLarge,
+    NotFound(String),
+    Conflict(String),
+    Invalid(Diagnostics),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Invalid(diagnostics) => ApiError::Invalid(diagnostics),
+            StoreError::NotFound { .. } => ApiError::NotFound(err.to_string()),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, diagnostics) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid API token (send Authorization: Bearer TOKEN)".to_string(),
+                Vec::new(),
+            ),
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message, Vec::new()),
+            ApiError::UnsupportedMediaType(message) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message, Vec::new())
+            }
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than {} MiB", super::BODY_LIMIT >> 20),
+                Vec::new(),
+            ),
+            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, Vec::new()),
+            ApiError::Conflict(message) => (StatusCode::CONFLICT, "conflict", message, Vec::new()),
+            ApiError::Invalid(diagnostics) => {
+                let count = diagnostics.len();
+                let message = if count == 1 {
+                    "1 problem in the manifests; nothing was applied".to_string()
+                } else {
+                    format!("{count} problems in the manifests; nothing was applied")
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", message, diagnostics.0)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the control plane's log has the details".to_string(),
+                    Vec::new(),
+                )
+            }
+        };
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: code.to_string(),
+                message,
+                diagnostics,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

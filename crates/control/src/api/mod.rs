@@ -1,0 +1,221 @@
+//! The operator REST API under `/api/v1`: apply, get, list, delete and
+//! application history, behind bearer-token authentication.
+
+mod error;
+mod openapi;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use outpost_api::manifest::Kind;
+use outpost_api::selector::Selector;
+use outpost_api::wire::{ApplyRequest, ApplyResponse, ObjectList, SourceFile, StoredObject};
+use outpost_api::{Diagnostics, check_batch, parse_documents};
+
+pub use error::ApiError;
+
+use crate::auth;
+use crate::store::Store;
+
+/// The largest request body accepted (a big multi-document apply fits easily).
+pub const BODY_LIMIT: usize = 8 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+}
+
+/// Who made a request: the name of the API token it carried.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/apply", post(apply))
+        .route("/applications/{name}/history", get(history))
+        .route("/{kind}", get(list))
+        .route("/{kind}/{name}", get(get_one).delete(delete_one))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let v1 = Router::new()
+        .route("/openapi.json", get(openapi::document))
+        .merge(protected)
+        .fallback(not_found);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .nest("/api/v1", v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint (the API lives under /api/v1; see /api/v1/openapi.json)".to_string())
+}
+
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return ApiError::Unauthorized.into_response();
+    };
+    match state.store.api_token_name(&auth::hash_token(token)).await {
+        Ok(Some(name)) => {
+            request.extensions_mut().insert(Actor(name));
+            next.run(request).await
+        }
+        Ok(None) => ApiError::Unauthorized.into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+fn parse_kind(text: &str) -> Result<Kind, ApiError> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.plural() == text)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown kind {text:?} (use sites, applications or deployments)")))
+}
+
+fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true" | "") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!("{name}={other:?}: use true or false"))),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {rejection}"))
+        }
+    })
+}
+
+/// `POST /api/v1/apply`: a JSON `ApplyRequest` (several named files), or a
+/// raw YAML or JSON stream (`?source=NAME` names it in diagnostics).
+async fn apply(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let body = body_bytes(body)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = || {
+        String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".to_string()))
+    };
+    let request = match content_type.as_str() {
+        "application/json" => serde_json::from_slice::<ApplyRequest>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/plain" => ApplyRequest {
+            files: vec![SourceFile {
+                name: query.get("source").cloned().unwrap_or_else(|| "request".to_string()),
+                content: text()?,
+            }],
+            dry_run: false,
+        },
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type {other:?} is not accepted (use application/json for an apply request, or application/yaml)"
+            )));
+        }
+    };
+    let dry_run = request.dry_run || flag(&query, "dryRun")?;
+    if request.files.is_empty() {
+        return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
+    }
+    let mut documents = Vec::new();
+    let mut problems = Diagnostics::default();
+    for file in &request.files {
+        match parse_documents(&file.name, &file.content) {
+            Ok(parsed) => documents.extend(parsed),
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
+    problems.extend(check_batch(&documents));
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems.sorted()));
+    }
+    let results = state.store.apply(&documents, &actor, dry_run).await?;
+    for result in results.iter().filter(|r| !dry_run && r.action != outpost_api::wire::ApplyAction::Unchanged) {
+        tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
+    }
+    Ok(Json(ApplyResponse { dry_run, results }))
+}
+
+/// `GET /api/v1/{kind}?selector=…`: objects whose labels match.
+async fn list(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ObjectList>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let selector = match query.get("selector") {
+        Some(text) => text
+            .parse::<Selector>()
+            .map_err(|e| ApiError::BadRequest(format!("invalid selector {text:?}: {e}")))?,
+        None => Selector::all(),
+    };
+    let items: Vec<StoredObject> = state
+        .store
+        .list(kind)
+        .await?
+        .into_iter()
+        .filter(|object| selector.matches(&object.metadata.labels))
+        .collect();
+    Ok(Json(ObjectList { items }))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    state
+        .store
+        .get(kind, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let deleted = state.store.delete(kind, &name, &actor).await?;
+    tracing::info!(%actor, %kind, %name, "deleted");
+    Ok(Json(deleted))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<outpost_api::wire::ApplicationVersion>>, ApiError> {
+    Ok(Json(state.store.application_history(&name).await?))
+}

@@ -1,0 +1,438 @@
+//! The SQLite store: one file in the data directory, WAL journal,
+//! migrations embedded in the binary.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outpost_api::diagnostic::Path as FieldPath;
+use outpost_api::manifest::{ApiVersion, Kind, Manifest};
+use outpost_api::validate::Document;
+use outpost_api::wire::{ApplicationVersion, ApplyAction, ApplyResult, ObjectMeta, StoredObject};
+use outpost_api::Diagnostics;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
+
+use super::{KEPT_VERSIONS, Store, StoreError};
+
+/// The schema migrations, compiled in so the binary needs no files beside it.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "objects", include_str!("../../migrations/0001_objects.sql"))];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        (*description).into(),
+                        MigrationType::Simple,
+                        AssertSqlSafe(*sql).into_sql_str(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let migrator = Migrator::new(Embedded)
+            .await
+            .map_err(|e| StoreError::Internal(format!("loading migrations: {e}")))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migrating the database: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| StoreError::Internal(format!("unknown kind {kind:?} in the store")))?;
+    let labels: String = row.try_get("labels")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(StoredObject {
+        api_version: ApiVersion::V1,
+        kind,
+        metadata: ObjectMeta {
+            name: row.try_get("name")?,
+            labels: serde_json::from_str(&labels)?,
+            generation: row.try_get("generation")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        },
+        spec: serde_json::from_str(&spec)?,
+    })
+}
+
+const SELECT_OBJECT: &str =
+    "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects WHERE kind = ?1 AND name = ?2";
+
+async fn fetch_object(
+    tx: &mut Transaction<'_, Sqlite>,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<StoredObject>, StoreError> {
+    let row = sqlx::query(SELECT_OBJECT)
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(object_from_row).transpose()
+}
+
+async fn stored_versions(
+    tx: &mut Transaction<'_, Sqlite>,
+    application: &str,
+) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT version, spec FROM application_versions WHERE application = ?1 ORDER BY generation DESC",
+    )
+    .bind(application)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let spec: String = row.try_get("spec")?;
+            Ok((row.try_get("version")?, serde_json::from_str(&spec)?))
+        })
+        .collect()
+}
+
+async fn audit(
+    tx: &mut Transaction<'_, Sqlite>,
+    actor: &str,
+    action: &str,
+    kind: Kind,
+    name: &str,
+    generation: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .bind(now())
+        .bind(actor)
+        .bind(action)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(generation)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Checks that need the stored state: versions are immutable, and a
+/// deployment names an application (and version) that exists.
+async fn check_references(
+    tx: &mut Transaction<'_, Sqlite>,
+    documents: &[Document],
+) -> Result<Diagnostics, StoreError> {
+    let mut out = Diagnostics::default();
+    let batch_versions: HashMap<&str, &str> = documents
+        .iter()
+        .filter_map(|d| match &d.manifest {
+            Manifest::Application(app) => Some((app.metadata.name.as_str(), app.spec.version.as_str())),
+            _ => None,
+        })
+        .collect();
+    let spec = FieldPath::root().field("spec");
+    for document in documents {
+        match &document.manifest {
+            Manifest::Application(app) => {
+                let new_spec = document.manifest.spec_json();
+                let versions = stored_versions(tx, app.metadata.name.as_str()).await?;
+                let changed = versions
+                    .iter()
+                    .any(|(version, stored)| *version == app.spec.version && *stored != new_spec);
+                if changed {
+                    out.0.push(document.diagnostic(
+                        &spec.field("version"),
+                        format!(
+                            "version {:?} of application {:?} is already stored with a different spec; give the changed spec a new version",
+                            app.spec.version,
+                            app.metadata.name.as_str()
+                        ),
+                    ));
+                }
+            }
+            Manifest::Deployment(deployment) => {
+                let application = deployment.spec.application.as_str();
+                let mut known: Vec<String> = stored_versions(tx, application)
+                    .await?
+                    .into_iter()
+                    .map(|(version, _)| version)
+                    .collect();
+                let in_batch = batch_versions.get(application);
+                if let Some(version) = in_batch {
+                    known.insert(0, version.to_string());
+                }
+                let exists = in_batch.is_some() || fetch_object(tx, Kind::Application, application).await?.is_some();
+                if !exists {
+                    out.0.push(document.diagnostic(
+                        &spec.field("application"),
+                        format!("application {application:?} does not exist (apply it first, or in the same batch)"),
+                    ));
+                } else if let Some(version) = &deployment.spec.version
+                    && !known.contains(version)
+                {
+                    known.dedup();
+                    out.0.push(document.diagnostic(
+                        &spec.field("version"),
+                        format!(
+                            "application {application:?} has no version {version:?} (known: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Manifest::Site(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Drops versions beyond the newest ten that no deployment pins.
+async fn prune_versions(tx: &mut Transaction<'_, Sqlite>, application: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM application_versions WHERE application = ?1
+           AND version NOT IN (SELECT version FROM application_versions WHERE application = ?1
+                               ORDER BY generation DESC LIMIT ?2)
+           AND version NOT IN (SELECT json_extract(spec, '$.version') FROM objects
+                               WHERE kind = 'Deployment' AND json_extract(spec, '$.application') = ?1
+                                 AND json_extract(spec, '$.version') IS NOT NULL)",
+    )
+    .bind(application)
+    .bind(KEPT_VERSIONS)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply(
+        &self,
+        documents: &[Document],
+        actor: &str,
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        // IMMEDIATE takes the write lock up front, so two concurrent applies
+        // queue instead of failing when one upgrades from a read.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let problems = check_references(&mut tx, documents).await?;
+        if !problems.is_empty() {
+            return Err(StoreError::Invalid(problems.sorted()));
+        }
+        let at = now();
+        let mut results = Vec::with_capacity(documents.len());
+        let mut touched_applications = HashSet::new();
+        for document in documents {
+            let manifest = &document.manifest;
+            let (kind, name) = (manifest.kind(), manifest.name());
+            let labels: &BTreeMap<String, String> = &manifest.metadata().labels;
+            let spec = manifest.spec_json();
+            let previous = fetch_object(&mut tx, kind, name).await?;
+            let (action, generation) = match &previous {
+                None => (ApplyAction::Created, 1),
+                Some(old) if old.metadata.labels == *labels && old.spec == spec => {
+                    (ApplyAction::Unchanged, old.metadata.generation)
+                }
+                Some(old) => (ApplyAction::Configured, old.metadata.generation + 1),
+            };
+            if action != ApplyAction::Unchanged {
+                sqlx::query(
+                    "INSERT INTO objects (kind, name, generation, labels, spec, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                     ON CONFLICT (kind, name) DO UPDATE SET generation = ?3, labels = ?4, spec = ?5, updated_at = ?6",
+                )
+                .bind(kind.as_str())
+                .bind(name)
+                .bind(generation)
+                .bind(serde_json::to_string(labels)?)
+                .bind(serde_json::to_string(&spec)?)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+                audit(&mut tx, actor, action.as_str(), kind, name, generation).await?;
+            }
+            if let Manifest::Application(app) = manifest {
+                let spec_changed = previous.as_ref().is_none_or(|old| old.spec != spec);
+                if spec_changed {
+                    sqlx::query(
+                        "INSERT INTO application_versions (application, version, generation, spec, applied_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (application, version) DO UPDATE SET generation = ?3, applied_at = ?5",
+                    )
+                    .bind(name)
+                    .bind(&app.spec.version)
+                    .bind(generation)
+                    .bind(serde_json::to_string(&spec)?)
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+                    touched_applications.insert(name.to_string());
+                }
+            }
+            results.push(ApplyResult {
+                kind,
+                name: name.to_string(),
+                action,
+                generation,
+                previous,
+            });
+        }
+        for application in &touched_applications {
+            prune_versions(&mut tx, application).await?;
+        }
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(results)
+    }
+
+    async fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>, StoreError> {
+        let row = sqlx::query(SELECT_OBJECT)
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(object_from_row).transpose()
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<StoredObject>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects
+             WHERE kind = ?1 ORDER BY name",
+        )
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(object_from_row).collect()
+    }
+
+    async fn delete(&self, kind: Kind, name: &str, actor: &str) -> Result<StoredObject, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(object) = fetch_object(&mut tx, kind, name).await? else {
+            return Err(StoreError::NotFound {
+                kind,
+                name: name.to_string(),
+            });
+        };
+        if kind == Kind::Application {
+            let users: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM objects WHERE kind = 'Deployment' AND json_extract(spec, '$.application') = ?1
+                 ORDER BY name",
+            )
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "application {name:?} is used by deployment {}; delete or change that first",
+                    users.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            sqlx::query("DELETE FROM application_versions WHERE application = ?1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM objects WHERE kind = ?1 AND name = ?2")
+            .bind(kind.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        audit(&mut tx, actor, "deleted", kind, name, object.metadata.generation).await?;
+        tx.commit().await?;
+        Ok(object)
+    }
+
+    async fn application_history(&self, name: &str) -> Result<Vec<ApplicationVersion>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(current) = fetch_object(&mut tx, Kind::Application, name).await? else {
+            return Err(StoreError::NotFound {
+                kind: Kind::Application,
+                name: name.to_string(),
+            });
+        };
+        let current_version = current.spec.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT version, generation, spec, applied_at FROM application_versions
+             WHERE application = ?1 ORDER BY generation DESC",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let version: String = row.try_get("version")?;
+                let spec: String = row.try_get("spec")?;
+                Ok(ApplicationVersion {
+                    current: version == current_version,
+                    version,
+                    generation: row.try_get("generation")?,
+                    applied_at: row.try_get("applied_at")?,
+                    spec: serde_json::from_str(&spec)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)")
+            .bind(name)
+            .bind(token_hash)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = ?1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
