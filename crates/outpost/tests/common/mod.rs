@@ -1,0 +1,236 @@
+//! Test harness: a real `outpost control` process on `127.0.0.1:0` with a
+//! real SQLite file in a temporary directory, an HTTPS client that trusts its
+//! CA, and a runner for the CLI binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use outpost_api::client_config::ClientConfig;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: Child,
+}
+
+impl ControlPlane {
+    pub fn start() -> ControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, url) = spawn(dir.path());
+        ControlPlane { dir, url, child }
+    }
+
+    pub fn admin_config(&self) -> PathBuf {
+        self.dir.path().join("admin.yaml")
+    }
+
+    pub fn config(&self) -> ClientConfig {
+        let text = std::fs::read_to_string(self.admin_config()).unwrap();
+        outpost_api::yaml::from_str(&text).unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        self.config().context(None).unwrap().token.clone()
+    }
+
+    /// Asks the process to stop (SIGTERM) and returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(std::time::Instant::now() < deadline, "the control plane did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again on the same data directory.
+    pub fn restart(&mut self) {
+        let (child, url) = spawn(self.dir.path());
+        self.child = child;
+        self.url = url;
+    }
+
+    pub fn http(&self) -> Http {
+        Http::new(&self.config().context(None).unwrap().certificate_authority, &self.url)
+    }
+
+    /// Runs the CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        cli_with(args, &[("OUTPOST_CONFIG", self.admin_config().to_str().unwrap())], None)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["control", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains("control plane listening") {
+                let url = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("url="))
+                    .unwrap()
+                    .to_string();
+                let _ = sender.send(url);
+                sent = true;
+            }
+            // Keep draining so the process never blocks on a full pipe.
+            eprintln!("[control] {line}");
+        }
+    });
+    let url = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the control plane did not report that it listens");
+    (child, url)
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        &self.stdout
+    }
+}
+
+pub fn cli_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("OUTPOST_CONFIG")
+        .env("HOME", "/nonexistent-outpost-test-home")
+        .env("XDG_CONFIG_HOME", "/nonexistent-outpost-test-home")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+/// A blocking HTTPS client that trusts only the control plane's CA.
+pub struct Http {
+    client: reqwest::blocking::Client,
+    base: String,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Http {
+    fn new(ca_pem: &str, url: &str) -> Http {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(Arc::new(roots))
+            .with_no_client_auth();
+        Http {
+            client: reqwest::blocking::Client::builder()
+                .use_preconfigured_tls(tls)
+                .build()
+                .unwrap(),
+            base: url.to_string(),
+        }
+    }
+
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Response { status, body }
+    }
+
+    /// Applies YAML files as one batch through the JSON apply request.
+    pub fn apply(&self, token: &str, files: &[(&str, &str)], dry_run: bool) -> Response {
+        let request = serde_json::json!({
+            "files": files.iter().map(|(name, content)| serde_json::json!({"name": name, "content": content})).collect::<Vec<_>>(),
+            "dryRun": dry_run,
+        });
+        self.send("POST", "/api/v1/apply", Some(token), Some(("application/json", request.to_string().into_bytes())))
+    }
+
+    pub fn names(&self, token: &str, kind: &str) -> Vec<String> {
+        let response = self.send("GET", &format!("/api/v1/{kind}"), Some(token), None);
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+pub fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)).unwrap()
+}
+
+pub fn site(name: &str, labels: &str) -> String {
+    format!("apiVersion: outpost/v1\nkind: Site\nmetadata:\n  name: {name}\n  labels: {{ {labels} }}\n")
+}
+
+pub fn application(name: &str, version: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  version: \"{version}\"\n  services:\n    - name: web\n      containers:\n        - name: web\n          image: registry.example.com/web:{version}\n"
+    )
+}
