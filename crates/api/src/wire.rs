@@ -68,7 +68,12 @@ impl Manifest {
     /// This manifest in the layout of [`manifest_json`].
     pub fn to_canonical_json(&self) -> serde_json::Value {
         let metadata = self.metadata();
-        manifest_json(self.kind(), metadata.name.as_str(), &metadata.labels, &self.spec_json())
+        manifest_json(
+            self.kind(),
+            metadata.name.as_str(),
+            &metadata.labels,
+            &self.spec_json(),
+        )
     }
 }
 

@@ -10,7 +10,9 @@ use anyhow::{Context as _, Result};
 use outpost_api::Diagnostic;
 use outpost_api::client_config::{ClientConfig, Context};
 use outpost_api::manifest::Kind;
-use outpost_api::wire::{ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, ObjectList, StoredObject};
+use outpost_api::wire::{
+    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, ObjectList, StoredObject,
+};
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
 
@@ -114,7 +116,8 @@ impl Client {
         let status = response.status();
         let bytes = response.bytes().await.context("reading the response")?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).context("the control plane sent a response this CLI cannot read");
+            return serde_json::from_slice(&bytes)
+                .context("the control plane sent a response this CLI cannot read");
         }
         let error = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => CliError {
@@ -130,7 +133,8 @@ impl Client {
     }
 
     pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse> {
-        self.send(self.request(Method::POST, "/apply").json(request)).await
+        self.send(self.request(Method::POST, "/apply").json(request))
+            .await
     }
 
     pub async fn list(&self, kind: Kind, selector: Option<&str>) -> Result<Vec<StoredObject>> {
@@ -153,8 +157,11 @@ impl Client {
     }
 
     pub async fn history(&self, application: &str) -> Result<Vec<ApplicationVersion>> {
-        self.send(self.request(Method::GET, &format!("/applications/{}/history", encode(application))))
-            .await
+        self.send(self.request(
+            Method::GET,
+            &format!("/applications/{}/history", encode(application)),
+        ))
+        .await
     }
 }
 

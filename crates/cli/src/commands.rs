@@ -22,7 +22,9 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut content = String::new();
-            std::io::stdin().read_to_string(&mut content).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut content)
+                .context("reading standard input")?;
             files.push(SourceFile {
                 name: "<stdin>".to_string(),
                 content,
@@ -31,7 +33,13 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("reading {}", path.display()))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "json")
+                        )
+                })
                 .collect();
             entries.sort();
             if entries.is_empty() {
@@ -58,11 +66,29 @@ fn read_file(path: &Path) -> Result<SourceFile> {
     })
 }
 
-/// Validates manifests locally, with the same rules and messages as the server.
-pub fn validate(files: &[SourceFile]) -> Result<Vec<Manifest>, CliError> {
+/// Manifest files that passed local validation, ready to send.
+#[derive(Debug)]
+pub struct Checked {
+    files: Vec<SourceFile>,
+    manifests: Vec<Manifest>,
+}
+
+impl Checked {
+    pub fn len(&self) -> usize {
+        self.manifests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty()
+    }
+}
+
+/// Validates manifests locally, with the same rules and messages as the
+/// server, so mistakes show before any control plane is contacted.
+pub fn validate(files: Vec<SourceFile>) -> Result<Checked, CliError> {
     let mut documents = Vec::new();
     let mut problems = Diagnostics::default();
-    for file in files {
+    for file in &files {
         match parse_documents(&file.name, &file.content) {
             Ok(parsed) => documents.extend(parsed),
             Err(diagnostics) => problems.extend(diagnostics),
@@ -70,39 +96,47 @@ pub fn validate(files: &[SourceFile]) -> Result<Vec<Manifest>, CliError> {
     }
     problems.extend(check_batch(&documents));
     if problems.is_empty() {
-        Ok(documents.into_iter().map(|d| d.manifest).collect())
-    } else {
-        let problems = problems.sorted();
-        let count = problems.len();
-        Err(CliError {
-            message: if count == 1 {
-                "1 problem in the manifests; nothing was applied".to_string()
-            } else {
-                format!("{count} problems in the manifests; nothing was applied")
-            },
-            diagnostics: problems.0,
-        })
+        return Ok(Checked {
+            files,
+            manifests: documents.into_iter().map(|d| d.manifest).collect(),
+        });
     }
+    let problems = problems.sorted();
+    let count = problems.len();
+    Err(CliError {
+        message: if count == 1 {
+            "1 problem in the manifests; nothing was applied".to_string()
+        } else {
+            format!("{count} problems in the manifests; nothing was applied")
+        },
+        diagnostics: problems.0,
+    })
 }
 
 fn lower(kind: Kind) -> String {
     kind.as_str().to_ascii_lowercase()
 }
 
-pub async fn apply(client: &Client, files: Vec<SourceFile>, dry_run: bool) -> Result<String> {
-    validate(&files)?;
+pub async fn apply(client: &Client, checked: Checked, dry_run: bool) -> Result<String> {
+    let files = checked.files;
     let response = client.apply(&ApplyRequest { files, dry_run }).await?;
     let suffix = if response.dry_run { " (dry run)" } else { "" };
     let mut out = String::new();
     for result in &response.results {
-        let _ = writeln!(out, "{}/{} {}{suffix}", lower(result.kind), result.name, result.action.as_str());
+        let _ = writeln!(
+            out,
+            "{}/{} {}{suffix}",
+            lower(result.kind),
+            result.name,
+            result.action.as_str()
+        );
     }
     Ok(out)
 }
 
 /// What `apply` would change, as a unified diff per object.
-pub async fn diff(client: &Client, files: Vec<SourceFile>) -> Result<String> {
-    let manifests = validate(&files)?;
+pub async fn diff(client: &Client, checked: Checked) -> Result<String> {
+    let Checked { files, manifests } = checked;
     let response = client.apply(&ApplyRequest { files, dry_run: true }).await?;
     let mut out = String::new();
     for (manifest, result) in manifests.iter().zip(&response.results) {
@@ -119,9 +153,10 @@ pub async fn diff(client: &Client, files: Vec<SourceFile>) -> Result<String> {
         let _ = write!(
             out,
             "{}",
-            diff.unified_diff()
-                .context_radius(3)
-                .header(&format!("{label} (stored)"), &format!("{label} ({})", result.action.as_str()))
+            diff.unified_diff().context_radius(3).header(
+                &format!("{label} (stored)"),
+                &format!("{label} ({})", result.action.as_str())
+            )
         );
     }
     if out.is_empty() {
@@ -161,10 +196,19 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "<none>".to_string();
     }
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-async fn render_table(client: &Client, kind: Kind, objects: &[StoredObject], format: Format) -> Result<String> {
+async fn render_table(
+    client: &Client,
+    kind: Kind,
+    objects: &[StoredObject],
+    format: Format,
+) -> Result<String> {
     let wide = format == Format::Wide;
     let table = match kind {
         Kind::Site => {
@@ -194,7 +238,11 @@ async fn render_table(client: &Client, kind: Kind, objects: &[StoredObject], for
             for object in objects {
                 let app: Application = typed(object)?;
                 let services: Vec<&str> = app.spec.services.iter().map(|s| s.name.as_str()).collect();
-                let mut row = vec![app.metadata.name.to_string(), app.spec.version.clone(), services.join(",")];
+                let mut row = vec![
+                    app.metadata.name.to_string(),
+                    app.spec.version.clone(),
+                    services.join(","),
+                ];
                 if wide {
                     row.push(object.metadata.generation.to_string());
                     let images: Vec<&str> = app
@@ -211,9 +259,21 @@ async fn render_table(client: &Client, kind: Kind, objects: &[StoredObject], for
             table
         }
         Kind::Deployment => {
-            let sites = if wide { client.list(Kind::Site, None).await? } else { Vec::new() };
+            let sites = if wide {
+                client.list(Kind::Site, None).await?
+            } else {
+                Vec::new()
+            };
             let mut table = if wide {
-                Table::new(&["NAME", "APPLICATION", "VERSION", "SITES", "MATCHING", "GENERATION", "AGE"])
+                Table::new(&[
+                    "NAME",
+                    "APPLICATION",
+                    "VERSION",
+                    "SITES",
+                    "MATCHING",
+                    "GENERATION",
+                    "AGE",
+                ])
             } else {
                 Table::new(&["NAME", "APPLICATION", "VERSION", "SITES", "AGE"])
             };
@@ -222,7 +282,11 @@ async fn render_table(client: &Client, kind: Kind, objects: &[StoredObject], for
                 let mut row = vec![
                     deployment.metadata.name.to_string(),
                     deployment.spec.application.to_string(),
-                    deployment.spec.version.clone().unwrap_or_else(|| "current".to_string()),
+                    deployment
+                        .spec
+                        .version
+                        .clone()
+                        .unwrap_or_else(|| "current".to_string()),
                     selector_text(&deployment.spec.sites),
                 ];
                 if wide {
@@ -260,8 +324,12 @@ fn typed<T: serde::de::DeserializeOwned>(object: &StoredObject) -> Result<T> {
     if let Some(map) = json.as_object_mut() {
         map.remove("kind");
     }
-    serde_json::from_value(json)
-        .with_context(|| format!("{} {:?} from the server does not read as a manifest", object.kind, object.metadata.name))
+    serde_json::from_value(json).with_context(|| {
+        format!(
+            "{} {:?} from the server does not read as a manifest",
+            object.kind, object.metadata.name
+        )
+    })
 }
 
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String> {
@@ -272,8 +340,18 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
     let _ = writeln!(out, "Kind:        {}", object.kind);
     let _ = writeln!(out, "Labels:      {}", labels_text(&meta.labels));
     let _ = writeln!(out, "Generation:  {}", meta.generation);
-    let _ = writeln!(out, "Created:     {} ({} ago)", meta.created_at, age(&meta.created_at));
-    let _ = writeln!(out, "Updated:     {} ({} ago)", meta.updated_at, age(&meta.updated_at));
+    let _ = writeln!(
+        out,
+        "Created:     {} ({} ago)",
+        meta.created_at,
+        age(&meta.created_at)
+    );
+    let _ = writeln!(
+        out,
+        "Updated:     {} ({} ago)",
+        meta.updated_at,
+        age(&meta.updated_at)
+    );
     match kind {
         Kind::Site => {
             let site: Site = typed(&object)?;
@@ -292,7 +370,11 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
             for object in &deployments {
                 let deployment: Deployment = typed(object)?;
                 if deployment.spec.sites.matches(&meta.labels) {
-                    let _ = write!(out, "\n  {} ({})", deployment.metadata.name, deployment.spec.application);
+                    let _ = write!(
+                        out,
+                        "\n  {} ({})",
+                        deployment.metadata.name, deployment.spec.application
+                    );
                     any = true;
                 }
             }
@@ -308,7 +390,11 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     (_, Some(1) | None) => "1 replica".to_string(),
                     (_, Some(n)) => format!("{n} replicas"),
                 };
-                let hosts = service.hosts.as_ref().map(|h| format!(", hosts: {h}")).unwrap_or_default();
+                let hosts = service
+                    .hosts
+                    .as_ref()
+                    .map(|h| format!(", hosts: {h}"))
+                    .unwrap_or_default();
                 let _ = writeln!(out, "  {} ({placement}{hosts})", service.name);
                 for container in &service.containers {
                     describe_container(&mut out, container);
@@ -343,7 +429,13 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
             let deployment: Deployment = typed(&object)?;
             let spec = &deployment.spec;
             let _ = writeln!(out, "Application: {}", spec.application);
-            let _ = writeln!(out, "Version:     {}", spec.version.as_deref().unwrap_or("current (follows the application)"));
+            let _ = writeln!(
+                out,
+                "Version:     {}",
+                spec.version
+                    .as_deref()
+                    .unwrap_or("current (follows the application)")
+            );
             let _ = writeln!(out, "Sites:       {}", selector_text(&spec.sites));
             if let Some(rollout) = &spec.rollout {
                 out.push_str("Rollout:    ");
@@ -356,7 +448,8 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                             let _ = write!(out, " waves of {size};");
                         }
                         (_, Some(factor)) => {
-                            let _ = write!(out, " waves growing x{factor} from {};", waves.start.unwrap_or(1));
+                            let _ =
+                                write!(out, " waves growing x{factor} from {};", waves.start.unwrap_or(1));
                         }
                         _ => {}
                     }
@@ -371,7 +464,11 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     let _ = write!(out, " max failures {m};");
                 }
                 if let Some(on) = rollout.on_failure {
-                    let _ = write!(out, " on failure {};", serde_json::to_value(on)?.as_str().unwrap_or_default());
+                    let _ = write!(
+                        out,
+                        " on failure {};",
+                        serde_json::to_value(on)?.as_str().unwrap_or_default()
+                    );
                 }
                 out = out.trim_end_matches(';').to_string();
                 out.push('\n');
@@ -395,7 +492,12 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
 
 fn describe_container(out: &mut String, container: &Container) {
     let _ = writeln!(out, "    {}: {}", container.name, container.image);
-    let command: Vec<&str> = container.command.iter().chain(&container.args).map(String::as_str).collect();
+    let command: Vec<&str> = container
+        .command
+        .iter()
+        .chain(&container.args)
+        .map(String::as_str)
+        .collect();
     if !command.is_empty() {
         let _ = writeln!(out, "      command:   {}", command.join(" "));
     }
@@ -408,7 +510,10 @@ fn describe_container(out: &mut String, container: &Container) {
             .ports
             .iter()
             .map(|p| {
-                let protocol = serde_json::to_value(p.protocol).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let protocol = serde_json::to_value(p.protocol)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 match p.host {
                     Some(host) => format!("{host}->{}/{protocol}", p.container),
                     None => format!("{}/{protocol}", p.container),
@@ -454,7 +559,11 @@ fn describe_container(out: &mut String, container: &Container) {
 
 pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<String> {
     let deleted = client.delete(kind, name).await?;
-    Ok(format!("{}/{} deleted\n", lower(deleted.kind), deleted.metadata.name))
+    Ok(format!(
+        "{}/{} deleted\n",
+        lower(deleted.kind),
+        deleted.metadata.name
+    ))
 }
 
 pub async fn history(client: &Client, application: &str, format: Format) -> Result<String> {
@@ -469,7 +578,11 @@ pub async fn history(client: &Client, application: &str, format: Format) -> Resu
                     version.version.clone(),
                     version.generation.to_string(),
                     format!("{} ago", age(&version.applied_at)),
-                    if version.current { "*".to_string() } else { String::new() },
+                    if version.current {
+                        "*".to_string()
+                    } else {
+                        String::new()
+                    },
                 ]);
             }
             Ok(table.render())

@@ -32,7 +32,14 @@ impl Table {
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for row in &self.rows {
@@ -63,7 +70,8 @@ pub fn yaml<T: Serialize>(value: &T) -> Result<String> {
 
 /// How long ago an RFC 3339 time was, the way `kubectl get` shows it: `42s`, `5m`, `3h`, `12d`.
 pub fn age(timestamp: &str) -> String {
-    let Ok(then) = time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339) else {
+    let Ok(then) = time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+    else {
         return "?".to_string();
     };
     let seconds = (time::OffsetDateTime::now_utc() - then).whole_seconds().max(0);
@@ -94,7 +102,9 @@ mod tests {
     fn ages() {
         let now = time::OffsetDateTime::now_utc();
         let format = |d: time::Duration| {
-            (now - d).format(&time::format_description::well_known::Rfc3339).unwrap()
+            (now - d)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
         };
         assert_eq!(age(&format(time::Duration::seconds(5))), "5s");
         assert_eq!(age(&format(time::Duration::minutes(5))), "5m");

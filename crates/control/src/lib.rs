@@ -56,7 +56,11 @@ impl ControlPlane {
         let local_addr = listener.local_addr()?;
         let url = local_url(local_addr);
 
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         if let Some(host) = host_name() {
             names.push(host);
         }
@@ -65,7 +69,8 @@ impl ControlPlane {
         }
         names.extend(config.tls_san.iter().cloned());
         names.dedup();
-        let pki = Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
+        let pki =
+            Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
         let tls = server::tls_config(&pki)?;
 
         let admin_config = config.data_dir.join(ADMIN_CONFIG);
@@ -104,7 +109,11 @@ fn local_url(addr: SocketAddr) -> String {
 fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim().to_ascii_lowercase();
-    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')).then_some(name)
+    (!name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    .then_some(name)
 }
 
 /// Writes `admin.yaml` (mode 0600). On first start this issues the admin

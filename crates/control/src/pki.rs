@@ -32,22 +32,31 @@ impl Pki {
         let ca_cert_path = dir.join("ca.crt");
         let ca_key_path = dir.join("ca.key");
         let (ca_pem, ca_key) = if ca_cert_path.exists() {
-            let key_pem = fs::read_to_string(&ca_key_path).with_context(|| format!("reading {}", ca_key_path.display()))?;
+            let key_pem = fs::read_to_string(&ca_key_path)
+                .with_context(|| format!("reading {}", ca_key_path.display()))?;
             let key = KeyPair::from_pem(&key_pem).context("parsing the CA key")?;
-            let pem = fs::read_to_string(&ca_cert_path).with_context(|| format!("reading {}", ca_cert_path.display()))?;
+            let pem = fs::read_to_string(&ca_cert_path)
+                .with_context(|| format!("reading {}", ca_cert_path.display()))?;
             (pem, key)
         } else {
             let key = KeyPair::generate().context("generating the CA key")?;
             let mut params = CertificateParams::default();
             params.distinguished_name = DistinguishedName::new();
-            params.distinguished_name.push(DnType::CommonName, "Outpost control plane CA");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "Outpost control plane CA");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
             params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
             params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
             let cert = params.self_signed(&key).context("signing the CA certificate")?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            fs::write(&ca_cert_path, cert.pem()).with_context(|| format!("writing {}", ca_cert_path.display()))?;
+            fs::write(&ca_cert_path, cert.pem())
+                .with_context(|| format!("writing {}", ca_cert_path.display()))?;
             (cert.pem(), key)
         };
         let ca_der = pem_to_der(&ca_pem)?;
@@ -56,7 +65,9 @@ impl Pki {
 
         let server_key = KeyPair::generate().context("generating the server key")?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "outpost control");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "outpost control");
         params.subject_alt_names = names
             .iter()
             .map(|name| match name.parse() {
@@ -69,10 +80,15 @@ impl Pki {
             })
             .collect::<Result<_>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
-        let server_cert = params.signed_by(&server_key, &issuer).context("signing the server certificate")?;
+        let server_cert = params
+            .signed_by(&server_key, &issuer)
+            .context("signing the server certificate")?;
         Ok(Pki {
             ca_pem,
             ca_der: ca_der.clone(),

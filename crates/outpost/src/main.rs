@@ -130,13 +130,16 @@ impl From<OutputFormat> for Format {
 }
 
 fn parse_kind(text: &str) -> Result<Kind, String> {
-    Kind::from_cli(text).ok_or_else(|| format!("unknown kind {text:?} (use sites, applications or deployments)"))
+    Kind::from_cli(text)
+        .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications or deployments)"))
 }
 
 fn parse_history_kind(text: &str) -> Result<Kind, String> {
     match Kind::from_cli(text) {
         Some(Kind::Application) => Ok(Kind::Application),
-        _ => Err(format!("{text:?} has no history (use: outpost history application NAME)")),
+        _ => Err(format!(
+            "{text:?} has no history (use: outpost history application NAME)"
+        )),
     }
 }
 
@@ -241,23 +244,37 @@ async fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Validate { files } => {
-            let files = commands::read_sources(files)?;
-            let manifests = commands::validate(&files)?;
-            format!("{} manifest(s) valid\n", manifests.len())
+            let checked = commands::validate(commands::read_sources(files)?)?;
+            format!("{} manifest(s) valid\n", checked.len())
         }
         Command::Apply { files, dry_run } => {
-            commands::apply(&client(&cli)?, commands::read_sources(files)?, *dry_run).await?
+            let checked = commands::validate(commands::read_sources(files)?)?;
+            commands::apply(&client(&cli)?, checked, *dry_run).await?
         }
-        Command::Diff { files } => commands::diff(&client(&cli)?, commands::read_sources(files)?).await?,
+        Command::Diff { files } => {
+            let checked = commands::validate(commands::read_sources(files)?)?;
+            commands::diff(&client(&cli)?, checked).await?
+        }
         Command::Get {
             kind,
             name,
             selector,
             output,
-        } => commands::get(&client(&cli)?, *kind, name.as_deref(), selector.as_deref(), (*output).into()).await?,
+        } => {
+            commands::get(
+                &client(&cli)?,
+                *kind,
+                name.as_deref(),
+                selector.as_deref(),
+                (*output).into(),
+            )
+            .await?
+        }
         Command::Describe { kind, name } => commands::describe(&client(&cli)?, *kind, name).await?,
         Command::Delete { kind, name } => commands::delete(&client(&cli)?, *kind, name).await?,
-        Command::History { name, output, .. } => commands::history(&client(&cli)?, name, (*output).into()).await?,
+        Command::History { name, output, .. } => {
+            commands::history(&client(&cli)?, name, (*output).into()).await?
+        }
     };
     print!("{output}");
     Ok(())

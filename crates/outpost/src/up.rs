@@ -14,9 +14,18 @@ use outpost_control::{Config, ControlPlane};
 
 /// The example manifests, compiled in so `up` works from any directory.
 const EXAMPLES: [(&str, &str); 3] = [
-    ("examples/sites.yaml", include_str!("../../../examples/sites.yaml")),
-    ("examples/pos-gateway.yaml", include_str!("../../../examples/pos-gateway.yaml")),
-    ("examples/camera-analytics.yaml", include_str!("../../../examples/camera-analytics.yaml")),
+    (
+        "examples/sites.yaml",
+        include_str!("../../../examples/sites.yaml"),
+    ),
+    (
+        "examples/pos-gateway.yaml",
+        include_str!("../../../examples/pos-gateway.yaml"),
+    ),
+    (
+        "examples/camera-analytics.yaml",
+        include_str!("../../../examples/camera-analytics.yaml"),
+    ),
 ];
 
 pub async fn run(data_dir: Option<PathBuf>, listen: SocketAddr, config_flag: Option<PathBuf>) -> Result<()> {
@@ -37,7 +46,8 @@ pub async fn run(data_dir: Option<PathBuf>, listen: SocketAddr, config_flag: Opt
     let admin = load_config(&control.admin_config)?;
     let mut context = admin.context(None).context("admin.yaml has no context")?.clone();
     context.name = "up".to_string();
-    let user_config = config_path(config_flag.as_deref()).context("no home directory for the CLI configuration")?;
+    let user_config =
+        config_path(config_flag.as_deref()).context("no home directory for the CLI configuration")?;
     let mut config = if user_config.exists() {
         load_config(&user_config)?
     } else {
@@ -60,11 +70,14 @@ pub async fn run(data_dir: Option<PathBuf>, listen: SocketAddr, config_flag: Opt
             content: content.to_string(),
         })
         .collect();
-    let applied = commands::apply(&Client::new(&context)?, files, false).await?;
+    let applied = commands::apply(&Client::new(&context)?, commands::validate(files)?, false).await?;
     let me = std::env::args().next().unwrap_or_else(|| "outpost".to_string());
     println!("Outpost is up.");
     println!("  control plane  {url}  (data in {})", data_dir.display());
-    println!("  CLI context    \"up\", now current in {}", user_config.display());
+    println!(
+        "  CLI context    \"up\", now current in {}",
+        user_config.display()
+    );
     println!();
     println!("Applied the examples:");
     for line in applied.lines() {

@@ -42,9 +42,12 @@ impl IntoResponse for ApiError {
                 Vec::new(),
             ),
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message, Vec::new()),
-            ApiError::UnsupportedMediaType(message) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message, Vec::new())
-            }
+            ApiError::UnsupportedMediaType(message) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+                Vec::new(),
+            ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -60,7 +63,12 @@ impl IntoResponse for ApiError {
                 } else {
                     format!("{count} problems in the manifests; nothing was applied")
                 };
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", message, diagnostics.0)
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_manifest",
+                    message,
+                    diagnostics.0,
+                )
             }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");

@@ -81,17 +81,20 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
 }
 
 fn parse_kind(text: &str) -> Result<Kind, ApiError> {
-    Kind::ALL
-        .into_iter()
-        .find(|k| k.plural() == text)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown kind {text:?} (use sites, applications or deployments)")))
+    Kind::ALL.into_iter().find(|k| k.plural() == text).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "unknown kind {text:?} (use sites, applications or deployments)"
+        ))
+    })
 }
 
 fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true" | "") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!("{name}={other:?}: use true or false"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name}={other:?}: use true or false"
+        ))),
     }
 }
 
@@ -125,14 +128,18 @@ async fn apply(
         .trim()
         .to_ascii_lowercase();
     let text = || {
-        String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".to_string()))
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".to_string()))
     };
     let request = match content_type.as_str() {
         "application/json" => serde_json::from_slice::<ApplyRequest>(&body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" | "text/plain" => ApplyRequest {
             files: vec![SourceFile {
-                name: query.get("source").cloned().unwrap_or_else(|| "request".to_string()),
+                name: query
+                    .get("source")
+                    .cloned()
+                    .unwrap_or_else(|| "request".to_string()),
                 content: text()?,
             }],
             dry_run: false,
@@ -160,7 +167,10 @@ async fn apply(
         return Err(ApiError::Invalid(problems.sorted()));
     }
     let results = state.store.apply(&documents, &actor, dry_run).await?;
-    for result in results.iter().filter(|r| !dry_run && r.action != outpost_api::wire::ApplyAction::Unchanged) {
+    for result in results
+        .iter()
+        .filter(|r| !dry_run && r.action != outpost_api::wire::ApplyAction::Unchanged)
+    {
         tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
     }
     Ok(Json(ApplyResponse { dry_run, results }))

@@ -42,7 +42,10 @@ fn error_responses() -> Value {
         ("401", "missing or invalid API token"),
         ("404", "no such object or kind"),
         ("409", "the change conflicts with other objects"),
-        ("422", "the manifests are invalid; every problem is listed with its position"),
+        (
+            "422",
+            "the manifests are invalid; every problem is listed with its position",
+        ),
     ] {
         let mut response = error.clone();
         response["description"] = json!(description);

@@ -47,8 +47,12 @@ impl From<serde_json::Error> for StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Creates or updates every object of the batch, all or nothing.
     /// With `dry_run`, reports what would change and stores nothing.
-    async fn apply(&self, documents: &[Document], actor: &str, dry_run: bool)
-    -> Result<Vec<ApplyResult>, StoreError>;
+    async fn apply(
+        &self,
+        documents: &[Document],
+        actor: &str,
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, StoreError>;
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>, StoreError>;
 

@@ -7,14 +7,16 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use outpost_api::Diagnostics;
 use outpost_api::diagnostic::Path as FieldPath;
 use outpost_api::manifest::{ApiVersion, Kind, Manifest};
 use outpost_api::validate::Document;
 use outpost_api::wire::{ApplicationVersion, ApplyAction, ApplyResult, ObjectMeta, StoredObject};
-use outpost_api::Diagnostics;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
 
 use super::{KEPT_VERSIONS, Store, StoreError};
@@ -102,8 +104,7 @@ fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreE
     })
 }
 
-const SELECT_OBJECT: &str =
-    "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects WHERE kind = ?1 AND name = ?2";
+const SELECT_OBJECT: &str = "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects WHERE kind = ?1 AND name = ?2";
 
 async fn fetch_object(
     tx: &mut Transaction<'_, Sqlite>,
@@ -144,15 +145,17 @@ async fn audit(
     name: &str,
     generation: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        .bind(now())
-        .bind(actor)
-        .bind(action)
-        .bind(kind.as_str())
-        .bind(name)
-        .bind(generation)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(now())
+    .bind(actor)
+    .bind(action)
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(generation)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -201,7 +204,8 @@ async fn check_references(
                 if let Some(version) = in_batch {
                     known.insert(0, version.to_string());
                 }
-                let exists = in_batch.is_some() || fetch_object(tx, Kind::Application, application).await?.is_some();
+                let exists =
+                    in_batch.is_some() || fetch_object(tx, Kind::Application, application).await?.is_some();
                 if !exists {
                     out.0.push(document.diagnostic(
                         &spec.field("application"),
@@ -366,7 +370,11 @@ impl Store for SqliteStore {
             if !users.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "application {name:?} is used by deployment {}; delete or change that first",
-                    users.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ")
+                    users
+                        .iter()
+                        .map(|u| format!("{u:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             sqlx::query("DELETE FROM application_versions WHERE application = ?1")
@@ -392,7 +400,11 @@ impl Store for SqliteStore {
                 name: name.to_string(),
             });
         };
-        let current_version = current.spec.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+        let current_version = current
+            .spec
+            .get("version")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT version, generation, spec, applied_at FROM application_versions
              WHERE application = ?1 ORDER BY generation DESC",
@@ -426,10 +438,12 @@ impl Store for SqliteStore {
     }
 
     async fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = ?1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = ?1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn close(&self) {

@@ -2,7 +2,8 @@
 //! real SQLite file in a temporary directory, an HTTPS client that trusts its
 //! CA, and a runner for the CLI binary.
 
-#![allow(dead_code)]
+// Test-only code: a panic here is how a test reports that its setup failed.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,10 @@ impl ControlPlane {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.success();
             }
-            assert!(std::time::Instant::now() < deadline, "the control plane did not stop on SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the control plane did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -66,12 +70,28 @@ impl ControlPlane {
     }
 
     pub fn http(&self) -> Http {
-        Http::new(&self.config().context(None).unwrap().certificate_authority, &self.url)
+        Http::new(
+            &self.config().context(None).unwrap().certificate_authority,
+            &self.url,
+        )
     }
 
     /// Runs the CLI against this control plane.
     pub fn cli(&self, args: &[&str]) -> Run {
-        cli_with(args, &[("OUTPOST_CONFIG", self.admin_config().to_str().unwrap())], None)
+        cli_with(
+            args,
+            &[("OUTPOST_CONFIG", self.admin_config().to_str().unwrap())],
+            None,
+        )
+    }
+
+    /// Runs the CLI with text on its standard input.
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        cli_with(
+            args,
+            &[("OUTPOST_CONFIG", self.admin_config().to_str().unwrap())],
+            Some(stdin),
+        )
     }
 }
 
@@ -84,7 +104,13 @@ impl Drop for ControlPlane {
 
 fn spawn(data_dir: &Path) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["control", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "control",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -135,7 +161,11 @@ pub fn cli_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run
         .env_remove("OUTPOST_CONFIG")
         .env("HOME", "/nonexistent-outpost-test-home")
         .env("XDG_CONFIG_HOME", "/nonexistent-outpost-test-home")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in env {
@@ -146,7 +176,11 @@ pub fn cli_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run
         use std::io::Write;
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8(stdout).unwrap(),
@@ -184,7 +218,13 @@ impl Http {
         }
     }
 
-    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Response {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Response {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
@@ -206,7 +246,12 @@ impl Http {
             "files": files.iter().map(|(name, content)| serde_json::json!({"name": name, "content": content})).collect::<Vec<_>>(),
             "dryRun": dry_run,
         });
-        self.send("POST", "/api/v1/apply", Some(token), Some(("application/json", request.to_string().into_bytes())))
+        self.send(
+            "POST",
+            "/api/v1/apply",
+            Some(token),
+            Some(("application/json", request.to_string().into_bytes())),
+        )
     }
 
     pub fn names(&self, token: &str, kind: &str) -> Vec<String> {
@@ -222,7 +267,12 @@ impl Http {
 }
 
 pub fn example(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)).unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name),
+    )
+    .unwrap()
 }
 
 pub fn site(name: &str, labels: &str) -> String {
