@@ -60,6 +60,14 @@ impl Diagnostics {
         self.0.extend(other.0);
     }
 
+    /// One line for the end of a report: `2 problems in the manifests; nothing was applied`.
+    pub fn summary(&self) -> String {
+        match self.0.len() {
+            1 => "1 problem in the manifests; nothing was applied".to_string(),
+            n => format!("{n} problems in the manifests; nothing was applied"),
+        }
+    }
+
     /// Sorts by position and drops exact repeats.
     pub fn sorted(mut self) -> Self {
         self.0.sort();

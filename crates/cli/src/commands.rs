@@ -102,13 +102,8 @@ pub fn validate(files: Vec<SourceFile>) -> Result<Checked, CliError> {
         });
     }
     let problems = problems.sorted();
-    let count = problems.len();
     Err(CliError {
-        message: if count == 1 {
-            "1 problem in the manifests; nothing was applied".to_string()
-        } else {
-            format!("{count} problems in the manifests; nothing was applied")
-        },
+        message: problems.summary(),
         diagnostics: problems.0,
     })
 }

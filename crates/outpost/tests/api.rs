@@ -232,21 +232,7 @@ fn list_filters_by_selector() {
     let (http, token) = (control.http(), control.token());
     let sites = example("sites.yaml");
     assert_eq!(http.apply(&token, &[("sites.yaml", &sites)], false).status, 200);
-    let query = |selector: &str| {
-        let response = http.send(
-            "GET",
-            &format!("/api/v1/sites?selector={}", encode(selector)),
-            Some(&token),
-            None,
-        );
-        assert_eq!(response.status, 200, "{}", response.body);
-        response.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let query = |selector: &str| http.names(&token, &format!("sites?selector={}", encode(selector)));
     assert_eq!(
         query("customer = acme and env = prod"),
         ["store-042", "store-043"]

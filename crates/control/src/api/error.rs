@@ -56,20 +56,12 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, Vec::new()),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, "conflict", message, Vec::new()),
-            ApiError::Invalid(diagnostics) => {
-                let count = diagnostics.len();
-                let message = if count == 1 {
-                    "1 problem in the manifests; nothing was applied".to_string()
-                } else {
-                    format!("{count} problems in the manifests; nothing was applied")
-                };
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_manifest",
-                    message,
-                    diagnostics.0,
-                )
-            }
+            ApiError::Invalid(diagnostics) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+                diagnostics.summary(),
+                diagnostics.0,
+            ),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 (

@@ -254,8 +254,9 @@ impl Http {
         )
     }
 
-    pub fn names(&self, token: &str, kind: &str) -> Vec<String> {
-        let response = self.send("GET", &format!("/api/v1/{kind}"), Some(token), None);
+    /// The names listed by `GET /api/v1/{list}` (`list` may carry a query).
+    pub fn names(&self, token: &str, list: &str) -> Vec<String> {
+        let response = self.send("GET", &format!("/api/v1/{list}"), Some(token), None);
         assert_eq!(response.status, 200, "{}", response.body);
         response.body["items"]
             .as_array()
