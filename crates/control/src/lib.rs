@@ -50,9 +50,12 @@ impl ControlPlane {
             .await
             .context("opening the store")?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "listening on {} (is another control plane running? pick another address with --listen)",
+                config.listen
+            )
+        })?;
         let local_addr = listener.local_addr()?;
         let url = local_url(local_addr);
 
