@@ -338,6 +338,8 @@ fn bad_requests_get_a_precise_4xx_never_a_500() {
         ("DELETE", "/api/v1/sites/nope", None, 404, "not_found"),
         ("GET", "/api/v1/applications/nope/history", None, 404, "not_found"),
         ("GET", "/nowhere", None, 404, "not_found"),
+        ("PUT", "/api/v1/sites/a", None, 405, "method_not_allowed"),
+        ("GET", "/api/v1/apply", None, 405, "method_not_allowed"),
         // Last: the server closes the connection after refusing the body.
         (
             "POST",

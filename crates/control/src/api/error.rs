@@ -16,6 +16,7 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     PayloadTooLarge,
     NotFound(String),
+    MethodNotAllowed,
     Conflict(String),
     Invalid(Diagnostics),
     Internal(String),
@@ -55,6 +56,12 @@ impl IntoResponse for ApiError {
                 Vec::new(),
             ),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, Vec::new()),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see /api/v1/openapi.json)".to_string(),
+                Vec::new(),
+            ),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, "conflict", message, Vec::new()),
             ApiError::Invalid(diagnostics) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
