@@ -9,6 +9,7 @@ pub mod schema;
 pub mod selector;
 pub mod validate;
 pub mod wire;
+pub mod workload;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};

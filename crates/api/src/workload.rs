@@ -1,0 +1,292 @@
+//! What a site runs: the deployments that select a site, compiled into one
+//! `Workload` per application service, with `${site.NAME}` substituted.
+//! Pure functions; the control plane stores the result per site with a
+//! revision, and agents reconcile to it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{ApplicationSpec, Container, Deployment, ServiceMode, Site};
+use crate::selector::Selector;
+use crate::validate::site_references;
+
+/// One service of one application, as a site must run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub application: String,
+    pub version: String,
+    pub deployment: String,
+    pub service: String,
+    /// Instances per site; ignored when `per_host`.
+    pub replicas: u32,
+    pub per_host: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Selector>,
+    /// Containers with site variables already substituted.
+    pub containers: Vec<Container>,
+}
+
+impl Workload {
+    /// `application/service`: unique within a site.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.application, self.service)
+    }
+
+    /// A hash of everything that, when changed, needs new containers.
+    pub fn spec_hash(&self) -> String {
+        let json = serde_json::to_vec(&(&self.version, &self.containers)).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+}
+
+/// A deployment that selects a site but cannot run there, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementFailure {
+    pub deployment: String,
+    pub application: String,
+    pub reason: String,
+}
+
+/// The compiled desired state of one site.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteState {
+    pub workloads: Vec<Workload>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<PlacementFailure>,
+}
+
+/// Compiles what `site` runs. `application_spec(name, version)` looks up a
+/// stored application version (`None` for the version means the current).
+pub fn compile_site<'a>(
+    site: &Site,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    application_spec: impl Fn(&str, Option<&str>) -> Option<ApplicationSpec>,
+) -> SiteState {
+    let mut state = SiteState::default();
+    let mut deployments: Vec<&Deployment> = deployments
+        .into_iter()
+        .filter(|d| d.spec.sites.matches(&site.metadata.labels))
+        .collect();
+    deployments.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    for deployment in deployments {
+        let application = deployment.spec.application.as_str();
+        let failure = |reason: String| PlacementFailure {
+            deployment: deployment.metadata.name.to_string(),
+            application: application.to_string(),
+            reason,
+        };
+        let Some(spec) = application_spec(application, deployment.spec.version.as_deref()) else {
+            state.failures.push(failure(format!(
+                "application {application:?} has no version {:?}",
+                deployment.spec.version.as_deref().unwrap_or("current")
+            )));
+            continue;
+        };
+        if let Some(other) = taken.get(application) {
+            state.failures.push(failure(format!(
+                "deployment {other:?} already runs application {application:?} on this site"
+            )));
+            continue;
+        }
+        match substitute(&spec, &site.spec.variables) {
+            Ok(spec) => {
+                taken.insert(application.to_string(), deployment.metadata.name.to_string());
+                for service in spec.services {
+                    state.workloads.push(Workload {
+                        application: application.to_string(),
+                        version: spec.version.clone(),
+                        deployment: deployment.metadata.name.to_string(),
+                        service: service.name.to_string(),
+                        replicas: service.replicas.unwrap_or(1),
+                        per_host: service.mode == Some(ServiceMode::PerHost),
+                        hosts: service.hosts,
+                        containers: service.containers,
+                    });
+                }
+            }
+            Err(reason) => state.failures.push(failure(reason)),
+        }
+    }
+    state
+}
+
+/// Replaces `${site.NAME}` in every env value; `$$` becomes `$`.
+fn substitute(
+    spec: &ApplicationSpec,
+    variables: &BTreeMap<String, String>,
+) -> Result<ApplicationSpec, String> {
+    let mut spec = spec.clone();
+    for service in &mut spec.services {
+        for container in &mut service.containers {
+            for (name, value) in &mut container.env {
+                *value = substitute_value(value, variables)
+                    .map_err(|missing| format!("env {name} of {}/{} needs site variable {missing:?}, which this site does not define", service.name, container.name))?;
+            }
+        }
+    }
+    Ok(spec)
+}
+
+fn substitute_value(value: &str, variables: &BTreeMap<String, String>) -> Result<String, String> {
+    // Validation already refused malformed references.
+    let names = site_references(value).map_err(|_| value.to_string())?;
+    if let Some(missing) = names.iter().find(|n| !variables.contains_key(**n)) {
+        return Err(missing.to_string());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix("{site.")
+            && let Some(end) = body.find('}')
+        {
+            out.push_str(
+                variables
+                    .get(&body[..end])
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            );
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn manifests(text: &str) -> Vec<Manifest> {
+        crate::parse_documents("t.yaml", text)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.manifest)
+            .collect()
+    }
+
+    #[test]
+    fn compiles_matching_deployments_with_variables() {
+        let all = manifests(concat!(
+            include_str!("../../../examples/sites.yaml"),
+            "---\n",
+            include_str!("../../../examples/pos-gateway.yaml")
+        ));
+        let sites: Vec<&Site> = all
+            .iter()
+            .filter_map(|m| if let Manifest::Site(s) = m { Some(s) } else { None })
+            .collect();
+        let deployments: Vec<&Deployment> = all
+            .iter()
+            .filter_map(|m| {
+                if let Manifest::Deployment(d) = m {
+                    Some(d)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let app = all
+            .iter()
+            .find_map(|m| {
+                if let Manifest::Application(a) = m {
+                    Some(a.spec.clone())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        let lookup = |name: &str, version: Option<&str>| {
+            (name == "pos-gateway" && version.is_none_or(|v| v == app.version)).then(|| app.clone())
+        };
+        let store_042 = sites
+            .iter()
+            .find(|s| s.metadata.name.as_str() == "store-042")
+            .unwrap();
+        let state = compile_site(store_042, deployments.iter().copied(), lookup);
+        assert_eq!(state.failures, []);
+        let keys: Vec<String> = state.workloads.iter().map(Workload::key).collect();
+        assert_eq!(keys, ["pos-gateway/api", "pos-gateway/sync"]);
+        assert_eq!(state.workloads[0].deployment, "pos-gateway-prod");
+        assert_eq!(state.workloads[0].containers[0].env["STORE_ID"], "042");
+        assert_eq!(state.workloads[0].containers[0].env["TZ"], "Europe/Stockholm");
+
+        let plant = sites
+            .iter()
+            .find(|s| s.metadata.name.as_str() == "plant-ulm")
+            .unwrap();
+        assert_eq!(
+            compile_site(plant, deployments.iter().copied(), lookup),
+            SiteState::default()
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_fails_the_site_never_an_empty_string() {
+        let all = manifests(
+            "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s, labels: { env: prod } }\n---\n\
+             apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: d }\nspec: { application: a, sites: env = prod }\n",
+        );
+        let (Manifest::Site(site), Manifest::Deployment(deployment)) = (&all[0], &all[1]) else {
+            panic!()
+        };
+        let spec: ApplicationSpec = serde_json::from_value(serde_json::json!({
+            "version": "1", "services": [{ "name": "web", "containers": [{ "name": "web", "image": "x",
+            "env": { "A": "${site.missing}", "B": "$${literal}" } }] }]
+        }))
+        .unwrap();
+        let state = compile_site(site, [deployment], |_, _| Some(spec.clone()));
+        assert_eq!(state.workloads, []);
+        assert_eq!(
+            state.failures[0].reason,
+            "env A of web/web needs site variable \"missing\", which this site does not define"
+        );
+    }
+
+    #[test]
+    fn substitution() {
+        let vars: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+        assert_eq!(
+            substitute_value("x${site.a}y$${site.a}$5", &vars).unwrap(),
+            "x1y${site.a}$5"
+        );
+    }
+
+    #[test]
+    fn spec_hash_follows_the_containers() {
+        let spec: ApplicationSpec = serde_json::from_value(serde_json::json!({
+            "version": "1", "services": [{ "name": "web", "containers": [{ "name": "web", "image": "x" }] }]
+        }))
+        .unwrap();
+        let workload = |image: &str| {
+            let mut containers = spec.services[0].containers.clone();
+            containers[0].image = image.parse().unwrap();
+            Workload {
+                application: "a".into(),
+                version: "1".into(),
+                deployment: "d".into(),
+                service: "web".into(),
+                replicas: 1,
+                per_host: false,
+                hosts: None,
+                containers,
+            }
+        };
+        assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());
+        assert_ne!(workload("x").spec_hash(), workload("y").spec_hash());
+    }
+}
