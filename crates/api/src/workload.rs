@@ -27,6 +27,18 @@ pub struct Workload {
     pub hosts: Option<Selector>,
     /// Containers with site variables already substituted.
     pub containers: Vec<Container>,
+    /// Which host runs which instance (filled by [`assign_hosts`]).
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// One running copy of a workload on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// `application-service-N`, or `application-service-HOST` for per-host services.
+    pub name: String,
+    pub host: String,
 }
 
 impl Workload {
@@ -107,6 +119,7 @@ pub fn compile_site<'a>(
                         per_host: service.mode == Some(ServiceMode::PerHost),
                         hosts: service.hosts,
                         containers: service.containers,
+                        instances: Vec::new(),
                     });
                 }
             }
@@ -114,6 +127,57 @@ pub fn compile_site<'a>(
         }
     }
     state
+}
+
+/// Places instances on hosts: a per-host service on every host its selector
+/// matches; `replicas` instances round-robin over the matching hosts, in
+/// name order. A workload that fits no host becomes a placement failure.
+/// (Resource-aware placement replaces this with the placement issue.)
+pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<String, String>>) {
+    let mut placed = Vec::new();
+    for mut workload in std::mem::take(&mut state.workloads) {
+        let candidates: Vec<&String> = hosts
+            .iter()
+            .filter(|(_, labels)| workload.hosts.as_ref().is_none_or(|s| s.matches(labels)))
+            .map(|(name, _)| name)
+            .collect();
+        if candidates.is_empty() {
+            let reason = match (&workload.hosts, hosts.is_empty()) {
+                (_, true) => "no host of this site has enrolled yet".to_string(),
+                (Some(selector), false) => format!(
+                    "service {}: no host matches {:?}",
+                    workload.service,
+                    selector.as_str()
+                ),
+                (None, false) => format!("service {}: no host can run it", workload.service),
+            };
+            state.failures.push(PlacementFailure {
+                deployment: workload.deployment.clone(),
+                application: workload.application.clone(),
+                reason,
+            });
+            continue;
+        }
+        let prefix = format!("{}-{}", workload.application, workload.service);
+        workload.instances = if workload.per_host {
+            candidates
+                .iter()
+                .map(|host| Instance {
+                    name: format!("{prefix}-{host}"),
+                    host: host.to_string(),
+                })
+                .collect()
+        } else {
+            (0..workload.replicas as usize)
+                .map(|i| Instance {
+                    name: format!("{prefix}-{i}"),
+                    host: candidates[i % candidates.len()].clone(),
+                })
+                .collect()
+        };
+        placed.push(workload);
+    }
+    state.workloads = placed;
 }
 
 /// Replaces `${site.NAME}` in every env value; `$$` becomes `$`.
@@ -258,6 +322,67 @@ mod tests {
     }
 
     #[test]
+    fn instances_go_to_matching_hosts() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let hosts: BTreeMap<String, BTreeMap<String, String>> = [
+            ("h1".to_string(), labels(&[("camera", "true")])),
+            ("h2".to_string(), labels(&[])),
+            ("h3".to_string(), labels(&[("camera", "true")])),
+        ]
+        .into();
+        let workload = |service: &str, replicas: u32, per_host: bool, selector: Option<&str>| Workload {
+            application: "a".into(),
+            version: "1".into(),
+            deployment: "d".into(),
+            service: service.into(),
+            replicas,
+            per_host,
+            hosts: selector.map(|s| s.parse().unwrap()),
+            containers: Vec::new(),
+            instances: Vec::new(),
+        };
+        let mut state = SiteState {
+            workloads: vec![
+                workload("grab", 1, true, Some("camera")),
+                workload("api", 3, false, None),
+                workload("gpu", 1, false, Some("gpu")),
+            ],
+            failures: Vec::new(),
+        };
+        assign_hosts(&mut state, &hosts);
+        let placed: Vec<Vec<(&str, &str)>> = state
+            .workloads
+            .iter()
+            .map(|w| {
+                w.instances
+                    .iter()
+                    .map(|i| (i.name.as_str(), i.host.as_str()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                vec![("a-grab-h1", "h1"), ("a-grab-h3", "h3")],
+                vec![("a-api-0", "h1"), ("a-api-1", "h2"), ("a-api-2", "h3")],
+            ]
+        );
+        assert_eq!(state.failures[0].reason, "service gpu: no host matches \"gpu\"");
+
+        let mut empty = SiteState {
+            workloads: vec![workload("api", 1, false, None)],
+            failures: Vec::new(),
+        };
+        assign_hosts(&mut empty, &BTreeMap::new());
+        assert_eq!(empty.failures[0].reason, "no host of this site has enrolled yet");
+    }
+
+    #[test]
     fn substitution() {
         let vars: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
         assert_eq!(
@@ -284,6 +409,7 @@ mod tests {
                 per_host: false,
                 hosts: None,
                 containers,
+                instances: Vec::new(),
             }
         };
         assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());

@@ -1,8 +1,12 @@
-//! The control plane's certificate authority and its serving certificate.
+//! The control plane's certificate authority, its serving certificate, and
+//! host certificates for enrolled agents.
 //!
 //! The CA is made on first start and kept in `DATA_DIR/tls` (keys mode
 //! 0600). The server certificate is signed afresh at every start, so a new
-//! `--tls-san` takes effect without touching the CA that clients trust.
+//! `--tls-san` takes effect without touching the CA that clients trust. A
+//! host certificate names its site and host in a URI subject alternative
+//! name, `outpost://site/SITE/host/HOST`: the only identity the agent
+//! gateway believes.
 
 use std::fs;
 use std::io::Write;
@@ -11,17 +15,23 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
 pub struct Pki {
     pub ca_pem: String,
-    ca_der: Vec<u8>,
+    ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
 }
 
 impl Pki {
@@ -51,8 +61,7 @@ impl Pki {
                 KeyUsagePurpose::CrlSign,
                 KeyUsagePurpose::DigitalSignature,
             ];
-            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+            validity(&mut params, 3650);
             let cert = params.self_signed(&key).context("signing the CA certificate")?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
             fs::write(&ca_cert_path, cert.pem())
@@ -60,40 +69,14 @@ impl Pki {
             (cert.pem(), key)
         };
         let ca_der = pem_to_der(&ca_pem)?;
-        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), ca_key)
-            .context("loading the CA certificate")?;
-
-        let server_key = KeyPair::generate().context("generating the server key")?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "outpost control");
-        params.subject_alt_names = names
-            .iter()
-            .map(|name| match name.parse() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => name
-                    .clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .with_context(|| format!("{name:?} is not a DNS name or IP address")),
-            })
-            .collect::<Result<_>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
-        let server_cert = params
-            .signed_by(&server_key, &issuer)
-            .context("signing the server certificate")?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).context("loading the CA certificate")?;
+        let (server_cert, server_key) = server_certificate(&issuer, names)?;
         Ok(Pki {
             ca_pem,
-            ca_der: ca_der.clone(),
-            server_chain: vec![server_cert.der().clone(), CertificateDer::from(ca_der)],
-            server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+            server_chain: vec![server_cert, ca_der.clone()],
+            ca_der,
+            issuer,
+            server_key,
         })
     }
 
@@ -101,15 +84,94 @@ impl Pki {
     pub fn ca_fingerprint(&self) -> String {
         hex::encode(Sha256::digest(&self.ca_der))
     }
+
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// Signs a host's CSR. Only the public key is taken from the request: the
+    /// identity (site and host) is set here, never by the agent.
+    pub fn sign_host_csr(&self, csr_pem: &str, site: &str, host: &str) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .context("the CSR is not a valid PKCS#10 request")?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{host}.{site}"));
+        params.subject_alt_names = vec![SanType::URI(
+            host_identity_uri(site, host)
+                .try_into()
+                .context("building the host identity")?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, 365);
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .context("signing the host certificate")?;
+        Ok(cert.pem())
+    }
 }
 
-fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+fn server_certificate(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[String],
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    let key = KeyPair::generate().context("generating the server key")?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "outpost control");
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| match name.parse() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => name
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .with_context(|| format!("{name:?} is not a DNS name or IP address")),
+        })
+        .collect::<Result<_>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    validity(&mut params, 365);
+    let cert = params
+        .signed_by(&key, issuer)
+        .context("signing the server certificate")?;
+    Ok((
+        cert.der().clone(),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
+}
+
+/// The identity a host certificate carries, as a URI subject alternative name.
+pub fn host_identity_uri(site: &str, host: &str) -> String {
+    format!("outpost://site/{site}/host/{host}")
+}
+
+/// The (site, host) named by a certificate's identity URI.
+pub fn host_identity(cert_der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let (site, host) = uri.strip_prefix("outpost://site/")?.split_once("/host/")?;
+            Some((site.to_string(), host.to_string()))
+        }
+        _ => None,
+    })
+}
+
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
     let mut reader = pem.as_bytes();
-    let cert = rustls_pemfile::certs(&mut reader)
+    rustls_pemfile::certs(&mut reader)
         .next()
         .context("the CA file holds no certificate")?
-        .context("parsing the CA certificate")?;
-    Ok(cert.to_vec())
+        .context("parsing the CA certificate")
 }
 
 /// Creates a directory readable only by its owner (or tightens an existing one).
@@ -134,4 +196,32 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", temporary.display()))?;
     fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_certificates_carry_the_identity_the_ca_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut request = CertificateParams::default();
+        // The agent claims another identity in its CSR; it must be ignored.
+        request.subject_alt_names = vec![SanType::URI(
+            host_identity_uri("other", "evil").try_into().unwrap(),
+        )];
+        let csr = request.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = pki.sign_host_csr(&csr, "store-042", "till-1").unwrap();
+        let der = pem_to_der(&pem).unwrap();
+        assert_eq!(
+            host_identity(&der),
+            Some(("store-042".to_string(), "till-1".to_string()))
+        );
+
+        // The CA survives a restart: same fingerprint.
+        let again = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+        assert_eq!(again.ca_fingerprint(), pki.ca_fingerprint());
+    }
 }
