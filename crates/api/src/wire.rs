@@ -17,6 +17,9 @@ pub struct StoredObject {
     pub kind: Kind,
     pub metadata: ObjectMeta,
     pub spec: serde_json::Value,
+    /// What the fleet reports about the object (sites and deployments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -167,4 +170,94 @@ pub struct ErrorInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ObjectList {
     pub items: Vec<StoredObject>,
+}
+
+/// `POST /api/v1/sites/{site}/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// How long the token stays valid, such as `1h` (default) or `7d`.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinToken {
+    /// Single use; shown once, stored only as a hash.
+    pub token: String,
+    pub site: String,
+    pub expires_at: String,
+}
+
+/// Live status of a site, from its hosts' agents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStatus {
+    pub online: bool,
+    pub hosts: usize,
+    pub online_hosts: usize,
+    /// The desired state's revision.
+    pub revision: i64,
+    /// The lowest revision any host of the site has applied.
+    pub applied_revision: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_version: String,
+    /// Deployments that select the site but cannot run there, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// How one deployment fares on one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentSiteState {
+    UpToDate,
+    Progressing,
+    Failed,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSite {
+    pub site: String,
+    pub state: DeploymentSiteState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    pub up_to_date: usize,
+    pub progressing: usize,
+    pub failed: usize,
+    pub offline: usize,
+    pub sites: Vec<DeploymentSite>,
+}
+
+/// An enrolled host, as `GET /api/v1/hosts` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostInfo {
+    pub site: String,
+    pub name: String,
+    pub online: bool,
+    pub facts: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub applied_revision: i64,
+    pub enrolled_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Instances on this host: name → state.
+    #[serde(default)]
+    pub instances: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct HostList {
+    pub items: Vec<HostInfo>,
 }

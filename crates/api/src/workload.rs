@@ -141,15 +141,19 @@ pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<Str
             .filter(|(_, labels)| workload.hosts.as_ref().is_none_or(|s| s.matches(labels)))
             .map(|(name, _)| name)
             .collect();
+        if hosts.is_empty() {
+            // Nothing to place on yet: waiting for a host is not a failure.
+            placed.push(workload);
+            continue;
+        }
         if candidates.is_empty() {
-            let reason = match (&workload.hosts, hosts.is_empty()) {
-                (_, true) => "no host of this site has enrolled yet".to_string(),
-                (Some(selector), false) => format!(
+            let reason = match &workload.hosts {
+                Some(selector) => format!(
                     "service {}: no host matches {:?}",
                     workload.service,
                     selector.as_str()
                 ),
-                (None, false) => format!("service {}: no host can run it", workload.service),
+                None => format!("service {}: no host can run it", workload.service),
             };
             state.failures.push(PlacementFailure {
                 deployment: workload.deployment.clone(),
@@ -378,8 +382,9 @@ mod tests {
             workloads: vec![workload("api", 1, false, None)],
             failures: Vec::new(),
         };
+        // No host yet: the workload waits, unplaced; that is not a failure.
         assign_hosts(&mut empty, &BTreeMap::new());
-        assert_eq!(empty.failures[0].reason, "no host of this site has enrolled yet");
+        assert_eq!((empty.failures.len(), empty.workloads[0].instances.len()), (0, 0));
     }
 
     #[test]

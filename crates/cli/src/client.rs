@@ -11,7 +11,8 @@ use outpost_api::Diagnostic;
 use outpost_api::client_config::{ClientConfig, Context};
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{
-    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, ObjectList, StoredObject,
+    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostInfo, HostList, JoinToken,
+    JoinTokenRequest, ObjectList, StoredObject,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -154,6 +155,26 @@ impl Client {
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<StoredObject> {
         self.send(self.request(Method::DELETE, &format!("/{}/{}", kind.plural(), encode(name))))
             .await
+    }
+
+    pub async fn create_join_token(&self, site: &str, ttl: &str) -> Result<JoinToken> {
+        let body = JoinTokenRequest {
+            ttl: Some(ttl.to_string()),
+        };
+        self.send(
+            self.request(Method::POST, &format!("/sites/{}/tokens", encode(site)))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn hosts(&self, site: Option<&str>) -> Result<Vec<HostInfo>> {
+        let mut request = self.request(Method::GET, "/hosts");
+        if let Some(site) = site {
+            request = request.query(&[("site", site)]);
+        }
+        let list: HostList = self.send(request).await?;
+        Ok(list.items)
     }
 
     pub async fn history(&self, application: &str) -> Result<Vec<ApplicationVersion>> {

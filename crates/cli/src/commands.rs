@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use outpost_api::manifest::{Application, Container, Deployment, Kind, Manifest, ServiceMode, Site};
 use outpost_api::selector::Selector;
-use outpost_api::wire::{ApplyAction, ApplyRequest, SourceFile, StoredObject};
+use outpost_api::wire::{ApplyAction, ApplyRequest, DeploymentStatus, SiteStatus, SourceFile, StoredObject};
 use outpost_api::{Diagnostics, check_batch, parse_documents};
 
 use crate::client::{CliError, Client};
@@ -172,7 +172,7 @@ pub async fn get(
         return match format {
             Format::Json => output::json(&object),
             Format::Yaml => output::yaml(&object),
-            Format::Table | Format::Wide => render_table(client, kind, &[object], format).await,
+            Format::Table | Format::Wide => render_table(kind, &[object], format),
         };
     }
     let objects = client.list(kind, selector).await?;
@@ -183,7 +183,7 @@ pub async fn get(
             Some(selector) => format!("no {} match {selector:?}\n", kind.plural()),
             None => format!("no {} yet\n", kind.plural()),
         }),
-        Format::Table | Format::Wide => render_table(client, kind, &objects, format).await,
+        Format::Table | Format::Wide => render_table(kind, &objects, format),
     }
 }
 
@@ -198,25 +198,42 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-async fn render_table(
-    client: &Client,
-    kind: Kind,
-    objects: &[StoredObject],
-    format: Format,
-) -> Result<String> {
+fn render_table(kind: Kind, objects: &[StoredObject], format: Format) -> Result<String> {
     let wide = format == Format::Wide;
     let table = match kind {
         Kind::Site => {
             let mut table = if wide {
-                Table::new(&["NAME", "LABELS", "VARIABLES", "GENERATION", "AGE"])
+                Table::new(&[
+                    "NAME",
+                    "STATUS",
+                    "HOSTS",
+                    "REVISION",
+                    "LAST-SEEN",
+                    "AGENT",
+                    "LABELS",
+                    "GENERATION",
+                    "AGE",
+                ])
             } else {
-                Table::new(&["NAME", "LABELS", "AGE"])
+                Table::new(&["NAME", "STATUS", "HOSTS", "REVISION", "LAST-SEEN", "AGE"])
             };
             for object in objects {
                 let site: Site = typed(object)?;
-                let mut row = vec![site.metadata.name.to_string(), labels_text(&site.metadata.labels)];
+                let status: SiteStatus = status_of(object);
+                let mut row = vec![
+                    site.metadata.name.to_string(),
+                    site_state(&status).to_string(),
+                    format!("{}/{}", status.online_hosts, status.hosts),
+                    format!("{}/{}", status.applied_revision, status.revision),
+                    status.last_seen.as_deref().map_or("-".to_string(), age),
+                ];
                 if wide {
-                    row.push(site.spec.variables.len().to_string());
+                    row.push(if status.agent_version.is_empty() {
+                        "-".to_string()
+                    } else {
+                        status.agent_version.clone()
+                    });
+                    row.push(labels_text(&site.metadata.labels));
                     row.push(object.metadata.generation.to_string());
                 }
                 row.push(age(&object.metadata.created_at));
@@ -254,26 +271,34 @@ async fn render_table(
             table
         }
         Kind::Deployment => {
-            let sites = if wide {
-                client.list(Kind::Site, None).await?
-            } else {
-                Vec::new()
-            };
             let mut table = if wide {
                 Table::new(&[
                     "NAME",
                     "APPLICATION",
                     "VERSION",
+                    "UP-TO-DATE",
+                    "PROGRESSING",
+                    "FAILED",
+                    "OFFLINE",
                     "SITES",
-                    "MATCHING",
                     "GENERATION",
                     "AGE",
                 ])
             } else {
-                Table::new(&["NAME", "APPLICATION", "VERSION", "SITES", "AGE"])
+                Table::new(&[
+                    "NAME",
+                    "APPLICATION",
+                    "VERSION",
+                    "UP-TO-DATE",
+                    "PROGRESSING",
+                    "FAILED",
+                    "OFFLINE",
+                    "AGE",
+                ])
             };
             for object in objects {
                 let deployment: Deployment = typed(object)?;
+                let status: DeploymentStatus = status_of(object);
                 let mut row = vec![
                     deployment.metadata.name.to_string(),
                     deployment.spec.application.to_string(),
@@ -282,10 +307,13 @@ async fn render_table(
                         .version
                         .clone()
                         .unwrap_or_else(|| "current".to_string()),
-                    selector_text(&deployment.spec.sites),
+                    status.up_to_date.to_string(),
+                    status.progressing.to_string(),
+                    status.failed.to_string(),
+                    status.offline.to_string(),
                 ];
                 if wide {
-                    row.push(matching(&deployment.spec.sites, &sites).len().to_string());
+                    row.push(selector_text(&deployment.spec.sites));
                     row.push(object.metadata.generation.to_string());
                 }
                 row.push(age(&object.metadata.created_at));
@@ -297,20 +325,29 @@ async fn render_table(
     Ok(table.render())
 }
 
+fn site_state(status: &SiteStatus) -> &'static str {
+    match (status.hosts, status.online) {
+        (0, _) => "no-hosts",
+        (_, true) => "online",
+        (_, false) => "offline",
+    }
+}
+
+/// The status the server attached to an object (empty if it sent none).
+fn status_of<T: serde::de::DeserializeOwned + Default>(object: &StoredObject) -> T {
+    object
+        .status
+        .clone()
+        .and_then(|status| serde_json::from_value(status).ok())
+        .unwrap_or_default()
+}
+
 fn selector_text(selector: &Selector) -> String {
     if selector.as_str().is_empty() {
         "<all>".to_string()
     } else {
         selector.as_str().to_string()
     }
-}
-
-fn matching<'a>(selector: &Selector, sites: &'a [StoredObject]) -> Vec<&'a str> {
-    sites
-        .iter()
-        .filter(|s| selector.matches(&s.metadata.labels))
-        .map(|s| s.metadata.name.as_str())
-        .collect()
 }
 
 /// A stored object as its manifest type.
@@ -357,6 +394,39 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                 out.push('\n');
                 for (key, value) in &site.spec.variables {
                     let _ = writeln!(out, "  {key} = {value}");
+                }
+            }
+            let status: SiteStatus = status_of(&object);
+            let _ = writeln!(
+                out,
+                "Status:      {} ({} of {} hosts online), revision {} applied of {}",
+                site_state(&status),
+                status.online_hosts,
+                status.hosts,
+                status.applied_revision,
+                status.revision
+            );
+            for failure in &status.failures {
+                let _ = writeln!(out, "  cannot run: {failure}");
+            }
+            let hosts = client.hosts(Some(&meta.name)).await?;
+            out.push_str("Hosts:");
+            if hosts.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "       <none> (outpost token create --site {} enrolls one)",
+                    meta.name
+                );
+            } else {
+                out.push('\n');
+                for host in &hosts {
+                    let state = if host.online { "online" } else { "offline" };
+                    let _ = writeln!(
+                        out,
+                        "  {} ({state}, {} instance(s))",
+                        host.name,
+                        host.instances.len()
+                    );
                 }
             }
             let deployments = client.list(Kind::Deployment, None).await?;
@@ -431,7 +501,7 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     .as_deref()
                     .unwrap_or("current (follows the application)")
             );
-            let _ = writeln!(out, "Sites:       {}", selector_text(&spec.sites));
+            let _ = writeln!(out, "Selector:    {}", selector_text(&spec.sites));
             if let Some(rollout) = &spec.rollout {
                 out.push_str("Rollout:    ");
                 if let Some(canary) = rollout.canary {
@@ -470,15 +540,24 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
             } else {
                 out.push_str("Rollout:     all at once\n");
             }
-            let sites = client.list(Kind::Site, None).await?;
-            let matched = matching(&spec.sites, &sites);
-            if matched.is_empty() {
-                out.push_str("Matching sites: <none>\n");
+            let status: DeploymentStatus = status_of(&object);
+            let _ = writeln!(
+                out,
+                "Sites:       {} up to date, {} progressing, {} failed, {} offline",
+                status.up_to_date, status.progressing, status.failed, status.offline
+            );
+            let mut table = Table::new(&["  SITE", "STATE", "REASON"]);
+            for site in &status.sites {
+                let state = serde_json::to_value(site.state)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                table.row(vec![format!("  {}", site.site), state, site.reason.clone()]);
+            }
+            if status.sites.is_empty() {
+                out.push_str("  <no site matches>\n");
             } else {
-                let _ = writeln!(out, "Matching sites ({}):", matched.len());
-                for site in matched {
-                    let _ = writeln!(out, "  {site}");
-                }
+                out.push_str(&table.render());
             }
         }
     }
@@ -579,6 +658,92 @@ pub async fn history(client: &Client, application: &str, format: Format) -> Resu
                         String::new()
                     },
                 ]);
+            }
+            Ok(table.render())
+        }
+    }
+}
+
+pub async fn create_join_token(client: &Client, site: &str, ttl: &str) -> Result<String> {
+    let token = client.create_join_token(site, ttl).await?;
+    Ok(format!(
+        "{}\n\nSingle use, valid until {}. On the new host of site {}:\n  outpost agent --server https://CONTROL_PLANE:7801 --join-token {} --data-dir /var/lib/outpost-agent\n",
+        token.token, token.expires_at, token.site, token.token
+    ))
+}
+
+pub async fn get_hosts(
+    client: &Client,
+    site: Option<&str>,
+    selector: Option<&str>,
+    format: Format,
+) -> Result<String> {
+    let selector: Option<Selector> = selector
+        .map(|s| {
+            s.parse()
+                .map_err(|e| anyhow::anyhow!("invalid selector {s:?}: {e}"))
+        })
+        .transpose()?;
+    let hosts: Vec<_> = client
+        .hosts(site)
+        .await?
+        .into_iter()
+        .filter(|h| selector.as_ref().is_none_or(|s| s.matches(&h.facts)))
+        .collect();
+    match format {
+        Format::Json => output::json(&serde_json::json!({ "items": hosts })),
+        Format::Yaml => output::yaml(&serde_json::json!({ "items": hosts })),
+        Format::Table | Format::Wide if hosts.is_empty() => {
+            Ok("no hosts yet (outpost token create --site SITE)\n".to_string())
+        }
+        Format::Table | Format::Wide => {
+            let wide = format == Format::Wide;
+            let mut table = if wide {
+                Table::new(&[
+                    "SITE",
+                    "NAME",
+                    "STATUS",
+                    "ARCH",
+                    "CPUS",
+                    "MEMORY",
+                    "INSTANCES",
+                    "REVISION",
+                    "AGENT",
+                    "LAST-SEEN",
+                    "FACTS",
+                ])
+            } else {
+                Table::new(&[
+                    "SITE",
+                    "NAME",
+                    "STATUS",
+                    "ARCH",
+                    "CPUS",
+                    "MEMORY",
+                    "INSTANCES",
+                    "LAST-SEEN",
+                ])
+            };
+            for host in &hosts {
+                let fact = |key: &str| host.facts.get(key).cloned().unwrap_or_else(|| "-".to_string());
+                let mut row = vec![
+                    host.site.clone(),
+                    host.name.clone(),
+                    if host.online { "online" } else { "offline" }.to_string(),
+                    fact("arch"),
+                    fact("cpus"),
+                    fact("memory"),
+                    host.instances.len().to_string(),
+                ];
+                if wide {
+                    row.push(host.applied_revision.to_string());
+                    row.push(host.agent_version.clone());
+                }
+                row.push(host.last_seen.as_deref().map_or("-".to_string(), age));
+                if wide {
+                    row.push(labels_text(&host.facts));
+                }
+                table.row(row);
             }
             Ok(table.render())
         }

@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod fleet;
+pub mod gateway;
 pub mod pki;
 pub mod server;
+pub mod status;
 pub mod store;
 
 use std::future::Future;
@@ -16,8 +19,9 @@ use anyhow::{Context, Result};
 use outpost_api::client_config::ClientConfig;
 use tokio::net::TcpListener;
 
+use crate::fleet::Fleet;
 use crate::pki::Pki;
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqliteStore, Storage};
 
 /// Where the admin credentials are written, inside the data directory.
 pub const ADMIN_CONFIG: &str = "admin.yaml";
@@ -26,6 +30,8 @@ pub const ADMIN_CONFIG: &str = "admin.yaml";
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where agents connect (gRPC over mutual TLS).
+    pub agent_listen: SocketAddr,
     /// Extra names (DNS or IP) for the server certificate.
     pub tls_san: Vec<String>,
 }
@@ -35,9 +41,14 @@ pub struct ControlPlane {
     pub local_addr: SocketAddr,
     /// The URL written into `admin.yaml`.
     pub url: String,
+    /// Where agents connect: `https://…:7801`.
+    pub agent_url: String,
     pub admin_config: PathBuf,
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    agent_listener: TcpListener,
+    store: Arc<dyn Storage>,
+    fleet: Arc<Fleet>,
+    pki: Arc<Pki>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -49,15 +60,12 @@ impl ControlPlane {
         let store = SqliteStore::open(&config.data_dir.join("outpost.db"))
             .await
             .context("opening the store")?;
-        let store: Arc<dyn Store> = Arc::new(store);
-        let listener = TcpListener::bind(config.listen).await.with_context(|| {
-            format!(
-                "listening on {} (is another control plane running? pick another address with --listen)",
-                config.listen
-            )
-        })?;
+        let store: Arc<dyn Storage> = Arc::new(store);
+        let listener = bind(config.listen, "--listen").await?;
+        let agent_listener = bind(config.agent_listen, "--agent-listen").await?;
         let local_addr = listener.local_addr()?;
         let url = local_url(local_addr);
+        let agent_url = local_url(agent_listener.local_addr()?);
 
         let mut names = vec![
             "localhost".to_string(),
@@ -78,26 +86,89 @@ impl ControlPlane {
 
         let admin_config = config.data_dir.join(ADMIN_CONFIG);
         write_admin_config(&admin_config, &url, &pki, store.as_ref()).await?;
+        let fleet = Fleet::new(store.clone());
+        fleet.recompute().await.context("computing what each site runs")?;
         Ok(ControlPlane {
             local_addr,
             url,
+            agent_url,
             admin_config,
             listener,
+            agent_listener,
             store,
+            fleet,
+            pki: Arc::new(pki),
             tls,
         })
     }
 
-    /// Serves the API until `shutdown` completes, then drains and closes the store.
+    /// Serves the REST API and the agent gateway until `shutdown` completes,
+    /// then drains both and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let router = api::router(api::AppState {
             store: self.store.clone(),
+            fleet: self.fleet.clone(),
+            pki: self.pki.clone(),
         });
-        tracing::info!(url = %self.url, admin = %self.admin_config.display(), "control plane listening");
-        server::serve(self.listener, self.tls, router, shutdown).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        tracing::info!(url = %self.url, agents = %self.agent_url, admin = %self.admin_config.display(), "control plane listening");
+        let gateway = gateway::Gateway {
+            store: self.store.clone(),
+            fleet: self.fleet.clone(),
+            pki: self.pki.clone(),
+        };
+        let agents = tokio::spawn(serve_agents(
+            self.agent_listener,
+            gateway,
+            self.pki.clone(),
+            signal(stopped.clone()),
+        ));
+        let api = tokio::spawn(server::serve(self.listener, self.tls, router, signal(stopped)));
+        shutdown.await;
+        let _ = stop.send(true);
+        let _ = api.await;
+        match agents.await {
+            Ok(Err(err)) => tracing::error!(%err, "the agent gateway failed"),
+            Err(err) => tracing::error!(%err, "the agent gateway task failed"),
+            Ok(Ok(())) => {}
+        }
         self.store.close().await;
         tracing::info!("control plane stopped");
     }
+}
+
+async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!("listening on {address} (is another control plane running? pick another address with {flag})")
+    })
+}
+
+async fn serve_agents(
+    listener: TcpListener,
+    gateway: gateway::Gateway,
+    pki: Arc<Pki>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    // Client certificates are optional at the TLS layer so that a new host
+    // can call Enroll; every other call checks the certificate itself.
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
+        .client_ca_root(Certificate::from_pem(&pki.ca_pem))
+        .client_auth_optional(true);
+    Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(gateway::HEARTBEAT))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .add_service(outpost_proto::v1::agent_gateway_server::AgentGatewayServer::new(
+            gateway,
+        ))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
 }
 
 fn local_url(addr: SocketAddr) -> String {
@@ -122,7 +193,7 @@ fn host_name() -> Option<String> {
 /// Writes `admin.yaml` (mode 0600). On first start this issues the admin
 /// token; later starts keep its token and refresh the URL and CA. If the file
 /// was removed, a new admin token is issued (the old one stays valid).
-async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Store) -> Result<()> {
+async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Storage) -> Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => Some(
             outpost_api::yaml::from_str::<ClientConfig>(&text)

@@ -27,6 +27,9 @@ pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
+    /// The same certificate chain and key as PEM, for the gRPC server.
+    pub server_chain_pem: String,
+    pub server_key_pem: String,
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -70,13 +73,15 @@ impl Pki {
         };
         let ca_der = pem_to_der(&ca_pem)?;
         let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).context("loading the CA certificate")?;
-        let (server_cert, server_key) = server_certificate(&issuer, names)?;
+        let server = server_certificate(&issuer, names)?;
         Ok(Pki {
+            server_chain: vec![server.cert.der().clone(), ca_der.clone()],
+            server_chain_pem: format!("{}{ca_pem}", server.cert.pem()),
+            server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key.serialize_der())),
+            server_key_pem: server.key.serialize_pem(),
             ca_pem,
-            server_chain: vec![server_cert, ca_der.clone()],
             ca_der,
             issuer,
-            server_key,
         })
     }
 
@@ -113,10 +118,12 @@ impl Pki {
     }
 }
 
-fn server_certificate(
-    issuer: &Issuer<'static, KeyPair>,
-    names: &[String],
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+struct ServerCertificate {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn server_certificate(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Result<ServerCertificate> {
     let key = KeyPair::generate().context("generating the server key")?;
     let mut params = CertificateParams::default();
     params
@@ -142,10 +149,7 @@ fn server_certificate(
     let cert = params
         .signed_by(&key, issuer)
         .context("signing the server certificate")?;
-    Ok((
-        cert.der().clone(),
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    ))
+    Ok(ServerCertificate { cert, key })
 }
 
 /// The identity a host certificate carries, as a URI subject alternative name.

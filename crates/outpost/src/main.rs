@@ -36,6 +36,9 @@ enum Command {
         /// Address of the REST API (HTTPS)
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7800")]
         listen: std::net::SocketAddr,
+        /// Address agents connect to (gRPC over mutual TLS)
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7801")]
+        agent_listen: std::net::SocketAddr,
         /// Extra DNS name or IP address for the server certificate (repeatable)
         #[arg(long, value_name = "NAME")]
         tls_san: Vec<String>,
@@ -48,6 +51,9 @@ enum Command {
         /// Address of the REST API
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7800")]
         listen: std::net::SocketAddr,
+        /// Address agents connect to
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7801")]
+        agent_listen: std::net::SocketAddr,
     },
     /// Create or update objects from manifest files (all or nothing)
     Apply {
@@ -70,13 +76,16 @@ enum Command {
     },
     /// List objects, or show one
     Get {
-        /// sites, applications (apps) or deployments (deploy)
-        #[arg(value_parser = parse_kind)]
-        kind: Kind,
+        /// sites, applications (apps), deployments (deploy) or hosts
+        #[arg(value_parser = parse_resource)]
+        kind: Resource,
         name: Option<String>,
-        /// Only objects whose labels match, e.g. 'customer = acme and env = prod'
+        /// Only objects whose labels (hosts: facts) match, e.g. 'customer = acme and env = prod'
         #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
         selector: Option<String>,
+        /// Hosts only: the hosts of one site
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -101,12 +110,29 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Manage join tokens for new hosts
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the JSON Schema of the manifests (for editors and CI)
     Schema,
     /// Print a shell completion script
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a single-use join token that enrolls one host into a site
+    Create {
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// How long the token stays valid (at most 30d)
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -126,6 +152,22 @@ impl From<OutputFormat> for Format {
             OutputFormat::Json => Format::Json,
             OutputFormat::Yaml => Format::Yaml,
         }
+    }
+}
+
+/// What `get` lists: a kind of manifest, or the enrolled hosts.
+#[derive(Debug, Clone, Copy)]
+enum Resource {
+    Kind(Kind),
+    Hosts,
+}
+
+fn parse_resource(text: &str) -> Result<Resource, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "host" | "hosts" => Ok(Resource::Hosts),
+        _ => Kind::from_cli(text)
+            .map(Resource::Kind)
+            .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications, deployments or hosts)")),
     }
 }
 
@@ -218,22 +260,31 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Control {
             data_dir,
             listen,
+            agent_listen,
             tls_san,
         } => {
             init_logging();
             let config = outpost_control::Config {
                 data_dir: data_dir.clone(),
                 listen: *listen,
+                agent_listen: *agent_listen,
                 tls_san: tls_san.clone(),
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(shutdown_signal()).await;
             return Ok(());
         }
-        Command::Up { data_dir, listen } => {
+        Command::Up {
+            data_dir,
+            listen,
+            agent_listen,
+        } => {
             init_logging();
-            return up::run(data_dir.clone(), *listen, cli.config.clone()).await;
+            return up::run(data_dir.clone(), *listen, *agent_listen, cli.config.clone()).await;
         }
+        Command::Token {
+            command: TokenCommand::Create { site, ttl },
+        } => commands::create_join_token(&client(&cli)?, site, ttl).await?,
         Command::Schema => {
             let mut text = serde_json::to_string_pretty(outpost_api::schema::manifest_schema())?;
             text.push('\n');
@@ -256,10 +307,26 @@ async fn run(cli: Cli) -> Result<()> {
             commands::diff(&client(&cli)?, checked).await?
         }
         Command::Get {
-            kind,
+            kind: Resource::Hosts,
+            selector,
+            site,
+            output,
+            ..
+        } => {
+            commands::get_hosts(
+                &client(&cli)?,
+                site.as_deref(),
+                selector.as_deref(),
+                (*output).into(),
+            )
+            .await?
+        }
+        Command::Get {
+            kind: Resource::Kind(kind),
             name,
             selector,
             output,
+            ..
         } => {
             commands::get(
                 &client(&cli)?,

@@ -28,7 +28,12 @@ const EXAMPLES: [(&str, &str); 3] = [
     ),
 ];
 
-pub async fn run(data_dir: Option<PathBuf>, listen: SocketAddr, config_flag: Option<PathBuf>) -> Result<()> {
+pub async fn run(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    agent_listen: SocketAddr,
+    config_flag: Option<PathBuf>,
+) -> Result<()> {
     let data_dir = match data_dir {
         Some(dir) => dir,
         None => dirs::data_dir()
@@ -39,6 +44,7 @@ pub async fn run(data_dir: Option<PathBuf>, listen: SocketAddr, config_flag: Opt
     let control = ControlPlane::start(&Config {
         data_dir: data_dir.clone(),
         listen,
+        agent_listen,
         tls_san: Vec::new(),
     })
     .await?;

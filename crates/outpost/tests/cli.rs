@@ -28,13 +28,13 @@ fn apply_get_describe_delete_round_trip() {
     let mut lines = sites.lines();
     let header = lines.next().unwrap();
     assert!(
-        header.starts_with("NAME ") && header.contains("LABELS") && header.ends_with("AGE"),
+        header.starts_with("NAME ") && header.contains("STATUS") && header.ends_with("AGE"),
         "{sites}"
     );
     let names: Vec<&str> = lines.map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(names, ["plant-ulm", "store-042", "store-043", "store-900"]);
-    // Columns line up: every row's LABELS cell starts where the header's does.
-    let column = header.find("LABELS").unwrap();
+    // Columns line up: every row's HOSTS cell starts where the header's does.
+    let column = header.find("HOSTS").unwrap();
     assert!(
         sites
             .lines()
@@ -88,7 +88,9 @@ fn apply_get_describe_delete_round_trip() {
         .ok()
         .to_string();
     assert!(
-        described.contains("Matching sites (2):\n  store-042\n  store-043\n"),
+        described.contains("Sites:       0 up to date, 0 progressing, 0 failed, 2 offline\n")
+            && described.contains("  store-042   offline   no host has enrolled\n")
+            && described.contains("  store-043   offline   no host has enrolled\n"),
         "{described}"
     );
     assert!(
@@ -349,7 +351,7 @@ fn usage_errors_exit_2() {
     let run = cli_with(&["get", "pods"], &[], None);
     assert!(
         run.stderr
-            .contains("unknown kind \"pods\" (use sites, applications or deployments)"),
+            .contains("unknown kind \"pods\" (use sites, applications, deployments or hosts)"),
         "{}",
         run.stderr
     );

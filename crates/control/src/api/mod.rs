@@ -17,20 +17,76 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use outpost_api::manifest::Kind;
 use outpost_api::selector::Selector;
-use outpost_api::wire::{ApplyRequest, ApplyResponse, ObjectList, SourceFile, StoredObject};
+use outpost_api::wire::{
+    ApplyAction, ApplyRequest, ApplyResponse, HostList, JoinToken, JoinTokenRequest, ObjectList, SourceFile,
+    StoredObject,
+};
 use outpost_api::{Diagnostics, check_batch, parse_documents};
 
 pub use error::ApiError;
 
 use crate::auth;
-use crate::store::Store;
+use crate::fleet::Fleet;
+use crate::pki::Pki;
+use crate::status::Snapshot;
+use crate::store::Storage;
 
 /// The largest request body accepted (a big multi-document apply fits easily).
 pub const BODY_LIMIT: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Storage>,
+    pub fleet: Arc<Fleet>,
+    pub pki: Arc<Pki>,
+}
+
+impl AppState {
+    /// Recomputes what sites run after a change; the change itself is
+    /// already stored, so a failure here is logged, not returned.
+    async fn recompute(&self) {
+        if let Err(err) = self.fleet.recompute().await {
+            tracing::error!(%err, "recomputing the desired state of sites");
+        }
+    }
+
+    /// Fills in the live status of sites and deployments.
+    async fn with_status(&self, mut objects: Vec<StoredObject>) -> Result<Vec<StoredObject>, ApiError> {
+        if !objects
+            .iter()
+            .any(|o| matches!(o.kind, Kind::Site | Kind::Deployment))
+        {
+            return Ok(objects);
+        }
+        let snapshot = Snapshot::take(self.store.as_ref(), &self.fleet).await?;
+        let sites = if objects.iter().any(|o| o.kind == Kind::Deployment) {
+            self.store.list(Kind::Site).await?
+        } else {
+            Vec::new()
+        };
+        for object in &mut objects {
+            let status = match object.kind {
+                Kind::Site => serde_json::to_value(snapshot.site(&object.metadata.name)),
+                Kind::Deployment => {
+                    let selector: Selector = object
+                        .spec
+                        .get("sites")
+                        .and_then(|s| s.as_str())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(Selector::all);
+                    let selected: Vec<String> = sites
+                        .iter()
+                        .filter(|s| selector.matches(&s.metadata.labels))
+                        .map(|s| s.metadata.name.clone())
+                        .collect();
+                    serde_json::to_value(snapshot.deployment(&object.metadata.name, &selected))
+                }
+                Kind::Application => continue,
+            };
+            object.status = status.ok();
+        }
+        Ok(objects)
+    }
 }
 
 /// Who made a request: the name of the API token it carried.
@@ -41,6 +97,8 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/apply", post(apply))
         .route("/applications/{name}/history", get(history))
+        .route("/sites/{name}/tokens", post(create_join_token))
+        .route("/hosts", get(hosts))
         .route("/{kind}", get(list))
         .route("/{kind}/{name}", get(get_one).delete(delete_one))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -172,11 +230,15 @@ async fn apply(
         return Err(ApiError::Invalid(problems.sorted()));
     }
     let results = state.store.apply(&documents, &actor, dry_run).await?;
-    for result in results
+    let changed: Vec<_> = results
         .iter()
-        .filter(|r| !dry_run && r.action != outpost_api::wire::ApplyAction::Unchanged)
-    {
+        .filter(|r| !dry_run && r.action != ApplyAction::Unchanged)
+        .collect();
+    for result in &changed {
         tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
+    }
+    if !changed.is_empty() {
+        state.recompute().await;
     }
     Ok(Json(ApplyResponse { dry_run, results }))
 }
@@ -201,6 +263,7 @@ async fn list(
         .into_iter()
         .filter(|object| selector.matches(&object.metadata.labels))
         .collect();
+    let items = state.with_status(items).await?;
     Ok(Json(ObjectList { items }))
 }
 
@@ -209,12 +272,16 @@ async fn get_one(
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
-    state
+    let object = state
         .store
         .get(kind, &name)
         .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+    let mut objects = state.with_status(vec![object]).await?;
+    objects
+        .pop()
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))
+        .ok_or_else(|| ApiError::Internal("status lost the object".to_string()))
 }
 
 async fn delete_one(
@@ -225,6 +292,7 @@ async fn delete_one(
     let kind = parse_kind(&kind)?;
     let deleted = state.store.delete(kind, &name, &actor).await?;
     tracing::info!(%actor, %kind, %name, "deleted");
+    state.recompute().await;
     Ok(Json(deleted))
 }
 
@@ -233,4 +301,64 @@ async fn history(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<outpost_api::wire::ApplicationVersion>>, ApiError> {
     Ok(Json(state.store.application_history(&name).await?))
+}
+
+/// The longest a join token may live.
+const MAX_JOIN_TOKEN_TTL: outpost_api::quantity::Duration = outpost_api::quantity::Duration(30 * 86_400_000);
+
+/// `POST /api/v1/sites/{name}/tokens`: a single-use join token for a new host.
+async fn create_join_token(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(site): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JoinToken>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: JoinTokenRequest = if body.is_empty() {
+        JoinTokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a token request: {e}")))?
+    };
+    let ttl: outpost_api::quantity::Duration = match request.ttl.as_deref() {
+        None => outpost_api::quantity::Duration(3_600_000),
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("ttl: {e}")))?,
+    };
+    if ttl.0 == 0 || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl: {ttl} is not between 1s and {MAX_JOIN_TOKEN_TTL}"
+        )));
+    }
+    if state.store.get(Kind::Site, &site).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "site {site:?} not found (apply its Site manifest first)"
+        )));
+    }
+    let (token, hash) = auth::new_join_token(&state.pki.ca_fingerprint());
+    let expires_at = time::OffsetDateTime::now_utc() + ttl.as_std();
+    state.store.create_join_token(&hash, &site, expires_at).await?;
+    tracing::info!(%actor, %site, ttl = %ttl, "join token created");
+    Ok(Json(JoinToken {
+        token,
+        site,
+        expires_at: expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }))
+}
+
+/// `GET /api/v1/hosts[?site=NAME]`: enrolled hosts with their facts and instances.
+async fn hosts(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<HostList>, ApiError> {
+    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
+    let items = snapshot
+        .hosts()
+        .into_iter()
+        .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
+        .collect();
+    Ok(Json(HostList { items }))
 }

@@ -5,15 +5,25 @@
 //! object of the batch is stored or none is, and checks that span objects
 //! (a deployment naming an application) run inside it.
 
+mod fleet;
 mod sqlite;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use outpost_api::Diagnostics;
 use outpost_api::manifest::Kind;
 use outpost_api::validate::Document;
 use outpost_api::wire::{ApplicationVersion, ApplyResult, StoredObject};
+use outpost_api::workload::SiteState;
+use serde::Serialize;
 
 pub use sqlite::SqliteStore;
+
+/// The current time as the store writes it (RFC 3339, UTC).
+pub fn now_rfc3339() -> String {
+    sqlite::now()
+}
 
 /// How many versions of each application are kept (plus any a deployment pins).
 pub const KEPT_VERSIONS: i64 = 10;
@@ -73,3 +83,96 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and closes; called on shutdown.
     async fn close(&self);
 }
+
+/// An enrolled host and what its agent last said.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRecord {
+    pub site: String,
+    pub name: String,
+    /// Discovered facts (arch, cpus, memory, camera…), read-only.
+    pub facts: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub applied_revision: i64,
+    pub enrolled_at: String,
+    pub last_seen: Option<String>,
+}
+
+/// The last reported state of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub site: String,
+    pub host: String,
+    pub instance: String,
+    pub application: String,
+    pub service: String,
+    pub spec_hash: String,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub updated_at: String,
+}
+
+/// Hosts, join tokens and what each site should run.
+#[async_trait]
+pub trait FleetStore: Send + Sync + 'static {
+    /// Stores the hash of a join token for `site`, valid until `expires_at`.
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        site: &str,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Uses up a join token and records `host` as enrolled at its site.
+    /// Unknown tokens are `NotFound`; used or expired ones are `Conflict`.
+    async fn redeem_join_token(&self, token_hash: &str, host: &str) -> Result<String, StoreError>;
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    async fn host(&self, site: &str, host: &str) -> Result<Option<HostRecord>, StoreError>;
+
+    /// Records an agent's hello; returns whether its facts changed.
+    async fn record_hello(
+        &self,
+        site: &str,
+        host: &str,
+        facts: &BTreeMap<String, String>,
+        agent_version: &str,
+        applied_revision: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks a host as heard from, with the revision it has applied if known.
+    async fn record_seen(
+        &self,
+        site: &str,
+        host: &str,
+        applied_revision: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces what is known about one host's instances.
+    async fn record_status(
+        &self,
+        site: &str,
+        host: &str,
+        instances: &[InstanceRecord],
+    ) -> Result<(), StoreError>;
+
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// The stored desired state of every site, with its revision.
+    async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError>;
+
+    /// Stores the states that differ from the stored ones, each with the next
+    /// revision; returns the sites that changed and their new revisions.
+    async fn save_site_states(
+        &self,
+        states: &BTreeMap<String, SiteState>,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+}
+
+/// Everything the control plane keeps.
+pub trait Storage: Store + FleetStore {}
+
+impl<T: Store + FleetStore> Storage for T {}

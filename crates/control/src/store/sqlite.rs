@@ -22,7 +22,10 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
 use super::{KEPT_VERSIONS, Store, StoreError};
 
 /// The schema migrations, compiled in so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "objects", include_str!("../../migrations/0001_objects.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "objects", include_str!("../../migrations/0001_objects.sql")),
+    (2, "agents", include_str!("../../migrations/0002_agents.sql")),
+];
 
 #[derive(Debug)]
 struct Embedded;
@@ -48,7 +51,7 @@ impl MigrationSource<'static> for Embedded {
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -76,7 +79,7 @@ impl SqliteStore {
     }
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -101,6 +104,7 @@ fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreE
             updated_at: row.try_get("updated_at")?,
         },
         spec: serde_json::from_str(&spec)?,
+        status: None,
     })
 }
 

@@ -19,14 +19,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// Where agents connect.
+    pub agent_url: String,
     child: Child,
 }
 
 impl ControlPlane {
     pub fn start() -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
-        let (child, url) = spawn(dir.path());
-        ControlPlane { dir, url, child }
+        let (child, url, agent_url) = spawn(dir.path());
+        ControlPlane {
+            dir,
+            url,
+            agent_url,
+            child,
+        }
     }
 
     pub fn admin_config(&self) -> PathBuf {
@@ -64,9 +71,10 @@ impl ControlPlane {
 
     /// Starts the process again on the same data directory.
     pub fn restart(&mut self) {
-        let (child, url) = spawn(self.dir.path());
+        let (child, url, agent_url) = spawn(self.dir.path());
         self.child = child;
         self.url = url;
+        self.agent_url = agent_url;
     }
 
     pub fn http(&self) -> Http {
@@ -102,15 +110,10 @@ impl Drop for ControlPlane {
     }
 }
 
-fn spawn(data_dir: &Path) -> (Child, String) {
+fn spawn(data_dir: &Path) -> (Child, String, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "control",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["control", "--data-dir", data_dir.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -122,22 +125,23 @@ fn spawn(data_dir: &Path) -> (Child, String) {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if !sent && line.contains("control plane listening") {
-                let url = line
-                    .split_whitespace()
-                    .find_map(|word| word.strip_prefix("url="))
-                    .unwrap()
-                    .to_string();
-                let _ = sender.send(url);
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|word| word.strip_prefix(name))
+                        .unwrap()
+                        .to_string()
+                };
+                let _ = sender.send((field("url="), field("agents=")));
                 sent = true;
             }
             // Keep draining so the process never blocks on a full pipe.
             eprintln!("[control] {line}");
         }
     });
-    let url = receiver
+    let (url, agent_url) = receiver
         .recv_timeout(Duration::from_secs(30))
         .expect("the control plane did not report that it listens");
-    (child, url)
+    (child, url, agent_url)
 }
 
 pub struct Run {

@@ -1,0 +1,339 @@
+//! The agent gateway (gRPC over mutual TLS): enrollment, then one session
+//! per connected host that carries the site's desired state down and
+//! acknowledgements and status up.
+//!
+//! **Architecture Invariant:** a session's site and host come only from its
+//! client certificate; nothing an agent says can claim another identity.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use outpost_api::workload::SiteState;
+use outpost_proto::v1::agent_gateway_server::AgentGateway;
+use outpost_proto::v1::{
+    AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, SiteManifest, agent_message,
+    control_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::fleet::Fleet;
+use crate::pki::{self, Pki};
+use crate::store::{InstanceRecord, Storage, StoreError};
+
+/// How often each side says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a new session may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Gateway {
+    pub store: Arc<dyn Storage>,
+    pub fleet: Arc<Fleet>,
+    pub pki: Arc<Pki>,
+}
+
+fn internal(err: impl std::fmt::Display) -> Status {
+    tracing::error!(%err, "agent gateway failure");
+    Status::internal("internal error; the control plane's log has the details")
+}
+
+/// The (site, host) of a request's client certificate.
+fn identity<T>(request: &Request<T>) -> Result<(String, String), Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
+    pki::host_identity(leaf).ok_or_else(|| Status::permission_denied("the certificate names no Outpost host"))
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let request = request.into_inner();
+        let (fingerprint, secret_hash) = auth::parse_join_token(&request.join_token).ok_or_else(|| {
+            Status::invalid_argument("the join token is malformed (expected opj1.FINGERPRINT.SECRET)")
+        })?;
+        if fingerprint != self.pki.ca_fingerprint() {
+            return Err(Status::permission_denied(
+                "the join token was issued by another control plane",
+            ));
+        }
+        let host = request.host_name.trim();
+        if let Err(why) = host.parse::<outpost_api::manifest::Name>() {
+            return Err(Status::invalid_argument(format!("host name: {why}")));
+        }
+        // Check the CSR before the token is used up.
+        rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem)
+            .map_err(|_| Status::invalid_argument("the CSR is not a valid PKCS#10 request"))?;
+        let site = match self.store.redeem_join_token(&secret_hash, host).await {
+            Ok(site) => site,
+            Err(StoreError::NotFound { .. }) => return Err(Status::unauthenticated("unknown join token")),
+            Err(StoreError::Conflict(why)) => return Err(Status::permission_denied(why)),
+            Err(err) => return Err(internal(err)),
+        };
+        let certificate_pem = self
+            .pki
+            .sign_host_csr(&request.csr_pem, &site, host)
+            .map_err(internal)?;
+        tracing::info!(%site, %host, "host enrolled");
+        if let Err(err) = self.fleet.recompute().await {
+            tracing::error!(%err, "recomputing desired state after enrollment");
+        }
+        Ok(Response::new(EnrollResponse {
+            certificate_pem,
+            ca_pem: self.pki.ca_pem.clone(),
+            site,
+            host: host.to_string(),
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let (site, host) = identity(&request)?;
+        if self.store.host(&site, &host).await.map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!(
+                "host {host:?} of site {site:?} is not enrolled"
+            )));
+        }
+        let incoming = request.into_inner();
+        let (sender, receiver) = mpsc::channel(16);
+        let session = Session {
+            store: self.store.clone(),
+            fleet: self.fleet.clone(),
+            site,
+            host,
+            sender,
+        };
+        tokio::spawn(session.run(incoming));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+struct Session {
+    store: Arc<dyn Storage>,
+    fleet: Arc<Fleet>,
+    site: String,
+    host: String,
+    sender: mpsc::Sender<Result<ControlMessage, Status>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Session {
+    async fn run(self, mut incoming: Streaming<AgentMessage>) {
+        let (site, host) = (self.site.clone(), self.host.clone());
+        if let Err(err) = self.serve(&mut incoming).await {
+            tracing::info!(%site, %host, %err, "session ended");
+        }
+        if let Err(err) = self.store.record_seen(&site, &host, None).await {
+            tracing::warn!(%err, "recording when a host was last seen");
+        }
+    }
+
+    async fn send(&self, body: control_message::Body) -> Result<(), String> {
+        self.sender
+            .send(Ok(ControlMessage { body: Some(body) }))
+            .await
+            .map_err(|_| "the agent went away".to_string())
+    }
+
+    async fn serve(&self, incoming: &mut Streaming<AgentMessage>) -> Result<(), String> {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.message())
+            .await
+            .map_err(|_| "no hello in time".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("closed before hello")?;
+        let Some(agent_message::Body::Hello(hello)) = first.body else {
+            return Err("the first message was not a hello".to_string());
+        };
+        if hello.protocol_version != outpost_proto::PROTOCOL_VERSION {
+            let _ = self
+                .sender
+                .send(Err(Status::failed_precondition(format!(
+                    "protocol version {} is not supported (this control plane speaks {})",
+                    hello.protocol_version,
+                    outpost_proto::PROTOCOL_VERSION
+                ))))
+                .await;
+            return Err("unsupported protocol version".to_string());
+        }
+        let facts = hello
+            .facts
+            .map(|f| f.labels.into_iter().collect())
+            .unwrap_or_default();
+        self.record_facts(&facts, &hello.agent_version, hello.applied_revision as i64)
+            .await?;
+        let _online = self.fleet.connect(&self.site, &self.host);
+        tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
+
+        let mut revisions = self.fleet.subscribe(&self.site);
+        let mut sent: Option<(i64, SiteState)> = None;
+        let mut agent_revision = hello.applied_revision as i64;
+        self.push_state(&mut sent, agent_revision).await?;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = incoming.message() => {
+                    let Some(message) = message.map_err(|e| e.to_string())? else {
+                        return Err("the agent closed the session".to_string());
+                    };
+                    if let Some(revision) = self.handle(message).await? {
+                        agent_revision = revision;
+                    }
+                }
+                changed = revisions.changed() => {
+                    changed.map_err(|_| "the control plane is stopping".to_string())?;
+                    self.push_state(&mut sent, agent_revision).await?;
+                }
+                _ = heartbeat.tick() => {
+                    self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
+                }
+            }
+        }
+    }
+
+    async fn record_facts(
+        &self,
+        facts: &BTreeMap<String, String>,
+        version: &str,
+        revision: i64,
+    ) -> Result<(), String> {
+        let changed = self
+            .store
+            .record_hello(&self.site, &self.host, facts, version, revision)
+            .await
+            .map_err(|e| e.to_string())?;
+        if changed {
+            self.fleet.recompute().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Returns the revision the agent acknowledged, if the message was an ack.
+    async fn handle(&self, message: AgentMessage) -> Result<Option<i64>, String> {
+        let (site, host) = (&self.site, &self.host);
+        match message.body {
+            Some(agent_message::Body::Ack(ack)) => {
+                let revision = ack.revision as i64;
+                self.store
+                    .record_seen(site, host, Some(revision))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(Some(revision));
+            }
+            Some(agent_message::Body::Status(report)) => {
+                let at = crate::store::now_rfc3339();
+                let instances: Vec<InstanceRecord> = report
+                    .instances
+                    .into_iter()
+                    .map(|i| InstanceRecord {
+                        exit_code: matches!(i.state.as_str(), "exited" | "failed").then_some(i.exit_code),
+                        site: site.clone(),
+                        host: host.clone(),
+                        instance: i.instance,
+                        application: i.application,
+                        service: i.service,
+                        spec_hash: i.spec_hash,
+                        state: i.state,
+                        reason: i.reason,
+                        updated_at: at.clone(),
+                    })
+                    .collect();
+                self.store
+                    .record_status(site, host, &instances)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(agent_message::Body::Heartbeat(_)) => {
+                self.store
+                    .record_seen(site, host, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(agent_message::Body::Facts(facts)) => {
+                let host_record = self.store.host(site, host).await.map_err(|e| e.to_string())?;
+                let (version, revision) = host_record
+                    .map(|h| (h.agent_version, h.applied_revision))
+                    .unwrap_or_default();
+                self.record_facts(&facts.labels.into_iter().collect(), &version, revision)
+                    .await?;
+            }
+            Some(agent_message::Body::Hello(_)) | None => {}
+        }
+        Ok(None)
+    }
+
+    /// Sends the site's state if the agent lacks it: in full the first time,
+    /// then only the workloads that changed.
+    async fn push_state(
+        &self,
+        sent: &mut Option<(i64, SiteState)>,
+        agent_revision: i64,
+    ) -> Result<(), String> {
+        let states = self.store.site_states().await.map_err(|e| e.to_string())?;
+        let Some((revision, state)) = states.get(&self.site).cloned() else {
+            return Ok(());
+        };
+        if revision == agent_revision && sent.is_none() {
+            // The agent persisted this revision before: nothing to send.
+            *sent = Some((revision, state));
+            return Ok(());
+        }
+        if sent.as_ref().is_some_and(|(r, _)| *r == revision) {
+            return Ok(());
+        }
+        let encode = |w: &outpost_api::workload::Workload| serde_json::to_vec(w).unwrap_or_default();
+        let manifest = match sent.as_ref() {
+            Some((base, previous)) => {
+                let before: BTreeMap<String, &outpost_api::workload::Workload> =
+                    previous.workloads.iter().map(|w| (w.key(), w)).collect();
+                let after: BTreeMap<String, &outpost_api::workload::Workload> =
+                    state.workloads.iter().map(|w| (w.key(), w)).collect();
+                SiteManifest {
+                    revision: revision as u64,
+                    base_revision: *base as u64,
+                    full: false,
+                    workloads: after
+                        .iter()
+                        .filter(|(key, w)| before.get(*key) != Some(*w))
+                        .map(|(_, w)| encode(w))
+                        .collect(),
+                    removed: before
+                        .keys()
+                        .filter(|key| !after.contains_key(*key))
+                        .cloned()
+                        .collect(),
+                }
+            }
+            None => SiteManifest {
+                revision: revision as u64,
+                base_revision: 0,
+                full: true,
+                workloads: state.workloads.iter().map(encode).collect(),
+                removed: Vec::new(),
+            },
+        };
+        tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
+        self.send(control_message::Body::Manifest(manifest)).await?;
+        *sent = Some((revision, state));
+        Ok(())
+    }
+}

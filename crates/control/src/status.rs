@@ -1,0 +1,176 @@
+//! What the fleet reports, summed up for operators: each site's hosts and
+//! revisions, each deployment's state per site, each host's instances.
+
+use std::collections::{BTreeMap, HashSet};
+
+use outpost_api::wire::{DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, SiteStatus};
+use outpost_api::workload::SiteState;
+
+use crate::fleet::Fleet;
+use crate::store::{HostRecord, InstanceRecord, Storage, StoreError};
+
+/// One consistent read of the fleet's state.
+pub struct Snapshot {
+    hosts: Vec<HostRecord>,
+    instances: Vec<InstanceRecord>,
+    states: BTreeMap<String, (i64, SiteState)>,
+    online: HashSet<(String, String)>,
+}
+
+impl Snapshot {
+    pub async fn take(store: &dyn Storage, fleet: &Fleet) -> Result<Snapshot, StoreError> {
+        let hosts = store.hosts().await?;
+        let online = hosts
+            .iter()
+            .filter(|h| fleet.is_online(&h.site, &h.name))
+            .map(|h| (h.site.clone(), h.name.clone()))
+            .collect();
+        Ok(Snapshot {
+            hosts,
+            instances: store.instances().await?,
+            states: store.site_states().await?,
+            online,
+        })
+    }
+
+    fn site_hosts<'a>(&'a self, site: &'a str) -> impl Iterator<Item = &'a HostRecord> + 'a {
+        self.hosts.iter().filter(move |h| h.site == site)
+    }
+
+    fn is_online(&self, host: &HostRecord) -> bool {
+        self.online.contains(&(host.site.clone(), host.name.clone()))
+    }
+
+    pub fn site(&self, site: &str) -> SiteStatus {
+        let hosts: Vec<&HostRecord> = self.site_hosts(site).collect();
+        let (revision, failures) = match self.states.get(site) {
+            Some((revision, state)) => (
+                *revision,
+                state
+                    .failures
+                    .iter()
+                    .map(|f| format!("{}: {}", f.deployment, f.reason))
+                    .collect(),
+            ),
+            None => (0, Vec::new()),
+        };
+        let mut versions: Vec<&str> = hosts
+            .iter()
+            .map(|h| h.agent_version.as_str())
+            .filter(|v| !v.is_empty())
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        SiteStatus {
+            online: hosts.iter().any(|h| self.is_online(h)),
+            hosts: hosts.len(),
+            online_hosts: hosts.iter().filter(|h| self.is_online(h)).count(),
+            revision,
+            applied_revision: hosts.iter().map(|h| h.applied_revision).min().unwrap_or(0),
+            last_seen: hosts.iter().filter_map(|h| h.last_seen.clone()).max(),
+            agent_version: versions.join(","),
+            failures,
+        }
+    }
+
+    /// How `deployment` fares on each of `sites` (the sites it selects).
+    pub fn deployment(&self, deployment: &str, sites: &[String]) -> DeploymentStatus {
+        let mut status = DeploymentStatus::default();
+        for site in sites {
+            let (state, reason) = self.deployment_on(deployment, site);
+            match state {
+                DeploymentSiteState::UpToDate => status.up_to_date += 1,
+                DeploymentSiteState::Progressing => status.progressing += 1,
+                DeploymentSiteState::Failed => status.failed += 1,
+                DeploymentSiteState::Offline => status.offline += 1,
+            }
+            status.sites.push(DeploymentSite {
+                site: site.clone(),
+                state,
+                reason,
+            });
+        }
+        status
+    }
+
+    fn deployment_on(&self, deployment: &str, site: &str) -> (DeploymentSiteState, String) {
+        use DeploymentSiteState::*;
+        let Some((revision, state)) = self.states.get(site) else {
+            return (Progressing, "desired state not computed yet".to_string());
+        };
+        if let Some(failure) = state.failures.iter().find(|f| f.deployment == deployment) {
+            return (Failed, failure.reason.clone());
+        }
+        let hosts: Vec<&HostRecord> = self.site_hosts(site).collect();
+        if hosts.is_empty() {
+            return (Offline, "no host has enrolled".to_string());
+        }
+        if !hosts.iter().any(|h| self.is_online(h)) {
+            let seen = hosts.iter().filter_map(|h| h.last_seen.clone()).max();
+            return (
+                Offline,
+                seen.map_or("never connected".to_string(), |at| format!("last seen {at}")),
+            );
+        }
+        for workload in state.workloads.iter().filter(|w| w.deployment == deployment) {
+            let hash = workload.spec_hash();
+            for instance in &workload.instances {
+                let reported = self
+                    .instances
+                    .iter()
+                    .find(|i| i.site == site && i.host == instance.host && i.instance == instance.name);
+                match reported {
+                    Some(i) if i.spec_hash != hash => {
+                        return (
+                            Progressing,
+                            format!("{}: updating to {}", instance.name, workload.version),
+                        );
+                    }
+                    Some(i) if i.state == "failed" => {
+                        return (Failed, format!("{}: {}", instance.name, i.reason));
+                    }
+                    Some(i) if matches!(i.state.as_str(), "running" | "healthy") => {}
+                    Some(i) => return (Progressing, format!("{}: {}", instance.name, i.state)),
+                    None => {
+                        return (
+                            Progressing,
+                            format!("{}: waiting for {}", instance.name, instance.host),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(behind) = hosts.iter().find(|h| h.applied_revision < *revision) {
+            return (
+                Progressing,
+                format!(
+                    "{} has revision {} of {revision}",
+                    behind.name, behind.applied_revision
+                ),
+            );
+        }
+        (UpToDate, String::new())
+    }
+
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        self.hosts
+            .iter()
+            .map(|h| HostInfo {
+                site: h.site.clone(),
+                name: h.name.clone(),
+                online: self.is_online(h),
+                facts: h.facts.clone(),
+                agent_version: h.agent_version.clone(),
+                applied_revision: h.applied_revision,
+                enrolled_at: h.enrolled_at.clone(),
+                last_seen: h.last_seen.clone(),
+                instances: self
+                    .instances
+                    .iter()
+                    .filter(|i| i.site == h.site && i.host == h.name)
+                    .map(|i| (i.instance.clone(), i.state.clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+}

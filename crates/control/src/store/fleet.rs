@@ -1,0 +1,282 @@
+//! The SQLite side of the fleet: join tokens, hosts, site states, instances.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use outpost_api::workload::SiteState;
+use sqlx::Row;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::sqlite::{SqliteStore, now};
+use super::{FleetStore, HostRecord, InstanceRecord, StoreError};
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError> {
+    let facts: String = row.try_get("facts")?;
+    Ok(HostRecord {
+        site: row.try_get("site")?,
+        name: row.try_get("name")?,
+        facts: serde_json::from_str(&facts)?,
+        agent_version: row.try_get("agent_version")?,
+        applied_revision: row.try_get("applied_revision")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+/// The host query with a literal tail, so the SQL stays a compile-time string.
+macro_rules! select_host {
+    ($tail:literal) => {
+        concat!(
+            "SELECT site, name, facts, agent_version, applied_revision, enrolled_at, last_seen FROM hosts ",
+            $tail
+        )
+    };
+}
+
+#[async_trait]
+impl FleetStore for SqliteStore {
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        site: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, site, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(token_hash)
+        .bind(site)
+        .bind(now())
+        .bind(rfc3339(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn redeem_join_token(&self, token_hash: &str, host: &str) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT site, expires_at, used_at FROM join_tokens WHERE token_hash = ?1")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                kind: outpost_api::Kind::Site,
+                name: "join token".to_string(),
+            });
+        };
+        let site: String = row.try_get("site")?;
+        let used_at: Option<String> = row.try_get("used_at")?;
+        if let Some(used_at) = used_at {
+            return Err(StoreError::Conflict(format!(
+                "the join token was already used (at {used_at})"
+            )));
+        }
+        let expires_at: String = row.try_get("expires_at")?;
+        let expired =
+            OffsetDateTime::parse(&expires_at, &Rfc3339).map_or(true, |at| at <= OffsetDateTime::now_utc());
+        if expired {
+            return Err(StoreError::Conflict(format!(
+                "the join token expired at {expires_at}"
+            )));
+        }
+        let at = now();
+        sqlx::query("UPDATE join_tokens SET used_at = ?1, used_by_host = ?2 WHERE token_hash = ?3")
+            .bind(&at)
+            .bind(host)
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        // A host re-enrolling under the same name (a swapped box) keeps its row.
+        sqlx::query(
+            "INSERT INTO hosts (site, name, enrolled_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (site, name) DO UPDATE SET enrolled_at = ?3",
+        )
+        .bind(&site)
+        .bind(host)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(select_host!("ORDER BY site, name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    async fn host(&self, site: &str, host: &str) -> Result<Option<HostRecord>, StoreError> {
+        let row = sqlx::query(select_host!("WHERE site = ?1 AND name = ?2"))
+            .bind(site)
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    async fn record_hello(
+        &self,
+        site: &str,
+        host: &str,
+        facts: &BTreeMap<String, String>,
+        agent_version: &str,
+        applied_revision: i64,
+    ) -> Result<bool, StoreError> {
+        let facts = serde_json::to_string(facts)?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT facts FROM hosts WHERE site = ?1 AND name = ?2")
+                .bind(site)
+                .bind(host)
+                .fetch_optional(&self.pool)
+                .await?;
+        sqlx::query(
+            "UPDATE hosts SET facts = ?3, agent_version = ?4, applied_revision = ?5, last_seen = ?6
+             WHERE site = ?1 AND name = ?2",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(&facts)
+        .bind(agent_version)
+        .bind(applied_revision)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(previous.as_deref() != Some(facts.as_str()))
+    }
+
+    async fn record_seen(
+        &self,
+        site: &str,
+        host: &str,
+        applied_revision: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET last_seen = ?3, applied_revision = COALESCE(?4, applied_revision)
+             WHERE site = ?1 AND name = ?2",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(now())
+        .bind(applied_revision)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_status(
+        &self,
+        site: &str,
+        host: &str,
+        instances: &[InstanceRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM instance_status WHERE site = ?1 AND host = ?2")
+            .bind(site)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        for instance in instances {
+            sqlx::query(
+                "INSERT INTO instance_status
+                   (site, host, instance, application, service, spec_hash, state, exit_code, reason, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .bind(site)
+            .bind(host)
+            .bind(&instance.instance)
+            .bind(&instance.application)
+            .bind(&instance.service)
+            .bind(&instance.spec_hash)
+            .bind(&instance.state)
+            .bind(instance.exit_code)
+            .bind(&instance.reason)
+            .bind(&instance.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT site, host, instance, application, service, spec_hash, state, exit_code, reason, updated_at
+             FROM instance_status ORDER BY site, host, instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRecord {
+                    site: row.try_get("site")?,
+                    host: row.try_get("host")?,
+                    instance: row.try_get("instance")?,
+                    application: row.try_get("application")?,
+                    service: row.try_get("service")?,
+                    spec_hash: row.try_get("spec_hash")?,
+                    state: row.try_get("state")?,
+                    exit_code: row.try_get("exit_code")?,
+                    reason: row.try_get("reason")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError> {
+        let rows = sqlx::query("SELECT site, revision, state FROM site_states")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok((
+                    row.try_get("site")?,
+                    (row.try_get("revision")?, serde_json::from_str(&state)?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn save_site_states(
+        &self,
+        states: &BTreeMap<String, SiteState>,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut changed = Vec::new();
+        for (site, state) in states {
+            let text = serde_json::to_string(state)?;
+            let stored: Option<(i64, String)> =
+                sqlx::query_as("SELECT revision, state FROM site_states WHERE site = ?1")
+                    .bind(site)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let revision = match &stored {
+                Some((_, old)) if *old == text => continue,
+                Some((revision, _)) => revision + 1,
+                None => 1,
+            };
+            sqlx::query(
+                "INSERT INTO site_states (site, revision, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (site) DO UPDATE SET revision = ?2, state = ?3, updated_at = ?4",
+            )
+            .bind(site)
+            .bind(revision)
+            .bind(&text)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            changed.push((site.clone(), revision));
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
