@@ -10,7 +10,8 @@ use outpost_api::workload::SiteState;
 /// One container this host must run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredContainer {
-    /// The runtime's name for it: `outpost-INSTANCE-CONTAINER`.
+    /// The runtime's name for it: `outpost.SITE.INSTANCE.CONTAINER`, unique
+    /// even when agents of several sites share one container engine.
     pub name: String,
     pub instance: String,
     pub application: String,
@@ -58,15 +59,15 @@ pub enum Action {
     },
 }
 
-/// The containers `host` must run, from the site's desired state.
-pub fn desired_for_host(state: &SiteState, host: &str) -> Vec<DesiredContainer> {
+/// The containers `host` of `site` must run, from the site's desired state.
+pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<DesiredContainer> {
     let mut out = Vec::new();
     for workload in &state.workloads {
         let spec_hash = workload.spec_hash();
         for instance in workload.instances.iter().filter(|i| i.host == host) {
             for container in &workload.containers {
                 out.push(DesiredContainer {
-                    name: format!("outpost-{}-{}", instance.name, container.name),
+                    name: format!("outpost.{site}.{}.{}", instance.name, container.name),
                     instance: instance.name.clone(),
                     application: workload.application.clone(),
                     service: workload.service.clone(),

@@ -1,0 +1,378 @@
+//! The Docker Engine runtime (bollard): one user-defined network per
+//! application on this host with service names as DNS aliases, labelled
+//! containers, named volumes that survive updates, limits and devices.
+//! Restarts are the agent's job: containers get no Docker restart policy.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, EndpointSettings, HostConfig, Mount,
+    MountType, MountVolumeOptions, NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, StartContainerOptions,
+};
+use futures_util::StreamExt;
+use outpost_api::manifest::Protocol;
+use tokio::sync::mpsc;
+
+use super::{Runtime, labels};
+use crate::plan::{Action, DesiredContainer, Observed};
+
+pub struct Docker {
+    client: bollard::Docker,
+    site: String,
+    host: String,
+}
+
+impl Docker {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket).
+    pub async fn connect(site: &str, host: &str) -> Result<Docker> {
+        let client =
+            bollard::Docker::connect_with_local_defaults().context("connecting to the Docker Engine")?;
+        client.ping().await.context(
+            "the Docker Engine does not answer (is it running, and may this user use its socket?)",
+        )?;
+        Ok(Docker {
+            client,
+            site: site.to_string(),
+            host: host.to_string(),
+        })
+    }
+
+    fn owner_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", labels::SITE, self.site),
+                format!("{}={}", labels::HOST, self.host),
+            ],
+        )])
+    }
+
+    fn network_name(&self, application: &str) -> String {
+        format!("outpost.{}.{}.{application}", self.site, self.host)
+    }
+
+    fn owner_labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::SITE.to_string(), self.site.clone()),
+            (labels::HOST.to_string(), self.host.clone()),
+        ])
+    }
+
+    /// Pulls the image only if the engine does not have it: a site keeps
+    /// restarting what it has even when no registry can be reached.
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.client.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(%image, "pulling image");
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut progress = self.client.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step.with_context(|| format!("pulling {image}"))?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, want: &DesiredContainer) -> Result<()> {
+        let container = &want.container;
+        self.ensure_image(container.image.as_str()).await?;
+        let mut container_labels = self.owner_labels();
+        for (key, value) in [
+            (labels::APPLICATION, &want.application),
+            (labels::SERVICE, &want.service),
+            (labels::INSTANCE, &want.instance),
+            (labels::DEPLOYMENT, &want.deployment),
+            (labels::VERSION, &want.version),
+            (labels::SPEC_HASH, &want.spec_hash),
+        ] {
+            container_labels.insert(key.to_string(), value.clone());
+        }
+        container_labels.insert(labels::CONTAINER.to_string(), container.name.to_string());
+
+        let port_key = |port: &outpost_api::manifest::Port| {
+            let protocol = if port.protocol == Protocol::Udp {
+                "udp"
+            } else {
+                "tcp"
+            };
+            format!("{}/{protocol}", port.container)
+        };
+        let mut port_bindings = HashMap::new();
+        for port in &container.ports {
+            if let Some(host_port) = port.host {
+                port_bindings.insert(
+                    port_key(port),
+                    Some(vec![PortBinding {
+                        host_ip: None,
+                        host_port: Some(host_port.to_string()),
+                    }]),
+                );
+            }
+        }
+        let resources = container.resources.as_ref();
+        let host_config = HostConfig {
+            nano_cpus: resources
+                .and_then(|r| r.cpu)
+                .map(|cpu| i64::from(cpu.0) * 1_000_000),
+            memory: resources.and_then(|r| r.memory).map(|m| m.0 as i64),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            devices: (!container.devices.is_empty()).then(|| {
+                container
+                    .devices
+                    .iter()
+                    .map(|device| DeviceMapping {
+                        path_on_host: Some(device.clone()),
+                        path_in_container: Some(device.clone()),
+                        cgroup_permissions: Some("rwm".to_string()),
+                    })
+                    .collect()
+            }),
+            mounts: (!container.volumes.is_empty()).then(|| {
+                container
+                    .volumes
+                    .iter()
+                    .map(|volume| Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(format!(
+                            "outpost.{}.{}.{}",
+                            self.site, want.application, volume.name
+                        )),
+                        target: Some(volume.path.clone()),
+                        read_only: Some(volume.read_only),
+                        volume_options: Some(MountVolumeOptions {
+                            labels: Some(self.owner_labels()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
+        let network = self.network_name(&want.application);
+        let body = ContainerCreateBody {
+            image: Some(container.image.to_string()),
+            entrypoint: (!container.command.is_empty()).then(|| container.command.clone()),
+            cmd: (!container.args.is_empty()).then(|| container.args.clone()),
+            env: Some(container.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            exposed_ports: (!container.ports.is_empty())
+                .then(|| container.ports.iter().map(port_key).collect()),
+            labels: Some(container_labels),
+            host_config: Some(host_config),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network,
+                    EndpointSettings {
+                        aliases: Some(vec![want.service.clone()]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(want.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("creating {}", want.name))?;
+        self.client
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("starting {}", want.name))?;
+        Ok(())
+    }
+}
+
+/// The exit code in a status such as `Exited (137) 5 seconds ago`.
+fn exit_code(status: &str) -> Option<i64> {
+    let start = status.find('(')? + 1;
+    let end = status[start..].find(')')? + start;
+    status[start..end].parse().ok()
+}
+
+fn is_status(err: &anyhow::Error, code: u16) -> bool {
+    matches!(
+        err.downcast_ref::<bollard::errors::Error>(),
+        Some(bollard::errors::Error::DockerResponseServerError { status_code, .. }) if *status_code == code
+    )
+}
+
+#[async_trait]
+impl Runtime for Docker {
+    async fn observe(&self) -> Result<Vec<Observed>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(self.owner_filter()),
+            ..Default::default()
+        };
+        let containers = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .context("listing containers")?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                Some(Observed {
+                    id: c.id?,
+                    name,
+                    instance: label(labels::INSTANCE),
+                    application: label(labels::APPLICATION),
+                    service: label(labels::SERVICE),
+                    spec_hash: label(labels::SPEC_HASH),
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                    exit_code: c.status.as_deref().and_then(exit_code),
+                })
+            })
+            .collect())
+    }
+
+    async fn networks(&self) -> Result<BTreeSet<String>> {
+        let options = ListNetworksOptions {
+            filters: Some(self.owner_filter()),
+        };
+        let networks = self
+            .client
+            .list_networks(Some(options))
+            .await
+            .context("listing networks")?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| n.labels?.get(labels::APPLICATION).cloned())
+            .collect())
+    }
+
+    async fn apply(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::EnsureNetwork { application } => {
+                let mut network_labels = self.owner_labels();
+                network_labels.insert(labels::APPLICATION.to_string(), application.clone());
+                let request = NetworkCreateRequest {
+                    name: self.network_name(application),
+                    driver: Some("bridge".to_string()),
+                    labels: Some(network_labels),
+                    ..Default::default()
+                };
+                match self.client.create_network(request).await {
+                    Ok(_) => Ok(()),
+                    Err(err) => {
+                        let err = anyhow::Error::new(err);
+                        // Created meanwhile (a restart racing a resync): fine.
+                        if is_status(&err, 409) {
+                            Ok(())
+                        } else {
+                            Err(err.context("creating a network"))
+                        }
+                    }
+                }
+            }
+            Action::Create(want) => self.create(want).await,
+            Action::Start { id, name, .. } => self
+                .client
+                .start_container(id, None::<StartContainerOptions>)
+                .await
+                .with_context(|| format!("restarting {name}")),
+            Action::Remove { id, name, .. } => {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                match self.client.remove_container(id, Some(options)).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => {
+                        let err = anyhow::Error::new(err);
+                        if is_status(&err, 404) {
+                            Ok(())
+                        } else {
+                            Err(err.context(format!("removing {name}")))
+                        }
+                    }
+                }
+            }
+            Action::RemoveNetwork { application } => {
+                match self.client.remove_network(&self.network_name(application)).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => {
+                        let err = anyhow::Error::new(err);
+                        if is_status(&err, 404) {
+                            Ok(())
+                        } else {
+                            Err(err.context("removing a network"))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn changes(&self) -> mpsc::Receiver<()> {
+        let (sender, receiver) = mpsc::channel(1);
+        let client = self.client.clone();
+        let mut filters = self.owner_filter();
+        filters.insert("type".to_string(), vec!["container".to_string()]);
+        filters.insert(
+            "event".to_string(),
+            ["die", "destroy", "stop", "kill", "oom", "start"]
+                .map(String::from)
+                .to_vec(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let options = EventsOptions {
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                };
+                let mut events = client.events(Some(options));
+                while let Some(event) = events.next().await {
+                    match event {
+                        // A full channel already holds a wake-up: nothing lost.
+                        Ok(_) => {
+                            if sender.is_closed() {
+                                return;
+                            }
+                            let _ = sender.try_send(());
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "the Docker event stream failed");
+                            break;
+                        }
+                    }
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        receiver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_from_status() {
+        assert_eq!(exit_code("Exited (137) 5 seconds ago"), Some(137));
+        assert_eq!(exit_code("Exited (0) About a minute ago"), Some(0));
+        assert_eq!(exit_code("Up 3 seconds"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! Container runtimes behind one trait. Docker (or Podman's compatible
+//! socket) through bollard today; the process runtime and WebAssembly
+//! later.
+
+mod docker;
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::plan::{Action, Observed};
+
+pub use docker::Docker;
+
+/// Labels that mark what this agent owns; it never touches anything else.
+pub mod labels {
+    pub const MANAGED: &str = "io.outpost.managed";
+    pub const SITE: &str = "io.outpost.site";
+    pub const HOST: &str = "io.outpost.host";
+    pub const APPLICATION: &str = "io.outpost.application";
+    pub const SERVICE: &str = "io.outpost.service";
+    pub const INSTANCE: &str = "io.outpost.instance";
+    pub const DEPLOYMENT: &str = "io.outpost.deployment";
+    pub const VERSION: &str = "io.outpost.version";
+    pub const CONTAINER: &str = "io.outpost.container";
+    pub const SPEC_HASH: &str = "io.outpost.spec-hash";
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The containers this agent owns, running or not.
+    async fn observe(&self) -> Result<Vec<Observed>>;
+
+    /// The applications that have a network on this host.
+    async fn networks(&self) -> Result<BTreeSet<String>>;
+
+    /// Carries out one planned action.
+    async fn apply(&self, action: &Action) -> Result<()>;
+
+    /// A channel that receives a message whenever something this agent owns
+    /// changes outside its control (a container died, was removed…).
+    fn changes(&self) -> mpsc::Receiver<()>;
+}

@@ -1,0 +1,100 @@
+//! The agent's local store (SQLite in the data directory): the last site
+//! manifest it received, persisted before anything acts on it, so a reboot
+//! with no uplink brings every workload back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use outpost_api::workload::SiteState;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    pool: SqlitePool,
+}
+
+impl LocalStore {
+    pub async fn open(path: &Path) -> Result<LocalStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged manifest must survive a power cut.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS desired_state (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 revision INTEGER NOT NULL,
+                 state TEXT NOT NULL,
+                 saved_at TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .context("preparing the local store")?;
+        Ok(LocalStore { pool })
+    }
+
+    /// The persisted desired state and its revision (0 and empty if none).
+    pub async fn desired(&self) -> Result<(u64, SiteState)> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT revision, state FROM desired_state WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            Some((revision, state)) => Ok((
+                revision as u64,
+                serde_json::from_str(&state).context("the stored desired state is damaged")?,
+            )),
+            None => Ok((0, SiteState::default())),
+        }
+    }
+
+    pub async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
+        let saved_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO desired_state (id, revision, state, saved_at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET revision = ?1, state = ?2, saved_at = ?3",
+        )
+        .bind(revision as i64)
+        .bind(serde_json::to_string(state)?)
+        .bind(saved_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_desired_state_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let store = LocalStore::open(&path).await.unwrap();
+        assert_eq!(store.desired().await.unwrap(), (0, SiteState::default()));
+        let state: SiteState = serde_json::from_value(serde_json::json!({ "workloads": [], "failures": [
+            { "deployment": "d", "application": "a", "reason": "r" }] }))
+        .unwrap();
+        store.save_desired(7, &state).await.unwrap();
+        store.close().await;
+        let again = LocalStore::open(&path).await.unwrap();
+        assert_eq!(again.desired().await.unwrap(), (7, state));
+    }
+}

@@ -1,0 +1,161 @@
+//! TLS for the agent's outbound connection. Before enrollment the agent
+//! trusts only a CA whose SHA-256 matches the fingerprint in its join
+//! token; afterwards it trusts the CA it received and presents its host
+//! certificate (mutual TLS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Trusts a server whose chain includes the CA with the pinned fingerprint.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| hex::encode(Sha256::digest(cert.as_ref())) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the control plane's CA does not match the join token's fingerprint".to_string(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// For enrollment: no client certificate, the CA pinned by fingerprint.
+pub fn pinned(fingerprint: &str) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            fingerprint: fingerprint.to_ascii_lowercase(),
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// For sessions: trust the control plane's CA, present the host certificate.
+pub fn mutual(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.context("reading the CA certificate")?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("reading the host certificate")?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .context("reading the host key")?
+        .context("the host key file holds no key")?;
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("using the host certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Opens a gRPC channel to `server` (`https://host:port`) over our own TLS.
+pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
+    let uri: Uri = server
+        .parse()
+        .with_context(|| format!("{server:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        anyhow::bail!("{server:?} must start with https://");
+    }
+    let host = uri
+        .host()
+        .context("the server URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(7801);
+    let name =
+        ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a valid server name"))?;
+    let connector = tower::service_fn(move |_: Uri| {
+        let (tls, host, name) = (tls.clone(), host.clone(), name.clone());
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    // The scheme here is only a label: TLS happens in the connector.
+    let endpoint = Endpoint::from_shared(format!("http://{}:{port}", uri.host().unwrap_or_default()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("connecting to {server}"))
+}
