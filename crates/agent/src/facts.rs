@@ -39,6 +39,8 @@ pub fn discover_under(root: &Path, data_dir: &Path, host: &str) -> BTreeMap<Stri
         facts.insert("memory".to_string(), round_size(memory));
     }
     if let Ok(stat) = nix::sys::statvfs::statvfs(data_dir) {
+        // The field types differ between platforms (u32 on some 32-bit ones).
+        #[allow(clippy::unnecessary_cast)]
         let bytes = stat.blocks() as u64 * stat.fragment_size() as u64;
         facts.insert("disk".to_string(), round_size(bytes));
     }
@@ -84,7 +86,7 @@ fn meminfo_total(root: &Path) -> Option<u64> {
 /// and the label does not change with every byte.
 fn round_size(bytes: u64) -> String {
     let mi = bytes >> 20;
-    if mi >= 1024 && mi % 1024 == 0 {
+    if mi >= 1024 && mi.is_multiple_of(1024) {
         Size(bytes >> 30 << 30).to_string()
     } else {
         Size(mi << 20).to_string()

@@ -1,10 +1,102 @@
 //! The Outpost edge agent: enrollment, the outbound channel to the control
 //! plane, the local store and the reconciler.
+//!
+//! **Architecture Invariant:** the agent acts only on desired state it has
+//! persisted, and nothing it does depends on the uplink being up: the
+//! reconciler starts from the local store before any connection is tried.
 
 pub mod facts;
 pub mod files;
 pub mod identity;
 pub mod plan;
+pub mod reconciler;
 pub mod runtime;
+pub mod session;
 pub mod store;
 pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// `https://HOST:7801`; needed to enroll, optional afterwards.
+    pub server: Option<String>,
+    pub join_token: Option<String>,
+    /// Defaults to the machine's host name.
+    pub host_name: Option<String>,
+}
+
+/// The machine's host name, if it is usable as an Outpost host name.
+pub fn default_host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    name.parse::<outpost_api::manifest::Name>()
+        .ok()
+        .map(|n| n.to_string())
+}
+
+/// Runs the agent until `shutdown` becomes true.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+    files::create_private_dir(&config.data_dir)?;
+    let credentials = match identity::load(&config.data_dir)? {
+        Some(mut credentials) => {
+            if config.join_token.is_some() {
+                tracing::info!(site = %credentials.identity.site, host = %credentials.identity.host, "already enrolled; ignoring the join token");
+            }
+            if let Some(server) = &config.server {
+                credentials.identity.server = server.clone();
+            }
+            credentials
+        }
+        None => {
+            let server = config.server.as_deref().context(
+                "this host is not enrolled yet: pass --server https://CONTROL_PLANE:7801 and --join-token",
+            )?;
+            let token = config.join_token.as_deref().context(
+                "this host is not enrolled yet: pass --join-token (from `outpost token create --site SITE`)",
+            )?;
+            let host = match &config.host_name {
+                Some(name) => name
+                    .parse::<outpost_api::manifest::Name>()
+                    .map_err(|e| anyhow::anyhow!("--host-name: {e}"))?
+                    .to_string(),
+                None => default_host_name()
+                    .context("the machine's host name is not a DNS label: pass --host-name")?,
+            };
+            let credentials = identity::enroll(&config.data_dir, server, token, &host).await?;
+            tracing::info!(site = %credentials.identity.site, host = %credentials.identity.host, "enrolled");
+            credentials
+        }
+    };
+    let identity = credentials.identity.clone();
+    let store = store::LocalStore::open(&config.data_dir.join("agent.db")).await?;
+    let (revision, state) = store.desired().await?;
+    tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
+    let (desired_sender, desired) = watch::channel((revision, state));
+    let (status_sender, status) = watch::channel(Vec::new());
+
+    let runtime: Arc<dyn runtime::Runtime> =
+        Arc::new(runtime::Docker::connect(&identity.site, &identity.host).await?);
+    let reconciler =
+        reconciler::Reconciler::new(runtime, &identity.site, &identity.host, desired, status_sender);
+    let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
+    let session = session::Session {
+        server: identity.server.clone(),
+        tls: credentials.tls,
+        store: store.clone(),
+        facts: facts::discover(&config.data_dir, &identity.host),
+        desired: desired_sender,
+        status,
+    };
+    let session = tokio::spawn(session.run(shutdown));
+    let _ = session.await;
+    let _ = reconciling.await;
+    store.close().await;
+    tracing::info!("agent stopped; its workloads keep running");
+    Ok(())
+}

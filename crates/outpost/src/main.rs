@@ -43,6 +43,29 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         tls_san: Vec<String>,
     },
+    /// Run the edge agent of one host
+    Agent {
+        /// The control plane's agent address; needed to enroll
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Single-use token from `outpost token create` (only for the first start)
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "OUTPOST_JOIN_TOKEN",
+            hide_env_values = true
+        )]
+        join_token: Option<String>,
+        /// Where the agent keeps its key, certificate and local store
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
+        /// This host's name in its site [default: the machine's host name]
+        #[arg(long, value_name = "NAME")]
+        host_name: Option<String>,
+        /// The container runtime
+        #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
+        runtime: RuntimeKind,
+    },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
         /// Where the quickstart keeps its data [default: ~/.local/share/outpost/up]
@@ -134,6 +157,12 @@ enum TokenCommand {
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         ttl: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RuntimeKind {
+    /// The Docker Engine API (also Podman's compatible socket), via DOCKER_HOST or the default socket
+    Docker,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -273,6 +302,27 @@ async fn run(cli: Cli) -> Result<()> {
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(shutdown_signal()).await;
             return Ok(());
+        }
+        Command::Agent {
+            server,
+            join_token,
+            data_dir,
+            host_name,
+            runtime: RuntimeKind::Docker,
+        } => {
+            init_logging();
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let config = outpost_agent::Config {
+                data_dir: data_dir.clone(),
+                server: server.clone(),
+                join_token: join_token.clone(),
+                host_name: host_name.clone(),
+            };
+            return outpost_agent::run(config, stopped).await;
         }
         Command::Up {
             data_dir,

@@ -49,13 +49,14 @@ fn networks(names: &[&str]) -> BTreeSet<String> {
 #[test]
 fn plans() {
     let a = || desired("outpost-a-0-web", "a", "h1");
-    let table: Vec<(
-        &str,
+    type Case<'a> = (
+        &'a str,
         Vec<DesiredContainer>,
         Vec<Observed>,
         BTreeSet<String>,
-        Vec<&str>,
-    )> = vec![
+        Vec<&'a str>,
+    );
+    let table: Vec<Case> = vec![
         ("nothing to do", vec![], vec![], networks(&[]), vec![]),
         (
             "first start",
@@ -134,10 +135,10 @@ fn only_this_hosts_instances_are_desired() {
         }]
     }))
     .unwrap();
-    let names: Vec<String> = desired_for_host(&state, "h2")
+    let names: Vec<String> = desired_for_host(&state, "s", "h2")
         .into_iter()
         .map(|d| d.name)
         .collect();
-    assert_eq!(names, ["outpost-a-web-1-web", "outpost-a-web-1-side"]);
-    assert!(desired_for_host(&state, "h3").is_empty());
+    assert_eq!(names, ["outpost.s.a-web-1.web", "outpost.s.a-web-1.side"]);
+    assert!(desired_for_host(&state, "s", "h3").is_empty());
 }

@@ -197,6 +197,22 @@ impl Docker {
     }
 }
 
+/// Waits (at most 3 s) until the engine no longer reports a container as running.
+async fn wait_until_stopped(client: &bollard::Docker, id: &str) {
+    for _ in 0..60 {
+        let running = client
+            .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state?.running)
+            .unwrap_or(false);
+        if !running {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The exit code in a status such as `Exited (137) 5 seconds ago`.
 fn exit_code(status: &str) -> Option<i64> {
     let start = status.find('(')? + 1;
@@ -342,11 +358,19 @@ impl Runtime for Docker {
                 let mut events = client.events(Some(options));
                 while let Some(event) = events.next().await {
                     match event {
-                        // A full channel already holds a wake-up: nothing lost.
-                        Ok(_) => {
+                        Ok(event) => {
+                            tracing::debug!(action = ?event.action, "runtime event");
+                            if event.action.as_deref() == Some("die")
+                                && let Some(id) = event.actor.and_then(|a| a.id)
+                            {
+                                // The engine reports `die` before its container
+                                // list says so: wait until it does.
+                                wait_until_stopped(&client, &id).await;
+                            }
                             if sender.is_closed() {
                                 return;
                             }
+                            // A full channel already holds a wake-up: nothing lost.
                             let _ = sender.try_send(());
                         }
                         Err(err) => {

@@ -1,0 +1,237 @@
+//! The executor of the reconcile plan: runs `plan` whenever the desired
+//! state changes, the runtime reports a change (a container died), a
+//! backoff expires, or the periodic resync fires; applies the actions with
+//! per-instance exponential backoff and jitter; and publishes the status of
+//! every instance this host runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_api::workload::SiteState;
+use outpost_proto::v1::InstanceStatus;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, plan};
+use crate::runtime::Runtime;
+
+/// How often everything is checked even when nothing reported a change.
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// Running this long after a (re)start clears an instance's backoff.
+const STABLE: Duration = Duration::from_secs(30);
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// When an instance may next be started, after how many recent attempts.
+#[derive(Debug, Clone)]
+struct Backoff {
+    attempts: u32,
+    last_attempt: Instant,
+    next_allowed: Instant,
+}
+
+impl Backoff {
+    /// The delay before attempt `attempts + 1`: none for the first restart,
+    /// then 250 ms doubling to a minute, each ±20%.
+    fn delay(attempts: u32) -> Duration {
+        if attempts == 0 {
+            return Duration::ZERO;
+        }
+        let base = FIRST_DELAY
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(MAX_DELAY);
+        base.mul_f64(rand::rng().random_range(0.8..1.2))
+    }
+}
+
+pub struct Reconciler {
+    runtime: Arc<dyn Runtime>,
+    site: String,
+    host: String,
+    desired: watch::Receiver<(u64, SiteState)>,
+    status: watch::Sender<Vec<InstanceStatus>>,
+    backoff: HashMap<String, Backoff>,
+    /// The last failure per instance, reported until it starts.
+    failures: HashMap<String, String>,
+}
+
+impl Reconciler {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        site: &str,
+        host: &str,
+        desired: watch::Receiver<(u64, SiteState)>,
+        status: watch::Sender<Vec<InstanceStatus>>,
+    ) -> Reconciler {
+        Reconciler {
+            runtime,
+            site: site.to_string(),
+            host: host.to_string(),
+            desired,
+            status,
+            backoff: HashMap::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.runtime.changes();
+        loop {
+            self.reconcile().await;
+            let retry = self
+                .backoff
+                .values()
+                .map(|b| b.next_allowed)
+                .filter(|t| *t > Instant::now())
+                .min();
+            let wake = retry
+                .unwrap_or_else(|| Instant::now() + RESYNC)
+                .min(Instant::now() + RESYNC);
+            tokio::select! {
+                changed = self.desired.changed() => if changed.is_err() { return },
+                _ = changes.recv() => {}
+                () = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One pass: observe, plan, act, report.
+    pub async fn reconcile(&mut self) {
+        let (_, state) = self.desired.borrow_and_update().clone();
+        let desired = desired_for_host(&state, &self.site, &self.host);
+        let (observed, networks) = match (self.runtime.observe().await, self.runtime.networks().await) {
+            (Ok(observed), Ok(networks)) => (observed, networks),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(err = format!("{err:#}"), "cannot see the runtime; will retry");
+                return;
+            }
+        };
+        let now = Instant::now();
+        self.backoff.retain(|instance, backoff| {
+            let running = observed.iter().any(|o| &o.instance == instance && o.running);
+            !(running && now.duration_since(backoff.last_attempt) >= STABLE)
+        });
+        let actions = plan(&desired, &observed, &networks);
+        tracing::debug!(
+            desired = desired.len(),
+            observed = observed.len(),
+            actions = actions.len(),
+            "reconcile pass"
+        );
+        for action in actions {
+            let instance = match &action {
+                Action::Create(want) => Some(want.instance.clone()),
+                Action::Start { instance, .. } => Some(instance.clone()),
+                _ => None,
+            };
+            if let Some(instance) = &instance
+                && self.backoff.get(instance).is_some_and(|b| b.next_allowed > now)
+            {
+                continue;
+            }
+            match &action {
+                Action::Remove { name, reason, .. } => {
+                    tracing::info!(container = %name, "removing: {reason}")
+                }
+                Action::Create(want) => {
+                    tracing::info!(container = %want.name, version = %want.version, "creating")
+                }
+                Action::Start { name, .. } => tracing::info!(container = %name, "restarting"),
+                _ => {}
+            }
+            let result = self.runtime.apply(&action).await;
+            if let Some(instance) = instance {
+                let attempts = self.backoff.get(&instance).map_or(0, |b| b.attempts) + 1;
+                self.backoff.insert(
+                    instance.clone(),
+                    Backoff {
+                        attempts,
+                        last_attempt: now,
+                        next_allowed: now + Backoff::delay(attempts),
+                    },
+                );
+                match &result {
+                    Ok(()) => {
+                        self.failures.remove(&instance);
+                    }
+                    Err(err) => {
+                        self.failures.insert(instance, format!("{err:#}"));
+                    }
+                }
+            }
+            if let Err(err) = result {
+                tracing::warn!(err = format!("{err:#}"), "action failed; backing off");
+            }
+        }
+        let observed = self.runtime.observe().await.unwrap_or(observed);
+        let statuses = self.statuses(&desired, &observed);
+        self.status.send_if_modified(|current| {
+            let changed = *current != statuses;
+            *current = statuses;
+            changed
+        });
+    }
+
+    /// One status per instance, from the state of its containers.
+    fn statuses(&self, desired: &[DesiredContainer], observed: &[Observed]) -> Vec<InstanceStatus> {
+        let mut by_instance: BTreeMap<&str, Vec<&DesiredContainer>> = BTreeMap::new();
+        for want in desired {
+            by_instance.entry(want.instance.as_str()).or_default().push(want);
+        }
+        by_instance
+            .into_iter()
+            .map(|(instance, containers)| {
+                let first = containers[0];
+                let mut status = InstanceStatus {
+                    instance: instance.to_string(),
+                    application: first.application.clone(),
+                    service: first.service.clone(),
+                    spec_hash: first.spec_hash.clone(),
+                    state: "running".to_string(),
+                    ..Default::default()
+                };
+                for want in &containers {
+                    let have = observed
+                        .iter()
+                        .find(|o| o.name == want.name && o.spec_hash == want.spec_hash);
+                    match have {
+                        Some(o) if o.running && status.container_id.is_empty() => {
+                            status.container_id = o.id.clone();
+                        }
+                        Some(o) if o.running => {}
+                        Some(o) => {
+                            status.state = "exited".to_string();
+                            status.exit_code = o.exit_code.unwrap_or(-1) as i32;
+                            status.reason = format!("{} exited", want.container.name);
+                        }
+                        None if let Some(failure) = self.failures.get(instance) => {
+                            status.state = "failed".to_string();
+                            status.reason = failure.clone();
+                        }
+                        None if status.state == "running" => status.state = "pending".to_string(),
+                        None => {}
+                    }
+                }
+                status
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_once_then_doubles_to_a_minute() {
+        assert_eq!(Backoff::delay(0), Duration::ZERO);
+        for (attempts, base) in [(1, 250), (2, 500), (3, 1000), (9, 60_000), (40, 60_000)] {
+            let delay = Backoff::delay(attempts).as_millis() as f64;
+            let base = base as f64;
+            assert!((base * 0.8..=base * 1.2).contains(&delay), "{attempts}: {delay}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The outbound session to the control plane: hello, then desired state
+//! down (persisted before it is acknowledged) and status up, heartbeats
+//! both ways; reconnects with exponential backoff and jitter. Nothing here
+//! stops a workload: losing the uplink only means waiting.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use outpost_api::workload::{SiteState, Workload};
+use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
+use outpost_proto::v1::{
+    Ack, AgentMessage, Heartbeat, Hello, HostFacts, InstanceStatus, SiteManifest, StatusReport,
+    agent_message, control_message,
+};
+use rand::Rng;
+use rustls::ClientConfig;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::store::LocalStore;
+use crate::tls;
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Without a word from the control plane for this long, the session is dead.
+const SILENCE: Duration = Duration::from_secs(60);
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+pub struct Session {
+    pub server: String,
+    pub tls: Arc<ClientConfig>,
+    pub store: LocalStore,
+    pub facts: BTreeMap<String, String>,
+    pub desired: watch::Sender<(u64, SiteState)>,
+    pub status: watch::Receiver<Vec<InstanceStatus>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Applies a manifest message to the state the agent holds.
+pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Result<SiteState> {
+    let decode = |bytes: &Vec<u8>| {
+        serde_json::from_slice::<Workload>(bytes).context("a workload in the manifest is not readable")
+    };
+    let mut workloads: BTreeMap<String, Workload> = if manifest.full {
+        BTreeMap::new()
+    } else {
+        if manifest.base_revision != current.0 {
+            anyhow::bail!(
+                "the update is based on revision {}, this agent holds {}",
+                manifest.base_revision,
+                current.0
+            );
+        }
+        current.1.workloads.iter().map(|w| (w.key(), w.clone())).collect()
+    };
+    for bytes in &manifest.workloads {
+        let workload = decode(bytes)?;
+        workloads.insert(workload.key(), workload);
+    }
+    for key in &manifest.removed {
+        workloads.remove(key);
+    }
+    Ok(SiteState {
+        workloads: workloads.into_values().collect(),
+        failures: Vec::new(),
+    })
+}
+
+impl Session {
+    /// Keeps a session up until `shutdown`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut delay = RECONNECT_MIN;
+        loop {
+            let connected_at = tokio::time::Instant::now();
+            tokio::select! {
+                result = self.connect_once() => {
+                    if let Err(err) = result {
+                        tracing::warn!(server = %self.server, err = format!("{err:#}"), "uplink lost; workloads keep running");
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            // A session that lasted a while starts the backoff over.
+            if connected_at.elapsed() > RECONNECT_MAX {
+                delay = RECONNECT_MIN;
+            }
+            let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.5));
+            tracing::info!("reconnecting in {:.1}s", jittered.as_secs_f64());
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    async fn connect_once(&mut self) -> Result<()> {
+        let channel = tls::channel(&self.server, self.tls.clone()).await?;
+        let (sender, receiver) = mpsc::channel::<AgentMessage>(16);
+        let send = |body: agent_message::Body| AgentMessage { body: Some(body) };
+        let revision = self.desired.borrow().0;
+        sender
+            .send(send(agent_message::Body::Hello(Hello {
+                protocol_version: outpost_proto::PROTOCOL_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                applied_revision: revision,
+                facts: Some(HostFacts {
+                    labels: self.facts.clone().into_iter().collect(),
+                }),
+            })))
+            .await?;
+        let mut incoming = AgentGatewayClient::new(channel)
+            .session(ReceiverStream::new(receiver))
+            .await
+            .map_err(|status| anyhow::anyhow!("the control plane refused the session: {}", status.message()))?
+            .into_inner();
+        tracing::info!(server = %self.server, revision, "connected to the control plane");
+        let status = self.status.borrow_and_update().clone();
+        sender
+            .send(send(agent_message::Body::Status(StatusReport {
+                instances: status,
+            })))
+            .await?;
+
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = tokio::time::timeout(SILENCE, incoming.message()) => {
+                    let message = message
+                        .map_err(|_| anyhow::anyhow!("no word from the control plane for {SILENCE:?}"))?
+                        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                        .context("the control plane closed the session")?;
+                    match message.body {
+                        Some(control_message::Body::Manifest(manifest)) => {
+                            let revision = self.receive(&manifest).await?;
+                            sender.send(send(agent_message::Body::Ack(Ack { revision }))).await?;
+                        }
+                        Some(control_message::Body::Heartbeat(_)) | None => {}
+                    }
+                }
+                changed = self.status.changed() => {
+                    changed?;
+                    let instances = self.status.borrow_and_update().clone();
+                    sender.send(send(agent_message::Body::Status(StatusReport { instances }))).await?;
+                }
+                _ = heartbeat.tick() => {
+                    sender.send(send(agent_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() }))).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies, persists, then hands over a manifest; returns its revision.
+    async fn receive(&mut self, manifest: &SiteManifest) -> Result<u64> {
+        let (revision, state) = self.desired.borrow().clone();
+        let next = apply_manifest((revision, &state), manifest)?;
+        // Persist first: what is acknowledged survives a reboot.
+        self.store.save_desired(manifest.revision, &next).await?;
+        tracing::info!(
+            revision = manifest.revision,
+            workloads = next.workloads.len(),
+            "desired state received"
+        );
+        self.desired.send_replace((manifest.revision, next));
+        Ok(manifest.revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(service: &str, version: &str) -> Workload {
+        serde_json::from_value(serde_json::json!({
+            "application": "a", "version": version, "deployment": "d", "service": service,
+            "replicas": 1, "perHost": false, "containers": [], "instances": []
+        }))
+        .unwrap()
+    }
+
+    fn encode(w: &Workload) -> Vec<u8> {
+        serde_json::to_vec(w).unwrap()
+    }
+
+    #[test]
+    fn full_then_deltas() {
+        let full = SiteManifest {
+            revision: 3,
+            full: true,
+            workloads: vec![encode(&workload("web", "1")), encode(&workload("db", "1"))],
+            ..Default::default()
+        };
+        let state = apply_manifest((0, &SiteState::default()), &full).unwrap();
+        assert_eq!(state.workloads.len(), 2);
+
+        let delta = SiteManifest {
+            revision: 4,
+            base_revision: 3,
+            full: false,
+            workloads: vec![encode(&workload("web", "2"))],
+            removed: vec!["a/db".to_string()],
+        };
+        let state = apply_manifest((3, &state), &delta).unwrap();
+        assert_eq!(state.workloads, vec![workload("web", "2")]);
+
+        let stale = SiteManifest {
+            base_revision: 9,
+            ..delta
+        };
+        let err = apply_manifest((4, &state), &stale).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the update is based on revision 9, this agent holds 4"
+        );
+    }
+}
