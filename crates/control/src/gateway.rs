@@ -35,6 +35,9 @@ pub struct Gateway {
     pub store: Arc<dyn Storage>,
     pub fleet: Arc<Fleet>,
     pub pki: Arc<Pki>,
+    /// Becomes true when the control plane stops: sessions end so that the
+    /// server can drain (agents reconnect later).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -116,6 +119,7 @@ impl AgentGateway for Gateway {
             site,
             host,
             sender,
+            shutdown: self.shutdown.clone(),
         };
         tokio::spawn(session.run(incoming));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -128,6 +132,12 @@ struct Session {
     site: String,
     host: String,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves when the control plane starts to stop.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn now_ms() -> u64 {
@@ -155,6 +165,7 @@ impl Session {
     }
 
     async fn serve(&self, incoming: &mut Streaming<AgentMessage>) -> Result<(), String> {
+        let mut shutdown = self.shutdown.clone();
         let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.message())
             .await
             .map_err(|_| "no hello in time".to_string())?
@@ -205,6 +216,10 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
+                }
+                () = stopping(&mut shutdown) => {
+                    let _ = self.sender.send(Err(Status::unavailable("the control plane is stopping"))).await;
+                    return Err("the control plane is stopping".to_string());
                 }
             }
         }

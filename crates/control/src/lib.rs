@@ -119,6 +119,7 @@ impl ControlPlane {
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             pki: self.pki.clone(),
+            shutdown: stopped.clone(),
         };
         let agents = tokio::spawn(serve_agents(
             self.agent_listener,

@@ -5,6 +5,7 @@
 // Test-only code: a panic here is how a test reports that its setup failed.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -288,4 +289,163 @@ pub fn application(name: &str, version: &str) -> String {
     format!(
         "apiVersion: outpost/v1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  version: \"{version}\"\n  services:\n    - name: web\n      containers:\n        - name: web\n          image: registry.example.com/web:{version}\n"
     )
+}
+
+/// A site name no other test (or earlier run) uses.
+pub fn unique_site(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{}", std::process::id(), nanos % 10_000)
+}
+
+/// Runs the docker CLI; returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
+#[track_caller]
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An `outpost agent` process for one host, and the containers of its site.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub site: String,
+    pub host: String,
+    server: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Enrolls a host into `site` with a fresh join token and starts it.
+    pub fn enroll(control: &ControlPlane, site: &str, host: &str) -> Agent {
+        let token = control.join_token(site);
+        let mut agent = Agent {
+            dir: tempfile::tempdir().unwrap(),
+            site: site.to_string(),
+            host: host.to_string(),
+            server: control.agent_url.clone(),
+            child: None,
+        };
+        agent.spawn(Some(&token));
+        agent
+    }
+
+    fn spawn(&mut self, token: Option<&str>) {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "agent",
+                "--server",
+                &self.server,
+                "--data-dir",
+                self.dir.path().to_str().unwrap(),
+            ])
+            .args(["--host-name", &self.host])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = token {
+            command.env("OUTPOST_JOIN_TOKEN", token);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let host = self.host.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent {host}] {line}");
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Stops the agent with SIGTERM and waits for it; its containers stay.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the agent did not stop on SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Starts the agent again from its data directory (no token needed).
+    pub fn start(&mut self) {
+        self.spawn(None);
+    }
+
+    /// Running containers of this site: name → (id, labels).
+    pub fn running(&self) -> BTreeMap<String, String> {
+        docker(&[
+            "ps",
+            "--filter",
+            &format!("label=io.outpost.site={}", self.site),
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, id)| (n.to_string(), id.to_string())))
+        .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let filter = format!("label=io.outpost.site={}", self.site);
+        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        for id in ids.lines() {
+            docker(&["rm", "-f", "-v", id]);
+        }
+        for network in docker(&["network", "ls", "-q", "--filter", &filter]).lines() {
+            docker(&["network", "rm", network]);
+        }
+    }
+}
+
+impl ControlPlane {
+    pub fn join_token(&self, site: &str) -> String {
+        let run = self.cli(&["token", "create", "--site", site]);
+        run.ok().lines().next().unwrap().to_string()
+    }
+
+    /// Applies manifest text through the CLI.
+    pub fn apply(&self, text: &str) -> Run {
+        self.cli_stdin(&["apply", "-f", "-"], text)
+    }
+
+    /// A field of a site's status (`get sites NAME -o json`).
+    pub fn site_status(&self, site: &str) -> serde_json::Value {
+        let run = self.cli(&["get", "site", site, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(run.ok()).unwrap()["status"].clone()
+    }
 }

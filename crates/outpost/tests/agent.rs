@@ -1,0 +1,403 @@
+//! Real agents against a real control plane and the real Docker Engine:
+//! enrollment and its refusals, deployments running with their labels,
+//! network, DNS alias, env and limits, restarts, local autonomy, adoption,
+//! convergence after an outage, removal. Needs `scripts/test-image`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Agent, ControlPlane, cli_with, docker, eventually, unique_site};
+
+const IMAGE: &str = "outpost-test/busybox:1";
+
+fn site_manifest(site: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ test: '{site}' }} }}\nspec:\n  variables: {{ store_id: '042' }}\n"
+    )
+}
+
+/// An application with a web server and a client that fetches from it by
+/// its service name, deployed to `site`.
+fn web_application(site: &str, version: &str) -> String {
+    format!(
+        r#"apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: web }}
+spec:
+  version: "{version}"
+  services:
+    - name: www
+      containers:
+        - name: httpd
+          image: {IMAGE}
+          command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+          env: {{ STORE_ID: "${{site.store_id}}", VERSION: "{version}" }}
+          resources: {{ cpu: 0.5, memory: 64Mi }}
+    - name: client
+      containers:
+        - name: loop
+          image: {IMAGE}
+          command: ["/bin/sh", "-c", "while true; do wget -q -O - http://www:8080/; sleep 1; done"]
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: web }}
+spec: {{ application: web, sites: "test = '{site}'" }}
+"#
+    )
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, container]).trim().to_string()
+}
+
+#[test]
+fn enrollment_refusals_are_explained() {
+    let control = ControlPlane::start();
+    let site = unique_site("enroll");
+    control.apply(&site_manifest(&site)).ok();
+    let enroll = |token: &str, dir: &std::path::Path| {
+        cli_with(
+            &[
+                "agent",
+                "--server",
+                &control.agent_url,
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--host-name",
+                "h1",
+            ],
+            &[("OUTPOST_JOIN_TOKEN", token)],
+            None,
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("opj1.nope", "the join token is malformed"),
+        (
+            &format!("opj1.{}.{}", "0".repeat(64), "1".repeat(64)),
+            "the control plane's CA does not match the join token's fingerprint",
+        ),
+    ];
+    for (token, message) in cases {
+        let run = enroll(token, dir.path());
+        assert_eq!(run.code, 1, "{token}");
+        assert!(run.stderr.contains(message), "{token}: {}", run.stderr);
+    }
+    // A well-formed token for this CA with an unknown secret.
+    let good = control.join_token(&site);
+    let unknown = format!("{}{}", &good[..good.len() - 64], "2".repeat(64));
+    let run = enroll(&unknown, dir.path());
+    assert!(
+        run.stderr.contains("enrollment refused: unknown join token"),
+        "{}",
+        run.stderr
+    );
+
+    // Expired.
+    let short = control
+        .cli(&["token", "create", "--site", &site, "--ttl", "1s"])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let run = enroll(&short, tempfile::tempdir().unwrap().path());
+    assert!(
+        run.stderr.contains("enrollment refused: the join token expired"),
+        "{}",
+        run.stderr
+    );
+
+    // A site that does not exist gets no token at all.
+    let run = control.cli(&["token", "create", "--site", "nowhere"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("site \"nowhere\" not found"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_token_enrolls_once_into_its_own_site() {
+    let control = ControlPlane::start();
+    let (site_a, site_b) = (unique_site("a"), unique_site("b"));
+    control
+        .apply(&format!(
+            "{}---\n{}",
+            site_manifest(&site_a),
+            site_manifest(&site_b)
+        ))
+        .ok();
+    let token = control.join_token(&site_a);
+    let first = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "agent",
+            "--server",
+            &control.agent_url,
+            "--data-dir",
+            first.path().to_str().unwrap(),
+        ])
+        .args(["--host-name", "till-2"])
+        .env("OUTPOST_JOIN_TOKEN", &token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let host = eventually(Duration::from_secs(20), "till-2 to enroll", || {
+        let json: serde_json::Value =
+            serde_json::from_str(control.cli(&["get", "hosts", "-o", "json"]).ok()).ok()?;
+        json["items"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == "till-2")
+            .cloned()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        host["site"],
+        site_a.as_str(),
+        "a token enrolls into the site it was made for, never another"
+    );
+    let hosts_b = control.cli(&["get", "hosts", "--site", &site_b]).ok().to_string();
+    assert!(hosts_b.starts_with("no hosts yet"), "{hosts_b}");
+
+    // The key was made on the host and stays there, owner-only.
+    let key = std::fs::metadata(first.path().join("host.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn a_used_token_is_refused() {
+    let control = ControlPlane::start();
+    let site = unique_site("used");
+    control.apply(&site_manifest(&site)).ok();
+    let token = control.join_token(&site);
+    let enroll = |host: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(common::BIN)
+            .args([
+                "agent",
+                "--server",
+                &control.agent_url,
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .args(["--host-name", host])
+            .env("OUTPOST_JOIN_TOKEN", &token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (dir, child.stderr.take().unwrap(), child)
+    };
+    let (_first_dir, _, mut first) = enroll("h1");
+    eventually(Duration::from_secs(20), "h1 to enroll", || {
+        control.cli(&["get", "hosts"]).ok().contains(" h1 ").then_some(())
+    });
+    let _ = first.kill();
+    let _ = first.wait();
+    let (_dir, mut stderr, mut second) = enroll("h2");
+    let status = second.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    assert!(!status.success());
+    assert!(
+        text.contains("enrollment refused: the join token was already used"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_deployment_runs_with_labels_network_alias_env_and_limits() {
+    let control = ControlPlane::start();
+    let site = unique_site("deploy");
+    control.apply(&site_manifest(&site)).ok();
+    let agent = Agent::enroll(&control, &site, "h1");
+    control.apply(&web_application(&site, "1")).ok();
+    let www = format!("outpost.{site}.web-www-0.httpd");
+    let client = format!("outpost.{site}.web-client-0.loop");
+    eventually(Duration::from_secs(30), "both containers running", || {
+        let running = agent.running();
+        (running.contains_key(&www) && running.contains_key(&client)).then_some(())
+    });
+    for (label, value) in [
+        ("io.outpost.managed", "true"),
+        ("io.outpost.site", site.as_str()),
+        ("io.outpost.host", "h1"),
+        ("io.outpost.application", "web"),
+        ("io.outpost.service", "www"),
+        ("io.outpost.instance", "web-www-0"),
+        ("io.outpost.version", "1"),
+    ] {
+        assert_eq!(
+            inspect(&www, &format!("{{{{index .Config.Labels \"{label}\"}}}}")),
+            value,
+            "{label}"
+        );
+    }
+    assert_eq!(inspect(&www, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(inspect(&www, "{{.HostConfig.Memory}}"), (64 << 20).to_string());
+    assert_eq!(
+        inspect(&www, "{{.HostConfig.RestartPolicy.Name}}"),
+        "",
+        "restarts are the agent's job"
+    );
+    let env = inspect(&www, "{{json .Config.Env}}");
+    assert!(
+        env.contains("\"STORE_ID=042\""),
+        "site variable substituted: {env}"
+    );
+    let network = format!("outpost.{site}.h1.web");
+    let aliases = inspect(
+        &www,
+        &format!("{{{{json (index .NetworkSettings.Networks \"{network}\").Aliases}}}}"),
+    );
+    assert!(aliases.contains("\"www\""), "{aliases}");
+    // The client reaches the server by its service name.
+    eventually(Duration::from_secs(20), "the client to fetch from www", || {
+        let output = std::process::Command::new("docker")
+            .args(["logs", &client])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .contains("outpost test page")
+            .then_some(())
+    });
+    // The control plane sees it all.
+    eventually(Duration::from_secs(20), "the deployment to be up to date", || {
+        let json: serde_json::Value =
+            serde_json::from_str(control.cli(&["get", "deploy", "web", "-o", "json"]).ok()).ok()?;
+        (json["status"]["upToDate"] == 1).then_some(())
+    });
+    let status = control.site_status(&site);
+    assert_eq!(status["online"], true);
+    assert_eq!(status["appliedRevision"], status["revision"]);
+}
+
+#[test]
+fn killed_containers_restart_even_with_the_control_plane_down_and_a_restarted_agent_adopts() {
+    let mut control = ControlPlane::start();
+    let site = unique_site("autonomy");
+    control.apply(&site_manifest(&site)).ok();
+    let mut agent = Agent::enroll(&control, &site, "h1");
+    control.apply(&web_application(&site, "1")).ok();
+    let www = format!("outpost.{site}.web-www-0.httpd");
+    let running_id = |agent: &Agent| agent.running().get(&www).cloned();
+    let first = eventually(Duration::from_secs(30), "www running", || running_id(&agent));
+
+    docker(&["kill", &www]);
+    eventually(Duration::from_secs(10), "www restarted after a kill", || {
+        (inspect(&www, "{{.State.Running}}") == "true" && inspect(&www, "{{.RestartCount}}") == "0")
+            .then_some(())
+    });
+
+    // The control plane goes away; the site carries on.
+    assert!(control.stop());
+    docker(&["kill", &www]);
+    eventually(
+        Duration::from_secs(10),
+        "www restarted with the control plane down",
+        || (inspect(&www, "{{.State.Running}}") == "true").then_some(()),
+    );
+
+    // The agent restarts with no uplink: it adopts, it does not recreate.
+    agent.stop();
+    let before = agent.running();
+    agent.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        agent.running(),
+        before,
+        "a restarted agent keeps the same containers"
+    );
+    assert_eq!(
+        running_id(&agent),
+        Some(first),
+        "same container ID as before any of this"
+    );
+
+    // A container killed while the agent was down comes back when it starts.
+    agent.stop();
+    docker(&["kill", &www]);
+    agent.start();
+    eventually(Duration::from_secs(10), "www back after an agent restart", || {
+        (inspect(&www, "{{.State.Running}}") == "true").then_some(())
+    });
+    control.restart();
+}
+
+#[test]
+fn changes_made_while_a_site_is_away_converge_and_deletion_cleans_up() {
+    let control = ControlPlane::start();
+    let site = unique_site("converge");
+    control.apply(&site_manifest(&site)).ok();
+    let mut agent = Agent::enroll(&control, &site, "h1");
+    control.apply(&web_application(&site, "1")).ok();
+    let www = format!("outpost.{site}.web-www-0.httpd");
+    eventually(Duration::from_secs(30), "version 1 running", || {
+        (agent.running().contains_key(&www)
+            && inspect(&www, "{{index .Config.Labels \"io.outpost.version\"}}") == "1")
+            .then_some(())
+    });
+
+    agent.stop();
+    control.apply(&web_application(&site, "2")).ok();
+    assert_eq!(
+        inspect(&www, "{{index .Config.Labels \"io.outpost.version\"}}"),
+        "1",
+        "nothing changes while away"
+    );
+    agent.start();
+    eventually(
+        Duration::from_secs(30),
+        "version 2 running after the site returns",
+        || {
+            let running = agent.running();
+            (running.len() == 2 && inspect(&www, "{{index .Config.Labels \"io.outpost.version\"}}") == "2")
+                .then_some(())
+        },
+    );
+
+    control.cli(&["delete", "deployment", "web"]).ok();
+    eventually(Duration::from_secs(30), "containers and network removed", || {
+        let filter = format!("label=io.outpost.site={site}");
+        let containers = docker(&["ps", "-aq", "--filter", &filter]);
+        let networks = docker(&["network", "ls", "-q", "--filter", &filter]);
+        (containers.trim().is_empty() && networks.trim().is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn a_bad_manifest_is_refused_at_apply_and_never_reaches_an_agent() {
+    let control = ControlPlane::start();
+    let site = unique_site("bad");
+    control.apply(&site_manifest(&site)).ok();
+    let agent = Agent::enroll(&control, &site, "h1");
+    control.apply(&web_application(&site, "1")).ok();
+    eventually(Duration::from_secs(30), "two containers running", || {
+        (agent.running().len() == 2).then_some(())
+    });
+    let revision = control.site_status(&site)["revision"].clone();
+    let before = agent.running();
+
+    let bad = web_application(&site, "2").replace("memory: 64Mi", "memory: 64MB");
+    let run = control.apply(&bad);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("\"64MB\" is not a size"), "{}", run.stderr);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        control.site_status(&site)["revision"],
+        revision,
+        "the site's desired state did not move"
+    );
+    assert_eq!(agent.running(), before, "nothing restarted");
+}
