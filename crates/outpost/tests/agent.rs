@@ -1,7 +1,7 @@
 //! Real agents against a real control plane and the real Docker Engine:
 //! enrollment and its refusals, deployments running with their labels,
 //! network, DNS alias, env and limits, restarts, local autonomy, adoption,
-//! convergence after an outage, removal. Needs `scripts/test-image`.
+//! convergence after an outage, removal. Needs `scripts/busybox-image`.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Agent, ControlPlane, cli_with, docker, eventually, unique_site};
 
-const IMAGE: &str = "outpost-test/busybox:1";
+const IMAGE: &str = "outpost-local/busybox:1";
 
 fn site_manifest(site: &str) -> String {
     format!(

@@ -1,5 +1,8 @@
 //! `outpost up`, the README's main command: a control plane on embedded
-//! defaults with the examples applied and the CLI pointed at it.
+//! defaults with the examples applied, the CLI pointed at it, and this
+//! machine enrolled as site `local` running the hello application.
+//! Needs Docker and `scripts/busybox-image`. It removes the containers of
+//! site `local` when it ends (a running quickstart recreates them).
 
 mod common;
 
@@ -7,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, cli_with};
+use common::{BIN, cli_with, docker};
 
 #[test]
 fn up_serves_the_examples_and_configures_the_cli() {
@@ -56,7 +59,7 @@ fn up_serves_the_examples_and_configures_the_cli() {
         &[("OUTPOST_CONFIG", config.to_str().unwrap())],
         None,
     );
-    assert_eq!(sites.ok().lines().count(), 5);
+    assert_eq!(sites.ok().lines().count(), 6, "a header and five sites");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -71,4 +74,11 @@ fn up_serves_the_examples_and_configures_the_cli() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
+    let filter = "label=io.outpost.site=local";
+    for id in docker(&["ps", "-aq", "--filter", filter]).lines() {
+        docker(&["rm", "-f", id]);
+    }
+    for network in docker(&["network", "ls", "-q", "--filter", filter]).lines() {
+        docker(&["network", "rm", network]);
+    }
 }
