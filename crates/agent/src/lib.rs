@@ -7,6 +7,7 @@
 
 pub mod facts;
 pub mod files;
+pub mod health;
 pub mod identity;
 pub mod plan;
 pub mod reconciler;

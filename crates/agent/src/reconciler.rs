@@ -14,6 +14,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::health::{Prober, Verdict};
 use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, plan};
 use crate::runtime::Runtime;
 
@@ -55,6 +56,8 @@ pub struct Reconciler {
     backoff: HashMap<String, Backoff>,
     /// The last failure per instance, reported until it starts.
     failures: HashMap<String, String>,
+    prober: Prober,
+    verdict_changes: tokio::sync::mpsc::Receiver<()>,
 }
 
 impl Reconciler {
@@ -65,7 +68,10 @@ impl Reconciler {
         desired: watch::Receiver<(u64, SiteState)>,
         status: watch::Sender<Vec<InstanceStatus>>,
     ) -> Reconciler {
+        let (verdict_sender, verdict_changes) = tokio::sync::mpsc::channel(1);
         Reconciler {
+            prober: Prober::new(runtime.clone(), verdict_sender),
+            verdict_changes,
             runtime,
             site: site.to_string(),
             host: host.to_string(),
@@ -92,6 +98,7 @@ impl Reconciler {
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 _ = changes.recv() => {}
+                _ = self.verdict_changes.recv() => {}
                 () = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
@@ -167,6 +174,14 @@ impl Reconciler {
             }
         }
         let observed = self.runtime.observe().await.unwrap_or(observed);
+        let probed = desired.iter().filter_map(|want| {
+            let health = want.container.health.as_ref()?;
+            let have = observed
+                .iter()
+                .find(|o| o.name == want.name && o.spec_hash == want.spec_hash && o.running)?;
+            Some((have.id.as_str(), want.application.as_str(), health))
+        });
+        self.prober.track(probed);
         let statuses = self.statuses(&desired, &observed);
         self.status.send_if_modified(|current| {
             let changed = *current != statuses;
@@ -198,10 +213,26 @@ impl Reconciler {
                         .iter()
                         .find(|o| o.name == want.name && o.spec_hash == want.spec_hash);
                     match have {
-                        Some(o) if o.running && status.container_id.is_empty() => {
-                            status.container_id = o.id.clone();
+                        Some(o) if o.running => {
+                            if status.container_id.is_empty() {
+                                status.container_id = o.id.clone();
+                            }
+                            match self.prober.verdict(&o.id) {
+                                Some(Verdict::Unhealthy(why)) if status.state != "exited" => {
+                                    status.state = "unhealthy".to_string();
+                                    status.reason = format!("{}: {why}", want.container.name);
+                                }
+                                Some(Verdict::Starting)
+                                    if matches!(status.state.as_str(), "running" | "healthy") =>
+                                {
+                                    status.state = "starting".to_string();
+                                }
+                                Some(Verdict::Healthy) if status.state == "running" => {
+                                    status.state = "healthy".to_string();
+                                }
+                                _ => {}
+                            }
                         }
-                        Some(o) if o.running => {}
                         Some(o) => {
                             status.state = "exited".to_string();
                             status.exit_code = o.exit_code.unwrap_or(-1) as i32;

@@ -130,7 +130,15 @@ impl Snapshot {
                         return (Failed, format!("{}: {}", instance.name, i.reason));
                     }
                     Some(i) if matches!(i.state.as_str(), "running" | "healthy") => {}
-                    Some(i) => return (Progressing, format!("{}: {}", instance.name, i.state)),
+                    Some(i) if i.reason.is_empty() => {
+                        return (Progressing, format!("{}: {}", instance.name, i.state));
+                    }
+                    Some(i) => {
+                        return (
+                            Progressing,
+                            format!("{}: {} ({})", instance.name, i.state, i.reason),
+                        );
+                    }
                     None => {
                         return (
                             Progressing,

@@ -401,3 +401,66 @@ fn a_bad_manifest_is_refused_at_apply_and_never_reaches_an_agent() {
     );
     assert_eq!(agent.running(), before, "nothing restarted");
 }
+
+#[test]
+fn health_probes_run_by_the_agent_report_healthy_and_unhealthy() {
+    let control = ControlPlane::start();
+    let site = unique_site("health");
+    control.apply(&site_manifest(&site)).ok();
+    let _agent = Agent::enroll(&control, &site, "h1");
+    let app = format!(
+        r#"apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: probed }}
+spec:
+  version: "1"
+  services:
+    - name: web
+      containers:
+        - name: httpd
+          image: {IMAGE}
+          command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+          health: {{ http: {{ path: /, port: 8080 }}, interval: 1s }}
+    - name: closed
+      containers:
+        - name: idle
+          image: {IMAGE}
+          command: ["/bin/sleep", "3600"]
+          health: {{ tcp: {{ port: 9999 }}, interval: 500ms, timeout: 1s, failureThreshold: 2 }}
+    - name: checked
+      containers:
+        - name: idle
+          image: {IMAGE}
+          command: ["/bin/sleep", "3600"]
+          health: {{ exec: {{ command: ["/bin/true"] }}, interval: 1s }}
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: probed }}
+spec: {{ application: probed, sites: "test = '{site}'" }}
+"#
+    );
+    control.apply(&app).ok();
+    let states = eventually(Duration::from_secs(40), "probe verdicts", || {
+        let json: serde_json::Value =
+            serde_json::from_str(control.cli(&["get", "hosts", "--site", &site, "-o", "json"]).ok()).ok()?;
+        let instances = json["items"][0]["instances"].as_object()?.clone();
+        let state = |name: &str| instances.get(name).and_then(|s| s.as_str()).map(String::from);
+        let got = (
+            state("probed-web-0")?,
+            state("probed-closed-0")?,
+            state("probed-checked-0")?,
+        );
+        (got == ("healthy".into(), "unhealthy".into(), "healthy".into())).then_some(got)
+    });
+    assert_eq!(states.1, "unhealthy");
+    // The deployment is not up to date while an instance is unhealthy, and says why.
+    let described = control
+        .cli(&["describe", "deployment", "probed"])
+        .ok()
+        .to_string();
+    assert!(
+        described.contains("progressing") && described.contains("probed-closed-0: unhealthy"),
+        "{described}"
+    );
+}

@@ -16,7 +16,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, StartContainerOptions,
 };
 use futures_util::StreamExt;
-use outpost_api::manifest::Protocol;
+use outpost_api::manifest::{Health, Protocol};
 use tokio::sync::mpsc;
 
 use super::{Runtime, labels};
@@ -197,6 +197,88 @@ impl Docker {
     }
 }
 
+impl Docker {
+    async fn probe_exec(&self, container_id: &str, command: &[String]) -> Result<()> {
+        let options = bollard::exec::CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            ..Default::default()
+        };
+        let exec = self
+            .client
+            .create_exec(container_id, options)
+            .await
+            .context("starting the check")?;
+        let detached = bollard::exec::StartExecOptions {
+            detach: true,
+            ..Default::default()
+        };
+        self.client
+            .start_exec(&exec.id, Some(detached))
+            .await
+            .context("starting the check")?;
+        loop {
+            let state = self
+                .client
+                .inspect_exec(&exec.id)
+                .await
+                .context("following the check")?;
+            if state.running != Some(true) {
+                return match state.exit_code {
+                    Some(0) => Ok(()),
+                    Some(code) => Err(anyhow::anyhow!("{} exited with {code}", command.join(" "))),
+                    None => Err(anyhow::anyhow!(
+                        "{} did not report an exit code",
+                        command.join(" ")
+                    )),
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: a 2xx or 3xx answer is healthy.
+async fn http_get(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: outpost-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .context("sending the check")?;
+    let mut head = vec![0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream
+            .read(&mut head[read..])
+            .await
+            .context("reading the answer")?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.lines().next().unwrap_or_default()
+            )
+        })?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("GET {path} answered {status}"))
+    }
+}
+
 /// Waits (at most 3 s) until the engine no longer reports a container as running.
 async fn wait_until_stopped(client: &bollard::Docker, id: &str) {
     for _ in 0..60 {
@@ -336,6 +418,41 @@ impl Runtime for Docker {
                 }
             }
         }
+    }
+
+    async fn probe(&self, container_id: &str, application: &str, health: &Health) -> Result<()> {
+        if let Some(exec) = &health.exec {
+            return self.probe_exec(container_id, &exec.command).await;
+        }
+        let port = match (&health.http, &health.tcp) {
+            (Some(http), _) => http.port,
+            (None, Some(tcp)) => tcp.port,
+            (None, None) => return Ok(()),
+        };
+        let inspected = self
+            .client
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .context("inspecting the container")?;
+        let network = self.network_name(application);
+        let ip = inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut networks| networks.remove(&network))
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .context("the container has no address on its network")?;
+        let address = format!("{ip}:{port}");
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        let Some(http) = &health.http else {
+            return Ok(());
+        };
+        http_get(&mut stream, &ip, &http.path).await
     }
 
     fn changes(&self) -> mpsc::Receiver<()> {

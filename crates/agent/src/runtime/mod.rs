@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use outpost_api::manifest::Health;
 use tokio::sync::mpsc;
 
 use crate::plan::{Action, Observed};
@@ -38,6 +39,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Carries out one planned action.
     async fn apply(&self, action: &Action) -> Result<()>;
+
+    /// Runs one health check of a running container (of `application`);
+    /// `Err` says why it failed.
+    async fn probe(&self, container_id: &str, application: &str, health: &Health) -> Result<()>;
 
     /// A channel that receives a message whenever something this agent owns
     /// changes outside its control (a container died, was removed…).
