@@ -124,7 +124,7 @@ async fn probe_loop(
             }
             Err(why) => {
                 failures += 1;
-                (failures >= threshold).then(|| Verdict::Unhealthy(why))
+                (failures >= threshold).then_some(Verdict::Unhealthy(why))
             }
         };
         if let Some(next) = next {

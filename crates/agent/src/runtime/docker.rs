@@ -249,7 +249,7 @@ async fn http_get(stream: &mut tokio::net::TcpStream, host: &str, path: &str) ->
         .write_all(request.as_bytes())
         .await
         .context("sending the check")?;
-    let mut head = vec![0u8; 64];
+    let mut head = [0u8; 64];
     let mut read = 0;
     while read < 12 {
         let n = stream
