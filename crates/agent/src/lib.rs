@@ -11,6 +11,7 @@ pub mod health;
 pub mod identity;
 pub mod plan;
 pub mod reconciler;
+pub mod registry;
 pub mod runtime;
 pub mod session;
 pub mod store;
@@ -30,6 +31,23 @@ pub struct Config {
     pub join_token: Option<String>,
     /// Defaults to the machine's host name.
     pub host_name: Option<String>,
+    /// A Docker `config.json` with registry credentials; without it,
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
+    pub registry_auth: Option<PathBuf>,
+}
+
+fn registry_credentials(explicit: Option<&std::path::Path>) -> Result<Vec<registry::Credential>> {
+    if let Some(path) = explicit {
+        return registry::load(path);
+    }
+    let default = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")))
+        .map(|dir| dir.join("config.json"));
+    match default {
+        Some(path) if path.exists() => registry::load(&path),
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// The machine's host name, if it is usable as an Outpost host name.
@@ -81,8 +99,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (desired_sender, desired) = watch::channel((revision, state));
     let (status_sender, status) = watch::channel(Vec::new());
 
-    let runtime: Arc<dyn runtime::Runtime> =
-        Arc::new(runtime::Docker::connect(&identity.site, &identity.host).await?);
+    let registry = registry_credentials(config.registry_auth.as_deref())?;
+    let docker = runtime::Docker::connect(&identity.site, &identity.host, registry).await?;
+    let runtime: Arc<dyn runtime::Runtime> = Arc::new(docker);
     let reconciler =
         reconciler::Reconciler::new(runtime, &identity.site, &identity.host, desired, status_sender);
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
@@ -90,6 +109,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         server: identity.server.clone(),
         tls: credentials.tls,
         store: store.clone(),
+        data_dir: config.data_dir.clone(),
+        host: identity.host.clone(),
         facts: facts::discover(&config.data_dir, &identity.host),
         desired: desired_sender,
         status,

@@ -23,6 +23,8 @@ use crate::store::LocalStore;
 use crate::tls;
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often the host is looked at again (a camera plugged in, memory added).
+const REDISCOVER: Duration = Duration::from_secs(60);
 /// Without a word from the control plane for this long, the session is dead.
 const SILENCE: Duration = Duration::from_secs(60);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
@@ -32,6 +34,9 @@ pub struct Session {
     pub server: String,
     pub tls: Arc<ClientConfig>,
     pub store: LocalStore,
+    /// Where disk space is measured, and this host's name, for rediscovery.
+    pub data_dir: std::path::PathBuf,
+    pub host: String,
     pub facts: BTreeMap<String, String>,
     pub desired: watch::Sender<(u64, SiteState)>,
     pub status: watch::Receiver<Vec<InstanceStatus>>,
@@ -131,6 +136,8 @@ impl Session {
 
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
+        let mut rediscover = tokio::time::interval(REDISCOVER);
+        rediscover.tick().await;
         loop {
             tokio::select! {
                 message = tokio::time::timeout(SILENCE, incoming.message()) => {
@@ -153,6 +160,15 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     sender.send(send(agent_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() }))).await?;
+                }
+                _ = rediscover.tick() => {
+                    let facts = crate::facts::discover(&self.data_dir, &self.host);
+                    if facts != self.facts {
+                        tracing::info!("host facts changed; telling the control plane");
+                        self.facts = facts;
+                        let labels = self.facts.clone().into_iter().collect();
+                        sender.send(send(agent_message::Body::Facts(HostFacts { labels }))).await?;
+                    }
                 }
             }
         }

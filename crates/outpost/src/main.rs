@@ -65,6 +65,10 @@ enum Command {
         /// The container runtime
         #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
         runtime: RuntimeKind,
+        /// Registry credentials for pulls, as a Docker config.json
+        /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present]
+        #[arg(long, value_name = "FILE")]
+        registry_auth: Option<PathBuf>,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -309,6 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             host_name,
             runtime: RuntimeKind::Docker,
+            registry_auth,
         } => {
             init_logging();
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -321,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
                 server: server.clone(),
                 join_token: join_token.clone(),
                 host_name: host_name.clone(),
+                registry_auth: registry_auth.clone(),
             };
             return outpost_agent::run(config, stopped).await;
         }

@@ -126,6 +126,7 @@ pub async fn run(
             server: Some(agent_url),
             join_token,
             host_name: Some(HOST.to_string()),
+            registry_auth: None,
         },
         stopped.clone(),
     ));

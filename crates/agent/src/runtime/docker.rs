@@ -26,11 +26,16 @@ pub struct Docker {
     client: bollard::Docker,
     site: String,
     host: String,
+    credentials: Vec<crate::registry::Credential>,
 }
 
 impl Docker {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket).
-    pub async fn connect(site: &str, host: &str) -> Result<Docker> {
+    pub async fn connect(
+        site: &str,
+        host: &str,
+        credentials: Vec<crate::registry::Credential>,
+    ) -> Result<Docker> {
         let client =
             bollard::Docker::connect_with_local_defaults().context("connecting to the Docker Engine")?;
         client.ping().await.context(
@@ -40,6 +45,7 @@ impl Docker {
             client,
             site: site.to_string(),
             host: host.to_string(),
+            credentials,
         })
     }
 
@@ -71,12 +77,20 @@ impl Docker {
         if self.client.inspect_image(image).await.is_ok() {
             return Ok(());
         }
-        tracing::info!(%image, "pulling image");
+        let credential = crate::registry::for_image(&self.credentials, image);
+        // The credential itself is never logged, only whether there is one.
+        tracing::info!(%image, authenticated = credential.is_some(), "pulling image");
         let options = CreateImageOptions {
             from_image: Some(image.to_string()),
             ..Default::default()
         };
-        let mut progress = self.client.create_image(Some(options), None, None);
+        let auth = credential.map(|c| bollard::auth::DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(c.registry.clone()),
+            ..Default::default()
+        });
+        let mut progress = self.client.create_image(Some(options), None, auth);
         while let Some(step) = progress.next().await {
             step.with_context(|| format!("pulling {image}"))?;
         }
