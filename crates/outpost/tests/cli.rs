@@ -32,7 +32,7 @@ fn apply_get_describe_delete_round_trip() {
         "{sites}"
     );
     let names: Vec<&str> = lines.map(|l| l.split_whitespace().next().unwrap()).collect();
-    assert_eq!(names, ["plant-ulm", "store-042", "store-043", "store-900"]);
+    assert_eq!(names, ["local", "plant-ulm", "store-042", "store-043", "store-900"]);
     // Columns line up: every row's HOSTS cell starts where the header's does.
     let column = header.find("HOSTS").unwrap();
     assert!(
@@ -56,7 +56,7 @@ fn apply_get_describe_delete_round_trip() {
 
     let json: serde_json::Value =
         serde_json::from_str(control.cli(&["get", "apps", "-o", "json"]).ok()).unwrap();
-    assert_eq!(json["items"].as_array().unwrap().len(), 2);
+    assert_eq!(json["items"].as_array().unwrap().len(), 3, "pos-gateway, camera-analytics and hello");
     let one: serde_json::Value = serde_json::from_str(
         control
             .cli(&["get", "application", "pos-gateway", "-o", "json"])
@@ -213,7 +213,7 @@ fn local_validation_reports_every_problem_without_a_server() {
         )
     );
     let run = cli_with(&["validate", "-f", &examples_dir()], &[], None);
-    assert_eq!(run.ok(), "9 manifest(s) valid\n");
+    assert_eq!(run.ok(), "12 manifest(s) valid\n");
 }
 
 #[test]
