@@ -32,7 +32,10 @@ fn apply_get_describe_delete_round_trip() {
         "{sites}"
     );
     let names: Vec<&str> = lines.map(|l| l.split_whitespace().next().unwrap()).collect();
-    assert_eq!(names, ["local", "plant-ulm", "store-042", "store-043", "store-900"]);
+    assert_eq!(
+        names,
+        ["local", "plant-ulm", "store-042", "store-043", "store-900"]
+    );
     // Columns line up: every row's HOSTS cell starts where the header's does.
     let column = header.find("HOSTS").unwrap();
     assert!(
@@ -56,7 +59,11 @@ fn apply_get_describe_delete_round_trip() {
 
     let json: serde_json::Value =
         serde_json::from_str(control.cli(&["get", "apps", "-o", "json"]).ok()).unwrap();
-    assert_eq!(json["items"].as_array().unwrap().len(), 3, "pos-gateway, camera-analytics and hello");
+    assert_eq!(
+        json["items"].as_array().unwrap().len(),
+        3,
+        "pos-gateway, camera-analytics and hello"
+    );
     let one: serde_json::Value = serde_json::from_str(
         control
             .cli(&["get", "application", "pos-gateway", "-o", "json"])

@@ -39,7 +39,10 @@ fn examples_are_valid() {
             "camera-analytics.yaml",
             include_str!("../../../../examples/camera-analytics.yaml"),
         ),
-        ("quickstart.yaml", include_str!("../../../../examples/quickstart.yaml")),
+        (
+            "quickstart.yaml",
+            include_str!("../../../../examples/quickstart.yaml"),
+        ),
     ] {
         let documents = parse_documents(file, text).unwrap_or_else(|d| panic!("{d}"));
         assert!(!documents.is_empty());
