@@ -31,9 +31,20 @@ pub struct Config {
     pub join_token: Option<String>,
     /// Defaults to the machine's host name.
     pub host_name: Option<String>,
+    pub runtime: RuntimeKind,
     /// A Docker `config.json` with registry credentials; without it,
     /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
     pub registry_auth: Option<PathBuf>,
+}
+
+/// Which runtime runs the workloads of this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// The Docker Engine API (or Podman's compatible socket).
+    #[default]
+    Docker,
+    /// Native processes, for hosts without a container engine.
+    Process,
 }
 
 fn registry_credentials(explicit: Option<&std::path::Path>) -> Result<Vec<registry::Credential>> {
@@ -99,9 +110,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (desired_sender, desired) = watch::channel((revision, state));
     let (status_sender, status) = watch::channel(Vec::new());
 
-    let registry = registry_credentials(config.registry_auth.as_deref())?;
-    let docker = runtime::Docker::connect(&identity.site, &identity.host, registry).await?;
-    let runtime: Arc<dyn runtime::Runtime> = Arc::new(docker);
+    let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
+        RuntimeKind::Docker => {
+            let registry = registry_credentials(config.registry_auth.as_deref())?;
+            Arc::new(runtime::Docker::connect(&identity.site, &identity.host, registry).await?)
+        }
+        RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
+    };
     let reconciler =
         reconciler::Reconciler::new(runtime, &identity.site, &identity.host, desired, status_sender);
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));

@@ -167,6 +167,8 @@ enum TokenCommand {
 enum RuntimeKind {
     /// The Docker Engine API (also Podman's compatible socket), via DOCKER_HOST or the default socket
     Docker,
+    /// Native processes (each container's command), for hosts without a container engine
+    Process,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -312,7 +314,7 @@ async fn run(cli: Cli) -> Result<()> {
             join_token,
             data_dir,
             host_name,
-            runtime: RuntimeKind::Docker,
+            runtime,
             registry_auth,
         } => {
             init_logging();
@@ -327,6 +329,10 @@ async fn run(cli: Cli) -> Result<()> {
                 join_token: join_token.clone(),
                 host_name: host_name.clone(),
                 registry_auth: registry_auth.clone(),
+                runtime: match runtime {
+                    RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
+                    RuntimeKind::Process => outpost_agent::RuntimeKind::Process,
+                },
             };
             return outpost_agent::run(config, stopped).await;
         }

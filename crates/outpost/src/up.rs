@@ -127,6 +127,7 @@ pub async fn run(
             join_token,
             host_name: Some(HOST.to_string()),
             registry_auth: None,
+            runtime: outpost_agent::RuntimeKind::Docker,
         },
         stopped.clone(),
     ));

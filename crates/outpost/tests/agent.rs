@@ -464,3 +464,97 @@ spec: {{ application: probed, sites: "test = '{site}'" }}
         "{described}"
     );
 }
+
+#[test]
+fn the_process_runtime_runs_restarts_and_cleans_up_native_processes() {
+    let control = ControlPlane::start();
+    let site = unique_site("process");
+    control.apply(&site_manifest(&site)).ok();
+    let mut agent = Agent::enroll_with(&control, &site, "h1", &["--runtime", "process"]);
+    // A sleep of a length no other process has, to find it by.
+    let seconds = 100_000 + std::process::id() % 50_000;
+    let app = format!(
+        r#"apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: native }}
+spec:
+  version: "1"
+  services:
+    - name: worker
+      containers:
+        - name: worker
+          image: {IMAGE}
+          command: ["/bin/sh", "-c", "echo started for store $STORE_ID; exec sleep {seconds}"]
+          env: {{ STORE_ID: "${{site.store_id}}" }}
+          health: {{ exec: {{ command: ["/bin/true"] }}, interval: 1s }}
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: native }}
+spec: {{ application: native, sites: "test = '{site}'" }}
+"#
+    );
+    control.apply(&app).ok();
+    let instance_state = || {
+        let json: serde_json::Value =
+            serde_json::from_str(control.cli(&["get", "hosts", "--site", &site, "-o", "json"]).ok()).ok()?;
+        json["items"][0]["instances"]["native-worker-0"]
+            .as_str()
+            .map(String::from)
+    };
+    eventually(Duration::from_secs(30), "the process to be healthy", || {
+        (instance_state()? == "healthy").then_some(())
+    });
+    let log = agent
+        .dir
+        .path()
+        .join("logs")
+        .join(format!("outpost.{site}.native-worker-0.worker.log"));
+    let starts = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("started for store 042")
+            .count()
+    };
+    assert_eq!(starts(), 1, "output is captured, with the site variable");
+    let pids = || -> Vec<String> {
+        let output = std::process::Command::new("pgrep")
+            .args(["-f", &format!("^sleep {seconds}$")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let first = pids();
+    assert_eq!(first.len(), 1, "one process");
+
+    // Killed: the agent starts it again.
+    std::process::Command::new("kill")
+        .args(["-9", &first[0]])
+        .status()
+        .unwrap();
+    eventually(Duration::from_secs(10), "a restart", || {
+        (starts() == 2 && pids().len() == 1).then_some(())
+    });
+
+    // The agent itself killed outright: its process is left behind, and the
+    // next agent stops it before starting its own, so there is never two.
+    agent.kill();
+    let orphan = pids();
+    assert_eq!(orphan.len(), 1);
+    agent.start();
+    eventually(
+        Duration::from_secs(15),
+        "the orphan replaced by one new process",
+        || {
+            let now = pids();
+            (now.len() == 1 && now != orphan && starts() == 3).then_some(())
+        },
+    );
+    agent.stop();
+    eventually(Duration::from_secs(10), "processes gone with the agent", || {
+        pids().is_empty().then_some(())
+    });
+}

@@ -253,46 +253,6 @@ impl Docker {
     }
 }
 
-/// A plain HTTP/1.1 GET: a 2xx or 3xx answer is healthy.
-async fn http_get(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: outpost-agent\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .context("sending the check")?;
-    let mut head = [0u8; 64];
-    let mut read = 0;
-    while read < 12 {
-        let n = stream
-            .read(&mut head[read..])
-            .await
-            .context("reading the answer")?;
-        if n == 0 {
-            break;
-        }
-        read += n;
-    }
-    let line = String::from_utf8_lossy(&head[..read]);
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                line.lines().next().unwrap_or_default()
-            )
-        })?;
-    if (200..400).contains(&status) {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!("GET {path} answered {status}"))
-    }
-}
-
 /// Waits (at most 3 s) until the engine no longer reports a container as running.
 async fn wait_until_stopped(client: &bollard::Docker, id: &str) {
     for _ in 0..60 {
@@ -466,7 +426,7 @@ impl Runtime for Docker {
         let Some(http) = &health.http else {
             return Ok(());
         };
-        http_get(&mut stream, &ip, &http.path).await
+        super::http_get(&mut stream, &ip, &http.path).await
     }
 
     fn changes(&self) -> mpsc::Receiver<()> {

@@ -3,10 +3,11 @@
 //! later.
 
 mod docker;
+mod process;
 
 use std::collections::BTreeSet;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use outpost_api::manifest::Health;
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::plan::{Action, Observed};
 
 pub use docker::Docker;
+pub use process::Processes;
 
 /// Labels that mark what this agent owns; it never touches anything else.
 pub mod labels {
@@ -47,4 +49,44 @@ pub trait Runtime: Send + Sync + 'static {
     /// A channel that receives a message whenever something this agent owns
     /// changes outside its control (a container died, was removed…).
     fn changes(&self) -> mpsc::Receiver<()>;
+}
+
+/// A plain HTTP/1.1 GET: a 2xx or 3xx answer is healthy.
+pub(crate) async fn http_get(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: outpost-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .context("sending the check")?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream
+            .read(&mut head[read..])
+            .await
+            .context("reading the answer")?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.lines().next().unwrap_or_default()
+            )
+        })?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("GET {path} answered {status}"))
+    }
 }

@@ -331,22 +331,37 @@ pub struct Agent {
     pub site: String,
     pub host: String,
     server: String,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Agent {
     /// Enrolls a host into `site` with a fresh join token and starts it.
     pub fn enroll(control: &ControlPlane, site: &str, host: &str) -> Agent {
+        Agent::enroll_with(control, site, host, &[])
+    }
+
+    /// Like `enroll`, with extra `outpost agent` arguments (`--runtime process`).
+    pub fn enroll_with(control: &ControlPlane, site: &str, host: &str, args: &[&str]) -> Agent {
         let token = control.join_token(site);
         let mut agent = Agent {
             dir: tempfile::tempdir().unwrap(),
             site: site.to_string(),
             host: host.to_string(),
             server: control.agent_url.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         agent.spawn(Some(&token));
         agent
+    }
+
+    /// Kills the agent outright (SIGKILL): nothing of it gets to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn spawn(&mut self, token: Option<&str>) {
@@ -360,6 +375,7 @@ impl Agent {
                 self.dir.path().to_str().unwrap(),
             ])
             .args(["--host-name", &self.host])
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
