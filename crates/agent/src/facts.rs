@@ -62,15 +62,17 @@ pub fn discover_under(root: &Path, data_dir: &Path, host: &str) -> BTreeMap<Stri
             })
             .unwrap_or(0)
     };
-    for (label, prefixes) in [
-        ("camera", &["video"][..]),
-        ("serial", &["ttyUSB", "ttyACM"][..]),
-        ("gpu", &["nvidia"][..]),
-    ] {
+    for (label, prefixes) in [("camera", &["video"][..]), ("serial", &["ttyUSB", "ttyACM"][..])] {
         let n = count(prefixes);
         if n > 0 {
             facts.insert(label.to_string(), n.to_string());
         }
+    }
+    // GPUs: the NVIDIA driver lists each in /proc; device nodes otherwise.
+    let driver_gpus = std::fs::read_dir(root.join("proc/driver/nvidia/gpus")).map_or(0, |e| e.count());
+    let gpus = driver_gpus.max(count(&["nvidia"]));
+    if gpus > 0 {
+        facts.insert("gpu".to_string(), gpus.to_string());
     }
     facts
 }
@@ -131,6 +133,11 @@ mod tests {
         assert_eq!(facts["camera"], "2");
         assert_eq!(facts["serial"], "1");
         assert_eq!(facts["gpu"], "1");
+        // The driver's proc files count GPUs that have no device node yet.
+        for bus in ["0000:01:00.0", "0000:02:00.0"] {
+            std::fs::create_dir_all(root.path().join("proc/driver/nvidia/gpus").join(bus)).unwrap();
+        }
+        assert_eq!(discover_under(root.path(), root.path(), "till-1")["gpu"], "2");
         assert_eq!(facts["hostname"], "till-1");
         assert!(facts.contains_key("disk"));
 

@@ -92,16 +92,14 @@ pub async fn enroll(data_dir: &Path, server: &str, token: &str, host: &str) -> R
         .await
         .map_err(|status| anyhow::anyhow!("enrollment refused: {}", status.message()))?
         .into_inner();
-    std::fs::write(&paths.cert, &response.certificate_pem)
-        .with_context(|| format!("writing {}", paths.cert.display()))?;
-    std::fs::write(&paths.ca, &response.ca_pem).with_context(|| format!("writing {}", paths.ca.display()))?;
+    write_private(&paths.cert, response.certificate_pem.as_bytes())?;
+    write_private(&paths.ca, response.ca_pem.as_bytes())?;
     let identity = Identity {
         server: server.to_string(),
         site: response.site,
         host: response.host,
     };
-    std::fs::write(&paths.identity, serde_json::to_vec_pretty(&identity)?)
-        .with_context(|| format!("writing {}", paths.identity.display()))?;
+    write_private(&paths.identity, &serde_json::to_vec_pretty(&identity)?)?;
     let tls = tls::mutual(&response.ca_pem, &response.certificate_pem, &key.serialize_pem())?;
     Ok(Credentials { identity, tls })
 }

@@ -558,3 +558,98 @@ spec: {{ application: native, sites: "test = '{site}'" }}
         pids().is_empty().then_some(())
     });
 }
+
+#[test]
+fn a_host_certificate_speaks_only_for_its_own_host() {
+    use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
+    use outpost_proto::v1::{AgentMessage, Hello, HostFacts, InstanceStatus, StatusReport, agent_message};
+
+    let control = ControlPlane::start();
+    let site = unique_site("identity");
+    control.apply(&site_manifest(&site)).ok();
+    let mut x = Agent::enroll(&control, &site, "x");
+    let mut y = Agent::enroll(&control, &site, "y");
+    let hosts = || -> serde_json::Value {
+        serde_json::from_str(control.cli(&["get", "hosts", "--site", &site, "-o", "json"]).ok()).unwrap()
+    };
+    eventually(Duration::from_secs(20), "both hosts online", || {
+        let items = hosts()["items"].as_array()?.clone();
+        (items.len() == 2 && items.iter().all(|h| h["online"] == true)).then_some(())
+    });
+    x.stop();
+    y.stop();
+
+    // Speak the protocol with x's certificate while trying to pass as y.
+    let session = |dir: &std::path::Path, server: &str, forged: &str| -> Result<(), String> {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let credentials = outpost_agent::identity::load(dir).unwrap().unwrap();
+            let channel = outpost_agent::tls::channel(server, credentials.tls)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            let message = |body| AgentMessage { body: Some(body) };
+            let hello = Hello {
+                protocol_version: outpost_proto::PROTOCOL_VERSION,
+                agent_version: "forger".to_string(),
+                applied_revision: 0,
+                facts: Some(HostFacts {
+                    labels: [("hostname".to_string(), "y".to_string())].into(),
+                }),
+            };
+            sender
+                .send(message(agent_message::Body::Hello(hello)))
+                .await
+                .unwrap();
+            let report = StatusReport {
+                instances: vec![InstanceStatus {
+                    instance: forged.to_string(),
+                    state: "running".to_string(),
+                    ..Default::default()
+                }],
+            };
+            sender
+                .send(message(agent_message::Body::Status(report)))
+                .await
+                .unwrap();
+            let mut stream = AgentGatewayClient::new(channel)
+                .session(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                .await
+                .map_err(|status| status.message().to_string())?
+                .into_inner();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        })
+    };
+    session(x.dir.path(), &control.agent_url, "forged-by-x").unwrap();
+    let items = hosts()["items"].as_array().unwrap().clone();
+    let host = |name: &str| items.iter().find(|h| h["name"] == name).unwrap().clone();
+    assert_eq!(
+        host("x")["instances"]["forged-by-x"],
+        "running",
+        "the report is recorded for x"
+    );
+    assert!(
+        host("y")["instances"].as_object().unwrap().is_empty(),
+        "and never for y"
+    );
+    assert_eq!(host("x")["agentVersion"], "forger");
+    assert_ne!(host("y")["agentVersion"], "forger");
+
+    // A certificate from another control plane's CA does not get a session.
+    let other = ControlPlane::start();
+    let elsewhere = unique_site("elsewhere");
+    other.apply(&site_manifest(&elsewhere)).ok();
+    let mut z = Agent::enroll(&other, &elsewhere, "z");
+    eventually(Duration::from_secs(20), "z enrolled", || {
+        z.dir.path().join("identity.json").exists().then_some(())
+    });
+    z.stop();
+    let refused = session(z.dir.path(), &control.agent_url, "forged-by-z");
+    assert!(
+        refused.is_err(),
+        "a foreign certificate must be refused: {refused:?}"
+    );
+}
