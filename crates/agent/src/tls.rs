@@ -154,8 +154,12 @@ pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    endpoint
-        .connect_with_connector(connector)
-        .await
-        .with_context(|| format!("connecting to {server}"))
+    endpoint.connect_with_connector(connector).await.map_err(|err| {
+        // tonic's message repeats its source; the root cause says it once.
+        let mut cause: &dyn std::error::Error = &err;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        anyhow::anyhow!("connecting to {server}: {cause}")
+    })
 }
