@@ -12,8 +12,8 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_private;
 use crate::tls;
+use outpost_files::write_private;
 
 /// What the agent knows about itself after enrollment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@
 //! reconciler starts from the local store before any connection is tried.
 
 pub mod facts;
-pub mod files;
 pub mod health;
 pub mod identity;
 pub mod plan;
@@ -72,7 +71,7 @@ pub fn default_host_name() -> Option<String> {
 
 /// Runs the agent until `shutdown` becomes true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
-    files::create_private_dir(&config.data_dir)?;
+    outpost_files::create_private_dir(&config.data_dir)?;
     let credentials = match identity::load(&config.data_dir)? {
         Some(mut credentials) => {
             if config.join_token.is_some() {

@@ -92,6 +92,30 @@ impl Manifest {
         self.metadata().name.as_str()
     }
 
+    pub fn into_site(self) -> Option<Site> {
+        if let Manifest::Site(site) = self {
+            Some(site)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_application(self) -> Option<Application> {
+        if let Manifest::Application(app) = self {
+            Some(app)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_deployment(self) -> Option<Deployment> {
+        if let Manifest::Deployment(deployment) = self {
+            Some(deployment)
+        } else {
+            None
+        }
+    }
+
     /// The spec alone, as JSON (what the store keeps beside the labels).
     pub fn spec_json(&self) -> serde_json::Value {
         let spec = match self {

@@ -254,30 +254,18 @@ mod tests {
             "---\n",
             include_str!("../../../examples/pos-gateway.yaml")
         ));
-        let sites: Vec<&Site> = all
+        let sites: Vec<Site> = all.iter().cloned().filter_map(Manifest::into_site).collect();
+        let deployments: Vec<Deployment> = all
             .iter()
-            .filter_map(|m| if let Manifest::Site(s) = m { Some(s) } else { None })
-            .collect();
-        let deployments: Vec<&Deployment> = all
-            .iter()
-            .filter_map(|m| {
-                if let Manifest::Deployment(d) = m {
-                    Some(d)
-                } else {
-                    None
-                }
-            })
+            .cloned()
+            .filter_map(Manifest::into_deployment)
             .collect();
         let app = all
             .iter()
-            .find_map(|m| {
-                if let Manifest::Application(a) = m {
-                    Some(a.spec.clone())
-                } else {
-                    None
-                }
-            })
-            .unwrap();
+            .cloned()
+            .find_map(Manifest::into_application)
+            .unwrap()
+            .spec;
         let lookup = |name: &str, version: Option<&str>| {
             (name == "pos-gateway" && version.is_none_or(|v| v == app.version)).then(|| app.clone())
         };
@@ -285,7 +273,7 @@ mod tests {
             .iter()
             .find(|s| s.metadata.name.as_str() == "store-042")
             .unwrap();
-        let state = compile_site(store_042, deployments.iter().copied(), lookup);
+        let state = compile_site(store_042, &deployments, lookup);
         assert_eq!(state.failures, []);
         let keys: Vec<String> = state.workloads.iter().map(Workload::key).collect();
         assert_eq!(keys, ["pos-gateway/api", "pos-gateway/sync"]);
@@ -297,10 +285,7 @@ mod tests {
             .iter()
             .find(|s| s.metadata.name.as_str() == "plant-ulm")
             .unwrap();
-        assert_eq!(
-            compile_site(plant, deployments.iter().copied(), lookup),
-            SiteState::default()
-        );
+        assert_eq!(compile_site(plant, &deployments, lookup), SiteState::default());
     }
 
     #[test]

@@ -89,18 +89,12 @@ impl Fleet {
         let sites: Vec<Site> = typed(Kind::Site)
             .await?
             .into_iter()
-            .filter_map(|m| if let Manifest::Site(s) = m { Some(s) } else { None })
+            .filter_map(Manifest::into_site)
             .collect();
         let deployments: Vec<Deployment> = typed(Kind::Deployment)
             .await?
             .into_iter()
-            .filter_map(|m| {
-                if let Manifest::Deployment(d) = m {
-                    Some(d)
-                } else {
-                    None
-                }
-            })
+            .filter_map(Manifest::into_deployment)
             .collect();
         // Every kept version of every deployed application, and which is current.
         let mut versions: HashMap<String, (String, HashMap<String, ApplicationSpec>)> = HashMap::new();

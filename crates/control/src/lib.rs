@@ -56,7 +56,7 @@ impl ControlPlane {
     /// Prepares the data directory (store, CA, admin credentials) and binds
     /// the listener; nothing is served until `serve`.
     pub async fn start(config: &Config) -> Result<ControlPlane> {
-        pki::create_private_dir(&config.data_dir)?;
+        outpost_files::create_private_dir(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir.join("outpost.db"))
             .await
             .context("opening the store")?;
@@ -217,5 +217,5 @@ async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Stora
     };
     let config = ClientConfig::single("default", url, &pki.ca_pem, &token);
     let text = serde_saphyr::to_string(&config).context("writing the admin configuration")?;
-    pki::write_private(path, text.as_bytes())
+    outpost_files::write_private(path, text.as_bytes())
 }

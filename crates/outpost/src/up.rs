@@ -76,7 +76,7 @@ pub async fn run(
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     let text = serde_saphyr::to_string(&config).context("writing the CLI configuration")?;
-    outpost_control::pki::write_private(&user_config, text.as_bytes())?;
+    outpost_files::write_private(&user_config, text.as_bytes())?;
 
     let (url, agent_url) = (control.url.clone(), control.agent_url.clone());
     let (stop, stopped) = watch::channel(false);

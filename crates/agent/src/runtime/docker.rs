@@ -276,11 +276,20 @@ fn exit_code(status: &str) -> Option<i64> {
     status[start..end].parse().ok()
 }
 
-fn is_status(err: &anyhow::Error, code: u16) -> bool {
-    matches!(
-        err.downcast_ref::<bollard::errors::Error>(),
-        Some(bollard::errors::Error::DockerResponseServerError { status_code, .. }) if *status_code == code
-    )
+/// Success, or an engine answer with `code` (such as 404 for "already
+/// gone"), counts as done; anything else is an error about `what`.
+fn tolerate<T>(
+    result: Result<T, bollard::errors::Error>,
+    code: u16,
+    what: impl Fn() -> String,
+) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code, .. }) if status_code == code => {
+            Ok(())
+        }
+        Err(err) => Err(anyhow::Error::new(err).context(what())),
+    }
 }
 
 #[async_trait]
@@ -342,18 +351,10 @@ impl Runtime for Docker {
                     labels: Some(network_labels),
                     ..Default::default()
                 };
-                match self.client.create_network(request).await {
-                    Ok(_) => Ok(()),
-                    Err(err) => {
-                        let err = anyhow::Error::new(err);
-                        // Created meanwhile (a restart racing a resync): fine.
-                        if is_status(&err, 409) {
-                            Ok(())
-                        } else {
-                            Err(err.context("creating a network"))
-                        }
-                    }
-                }
+                // 409: created meanwhile (a restart racing a resync), which is fine.
+                tolerate(self.client.create_network(request).await, 409, || {
+                    "creating a network".to_string()
+                })
             }
             Action::Create(want) => self.create(want).await,
             Action::Start { id, name, .. } => self
@@ -366,30 +367,13 @@ impl Runtime for Docker {
                     force: true,
                     ..Default::default()
                 };
-                match self.client.remove_container(id, Some(options)).await {
-                    Ok(()) => Ok(()),
-                    Err(err) => {
-                        let err = anyhow::Error::new(err);
-                        if is_status(&err, 404) {
-                            Ok(())
-                        } else {
-                            Err(err.context(format!("removing {name}")))
-                        }
-                    }
-                }
+                tolerate(self.client.remove_container(id, Some(options)).await, 404, || {
+                    format!("removing {name}")
+                })
             }
             Action::RemoveNetwork { application } => {
-                match self.client.remove_network(&self.network_name(application)).await {
-                    Ok(()) => Ok(()),
-                    Err(err) => {
-                        let err = anyhow::Error::new(err);
-                        if is_status(&err, 404) {
-                            Ok(())
-                        } else {
-                            Err(err.context("removing a network"))
-                        }
-                    }
-                }
+                let removed = self.client.remove_network(&self.network_name(application)).await;
+                tolerate(removed, 404, || "removing a network".to_string())
             }
         }
     }
