@@ -25,8 +25,10 @@ impl LocalStore {
             // FULL: an acknowledged manifest must survive a power cut.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        // One connection: the agent writes rarely, and each connection
+        // costs a thread and a page cache.
         let pool = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(1)
             .connect_with(options)
             .await
             .with_context(|| format!("opening {}", path.display()))?;

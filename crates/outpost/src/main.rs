@@ -224,7 +224,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for the whole process: ring (pure Rust build, no aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The agent is small and mostly waits: one thread keeps its memory low
+    // (issue: agent RSS budget). Everything else gets a thread per core.
+    let builder = match cli.command {
+        Command::Agent { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match builder {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: starting the async runtime: {err}");
