@@ -626,7 +626,10 @@ fn a_host_certificate_speaks_only_for_its_own_host() {
     session(x.dir.path(), &control.agent_url, "forged-by-x").unwrap();
     let items = eventually(Duration::from_secs(10), "the report to be recorded", || {
         let items = hosts()["items"].as_array()?.clone();
-        items.iter().any(|h| h["instances"].get("forged-by-x").is_some()).then_some(items)
+        items
+            .iter()
+            .any(|h| h["instances"].get("forged-by-x").is_some())
+            .then_some(items)
     });
     let host = |name: &str| items.iter().find(|h| h["name"] == name).unwrap().clone();
     assert_eq!(
