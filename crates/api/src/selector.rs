@@ -360,6 +360,58 @@ impl Selector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         eval(&self.expr, labels)
     }
+
+    /// Why a set of labels does not satisfy the selector, as an operator
+    /// would say it (`no camera`, `memory 1Gi < 2Gi`); `None` if it does.
+    pub fn explain(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+        explain(&self.expr, labels)
+    }
+}
+
+fn explain(expr: &Expr, labels: &BTreeMap<String, String>) -> Option<String> {
+    if eval(expr, labels) {
+        return None;
+    }
+    Some(match expr {
+        Expr::All => return None,
+        Expr::Exists(key) => format!("no {key}"),
+        Expr::Compare(key, op, want) => match labels.get(key) {
+            None => format!("no {key}"),
+            Some(have) => match op {
+                Op::Eq => format!("{key} is {have}, not {want}"),
+                Op::Ne => format!("{key} is {want}"),
+                _ => format!("{key} {have} {} {want}", op_text(negate(*op))),
+            },
+        },
+        Expr::In {
+            key,
+            values,
+            negated: false,
+        } => match labels.get(key) {
+            None => format!("no {key}"),
+            Some(have) => format!("{key} is {have}, not one of {}", values.join(", ")),
+        },
+        Expr::In {
+            key, negated: true, ..
+        } => format!("{key} is {}", labels.get(key).map_or("", String::as_str)),
+        Expr::Not(inner) => match inner.as_ref() {
+            Expr::Exists(key) => format!("has {key}"),
+            _ => "a `not` condition holds".to_string(),
+        },
+        Expr::And(a, b) => explain(a, labels).or_else(|| explain(b, labels))?,
+        Expr::Or(a, b) => format!("{}, and {}", explain(a, labels)?, explain(b, labels)?),
+    })
+}
+
+/// The comparison that holds when `op` does not.
+fn negate(op: Op) -> Op {
+    match op {
+        Op::Lt => Op::Ge,
+        Op::Le => Op::Gt,
+        Op::Gt => Op::Le,
+        Op::Ge => Op::Lt,
+        other => other,
+    }
 }
 
 fn eval(expr: &Expr, labels: &BTreeMap<String, String>) -> bool {
@@ -487,6 +539,27 @@ mod tests {
         for (text, want) in table {
             let selector: Selector = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(selector.matches(&store), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn explains_why_not() {
+        let host = labels(&[("memory", "1Gi"), ("cpus", "2"), ("zone", "b"), ("gpu", "1")]);
+        let table = [
+            ("camera", Some("no camera")),
+            ("memory >= 2Gi", Some("memory 1Gi < 2Gi")),
+            ("cpus > 2", Some("cpus 2 <= 2")),
+            ("zone = a", Some("zone is b, not a")),
+            ("zone in (a, c)", Some("zone is b, not one of a, c")),
+            ("!gpu", Some("has gpu")),
+            ("camera and memory >= 2Gi", Some("no camera")),
+            ("memory >= 512Mi and camera", Some("no camera")),
+            ("camera or zone = a", Some("no camera, and zone is b, not a")),
+            ("memory >= 512Mi", None),
+        ];
+        for (text, want) in table {
+            let selector: Selector = text.parse().unwrap();
+            assert_eq!(selector.explain(&host).as_deref(), want, "{text}");
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{ApplicationSpec, Container, Deployment, ServiceMode, Site};
+use crate::quantity::{Cpu, Size};
 use crate::selector::Selector;
 use crate::validate::site_references;
 
@@ -129,57 +130,174 @@ pub fn compile_site<'a>(
     state
 }
 
-/// Places instances on hosts: a per-host service on every host its selector
-/// matches; `replicas` instances round-robin over the matching hosts, in
-/// name order. A workload that fits no host becomes a placement failure.
-/// (Resource-aware placement replaces this with the placement issue.)
+/// What a host can give, from its facts (`cpus`, `memory`, `gpu`); a fact
+/// the host does not report does not limit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Room {
+    cpu: Option<u64>,
+    memory: Option<u64>,
+    gpu: u64,
+}
+
+/// What one instance of a workload asks for: the sum of its containers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Request {
+    cpu: u64,
+    memory: u64,
+    gpu: u64,
+}
+
+fn room(labels: &BTreeMap<String, String>) -> Room {
+    Room {
+        cpu: labels
+            .get("cpus")
+            .and_then(|c| c.parse::<u64>().ok())
+            .map(|c| c * 1000),
+        memory: labels
+            .get("memory")
+            .and_then(|m| m.parse::<Size>().ok())
+            .map(|m| m.0),
+        gpu: labels.get("gpu").and_then(|g| g.parse().ok()).unwrap_or(0),
+    }
+}
+
+fn request(workload: &Workload) -> Request {
+    workload.containers.iter().fold(Request::default(), |sum, c| {
+        let r = c.resources.as_ref();
+        Request {
+            cpu: sum.cpu + r.and_then(|r| r.cpu).map_or(0, |c| u64::from(c.0)),
+            memory: sum.memory + r.and_then(|r| r.memory).map_or(0, |m| m.0),
+            gpu: sum.gpu + r.and_then(|r| r.gpu).map_or(0, u64::from),
+        }
+    })
+}
+
+/// Why `want` does not fit in `free`, if it does not.
+fn shortfall(free: &Room, want: &Request) -> Option<String> {
+    if let Some(cpu) = free.cpu
+        && want.cpu > cpu
+    {
+        return Some(format!(
+            "cpu {} free < {} requested",
+            Cpu(cpu as u32),
+            Cpu(want.cpu as u32)
+        ));
+    }
+    if let Some(memory) = free.memory
+        && want.memory > memory
+    {
+        return Some(format!(
+            "memory {} free < {} requested",
+            Size(memory),
+            Size(want.memory)
+        ));
+    }
+    if want.gpu > free.gpu {
+        return Some(format!("gpu {} free < {} requested", free.gpu, want.gpu));
+    }
+    None
+}
+
+fn take(free: &mut Room, want: &Request) {
+    free.cpu = free.cpu.map(|c| c - want.cpu);
+    free.memory = free.memory.map(|m| m - want.memory);
+    free.gpu -= want.gpu;
+}
+
+/// Places instances on hosts, workloads in order. A host is a candidate
+/// when the service's host selector matches its labels (discovered facts
+/// and the operator's labels) and it has room for the requested cpu,
+/// memory and gpus beside what is already placed. A per-host service gets
+/// an instance on every candidate; `replicas` go one by one to the candidate
+/// running the fewest of them (then by name). What cannot be placed is a
+/// placement failure that says why, host by host. A site with no host yet
+/// places nothing and fails nothing: it waits.
 pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<String, String>>) {
+    if hosts.is_empty() {
+        return;
+    }
+    let mut free: BTreeMap<&str, Room> = hosts
+        .iter()
+        .map(|(name, labels)| (name.as_str(), room(labels)))
+        .collect();
     let mut placed = Vec::new();
     for mut workload in std::mem::take(&mut state.workloads) {
-        let candidates: Vec<&String> = hosts
+        let want = request(&workload);
+        let prefix = format!("{}-{}", workload.application, workload.service);
+        let matching: Vec<&str> = hosts
             .iter()
             .filter(|(_, labels)| workload.hosts.as_ref().is_none_or(|s| s.matches(labels)))
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.as_str())
             .collect();
-        if hosts.is_empty() {
-            // Nothing to place on yet: waiting for a host is not a failure.
-            placed.push(workload);
-            continue;
+        let wanted = if workload.per_host {
+            matching.len()
+        } else {
+            workload.replicas as usize
+        };
+        let mut instances: Vec<Instance> = Vec::new();
+        for n in 0..wanted {
+            let fits = |host: &str| shortfall(&free[host], &want).is_none();
+            let host = if workload.per_host {
+                Some(matching[n]).filter(|h| fits(h))
+            } else {
+                matching
+                    .iter()
+                    .copied()
+                    .filter(|h| fits(h))
+                    .min_by_key(|h| instances.iter().filter(|i| i.host == *h).count())
+            };
+            let Some(host) = host else { continue };
+            if let Some(room) = free.get_mut(host) {
+                take(room, &want);
+            }
+            let name = if workload.per_host {
+                format!("{prefix}-{host}")
+            } else {
+                format!("{prefix}-{n}")
+            };
+            instances.push(Instance {
+                name,
+                host: host.to_string(),
+            });
         }
-        if candidates.is_empty() {
-            let reason = match &workload.hosts {
-                Some(selector) => format!(
-                    "service {}: no host matches {:?}",
+        if instances.len() < wanted || wanted == 0 {
+            let why: Vec<String> = hosts
+                .iter()
+                .filter(|(name, _)| !instances.iter().any(|i| i.host == **name))
+                .map(|(name, labels)| {
+                    let reason = workload
+                        .hosts
+                        .as_ref()
+                        .and_then(|s| s.explain(labels))
+                        .or_else(|| shortfall(&free[name.as_str()], &want))
+                        .unwrap_or_else(|| "full".to_string());
+                    format!("{name}: {reason}")
+                })
+                .collect();
+            let reason = if instances.is_empty() {
+                format!(
+                    "service {}: no host can run it ({})",
                     workload.service,
-                    selector.as_str()
-                ),
-                None => format!("service {}: no host can run it", workload.service),
+                    why.join("; ")
+                )
+            } else {
+                let placed = instances.len();
+                format!(
+                    "service {}: {placed} of {wanted} replicas placed ({})",
+                    workload.service,
+                    why.join("; ")
+                )
             };
             state.failures.push(PlacementFailure {
                 deployment: workload.deployment.clone(),
                 application: workload.application.clone(),
                 reason,
             });
-            continue;
         }
-        let prefix = format!("{}-{}", workload.application, workload.service);
-        workload.instances = if workload.per_host {
-            candidates
-                .iter()
-                .map(|host| Instance {
-                    name: format!("{prefix}-{host}"),
-                    host: host.to_string(),
-                })
-                .collect()
-        } else {
-            (0..workload.replicas as usize)
-                .map(|i| Instance {
-                    name: format!("{prefix}-{i}"),
-                    host: candidates[i % candidates.len()].clone(),
-                })
-                .collect()
-        };
-        placed.push(workload);
+        if !instances.is_empty() {
+            workload.instances = instances;
+            placed.push(workload);
+        }
     }
     state.workloads = placed;
 }
@@ -361,7 +479,10 @@ mod tests {
                 vec![("a-api-0", "h1"), ("a-api-1", "h2"), ("a-api-2", "h3")],
             ]
         );
-        assert_eq!(state.failures[0].reason, "service gpu: no host matches \"gpu\"");
+        assert_eq!(
+            state.failures[0].reason,
+            "service gpu: no host can run it (h1: no gpu; h2: no gpu; h3: no gpu)"
+        );
 
         let mut empty = SiteState {
             workloads: vec![workload("api", 1, false, None)],
@@ -370,6 +491,84 @@ mod tests {
         // No host yet: the workload waits, unplaced; that is not a failure.
         assign_hosts(&mut empty, &BTreeMap::new());
         assert_eq!((empty.failures.len(), empty.workloads[0].instances.len()), (0, 0));
+    }
+
+    #[test]
+    fn placement_fits_resources_and_says_why_not() {
+        let host = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let hosts: BTreeMap<String, BTreeMap<String, String>> = [
+            (
+                "h1".to_string(),
+                host(&[("cpus", "2"), ("memory", "4Gi"), ("camera", "1")]),
+            ),
+            ("h2".to_string(), host(&[("cpus", "4"), ("memory", "1Gi")])),
+        ]
+        .into();
+        let workload = |service: &str,
+                        replicas: u32,
+                        per_host: bool,
+                        selector: Option<&str>,
+                        resources: serde_json::Value| {
+            let container = serde_json::json!({ "name": "c", "image": "x", "resources": resources });
+            Workload {
+                application: "a".into(),
+                version: "1".into(),
+                deployment: "d".into(),
+                service: service.into(),
+                replicas,
+                per_host,
+                hosts: selector.map(|s| s.parse().unwrap()),
+                containers: vec![serde_json::from_value(container).unwrap()],
+                instances: Vec::new(),
+            }
+        };
+        let mut state = SiteState {
+            workloads: vec![
+                // 2Gi each: h1 holds two, h2 none.
+                workload("big", 3, false, None, serde_json::json!({ "memory": "2Gi" })),
+                // Needs a camera and 1 cpu; h1 has the camera and 2 cpus.
+                workload("cam", 1, true, Some("camera"), serde_json::json!({ "cpu": 1 })),
+                // 500m and 512Mi each.
+                workload(
+                    "small",
+                    2,
+                    false,
+                    None,
+                    serde_json::json!({ "cpu": "500m", "memory": "512Mi" }),
+                ),
+            ],
+            failures: Vec::new(),
+        };
+        assign_hosts(&mut state, &hosts);
+        let placed: Vec<(String, Vec<&str>)> = state
+            .workloads
+            .iter()
+            .map(|w| {
+                (
+                    w.service.clone(),
+                    w.instances.iter().map(|i| i.host.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("big".to_string(), vec!["h1", "h1"]),
+                ("cam".to_string(), vec!["h1"]),
+                // h1's memory went to "big": both fit on h2 (2 × 512Mi = 1Gi).
+                ("small".to_string(), vec!["h2", "h2"]),
+            ]
+        );
+        let reasons: Vec<&str> = state.failures.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["service big: 2 of 3 replicas placed (h2: memory 1Gi free < 2Gi requested)"]
+        );
     }
 
     #[test]
