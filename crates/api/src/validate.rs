@@ -333,7 +333,7 @@ fn is_identifier(name: &str) -> bool {
 
 /// Label keys: an optional DNS prefix and `/`, then a name of at most 63
 /// letters, digits, `-`, `_`, `.`, starting and ending alphanumeric.
-fn check_label_key(key: &str) -> Result<(), String> {
+pub fn check_label_key(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
@@ -358,7 +358,7 @@ fn check_label_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_label_value(value: &str) -> Result<(), String> {
+pub fn check_label_value(value: &str) -> Result<(), String> {
     if value.is_empty() || is_label_text(value) {
         Ok(())
     } else {

@@ -255,9 +255,106 @@ pub struct HostInfo {
     /// Instances on this host: name → state.
     #[serde(default)]
     pub instances: BTreeMap<String, String>,
+    /// The operator's labels (facts are separate and read-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct HostList {
     pub items: Vec<HostInfo>,
+}
+
+/// `PATCH …/labels`: labels to set and labels to remove.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+impl LabelChange {
+    /// Reads `key=value` and `key-` arguments, the way `kubectl label` does.
+    pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<LabelChange, String> {
+        let mut change = LabelChange::default();
+        for arg in args {
+            if let Some((key, value)) = arg.split_once('=') {
+                change.set.insert(key.to_string(), value.to_string());
+            } else if let Some(key) = arg.strip_suffix('-') {
+                change.remove.push(key.to_string());
+            } else {
+                return Err(format!(
+                    "{arg:?}: use key=value to set a label or key- to remove one"
+                ));
+            }
+        }
+        if change.set.is_empty() && change.remove.is_empty() {
+            return Err("no labels given (key=value to set, key- to remove)".to_string());
+        }
+        Ok(change)
+    }
+
+    /// Every problem with the keys and values, or nothing.
+    pub fn check(&self) -> Result<(), String> {
+        let problems: Vec<String> = self
+            .set
+            .iter()
+            .flat_map(|(k, v)| {
+                [
+                    crate::validate::check_label_key(k).err(),
+                    crate::validate::check_label_value(v).err(),
+                ]
+            })
+            .chain(
+                self.remove
+                    .iter()
+                    .map(|k| crate::validate::check_label_key(k).err()),
+            )
+            .flatten()
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The labels after this change.
+    pub fn applied_to(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut next = labels.clone();
+        for key in &self.remove {
+            next.remove(key);
+        }
+        next.extend(self.set.clone());
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_changes() {
+        let change = LabelChange::from_args(["tier=gold", "zone-", "env=prod"]).unwrap();
+        assert_eq!(change.remove, ["zone"]);
+        let before: BTreeMap<String, String> = [
+            ("zone".to_string(), "a".to_string()),
+            ("env".to_string(), "dev".to_string()),
+        ]
+        .into();
+        let after = change.applied_to(&before);
+        assert_eq!(after.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(after.get("tier").map(String::as_str), Some("gold"));
+        assert!(!after.contains_key("zone"));
+        assert!(
+            LabelChange::from_args(["tier"])
+                .unwrap_err()
+                .contains("key=value")
+        );
+        assert!(LabelChange::from_args(Vec::<&str>::new()).is_err());
+        assert!(LabelChange::from_args(["bad key!=x"]).unwrap().check().is_err());
+    }
 }

@@ -12,7 +12,7 @@ use outpost_api::client_config::{ClientConfig, Context};
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{
     ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostInfo, HostList, JoinToken,
-    JoinTokenRequest, ObjectList, StoredObject,
+    JoinTokenRequest, LabelChange, ObjectList, StoredObject,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -166,6 +166,21 @@ impl Client {
                 .json(&body),
         )
         .await
+    }
+
+    pub async fn label(&self, kind: Kind, name: &str, change: &LabelChange) -> Result<StoredObject> {
+        let path = format!("/{}/{}/labels", kind.plural(), encode(name));
+        self.send(self.request(Method::PATCH, &path).json(change)).await
+    }
+
+    pub async fn label_host(
+        &self,
+        site: &str,
+        host: &str,
+        change: &LabelChange,
+    ) -> Result<serde_json::Value> {
+        let path = format!("/hosts/{}/{}/labels", encode(site), encode(host));
+        self.send(self.request(Method::PATCH, &path).json(change)).await
     }
 
     pub async fn hosts(&self, site: Option<&str>) -> Result<Vec<HostInfo>> {

@@ -710,6 +710,7 @@ pub async fn get_hosts(
                     "REVISION",
                     "AGENT",
                     "LAST-SEEN",
+                    "LABELS",
                     "FACTS",
                 ])
             } else {
@@ -741,11 +742,39 @@ pub async fn get_hosts(
                 }
                 row.push(host.last_seen.as_deref().map_or("-".to_string(), age));
                 if wide {
+                    row.push(labels_text(&host.labels));
                     row.push(labels_text(&host.facts));
                 }
                 table.row(row);
             }
             Ok(table.render())
+        }
+    }
+}
+
+/// `outpost label KIND NAME key=value key-`; hosts are named `SITE/HOST`.
+pub async fn label(client: &Client, kind: Option<Kind>, name: &str, args: &[String]) -> Result<String> {
+    let change = outpost_api::wire::LabelChange::from_args(args.iter().map(String::as_str))
+        .map_err(anyhow::Error::msg)?;
+    change.check().map_err(anyhow::Error::msg)?;
+    match kind {
+        Some(kind) => {
+            let object = client.label(kind, name, &change).await?;
+            Ok(format!(
+                "{}/{} labelled: {}\n",
+                lower(kind),
+                object.metadata.name,
+                labels_text(&object.metadata.labels)
+            ))
+        }
+        None => {
+            let (site, host) = name
+                .split_once('/')
+                .ok_or_else(|| anyhow::anyhow!("name hosts as SITE/HOST, such as store-042/till-1"))?;
+            let record = client.label_host(site, host, &change).await?;
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(record["labels"].clone()).unwrap_or_default();
+            Ok(format!("host/{site}/{host} labelled: {}\n", labels_text(&labels)))
         }
     }
 }

@@ -121,7 +121,8 @@ impl Fleet {
         }
         let mut hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>> = HashMap::new();
         for host in self.store.hosts().await? {
-            hosts.entry(host.site).or_default().insert(host.name, host.facts);
+            let labels = host.selector_labels();
+            hosts.entry(host.site).or_default().insert(host.name, labels);
         }
 
         let mut states = BTreeMap::new();

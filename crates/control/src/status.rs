@@ -168,6 +168,7 @@ impl Snapshot {
                 name: h.name.clone(),
                 online: self.is_online(h),
                 facts: h.facts.clone(),
+                labels: h.labels.clone(),
                 agent_version: h.agent_version.clone(),
                 applied_revision: h.applied_revision,
                 enrolled_at: h.enrolled_at.clone(),

@@ -137,6 +137,16 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Set or remove the operator's labels: `outpost label site store-042 tier=gold zone-`
+    Label {
+        /// sites, applications, deployments or hosts (hosts are named SITE/HOST)
+        #[arg(value_parser = parse_resource)]
+        kind: Resource,
+        name: String,
+        /// key=value to set, key- to remove
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+    },
     /// Manage join tokens for new hosts
     Token {
         #[command(subcommand)]
@@ -349,6 +359,13 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             init_logging();
             return up::run(data_dir.clone(), *listen, *agent_listen, cli.config.clone()).await;
+        }
+        Command::Label { kind, name, labels } => {
+            let kind = match kind {
+                Resource::Kind(kind) => Some(*kind),
+                Resource::Hosts => None,
+            };
+            commands::label(&client(&cli)?, kind, name, labels).await?
         }
         Command::Token {
             command: TokenCommand::Create { site, ttl },

@@ -659,3 +659,78 @@ fn a_host_certificate_speaks_only_for_its_own_host() {
         "a foreign certificate must be refused: {refused:?}"
     );
 }
+
+#[test]
+fn operator_labels_move_placement_and_facts_stay_read_only() {
+    let control = ControlPlane::start();
+    let site = unique_site("labels");
+    control.apply(&site_manifest(&site)).ok();
+    let agent = Agent::enroll(&control, &site, "h1");
+    let app = format!(
+        r#"apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: gold }}
+spec:
+  version: "1"
+  services:
+    - name: web
+      hosts: "tier = gold and memory >= 64Mi"
+      containers:
+        - {{ name: httpd, image: {IMAGE}, command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"] }}
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: gold }}
+spec: {{ application: gold, sites: "test = '{site}'" }}
+"#
+    );
+    eventually(Duration::from_secs(20), "h1 online", || {
+        (control.site_status(&site)["online"] == true).then_some(())
+    });
+    control.apply(&app).ok();
+    let failures = eventually(Duration::from_secs(10), "a placement failure", || {
+        let failures = control.site_status(&site)["failures"].as_array()?.clone();
+        (!failures.is_empty()).then_some(failures)
+    });
+    assert_eq!(failures[0], "gold: service web: no host can run it (h1: no tier)");
+    assert!(agent.running().is_empty());
+
+    let run = control.cli(&["label", "host", &format!("{site}/h1"), "tier=gold"]);
+    assert_eq!(run.ok(), format!("host/{site}/h1 labelled: tier=gold\n"));
+    eventually(Duration::from_secs(30), "the service placed on h1", || {
+        agent
+            .running()
+            .contains_key(&format!("outpost.{site}.gold-web-0.httpd"))
+            .then_some(())
+    });
+    assert!(
+        control.site_status(&site)["failures"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    );
+
+    let fact = control.cli(&["label", "host", &format!("{site}/h1"), "memory=1Gi"]);
+    assert_eq!(fact.code, 1);
+    assert!(
+        fact.stderr
+            .contains("memory is a fact discovered on h1 and cannot be set"),
+        "{}",
+        fact.stderr
+    );
+    let bad = control.cli(&["label", "site", &site, "tier"]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr
+            .contains("use key=value to set a label or key- to remove one"),
+        "{}",
+        bad.stderr
+    );
+    let labelled = control.cli(&["label", "site", &site, "region=north"]);
+    assert!(labelled.ok().contains("region=north"));
+    let object: serde_json::Value =
+        serde_json::from_str(control.cli(&["get", "site", &site, "-o", "json"]).ok()).unwrap();
+    assert_eq!(
+        object["metadata"]["generation"], 2,
+        "a label change is a new generation"
+    );
+}

@@ -18,8 +18,8 @@ use axum::{Extension, Json, Router};
 use outpost_api::manifest::Kind;
 use outpost_api::selector::Selector;
 use outpost_api::wire::{
-    ApplyAction, ApplyRequest, ApplyResponse, HostList, JoinToken, JoinTokenRequest, ObjectList, SourceFile,
-    StoredObject,
+    ApplyAction, ApplyRequest, ApplyResponse, HostList, JoinToken, JoinTokenRequest, LabelChange, ObjectList,
+    SourceFile, StoredObject,
 };
 use outpost_api::{Diagnostics, check_batch, parse_documents};
 
@@ -99,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/applications/{name}/history", get(history))
         .route("/sites/{name}/tokens", post(create_join_token))
         .route("/hosts", get(hosts))
+        .route("/hosts/{site}/{host}/labels", axum::routing::patch(label_host))
+        .route("/{kind}/{name}/labels", axum::routing::patch(label_object))
         .route("/{kind}", get(list))
         .route("/{kind}/{name}", get(get_one).delete(delete_one))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -361,4 +363,45 @@ async fn hosts(
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
         .collect();
     Ok(Json(HostList { items }))
+}
+
+fn label_change(body: Result<Bytes, BytesRejection>) -> Result<LabelChange, ApiError> {
+    let body = body_bytes(body)?;
+    let change: LabelChange = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a label change: {e}")))?;
+    change.check().map_err(ApiError::BadRequest)?;
+    if change.set.is_empty() && change.remove.is_empty() {
+        return Err(ApiError::BadRequest("no labels to set or remove".to_string()));
+    }
+    Ok(change)
+}
+
+/// `PATCH /api/v1/{kind}/{name}/labels`: the operator's labels on an object.
+async fn label_object(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let change = label_change(body)?;
+    let object = state.store.update_labels(kind, &name, &change, &actor).await?;
+    tracing::info!(%actor, %kind, %name, generation = object.metadata.generation, "labelled");
+    state.recompute().await;
+    Ok(Json(object))
+}
+
+/// `PATCH /api/v1/hosts/{site}/{host}/labels`: the operator's labels on a
+/// host; discovered facts cannot be set.
+async fn label_host(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((site, host)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::store::HostRecord>, ApiError> {
+    let change = label_change(body)?;
+    let record = state.store.update_host_labels(&site, &host, &change).await?;
+    tracing::info!(%actor, %site, %host, "host labelled");
+    state.recompute().await;
+    Ok(Json(record))
 }

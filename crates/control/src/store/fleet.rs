@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use outpost_api::wire::LabelChange;
 use outpost_api::workload::SiteState;
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -17,10 +18,12 @@ fn rfc3339(at: OffsetDateTime) -> String {
 
 fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError> {
     let facts: String = row.try_get("facts")?;
+    let labels: String = row.try_get("labels")?;
     Ok(HostRecord {
         site: row.try_get("site")?,
         name: row.try_get("name")?,
         facts: serde_json::from_str(&facts)?,
+        labels: serde_json::from_str(&labels)?,
         agent_version: row.try_get("agent_version")?,
         applied_revision: row.try_get("applied_revision")?,
         enrolled_at: row.try_get("enrolled_at")?,
@@ -32,7 +35,7 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
 macro_rules! select_host {
     ($tail:literal) => {
         concat!(
-            "SELECT site, name, facts, agent_version, applied_revision, enrolled_at, last_seen FROM hosts ",
+            "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen FROM hosts ",
             $tail
         )
     };
@@ -111,6 +114,52 @@ impl FleetStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(host_from_row).collect()
+    }
+
+    async fn update_host_labels(
+        &self,
+        site: &str,
+        host: &str,
+        change: &LabelChange,
+    ) -> Result<HostRecord, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(select_host!("WHERE site = ?1 AND name = ?2"))
+            .bind(site)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(mut record) = row.as_ref().map(host_from_row).transpose()? else {
+            return Err(StoreError::NotFound {
+                kind: outpost_api::Kind::Site,
+                name: format!("{site}/{host}"),
+            });
+        };
+        let facts: Vec<&String> = change
+            .set
+            .keys()
+            .chain(&change.remove)
+            .filter(|key| record.facts.contains_key(*key))
+            .collect();
+        if !facts.is_empty() {
+            let names: Vec<&str> = facts.iter().map(|k| k.as_str()).collect();
+            return Err(StoreError::Conflict(format!(
+                "{} discovered on {host} and cannot be set: facts are read-only",
+                if names.len() == 1 {
+                    format!("{} is a fact", names[0])
+                } else {
+                    format!("{} are facts", names.join(", "))
+                }
+            )));
+        }
+        record.labels = change.applied_to(&record.labels);
+        sqlx::query("UPDATE hosts SET labels = ?3 WHERE site = ?1 AND name = ?2")
+            .bind(site)
+            .bind(host)
+            .bind(serde_json::to_string(&record.labels)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn host(&self, site: &str, host: &str) -> Result<Option<HostRecord>, StoreError> {

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use outpost_api::Diagnostics;
 use outpost_api::manifest::Kind;
 use outpost_api::validate::Document;
-use outpost_api::wire::{ApplicationVersion, ApplyResult, StoredObject};
+use outpost_api::wire::{ApplicationVersion, ApplyResult, LabelChange, StoredObject};
 use outpost_api::workload::SiteState;
 use serde::Serialize;
 
@@ -71,6 +71,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an object; refuses an application that a deployment uses.
     async fn delete(&self, kind: Kind, name: &str, actor: &str) -> Result<StoredObject, StoreError>;
 
+    /// Changes an object's labels (a new generation), as `outpost label` does.
+    async fn update_labels(
+        &self,
+        kind: Kind,
+        name: &str,
+        change: &LabelChange,
+        actor: &str,
+    ) -> Result<StoredObject, StoreError>;
+
     /// The kept versions of an application, newest first.
     async fn application_history(&self, name: &str) -> Result<Vec<ApplicationVersion>, StoreError>;
 
@@ -92,6 +101,8 @@ pub struct HostRecord {
     pub name: String,
     /// Discovered facts (arch, cpus, memory, camera…), read-only.
     pub facts: BTreeMap<String, String>,
+    /// The operator's labels; never the name of a fact.
+    pub labels: BTreeMap<String, String>,
     pub agent_version: String,
     pub applied_revision: i64,
     pub enrolled_at: String,
@@ -130,6 +141,14 @@ pub trait FleetStore: Send + Sync + 'static {
     async fn redeem_join_token(&self, token_hash: &str, host: &str) -> Result<String, StoreError>;
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Changes a host's operator labels; a discovered fact cannot be set.
+    async fn update_host_labels(
+        &self,
+        site: &str,
+        host: &str,
+        change: &LabelChange,
+    ) -> Result<HostRecord, StoreError>;
 
     async fn host(&self, site: &str, host: &str) -> Result<Option<HostRecord>, StoreError>;
 
@@ -176,3 +195,12 @@ pub trait FleetStore: Send + Sync + 'static {
 pub trait Storage: Store + FleetStore {}
 
 impl<T: Store + FleetStore> Storage for T {}
+
+impl HostRecord {
+    /// What host selectors see: the facts and the operator's labels.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.extend(self.facts.clone());
+        labels
+    }
+}

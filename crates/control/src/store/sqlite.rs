@@ -11,7 +11,9 @@ use outpost_api::Diagnostics;
 use outpost_api::diagnostic::Path as FieldPath;
 use outpost_api::manifest::{ApiVersion, Kind, Manifest};
 use outpost_api::validate::Document;
-use outpost_api::wire::{ApplicationVersion, ApplyAction, ApplyResult, ObjectMeta, StoredObject};
+use outpost_api::wire::{
+    ApplicationVersion, ApplyAction, ApplyResult, LabelChange, ObjectMeta, StoredObject,
+};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -25,6 +27,11 @@ use super::{KEPT_VERSIONS, Store, StoreError};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "objects", include_str!("../../migrations/0001_objects.sql")),
     (2, "agents", include_str!("../../migrations/0002_agents.sql")),
+    (
+        3,
+        "host labels",
+        include_str!("../../migrations/0003_host_labels.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -393,6 +400,44 @@ impl Store for SqliteStore {
             .await?;
         audit(&mut tx, actor, "deleted", kind, name, object.metadata.generation).await?;
         tx.commit().await?;
+        Ok(object)
+    }
+
+    async fn update_labels(
+        &self,
+        kind: Kind,
+        name: &str,
+        change: &LabelChange,
+        actor: &str,
+    ) -> Result<StoredObject, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(mut object) = fetch_object(&mut tx, kind, name).await? else {
+            return Err(StoreError::NotFound {
+                kind,
+                name: name.to_string(),
+            });
+        };
+        let labels = change.applied_to(&object.metadata.labels);
+        if labels == object.metadata.labels {
+            return Ok(object);
+        }
+        let generation = object.metadata.generation + 1;
+        let at = now();
+        sqlx::query(
+            "UPDATE objects SET labels = ?3, generation = ?4, updated_at = ?5 WHERE kind = ?1 AND name = ?2",
+        )
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(serde_json::to_string(&labels)?)
+        .bind(generation)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, actor, "labelled", kind, name, generation).await?;
+        tx.commit().await?;
+        object.metadata.labels = labels;
+        object.metadata.generation = generation;
+        object.metadata.updated_at = at;
         Ok(object)
     }
 
