@@ -5,6 +5,7 @@ pub mod client_config;
 pub mod diagnostic;
 pub mod manifest;
 pub mod quantity;
+pub mod rollout;
 pub mod schema;
 pub mod selector;
 pub mod validate;

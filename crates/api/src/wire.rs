@@ -358,3 +358,45 @@ mod tests {
         assert!(LabelChange::from_args(["bad key!=x"]).unwrap().check().is_err());
     }
 }
+
+/// `POST /api/v1/plan`: what applying a batch would make each site run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanResponse {
+    pub deployments: Vec<DeploymentPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentPlan {
+    pub name: String,
+    pub application: String,
+    /// The version the deployment would run.
+    pub version: String,
+    pub selector: String,
+    pub waves: Vec<WavePlan>,
+    /// Sites the selector leaves out.
+    pub not_selected: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WavePlan {
+    pub wave: String,
+    pub sites: Vec<SitePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SitePlan {
+    pub site: String,
+    /// `install 1.4.3`, `update 1.4.2 -> 1.4.3`, `change 1.4.3` (same
+    /// version, new spec), `unchanged 1.4.3`, `wait` (no host yet) or
+    /// `cannot run`.
+    pub action: String,
+    /// `instance on host` for each instance it would run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}

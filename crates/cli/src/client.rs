@@ -138,6 +138,10 @@ impl Client {
             .await
     }
 
+    pub async fn plan(&self, request: &ApplyRequest) -> Result<outpost_api::wire::PlanResponse> {
+        self.send(self.request(Method::POST, "/plan").json(request)).await
+    }
+
     pub async fn list(&self, kind: Kind, selector: Option<&str>) -> Result<Vec<StoredObject>> {
         let mut request = self.request(Method::GET, &format!("/{}", kind.plural()));
         if let Some(selector) = selector {

@@ -778,3 +778,46 @@ pub async fn label(client: &Client, kind: Option<Kind>, name: &str, args: &[Stri
         }
     }
 }
+
+/// `outpost plan -f FILE`: per deployment and wave, what each site would
+/// run after an apply, or why it could not. Nothing changes.
+pub async fn plan(client: &Client, checked: Checked) -> Result<String> {
+    let files = checked.files;
+    let response = client.plan(&ApplyRequest { files, dry_run: true }).await?;
+    if response.deployments.is_empty() {
+        return Ok("no deployment is concerned by these manifests\n".to_string());
+    }
+    let mut out = String::new();
+    for deployment in &response.deployments {
+        let _ = writeln!(
+            out,
+            "deployment/{}: {} {} on sites {:?}",
+            deployment.name, deployment.application, deployment.version, deployment.selector
+        );
+        let mut table = Table::new(&["  WAVE", "SITE", "PLAN", "DETAIL"]);
+        for wave in &deployment.waves {
+            for site in &wave.sites {
+                let detail = if site.reason.is_empty() {
+                    site.instances.join(", ")
+                } else {
+                    site.reason.clone()
+                };
+                table.row(vec![
+                    format!("  {}", wave.wave),
+                    site.site.clone(),
+                    site.action.clone(),
+                    detail,
+                ]);
+            }
+        }
+        if deployment.waves.iter().all(|w| w.sites.is_empty()) {
+            out.push_str("  no site matches\n");
+        } else {
+            out.push_str(&table.render());
+        }
+        if !deployment.not_selected.is_empty() {
+            let _ = writeln!(out, "  not selected: {}", deployment.not_selected.join(", "));
+        }
+    }
+    Ok(out)
+}

@@ -15,6 +15,37 @@ use tokio::sync::watch;
 
 use crate::store::{Storage, StoreError};
 
+/// Everything what sites run is compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub sites: Vec<Site>,
+    pub deployments: Vec<Deployment>,
+    /// Per application: its current version and every kept version's spec.
+    pub versions: HashMap<String, (String, HashMap<String, ApplicationSpec>)>,
+    /// Per site: its hosts and what host selectors see of each.
+    pub hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+impl Inputs {
+    /// What every site runs.
+    pub fn compile(&self) -> BTreeMap<String, SiteState> {
+        let lookup = |application: &str, version: Option<&str>| {
+            let (current, specs) = self.versions.get(application)?;
+            specs.get(version.unwrap_or(current)).cloned()
+        };
+        let no_hosts = BTreeMap::new();
+        self.sites
+            .iter()
+            .map(|site| {
+                let name = site.metadata.name.to_string();
+                let mut state = compile_site(site, &self.deployments, lookup);
+                assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
+                (name, state)
+            })
+            .collect()
+    }
+}
+
 pub struct Fleet {
     store: Arc<dyn Storage>,
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
@@ -76,9 +107,8 @@ impl Fleet {
             .contains(&(site.to_string(), host.to_string()))
     }
 
-    /// Compiles and stores every site's desired state; wakes changed sites.
-    pub async fn recompute(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.recompute.lock().await;
+    /// Reads everything what sites run is compiled from.
+    pub async fn inputs(&self) -> Result<Inputs, StoreError> {
         let typed = |kind| async move {
             let objects = self.store.list(kind).await?;
             objects
@@ -96,8 +126,7 @@ impl Fleet {
             .into_iter()
             .filter_map(Manifest::into_deployment)
             .collect();
-        // Every kept version of every deployed application, and which is current.
-        let mut versions: HashMap<String, (String, HashMap<String, ApplicationSpec>)> = HashMap::new();
+        let mut versions = HashMap::new();
         for name in deployments
             .iter()
             .map(|d| d.spec.application.to_string())
@@ -124,18 +153,18 @@ impl Fleet {
             let labels = host.selector_labels();
             hosts.entry(host.site).or_default().insert(host.name, labels);
         }
+        Ok(Inputs {
+            sites,
+            deployments,
+            versions,
+            hosts,
+        })
+    }
 
-        let mut states = BTreeMap::new();
-        for site in &sites {
-            let lookup = |application: &str, version: Option<&str>| {
-                let (current, specs) = versions.get(application)?;
-                specs.get(version.unwrap_or(current)).cloned()
-            };
-            let mut state = compile_site(site, &deployments, lookup);
-            let site_hosts = hosts.remove(site.metadata.name.as_str()).unwrap_or_default();
-            assign_hosts(&mut state, &site_hosts);
-            states.insert(site.metadata.name.to_string(), state);
-        }
+    /// Compiles and stores every site's desired state; wakes changed sites.
+    pub async fn recompute(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.recompute.lock().await;
+        let mut states = self.inputs().await?.compile();
         // A deleted site runs nothing; its hosts are told so.
         for site in self.store.site_states().await?.into_keys() {
             states.entry(site).or_insert_with(SiteState::default);

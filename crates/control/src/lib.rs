@@ -6,6 +6,7 @@ pub mod auth;
 pub mod fleet;
 pub mod gateway;
 pub mod pki;
+pub mod plan;
 pub mod server;
 pub mod status;
 pub mod store;

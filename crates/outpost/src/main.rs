@@ -91,6 +91,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show which sites and hosts would run what, in which wave (a dry run)
+    Plan {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Show what apply would change
     Diff {
         #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
@@ -386,6 +391,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Apply { files, dry_run } => {
             let checked = commands::validate(commands::read_sources(files)?)?;
             commands::apply(&client(&cli)?, checked, *dry_run).await?
+        }
+        Command::Plan { files } => {
+            let checked = commands::validate(commands::read_sources(files)?)?;
+            commands::plan(&client(&cli)?, checked).await?
         }
         Command::Diff { files } => {
             let checked = commands::validate(commands::read_sources(files)?)?;

@@ -734,3 +734,64 @@ spec: {{ application: gold, sites: "test = '{site}'" }}
         "a label change is a new generation"
     );
 }
+
+#[test]
+fn plan_shows_sites_hosts_waves_and_why_not_and_changes_nothing() {
+    let control = ControlPlane::start();
+    let site = unique_site("plan");
+    let others = [format!("{site}-b"), format!("{site}-c")];
+    let sites = [site.clone(), others[0].clone(), others[1].clone()]
+        .iter()
+        .map(|s| site_manifest(s).replace(&format!("test: '{s}'"), &format!("test: '{site}'")))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    control.apply(&sites).ok();
+    let _agent = Agent::enroll(&control, &site, "h1");
+    eventually(Duration::from_secs(20), "h1 online", || {
+        (control.site_status(&site)["online"] == true).then_some(())
+    });
+    let manifests = |memory: &str| {
+        web_application(&site, "1").replace("memory: 64Mi", &format!("memory: {memory}")).replace(
+            &format!("spec: {{ application: web, sites: \"test = '{site}'\" }}"),
+            &format!("spec:\n  application: web\n  sites: \"test = '{site}'\"\n  rollout: {{ canary: 1, waves: {{ size: 1 }} }}"),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, manifests("64Mi")).unwrap();
+    let file = file.to_str().unwrap();
+
+    let plan = control.cli(&["plan", "-f", file]).ok().to_string();
+    let line = |wave: &str, name: &str| {
+        plan.lines()
+            .find(|l| l.split_whitespace().take(2).eq([wave, name]))
+            .unwrap_or_else(|| panic!("no {wave} {name} line in:\n{plan}"))
+            .to_string()
+    };
+    // Sites in name order: the site with the host is the canary.
+    assert!(
+        line("canary", &site).contains("install 1") && line("canary", &site).contains("web-www-0 on h1"),
+        "{plan}"
+    );
+    assert!(line("1", &others[0]).contains("wait"), "{plan}");
+    assert!(line("2", &others[1]).contains("wait"), "{plan}");
+    assert_eq!(control.site_status(&site)["revision"], 1, "a plan stores nothing");
+
+    control.cli(&["apply", "-f", file]).ok();
+    let plan = control.cli(&["plan", "-f", file]).ok().to_string();
+    assert!(plan.contains("unchanged 1"), "{plan}");
+
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        manifests("100000Gi").replace("version: \"1\"", "version: \"2\""),
+    )
+    .unwrap();
+    let plan = control.cli(&["plan", "-f", file]).ok().to_string();
+    assert!(
+        plan.contains("cannot run") && plan.contains("h1: memory") && plan.contains("< 100000Gi requested"),
+        "{plan}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(control.cli(&["get", "app", "web", "-o", "json"]).ok()).unwrap();
+    assert_eq!(stored["spec"]["version"], "1", "a plan stores nothing");
+}

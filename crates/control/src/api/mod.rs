@@ -96,6 +96,7 @@ struct Actor(String);
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/apply", post(apply))
+        .route("/plan", post(plan))
         .route("/applications/{name}/history", get(history))
         .route("/sites/{name}/tokens", post(create_join_token))
         .route("/hosts", get(hosts))
@@ -243,6 +244,37 @@ async fn apply(
         state.recompute().await;
     }
     Ok(Json(ApplyResponse { dry_run, results }))
+}
+
+/// `POST /api/v1/plan`: what applying the batch (an `ApplyRequest`) would
+/// make each site run, per deployment and wave. Stores nothing.
+async fn plan(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<outpost_api::wire::PlanResponse>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: ApplyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
+    let mut documents = Vec::new();
+    let mut problems = Diagnostics::default();
+    for file in &request.files {
+        match parse_documents(&file.name, &file.content) {
+            Ok(parsed) => documents.extend(parsed),
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
+    problems.extend(check_batch(&documents));
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems.sorted()));
+    }
+    // The same checks as an apply, inside a transaction that is rolled back.
+    state.store.apply(&documents, &actor, true).await?;
+    let mut inputs = state.fleet.inputs().await?;
+    let concerned = crate::plan::concerned(&inputs, &documents);
+    crate::plan::overlay(&mut inputs, &documents);
+    let current = state.store.site_states().await?;
+    Ok(Json(crate::plan::plan(&inputs, &current, &concerned)))
 }
 
 /// `GET /api/v1/{kind}?selector=…`: objects whose labels match.
