@@ -42,7 +42,12 @@ pub enum Action {
     EnsureNetwork {
         application: String,
     },
-    Create(Box<DesiredContainer>),
+    /// Create and start a container, under `name` (the desired name, or its
+    /// `.next` name while the old generation keeps serving).
+    Create {
+        name: String,
+        want: Box<DesiredContainer>,
+    },
     /// Start an exited container again (the agent restarts, not Docker).
     Start {
         id: String,
@@ -54,9 +59,20 @@ pub enum Action {
         name: String,
         reason: &'static str,
     },
+    /// Give a ready new generation its container's name.
+    Rename {
+        id: String,
+        from: String,
+        to: String,
+    },
     RemoveNetwork {
         application: String,
     },
+}
+
+/// The name of the new generation while the old one keeps serving.
+pub fn next_name(name: &str) -> String {
+    format!("{name}.next")
 }
 
 /// The containers `host` of `site` must run, from the site's desired state.
@@ -84,9 +100,23 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
 
 /// What to do, in order: networks first, removals before creations (a
 /// replaced container frees its name and host ports), network removal last.
-pub fn plan(desired: &[DesiredContainer], observed: &[Observed], networks: &BTreeSet<String>) -> Vec<Action> {
+///
+/// Updates disturb as little as possible: a container whose spec changed
+/// gets its new generation beside it (`NAME.next`); the old one is removed,
+/// and the new one renamed, only once the new one is `ready` (running, and
+/// healthy if it has a probe). A new version that fails leaves the old one
+/// serving. A container with fixed host ports cannot run twice, so it is
+/// replaced in place, as is everything when the runtime cannot run two
+/// generations side by side (`overlap` false: native processes).
+pub fn plan(
+    desired: &[DesiredContainer],
+    observed: &[Observed],
+    networks: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
+    overlap: bool,
+) -> Vec<Action> {
     let observed_by_name: BTreeMap<&str, &Observed> = observed.iter().map(|o| (o.name.as_str(), o)).collect();
-    let desired_names: BTreeSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    let mut known: BTreeSet<String> = BTreeSet::new();
     let wanted_networks: BTreeSet<&str> = desired.iter().map(|d| d.application.as_str()).collect();
 
     let mut ensure = Vec::new();
@@ -99,34 +129,69 @@ pub fn plan(desired: &[DesiredContainer], observed: &[Observed], networks: &BTre
             });
         }
     }
+    let removal = |o: &Observed, reason| Action::Remove {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        reason,
+    };
+    let start = |o: &Observed| Action::Start {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        instance: o.instance.clone(),
+    };
     for want in desired {
-        match observed_by_name.get(want.name.as_str()) {
-            None => create.push(Action::Create(Box::new(want.clone()))),
-            Some(have) if have.spec_hash != want.spec_hash => {
-                remove.push(Action::Remove {
-                    id: have.id.clone(),
-                    name: have.name.clone(),
-                    reason: "its spec changed",
-                });
-                create.push(Action::Create(Box::new(want.clone())));
-            }
-            Some(have) if !have.running => create.push(Action::Start {
-                id: have.id.clone(),
-                name: have.name.clone(),
-                instance: have.instance.clone(),
+        let next = next_name(&want.name);
+        known.insert(want.name.clone());
+        known.insert(next.clone());
+        let current = observed_by_name.get(want.name.as_str()).copied();
+        let successor = observed_by_name.get(next.as_str()).copied();
+        let fresh = |o: &Observed| o.spec_hash == want.spec_hash;
+        let fixed_ports = !overlap || want.container.ports.iter().any(|p| p.host.is_some());
+        let create_as = |name: String| Action::Create {
+            name,
+            want: Box::new(want.clone()),
+        };
+        match (current, successor) {
+            (None, None) => create.push(create_as(want.name.clone())),
+            (None, Some(new)) if fresh(new) => create.push(Action::Rename {
+                id: new.id.clone(),
+                from: new.name.clone(),
+                to: want.name.clone(),
             }),
-            Some(_) => {}
+            (None, Some(stale)) => {
+                remove.push(removal(stale, "it is an older update"));
+                create.push(create_as(want.name.clone()));
+            }
+            (Some(have), successor) if fresh(have) => {
+                if let Some(stale) = successor {
+                    remove.push(removal(stale, "it is an older update"));
+                }
+                if !have.running {
+                    create.push(start(have));
+                }
+            }
+            (Some(old), None) if fixed_ports => {
+                remove.push(removal(old, "its spec changed"));
+                create.push(create_as(want.name.clone()));
+            }
+            (Some(_), None) => create.push(create_as(next)),
+            (Some(old), Some(new)) if fresh(new) => {
+                if ready.contains(&new.id) {
+                    remove.push(removal(old, "its update is ready"));
+                    create.push(Action::Rename {
+                        id: new.id.clone(),
+                        from: new.name.clone(),
+                        to: want.name.clone(),
+                    });
+                } else if !new.running {
+                    create.push(start(new));
+                }
+            }
+            (Some(_), Some(stale)) => remove.push(removal(stale, "it is an older update")),
         }
     }
-    for have in observed
-        .iter()
-        .filter(|o| !desired_names.contains(o.name.as_str()))
-    {
-        remove.push(Action::Remove {
-            id: have.id.clone(),
-            name: have.name.clone(),
-            reason: "it is no longer desired",
-        });
+    for have in observed.iter().filter(|o| !known.contains(&o.name)) {
+        remove.push(removal(have, "it is no longer desired"));
     }
     let unwanted_networks = networks
         .iter()

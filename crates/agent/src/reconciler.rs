@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::health::{Prober, Verdict};
-use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, plan};
+use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, next_name, plan};
 use crate::runtime::Runtime;
 
 /// How often everything is checked even when nothing reported a change.
@@ -121,7 +121,8 @@ impl Reconciler {
             let running = observed.iter().any(|o| &o.instance == instance && o.running);
             !(running && now.duration_since(backoff.last_attempt) >= STABLE)
         });
-        let actions = plan(&desired, &observed, &networks);
+        let ready = self.ready(&desired, &observed);
+        let actions = plan(&desired, &observed, &networks, &ready, self.runtime.overlap());
         tracing::debug!(
             desired = desired.len(),
             observed = observed.len(),
@@ -130,7 +131,7 @@ impl Reconciler {
         );
         for action in actions {
             let instance = match &action {
-                Action::Create(want) => Some(want.instance.clone()),
+                Action::Create { want, .. } => Some(want.instance.clone()),
                 Action::Start { instance, .. } => Some(instance.clone()),
                 _ => None,
             };
@@ -143,8 +144,11 @@ impl Reconciler {
                 Action::Remove { name, reason, .. } => {
                     tracing::info!(container = %name, "removing: {reason}")
                 }
-                Action::Create(want) => {
-                    tracing::info!(container = %want.name, version = %want.version, "creating")
+                Action::Create { name, want } => {
+                    tracing::info!(container = %name, version = %want.version, "creating")
+                }
+                Action::Rename { from, to, .. } => {
+                    tracing::info!(container = %to, "update ready: {from} takes over")
                 }
                 Action::Start { name, .. } => tracing::info!(container = %name, "restarting"),
                 _ => {}
@@ -176,9 +180,7 @@ impl Reconciler {
         let observed = self.runtime.observe().await.unwrap_or(observed);
         let probed = desired.iter().filter_map(|want| {
             let health = want.container.health.as_ref()?;
-            let have = observed
-                .iter()
-                .find(|o| o.name == want.name && o.spec_hash == want.spec_hash && o.running)?;
+            let have = generation(want, &observed).filter(|o| o.running)?;
             Some((have.id.as_str(), want.application.as_str(), health))
         });
         self.prober.track(probed);
@@ -188,6 +190,24 @@ impl Reconciler {
             *current = statuses;
             changed
         });
+    }
+
+    /// The containers of the desired generation that may serve: running,
+    /// and healthy if they have a probe.
+    fn ready(
+        &self,
+        desired: &[DesiredContainer],
+        observed: &[Observed],
+    ) -> std::collections::BTreeSet<String> {
+        desired
+            .iter()
+            .filter_map(|want| {
+                let have = generation(want, observed).filter(|o| o.running)?;
+                let healthy = want.container.health.is_none()
+                    || self.prober.verdict(&have.id) == Some(Verdict::Healthy);
+                healthy.then(|| have.id.clone())
+            })
+            .collect()
     }
 
     /// One status per instance, from the state of its containers.
@@ -209,9 +229,7 @@ impl Reconciler {
                     ..Default::default()
                 };
                 for want in &containers {
-                    let have = observed
-                        .iter()
-                        .find(|o| o.name == want.name && o.spec_hash == want.spec_hash);
+                    let have = generation(want, observed);
                     match have {
                         Some(o) if o.running => {
                             if status.container_id.is_empty() {
@@ -250,6 +268,16 @@ impl Reconciler {
             })
             .collect()
     }
+}
+
+/// The container of the desired generation, under its own name or, while
+/// it replaces an older one, under its `.next` name.
+fn generation<'a>(want: &DesiredContainer, observed: &'a [Observed]) -> Option<&'a Observed> {
+    let next = next_name(&want.name);
+    observed
+        .iter()
+        .filter(|o| o.spec_hash == want.spec_hash)
+        .find(|o| o.name == want.name || o.name == next)
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ fn show(actions: &[Action]) -> Vec<String> {
         .iter()
         .map(|a| match a {
             Action::EnsureNetwork { application } => format!("network+ {application}"),
-            Action::Create(d) => format!("create {}", d.name),
+            Action::Create { name, .. } => format!("create {name}"),
+            Action::Rename { from, to, .. } => format!("rename {from} -> {to}"),
             Action::Start { name, .. } => format!("start {name}"),
             Action::Remove { name, reason, .. } => format!("remove {name} ({reason})"),
             Action::RemoveNetwork { application } => format!("network- {application}"),
@@ -80,14 +81,11 @@ fn plans() {
             vec!["start outpost-a-0-web"],
         ),
         (
-            "replace on a new spec",
+            "a new spec starts beside the old one",
             vec![desired("outpost-a-0-web", "a", "h2")],
             vec![observed("outpost-a-0-web", "a", "h1", true)],
             networks(&["a"]),
-            vec![
-                "remove outpost-a-0-web (its spec changed)",
-                "create outpost-a-0-web",
-            ],
+            vec!["create outpost-a-0-web.next"],
         ),
         (
             "remove what is no longer desired, and its network",
@@ -120,7 +118,11 @@ fn plans() {
         ),
     ];
     for (what, want, have, nets, expected) in table {
-        assert_eq!(show(&plan(&want, &have, &nets)), expected, "{what}");
+        assert_eq!(
+            show(&plan(&want, &have, &nets, &BTreeSet::new(), true)),
+            expected,
+            "{what}"
+        );
     }
 }
 
@@ -141,4 +143,103 @@ fn only_this_hosts_instances_are_desired() {
         .collect();
     assert_eq!(names, ["outpost.s.a-web-1.web", "outpost.s.a-web-1.side"]);
     assert!(desired_for_host(&state, "s", "h3").is_empty());
+}
+
+#[test]
+fn updates_make_before_break() {
+    let want = || desired("outpost-a-0-web", "a", "h2");
+    let old = || observed("outpost-a-0-web", "a", "h1", true);
+    let next = |running| observed("outpost-a-0-web.next", "a", "h2", running);
+    let nets = networks(&["a"]);
+    let ready = |ids: &[&str]| -> BTreeSet<String> { ids.iter().map(|i| i.to_string()).collect() };
+    let with_host_port = || {
+        let mut d = want();
+        d.container = serde_json::from_value(serde_json::json!({
+            "name": "web", "image": "busybox", "ports": [{ "container": 80, "host": 8080 }]
+        }))
+        .unwrap();
+        d
+    };
+    type Case<'a> = (
+        &'a str,
+        Vec<DesiredContainer>,
+        Vec<Observed>,
+        BTreeSet<String>,
+        bool,
+        Vec<&'a str>,
+    );
+    let table: Vec<Case> = vec![
+        (
+            "the new one is ready: it takes over",
+            vec![want()],
+            vec![old(), next(true)],
+            ready(&["id-outpost-a-0-web.next"]),
+            true,
+            vec![
+                "remove outpost-a-0-web (its update is ready)",
+                "rename outpost-a-0-web.next -> outpost-a-0-web",
+            ],
+        ),
+        (
+            "the new one runs but is not healthy yet: the old one keeps serving",
+            vec![want()],
+            vec![old(), next(true)],
+            ready(&[]),
+            true,
+            vec![],
+        ),
+        (
+            "the new one failed: restart it, the old one keeps serving",
+            vec![want()],
+            vec![old(), next(false)],
+            ready(&[]),
+            true,
+            vec!["start outpost-a-0-web.next"],
+        ),
+        (
+            "an update from an earlier version is dropped",
+            vec![want()],
+            vec![old(), observed("outpost-a-0-web.next", "a", "h0", true)],
+            ready(&[]),
+            true,
+            vec!["remove outpost-a-0-web.next (it is an older update)"],
+        ),
+        (
+            "the old one vanished: the new one takes its name",
+            vec![want()],
+            vec![next(true)],
+            ready(&[]),
+            true,
+            vec!["rename outpost-a-0-web.next -> outpost-a-0-web"],
+        ),
+        (
+            "a fixed host port cannot be taken twice: replaced in place",
+            vec![with_host_port()],
+            vec![old()],
+            ready(&[]),
+            true,
+            vec![
+                "remove outpost-a-0-web (its spec changed)",
+                "create outpost-a-0-web",
+            ],
+        ),
+        (
+            "a runtime without overlap replaces in place",
+            vec![want()],
+            vec![old()],
+            ready(&[]),
+            false,
+            vec![
+                "remove outpost-a-0-web (its spec changed)",
+                "create outpost-a-0-web",
+            ],
+        ),
+    ];
+    for (what, want, have, ready, overlap, expected) in table {
+        assert_eq!(
+            show(&plan(&want, &have, &nets, &ready, overlap)),
+            expected,
+            "{what}"
+        );
+    }
 }

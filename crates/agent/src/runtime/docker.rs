@@ -97,7 +97,7 @@ impl Docker {
         Ok(())
     }
 
-    async fn create(&self, want: &DesiredContainer) -> Result<()> {
+    async fn create(&self, name: &str, want: &DesiredContainer) -> Result<()> {
         let container = &want.container;
         self.ensure_image(container.image.as_str()).await?;
         let mut container_labels = self.owner_labels();
@@ -195,18 +195,18 @@ impl Docker {
             ..Default::default()
         };
         let options = CreateContainerOptions {
-            name: Some(want.name.clone()),
+            name: Some(name.to_string()),
             ..Default::default()
         };
         let created = self
             .client
             .create_container(Some(options), body)
             .await
-            .with_context(|| format!("creating {}", want.name))?;
+            .with_context(|| format!("creating {name}"))?;
         self.client
             .start_container(&created.id, None::<StartContainerOptions>)
             .await
-            .with_context(|| format!("starting {}", want.name))?;
+            .with_context(|| format!("starting {name}"))?;
         Ok(())
     }
 }
@@ -356,7 +356,14 @@ impl Runtime for Docker {
                     "creating a network".to_string()
                 })
             }
-            Action::Create(want) => self.create(want).await,
+            Action::Create { name, want } => self.create(name, want).await,
+            Action::Rename { id, from, to } => {
+                let options = bollard::query_parameters::RenameContainerOptions { name: to.clone() };
+                self.client
+                    .rename_container(id, options)
+                    .await
+                    .with_context(|| format!("renaming {from} to {to}"))
+            }
             Action::Start { id, name, .. } => self
                 .client
                 .start_container(id, None::<StartContainerOptions>)

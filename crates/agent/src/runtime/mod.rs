@@ -46,6 +46,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// `Err` says why it failed.
     async fn probe(&self, container_id: &str, application: &str, health: &Health) -> Result<()>;
 
+    /// Whether two generations of a container can run side by side while one
+    /// replaces the other (not so for native processes sharing ports).
+    fn overlap(&self) -> bool {
+        true
+    }
+
     /// A channel that receives a message whenever something this agent owns
     /// changes outside its control (a container died, was removed…).
     fn changes(&self) -> mpsc::Receiver<()>;

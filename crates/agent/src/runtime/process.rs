@@ -93,7 +93,7 @@ impl Processes {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn(&self, spec: &DesiredContainer) -> Result<()> {
+    fn spawn(&self, name: &str, spec: &DesiredContainer) -> Result<()> {
         let container = &spec.container;
         let mut argv = container.command.iter().chain(&container.args);
         let program = argv.next().with_context(|| {
@@ -103,6 +103,7 @@ impl Processes {
             )
         })?;
         let log_path = self.log_dir.join(format!("{}.log", spec.name));
+        let name = name.to_string();
         if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
             let _ = std::fs::remove_file(&log_path);
         }
@@ -114,14 +115,14 @@ impl Processes {
         let mut child = tokio::process::Command::new(program)
             .args(argv)
             .envs(&container.env)
-            .env(MARKER, &spec.name)
+            .env(MARKER, &name)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {program}"))?;
-        let pid_path = self.log_dir.join(format!("{}.pid", spec.name));
+        let pid_path = self.log_dir.join(format!("{name}.pid"));
         if let Some(pid) = child.id() {
             let _ = std::fs::write(&pid_path, format!("{pid}\n"));
         }
@@ -131,7 +132,7 @@ impl Processes {
             state.started += 1;
             let id = format!("process-{}", state.started);
             state.processes.insert(
-                spec.name.clone(),
+                name.clone(),
                 Process {
                     id: id.clone(),
                     spec: spec.clone(),
@@ -144,7 +145,6 @@ impl Processes {
         };
         let state = self.state.clone();
         let changed = self.changed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let name = spec.name.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status.ok(),
@@ -174,10 +174,10 @@ impl Runtime for Processes {
         Ok(self
             .state()
             .processes
-            .values()
-            .map(|p| Observed {
+            .iter()
+            .map(|(name, p)| Observed {
                 id: p.id.clone(),
-                name: p.spec.name.clone(),
+                name: name.clone(),
                 instance: p.spec.instance.clone(),
                 application: p.spec.application.clone(),
                 service: p.spec.service.clone(),
@@ -202,11 +202,18 @@ impl Runtime for Processes {
                 self.state().networks.remove(application);
                 Ok(())
             }
-            Action::Create(spec) => self.spawn(spec),
+            Action::Create { name, want } => self.spawn(name, want),
             Action::Start { name, .. } => {
                 let spec = self.state().processes.get(name).map(|p| p.spec.clone());
                 let spec = spec.with_context(|| format!("{name} is not known"))?;
-                self.spawn(&spec)
+                self.spawn(name, &spec)
+            }
+            Action::Rename { from, to, .. } => {
+                let mut state = self.state();
+                if let Some(process) = state.processes.remove(from) {
+                    state.processes.insert(to.clone(), process);
+                }
+                Ok(())
             }
             Action::Remove { name, .. } => {
                 if let Some(mut process) = self.state().processes.remove(name)
@@ -248,6 +255,10 @@ impl Runtime for Processes {
             Some(http) => super::http_get(&mut stream, "127.0.0.1", &http.path).await,
             None => Ok(()),
         }
+    }
+
+    fn overlap(&self) -> bool {
+        false
     }
 
     fn changes(&self) -> mpsc::Receiver<()> {
