@@ -126,3 +126,288 @@ mod tests {
         );
     }
 }
+
+/// How one site fares with the version it was given, as the control plane
+/// observes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
+pub enum SiteHealth {
+    UpToDate,
+    Progressing,
+    Failed(String),
+    /// Offline sites never block a rollout: they are deferred and converge
+    /// when they return.
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum Phase {
+    /// Sites of waves `0..=wave` run the new version.
+    Running {
+        wave: usize,
+        /// When the wave started (milliseconds on the engine's clock).
+        started: u64,
+        /// Since when every site of the wave has been up to date.
+        healthy_since: Option<u64>,
+        /// An operator promoted the wave: do not wait for `healthyFor`.
+        promoted: bool,
+    },
+    /// Stopped by the operator or by `onFailure: pause`; `resume` continues.
+    Paused {
+        wave: usize,
+        reason: String,
+    },
+    Succeeded,
+    /// Every site was given back its previous version.
+    RolledBack {
+        reason: String,
+    },
+    /// Stopped by the operator; sites keep what they have.
+    Aborted {
+        wave: usize,
+    },
+}
+
+/// A rollout of one deployment from the versions sites ran to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    pub to: String,
+    /// The version each selected site ran before (none for a new site).
+    pub from: std::collections::BTreeMap<String, Option<String>>,
+    pub waves: Vec<Wave>,
+    pub phase: Phase,
+    /// Sites that failed with the new version, and why.
+    pub failed: std::collections::BTreeMap<String, String>,
+}
+
+/// Operator commands on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Promote,
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutState {
+    /// A rollout to `to` over `sites` (in wave order), starting at `now`.
+    pub fn start(
+        rollout: Option<&Rollout>,
+        to: &str,
+        from: std::collections::BTreeMap<String, Option<String>>,
+        now: u64,
+    ) -> RolloutState {
+        let sites: Vec<String> = from.keys().cloned().collect();
+        RolloutState {
+            to: to.to_string(),
+            waves: waves(rollout, &sites),
+            from,
+            phase: Phase::Running {
+                wave: 0,
+                started: now,
+                healthy_since: None,
+                promoted: false,
+            },
+            failed: Default::default(),
+        }
+    }
+
+    /// The version each site should run now; `None`: nothing (a new site
+    /// not yet reached, or one rolled back to nothing).
+    pub fn assigned(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        let reached = match &self.phase {
+            Phase::Running { wave, .. } | Phase::Paused { wave, .. } | Phase::Aborted { wave } => *wave + 1,
+            Phase::Succeeded => self.waves.len(),
+            Phase::RolledBack { .. } => 0,
+        };
+        let mut out = self.from.clone();
+        for wave in self.waves.iter().take(reached) {
+            for site in &wave.sites {
+                out.insert(site.clone(), Some(self.to.clone()));
+            }
+        }
+        out
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Succeeded | Phase::RolledBack { .. } | Phase::Aborted { .. }
+        )
+    }
+
+    /// How many failed sites the policy tolerates.
+    fn budget(&self, rollout: Option<&Rollout>) -> usize {
+        let total = self.from.len();
+        match rollout.and_then(|r| r.max_failures) {
+            None => 0,
+            Some(crate::quantity::FailureBudget::Count(n)) => n as usize,
+            Some(crate::quantity::FailureBudget::Percent(p)) => total * p as usize / 100,
+        }
+    }
+
+    /// One step of the engine: records failures, enforces the failure
+    /// budget and the wave timeout, and advances a wave that has been
+    /// healthy for `healthyFor` (or was promoted).
+    pub fn step(
+        &self,
+        rollout: Option<&Rollout>,
+        health: &std::collections::BTreeMap<String, SiteHealth>,
+        now: u64,
+    ) -> RolloutState {
+        let mut next = self.clone();
+        let Phase::Running {
+            wave,
+            started,
+            healthy_since,
+            promoted,
+        } = self.phase.clone()
+        else {
+            return next;
+        };
+        // Failures anywhere the new version runs count.
+        let reached: Vec<&String> = self.waves.iter().take(wave + 1).flat_map(|w| &w.sites).collect();
+        for site in &reached {
+            if let Some(SiteHealth::Failed(why)) = health.get(*site) {
+                next.failed.entry((*site).clone()).or_insert_with(|| why.clone());
+            }
+        }
+        let timeout = rollout.and_then(|r| r.timeout).map(|d| d.0);
+        let current: &[String] = self.waves.get(wave).map_or(&[], |w| &w.sites);
+        let up = |site: &String| matches!(health.get(site), Some(SiteHealth::UpToDate | SiteHealth::Offline));
+        if timeout.is_some_and(|t| now.saturating_sub(started) >= t) {
+            let late: Vec<&String> = current
+                .iter()
+                .filter(|s| !up(s) && !next.failed.contains_key(*s))
+                .collect();
+            for site in late {
+                next.failed.insert(
+                    site.clone(),
+                    "not up to date before the wave's timeout".to_string(),
+                );
+            }
+        }
+        if next.failed.len() > self.budget(rollout) {
+            let reason = format!(
+                "{} site(s) failed, more than the {} allowed: {}",
+                next.failed.len(),
+                self.budget(rollout),
+                next.failed
+                    .iter()
+                    .map(|(s, why)| format!("{s}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            next.phase = match rollout.and_then(|r| r.on_failure) {
+                Some(crate::manifest::OnFailure::Pause) => Phase::Paused { wave, reason },
+                _ => Phase::RolledBack { reason },
+            };
+            return next;
+        }
+        let all_up = current.iter().all(|site| {
+            matches!(health.get(site), Some(SiteHealth::UpToDate | SiteHealth::Offline))
+                || next.failed.contains_key(site)
+        });
+        if !all_up {
+            next.phase = Phase::Running {
+                wave,
+                started,
+                healthy_since: None,
+                promoted,
+            };
+            return next;
+        }
+        let since = healthy_since.unwrap_or(now);
+        let wait = rollout.and_then(|r| r.healthy_for).map_or(0, |d| d.0);
+        next.phase = if promoted || now.saturating_sub(since) >= wait {
+            if wave + 1 < self.waves.len() {
+                Phase::Running {
+                    wave: wave + 1,
+                    started: now,
+                    healthy_since: None,
+                    promoted: false,
+                }
+            } else {
+                Phase::Succeeded
+            }
+        } else {
+            Phase::Running {
+                wave,
+                started,
+                healthy_since: Some(since),
+                promoted,
+            }
+        };
+        next
+    }
+
+    /// Applies an operator command, or says why it does not apply.
+    pub fn command(&self, command: Command, now: u64) -> Result<RolloutState, String> {
+        let mut next = self.clone();
+        next.phase = match (&self.phase, command) {
+            (
+                Phase::Running {
+                    wave,
+                    started,
+                    healthy_since,
+                    ..
+                },
+                Command::Promote,
+            ) => Phase::Running {
+                wave: *wave,
+                started: *started,
+                healthy_since: *healthy_since,
+                promoted: true,
+            },
+            (Phase::Running { wave, .. }, Command::Pause) => Phase::Paused {
+                wave: *wave,
+                reason: "paused by an operator".to_string(),
+            },
+            (Phase::Paused { wave, .. }, Command::Resume) => {
+                // Resuming forgives the failures seen so far.
+                next.failed.clear();
+                Phase::Running {
+                    wave: *wave,
+                    started: now,
+                    healthy_since: None,
+                    promoted: false,
+                }
+            }
+            (Phase::Running { wave, .. } | Phase::Paused { wave, .. }, Command::Abort) => {
+                Phase::Aborted { wave: *wave }
+            }
+            (phase, command) => {
+                return Err(format!(
+                    "cannot {} a rollout that is {}",
+                    verb(command),
+                    describe(phase)
+                ));
+            }
+        };
+        Ok(next)
+    }
+}
+
+fn verb(command: Command) -> &'static str {
+    match command {
+        Command::Promote => "promote",
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Abort => "abort",
+    }
+}
+
+fn describe(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Running { .. } => "running",
+        Phase::Paused { .. } => "paused",
+        Phase::Succeeded => "finished",
+        Phase::RolledBack { .. } => "rolled back",
+        Phase::Aborted { .. } => "aborted",
+    }
+}
+
+#[cfg(test)]
+mod engine_tests;
