@@ -23,6 +23,8 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 /// Running this long after a (re)start clears an instance's backoff.
 const STABLE: Duration = Duration::from_secs(30);
 const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// Restarts in a row, without staying up, after which an instance is failed.
+const CRASH_LOOP: u32 = 3;
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// When an instance may next be started, after how many recent attempts.
@@ -252,9 +254,20 @@ impl Reconciler {
                             }
                         }
                         Some(o) => {
-                            status.state = "exited".to_string();
-                            status.exit_code = o.exit_code.unwrap_or(-1) as i32;
-                            status.reason = format!("{} exited", want.container.name);
+                            let code = o.exit_code.unwrap_or(-1);
+                            status.exit_code = code as i32;
+                            // Restarted again and again without staying up: a crash loop.
+                            let restarts = self.backoff.get(instance).map_or(0, |b| b.attempts);
+                            if restarts >= CRASH_LOOP {
+                                status.state = "failed".to_string();
+                                status.reason = format!(
+                                    "{} keeps exiting (code {code}, restarted {restarts} times)",
+                                    want.container.name
+                                );
+                            } else {
+                                status.state = "exited".to_string();
+                                status.reason = format!("{} exited with {code}", want.container.name);
+                            }
                         }
                         None if let Some(failure) = self.failures.get(instance) => {
                             status.state = "failed".to_string();

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
+use outpost_api::rollout::{Phase, RolloutState, SiteHealth};
+use outpost_api::wire::DeploymentSiteState;
 use outpost_api::workload::{SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
 
@@ -24,6 +26,8 @@ pub struct Inputs {
     pub versions: HashMap<String, (String, HashMap<String, ApplicationSpec>)>,
     /// Per site: its hosts and what host selectors see of each.
     pub hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    /// Per deployment: its rollout, which says which version each site runs.
+    pub rollouts: BTreeMap<String, RolloutState>,
 }
 
 impl Inputs {
@@ -38,7 +42,26 @@ impl Inputs {
             .iter()
             .map(|site| {
                 let name = site.metadata.name.to_string();
-                let mut state = compile_site(site, &self.deployments, lookup);
+                // Each deployment at the version its rollout gives this site.
+                let deployments: Vec<Deployment> = self
+                    .deployments
+                    .iter()
+                    .filter_map(
+                        |d| match self.rollouts.get(d.metadata.name.as_str()).map(|r| r.assigned()) {
+                            Some(assigned) => match assigned.get(&name) {
+                                Some(Some(version)) => {
+                                    let mut d = d.clone();
+                                    d.spec.version = Some(version.clone());
+                                    Some(d)
+                                }
+                                Some(None) => None,
+                                None => Some(d.clone()),
+                            },
+                            None => Some(d.clone()),
+                        },
+                    )
+                    .collect();
+                let mut state = compile_site(site, &deployments, lookup);
                 assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
                 (name, state)
             })
@@ -107,6 +130,131 @@ impl Fleet {
             .contains(&(site.to_string(), host.to_string()))
     }
 
+    /// Starts a rollout for every deployment whose target version is not its
+    /// rollout's (a new deployment, a new version, an undo), from whatever
+    /// each selected site runs now; drops the rollouts of deleted deployments.
+    async fn start_rollouts(&self, inputs: &mut Inputs) -> Result<(), StoreError> {
+        let current = self.store.site_states().await?;
+        let now = now_ms();
+        for deployment in &inputs.deployments {
+            let name = deployment.metadata.name.as_str();
+            let application = deployment.spec.application.as_str();
+            let Some(target) = deployment.spec.version.clone().or_else(|| {
+                inputs
+                    .versions
+                    .get(application)
+                    .map(|(current, _)| current.clone())
+            }) else {
+                continue;
+            };
+            let existing = inputs.rollouts.get(name);
+            if existing.is_some_and(|r| r.to == target) {
+                continue;
+            }
+            let assigned = existing.map(|r| r.assigned()).unwrap_or_default();
+            let from = inputs
+                .sites
+                .iter()
+                .filter(|site| deployment.spec.sites.matches(&site.metadata.labels))
+                .map(|site| {
+                    let site = site.metadata.name.to_string();
+                    let running = assigned.get(&site).cloned().unwrap_or_else(|| {
+                        current.get(&site).and_then(|(_, state)| {
+                            state
+                                .workloads
+                                .iter()
+                                .find(|w| w.deployment == name)
+                                .map(|w| w.version.clone())
+                        })
+                    });
+                    (site, running)
+                })
+                .collect();
+            let rollout = RolloutState::start(deployment.spec.rollout.as_ref(), &target, from, now);
+            tracing::info!(deployment = %name, version = %target, waves = rollout.waves.len(), "rollout started");
+            self.store.save_rollout(name, &rollout, true).await?;
+            inputs.rollouts.insert(name.to_string(), rollout);
+        }
+        let gone: Vec<String> = inputs
+            .rollouts
+            .keys()
+            .filter(|name| {
+                !inputs
+                    .deployments
+                    .iter()
+                    .any(|d| d.metadata.name.as_str() == name.as_str())
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            self.store.delete_rollout(&name).await?;
+            inputs.rollouts.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// One engine step for every running rollout: observes its sites,
+    /// advances, pauses or rolls back, and recomputes when a site's version
+    /// changes. Runs every second; every step is stored, so a restart
+    /// resumes where it was.
+    pub async fn advance(&self) -> Result<(), StoreError> {
+        // The same lock as recompute: an apply starting a rollout and a step
+        // of the old one must not overwrite each other.
+        let _one_at_a_time = self.recompute.lock().await;
+        let rollouts = self.store.rollouts().await?;
+        if rollouts
+            .values()
+            .all(|r| r.is_finished() || matches!(r.phase, Phase::Paused { .. }))
+        {
+            return Ok(());
+        }
+        let deployments: HashMap<String, Deployment> = self
+            .store
+            .list(Kind::Deployment)
+            .await?
+            .iter()
+            .filter_map(|o| o.manifest().ok().and_then(Manifest::into_deployment))
+            .map(|d| (d.metadata.name.to_string(), d))
+            .collect();
+        let snapshot = crate::status::Snapshot::take(self.store.as_ref(), self).await?;
+        let now = now_ms();
+        let mut moved = false;
+        for (name, rollout) in rollouts
+            .iter()
+            .filter(|(_, r)| matches!(r.phase, Phase::Running { .. }))
+        {
+            let Some(deployment) = deployments.get(name) else {
+                continue;
+            };
+            let health = rollout
+                .from
+                .keys()
+                .map(|site| {
+                    let (state, reason) = snapshot.deployment_on(name, site);
+                    let health = match state {
+                        DeploymentSiteState::UpToDate => SiteHealth::UpToDate,
+                        DeploymentSiteState::Progressing => SiteHealth::Progressing,
+                        DeploymentSiteState::Failed => SiteHealth::Failed(reason),
+                        DeploymentSiteState::Offline => SiteHealth::Offline,
+                    };
+                    (site.clone(), health)
+                })
+                .collect();
+            let next = rollout.step(deployment.spec.rollout.as_ref(), &health, now);
+            if next != *rollout {
+                if next.phase != rollout.phase {
+                    tracing::info!(deployment = %name, phase = ?next.phase, "rollout moved");
+                }
+                moved |= next.assigned() != rollout.assigned();
+                self.store.save_rollout(name, &next, false).await?;
+            }
+        }
+        if moved {
+            self.recompute_locked().await?;
+        }
+        Ok(())
+    }
+
     /// Reads everything what sites run is compiled from.
     pub async fn inputs(&self) -> Result<Inputs, StoreError> {
         let typed = |kind| async move {
@@ -158,13 +306,21 @@ impl Fleet {
             deployments,
             versions,
             hosts,
+            rollouts: self.store.rollouts().await?,
         })
     }
 
     /// Compiles and stores every site's desired state; wakes changed sites.
     pub async fn recompute(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.recompute.lock().await;
-        let mut states = self.inputs().await?.compile();
+        self.recompute_locked().await
+    }
+
+    /// `recompute`, for a caller that holds the lock.
+    async fn recompute_locked(&self) -> Result<(), StoreError> {
+        let mut inputs = self.inputs().await?;
+        self.start_rollouts(&mut inputs).await?;
+        let mut states = inputs.compile();
         // A deleted site runs nothing; its hosts are told so.
         for site in self.store.site_states().await?.into_keys() {
             states.entry(site).or_insert_with(SiteState::default);
@@ -179,4 +335,12 @@ impl Fleet {
         }
         Ok(())
     }
+}
+
+/// The engine's clock: milliseconds since the Unix epoch, so stored
+/// rollouts keep their timing across restarts.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -122,6 +122,7 @@ impl ControlPlane {
             pki: self.pki.clone(),
             shutdown: stopped.clone(),
         };
+        let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let agents = tokio::spawn(serve_agents(
             self.agent_listener,
             gateway,
@@ -132,6 +133,7 @@ impl ControlPlane {
         shutdown.await;
         let _ = stop.send(true);
         let _ = api.await;
+        let _ = engine.await;
         match agents.await {
             Ok(Err(err)) => tracing::error!(%err, "the agent gateway failed"),
             Err(err) => tracing::error!(%err, "the agent gateway task failed"),
@@ -139,6 +141,22 @@ impl ControlPlane {
         }
         self.store.close().await;
         tracing::info!("control plane stopped");
+    }
+}
+
+/// The rollout engine: one step of every running rollout each second.
+async fn run_rollouts(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(err) = fleet.advance().await {
+                    tracing::warn!(%err, "rollout step failed; trying again");
+                }
+            }
+            () = &mut shutdown => return,
+        }
     }
 }
 

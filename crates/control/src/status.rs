@@ -93,7 +93,8 @@ impl Snapshot {
         status
     }
 
-    fn deployment_on(&self, deployment: &str, site: &str) -> (DeploymentSiteState, String) {
+    /// How `deployment` fares on `site`, and why.
+    pub fn deployment_on(&self, deployment: &str, site: &str) -> (DeploymentSiteState, String) {
         use DeploymentSiteState::*;
         let Some((revision, state)) = self.states.get(site) else {
             return (Progressing, "desired state not computed yet".to_string());

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use outpost_api::rollout::RolloutState;
 use outpost_api::wire::LabelChange;
 use outpost_api::workload::SiteState;
 use sqlx::Row;
@@ -278,6 +279,78 @@ impl FleetStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn rollouts(&self) -> Result<BTreeMap<String, RolloutState>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT deployment, state FROM rollouts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(deployment, state)| Ok((deployment, serde_json::from_str(&state)?)))
+            .collect()
+    }
+
+    async fn save_rollout(
+        &self,
+        deployment: &str,
+        rollout: &RolloutState,
+        started: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        sqlx::query(
+            "INSERT INTO rollouts (deployment, state, started_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (deployment) DO UPDATE SET state = ?2, updated_at = ?3,
+               started_at = CASE WHEN ?4 THEN ?3 ELSE started_at END",
+        )
+        .bind(deployment)
+        .bind(serde_json::to_string(rollout)?)
+        .bind(&at)
+        .bind(started)
+        .execute(&mut *tx)
+        .await?;
+        let outcome = serde_json::to_value(&rollout.phase)?
+            .get("phase")
+            .and_then(|p| p.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if started {
+            sqlx::query("INSERT INTO rollout_history (deployment, version, started_at, outcome) VALUES (?1, ?2, ?3, ?4)")
+                .bind(deployment)
+                .bind(&rollout.to)
+                .bind(&at)
+                .bind(&outcome)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE rollout_history SET outcome = ?2
+                 WHERE id = (SELECT MAX(id) FROM rollout_history WHERE deployment = ?1)",
+            )
+            .bind(deployment)
+            .bind(&outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_rollout(&self, deployment: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM rollouts WHERE deployment = ?1")
+            .bind(deployment)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn rollout_history(&self, deployment: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT version, started_at, outcome FROM rollout_history WHERE deployment = ?1 ORDER BY id",
+        )
+        .bind(deployment)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError> {

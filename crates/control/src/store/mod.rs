@@ -183,6 +183,23 @@ pub trait FleetStore: Send + Sync + 'static {
     /// The stored desired state of every site, with its revision.
     async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError>;
 
+    /// The rollout of every deployment that has one.
+    async fn rollouts(&self) -> Result<BTreeMap<String, outpost_api::rollout::RolloutState>, StoreError>;
+
+    /// Stores a deployment's rollout; a new one (`started`) also starts a
+    /// line in the deployment's history, and every save updates its outcome.
+    async fn save_rollout(
+        &self,
+        deployment: &str,
+        rollout: &outpost_api::rollout::RolloutState,
+        started: bool,
+    ) -> Result<(), StoreError>;
+
+    async fn delete_rollout(&self, deployment: &str) -> Result<(), StoreError>;
+
+    /// A deployment's rollouts, oldest first: (version, started at, outcome).
+    async fn rollout_history(&self, deployment: &str) -> Result<Vec<(String, String, String)>, StoreError>;
+
     /// Stores the states that differ from the stored ones, each with the next
     /// revision; returns the sites that changed and their new revisions.
     async fn save_site_states(

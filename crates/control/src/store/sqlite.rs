@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host labels",
         include_str!("../../migrations/0003_host_labels.sql"),
     ),
+    (4, "rollouts", include_str!("../../migrations/0004_rollouts.sql")),
 ];
 
 #[derive(Debug)]
