@@ -400,3 +400,36 @@ pub struct SitePlan {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
+
+/// `GET /api/v1/deployments/{name}/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub deployment: String,
+    /// The current (or last) rollout, if the deployment had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub rollout: Option<crate::rollout::RolloutState>,
+    /// How the deployment fares on each selected site.
+    pub sites: Vec<DeploymentSite>,
+    /// Every rollout of this deployment, oldest first.
+    pub history: Vec<RolloutRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub version: String,
+    pub started_at: String,
+    /// running, paused, succeeded, rolledBack or aborted.
+    pub outcome: String,
+}
+
+/// `POST /api/v1/deployments/{name}/rollout/undo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UndoRequest {
+    /// The version to go back to; without it, the one before the current rollout.
+    #[serde(default)]
+    pub to_version: Option<String>,
+}

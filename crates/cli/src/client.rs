@@ -142,6 +142,27 @@ impl Client {
         self.send(self.request(Method::POST, "/plan").json(request)).await
     }
 
+    pub async fn rollout(&self, deployment: &str) -> Result<outpost_api::wire::RolloutStatus> {
+        self.send(self.request(
+            Method::GET,
+            &format!("/deployments/{}/rollout", encode(deployment)),
+        ))
+        .await
+    }
+
+    pub async fn rollout_command(&self, deployment: &str, command: &str) -> Result<serde_json::Value> {
+        let path = format!("/deployments/{}/rollout/{command}", encode(deployment));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    pub async fn rollout_undo(&self, deployment: &str, to_version: Option<&str>) -> Result<ApplyResponse> {
+        let body = outpost_api::wire::UndoRequest {
+            to_version: to_version.map(String::from),
+        };
+        let path = format!("/deployments/{}/rollout/undo", encode(deployment));
+        self.send(self.request(Method::POST, &path).json(&body)).await
+    }
+
     pub async fn list(&self, kind: Kind, selector: Option<&str>) -> Result<Vec<StoredObject>> {
         let mut request = self.request(Method::GET, &format!("/{}", kind.plural()));
         if let Some(selector) = selector {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
-use outpost_api::rollout::{Phase, RolloutState, SiteHealth};
+use outpost_api::rollout::{Command, Phase, RolloutState, SiteHealth};
 use outpost_api::wire::DeploymentSiteState;
 use outpost_api::workload::{SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
@@ -253,6 +253,19 @@ impl Fleet {
             self.recompute_locked().await?;
         }
         Ok(())
+    }
+
+    /// Applies an operator command to a deployment's rollout.
+    pub async fn command(&self, deployment: &str, command: Command) -> Result<RolloutState, StoreError> {
+        let _one_at_a_time = self.recompute.lock().await;
+        let rollouts = self.store.rollouts().await?;
+        let rollout = rollouts
+            .get(deployment)
+            .ok_or_else(|| StoreError::Conflict(format!("deployment {deployment:?} has no rollout")))?;
+        let next = rollout.command(command, now_ms()).map_err(StoreError::Conflict)?;
+        tracing::info!(%deployment, ?command, "rollout command");
+        self.store.save_rollout(deployment, &next, false).await?;
+        Ok(next)
     }
 
     /// Reads everything what sites run is compiled from.

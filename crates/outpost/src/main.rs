@@ -152,6 +152,11 @@ enum Command {
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         labels: Vec<String>,
     },
+    /// Follow and steer a deployment's rollout
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Manage join tokens for new hosts
     Token {
         #[command(subcommand)]
@@ -163,6 +168,30 @@ enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Waves, sites and their state; with --watch, until the rollout ends
+    Status {
+        deployment: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start the next wave now, without waiting for healthyFor
+    Promote { deployment: String },
+    /// Stop advancing; sites keep what they have
+    Pause { deployment: String },
+    /// Continue a paused rollout (its failures so far are forgiven)
+    Resume { deployment: String },
+    /// Stop for good; sites keep what they have
+    Abort { deployment: String },
+    /// Roll out an earlier version: the one before the current rollout, or --to-version
+    Undo {
+        deployment: String,
+        #[arg(long, value_name = "VERSION")]
+        to_version: Option<String>,
     },
 }
 
@@ -371,6 +400,45 @@ async fn run(cli: Cli) -> Result<()> {
                 Resource::Hosts => None,
             };
             commands::label(&client(&cli)?, kind, name, labels).await?
+        }
+        Command::Rollout { command } => {
+            let client = client(&cli)?;
+            match command {
+                RolloutCommand::Status { deployment, watch } => {
+                    let (mut shown, mut finished) = commands::rollout_status(&client, deployment).await?;
+                    if *watch {
+                        print!("{shown}");
+                        while !finished {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            let (now, done) = commands::rollout_status(&client, deployment).await?;
+                            if now != shown {
+                                println!();
+                                print!("{now}");
+                                shown = now;
+                            }
+                            finished = done;
+                        }
+                        return Ok(());
+                    }
+                    shown
+                }
+                RolloutCommand::Promote { deployment } => {
+                    commands::rollout_command(&client, deployment, "promote").await?
+                }
+                RolloutCommand::Pause { deployment } => {
+                    commands::rollout_command(&client, deployment, "pause").await?
+                }
+                RolloutCommand::Resume { deployment } => {
+                    commands::rollout_command(&client, deployment, "resume").await?
+                }
+                RolloutCommand::Abort { deployment } => {
+                    commands::rollout_command(&client, deployment, "abort").await?
+                }
+                RolloutCommand::Undo {
+                    deployment,
+                    to_version,
+                } => commands::rollout_undo(&client, deployment, to_version.as_deref()).await?,
+            }
         }
         Command::Token {
             command: TokenCommand::Create { site, ttl },

@@ -874,3 +874,163 @@ spec: {{ application: svc, sites: "test = '{site}'" }}
         (json["status"]["upToDate"] == 1).then_some(())
     });
 }
+
+/// An application whose web service serves, or (broken) exits at once,
+/// deployed to every site labelled `test = group` with `rollout`.
+fn rolled_application(group: &str, version: &str, broken: bool, rollout: &str) -> String {
+    let command = if broken {
+        r#"["/bin/sh", "-c", "exit 3"]"#
+    } else {
+        r#"["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]"#
+    };
+    format!(
+        r#"apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: shop }}
+spec:
+  version: "{version}"
+  services:
+    - name: web
+      containers:
+        - name: httpd
+          image: {IMAGE}
+          command: {command}
+          health: {{ http: {{ path: /, port: 8080 }}, interval: 500ms, failureThreshold: 2 }}
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: shop }}
+spec:
+  application: shop
+  sites: "test = '{group}'"
+  rollout: {rollout}
+"#
+    )
+}
+
+fn sites_in_group(group: &str, names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| site_manifest(name).replace(&format!("test: '{name}'"), &format!("test: '{group}'")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[test]
+fn a_broken_version_is_rolled_back_automatically_while_the_old_one_keeps_serving() {
+    let control = ControlPlane::start();
+    let group = unique_site("roll");
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| format!("{group}-{s}")).collect();
+    control.apply(&sites_in_group(&group, &names)).ok();
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|site| Agent::enroll(&control, site, "h1"))
+        .collect();
+    let policy = "{ waves: { size: 1 }, maxFailures: 0, onFailure: rollback }";
+    control
+        .apply(&rolled_application(&group, "1", false, policy))
+        .ok();
+    let status = |what: &str| control.cli(&["rollout", "status", "shop"]).ok().to_string() + what;
+    eventually(Duration::from_secs(60), "version 1 everywhere", || {
+        status("").contains("version 1 (succeeded)").then_some(())
+    });
+    let web = |site: &str| format!("outpost.{site}.shop-web-0.httpd");
+    let first_a = agents[0].running()[&web(&names[0])].clone();
+
+    control.apply(&rolled_application(&group, "2", true, policy)).ok();
+    let rolled_back = eventually(Duration::from_secs(60), "the automatic rollback", || {
+        let text = status("");
+        text.contains("version 2 (rolled back").then_some(text)
+    });
+    assert!(
+        rolled_back.contains(&names[0]) && rolled_back.contains("keeps exiting"),
+        "{rolled_back}"
+    );
+    // Version 1 served on the first site all along; the others never saw 2.
+    eventually(Duration::from_secs(20), "the failed update removed", || {
+        let running = agents[0].running();
+        (running.len() == 1 && running.get(&web(&names[0])) == Some(&first_a)).then_some(())
+    });
+    for (agent, site) in agents.iter().zip(&names) {
+        assert_eq!(
+            inspect(&web(site), "{{index .Config.Labels \"io.outpost.version\"}}"),
+            "1",
+            "{site}"
+        );
+        assert_eq!(agent.running().len(), 1, "{site}");
+    }
+    let history = status("");
+    assert!(
+        history.contains("history: 1 (succeeded") && history.contains("2 (rolledBack"),
+        "{history}"
+    );
+}
+
+#[test]
+fn a_rollout_waits_for_its_gate_pauses_resumes_and_survives_a_restart() {
+    let mut control = ControlPlane::start();
+    let group = unique_site("gate");
+    let names: Vec<String> = ["a", "b"].iter().map(|s| format!("{group}-{s}")).collect();
+    control.apply(&sites_in_group(&group, &names)).ok();
+    let _agents: Vec<Agent> = names
+        .iter()
+        .map(|site| Agent::enroll(&control, site, "h1"))
+        .collect();
+    // The canary must stay healthy for an hour: only a promote moves on.
+    let policy = "{ canary: 1, waves: { size: 1 }, healthyFor: 1h }";
+    control
+        .apply(&rolled_application(&group, "1", false, policy))
+        .ok();
+    let status = |control: &ControlPlane| control.cli(&["rollout", "status", "shop"]).ok().to_string();
+    eventually(
+        Duration::from_secs(40),
+        "the canary up to date and waiting",
+        || {
+            let text = status(&control);
+            (text.contains("running, wave 1 of 2")
+                && text.contains("up-to-date")
+                && text.contains("(waiting)"))
+            .then_some(())
+        },
+    );
+    let paused = control.cli(&["rollout", "pause", "shop"]).ok().to_string();
+    assert!(
+        paused.contains("paused at wave 1 of 2: paused by an operator"),
+        "{paused}"
+    );
+    let refused = control.cli(&["rollout", "promote", "shop"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("cannot promote a rollout that is paused"),
+        "{}",
+        refused.stderr
+    );
+
+    // The control plane restarts: the rollout is still paused at the same wave.
+    assert!(control.stop());
+    control.restart();
+    assert!(
+        status(&control).contains("paused at wave 1 of 2"),
+        "{}",
+        status(&control)
+    );
+
+    control.cli(&["rollout", "resume", "shop"]).ok();
+    // A promote moves past the current wave only; the next has its own gate.
+    control.cli(&["rollout", "promote", "shop"]).ok();
+    eventually(
+        Duration::from_secs(40),
+        "the second wave up to date, at its gate",
+        || {
+            let text = status(&control);
+            (text.contains("running, wave 2 of 2")
+                && !text.contains("(waiting)")
+                && text.matches("up-to-date").count() == 2)
+                .then_some(())
+        },
+    );
+    control.cli(&["rollout", "promote", "shop"]).ok();
+    eventually(Duration::from_secs(40), "the promoted rollout to finish", || {
+        status(&control).contains("version 1 (succeeded)").then_some(())
+    });
+}

@@ -70,9 +70,12 @@ impl ControlPlane {
         }
     }
 
-    /// Starts the process again on the same data directory.
+    /// Starts the process again on the same data directory and addresses
+    /// (agents keep dialling the address they know).
     pub fn restart(&mut self) {
-        let (child, url, agent_url) = spawn(self.dir.path());
+        let address = |url: &str| url.trim_start_matches("https://").to_string();
+        let (child, url, agent_url) =
+            spawn_on(self.dir.path(), &address(&self.url), &address(&self.agent_url));
         self.child = child;
         self.url = url;
         self.agent_url = agent_url;
@@ -112,9 +115,13 @@ impl Drop for ControlPlane {
 }
 
 fn spawn(data_dir: &Path) -> (Child, String, String) {
+    spawn_on(data_dir, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+fn spawn_on(data_dir: &Path, listen: &str, agent_listen: &str) -> (Child, String, String) {
     let mut child = Command::new(BIN)
         .args(["control", "--data-dir", data_dir.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--agent-listen", agent_listen])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
