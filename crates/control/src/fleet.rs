@@ -148,28 +148,61 @@ impl Fleet {
                 continue;
             };
             let existing = inputs.rollouts.get(name);
-            if existing.is_some_and(|r| r.to == target) {
-                continue;
-            }
             let assigned = existing.map(|r| r.assigned()).unwrap_or_default();
-            let from = inputs
+            let running_now = |site: &str| -> Option<String> {
+                assigned.get(site).cloned().unwrap_or_else(|| {
+                    current.get(site).and_then(|(_, state)| {
+                        state
+                            .workloads
+                            .iter()
+                            .find(|w| w.deployment == name)
+                            .map(|w| w.version.clone())
+                    })
+                })
+            };
+            let selected: Vec<String> = inputs
                 .sites
                 .iter()
                 .filter(|site| deployment.spec.sites.matches(&site.metadata.labels))
-                .map(|site| {
-                    let site = site.metadata.name.to_string();
-                    let running = assigned.get(&site).cloned().unwrap_or_else(|| {
-                        current.get(&site).and_then(|(_, state)| {
-                            state
-                                .workloads
-                                .iter()
-                                .find(|w| w.deployment == name)
-                                .map(|w| w.version.clone())
-                        })
-                    });
-                    (site, running)
-                })
+                .map(|site| site.metadata.name.to_string())
                 .collect();
+            if let Some(existing) = existing.filter(|r| r.to == target) {
+                // Sites that came to match (a label change) go through the
+                // policy too: a last wave of a running rollout, or a rollout
+                // of their own.
+                let joining: Vec<String> = selected
+                    .iter()
+                    .filter(|s| !existing.from.contains_key(*s))
+                    .cloned()
+                    .collect();
+                if joining.is_empty() {
+                    continue;
+                }
+                let (rollout, started) =
+                    if matches!(existing.phase, Phase::Running { .. } | Phase::Paused { .. }) {
+                        let mut extended = existing.clone();
+                        extended
+                            .from
+                            .extend(joining.iter().map(|s| (s.clone(), running_now(s))));
+                        extended.waves.push(outpost_api::rollout::Wave {
+                            name: (existing.waves.iter().filter(|w| w.name != "canary").count() + 1)
+                                .to_string(),
+                            sites: joining.clone(),
+                        });
+                        (extended, false)
+                    } else {
+                        let from = joining.iter().map(|s| (s.clone(), running_now(s))).collect();
+                        (
+                            RolloutState::start(deployment.spec.rollout.as_ref(), &target, from, now),
+                            true,
+                        )
+                    };
+                tracing::info!(deployment = %name, sites = ?joining, "sites joined the deployment");
+                self.store.save_rollout(name, &rollout, started).await?;
+                inputs.rollouts.insert(name.to_string(), rollout);
+                continue;
+            }
+            let from = selected.iter().map(|s| (s.clone(), running_now(s))).collect();
             let rollout = RolloutState::start(deployment.spec.rollout.as_ref(), &target, from, now);
             tracing::info!(deployment = %name, version = %target, waves = rollout.waves.len(), "rollout started");
             self.store.save_rollout(name, &rollout, true).await?;

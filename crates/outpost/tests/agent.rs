@@ -1034,3 +1034,51 @@ fn a_rollout_waits_for_its_gate_pauses_resumes_and_survives_a_restart() {
         status(&control).contains("version 1 (succeeded)").then_some(())
     });
 }
+
+#[test]
+fn a_site_that_comes_to_match_waits_for_its_wave() {
+    let control = ControlPlane::start();
+    let group = unique_site("join");
+    let (a, b) = (format!("{group}-a"), format!("{group}-b"));
+    control
+        .apply(&format!(
+            "{}---\n{}",
+            sites_in_group(&group, std::slice::from_ref(&a)),
+            site_manifest(&b)
+        ))
+        .ok();
+    let _agent_a = Agent::enroll(&control, &a, "h1");
+    let agent_b = Agent::enroll(&control, &b, "h1");
+    control
+        .apply(&rolled_application(
+            &group,
+            "1",
+            false,
+            "{ waves: { size: 1 }, healthyFor: 1h }",
+        ))
+        .ok();
+    let status = || control.cli(&["rollout", "status", "shop"]).ok().to_string();
+    eventually(Duration::from_secs(40), "site a up to date, at its gate", || {
+        let text = status();
+        (text.contains("running, wave 1 of 1") && text.contains("up-to-date")).then_some(())
+    });
+    // Site b comes to match: it joins as a last wave, not at once.
+    control.cli(&["label", "site", &b, &format!("test={group}")]).ok();
+    let text = eventually(Duration::from_secs(10), "site b as a new wave", || {
+        let text = status();
+        text.contains("running, wave 1 of 2").then_some(text)
+    });
+    assert!(
+        text.lines().any(|l| l.contains(&b) && l.contains("(waiting)")),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent_b.running().is_empty(), "nothing on b before its wave");
+    control.cli(&["rollout", "promote", "shop"]).ok();
+    eventually(Duration::from_secs(40), "b running in its wave", || {
+        agent_b
+            .running()
+            .contains_key(&format!("outpost.{b}.shop-web-0.httpd"))
+            .then_some(())
+    });
+}
