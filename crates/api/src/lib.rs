@@ -16,4 +16,4 @@ pub mod yaml;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use manifest::{Kind, Manifest};
 pub use selector::Selector;
-pub use validate::{Document, check_batch, parse_documents};
+pub use validate::{Document, check_batch, parse_documents, parse_files};

@@ -95,6 +95,27 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnost
     }
 }
 
+/// Parses and validates several files applied together, as one batch:
+/// every problem of every file, plus objects defined twice across them.
+pub fn parse_files<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Document>, Diagnostics> {
+    let mut documents = Vec::new();
+    let mut problems = Diagnostics::default();
+    for (name, content) in files {
+        match parse_documents(name, content) {
+            Ok(parsed) => documents.extend(parsed),
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
+    problems.extend(check_batch(&documents));
+    if problems.is_empty() {
+        Ok(documents)
+    } else {
+        Err(problems.sorted())
+    }
+}
+
 /// Checks a batch applied together: one object may be defined only once.
 pub fn check_batch(documents: &[Document]) -> Diagnostics {
     let mut out = Diagnostics::default();

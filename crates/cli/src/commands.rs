@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use outpost_api::manifest::{Application, Container, Deployment, Kind, Manifest, ServiceMode, Site};
+use outpost_api::parse_files;
 use outpost_api::selector::Selector;
 use outpost_api::wire::{ApplyAction, ApplyRequest, DeploymentStatus, SiteStatus, SourceFile, StoredObject};
-use outpost_api::{Diagnostics, check_batch, parse_documents};
 
 use crate::client::{CliError, Client};
 use crate::output::{self, Format, Table, age};
@@ -86,26 +86,16 @@ impl Checked {
 /// Validates manifests locally, with the same rules and messages as the
 /// server, so mistakes show before any control plane is contacted.
 pub fn validate(files: Vec<SourceFile>) -> Result<Checked, CliError> {
-    let mut documents = Vec::new();
-    let mut problems = Diagnostics::default();
-    for file in &files {
-        match parse_documents(&file.name, &file.content) {
-            Ok(parsed) => documents.extend(parsed),
-            Err(diagnostics) => problems.extend(diagnostics),
-        }
-    }
-    problems.extend(check_batch(&documents));
-    if problems.is_empty() {
-        return Ok(Checked {
+    match parse_files(files.iter().map(|f| (f.name.as_str(), f.content.as_str()))) {
+        Ok(documents) => Ok(Checked {
             files,
             manifests: documents.into_iter().map(|d| d.manifest).collect(),
-        });
+        }),
+        Err(problems) => Err(CliError {
+            message: problems.summary(),
+            diagnostics: problems.0,
+        }),
     }
-    let problems = problems.sorted();
-    Err(CliError {
-        message: problems.summary(),
-        diagnostics: problems.0,
-    })
 }
 
 fn lower(kind: Kind) -> String {

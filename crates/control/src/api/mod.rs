@@ -21,7 +21,7 @@ use outpost_api::wire::{
     ApplyAction, ApplyRequest, ApplyResponse, HostList, JoinToken, JoinTokenRequest, LabelChange, ObjectList,
     SourceFile, StoredObject,
 };
-use outpost_api::{Diagnostics, check_batch, parse_documents};
+use outpost_api::{parse_documents, parse_files};
 
 pub use error::ApiError;
 
@@ -223,18 +223,13 @@ async fn apply(
     if request.files.is_empty() {
         return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
     }
-    let mut documents = Vec::new();
-    let mut problems = Diagnostics::default();
-    for file in &request.files {
-        match parse_documents(&file.name, &file.content) {
-            Ok(parsed) => documents.extend(parsed),
-            Err(diagnostics) => problems.extend(diagnostics),
-        }
-    }
-    problems.extend(check_batch(&documents));
-    if !problems.is_empty() {
-        return Err(ApiError::Invalid(problems.sorted()));
-    }
+    let documents = parse_files(
+        request
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.content.as_str())),
+    )
+    .map_err(ApiError::Invalid)?;
     let results = state.store.apply(&documents, &actor, dry_run).await?;
     let changed: Vec<_> = results
         .iter()
@@ -259,18 +254,13 @@ async fn plan(
     let body = body_bytes(body)?;
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
-    let mut documents = Vec::new();
-    let mut problems = Diagnostics::default();
-    for file in &request.files {
-        match parse_documents(&file.name, &file.content) {
-            Ok(parsed) => documents.extend(parsed),
-            Err(diagnostics) => problems.extend(diagnostics),
-        }
-    }
-    problems.extend(check_batch(&documents));
-    if !problems.is_empty() {
-        return Err(ApiError::Invalid(problems.sorted()));
-    }
+    let documents = parse_files(
+        request
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.content.as_str())),
+    )
+    .map_err(ApiError::Invalid)?;
     // The same checks as an apply, inside a transaction that is rolled back.
     state.store.apply(&documents, &actor, true).await?;
     let mut inputs = state.fleet.inputs().await?;
