@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod uplink;
 
 use std::path::PathBuf;
 use std::sync::Arc;

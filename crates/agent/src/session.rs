@@ -22,11 +22,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::store::LocalStore;
 use crate::tls;
 
-const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Idle traffic is what a metered link pays for: a heartbeat every two
+/// minutes keeps an idle site near 2 MB a month (BENCHMARKS.md).
+const HEARTBEAT: Duration = Duration::from_secs(120);
+/// How often the uplink's byte counts are logged.
+const UPLINK_REPORT: Duration = Duration::from_secs(600);
 /// How often the host is looked at again (a camera plugged in, memory added).
 const REDISCOVER: Duration = Duration::from_secs(60);
-/// Without a word from the control plane for this long, the session is dead.
-const SILENCE: Duration = Duration::from_secs(60);
+/// Without a word from the control plane for this long (three missed
+/// heartbeats), the session is dead.
+const SILENCE: Duration = Duration::from_secs(360);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 
@@ -81,6 +86,12 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
 impl Session {
     /// Keeps a session up until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.keep_connected(&mut shutdown).await;
+        let (sent, received) = crate::uplink::totals();
+        tracing::info!(sent, received, "uplink bytes since start (TLS included)");
+    }
+
+    async fn keep_connected(&mut self, shutdown: &mut watch::Receiver<bool>) {
         let mut delay = RECONNECT_MIN;
         loop {
             let connected_at = tokio::time::Instant::now();
@@ -138,6 +149,8 @@ impl Session {
         heartbeat.tick().await;
         let mut rediscover = tokio::time::interval(REDISCOVER);
         rediscover.tick().await;
+        let mut report = tokio::time::interval(UPLINK_REPORT);
+        report.tick().await;
         loop {
             tokio::select! {
                 message = tokio::time::timeout(SILENCE, incoming.message()) => {
@@ -160,6 +173,10 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     sender.send(send(agent_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() }))).await?;
+                }
+                _ = report.tick() => {
+                    let (sent, received) = crate::uplink::totals();
+                    tracing::info!(sent, received, "uplink bytes since start (TLS included)");
                 }
                 _ = rediscover.tick() => {
                     let facts = crate::facts::discover(&self.data_dir, &self.host);

@@ -144,15 +144,19 @@ pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+            // Counted below TLS: what the link carries, handshakes included.
+            let stream = TlsConnector::from(tls)
+                .connect(name, crate::uplink::Counted(tcp))
+                .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
     // The scheme here is only a label: TLS happens in the connector.
     let endpoint = Endpoint::from_shared(format!("http://{}:{port}", uri.host().unwrap_or_default()))?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
+        // Rare pings: the heartbeats already show the link is alive.
+        .http2_keep_alive_interval(Duration::from_secs(300))
+        .keep_alive_timeout(Duration::from_secs(30))
         .keep_alive_while_idle(true);
     endpoint.connect_with_connector(connector).await.map_err(|err| {
         // tonic's message repeats its source; the root cause says it once.

@@ -26,8 +26,11 @@ use crate::fleet::Fleet;
 use crate::pki::{self, Pki};
 use crate::store::{InstanceRecord, Storage, StoreError};
 
-/// How often each side says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often each side says it is alive: rarely, since idle traffic is what
+/// a metered link pays for (see BENCHMARKS.md).
+pub const HEARTBEAT: Duration = Duration::from_secs(120);
+/// How often HTTP/2 pings probe a quiet connection.
+pub const KEEPALIVE: Duration = Duration::from_secs(300);
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -181,7 +181,7 @@ async fn serve_agents(
         .client_auth_optional(true);
     Server::builder()
         .tls_config(tls)?
-        .http2_keepalive_interval(Some(gateway::HEARTBEAT))
+        .http2_keepalive_interval(Some(gateway::KEEPALIVE))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .add_service(outpost_proto::v1::agent_gateway_server::AgentGatewayServer::new(
             gateway,
