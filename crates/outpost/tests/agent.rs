@@ -802,40 +802,19 @@ fn a_failing_new_version_leaves_the_old_one_serving_and_a_good_one_takes_over() 
     let site = unique_site("update");
     control.apply(&site_manifest(&site)).ok();
     let agent = Agent::enroll(&control, &site, "h1");
-    let app = |version: &str, command: &str| {
-        format!(
-            r#"apiVersion: outpost/v1
-kind: Application
-metadata: {{ name: svc }}
-spec:
-  version: "{version}"
-  services:
-    - name: web
-      containers:
-        - name: httpd
-          image: {IMAGE}
-          command: {command}
-          health: {{ http: {{ path: /, port: 8080 }}, interval: 500ms, failureThreshold: 2 }}
----
-apiVersion: outpost/v1
-kind: Deployment
-metadata: {{ name: svc }}
-spec: {{ application: svc, sites: "test = '{site}'" }}
-"#
-        )
-    };
-    let serve = r#"["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]"#;
-    let web = format!("outpost.{site}.svc-web-0.httpd");
+    // No rollout policy to speak of: the one site is one wave.
+    let app = |version: &str, broken: bool| rolled_application(&site, version, broken, "{}");
+    let web = format!("outpost.{site}.shop-web-0.httpd");
     let next = format!("{web}.next");
     let version_of = |name: &str| inspect(name, "{{index .Config.Labels \"io.outpost.version\"}}");
-    control.apply(&app("1", serve)).ok();
+    control.apply(&app("1", false)).ok();
     eventually(Duration::from_secs(30), "version 1 serving", || {
         (agent.running().contains_key(&web) && version_of(&web) == "1").then_some(())
     });
     let first_id = agent.running()[&web].clone();
 
     // Version 2 crashes at once: it never becomes ready, version 1 keeps serving.
-    control.apply(&app("2", r#"["/bin/sh", "-c", "exit 3"]"#)).ok();
+    control.apply(&app("2", true)).ok();
     eventually(
         Duration::from_secs(20),
         "version 2 tried beside version 1",
@@ -858,11 +837,11 @@ spec: {{ application: svc, sites: "test = '{site}'" }}
         "version 1 still serving, untouched"
     );
     assert_eq!(version_of(&web), "1");
-    let described = control.cli(&["describe", "deployment", "svc"]).ok().to_string();
+    let described = control.cli(&["describe", "deployment", "shop"]).ok().to_string();
     assert!(described.contains("progressing"), "{described}");
 
     // Version 3 is healthy: it takes over under the container's own name.
-    control.apply(&app("3", serve)).ok();
+    control.apply(&app("3", false)).ok();
     eventually(Duration::from_secs(30), "version 3 took over", || {
         let running = agent.running();
         (running.len() == 1 && running.contains_key(&web) && version_of(&web) == "3").then_some(())
@@ -870,7 +849,7 @@ spec: {{ application: svc, sites: "test = '{site}'" }}
     assert_ne!(agent.running()[&web], first_id);
     eventually(Duration::from_secs(20), "up to date", || {
         let json: serde_json::Value =
-            serde_json::from_str(control.cli(&["get", "deploy", "svc", "-o", "json"]).ok()).ok()?;
+            serde_json::from_str(control.cli(&["get", "deploy", "shop", "-o", "json"]).ok()).ok()?;
         (json["status"]["upToDate"] == 1).then_some(())
     });
 }
