@@ -23,6 +23,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use crate::store::DesiredStore as _;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
@@ -120,15 +122,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let reconciler =
         reconciler::Reconciler::new(runtime, &identity.site, &identity.host, desired, status_sender);
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
+    let (data_dir, host) = (config.data_dir.clone(), identity.host.clone());
     let session = session::Session {
         server: identity.server.clone(),
         tls: credentials.tls,
-        store: store.clone(),
-        data_dir: config.data_dir.clone(),
-        host: identity.host.clone(),
+        store: Arc::new(store.clone()),
+        discover: Box::new(move || facts::discover(&data_dir, &host)),
         facts: facts::discover(&config.data_dir, &identity.host),
         desired: desired_sender,
         status,
+        connected: watch::channel(false).0,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;

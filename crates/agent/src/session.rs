@@ -19,7 +19,7 @@ use rustls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::store::LocalStore;
+use crate::store::DesiredStore;
 use crate::tls;
 
 /// Idle traffic is what a metered link pays for: a heartbeat every two
@@ -35,16 +35,21 @@ const SILENCE: Duration = Duration::from_secs(360);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 
+/// Where host facts come from: the machine itself on a real host, a fixed
+/// set in the fleet simulator.
+pub type Discover = Box<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
+
 pub struct Session {
     pub server: String,
     pub tls: Arc<ClientConfig>,
-    pub store: LocalStore,
-    /// Where disk space is measured, and this host's name, for rediscovery.
-    pub data_dir: std::path::PathBuf,
-    pub host: String,
+    pub store: Arc<dyn DesiredStore>,
+    /// Looks at the host again (called every `REDISCOVER`).
+    pub discover: Discover,
     pub facts: BTreeMap<String, String>,
     pub desired: watch::Sender<(u64, SiteState)>,
     pub status: watch::Receiver<Vec<InstanceStatus>>,
+    /// True while a session with the control plane is established.
+    pub connected: watch::Sender<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -95,13 +100,18 @@ impl Session {
         let mut delay = RECONNECT_MIN;
         loop {
             let connected_at = tokio::time::Instant::now();
-            tokio::select! {
-                result = self.connect_once() => {
+            let result = tokio::select! {
+                result = self.connect_once() => Some(result),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            self.connected.send_replace(false);
+            match result {
+                None => return,
+                Some(result) => {
                     if let Err(err) = result {
                         tracing::warn!(server = %self.server, err = format!("{err:#}"), "uplink lost; workloads keep running");
                     }
                 }
-                _ = shutdown.wait_for(|stop| *stop) => return,
             }
             // A session that lasted a while starts the backoff over.
             if connected_at.elapsed() > RECONNECT_MAX {
@@ -138,6 +148,7 @@ impl Session {
             .map_err(|status| anyhow::anyhow!("the control plane refused the session: {}", status.message()))?
             .into_inner();
         tracing::info!(server = %self.server, revision, "connected to the control plane");
+        self.connected.send_replace(true);
         let status = self.status.borrow_and_update().clone();
         sender
             .send(send(agent_message::Body::Status(StatusReport {
@@ -179,7 +190,7 @@ impl Session {
                     tracing::info!(sent, received, "uplink bytes since start (TLS included)");
                 }
                 _ = rediscover.tick() => {
-                    let facts = crate::facts::discover(&self.data_dir, &self.host);
+                    let facts = (self.discover)();
                     if facts != self.facts {
                         tracing::info!("host facts changed; telling the control plane");
                         self.facts = facts;

@@ -11,6 +11,18 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// Where the agent keeps the desired state it acts on. `LocalStore` on a
+/// real host; the fleet simulator keeps it in memory.
+#[async_trait::async_trait]
+pub trait DesiredStore: Send + Sync + 'static {
+    /// The persisted desired state and its revision (0 and empty if none).
+    async fn desired(&self) -> Result<(u64, SiteState)>;
+
+    /// Persists a desired state; it must survive a power cut once this
+    /// returns, since the agent acknowledges it next.
+    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()>;
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     pool: SqlitePool,
@@ -45,8 +57,14 @@ impl LocalStore {
         Ok(LocalStore { pool })
     }
 
-    /// The persisted desired state and its revision (0 and empty if none).
-    pub async fn desired(&self) -> Result<(u64, SiteState)> {
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl DesiredStore for LocalStore {
+    async fn desired(&self) -> Result<(u64, SiteState)> {
         let row: Option<(i64, String)> =
             sqlx::query_as("SELECT revision, state FROM desired_state WHERE id = 1")
                 .fetch_optional(&self.pool)
@@ -60,7 +78,7 @@ impl LocalStore {
         }
     }
 
-    pub async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
+    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
         let saved_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -74,10 +92,6 @@ impl LocalStore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 }
 

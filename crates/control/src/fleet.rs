@@ -301,8 +301,9 @@ impl Fleet {
         Ok(next)
     }
 
-    /// Reads everything what sites run is compiled from.
-    pub async fn inputs(&self) -> Result<Inputs, StoreError> {
+    /// Reads everything what sites run is compiled from; with `only`, for
+    /// that one site.
+    pub async fn inputs(&self, only: Option<&str>) -> Result<Inputs, StoreError> {
         let typed = |kind| async move {
             let objects = self.store.list(kind).await?;
             objects
@@ -310,11 +311,14 @@ impl Fleet {
                 .map(|o| o.manifest().map_err(StoreError::from))
                 .collect::<Result<Vec<Manifest>, StoreError>>()
         };
-        let sites: Vec<Site> = typed(Kind::Site)
-            .await?
-            .into_iter()
-            .filter_map(Manifest::into_site)
-            .collect();
+        let sites = match only {
+            None => typed(Kind::Site).await?,
+            Some(site) => match self.store.get(Kind::Site, site).await? {
+                Some(object) => vec![object.manifest()?],
+                None => Vec::new(),
+            },
+        };
+        let sites: Vec<Site> = sites.into_iter().filter_map(Manifest::into_site).collect();
         let deployments: Vec<Deployment> = typed(Kind::Deployment)
             .await?
             .into_iter()
@@ -343,7 +347,11 @@ impl Fleet {
             versions.insert(name, (current, specs));
         }
         let mut hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>> = HashMap::new();
-        for host in self.store.hosts().await? {
+        let records = match only {
+            None => self.store.hosts().await?,
+            Some(site) => self.store.site_hosts(site).await?,
+        };
+        for host in records {
             let labels = host.selector_labels();
             hosts.entry(host.site).or_default().insert(host.name, labels);
         }
@@ -362,16 +370,34 @@ impl Fleet {
         self.recompute_locked().await
     }
 
+    /// Compiles and stores one site's desired state, after something that
+    /// concerns only that site (a host enrolled, its facts or labels
+    /// changed): no rollout starts, no other site is read. This is what keeps
+    /// enrolling thousands of hosts linear.
+    pub async fn recompute_site(&self, site: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.recompute.lock().await;
+        let mut states = self.inputs(Some(site)).await?.compile();
+        if states.is_empty() && self.store.site_state(site).await?.is_some() {
+            states.insert(site.to_string(), SiteState::default());
+        }
+        self.store_states(&states).await
+    }
+
     /// `recompute`, for a caller that holds the lock.
     async fn recompute_locked(&self) -> Result<(), StoreError> {
-        let mut inputs = self.inputs().await?;
+        let mut inputs = self.inputs(None).await?;
         self.start_rollouts(&mut inputs).await?;
         let mut states = inputs.compile();
         // A deleted site runs nothing; its hosts are told so.
         for site in self.store.site_states().await?.into_keys() {
             states.entry(site).or_insert_with(SiteState::default);
         }
-        let changed = self.store.save_site_states(&states).await?;
+        self.store_states(&states).await
+    }
+
+    /// Stores the states that changed and wakes their sessions.
+    async fn store_states(&self, states: &BTreeMap<String, SiteState>) -> Result<(), StoreError> {
+        let changed = self.store.save_site_states(states).await?;
         let revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
         for (site, revision) in changed {
             tracing::info!(%site, revision, "site desired state changed");

@@ -91,7 +91,7 @@ impl AgentGateway for Gateway {
             .sign_host_csr(&request.csr_pem, &site, host)
             .map_err(internal)?;
         tracing::info!(%site, %host, "host enrolled");
-        if let Err(err) = self.fleet.recompute().await {
+        if let Err(err) = self.fleet.recompute_site(&site).await {
             tracing::error!(%err, "recomputing desired state after enrollment");
         }
         Ok(Response::new(EnrollResponse {
@@ -240,7 +240,10 @@ impl Session {
             .await
             .map_err(|e| e.to_string())?;
         if changed {
-            self.fleet.recompute().await.map_err(|e| e.to_string())?;
+            self.fleet
+                .recompute_site(&self.site)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -306,8 +309,12 @@ impl Session {
         sent: &mut Option<(i64, SiteState)>,
         agent_revision: i64,
     ) -> Result<(), String> {
-        let states = self.store.site_states().await.map_err(|e| e.to_string())?;
-        let Some((revision, state)) = states.get(&self.site).cloned() else {
+        let Some((revision, state)) = self
+            .store
+            .site_state(&self.site)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
         if revision == agent_revision && sent.is_none() {

@@ -1,7 +1,7 @@
 //! What the fleet reports, summed up for operators: each site's hosts and
 //! revisions, each deployment's state per site, each host's instances.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use outpost_api::wire::{DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, SiteStatus};
 use outpost_api::workload::SiteState;
@@ -9,32 +9,50 @@ use outpost_api::workload::SiteState;
 use crate::fleet::Fleet;
 use crate::store::{HostRecord, InstanceRecord, Storage, StoreError};
 
-/// One consistent read of the fleet's state.
+/// One consistent read of the fleet's state, indexed by site so that a
+/// question about one site never scans the whole fleet.
 pub struct Snapshot {
-    hosts: Vec<HostRecord>,
-    instances: Vec<InstanceRecord>,
+    /// Each site's hosts.
+    hosts: BTreeMap<String, Vec<HostRecord>>,
+    /// Each (site, host)'s instances.
+    instances: HashMap<(String, String), Vec<InstanceRecord>>,
     states: BTreeMap<String, (i64, SiteState)>,
     online: HashSet<(String, String)>,
 }
 
 impl Snapshot {
     pub async fn take(store: &dyn Storage, fleet: &Fleet) -> Result<Snapshot, StoreError> {
-        let hosts = store.hosts().await?;
-        let online = hosts
-            .iter()
-            .filter(|h| fleet.is_online(&h.site, &h.name))
-            .map(|h| (h.site.clone(), h.name.clone()))
-            .collect();
+        let mut hosts: BTreeMap<String, Vec<HostRecord>> = BTreeMap::new();
+        let mut online = HashSet::new();
+        for host in store.hosts().await? {
+            if fleet.is_online(&host.site, &host.name) {
+                online.insert((host.site.clone(), host.name.clone()));
+            }
+            hosts.entry(host.site.clone()).or_default().push(host);
+        }
+        let mut instances: HashMap<(String, String), Vec<InstanceRecord>> = HashMap::new();
+        for instance in store.instances().await? {
+            instances
+                .entry((instance.site.clone(), instance.host.clone()))
+                .or_default()
+                .push(instance);
+        }
         Ok(Snapshot {
             hosts,
-            instances: store.instances().await?,
+            instances,
             states: store.site_states().await?,
             online,
         })
     }
 
-    fn site_hosts<'a>(&'a self, site: &'a str) -> impl Iterator<Item = &'a HostRecord> + 'a {
-        self.hosts.iter().filter(move |h| h.site == site)
+    fn site_hosts<'a>(&'a self, site: &str) -> impl Iterator<Item = &'a HostRecord> + 'a {
+        self.hosts.get(site).into_iter().flatten()
+    }
+
+    fn host_instances(&self, site: &str, host: &str) -> &[InstanceRecord] {
+        self.instances
+            .get(&(site.to_string(), host.to_string()))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn is_online(&self, host: &HostRecord) -> bool {
@@ -117,9 +135,9 @@ impl Snapshot {
             let hash = workload.spec_hash();
             for instance in &workload.instances {
                 let reported = self
-                    .instances
+                    .host_instances(site, &instance.host)
                     .iter()
-                    .find(|i| i.site == site && i.host == instance.host && i.instance == instance.name);
+                    .find(|i| i.instance == instance.name);
                 match reported {
                     Some(i) if i.spec_hash != hash => {
                         return (
@@ -163,7 +181,8 @@ impl Snapshot {
 
     pub fn hosts(&self) -> Vec<HostInfo> {
         self.hosts
-            .iter()
+            .values()
+            .flatten()
             .map(|h| HostInfo {
                 site: h.site.clone(),
                 name: h.name.clone(),
@@ -175,9 +194,8 @@ impl Snapshot {
                 enrolled_at: h.enrolled_at.clone(),
                 last_seen: h.last_seen.clone(),
                 instances: self
-                    .instances
+                    .host_instances(&h.site, &h.name)
                     .iter()
-                    .filter(|i| i.site == h.site && i.host == h.name)
                     .map(|i| (i.instance.clone(), i.state.clone()))
                     .collect(),
             })

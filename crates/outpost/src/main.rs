@@ -162,6 +162,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Fleet simulator: a control plane and N simulated sites, measured
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Print the JSON Schema of the manifests (for editors and CI)
     Schema,
     /// Print a shell completion script
@@ -169,6 +174,45 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// Start a control plane, enroll N simulated sites (the real agent on an
+    /// in-memory runtime), roll out an update, restart the control plane,
+    /// and report the timings, memory, CPU and bytes (see BENCHMARKS.md)
+    Bench {
+        /// How many sites (one host each)
+        #[arg(long, default_value_t = 100)]
+        sites: usize,
+        /// How long a simulated container takes to start
+        #[arg(long, value_name = "DURATION", default_value = "200ms")]
+        start_delay: outpost_api::quantity::Duration,
+        /// How long the converged fleet is watched for CPU and idle bytes
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        idle: outpost_api::quantity::Duration,
+        /// Enrollments in flight at once
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Sites whose containers crash once after the update
+        #[arg(long, default_value_t = 0)]
+        crash_sites: usize,
+        /// How long any phase may take before the run fails
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: outpost_api::quantity::Duration,
+        /// Where the control plane's data and log go [default: a new directory under $TMPDIR, removed after a successful run]
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
+        output: SimOutput,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SimOutput {
+    /// One line per measure
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +356,17 @@ fn init_logging() {
         .try_init();
 }
 
+/// The simulator's thousands of agents log only errors unless RUST_LOG
+/// says otherwise (each would warn when the control plane restarts).
+fn init_sim_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
 pub(crate) async fn shutdown_signal() {
     let terminate = async {
@@ -443,6 +498,42 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token {
             command: TokenCommand::Create { site, ttl },
         } => commands::create_join_token(&client(&cli)?, site, ttl).await?,
+        Command::Sim {
+            command:
+                SimCommand::Bench {
+                    sites,
+                    start_delay,
+                    idle,
+                    concurrency,
+                    crash_sites,
+                    timeout,
+                    work_dir,
+                    output,
+                },
+        } => {
+            init_sim_logging();
+            let temporary = work_dir.is_none();
+            let work_dir = work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-sim-{}", std::process::id())));
+            let options = outpost_sim::bench::Options {
+                sites: *sites,
+                start_delay: start_delay.as_std(),
+                idle: idle.as_std(),
+                concurrency: (*concurrency).max(1),
+                crash_sites: *crash_sites,
+                timeout: timeout.as_std(),
+                work_dir: work_dir.clone(),
+            };
+            let report = outpost_sim::bench::run(&options).await?;
+            if temporary {
+                let _ = std::fs::remove_dir_all(&work_dir);
+            }
+            match output {
+                SimOutput::Text => format!("{report}\n"),
+                SimOutput::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+            }
+        }
         Command::Schema => {
             let mut text = serde_json::to_string_pretty(outpost_api::schema::manifest_schema())?;
             text.push('\n');

@@ -263,7 +263,7 @@ async fn plan(
     .map_err(ApiError::Invalid)?;
     // The same checks as an apply, inside a transaction that is rolled back.
     state.store.apply(&documents, &actor, true).await?;
-    let mut inputs = state.fleet.inputs().await?;
+    let mut inputs = state.fleet.inputs(None).await?;
     let concerned = crate::plan::concerned(&inputs, &documents);
     crate::plan::overlay(&mut inputs, &documents);
     let current = state.store.site_states().await?;
@@ -427,7 +427,9 @@ async fn label_host(
     let change = label_change(body)?;
     let record = state.store.update_host_labels(&site, &host, &change).await?;
     tracing::info!(%actor, %site, %host, "host labelled");
-    state.recompute().await;
+    if let Err(err) = state.fleet.recompute_site(&site).await {
+        tracing::error!(%err, %site, "recomputing desired state");
+    }
     Ok(Json(record))
 }
 

@@ -368,6 +368,24 @@ impl FleetStore for SqliteStore {
             .collect()
     }
 
+    async fn site_state(&self, site: &str) -> Result<Option<(i64, SiteState)>, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT revision, state FROM site_states WHERE site = ?1")
+                .bind(site)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(revision, state)| Ok((revision, serde_json::from_str(&state)?)))
+            .transpose()
+    }
+
+    async fn site_hosts(&self, site: &str) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(select_host!("WHERE site = ?1 ORDER BY name"))
+            .bind(site)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
     async fn save_site_states(
         &self,
         states: &BTreeMap<String, SiteState>,

@@ -183,6 +183,12 @@ pub trait FleetStore: Send + Sync + 'static {
     /// The stored desired state of every site, with its revision.
     async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError>;
 
+    /// The stored desired state of one site, with its revision.
+    async fn site_state(&self, site: &str) -> Result<Option<(i64, SiteState)>, StoreError>;
+
+    /// The hosts of one site.
+    async fn site_hosts(&self, site: &str) -> Result<Vec<HostRecord>, StoreError>;
+
     /// The rollout of every deployment that has one.
     async fn rollouts(&self) -> Result<BTreeMap<String, outpost_api::rollout::RolloutState>, StoreError>;
 

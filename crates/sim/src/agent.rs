@@ -1,0 +1,110 @@
+//! One simulated site: the real agent stack (enrollment, certificate, TLS
+//! session, reconciler, health prober) with its runtime and its store in
+//! memory, and a fixed set of host facts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use outpost_agent::identity::{self, Credentials};
+use outpost_agent::reconciler::Reconciler;
+use outpost_agent::session::Session;
+use outpost_agent::store::DesiredStore;
+use outpost_api::workload::SiteState;
+use tokio::sync::watch;
+
+use crate::runtime::MemoryRuntime;
+
+/// The desired state, kept in memory: a simulated host never reboots.
+#[derive(Default)]
+struct MemoryStore(Mutex<(u64, SiteState)>);
+
+#[async_trait::async_trait]
+impl DesiredStore for MemoryStore {
+    async fn desired(&self) -> Result<(u64, SiteState)> {
+        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (revision, state.clone());
+        Ok(())
+    }
+}
+
+fn facts(host: &str) -> BTreeMap<String, String> {
+    [
+        ("hostname", host),
+        ("os", "linux"),
+        ("arch", "amd64"),
+        ("kernel", "6.1.0-sim"),
+        ("cpus", "4"),
+        ("memory", "8Gi"),
+        ("disk", "64Gi"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Enrolls one simulated host; its key and certificate go under `dir`.
+pub async fn enroll(dir: &Path, server: &str, token: &str, host: &str) -> Result<Credentials> {
+    std::fs::create_dir_all(dir)?;
+    identity::enroll(dir, server, token, host).await
+}
+
+/// A running simulated site.
+pub struct SimSite {
+    pub site: String,
+    pub runtime: Arc<MemoryRuntime>,
+    /// True while its session with the control plane is up.
+    pub connected: watch::Receiver<bool>,
+}
+
+impl SimSite {
+    /// Starts the agent of an enrolled host; it runs until `shutdown`.
+    pub fn start(
+        credentials: Credentials,
+        start_delay: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> SimSite {
+        let identity = credentials.identity;
+        let runtime = Arc::new(MemoryRuntime::new(start_delay));
+        let (desired_sender, desired) = watch::channel((0, SiteState::default()));
+        let (status_sender, status) = watch::channel(Vec::new());
+        let (connected_sender, connected) = watch::channel(false);
+        let reconciler = Reconciler::new(
+            runtime.clone(),
+            &identity.site,
+            &identity.host,
+            desired,
+            status_sender,
+        );
+        tokio::spawn(reconciler.run(shutdown.clone()));
+        let host = identity.host.clone();
+        let session = Session {
+            server: identity.server.clone(),
+            tls: credentials.tls,
+            store: Arc::new(MemoryStore::default()),
+            discover: Box::new(move || facts(&host)),
+            facts: facts(&identity.host),
+            desired: desired_sender,
+            status,
+            connected: connected_sender,
+        };
+        tokio::spawn(session.run(shutdown));
+        SimSite {
+            site: identity.site,
+            runtime,
+            connected,
+        }
+    }
+
+    /// Whether every container this site runs is at `version` (and it runs some).
+    pub fn runs(&self, version: &str) -> bool {
+        let running = self.runtime.running();
+        let running = running.borrow();
+        !running.is_empty() && running.values().all(|v| v == version)
+    }
+}

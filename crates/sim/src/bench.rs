@@ -1,0 +1,399 @@
+//! The fleet benchmark: a real control plane process, N simulated sites
+//! enrolled against it, then the numbers operators ask for: enrollment
+//! rate, time from apply to every site running the new version, the
+//! control plane's memory and CPU with the fleet idle, idle bytes per
+//! site, and how long the fleet takes to come back after a control-plane
+//! restart. It also checks, rather than assumes, that no site was lost and
+//! nothing restarted needlessly.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{StreamExt, TryStreamExt};
+use outpost_api::manifest::Kind;
+use outpost_api::wire::{ApplyRequest, DeploymentStatus, SourceFile};
+use outpost_cli::client::Client;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::agent::{self, SimSite};
+use crate::control::{self, ControlProcess};
+
+const APPLICATION: &str = "sim-pos";
+/// Sites applied per request (one transaction each).
+const SITES_PER_APPLY: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sites: usize,
+    /// How long a simulated container takes to start.
+    pub start_delay: Duration,
+    /// How long the idle fleet is watched for CPU and bytes.
+    pub idle: Duration,
+    /// Enrollments in flight at once.
+    pub concurrency: usize,
+    /// Sites whose containers crash once after the update (they must be
+    /// restarted, and no other container may be).
+    pub crash_sites: usize,
+    /// How long any one phase may take before the run fails.
+    pub timeout: Duration,
+    /// Where the control plane's data, its log and the agents' keys go.
+    pub work_dir: PathBuf,
+}
+
+/// Per-site latencies of one phase, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut samples: Vec<Duration>) -> Spread {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len().max(1));
+            samples.get(rank - 1).map_or(0.0, Duration::as_secs_f64)
+        };
+        Spread {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub sites: usize,
+    pub enroll_seconds: f64,
+    pub enrolled_per_second: f64,
+    /// From agents starting to each site running the first version.
+    pub first_deploy: Spread,
+    pub control_rss_mib: f64,
+    /// Of one core, averaged over the idle window.
+    pub control_idle_cpu_percent: f64,
+    pub sim_rss_mib: f64,
+    /// Both directions, at the agents' sockets (TLS included).
+    pub idle_bytes_per_site_per_minute: f64,
+    pub idle_seconds: f64,
+    /// From the apply request to each site running the new version.
+    pub update: Spread,
+    /// From the apply request until the control plane reports every site up to date.
+    pub update_reported_seconds: f64,
+    /// From SIGTERM to every site connected again.
+    pub reconnect_seconds: f64,
+    /// From the new control plane listening to every site connected again.
+    pub reconnect_after_listening_seconds: f64,
+    pub crashed_sites_restarted: usize,
+    /// Container starts beyond the two versions and the injected crashes.
+    pub needless_restarts: u64,
+    /// Sites the control plane does not report up to date at the end.
+    pub sites_lost: usize,
+}
+
+fn progress(message: impl std::fmt::Display) {
+    eprintln!("[sim] {message}");
+}
+
+fn site_name(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+fn sites_yaml(range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            format!(
+                "apiVersion: outpost/v1\nkind: Site\nmetadata:\n  name: {}\n  labels: {{ fleet: sim, region: r{} }}\nspec:\n  variables: {{ store_id: \"{i:05}\" }}\n",
+                site_name(i),
+                i % 8
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn application_yaml(version: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1
+kind: Application
+metadata: {{ name: {APPLICATION} }}
+spec:
+  version: \"{version}\"
+  services:
+    - name: pos
+      containers:
+        - name: pos
+          image: sim/pos:{version}
+          env: {{ STORE: \"${{site.store_id}}\" }}
+          resources: {{ cpu: 0.5, memory: 64Mi }}
+---
+apiVersion: outpost/v1
+kind: Deployment
+metadata: {{ name: {APPLICATION} }}
+spec:
+  application: {APPLICATION}
+  sites: fleet = sim
+"
+    )
+}
+
+async fn apply(client: &Client, name: &str, content: String) -> Result<()> {
+    client
+        .apply(&ApplyRequest {
+            files: vec![SourceFile {
+                name: name.to_string(),
+                content,
+            }],
+            dry_run: false,
+        })
+        .await
+        .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
+async fn deployment_status(client: &Client) -> Result<DeploymentStatus> {
+    let object = client.get(Kind::Deployment, APPLICATION).await?;
+    let status = object.status.context("the deployment has no status")?;
+    Ok(serde_json::from_value(status)?)
+}
+
+/// Polls until the control plane reports every site up to date.
+async fn wait_reported(client: &Client, sites: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = deployment_status(client).await?;
+        if status.up_to_date == sites {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {timeout:?} the control plane reports {} of {sites} sites up to date ({} progressing, {} failed, {} offline)",
+                status.up_to_date,
+                status.progressing,
+                status.failed,
+                status.offline
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits for every site to satisfy `done`, returning when each did.
+async fn per_site<F>(sites: &[SimSite], timeout: Duration, what: &str, done: F) -> Result<Vec<Duration>>
+where
+    F: Fn(&SimSite) -> bool,
+{
+    let start = Instant::now();
+    let mut at: Vec<Option<Duration>> = vec![None; sites.len()];
+    loop {
+        for (site, at) in sites.iter().zip(at.iter_mut()).filter(|(_, at)| at.is_none()) {
+            if done(site) {
+                *at = Some(start.elapsed());
+            }
+        }
+        let pending = at.iter().filter(|a| a.is_none()).count();
+        if pending == 0 {
+            return Ok(at.into_iter().flatten().collect());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{pending} of {} sites are not {what} after {timeout:?}",
+                sites.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn run(options: &Options) -> Result<Report> {
+    let n = options.sites;
+    std::fs::create_dir_all(&options.work_dir)?;
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut control = ControlProcess::start(&exe, &options.work_dir.join("control")).await?;
+    progress(format!(
+        "control plane pid {} at {} (log: {})",
+        control.pid()?,
+        control.url,
+        options.work_dir.join("control.log").display()
+    ));
+    let config = outpost_cli::client::load_config(&control.admin_config())?;
+    let context = config.context(None).context("admin.yaml has no context")?;
+    let client = Client::new(context)?;
+
+    for start in (0..n).step_by(SITES_PER_APPLY) {
+        apply(
+            &client,
+            "sites.yaml",
+            sites_yaml(start..(start + SITES_PER_APPLY).min(n)),
+        )
+        .await?;
+    }
+    apply(&client, "pos-1.yaml", application_yaml("1.0.0")).await?;
+    progress(format!("{n} sites and {APPLICATION} 1.0.0 applied"));
+
+    let tokens: Vec<String> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let client = &client;
+            async move {
+                let token = client.create_join_token(&site_name(i), "1h").await?;
+                Ok::<_, anyhow::Error>(token.token)
+            }
+        })
+        .buffered(32)
+        .try_collect()
+        .await?;
+
+    let enroll_started = Instant::now();
+    let agent_url = control.agent_url.clone();
+    let keys = options.work_dir.join("agents");
+    let credentials: Vec<_> = futures_util::stream::iter(tokens.into_iter().enumerate())
+        .map(|(i, token)| {
+            let (dir, server) = (keys.join(site_name(i)), agent_url.clone());
+            async move { agent::enroll(&dir, &server, &token, "h1").await }
+        })
+        .buffered(options.concurrency)
+        .try_collect()
+        .await?;
+    let enroll_seconds = enroll_started.elapsed().as_secs_f64();
+    progress(format!("{n} hosts enrolled in {enroll_seconds:.1}s"));
+
+    let (stop, shutdown) = watch::channel(false);
+    let sites: Vec<SimSite> = credentials
+        .into_iter()
+        .map(|c| SimSite::start(c, options.start_delay, shutdown.clone()))
+        .collect();
+    let first_deploy = per_site(&sites, options.timeout, "running 1.0.0", |s| s.runs("1.0.0")).await?;
+    progress(format!("all {n} sites run 1.0.0"));
+    wait_reported(&client, n, options.timeout).await?;
+
+    // Idle: everything converged and reported; only heartbeats flow.
+    let pid = control.pid()?;
+    let (cpu_before, bytes_before) = (control::cpu_time(pid)?, total_bytes());
+    let idle_started = Instant::now();
+    tokio::time::sleep(options.idle).await;
+    let idle_seconds = idle_started.elapsed().as_secs_f64();
+    let control_cpu = (control::cpu_time(pid)? - cpu_before).as_secs_f64();
+    let idle_bytes = total_bytes() - bytes_before;
+    let control_rss = control::rss(pid)?;
+    let sim_rss = control::rss(std::process::id())?;
+    progress(format!("idle for {idle_seconds:.0}s"));
+
+    let update_started = Instant::now();
+    apply(&client, "pos-2.yaml", application_yaml("2.0.0")).await?;
+    let update = per_site(&sites, options.timeout, "running 2.0.0", |s| s.runs("2.0.0")).await?;
+    wait_reported(&client, n, options.timeout).await?;
+    let update_reported_seconds = update_started.elapsed().as_secs_f64();
+    progress(format!("all {n} sites run 2.0.0"));
+
+    let restart_started = Instant::now();
+    control.stop().await?;
+    per_site(&sites, options.timeout, "disconnected", |s| {
+        !*s.connected.borrow()
+    })
+    .await?;
+    control.start_again().await?;
+    let listening = Instant::now();
+    per_site(&sites, options.timeout, "connected again", |s| {
+        *s.connected.borrow()
+    })
+    .await?;
+    let reconnect_seconds = restart_started.elapsed().as_secs_f64();
+    let reconnect_after_listening_seconds = listening.elapsed().as_secs_f64();
+    progress(format!(
+        "all {n} sites reconnected {reconnect_seconds:.1}s after the restart began"
+    ));
+
+    let crashed = &sites[..options.crash_sites.min(n)];
+    let before: Vec<u64> = crashed.iter().map(|s| s.runtime.starts()).collect();
+    for site in crashed {
+        site.runtime.crash(137);
+    }
+    let restarted = per_site(crashed, options.timeout, "restarted after a crash", |s| {
+        s.runs("2.0.0")
+    })
+    .await?;
+    for ((site, before), _) in crashed.iter().zip(before).zip(&restarted) {
+        if site.runtime.starts() <= before {
+            bail!("{} runs again without having been restarted", site.site);
+        }
+    }
+
+    // Nothing lost: the control plane sees every site up to date, and no
+    // site started anything beyond its two versions and its injected crash.
+    let sites_lost = match wait_reported(&client, n, options.timeout).await {
+        Ok(()) => 0,
+        Err(err) => {
+            progress(format!("{err:#}"));
+            n - deployment_status(&client).await?.up_to_date
+        }
+    };
+    let starts: u64 = sites.iter().map(|s| s.runtime.starts()).sum();
+    let expected = 2 * n as u64 + restarted.len() as u64;
+    stop.send_replace(true);
+    control.stop().await?;
+
+    Ok(Report {
+        sites: n,
+        enroll_seconds,
+        enrolled_per_second: n as f64 / enroll_seconds,
+        first_deploy: Spread::of(first_deploy),
+        control_rss_mib: control_rss as f64 / (1024.0 * 1024.0),
+        control_idle_cpu_percent: 100.0 * control_cpu / idle_seconds,
+        sim_rss_mib: sim_rss as f64 / (1024.0 * 1024.0),
+        idle_bytes_per_site_per_minute: idle_bytes as f64 / n as f64 / (idle_seconds / 60.0),
+        idle_seconds,
+        update: Spread::of(update),
+        update_reported_seconds,
+        reconnect_seconds,
+        reconnect_after_listening_seconds,
+        crashed_sites_restarted: restarted.len(),
+        needless_restarts: starts.saturating_sub(expected),
+        sites_lost,
+    })
+}
+
+fn total_bytes() -> u64 {
+    let (sent, received) = outpost_agent::uplink::totals();
+    sent + received
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spread = |s: &Spread| format!("p50 {:.2}s  p99 {:.2}s  max {:.2}s", s.p50, s.p99, s.max);
+        writeln!(f, "sites                        {}", self.sites)?;
+        writeln!(
+            f,
+            "enrollment                   {:.0} hosts/s ({:.1}s)",
+            self.enrolled_per_second, self.enroll_seconds
+        )?;
+        writeln!(f, "first deployment             {}", spread(&self.first_deploy))?;
+        writeln!(f, "apply -> running new version {}", spread(&self.update))?;
+        writeln!(
+            f,
+            "apply -> all reported        {:.1}s",
+            self.update_reported_seconds
+        )?;
+        writeln!(
+            f,
+            "control plane, idle          {:.0} MiB RSS, {:.1}% of a core",
+            self.control_rss_mib, self.control_idle_cpu_percent
+        )?;
+        writeln!(
+            f,
+            "idle traffic                 {:.0} bytes per site per minute (over {:.0}s)",
+            self.idle_bytes_per_site_per_minute, self.idle_seconds
+        )?;
+        writeln!(
+            f,
+            "reconnect after restart      {:.1}s from SIGTERM, {:.1}s from listening",
+            self.reconnect_seconds, self.reconnect_after_listening_seconds
+        )?;
+        writeln!(f, "crashed sites restarted      {}", self.crashed_sites_restarted)?;
+        writeln!(f, "needless restarts            {}", self.needless_restarts)?;
+        write!(f, "sites lost                   {}", self.sites_lost)
+    }
+}
