@@ -217,18 +217,37 @@ impl RolloutState {
     /// The version each site should run now; `None`: nothing (a new site
     /// not yet reached, or one rolled back to nothing).
     pub fn assigned(&self) -> std::collections::BTreeMap<String, Option<String>> {
-        let reached = match &self.phase {
-            Phase::Running { wave, .. } | Phase::Paused { wave, .. } | Phase::Aborted { wave } => *wave + 1,
-            Phase::Succeeded => self.waves.len(),
-            Phase::RolledBack { .. } => 0,
-        };
         let mut out = self.from.clone();
-        for wave in self.waves.iter().take(reached) {
+        for wave in self.waves.iter().take(self.reached()) {
             for site in &wave.sites {
                 out.insert(site.clone(), Some(self.to.clone()));
             }
         }
         out
+    }
+
+    /// What `assigned` says of one site (`None`: the rollout does not know
+    /// it), without building the whole map.
+    pub fn assigned_to(&self, site: &str) -> Option<Option<String>> {
+        let reached = self
+            .waves
+            .iter()
+            .take(self.reached())
+            .any(|wave| wave.sites.iter().any(|s| s == site));
+        if reached {
+            Some(Some(self.to.clone()))
+        } else {
+            self.from.get(site).cloned()
+        }
+    }
+
+    /// How many waves have been given the new version.
+    fn reached(&self) -> usize {
+        match &self.phase {
+            Phase::Running { wave, .. } | Phase::Paused { wave, .. } | Phase::Aborted { wave } => *wave + 1,
+            Phase::Succeeded => self.waves.len(),
+            Phase::RolledBack { .. } => 0,
+        }
     }
 
     pub fn is_finished(&self) -> bool {

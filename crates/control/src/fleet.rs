@@ -27,7 +27,7 @@ pub struct Inputs {
     /// Per site: its hosts and what host selectors see of each.
     pub hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     /// Per deployment: its rollout, which says which version each site runs.
-    pub rollouts: BTreeMap<String, RolloutState>,
+    pub rollouts: Arc<BTreeMap<String, RolloutState>>,
 }
 
 impl Inputs {
@@ -38,6 +38,21 @@ impl Inputs {
             specs.get(version.unwrap_or(current)).cloned()
         };
         let no_hosts = BTreeMap::new();
+        // What each rollout assigns, worked out once per deployment for many
+        // sites (one site asks its rollouts directly): compiling N sites
+        // stays O(N log N).
+        let assigned: HashMap<&str, BTreeMap<String, Option<String>>> = if self.sites.len() > 1 {
+            self.rollouts
+                .iter()
+                .map(|(name, rollout)| (name.as_str(), rollout.assigned()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let assigned_to = |deployment: &str, site: &str| match assigned.get(deployment) {
+            Some(sites) => sites.get(site).cloned(),
+            None => self.rollouts.get(deployment)?.assigned_to(site),
+        };
         self.sites
             .iter()
             .map(|site| {
@@ -46,20 +61,15 @@ impl Inputs {
                 let deployments: Vec<Deployment> = self
                     .deployments
                     .iter()
-                    .filter_map(
-                        |d| match self.rollouts.get(d.metadata.name.as_str()).map(|r| r.assigned()) {
-                            Some(assigned) => match assigned.get(&name) {
-                                Some(Some(version)) => {
-                                    let mut d = d.clone();
-                                    d.spec.version = Some(version.clone());
-                                    Some(d)
-                                }
-                                Some(None) => None,
-                                None => Some(d.clone()),
-                            },
-                            None => Some(d.clone()),
-                        },
-                    )
+                    .filter_map(|d| match assigned_to(d.metadata.name.as_str(), &name) {
+                        Some(Some(version)) => {
+                            let mut d = d.clone();
+                            d.spec.version = Some(version);
+                            Some(d)
+                        }
+                        Some(None) => None,
+                        None => Some(d.clone()),
+                    })
                     .collect();
                 let mut state = compile_site(site, &deployments, lookup);
                 assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
@@ -73,7 +83,19 @@ pub struct Fleet {
     store: Arc<dyn Storage>,
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
     online: Mutex<HashSet<(String, String)>>,
+    /// Held by everything that writes rollouts or site states.
     recompute: tokio::sync::Mutex<()>,
+    /// The stored rollouts, parsed: a rollout names every site it covers,
+    /// and enrolling a host must not parse that each time.
+    rollouts: Mutex<RolloutCache>,
+}
+
+/// Only the Fleet writes rollouts; each write empties the cache and bumps
+/// the generation, so a read that raced a write never fills it.
+#[derive(Default)]
+struct RolloutCache {
+    generation: u64,
+    rollouts: Option<Arc<BTreeMap<String, RolloutState>>>,
 }
 
 /// Keeps a host marked online while its session lives.
@@ -97,7 +119,46 @@ impl Fleet {
             revisions: Mutex::new(HashMap::new()),
             online: Mutex::new(HashSet::new()),
             recompute: tokio::sync::Mutex::new(()),
+            rollouts: Mutex::new(RolloutCache::default()),
         })
+    }
+
+    fn rollout_cache(&self) -> std::sync::MutexGuard<'_, RolloutCache> {
+        self.rollouts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every stored rollout (from the cache when it is filled).
+    async fn rollouts(&self) -> Result<Arc<BTreeMap<String, RolloutState>>, StoreError> {
+        let generation = {
+            let cache = self.rollout_cache();
+            if let Some(cached) = &cache.rollouts {
+                return Ok(cached.clone());
+            }
+            cache.generation
+        };
+        let loaded = Arc::new(self.store.rollouts().await?);
+        let mut cache = self.rollout_cache();
+        if cache.generation == generation {
+            cache.rollouts = Some(loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Stores a rollout (`None`: deletes it) and forgets the cached ones.
+    async fn save_rollout(
+        &self,
+        deployment: &str,
+        rollout: Option<&RolloutState>,
+        started: bool,
+    ) -> Result<(), StoreError> {
+        let saved = match rollout {
+            Some(rollout) => self.store.save_rollout(deployment, rollout, started).await,
+            None => self.store.delete_rollout(deployment).await,
+        };
+        let mut cache = self.rollout_cache();
+        cache.generation += 1;
+        cache.rollouts = None;
+        saved
     }
 
     /// A receiver that changes whenever the site's revision does.
@@ -198,15 +259,15 @@ impl Fleet {
                         )
                     };
                 tracing::info!(deployment = %name, sites = ?joining, "sites joined the deployment");
-                self.store.save_rollout(name, &rollout, started).await?;
-                inputs.rollouts.insert(name.to_string(), rollout);
+                self.save_rollout(name, Some(&rollout), started).await?;
+                Arc::make_mut(&mut inputs.rollouts).insert(name.to_string(), rollout);
                 continue;
             }
             let from = selected.iter().map(|s| (s.clone(), running_now(s))).collect();
             let rollout = RolloutState::start(deployment.spec.rollout.as_ref(), &target, from, now);
             tracing::info!(deployment = %name, version = %target, waves = rollout.waves.len(), "rollout started");
-            self.store.save_rollout(name, &rollout, true).await?;
-            inputs.rollouts.insert(name.to_string(), rollout);
+            self.save_rollout(name, Some(&rollout), true).await?;
+            Arc::make_mut(&mut inputs.rollouts).insert(name.to_string(), rollout);
         }
         let gone: Vec<String> = inputs
             .rollouts
@@ -220,8 +281,8 @@ impl Fleet {
             .cloned()
             .collect();
         for name in gone {
-            self.store.delete_rollout(&name).await?;
-            inputs.rollouts.remove(&name);
+            self.save_rollout(&name, None, false).await?;
+            Arc::make_mut(&mut inputs.rollouts).remove(&name);
         }
         Ok(())
     }
@@ -234,7 +295,7 @@ impl Fleet {
         // The same lock as recompute: an apply starting a rollout and a step
         // of the old one must not overwrite each other.
         let _one_at_a_time = self.recompute.lock().await;
-        let rollouts = self.store.rollouts().await?;
+        let rollouts = self.rollouts().await?;
         if rollouts
             .values()
             .all(|r| r.is_finished() || matches!(r.phase, Phase::Paused { .. }))
@@ -279,7 +340,7 @@ impl Fleet {
                     tracing::info!(deployment = %name, phase = ?next.phase, "rollout moved");
                 }
                 moved |= next.assigned() != rollout.assigned();
-                self.store.save_rollout(name, &next, false).await?;
+                self.save_rollout(name, Some(&next), false).await?;
             }
         }
         if moved {
@@ -291,13 +352,13 @@ impl Fleet {
     /// Applies an operator command to a deployment's rollout.
     pub async fn command(&self, deployment: &str, command: Command) -> Result<RolloutState, StoreError> {
         let _one_at_a_time = self.recompute.lock().await;
-        let rollouts = self.store.rollouts().await?;
+        let rollouts = self.rollouts().await?;
         let rollout = rollouts
             .get(deployment)
             .ok_or_else(|| StoreError::Conflict(format!("deployment {deployment:?} has no rollout")))?;
         let next = rollout.command(command, now_ms()).map_err(StoreError::Conflict)?;
         tracing::info!(%deployment, ?command, "rollout command");
-        self.store.save_rollout(deployment, &next, false).await?;
+        self.save_rollout(deployment, Some(&next), false).await?;
         Ok(next)
     }
 
@@ -360,7 +421,7 @@ impl Fleet {
             deployments,
             versions,
             hosts,
-            rollouts: self.store.rollouts().await?,
+            rollouts: self.rollouts().await?,
         })
     }
 

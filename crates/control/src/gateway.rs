@@ -41,6 +41,8 @@ pub struct Gateway {
     /// Becomes true when the control plane stops: sessions end so that the
     /// server can drain (agents reconnect later).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Cloned into every session, so that shutdown can wait for them all.
+    pub live: mpsc::Sender<()>,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -123,6 +125,7 @@ impl AgentGateway for Gateway {
             host,
             sender,
             shutdown: self.shutdown.clone(),
+            _live: self.live.clone(),
         };
         tokio::spawn(session.run(incoming));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -136,6 +139,7 @@ struct Session {
     host: String,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    _live: mpsc::Sender<()>,
 }
 
 /// Resolves when the control plane starts to stop.

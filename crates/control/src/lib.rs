@@ -116,11 +116,14 @@ impl ControlPlane {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         tracing::info!(url = %self.url, agents = %self.agent_url, admin = %self.admin_config.display(), "control plane listening");
+        // Every session holds a sender: when all are gone, so are the sessions.
+        let (live, mut sessions_ended) = tokio::sync::mpsc::channel::<()>(1);
         let gateway = gateway::Gateway {
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             pki: self.pki.clone(),
             shutdown: stopped.clone(),
+            live,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let agents = tokio::spawn(serve_agents(
@@ -138,6 +141,14 @@ impl ControlPlane {
             Ok(Err(err)) => tracing::error!(%err, "the agent gateway failed"),
             Err(err) => tracing::error!(%err, "the agent gateway task failed"),
             Ok(Ok(())) => {}
+        }
+        // Sessions record when their host was last seen as they end.
+        let drained = std::time::Duration::from_secs(10);
+        if tokio::time::timeout(drained, sessions_ended.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("agent sessions did not end within {drained:?}; closing the store anyway");
         }
         self.store.close().await;
         tracing::info!("control plane stopped");

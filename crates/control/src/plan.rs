@@ -37,7 +37,7 @@ pub fn overlay(inputs: &mut Inputs, documents: &[Document]) {
     inputs.sites.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     // A plan shows where the batch leads, not a rollout's halfway point.
     let concerned = concerned(inputs, documents);
-    inputs.rollouts.retain(|name, _| !concerned.contains(name));
+    std::sync::Arc::make_mut(&mut inputs.rollouts).retain(|name, _| !concerned.contains(name));
 }
 
 /// The deployments a batch concerns: those it defines, and those that run

@@ -183,11 +183,16 @@ async fn wait_reported(client: &Client, sites: usize, timeout: Duration) -> Resu
 }
 
 /// Waits for every site to satisfy `done`, returning when each did.
-async fn per_site<F>(sites: &[SimSite], timeout: Duration, what: &str, done: F) -> Result<Vec<Duration>>
+async fn per_site<F>(
+    sites: &[SimSite],
+    start: Instant,
+    timeout: Duration,
+    what: &str,
+    done: F,
+) -> Result<Vec<Duration>>
 where
     F: Fn(&SimSite) -> bool,
 {
-    let start = Instant::now();
     let mut at: Vec<Option<Duration>> = vec![None; sites.len()];
     loop {
         for (site, at) in sites.iter().zip(at.iter_mut()).filter(|(_, at)| at.is_none()) {
@@ -266,7 +271,10 @@ pub async fn run(options: &Options) -> Result<Report> {
         .into_iter()
         .map(|c| SimSite::start(c, options.start_delay, shutdown.clone()))
         .collect();
-    let first_deploy = per_site(&sites, options.timeout, "running 1.0.0", |s| s.runs("1.0.0")).await?;
+    let first_deploy = per_site(&sites, Instant::now(), options.timeout, "running 1.0.0", |s| {
+        s.runs("1.0.0")
+    })
+    .await?;
     progress(format!("all {n} sites run 1.0.0"));
     wait_reported(&client, n, options.timeout).await?;
 
@@ -284,20 +292,23 @@ pub async fn run(options: &Options) -> Result<Report> {
 
     let update_started = Instant::now();
     apply(&client, "pos-2.yaml", application_yaml("2.0.0")).await?;
-    let update = per_site(&sites, options.timeout, "running 2.0.0", |s| s.runs("2.0.0")).await?;
+    let update = per_site(&sites, update_started, options.timeout, "running 2.0.0", |s| {
+        s.runs("2.0.0")
+    })
+    .await?;
     wait_reported(&client, n, options.timeout).await?;
     let update_reported_seconds = update_started.elapsed().as_secs_f64();
     progress(format!("all {n} sites run 2.0.0"));
 
     let restart_started = Instant::now();
     control.stop().await?;
-    per_site(&sites, options.timeout, "disconnected", |s| {
+    per_site(&sites, Instant::now(), options.timeout, "disconnected", |s| {
         !*s.connected.borrow()
     })
     .await?;
     control.start_again().await?;
     let listening = Instant::now();
-    per_site(&sites, options.timeout, "connected again", |s| {
+    per_site(&sites, listening, options.timeout, "connected again", |s| {
         *s.connected.borrow()
     })
     .await?;
@@ -312,9 +323,13 @@ pub async fn run(options: &Options) -> Result<Report> {
     for site in crashed {
         site.runtime.crash(137);
     }
-    let restarted = per_site(crashed, options.timeout, "restarted after a crash", |s| {
-        s.runs("2.0.0")
-    })
+    let restarted = per_site(
+        crashed,
+        Instant::now(),
+        options.timeout,
+        "restarted after a crash",
+        |s| s.runs("2.0.0"),
+    )
     .await?;
     for ((site, before), _) in crashed.iter().zip(before).zip(&restarted) {
         if site.runtime.starts() <= before {

@@ -22,8 +22,13 @@ fn health(pairs: &[(&str, SiteHealth)]) -> BTreeMap<String, SiteHealth> {
     pairs.iter().map(|(s, h)| (s.to_string(), h.clone())).collect()
 }
 
-/// The sites that run the new version now.
+/// The sites that run the new version now. Every test that asks also
+/// checks that `assigned_to` agrees with `assigned` site by site.
 fn on_new(state: &RolloutState) -> Vec<String> {
+    for (site, version) in state.assigned() {
+        assert_eq!(state.assigned_to(&site), Some(version), "{site}");
+    }
+    assert_eq!(state.assigned_to("not-in-the-rollout"), None);
     state
         .assigned()
         .into_iter()
