@@ -197,6 +197,9 @@ enum SimCommand {
         /// Sites whose containers crash once after the update
         #[arg(long, default_value_t = 0)]
         crash_sites: usize,
+        /// Sites whose health probes fail for a while after the update
+        #[arg(long, default_value_t = 0)]
+        unhealthy_sites: usize,
         /// How long any phase may take before the run fails
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: outpost_api::quantity::Duration,
@@ -506,6 +509,7 @@ async fn run(cli: Cli) -> Result<()> {
                     idle,
                     concurrency,
                     crash_sites,
+                    unhealthy_sites,
                     timeout,
                     work_dir,
                     output,
@@ -522,6 +526,7 @@ async fn run(cli: Cli) -> Result<()> {
                 idle: idle.as_std(),
                 concurrency: (*concurrency).max(1),
                 crash_sites: *crash_sites,
+                unhealthy_sites: *unhealthy_sites,
                 timeout: timeout.as_std(),
                 work_dir: work_dir.clone(),
             };

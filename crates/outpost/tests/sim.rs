@@ -1,7 +1,8 @@
 //! The fleet simulator as a correctness check (not a timed test): 200
 //! simulated sites, each the real agent stack with its own certificate and
 //! TLS session, against a real control plane process. Every site must
-//! converge on both versions, five crashed sites must be restarted, every
+//! converge on both versions, five crashed sites must be restarted, three
+//! sites failing their probes must be reported and recover, every
 //! site must reconnect after the control plane restarts, and nothing may be
 //! lost or restarted needlessly.
 
@@ -44,6 +45,7 @@ fn two_hundred_sites_converge_survive_a_restart_and_lose_nothing() {
     assert_eq!(report["sites_lost"], 0, "{report}");
     assert_eq!(report["needless_restarts"], 0, "{report}");
     assert_eq!(report["crashed_sites_restarted"], 5, "{report}");
+    assert_eq!(report["unhealthy_sites_reported"], 3, "{report}");
     // The restart really cut every session: each site saw itself disconnected
     // and connected again, which the report measures.
     assert!(report["reconnect_seconds"].as_f64().unwrap() > 0.0, "{report}");

@@ -37,6 +37,9 @@ pub struct Options {
     /// Sites whose containers crash once after the update (they must be
     /// restarted, and no other container may be).
     pub crash_sites: usize,
+    /// Sites whose health probes fail for a while after the update: the
+    /// control plane must report them, then see them recover.
+    pub unhealthy_sites: usize,
     /// How long any one phase may take before the run fails.
     pub timeout: Duration,
     /// Where the control plane's data, its log and the agents' keys go.
@@ -89,6 +92,9 @@ pub struct Report {
     /// From the new control plane listening to every site connected again.
     pub reconnect_after_listening_seconds: f64,
     pub crashed_sites_restarted: usize,
+    /// Sites with failing probes that the control plane reported as not up
+    /// to date (all of them recovered before the run ended).
+    pub unhealthy_sites_reported: usize,
     /// Container starts beyond the two versions and the injected crashes.
     pub needless_restarts: u64,
     /// Sites the control plane does not report up to date at the end.
@@ -130,6 +136,7 @@ spec:
           image: sim/pos:{version}
           env: {{ STORE: \"${{site.store_id}}\" }}
           resources: {{ cpu: 0.5, memory: 64Mi }}
+          health: {{ tcp: {{ port: 8080 }}, interval: 5s, failureThreshold: 2 }}
 ---
 apiVersion: outpost/v1
 kind: Deployment
@@ -161,17 +168,17 @@ async fn deployment_status(client: &Client) -> Result<DeploymentStatus> {
     Ok(serde_json::from_value(status)?)
 }
 
-/// Polls until the control plane reports every site up to date.
-async fn wait_reported(client: &Client, sites: usize, timeout: Duration) -> Result<()> {
+/// Polls until the control plane reports `up_to_date` sites up to date.
+async fn wait_reported(client: &Client, up_to_date: usize, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let status = deployment_status(client).await?;
-        if status.up_to_date == sites {
+        if status.up_to_date == up_to_date {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "after {timeout:?} the control plane reports {} of {sites} sites up to date ({} progressing, {} failed, {} offline)",
+                "after {timeout:?} the control plane reports {} sites up to date, not {up_to_date} ({} progressing, {} failed, {} offline)",
                 status.up_to_date,
                 status.progressing,
                 status.failed,
@@ -337,6 +344,24 @@ pub async fn run(options: &Options) -> Result<Report> {
         }
     }
 
+    // Failing probes: the control plane must see exactly those sites fall
+    // out of "up to date", and see them come back.
+    let unhealthy = &sites[..options.unhealthy_sites.min(n)];
+    for site in unhealthy {
+        site.runtime.set_unhealthy(true);
+    }
+    wait_reported(&client, n - unhealthy.len(), options.timeout).await?;
+    let reported = deployment_status(&client).await?;
+    let unhealthy_sites_reported = reported
+        .sites
+        .iter()
+        .filter(|s| unhealthy.iter().any(|u| u.site == s.site))
+        .filter(|s| s.state != outpost_api::wire::DeploymentSiteState::UpToDate)
+        .count();
+    for site in unhealthy {
+        site.runtime.set_unhealthy(false);
+    }
+
     // Nothing lost: the control plane sees every site up to date, and no
     // site started anything beyond its two versions and its injected crash.
     let sites_lost = match wait_reported(&client, n, options.timeout).await {
@@ -366,6 +391,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         reconnect_seconds,
         reconnect_after_listening_seconds,
         crashed_sites_restarted: restarted.len(),
+        unhealthy_sites_reported,
         needless_restarts: starts.saturating_sub(expected),
         sites_lost,
     })
@@ -408,6 +434,11 @@ impl fmt::Display for Report {
             self.reconnect_seconds, self.reconnect_after_listening_seconds
         )?;
         writeln!(f, "crashed sites restarted      {}", self.crashed_sites_restarted)?;
+        writeln!(
+            f,
+            "unhealthy sites reported     {}",
+            self.unhealthy_sites_reported
+        )?;
         writeln!(f, "needless restarts            {}", self.needless_restarts)?;
         write!(f, "sites lost                   {}", self.sites_lost)
     }
