@@ -29,6 +29,8 @@ fn two_hundred_sites_converge_survive_a_restart_and_lose_nothing() {
         .args([
             "--crash-sites",
             "5",
+            "--unhealthy-sites",
+            "3",
             "--timeout",
             "5m",
             "-o",

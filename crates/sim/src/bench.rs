@@ -6,6 +6,7 @@
 //! restart. It also checks, rather than assumes, that no site was lost and
 //! nothing restarted needlessly.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, TryStreamExt};
 use outpost_api::manifest::Kind;
-use outpost_api::wire::{ApplyRequest, DeploymentStatus, SourceFile};
+use outpost_api::wire::{ApplyRequest, DeploymentSiteState, DeploymentStatus, SourceFile};
 use outpost_cli::client::Client;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -344,20 +345,32 @@ pub async fn run(options: &Options) -> Result<Report> {
         }
     }
 
-    // Failing probes: the control plane must see exactly those sites fall
-    // out of "up to date", and see them come back.
-    let unhealthy = &sites[..options.unhealthy_sites.min(n)];
+    // Failing probes, on other sites than the crashed ones and once those
+    // are reported healthy again: the control plane must see exactly these
+    // sites fall out of "up to date", and see them come back.
+    wait_reported(&client, n, options.timeout).await?;
+    let unhealthy = &sites[n - options.unhealthy_sites.min(n - crashed.len())..];
+    let names: BTreeSet<&str> = unhealthy.iter().map(|s| s.site.as_str()).collect();
     for site in unhealthy {
         site.runtime.set_unhealthy(true);
     }
-    wait_reported(&client, n - unhealthy.len(), options.timeout).await?;
-    let reported = deployment_status(&client).await?;
-    let unhealthy_sites_reported = reported
-        .sites
-        .iter()
-        .filter(|s| unhealthy.iter().any(|u| u.site == s.site))
-        .filter(|s| s.state != outpost_api::wire::DeploymentSiteState::UpToDate)
-        .count();
+    let deadline = Instant::now() + options.timeout;
+    let unhealthy_sites_reported = loop {
+        let status = deployment_status(&client).await?;
+        let behind: BTreeSet<&str> = status
+            .sites
+            .iter()
+            .filter(|s| s.state != DeploymentSiteState::UpToDate)
+            .map(|s| s.site.as_str())
+            .collect();
+        if behind == names {
+            break behind.len();
+        }
+        if Instant::now() > deadline {
+            bail!("the control plane reports {behind:?} not up to date, not the unhealthy sites {names:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     for site in unhealthy {
         site.runtime.set_unhealthy(false);
     }
