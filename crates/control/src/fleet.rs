@@ -184,6 +184,11 @@ impl Fleet {
         }
     }
 
+    /// How many hosts have a session now.
+    pub fn online_hosts(&self) -> usize {
+        self.online.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn is_online(&self, site: &str, host: &str) -> bool {
         self.online
             .lock()

@@ -33,6 +33,20 @@ pub const HEARTBEAT: Duration = Duration::from_secs(120);
 pub const KEEPALIVE: Duration = Duration::from_secs(300);
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeats per second the control plane is sized for: past
+/// `MAX_HEARTBEAT_RATE × 3 × HEARTBEAT` hosts, the offline grace grows
+/// with the fleet, as Nomad spreads its heartbeat TTLs.
+const MAX_HEARTBEAT_RATE: f64 = 50.0;
+
+/// How long a session may stay silent before its host counts as offline:
+/// three missed heartbeats, or more in a fleet so large that the control
+/// plane could fall behind, plus up to 10% jitter so that hosts cut off
+/// together are not all declared offline in the same instant. Offline is
+/// only shown; nothing is torn down.
+pub fn offline_grace(hosts: usize, jitter: f64) -> Duration {
+    let base = (HEARTBEAT * 3).max(Duration::from_secs_f64(hosts as f64 / MAX_HEARTBEAT_RATE));
+    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) * 0.1)
+}
 
 pub struct Gateway {
     pub store: Arc<dyn Storage>,
@@ -207,9 +221,12 @@ impl Session {
         self.push_state(&mut sent, agent_revision).await?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
+        let grace = || offline_grace(self.fleet.online_hosts(), rand::random());
+        let mut silent_until = tokio::time::Instant::now() + grace();
         loop {
             tokio::select! {
                 message = incoming.message() => {
+                    silent_until = tokio::time::Instant::now() + grace();
                     let Some(message) = message.map_err(|e| e.to_string())? else {
                         return Err("the agent closed the session".to_string());
                     };
@@ -223,6 +240,9 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
+                }
+                () = tokio::time::sleep_until(silent_until) => {
+                    return Err("no word from the agent within the offline grace; it is offline".to_string());
                 }
                 () = stopping(&mut shutdown) => {
                     let _ = self.sender.send(Err(Status::unavailable("the control plane is stopping"))).await;
@@ -364,5 +384,22 @@ impl Session {
         self.send(control_message::Body::Manifest(manifest)).await?;
         *sent = Some((revision, state));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offline_grace_grows_with_the_fleet() {
+        // Small fleets: three missed heartbeats.
+        assert_eq!(offline_grace(1, 0.0), HEARTBEAT * 3);
+        assert_eq!(offline_grace(18_000, 0.0), HEARTBEAT * 3);
+        // Past 50 heartbeats a second, the grace is the time to hear from all.
+        assert_eq!(offline_grace(50_000, 0.0), Duration::from_secs(1000));
+        // Jitter adds at most 10%.
+        assert_eq!(offline_grace(1, 1.0), HEARTBEAT * 3 + HEARTBEAT * 3 / 10);
+        assert_eq!(offline_grace(1, 7.0), offline_grace(1, 1.0));
     }
 }
