@@ -224,6 +224,16 @@ where
 
 pub async fn run(options: &Options) -> Result<Report> {
     let n = options.sites;
+    if n == 0 {
+        bail!("--sites: at least one site is needed");
+    }
+    if options.crash_sites + options.unhealthy_sites > n {
+        bail!(
+            "--crash-sites {} and --unhealthy-sites {} must be different sites: together at most --sites {n}",
+            options.crash_sites,
+            options.unhealthy_sites
+        );
+    }
     std::fs::create_dir_all(&options.work_dir)?;
     let exe = std::env::current_exe().context("finding this binary")?;
     let mut control = ControlProcess::start(&exe, &options.work_dir.join("control")).await?;
@@ -326,7 +336,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         "all {n} sites reconnected {reconnect_seconds:.1}s after the restart began"
     ));
 
-    let crashed = &sites[..options.crash_sites.min(n)];
+    let crashed = &sites[..options.crash_sites];
     let before: Vec<u64> = crashed.iter().map(|s| s.runtime.starts()).collect();
     for site in crashed {
         site.runtime.crash(137);
@@ -349,7 +359,7 @@ pub async fn run(options: &Options) -> Result<Report> {
     // are reported healthy again: the control plane must see exactly these
     // sites fall out of "up to date", and see them come back.
     wait_reported(&client, n, options.timeout).await?;
-    let unhealthy = &sites[n - options.unhealthy_sites.min(n - crashed.len())..];
+    let unhealthy = &sites[n - options.unhealthy_sites..];
     let names: BTreeSet<&str> = unhealthy.iter().map(|s| s.site.as_str()).collect();
     for site in unhealthy {
         site.runtime.set_unhealthy(true);
