@@ -8,6 +8,8 @@
 pub mod facts;
 pub mod health;
 pub mod identity;
+pub mod journal;
+pub mod outbox;
 pub mod plan;
 pub mod reconciler;
 pub mod registry;
@@ -37,6 +39,8 @@ pub struct Config {
     /// A Docker `config.json` with registry credentials; without it,
     /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
     pub registry_auth: Option<PathBuf>,
+    /// The bound of the outbound queue on disk, in bytes.
+    pub queue_limit: u64,
 }
 
 /// Which runtime runs the workloads of this host.
@@ -111,6 +115,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
     let (desired_sender, desired) = watch::channel((revision, state));
     let (status_sender, status) = watch::channel(Vec::new());
+    let outbox: Arc<dyn outbox::Outbox> =
+        Arc::new(outbox::DiskOutbox::open(store.pool(), config.queue_limit).await?);
 
     let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
         RuntimeKind::Docker => {
@@ -119,14 +125,21 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
         RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
     };
-    let reconciler =
-        reconciler::Reconciler::new(runtime, &identity.site, &identity.host, desired, status_sender);
+    let reconciler = reconciler::Reconciler::new(
+        runtime,
+        &identity.site,
+        &identity.host,
+        desired,
+        status_sender,
+        outbox.clone(),
+    );
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let (data_dir, host) = (config.data_dir.clone(), identity.host.clone());
     let session = session::Session {
         server: identity.server.clone(),
         tls: credentials.tls,
         store: Arc::new(store.clone()),
+        outbox,
         discover: Box::new(move || facts::discover(&data_dir, &host)),
         facts: facts::discover(&config.data_dir, &identity.host),
         desired: desired_sender,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_api::telemetry::{Event, EventKind, Record};
 use outpost_api::workload::SiteState;
 use outpost_proto::v1::InstanceStatus;
 use rand::Rng;
@@ -15,6 +16,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::health::{Prober, Verdict};
+use crate::journal::Journal;
+use crate::outbox::Outbox;
 use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, next_name, plan};
 use crate::runtime::Runtime;
 
@@ -60,6 +63,8 @@ pub struct Reconciler {
     failures: HashMap<String, String>,
     prober: Prober,
     verdict_changes: tokio::sync::mpsc::Receiver<()>,
+    journal: Journal,
+    outbox: Arc<dyn Outbox>,
 }
 
 impl Reconciler {
@@ -69,6 +74,7 @@ impl Reconciler {
         host: &str,
         desired: watch::Receiver<(u64, SiteState)>,
         status: watch::Sender<Vec<InstanceStatus>>,
+        outbox: Arc<dyn Outbox>,
     ) -> Reconciler {
         let (verdict_sender, verdict_changes) = tokio::sync::mpsc::channel(1);
         Reconciler {
@@ -81,6 +87,8 @@ impl Reconciler {
             status,
             backoff: HashMap::new(),
             failures: HashMap::new(),
+            journal: Journal::default(),
+            outbox,
         }
     }
 
@@ -118,6 +126,7 @@ impl Reconciler {
                 return;
             }
         };
+        let mut events = self.journal.observe(&observed);
         let now = Instant::now();
         self.backoff.retain(|instance, backoff| {
             let running = observed.iter().any(|o| &o.instance == instance && o.running);
@@ -156,6 +165,17 @@ impl Reconciler {
                 _ => {}
             }
             let result = self.runtime.apply(&action).await;
+            if let Action::Create { want, .. } = &action {
+                events.extend(self.runtime.pulled().into_iter().map(|image| Event {
+                    at: outpost_api::telemetry::now(),
+                    kind: EventKind::ImagePulled,
+                    application: want.application.clone(),
+                    service: want.service.clone(),
+                    instance: want.instance.clone(),
+                    message: format!("pulled {image}"),
+                    exit_code: None,
+                }));
+            }
             if let Some(instance) = instance {
                 let attempts = self.backoff.get(&instance).map_or(0, |b| b.attempts) + 1;
                 self.backoff.insert(
@@ -180,6 +200,7 @@ impl Reconciler {
             }
         }
         let observed = self.runtime.observe().await.unwrap_or(observed);
+        events.extend(self.journal.observe(&observed));
         let probed = desired.iter().filter_map(|want| {
             let health = want.container.health.as_ref()?;
             let have = generation(want, &observed).filter(|o| o.running)?;
@@ -187,6 +208,15 @@ impl Reconciler {
         });
         self.prober.track(probed);
         let statuses = self.statuses(&desired, &observed);
+        events.extend(self.journal.statuses(&statuses));
+        let records: Vec<Record> = events.into_iter().map(Record::Event).collect();
+        if let Err(err) = self.outbox.push(&records).await {
+            tracing::warn!(
+                err = format!("{err:#}"),
+                events = records.len(),
+                "cannot queue events"
+            );
+        }
         self.status.send_if_modified(|current| {
             let changed = *current != statuses;
             *current = statuses;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use outpost_api::workload::{SiteState, Workload};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
-    Ack, AgentMessage, Heartbeat, Hello, HostFacts, InstanceStatus, SiteManifest, StatusReport,
+    Ack, AgentMessage, Batch, Heartbeat, Hello, HostFacts, InstanceStatus, SiteManifest, StatusReport,
     agent_message, control_message,
 };
 use rand::Rng;
@@ -19,6 +19,7 @@ use rustls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::outbox::{Outbox, Pending};
 use crate::store::DesiredStore;
 use crate::tls;
 
@@ -34,6 +35,9 @@ const REDISCOVER: Duration = Duration::from_secs(60);
 const SILENCE: Duration = Duration::from_secs(360);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// The most records, and bytes of them before compression, in one batch.
+const BATCH_RECORDS: usize = 1000;
+const BATCH_BYTES: usize = 512 << 10;
 
 /// Where host facts come from: the machine itself on a real host, a fixed
 /// set in the fleet simulator.
@@ -43,6 +47,8 @@ pub struct Session {
     pub server: String,
     pub tls: Arc<ClientConfig>,
     pub store: Arc<dyn DesiredStore>,
+    /// Events, logs and metrics waiting for the control plane.
+    pub outbox: Arc<dyn Outbox>,
     /// Looks at the host again (called every `REDISCOVER`).
     pub discover: Discover,
     pub facts: BTreeMap<String, String>,
@@ -162,6 +168,11 @@ impl Session {
         rediscover.tick().await;
         let mut report = tokio::time::interval(UPLINK_REPORT);
         report.tick().await;
+        // One batch in flight at a time; after a reconnect the queue is
+        // sent again from its oldest record (the control plane skips what
+        // it already has).
+        let mut newest = self.outbox.newest();
+        let mut in_flight = self.send_batch(&sender, 0).await?;
         loop {
             tokio::select! {
                 message = tokio::time::timeout(SILENCE, incoming.message()) => {
@@ -174,8 +185,18 @@ impl Session {
                             let revision = self.receive(&manifest).await?;
                             sender.send(send(agent_message::Body::Ack(Ack { revision }))).await?;
                         }
+                        Some(control_message::Body::BatchAck(ack)) => {
+                            self.outbox.acknowledge(ack.through_seq).await?;
+                            if in_flight.is_some_and(|last| ack.through_seq >= last) {
+                                in_flight = self.send_batch(&sender, ack.through_seq).await?;
+                            }
+                        }
                         Some(control_message::Body::Heartbeat(_)) | None => {}
                     }
+                }
+                changed = newest.changed(), if in_flight.is_none() => {
+                    changed?;
+                    in_flight = self.send_batch(&sender, 0).await?;
                 }
                 changed = self.status.changed() => {
                     changed?;
@@ -202,6 +223,28 @@ impl Session {
         }
     }
 
+    /// Sends the oldest queued records after `after`, if any; returns the
+    /// last sequence number sent.
+    async fn send_batch(&self, sender: &mpsc::Sender<AgentMessage>, after: u64) -> Result<Option<u64>> {
+        let Some(pending) = self.outbox.pending(after, BATCH_RECORDS, BATCH_BYTES).await? else {
+            return Ok(None);
+        };
+        let last = pending.last_seq();
+        let batch = compress(&pending, self.outbox.dropped())?;
+        tracing::debug!(
+            first = batch.first_seq,
+            count = batch.count,
+            bytes = batch.records.len(),
+            "sending a batch"
+        );
+        sender
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Batch(batch)),
+            })
+            .await?;
+        Ok(Some(last))
+    }
+
     /// Applies, persists, then hands over a manifest; returns its revision.
     async fn receive(&mut self, manifest: &SiteManifest) -> Result<u64> {
         let (revision, state) = self.desired.borrow().clone();
@@ -216,6 +259,26 @@ impl Session {
         self.desired.send_replace((manifest.revision, next));
         Ok(manifest.revision)
     }
+}
+
+/// A batch of queued records: their JSON array, deflated.
+pub fn compress(pending: &Pending, dropped: u64) -> Result<Batch> {
+    use std::io::Write;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(b"[")?;
+    for (i, record) in pending.records.iter().enumerate() {
+        if i > 0 {
+            encoder.write_all(b",")?;
+        }
+        encoder.write_all(record.as_bytes())?;
+    }
+    encoder.write_all(b"]")?;
+    Ok(Batch {
+        first_seq: pending.first_seq,
+        count: pending.records.len() as u32,
+        records: encoder.finish()?,
+        dropped,
+    })
 }
 
 #[cfg(test)]

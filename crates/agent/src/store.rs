@@ -57,6 +57,11 @@ impl LocalStore {
         Ok(LocalStore { pool })
     }
 
+    /// The database, which the outbound queue shares.
+    pub fn pool(&self) -> SqlitePool {
+        self.pool.clone()
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

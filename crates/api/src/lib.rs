@@ -8,6 +8,7 @@ pub mod quantity;
 pub mod rollout;
 pub mod schema;
 pub mod selector;
+pub mod telemetry;
 pub mod validate;
 pub mod wire;
 pub mod workload;

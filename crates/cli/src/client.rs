@@ -217,6 +217,19 @@ impl Client {
         Ok(list.items)
     }
 
+    pub async fn events(&self, query: &[(&str, String)]) -> Result<Vec<outpost_api::telemetry::StoredEvent>> {
+        let list: outpost_api::telemetry::EventList = self
+            .send(self.request(Method::GET, "/events").query(query))
+            .await?;
+        Ok(list.items)
+    }
+
+    pub async fn logs(&self, query: &[(&str, String)]) -> Result<Vec<outpost_api::telemetry::StoredLogLine>> {
+        let list: outpost_api::telemetry::LogList =
+            self.send(self.request(Method::GET, "/logs").query(query)).await?;
+        Ok(list.items)
+    }
+
     pub async fn history(&self, application: &str) -> Result<Vec<ApplicationVersion>> {
         self.send(self.request(
             Method::GET,

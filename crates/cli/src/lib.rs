@@ -4,5 +4,6 @@
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod telemetry;
 
 pub use client::{CliError, Client};

@@ -14,8 +14,8 @@ use futures_util::Stream;
 use outpost_api::workload::SiteState;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, SiteManifest, agent_message,
-    control_message,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, SiteManifest,
+    agent_message, control_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,6 +37,39 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// `MAX_HEARTBEAT_RATE × 3 × HEARTBEAT` hosts, the offline grace grows
 /// with the fleet, as Nomad spreads its heartbeat TTLs.
 const MAX_HEARTBEAT_RATE: f64 = 50.0;
+/// The most a batch may inflate to: a bound against compression bombs,
+/// well above what an agent sends (512 KiB before compression).
+const MAX_BATCH_INFLATED: u64 = 8 << 20;
+
+/// The records of a batch, or why it cannot be read.
+pub fn decompress(batch: &Batch) -> Result<Vec<outpost_api::telemetry::Record>, String> {
+    use std::io::Read;
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(batch.records.as_slice())
+        .take(MAX_BATCH_INFLATED + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("batch {} is not deflate data: {e}", batch.first_seq))?;
+    if json.len() as u64 > MAX_BATCH_INFLATED {
+        return Err(format!(
+            "batch {} inflates past {MAX_BATCH_INFLATED} bytes",
+            batch.first_seq
+        ));
+    }
+    let records: Vec<outpost_api::telemetry::Record> = serde_json::from_slice(&json)
+        .map_err(|e| format!("batch {} holds an unreadable record: {e}", batch.first_seq))?;
+    if records.len() != batch.count as usize {
+        return Err(format!(
+            "batch {} says {} records and holds {}",
+            batch.first_seq,
+            batch.count,
+            records.len()
+        ));
+    }
+    if batch.first_seq == 0 {
+        return Err("batch sequence numbers start at 1".to_string());
+    }
+    Ok(records)
+}
 
 /// How long a session may stay silent before its host counts as offline:
 /// three missed heartbeats, or more in a fleet so large that the control
@@ -319,6 +352,23 @@ impl Session {
                     .map(|h| (h.agent_version, h.applied_revision))
                     .unwrap_or_default();
                 self.record_facts(&facts.labels.into_iter().collect(), &version, revision)
+                    .await?;
+            }
+            Some(agent_message::Body::Batch(batch)) => {
+                let records = match decompress(&batch) {
+                    Ok(records) => records,
+                    Err(why) => {
+                        tracing::warn!(%site, %host, %why, "refused a batch from an agent");
+                        let _ = self.sender.send(Err(Status::invalid_argument(why.clone()))).await;
+                        return Err(why);
+                    }
+                };
+                let through = self
+                    .store
+                    .store_records(site, host, batch.first_seq, &records, batch.dropped)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.send(control_message::Body::BatchAck(BatchAck { through_seq: through }))
                     .await?;
             }
             Some(agent_message::Body::Hello(_)) | None => {}

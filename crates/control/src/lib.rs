@@ -35,7 +35,30 @@ pub struct Config {
     pub agent_listen: SocketAddr,
     /// Extra names (DNS or IP) for the server certificate.
     pub tls_san: Vec<String>,
+    pub retention: Retention,
 }
+
+/// How long what agents send up is kept, counted from its arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub events: std::time::Duration,
+    pub logs: std::time::Duration,
+    pub metrics: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+        Retention {
+            events: DAY * 30,
+            logs: DAY * 7,
+            metrics: DAY * 30,
+        }
+    }
+}
+
+/// How often records past their retention are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A control plane that is listening; `serve` runs it until shutdown.
 pub struct ControlPlane {
@@ -51,6 +74,7 @@ pub struct ControlPlane {
     fleet: Arc<Fleet>,
     pki: Arc<Pki>,
     tls: Arc<rustls::ServerConfig>,
+    retention: Retention,
 }
 
 impl ControlPlane {
@@ -100,6 +124,7 @@ impl ControlPlane {
             fleet,
             pki: Arc::new(pki),
             tls,
+            retention: config.retention,
         })
     }
 
@@ -126,6 +151,7 @@ impl ControlPlane {
             live,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
+        let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
         let agents = tokio::spawn(serve_agents(
             self.agent_listener,
             gateway,
@@ -137,6 +163,7 @@ impl ControlPlane {
         let _ = stop.send(true);
         let _ = api.await;
         let _ = engine.await;
+        let _ = pruning.await;
         match agents.await {
             Ok(Err(err)) => tracing::error!(%err, "the agent gateway failed"),
             Err(err) => tracing::error!(%err, "the agent gateway task failed"),
@@ -164,6 +191,30 @@ async fn run_rollouts(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
             _ = tick.tick() => {
                 if let Err(err) = fleet.advance().await {
                     tracing::warn!(%err, "rollout step failed; trying again");
+                }
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// Deletes events, logs and metrics past their retention, at start and
+/// then every `PRUNE_EVERY`.
+async fn prune(store: Arc<dyn Storage>, retention: Retention, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let before = |keep: std::time::Duration| {
+                    (time::OffsetDateTime::now_utc() - keep)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                };
+                match store.prune(&before(retention.events), &before(retention.logs), &before(retention.metrics)).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "deleted events, log lines and samples past their retention"),
+                    Err(err) => tracing::warn!(%err, "deleting records past their retention failed; trying again later"),
                 }
             }
             () = &mut shutdown => return,

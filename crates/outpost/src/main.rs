@@ -42,6 +42,15 @@ enum Command {
         /// Extra DNS name or IP address for the server certificate (repeatable)
         #[arg(long, value_name = "NAME")]
         tls_san: Vec<String>,
+        /// How long events are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        event_retention: outpost_api::quantity::Duration,
+        /// How long uploaded log lines are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        log_retention: outpost_api::quantity::Duration,
+        /// How long metric samples are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        metric_retention: outpost_api::quantity::Duration,
     },
     /// Run the edge agent of one host
     Agent {
@@ -69,6 +78,10 @@ enum Command {
         /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present]
         #[arg(long, value_name = "FILE")]
         registry_auth: Option<PathBuf>,
+        /// The most disk the queue of events, logs and metrics waiting for the
+        /// control plane may use; past it the oldest are dropped (and counted)
+        #[arg(long, value_name = "SIZE", default_value = "64Mi")]
+        queue_size: outpost_api::quantity::Size,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -152,6 +165,40 @@ enum Command {
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         labels: Vec<String>,
     },
+    /// What happened at sites: containers started and exited (with exit
+    /// codes), health changes, failures, pulls, placement failures
+    Events {
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        #[arg(long = "app", value_name = "APPLICATION")]
+        application: Option<String>,
+        /// Only what happened since then: 10m, 1h, 7d, or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Keep printing events as they arrive
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// text, or json (one object per line with --follow)
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+        output: StreamOutput,
+    },
+    /// An application's container logs, as its sites uploaded them
+    Logs {
+        application: String,
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Only lines written since then: 10m, 1h, 7d, or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Keep printing lines as they arrive
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// text, or json (one object per line)
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+        output: StreamOutput,
+    },
     /// Follow and steer a deployment's rollout
     Rollout {
         #[command(subcommand)]
@@ -209,6 +256,21 @@ enum SimCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
         output: SimOutput,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StreamOutput {
+    Text,
+    Json,
+}
+
+impl From<StreamOutput> for outpost_cli::telemetry::Style {
+    fn from(output: StreamOutput) -> Self {
+        match output {
+            StreamOutput::Text => outpost_cli::telemetry::Style::Text,
+            StreamOutput::Json => outpost_cli::telemetry::Style::Json,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -405,6 +467,9 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             agent_listen,
             tls_san,
+            event_retention,
+            log_retention,
+            metric_retention,
         } => {
             init_logging();
             let config = outpost_control::Config {
@@ -412,6 +477,11 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: *listen,
                 agent_listen: *agent_listen,
                 tls_san: tls_san.clone(),
+                retention: outpost_control::Retention {
+                    events: event_retention.as_std(),
+                    logs: log_retention.as_std(),
+                    metrics: metric_retention.as_std(),
+                },
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(shutdown_signal()).await;
@@ -424,6 +494,7 @@ async fn run(cli: Cli) -> Result<()> {
             host_name,
             runtime,
             registry_auth,
+            queue_size,
         } => {
             init_logging();
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -437,6 +508,7 @@ async fn run(cli: Cli) -> Result<()> {
                 join_token: join_token.clone(),
                 host_name: host_name.clone(),
                 registry_auth: registry_auth.clone(),
+                queue_limit: queue_size.0,
                 runtime: match runtime {
                     RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,
@@ -497,6 +569,37 @@ async fn run(cli: Cli) -> Result<()> {
                     to_version,
                 } => commands::rollout_undo(&client, deployment, to_version.as_deref()).await?,
             }
+        }
+        Command::Events {
+            site,
+            application,
+            since,
+            follow,
+            output,
+        } => {
+            let filter = outpost_cli::telemetry::Filter {
+                site: site.clone(),
+                application: application.clone(),
+                service: None,
+                since: since.clone(),
+            };
+            return outpost_cli::telemetry::events(&client(&cli)?, &filter, (*output).into(), *follow).await;
+        }
+        Command::Logs {
+            application,
+            site,
+            service,
+            since,
+            follow,
+            output,
+        } => {
+            let filter = outpost_cli::telemetry::Filter {
+                site: site.clone(),
+                application: Some(application.clone()),
+                service: service.clone(),
+                since: since.clone(),
+            };
+            return outpost_cli::telemetry::logs(&client(&cli)?, &filter, (*output).into(), *follow).await;
         }
         Command::Token {
             command: TokenCommand::Create { site, ttl },

@@ -58,6 +58,7 @@ pub async fn run(
         listen,
         agent_listen,
         tls_san: Vec::new(),
+        retention: Default::default(),
     })
     .await?;
 
@@ -127,6 +128,7 @@ pub async fn run(
             join_token,
             host_name: Some(HOST.to_string()),
             registry_auth: None,
+            queue_limit: outpost_agent::outbox::DEFAULT_LIMIT,
             runtime: outpost_agent::RuntimeKind::Docker,
         },
         stopped.clone(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use outpost_agent::identity::{self, Credentials};
+use outpost_agent::outbox::Outbox;
 use outpost_agent::reconciler::Reconciler;
 use outpost_agent::session::Session;
 use outpost_agent::store::DesiredStore;
@@ -67,6 +68,7 @@ impl SimSite {
     pub fn start(
         credentials: Credentials,
         start_delay: Duration,
+        outbox: Arc<dyn Outbox>,
         shutdown: watch::Receiver<bool>,
     ) -> SimSite {
         let identity = credentials.identity;
@@ -80,6 +82,7 @@ impl SimSite {
             &identity.host,
             desired,
             status_sender,
+            outbox.clone(),
         );
         tokio::spawn(reconciler.run(shutdown.clone()));
         let host = identity.host.clone();
@@ -87,6 +90,7 @@ impl SimSite {
             server: identity.server.clone(),
             tls: credentials.tls,
             store: Arc::new(MemoryStore::default()),
+            outbox: outbox.clone(),
             discover: Box::new(move || facts(&host)),
             facts: facts(&identity.host),
             desired: desired_sender,

@@ -9,10 +9,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, TryStreamExt};
+use outpost_agent::outbox::MemoryOutbox;
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{ApplyRequest, DeploymentSiteState, DeploymentStatus, SourceFile};
 use outpost_cli::client::Client;
@@ -25,6 +27,9 @@ use crate::control::{self, ControlProcess};
 const APPLICATION: &str = "sim-pos";
 /// Sites applied per request (one transaction each).
 const SITES_PER_APPLY: usize = 1000;
+
+/// What each simulated site may queue for the control plane (events).
+const SITE_QUEUE_LIMIT: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -287,7 +292,10 @@ pub async fn run(options: &Options) -> Result<Report> {
     let (stop, shutdown) = watch::channel(false);
     let sites: Vec<SimSite> = credentials
         .into_iter()
-        .map(|c| SimSite::start(c, options.start_delay, shutdown.clone()))
+        .map(|c| {
+            let outbox = Arc::new(MemoryOutbox::new(SITE_QUEUE_LIMIT));
+            SimSite::start(c, options.start_delay, outbox, shutdown.clone())
+        })
         .collect();
     let first_deploy = per_site(&sites, Instant::now(), options.timeout, "running 1.0.0", |s| {
         s.runs("1.0.0")

@@ -27,6 +27,8 @@ pub struct Docker {
     site: String,
     host: String,
     credentials: Vec<crate::registry::Credential>,
+    /// Images pulled and not yet reported.
+    pulled: std::sync::Mutex<Vec<String>>,
 }
 
 impl Docker {
@@ -46,6 +48,7 @@ impl Docker {
             site: site.to_string(),
             host: host.to_string(),
             credentials,
+            pulled: Default::default(),
         })
     }
 
@@ -94,6 +97,10 @@ impl Docker {
         while let Some(step) = progress.next().await {
             step.with_context(|| format!("pulling {image}"))?;
         }
+        self.pulled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(image.to_string());
         Ok(())
     }
 
@@ -383,6 +390,10 @@ impl Runtime for Docker {
                 tolerate(removed, 404, || "removing a network".to_string())
             }
         }
+    }
+
+    fn pulled(&self) -> Vec<String> {
+        std::mem::take(&mut *self.pulled.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     async fn probe(&self, container_id: &str, application: &str, health: &Health) -> Result<()> {

@@ -52,6 +52,11 @@ pub trait Runtime: Send + Sync + 'static {
         true
     }
 
+    /// The images pulled since the last call (for events).
+    fn pulled(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// A channel that receives a message whenever something this agent owns
     /// changes outside its control (a container died, was removed…).
     fn changes(&self) -> mpsc::Receiver<()>;

@@ -100,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         .route("/applications/{name}/history", get(history))
         .route("/sites/{name}/tokens", post(create_join_token))
         .route("/hosts", get(hosts))
+        .route("/events", get(events))
+        .route("/logs", get(logs))
         .route("/hosts/{site}/{host}/labels", axum::routing::patch(label_host))
         .route("/{kind}/{name}/labels", axum::routing::patch(label_object))
         .route("/deployments/{name}/rollout", get(rollout_status))
@@ -388,6 +390,73 @@ async fn hosts(
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
         .collect();
     Ok(Json(HostList { items }))
+}
+
+/// The most events or log lines one request returns.
+const MAX_RECORDS: i64 = 10_000;
+
+/// Reads `site`, `application`, `service`, `since` (RFC 3339), `after` and
+/// `limit` from a query string.
+fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQuery, ApiError> {
+    let since = match query.get("since") {
+        Some(since) => {
+            let at = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::BadRequest(format!("since: {since:?} is not an RFC 3339 time")))?;
+            Some(
+                at.to_offset(time::UtcOffset::UTC)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            )
+        }
+        None => None,
+    };
+    let number = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
+        }
+    };
+    Ok(crate::store::RecordQuery {
+        site: query.get("site").cloned(),
+        application: query.get("application").cloned(),
+        service: query.get("service").cloned(),
+        since,
+        after: number("after", 0)?,
+        limit: number("limit", 1000)?.clamp(1, MAX_RECORDS),
+    })
+}
+
+/// `GET /api/v1/events`: what happened at sites, oldest first.
+async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<outpost_api::telemetry::EventList>, ApiError> {
+    let items = state.store.events(&record_query(&query)?).await?;
+    Ok(Json(outpost_api::telemetry::EventList { items }))
+}
+
+/// `GET /api/v1/logs?application=A`: log lines sites uploaded, oldest first.
+async fn logs(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<outpost_api::telemetry::LogList>, ApiError> {
+    let query = record_query(&query)?;
+    let Some(application) = &query.application else {
+        return Err(ApiError::BadRequest(
+            "application: which application's logs?".to_string(),
+        ));
+    };
+    if state.store.get(Kind::Application, application).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "Application {application:?} not found"
+        )));
+    }
+    let items = state.store.log_lines(&query).await?;
+    Ok(Json(outpost_api::telemetry::LogList { items }))
 }
 
 fn label_change(body: Result<Bytes, BytesRejection>) -> Result<LabelChange, ApiError> {

@@ -74,11 +74,21 @@ pub fn openapi() -> Value {
     add_schema::<ObjectList>(&mut generator, &mut schemas);
     add_schema::<ApplicationVersion>(&mut generator, &mut schemas);
     add_schema::<ErrorBody>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::telemetry::EventList>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::telemetry::LogList>(&mut generator, &mut schemas);
     add_value("Manifest", manifest_schema().clone(), &mut schemas);
 
     let kind = json!({ "name": "kind", "in": "path", "required": true,
         "schema": { "type": "string", "enum": ["sites", "applications", "deployments"] } });
     let name = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    let filters = json!([
+        { "name": "site", "in": "query", "schema": { "type": "string" } },
+        { "name": "application", "in": "query", "schema": { "type": "string" } },
+        { "name": "service", "in": "query", "schema": { "type": "string" } },
+        { "name": "since", "in": "query", "schema": { "type": "string", "format": "date-time" }, "description": "only what happened at or after this time" },
+        { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "only ids above this one, oldest first (to follow)" },
+        { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 10000 }, "description": "at most this many (default 1000); without `after`, the newest" }
+    ]);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -112,6 +122,16 @@ pub fn openapi() -> Value {
                 "delete": { "summary": "Delete one object", "parameters": [ kind, name ],
                             "responses": with_errors(json!({ "200": ok("StoredObject", "the object as it was") })) }
             },
+            "/events": { "get": {
+                "summary": "Events that agents reported (started, exited, unhealthy…) and placement failures, oldest first",
+                "parameters": filters.clone(),
+                "responses": with_errors(json!({ "200": ok("EventList", "the matching events") }))
+            } },
+            "/logs": { "get": {
+                "summary": "Log lines that agents uploaded; `application` is required",
+                "parameters": filters,
+                "responses": with_errors(json!({ "200": ok("LogList", "the matching lines") }))
+            } },
             "/applications/{name}/history": { "get": {
                 "summary": "The kept versions of an application, newest first",
                 "parameters": [ name ],

@@ -29,6 +29,9 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
         applied_revision: row.try_get("applied_revision")?,
         enrolled_at: row.try_get("enrolled_at")?,
         last_seen: row.try_get("last_seen")?,
+        dropped: row.try_get("dropped")?,
+        bytes_received: row.try_get("bytes_received")?,
+        bytes_sent: row.try_get("bytes_sent")?,
     })
 }
 
@@ -36,7 +39,8 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
 macro_rules! select_host {
     ($tail:literal) => {
         concat!(
-            "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen FROM hosts ",
+            "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen, \
+             dropped, bytes_received, bytes_sent FROM hosts ",
             $tail
         )
     };
@@ -96,10 +100,11 @@ impl FleetStore for SqliteStore {
             .bind(token_hash)
             .execute(&mut *tx)
             .await?;
-        // A host re-enrolling under the same name (a swapped box) keeps its row.
+        // A host re-enrolling under the same name (a swapped box) keeps its
+        // row; its new agent numbers its queue from 1 again.
         sqlx::query(
             "INSERT INTO hosts (site, name, enrolled_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (site, name) DO UPDATE SET enrolled_at = ?3",
+             ON CONFLICT (site, name) DO UPDATE SET enrolled_at = ?3, received_seq = 0",
         )
         .bind(&site)
         .bind(host)

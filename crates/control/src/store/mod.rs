@@ -7,6 +7,7 @@
 
 mod fleet;
 mod sqlite;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -107,6 +108,12 @@ pub struct HostRecord {
     pub applied_revision: i64,
     pub enrolled_at: String,
     pub last_seen: Option<String>,
+    /// Records its agent dropped because its queue was full.
+    pub dropped: i64,
+    /// Bytes of its sessions, counted at the control plane's socket (TLS
+    /// included): from the agent, and to it.
+    pub bytes_received: i64,
+    pub bytes_sent: i64,
 }
 
 /// The last reported state of one instance.
@@ -214,10 +221,63 @@ pub trait FleetStore: Send + Sync + 'static {
     ) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
-/// Everything the control plane keeps.
-pub trait Storage: Store + FleetStore {}
+/// Which events or log lines to read: all filters optional.
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    pub site: Option<String>,
+    pub application: Option<String>,
+    pub service: Option<String>,
+    /// Only what happened at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only ids above this one (to follow).
+    pub after: i64,
+    /// At most this many, the newest ones (oldest first in the answer).
+    pub limit: i64,
+}
 
-impl<T: Store + FleetStore> Storage for T {}
+/// What agents send up besides status: events, logs, metrics, and the
+/// traffic of their sessions.
+#[async_trait]
+pub trait TelemetryStore: Send + Sync + 'static {
+    /// Stores the records of a batch (consecutive sequence numbers from
+    /// `first_seq`) that the host has not sent before, and its count of
+    /// dropped records, in one transaction; returns the last stored
+    /// sequence number, which the agent may forget.
+    async fn store_records(
+        &self,
+        site: &str,
+        host: &str,
+        first_seq: u64,
+        records: &[outpost_api::telemetry::Record],
+        dropped: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Stores an event of the control plane itself (no host, no sequence).
+    async fn record_event(&self, site: &str, event: &outpost_api::telemetry::Event)
+    -> Result<(), StoreError>;
+
+    async fn events(
+        &self,
+        query: &RecordQuery,
+    ) -> Result<Vec<outpost_api::telemetry::StoredEvent>, StoreError>;
+
+    async fn log_lines(
+        &self,
+        query: &RecordQuery,
+    ) -> Result<Vec<outpost_api::telemetry::StoredLogLine>, StoreError>;
+
+    /// Adds to the bytes a host's sessions have carried.
+    async fn add_traffic(&self, site: &str, host: &str, received: u64, sent: u64) -> Result<(), StoreError>;
+
+    /// Deletes events, log lines and metric samples received before the
+    /// given times; returns how many rows went.
+    async fn prune(&self, events: &str, logs: &str, metrics: &str) -> Result<u64, StoreError>;
+}
+
+/// Everything the control plane keeps.
+pub trait Storage: Store + FleetStore + TelemetryStore {}
+
+impl<T: Store + FleetStore + TelemetryStore> Storage for T {}
 
 impl HostRecord {
     /// What host selectors see: the facts and the operator's labels.

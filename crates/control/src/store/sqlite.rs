@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0003_host_labels.sql"),
     ),
     (4, "rollouts", include_str!("../../migrations/0004_rollouts.sql")),
+    (
+        5,
+        "telemetry",
+        include_str!("../../migrations/0005_telemetry.sql"),
+    ),
 ];
 
 #[derive(Debug)]

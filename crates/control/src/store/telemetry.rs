@@ -1,0 +1,392 @@
+//! The SQLite side of telemetry: events, log lines and metric samples
+//! from agents, stored exactly once per sequence number, and pruned after
+//! their retention.
+
+use async_trait::async_trait;
+use outpost_api::telemetry::{Event, LogLine, Record, StoredEvent, StoredLogLine};
+use sqlx::Row;
+
+use super::sqlite::{SqliteStore, now};
+use super::{RecordQuery, StoreError, TelemetryStore};
+
+async fn insert_event(
+    tx: &mut sqlx::SqliteConnection,
+    site: &str,
+    host: &str,
+    seq: Option<i64>,
+    event: &Event,
+    received_at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (site, host, seq, at, received_at, kind, application, service, instance, message, exit_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .bind(site)
+    .bind(host)
+    .bind(seq)
+    .bind(&event.at)
+    .bind(received_at)
+    .bind(event.kind.as_str())
+    .bind(&event.application)
+    .bind(&event.service)
+    .bind(&event.instance)
+    .bind(&event.message)
+    .bind(event.exit_code)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        site: row.try_get("site")?,
+        host: row.try_get("host")?,
+        at: row.try_get("at")?,
+        received_at: row.try_get("received_at")?,
+        kind: kind.parse().map_err(StoreError::Internal)?,
+        application: row.try_get("application")?,
+        service: row.try_get("service")?,
+        instance: row.try_get("instance")?,
+        message: row.try_get("message")?,
+        exit_code: row.try_get("exit_code")?,
+    })
+}
+
+fn log_line_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredLogLine, StoreError> {
+    Ok(StoredLogLine {
+        id: row.try_get("id")?,
+        site: row.try_get("site")?,
+        host: row.try_get("host")?,
+        application: row.try_get("application")?,
+        service: row.try_get("service")?,
+        instance: row.try_get("instance")?,
+        container: row.try_get("container")?,
+        line: LogLine {
+            at: row.try_get("at")?,
+            stream: row.try_get("stream")?,
+            text: row.try_get("text")?,
+        },
+    })
+}
+
+/// The filters every record query shares; `?1`…`?4` are site,
+/// application, service and since, each NULL for "any".
+const FILTERS: &str = "(?1 IS NULL OR site = ?1) AND (?2 IS NULL OR application = ?2)
+     AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR at >= ?4)";
+
+/// Runs a record query: with `after`, the next ones after that id; without,
+/// the newest `limit`. Oldest first either way.
+async fn query_records(
+    store: &SqliteStore,
+    table: &str,
+    query: &RecordQuery,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+    let sql = if query.after > 0 {
+        format!("SELECT * FROM {table} WHERE {FILTERS} AND id > ?5 ORDER BY id LIMIT ?6")
+    } else {
+        format!("SELECT * FROM (SELECT * FROM {table} WHERE {FILTERS} ORDER BY id DESC LIMIT ?6) ORDER BY id")
+    };
+    // The table name is one of ours, never the caller's.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&query.site)
+        .bind(&query.application)
+        .bind(&query.service)
+        .bind(&query.since)
+        .bind(query.after)
+        .bind(query.limit)
+        .fetch_all(&store.pool)
+        .await?;
+    Ok(rows)
+}
+
+#[async_trait]
+impl TelemetryStore for SqliteStore {
+    async fn store_records(
+        &self,
+        site: &str,
+        host: &str,
+        first_seq: u64,
+        records: &[Record],
+        dropped: u64,
+    ) -> Result<u64, StoreError> {
+        let received_at = now();
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<(i64,)> =
+            sqlx::query_as("SELECT received_seq FROM hosts WHERE site = ?1 AND name = ?2")
+                .bind(site)
+                .bind(host)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((stored,)) = stored else {
+            return Err(StoreError::Conflict(format!(
+                "host {host:?} of site {site:?} is not enrolled"
+            )));
+        };
+        let mut last = stored as u64;
+        for (i, record) in records.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            if seq <= last {
+                continue;
+            }
+            last = seq;
+            match record {
+                Record::Event(event) => {
+                    insert_event(&mut tx, site, host, Some(seq as i64), event, &received_at).await?
+                }
+                Record::Log(chunk) => {
+                    for line in &chunk.lines {
+                        sqlx::query(
+                            "INSERT INTO log_lines (site, host, application, service, instance, container, at, stream, text, received_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        )
+                        .bind(site)
+                        .bind(host)
+                        .bind(&chunk.application)
+                        .bind(&chunk.service)
+                        .bind(&chunk.instance)
+                        .bind(&chunk.container)
+                        .bind(if line.at.is_empty() { &chunk.at } else { &line.at })
+                        .bind(&line.stream)
+                        .bind(&line.text)
+                        .bind(&received_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                Record::Metrics(sample) => {
+                    sqlx::query(
+                        "INSERT INTO metric_samples (site, host, at, received_at, sample) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .bind(site)
+                    .bind(host)
+                    .bind(&sample.at)
+                    .bind(&received_at)
+                    .bind(serde_json::to_string(sample)?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query(
+            "UPDATE hosts SET received_seq = ?3, dropped = MAX(dropped, ?4) WHERE site = ?1 AND name = ?2",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(last as i64)
+        .bind(dropped as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn record_event(&self, site: &str, event: &Event) -> Result<(), StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        insert_event(&mut connection, site, "", None, event, &now()).await
+    }
+
+    async fn events(&self, query: &RecordQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        query_records(self, "events", query)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    async fn log_lines(&self, query: &RecordQuery) -> Result<Vec<StoredLogLine>, StoreError> {
+        query_records(self, "log_lines", query)
+            .await?
+            .iter()
+            .map(log_line_from_row)
+            .collect()
+    }
+
+    async fn add_traffic(&self, site: &str, host: &str, received: u64, sent: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET bytes_received = bytes_received + ?3, bytes_sent = bytes_sent + ?4
+             WHERE site = ?1 AND name = ?2",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(received as i64)
+        .bind(sent as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, events: &str, logs: &str, metrics: &str) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for (table, before) in [
+            ("events", events),
+            ("log_lines", logs),
+            ("metric_samples", metrics),
+        ] {
+            let sql = format!("DELETE FROM {table} WHERE received_at < ?1");
+            deleted += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FleetStore;
+    use outpost_api::telemetry::{EventKind, LogChunk};
+
+    fn event(n: i32) -> Record {
+        Record::Event(Event {
+            at: format!("2026-11-21T10:00:{n:02}Z"),
+            kind: EventKind::Exited,
+            application: "pos".into(),
+            service: "web".into(),
+            instance: "web-0".into(),
+            message: format!("exit {n}"),
+            exit_code: Some(n),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_resent_batch_is_stored_once_and_queries_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("outpost.db")).await.unwrap();
+        let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        store.create_join_token("h", "shop-1", expires).await.unwrap();
+        store.redeem_join_token("h", "till").await.unwrap();
+
+        let batch: Vec<Record> = (1..=5).map(event).collect();
+        assert_eq!(
+            store.store_records("shop-1", "till", 1, &batch, 0).await.unwrap(),
+            5
+        );
+        // Resent after a lost acknowledgement, overlapping with new records.
+        let overlap: Vec<Record> = (4..=8).map(event).collect();
+        assert_eq!(
+            store
+                .store_records("shop-1", "till", 4, &overlap, 2)
+                .await
+                .unwrap(),
+            8
+        );
+        let all = store
+            .events(&RecordQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let codes: Vec<i32> = all.iter().filter_map(|e| e.exit_code).collect();
+        assert_eq!(codes, (1..=8).collect::<Vec<_>>(), "each once, in order");
+        assert_eq!(store.host("shop-1", "till").await.unwrap().unwrap().dropped, 2);
+
+        // The newest N, oldest first; then following after an id.
+        let newest = store
+            .events(&RecordQuery {
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.iter().filter_map(|e| e.exit_code).collect::<Vec<_>>(),
+            [6, 7, 8]
+        );
+        let after = store
+            .events(&RecordQuery {
+                after: all[5].id,
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            after.iter().filter_map(|e| e.exit_code).collect::<Vec<_>>(),
+            [7, 8]
+        );
+        let since = RecordQuery {
+            since: Some("2026-11-21T10:00:07Z".into()),
+            site: Some("shop-1".into()),
+            application: Some("pos".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(store.events(&since).await.unwrap().len(), 2);
+        let other = RecordQuery {
+            site: Some("shop-2".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        assert!(store.events(&other).await.unwrap().is_empty());
+
+        // Log chunks become lines.
+        let chunk = Record::Log(LogChunk {
+            at: "2026-11-21T10:01:00Z".into(),
+            application: "pos".into(),
+            service: "web".into(),
+            instance: "web-0".into(),
+            container: "httpd".into(),
+            lines: vec![
+                LogLine {
+                    at: String::new(),
+                    stream: "stdout".into(),
+                    text: "one".into(),
+                },
+                LogLine {
+                    at: String::new(),
+                    stream: "stderr".into(),
+                    text: "two".into(),
+                },
+            ],
+            skipped: 0,
+        });
+        assert_eq!(
+            store
+                .store_records("shop-1", "till", 9, &[chunk], 2)
+                .await
+                .unwrap(),
+            9
+        );
+        let lines = store
+            .log_lines(&RecordQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let text: Vec<&str> = lines.iter().map(|l| l.line.text.as_str()).collect();
+        assert_eq!(text, ["one", "two"]);
+
+        // A re-enrolled host numbers its queue from 1 again.
+        store.create_join_token("h2", "shop-1", expires).await.unwrap();
+        store.redeem_join_token("h2", "till").await.unwrap();
+        assert_eq!(
+            store
+                .store_records("shop-1", "till", 1, &[event(9)], 0)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .events(&RecordQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            9
+        );
+
+        // Retention.
+        assert_eq!(store.prune("9999", "0", "0").await.unwrap(), 9);
+        assert_eq!(store.prune("9999", "9999", "9999").await.unwrap(), 2);
+    }
+}
