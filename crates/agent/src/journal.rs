@@ -15,6 +15,8 @@ pub struct Journal {
     containers: HashMap<String, bool>,
     /// The state of each instance when last reported.
     instances: HashMap<String, String>,
+    /// Whether `observe` ran before (the agent's first look at the host).
+    looked: bool,
 }
 
 fn event(kind: EventKind, application: &str, service: &str, instance: &str, message: String) -> Event {
@@ -30,15 +32,18 @@ fn event(kind: EventKind, application: &str, service: &str, instance: &str, mess
 }
 
 impl Journal {
-    /// The containers that started or stopped since the last look. A
-    /// container first seen stopped (it stopped while the agent was not
-    /// running) counts as having stopped.
+    /// The containers that started or stopped since the last look. On the
+    /// agent's first look, what runs is not news (it was started before the
+    /// agent restarted), but a stopped container is: it stopped while the
+    /// agent was not running.
     pub fn observe(&mut self, observed: &[Observed]) -> Vec<Event> {
+        let first_look = !std::mem::replace(&mut self.looked, true);
         let mut events = Vec::new();
         for o in observed {
             let before = self.containers.insert(o.id.clone(), o.running);
             let name = o.name.trim_start_matches('/');
             match (before, o.running) {
+                (None, true) if first_look => {}
                 (None | Some(false), true) => events.push(event(
                     EventKind::Started,
                     &o.application,
@@ -48,12 +53,17 @@ impl Journal {
                 )),
                 (None | Some(true), false) => {
                     let code = o.exit_code.unwrap_or(-1) as i32;
+                    let found = if first_look {
+                        " (found when the agent started)"
+                    } else {
+                        ""
+                    };
                     let mut exited = event(
                         EventKind::Exited,
                         &o.application,
                         &o.service,
                         &o.instance,
-                        format!("{name} exited with {code}"),
+                        format!("{name} exited with {code}{found}"),
                     );
                     exited.exit_code = Some(code);
                     events.push(exited);
@@ -125,10 +135,8 @@ mod tests {
     #[test]
     fn a_crash_and_restart_is_one_exit_then_one_start() {
         let mut journal = Journal::default();
-        assert_eq!(
-            kinds(&journal.observe(&[container("a", true, None)])),
-            [(EventKind::Started, None)]
-        );
+        // What already runs when the agent starts is not news.
+        assert!(journal.observe(&[container("a", true, None)]).is_empty());
         assert!(journal.observe(&[container("a", true, None)]).is_empty());
         let exited = journal.observe(&[container("a", false, Some(3))]);
         assert_eq!(kinds(&exited), [(EventKind::Exited, Some(3))]);
@@ -146,10 +154,9 @@ mod tests {
         );
         // Found stopped on the first look (it stopped while the agent was down).
         let mut fresh = Journal::default();
-        assert_eq!(
-            kinds(&fresh.observe(&[container("b", false, Some(137))])),
-            [(EventKind::Exited, Some(137))]
-        );
+        let found = fresh.observe(&[container("b", false, Some(137))]);
+        assert_eq!(kinds(&found), [(EventKind::Exited, Some(137))]);
+        assert!(found[0].message.ends_with("(found when the agent started)"));
     }
 
     #[test]

@@ -1061,3 +1061,63 @@ fn a_site_that_comes_to_match_waits_for_its_wave() {
             .then_some(())
     });
 }
+
+/// The events of a site, oldest first, as `outpost events -o json` lists them.
+fn site_events(control: &ControlPlane, site: &str) -> Vec<serde_json::Value> {
+    let run = control.cli(&["events", "--site", site, "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+/// Scenario a of the connectivity issue, with the control plane stopped as
+/// the cut: a container that crashes twice meanwhile is restarted locally
+/// both times, and both exits arrive once, in order, after the link is back.
+#[test]
+fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
+    let mut control = ControlPlane::start();
+    let site = unique_site("events");
+    control.apply(&site_manifest(&site)).ok();
+    let mut agent = Agent::enroll(&control, &site, "h1");
+    control.apply(&web_application(&site, "1")).ok();
+    let www = format!("outpost.{site}.web-www-0.httpd");
+    let www_events = |control: &ControlPlane| -> Vec<(String, Option<i64>)> {
+        site_events(control, &site)
+            .iter()
+            .filter(|e| e["service"] == "www")
+            .map(|e| (e["kind"].as_str().unwrap().to_string(), e["exitCode"].as_i64()))
+            .collect()
+    };
+    eventually(Duration::from_secs(30), "the start of www reported", || {
+        (www_events(&control) == [("started".to_string(), None)]).then_some(())
+    });
+
+    assert!(control.stop());
+    for round in 0..2 {
+        let started = inspect(&www, "{{.State.StartedAt}}");
+        docker(&["kill", &www]);
+        eventually(Duration::from_secs(15), &format!("www restarted locally ({round})"), || {
+            (inspect(&www, "{{.State.Running}}") == "true" && inspect(&www, "{{.State.StartedAt}}") != started)
+                .then_some(())
+        });
+    }
+    control.restart();
+    let started = || ("started".to_string(), None);
+    let exited = || ("exited".to_string(), Some(137));
+    let expected = vec![started(), exited(), started(), exited(), started()];
+    eventually(Duration::from_secs(30), "both exits reported after the cut", || {
+        (www_events(&control).len() >= expected.len()).then_some(())
+    });
+    assert_eq!(www_events(&control), expected, "each once, in order");
+    let text = control.cli(&["events", "--site", &site, "--app", "web"]).ok().to_string();
+    assert!(text.contains("exited with 137"), "{text}");
+
+    // A restarted agent reconnects, sends nothing twice, and does not
+    // take what still runs for something new.
+    agent.stop();
+    agent.start();
+    eventually(Duration::from_secs(30), "the site back online", || {
+        (control.site_status(&site)["online"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(www_events(&control), expected);
+}
