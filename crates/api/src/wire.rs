@@ -258,6 +258,15 @@ pub struct HostInfo {
     /// The operator's labels (facts are separate and read-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Events, logs and metrics its agent dropped because its queue was full.
+    #[serde(default)]
+    pub dropped: i64,
+    /// Bytes its agent sessions carried, counted at the control plane's
+    /// socket (TLS included): from the host, and to it.
+    #[serde(default)]
+    pub bytes_received: i64,
+    #[serde(default)]
+    pub bytes_sent: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

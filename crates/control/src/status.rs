@@ -193,6 +193,9 @@ impl Snapshot {
                 applied_revision: h.applied_revision,
                 enrolled_at: h.enrolled_at.clone(),
                 last_seen: h.last_seen.clone(),
+                dropped: h.dropped,
+                bytes_received: h.bytes_received,
+                bytes_sent: h.bytes_sent,
                 instances: self
                     .host_instances(&h.site, &h.name)
                     .iter()

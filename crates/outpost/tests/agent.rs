@@ -1095,20 +1095,30 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
     for round in 0..2 {
         let started = inspect(&www, "{{.State.StartedAt}}");
         docker(&["kill", &www]);
-        eventually(Duration::from_secs(15), &format!("www restarted locally ({round})"), || {
-            (inspect(&www, "{{.State.Running}}") == "true" && inspect(&www, "{{.State.StartedAt}}") != started)
-                .then_some(())
-        });
+        eventually(
+            Duration::from_secs(15),
+            &format!("www restarted locally ({round})"),
+            || {
+                (inspect(&www, "{{.State.Running}}") == "true"
+                    && inspect(&www, "{{.State.StartedAt}}") != started)
+                    .then_some(())
+            },
+        );
     }
     control.restart();
     let started = || ("started".to_string(), None);
     let exited = || ("exited".to_string(), Some(137));
     let expected = vec![started(), exited(), started(), exited(), started()];
-    eventually(Duration::from_secs(30), "both exits reported after the cut", || {
-        (www_events(&control).len() >= expected.len()).then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "both exits reported after the cut",
+        || (www_events(&control).len() >= expected.len()).then_some(()),
+    );
     assert_eq!(www_events(&control), expected, "each once, in order");
-    let text = control.cli(&["events", "--site", &site, "--app", "web"]).ok().to_string();
+    let text = control
+        .cli(&["events", "--site", &site, "--app", "web"])
+        .ok()
+        .to_string();
     assert!(text.contains("exited with 137"), "{text}");
 
     // A restarted agent reconnects, sends nothing twice, and does not

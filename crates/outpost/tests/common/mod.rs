@@ -70,6 +70,12 @@ impl ControlPlane {
         }
     }
 
+    /// Kills the process outright (SIGKILL): nothing gets to flush or drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the process again on the same data directory and addresses
     /// (agents keep dialling the address they know).
     pub fn restart(&mut self) {
