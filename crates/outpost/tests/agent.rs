@@ -1062,13 +1062,6 @@ fn a_site_that_comes_to_match_waits_for_its_wave() {
     });
 }
 
-/// The events of a site, oldest first, as `outpost events -o json` lists them.
-fn site_events(control: &ControlPlane, site: &str) -> Vec<serde_json::Value> {
-    let run = control.cli(&["events", "--site", site, "-o", "json"]);
-    let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
-    list["items"].as_array().unwrap().clone()
-}
-
 /// Scenario a of the connectivity issue, with the control plane stopped as
 /// the cut: a container that crashes twice meanwhile is restarted locally
 /// both times, and both exits arrive once, in order, after the link is back.
@@ -1081,7 +1074,8 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
     control.apply(&web_application(&site, "1")).ok();
     let www = format!("outpost.{site}.web-www-0.httpd");
     let www_events = |control: &ControlPlane| -> Vec<(String, Option<i64>)> {
-        site_events(control, &site)
+        control
+            .site_events(&site)
             .iter()
             .filter(|e| e["service"] == "www")
             .map(|e| (e["kind"].as_str().unwrap().to_string(), e["exitCode"].as_i64()))

@@ -6,6 +6,9 @@
 //! many). The simulated runtime stands in for Docker: only the queue and
 //! the link are under test here.
 
+// Test-only code: a panic here is how a test reports that its setup failed.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

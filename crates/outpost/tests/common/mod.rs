@@ -472,6 +472,13 @@ impl ControlPlane {
         self.cli_stdin(&["apply", "-f", "-"], text)
     }
 
+    /// The events of a site, oldest first, as `outpost events -o json` lists them.
+    pub fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
+        let run = self.cli(&["events", "--site", site, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+        list["items"].as_array().unwrap().clone()
+    }
+
     /// A field of a site's status (`get sites NAME -o json`).
     pub fn site_status(&self, site: &str) -> serde_json::Value {
         let run = self.cli(&["get", "site", site, "-o", "json"]);
