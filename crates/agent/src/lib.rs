@@ -9,6 +9,7 @@ pub mod facts;
 pub mod health;
 pub mod identity;
 pub mod journal;
+pub mod metrics;
 pub mod outbox;
 pub mod plan;
 pub mod reconciler;
@@ -41,6 +42,8 @@ pub struct Config {
     pub registry_auth: Option<PathBuf>,
     /// The bound of the outbound queue on disk, in bytes.
     pub queue_limit: u64,
+    /// Where `/metrics` is served (a loopback address by default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Which runtime runs the workloads of this host.
@@ -134,6 +137,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         outbox.clone(),
     );
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
+    let (connected_sender, connected) = watch::channel(false);
+    let metrics = config.metrics_listen.map(|listen| {
+        let sources = metrics::Sources {
+            outbox: outbox.clone(),
+            status: status.clone(),
+            connected,
+        };
+        tokio::spawn(metrics::serve(listen, sources, shutdown.clone()))
+    });
     let (data_dir, host) = (config.data_dir.clone(), identity.host.clone());
     let session = session::Session {
         server: identity.server.clone(),
@@ -144,11 +156,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         facts: facts::discover(&config.data_dir, &identity.host),
         desired: desired_sender,
         status,
-        connected: watch::channel(false).0,
+        connected: connected_sender,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
     let _ = reconciling.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     store.close().await;
     tracing::info!("agent stopped; its workloads keep running");
     Ok(())

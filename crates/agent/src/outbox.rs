@@ -50,6 +50,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// Records dropped because the queue was full, since it was created.
     fn dropped(&self) -> u64;
 
+    /// Bytes of records waiting.
+    fn queued_bytes(&self) -> u64;
+
     /// The sequence number of the newest record; changes on every push.
     fn newest(&self) -> watch::Receiver<u64>;
 }
@@ -82,6 +85,8 @@ pub struct DiskOutbox {
     /// Bytes queued and records dropped (also kept on disk), held across
     /// each change so that pushes and acknowledgements keep them exact.
     totals: tokio::sync::Mutex<(u64, u64)>,
+    /// Copies of the totals, for readers that must not wait.
+    bytes: AtomicU64,
     dropped: AtomicU64,
     newest: watch::Sender<u64>,
 }
@@ -123,6 +128,7 @@ impl DiskOutbox {
             pool,
             limit,
             totals: tokio::sync::Mutex::new((bytes as u64, dropped)),
+            bytes: AtomicU64::new(bytes as u64),
             dropped: AtomicU64::new(dropped),
             newest: watch::channel(used.map_or(newest, |u| u.0) as u64).0,
         })
@@ -175,6 +181,7 @@ impl Outbox for DiskOutbox {
         .await?;
         tx.commit().await.context("queueing records")?;
         *totals = (bytes, dropped);
+        self.bytes.store(bytes, Ordering::Relaxed);
         self.dropped.store(dropped, Ordering::Relaxed);
         self.newest.send_replace(newest);
         Ok(())
@@ -206,11 +213,16 @@ impl Outbox for DiskOutbox {
             .await?;
         tx.commit().await?;
         totals.0 = totals.0.saturating_sub(freed as u64);
+        self.bytes.store(totals.0, Ordering::Relaxed);
         Ok(())
     }
 
     fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn queued_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     fn newest(&self) -> watch::Receiver<u64> {
@@ -325,6 +337,10 @@ impl Outbox for MemoryOutbox {
         self.state().dropped
     }
 
+    fn queued_bytes(&self) -> u64 {
+        self.state().bytes
+    }
+
     fn newest(&self) -> watch::Receiver<u64> {
         self.newest.subscribe()
     }
@@ -380,8 +396,10 @@ mod tests {
         let batch = outbox.pending(0, 100, 1 << 20).await.unwrap().unwrap();
         assert_eq!((batch.first_seq, batch.last_seq()), (16, 35));
         assert_eq!(batch.records[0], serde_json::to_string(&event(15)).unwrap());
+        assert_eq!(outbox.queued_bytes(), 20 * size());
         outbox.acknowledge(35).await.unwrap();
         assert_eq!(outbox.pending(0, 100, 1 << 20).await.unwrap(), None);
+        assert_eq!(outbox.queued_bytes(), 0);
         // Sequence numbers are never reused.
         outbox.push(&[event(99)]).await.unwrap();
         assert_eq!(

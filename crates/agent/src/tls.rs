@@ -146,7 +146,10 @@ pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
             tcp.set_nodelay(true)?;
             // Counted below TLS: what the link carries, handshakes included.
             let stream = TlsConnector::from(tls)
-                .connect(name, crate::uplink::Counted(tcp))
+                .connect(
+                    name,
+                    outpost_proto::traffic::Counted::new(tcp, crate::uplink::traffic()),
+                )
                 .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }

@@ -4,6 +4,7 @@
 pub mod client_config;
 pub mod diagnostic;
 pub mod manifest;
+pub mod metrics;
 pub mod quantity;
 pub mod rollout;
 pub mod schema;

@@ -411,13 +411,28 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                 out.push('\n');
                 for host in &hosts {
                     let state = if host.online { "online" } else { "offline" };
-                    let _ = writeln!(
+                    let _ = write!(
                         out,
-                        "  {} ({state}, {} instance(s))",
+                        "  {} ({state}, {} instance(s)), link: {} in, {} out",
                         host.name,
-                        host.instances.len()
+                        host.instances.len(),
+                        output::bytes(host.bytes_received),
+                        output::bytes(host.bytes_sent),
                     );
+                    if host.dropped > 0 {
+                        let _ = write!(out, ", {} record(s) dropped by its full queue", host.dropped);
+                    }
+                    out.push('\n');
                 }
+                let (received, sent) = hosts
+                    .iter()
+                    .fold((0, 0), |(r, s), h| (r + h.bytes_received, s + h.bytes_sent));
+                let _ = writeln!(
+                    out,
+                    "Traffic:     {} from the site, {} to it (agent channel at the control plane's socket, TLS included)",
+                    output::bytes(received),
+                    output::bytes(sent)
+                );
             }
             let deployments = client.list(Kind::Deployment, None).await?;
             out.push_str("Deployments:");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use outpost_api::workload::SiteState;
+use outpost_proto::traffic::{CountedInfo, Traffic};
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, SiteManifest,
@@ -19,6 +20,7 @@ use outpost_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
@@ -97,10 +99,15 @@ fn internal(err: impl std::fmt::Display) -> Status {
     Status::internal("internal error; the control plane's log has the details")
 }
 
+/// The TLS connection a request came on, with its byte counter.
+fn connection<T>(request: &Request<T>) -> Option<&TlsConnectInfo<CountedInfo>> {
+    request.extensions().get::<TlsConnectInfo<CountedInfo>>()
+}
+
 /// The (site, host) of a request's client certificate.
 fn identity<T>(request: &Request<T>) -> Result<(String, String), Status> {
-    let certs = request
-        .peer_certs()
+    let certs = connection(request)
+        .and_then(|c| c.peer_certs())
         .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
     let leaf = certs
         .first()
@@ -163,9 +170,14 @@ impl AgentGateway for Gateway {
                 "host {host:?} of site {site:?} is not enrolled"
             )));
         }
+        let traffic = connection(&request)
+            .map(|c| c.get_ref().traffic.clone())
+            .unwrap_or_default();
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(16);
         let session = Session {
+            traffic,
+            booked: Default::default(),
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             site,
@@ -180,6 +192,10 @@ impl AgentGateway for Gateway {
 }
 
 struct Session {
+    /// The bytes of this session's connection, and how many of them are
+    /// already added to the host's totals (received, sent).
+    traffic: Arc<Traffic>,
+    booked: std::sync::Mutex<(u64, u64)>,
     store: Arc<dyn Storage>,
     fleet: Arc<Fleet>,
     site: String,
@@ -209,6 +225,23 @@ impl Session {
         if let Err(err) = self.store.record_seen(&site, &host, None).await {
             tracing::warn!(%err, "recording when a host was last seen");
         }
+        if let Err(err) = self.book_traffic().await {
+            tracing::warn!(%err, "recording the traffic of a host");
+        }
+    }
+
+    /// Adds the bytes counted since the last call to the host's totals.
+    async fn book_traffic(&self) -> Result<(), String> {
+        let now = (self.traffic.received(), self.traffic.sent());
+        let before = std::mem::replace(&mut *self.booked.lock().unwrap_or_else(|e| e.into_inner()), now);
+        let (received, sent) = (now.0 - before.0, now.1 - before.1);
+        if received + sent == 0 {
+            return Ok(());
+        }
+        self.store
+            .add_traffic(&self.site, &self.host, received, sent)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn send(&self, body: control_message::Body) -> Result<(), String> {
@@ -273,6 +306,7 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
+                    self.book_traffic().await?;
                 }
                 () = tokio::time::sleep_until(silent_until) => {
                     return Err("no word from the agent within the offline grace; it is offline".to_string());

@@ -241,6 +241,17 @@ async fn serve_agents(
         .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
         .client_ca_root(Certificate::from_pem(&pki.ca_pem))
         .client_auth_optional(true);
+    // Every connection counts its bytes at the socket, TLS included; its
+    // session books them to the host its certificate names.
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |tcp| {
+            tcp.map(|tcp| {
+                outpost_proto::traffic::Counted::new(
+                    tcp,
+                    Arc::new(outpost_proto::traffic::Traffic::default()),
+                )
+            })
+        });
     Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(gateway::KEEPALIVE))
@@ -248,7 +259,7 @@ async fn serve_agents(
         .add_service(outpost_proto::v1::agent_gateway_server::AgentGatewayServer::new(
             gateway,
         ))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -82,6 +82,10 @@ enum Command {
         /// control plane may use; past it the oldest are dropped (and counted)
         #[arg(long, value_name = "SIZE", default_value = "64Mi")]
         queue_size: outpost_api::quantity::Size,
+        /// Where to serve Prometheus metrics at /metrics (keep it on loopback
+        /// or a management network; there is no authentication)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7802")]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -495,6 +499,7 @@ async fn run(cli: Cli) -> Result<()> {
             runtime,
             registry_auth,
             queue_size,
+            metrics_listen,
         } => {
             init_logging();
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -509,6 +514,7 @@ async fn run(cli: Cli) -> Result<()> {
                 host_name: host_name.clone(),
                 registry_auth: registry_auth.clone(),
                 queue_limit: queue_size.0,
+                metrics_listen: Some(*metrics_listen),
                 runtime: match runtime {
                     RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,

@@ -129,6 +129,7 @@ pub async fn run(
             host_name: Some(HOST.to_string()),
             registry_auth: None,
             queue_limit: outpost_agent::outbox::DEFAULT_LIMIT,
+            metrics_listen: None,
             runtime: outpost_agent::RuntimeKind::Docker,
         },
         stopped.clone(),

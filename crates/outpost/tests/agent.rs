@@ -1070,7 +1070,13 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
     let mut control = ControlPlane::start();
     let site = unique_site("events");
     control.apply(&site_manifest(&site)).ok();
-    let mut agent = Agent::enroll(&control, &site, "h1");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut agent = Agent::enroll_with(&control, &site, "h1", &["--metrics-listen", &metrics_listen]);
     control.apply(&web_application(&site, "1")).ok();
     let www = format!("outpost.{site}.web-www-0.httpd");
     let www_events = |control: &ControlPlane| -> Vec<(String, Option<i64>)> {
@@ -1124,4 +1130,38 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(www_events(&control), expected);
+
+    // The ended session booked its bytes to the host; both ends export them.
+    let describe = control.cli(&["describe", "site", &site]).ok().to_string();
+    assert!(
+        describe.contains("h1 (online, 2 instance(s)), link: "),
+        "{describe}"
+    );
+    assert!(!describe.contains("link: 0 B in"), "{describe}");
+    let token = control.token();
+    let metrics = control.http().send("GET", "/metrics", Some(&token), None);
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap().to_string();
+    let received = format!("outpost_agent_received_bytes_total{{site=\"{site}\",host=\"h1\"}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&received))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line[received.len()..].parse::<f64>().unwrap() > 1000.0, "{line}");
+    let agent_metrics = reqwest::blocking::get(format!("http://{metrics_listen}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        agent_metrics.contains("outpost_agent_connected 1\n"),
+        "{agent_metrics}"
+    );
+    assert!(
+        agent_metrics.contains("outpost_agent_instances{state=\"running\"} 2\n"),
+        "{agent_metrics}"
+    );
+    assert!(
+        agent_metrics.contains("outpost_agent_queue_bytes 0\n"),
+        "{agent_metrics}"
+    );
 }

@@ -1,19 +1,21 @@
 //! The agent protocol, generated from `proto/outpost/agent/v1/agent.proto`.
 //!
 //! **Architecture Invariant:** only this crate knows the protobuf wire
-//! format; the payloads it carries are `outpost_api` types as JSON.
+//! format; the payloads it carries are `outpost_api` types as JSON. It
+//! also holds the byte counting both ends do at the socket.
 
-#![allow(
+pub mod traffic;
+
+/// The protocol version an agent states in its hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[allow(
     clippy::all,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
     missing_docs
 )]
-
-/// The protocol version an agent states in its hello.
-pub const PROTOCOL_VERSION: u32 = 1;
-
 pub mod v1 {
     tonic::include_proto!("outpost.agent.v1");
 }

@@ -114,8 +114,13 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(protected)
         .fallback(not_found);
+    // Prometheus scrapes with the same bearer token as every other client.
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(metrics)
         .nest("/api/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -390,6 +395,80 @@ async fn hosts(
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
         .collect();
     Ok(Json(HostList { items }))
+}
+
+/// `GET /metrics`: the fleet in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
+    let hosts = snapshot.hosts();
+    let mut out = outpost_api::metrics::Exposition::default();
+    let online = hosts.iter().filter(|h| h.online).count();
+    out.family(
+        "outpost_hosts",
+        "gauge",
+        "Enrolled hosts, by whether their agent is connected.",
+    )
+    .sample("outpost_hosts", &[("state", "online")], online as f64)
+    .sample(
+        "outpost_hosts",
+        &[("state", "offline")],
+        (hosts.len() - online) as f64,
+    );
+    let mut states: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for state in hosts.iter().flat_map(|h| h.instances.values()) {
+        *states.entry(state.as_str()).or_default() += 1;
+    }
+    out.family(
+        "outpost_instances",
+        "gauge",
+        "Instances as their hosts last reported them, by state.",
+    );
+    for (state, count) in states {
+        out.sample("outpost_instances", &[("state", state)], count as f64);
+    }
+    type PerHost = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&outpost_api::wire::HostInfo) -> f64,
+    );
+    let per_host: [PerHost; 4] = [
+        (
+            "outpost_host_online",
+            "gauge",
+            "1 while the host's agent is connected.",
+            |h| u8::from(h.online).into(),
+        ),
+        (
+            "outpost_agent_received_bytes_total",
+            "counter",
+            "Bytes received from the host's agent, counted at the socket (TLS included); booked every heartbeat and when a session ends.",
+            |h| h.bytes_received as f64,
+        ),
+        (
+            "outpost_agent_sent_bytes_total",
+            "counter",
+            "Bytes sent to the host's agent, counted at the socket (TLS included); booked every heartbeat and when a session ends.",
+            |h| h.bytes_sent as f64,
+        ),
+        (
+            "outpost_agent_dropped_records_total",
+            "counter",
+            "Events, log chunks and samples the host's agent dropped because its queue was full.",
+            |h| h.dropped as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_host {
+        out.family(name, kind, help);
+        for host in &hosts {
+            out.sample(name, &[("site", &host.site), ("host", &host.name)], value(host));
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, outpost_api::metrics::CONTENT_TYPE)],
+        out.finish(),
+    )
+        .into_response())
 }
 
 /// The most events or log lines one request returns.

@@ -388,7 +388,12 @@ impl Agent {
                 self.dir.path().to_str().unwrap(),
             ])
             .args(["--host-name", &self.host])
-            .args(&self.args)
+            .args(&self.args);
+        // Parallel agents must not fight over the default metrics port.
+        if !self.args.iter().any(|a| a == "--metrics-listen") {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
