@@ -9,6 +9,7 @@ pub mod facts;
 pub mod health;
 pub mod identity;
 pub mod journal;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod plan;
@@ -128,6 +129,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
         RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
     };
+    let collecting = tokio::spawn(logs::collect(runtime.clone(), outbox.clone(), shutdown.clone()));
     let reconciler = reconciler::Reconciler::new(
         runtime,
         &identity.site,
@@ -161,6 +163,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
     let _ = reconciling.await;
+    let _ = collecting.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

@@ -1065,6 +1065,8 @@ fn a_site_that_comes_to_match_waits_for_its_wave() {
 /// Scenario a of the connectivity issue, with the control plane stopped as
 /// the cut: a container that crashes twice meanwhile is restarted locally
 /// both times, and both exits arrive once, in order, after the link is back.
+/// Then: the session's bytes are booked to the host and exported by both
+/// ends' /metrics, and the containers' output reaches `outpost logs`.
 #[test]
 fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
     let mut control = ControlPlane::start();
@@ -1161,7 +1163,26 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         "{agent_metrics}"
     );
     assert!(
-        agent_metrics.contains("outpost_agent_queue_bytes 0\n"),
+        agent_metrics.contains("outpost_agent_queue_dropped_records_total 0\n"),
         "{agent_metrics}"
+    );
+
+    // What the client container writes reaches `outpost logs`.
+    let logs = eventually(Duration::from_secs(30), "the client's lines uploaded", || {
+        let run = control.cli(&["logs", "web", "--site", &site, "--service", "client"]);
+        let text = run.ok().to_string();
+        text.contains("outpost test page").then_some(text)
+    });
+    let first = logs.lines().next().unwrap();
+    assert!(
+        first.ends_with(&format!(" {site}/h1 web-client-0/loop outpost test page")),
+        "{logs}"
+    );
+    let refused = control.cli(&["logs", "nope"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("Application \"nope\" not found"),
+        "{}",
+        refused.stderr
     );
 }

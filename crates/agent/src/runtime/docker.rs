@@ -7,16 +7,18 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, EndpointSettings, HostConfig, Mount,
     MountType, MountVolumeOptions, NetworkCreateRequest, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListNetworksOptions,
-    RemoveContainerOptions, StartContainerOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use futures_util::StreamExt;
 use outpost_api::manifest::{Health, Protocol};
+use outpost_api::telemetry::LogLine;
 use tokio::sync::mpsc;
 
 use super::{Runtime, labels};
@@ -390,6 +392,36 @@ impl Runtime for Docker {
                 tolerate(removed, 404, || "removing a network".to_string())
             }
         }
+    }
+
+    async fn logs(&self, container_id: &str, since: i64, tail: usize) -> Result<Vec<LogLine>> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            since: since.clamp(0, i32::MAX as i64) as i32,
+            timestamps: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.client.logs(container_id, Some(options));
+        let mut lines = Vec::new();
+        while let Some(output) = stream.next().await {
+            let (stream, message) = match output.context("reading a container's logs")? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => ("stdout", message),
+                LogOutput::StdErr { message } => ("stderr", message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            let text = String::from_utf8_lossy(&message);
+            let text = text.trim_end_matches(['\n', '\r']);
+            // With timestamps, each line starts with its RFC 3339 time.
+            let (at, text) = text.split_once(' ').unwrap_or(("", text));
+            lines.push(LogLine {
+                at: at.to_string(),
+                stream: stream.to_string(),
+                text: text.to_string(),
+            });
+        }
+        Ok(lines)
     }
 
     fn pulled(&self) -> Vec<String> {

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use outpost_api::manifest::Health;
+use outpost_api::telemetry::LogLine;
 use tokio::sync::mpsc;
 
 use crate::plan::{Action, Observed};
@@ -50,6 +51,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// replaces the other (not so for native processes sharing ports).
     fn overlap(&self) -> bool {
         true
+    }
+
+    /// What a container wrote since `since` (a UNIX time in seconds), oldest
+    /// first, at most `tail` lines (the newest). Runtimes without logs
+    /// return none.
+    async fn logs(&self, container_id: &str, since: i64, tail: usize) -> Result<Vec<LogLine>> {
+        let _ = (container_id, since, tail);
+        Ok(Vec::new())
     }
 
     /// The images pulled since the last call (for events).
