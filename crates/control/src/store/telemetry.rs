@@ -112,7 +112,9 @@ impl TelemetryStore for SqliteStore {
         dropped: u64,
     ) -> Result<u64, StoreError> {
         let received_at = now();
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the transaction reads, then writes; a deferred one
+        // would fail (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Option<(i64,)> =
             sqlx::query_as("SELECT received_seq FROM hosts WHERE site = ?1 AND name = ?2")
                 .bind(site)
