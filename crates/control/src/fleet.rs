@@ -463,7 +463,34 @@ impl Fleet {
 
     /// Stores the states that changed and wakes their sessions.
     async fn store_states(&self, states: &BTreeMap<String, SiteState>) -> Result<(), StoreError> {
+        // Placement failures that are new become events. Few sites have any,
+        // so only theirs are read back.
+        let mut new_failures = Vec::new();
+        for (site, state) in states.iter().filter(|(_, s)| !s.failures.is_empty()) {
+            let before = self.store.site_state(site).await?.map(|(_, s)| s.failures).unwrap_or_default();
+            new_failures.extend(
+                state
+                    .failures
+                    .iter()
+                    .filter(|f| !before.contains(f))
+                    .map(|f| (site.clone(), f.clone())),
+            );
+        }
         let changed = self.store.save_site_states(states).await?;
+        for (site, failure) in new_failures {
+            let event = outpost_api::telemetry::Event {
+                at: outpost_api::telemetry::now(),
+                kind: outpost_api::telemetry::EventKind::PlacementFailed,
+                application: failure.application,
+                service: String::new(),
+                instance: String::new(),
+                message: format!("deployment {}: {}", failure.deployment, failure.reason),
+                exit_code: None,
+            };
+            if let Err(err) = self.store.record_event(&site, &event).await {
+                tracing::warn!(%site, %err, "recording a placement failure");
+            }
+        }
         let revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
         for (site, revision) in changed {
             tracing::info!(%site, revision, "site desired state changed");

@@ -694,6 +694,14 @@ spec: {{ application: gold, sites: "test = '{site}'" }}
     });
     assert_eq!(failures[0], "gold: service web: no host can run it (h1: no tier)");
     assert!(agent.running().is_empty());
+    let placement: Vec<_> = control
+        .site_events(&site)
+        .into_iter()
+        .filter(|e| e["kind"] == "placementFailed")
+        .collect();
+    assert_eq!(placement.len(), 1, "{placement:?}");
+    assert_eq!(placement[0]["message"], "deployment gold: service web: no host can run it (h1: no tier)");
+    assert_eq!(placement[0]["host"], "");
 
     let run = control.cli(&["label", "host", &format!("{site}/h1"), "tier=gold"]);
     assert_eq!(run.ok(), format!("host/{site}/h1 labelled: tier=gold\n"));
