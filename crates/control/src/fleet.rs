@@ -467,7 +467,12 @@ impl Fleet {
         // so only theirs are read back.
         let mut new_failures = Vec::new();
         for (site, state) in states.iter().filter(|(_, s)| !s.failures.is_empty()) {
-            let before = self.store.site_state(site).await?.map(|(_, s)| s.failures).unwrap_or_default();
+            let before = self
+                .store
+                .site_state(site)
+                .await?
+                .map(|(_, s)| s.failures)
+                .unwrap_or_default();
             new_failures.extend(
                 state
                     .failures

@@ -700,7 +700,10 @@ spec: {{ application: gold, sites: "test = '{site}'" }}
         .filter(|e| e["kind"] == "placementFailed")
         .collect();
     assert_eq!(placement.len(), 1, "{placement:?}");
-    assert_eq!(placement[0]["message"], "deployment gold: service web: no host can run it (h1: no tier)");
+    assert_eq!(
+        placement[0]["message"],
+        "deployment gold: service web: no host can run it (h1: no tier)"
+    );
     assert_eq!(placement[0]["host"], "");
 
     let run = control.cli(&["label", "host", &format!("{site}/h1"), "tier=gold"]);
