@@ -16,6 +16,7 @@ pub mod plan;
 pub mod reconciler;
 pub mod registry;
 pub mod runtime;
+pub mod samples;
 pub mod session;
 pub mod store;
 pub mod tls;
@@ -45,6 +46,8 @@ pub struct Config {
     pub queue_limit: u64,
     /// Where `/metrics` is served (a loopback address by default).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often CPU and memory are sampled and sent.
+    pub sample_every: std::time::Duration,
 }
 
 /// Which runtime runs the workloads of this host.
@@ -130,6 +133,12 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
     };
     let collecting = tokio::spawn(logs::collect(runtime.clone(), outbox.clone(), shutdown.clone()));
+    let sampling = tokio::spawn(samples::sample(
+        runtime.clone(),
+        outbox.clone(),
+        config.sample_every,
+        shutdown.clone(),
+    ));
     let reconciler = reconciler::Reconciler::new(
         runtime,
         &identity.site,
@@ -164,6 +173,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let _ = session.await;
     let _ = reconciling.await;
     let _ = collecting.await;
+    let _ = sampling.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

@@ -86,6 +86,10 @@ enum Command {
         /// or a management network; there is no authentication)
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7802")]
         metrics_listen: std::net::SocketAddr,
+        /// How often CPU and memory of the host and its instances are sampled
+        /// and sent (each sample is one record; mind a metered link)
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        sample_every: outpost_api::quantity::Duration,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -500,6 +504,7 @@ async fn run(cli: Cli) -> Result<()> {
             registry_auth,
             queue_size,
             metrics_listen,
+            sample_every,
         } => {
             init_logging();
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -515,6 +520,7 @@ async fn run(cli: Cli) -> Result<()> {
                 registry_auth: registry_auth.clone(),
                 queue_limit: queue_size.0,
                 metrics_listen: Some(*metrics_listen),
+                sample_every: sample_every.as_std().max(std::time::Duration::from_secs(1)),
                 runtime: match runtime {
                     RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,

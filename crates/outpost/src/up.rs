@@ -130,6 +130,7 @@ pub async fn run(
             registry_auth: None,
             queue_limit: outpost_agent::outbox::DEFAULT_LIMIT,
             metrics_listen: None,
+            sample_every: outpost_agent::samples::SAMPLE_EVERY,
             runtime: outpost_agent::RuntimeKind::Docker,
         },
         stopped.clone(),

@@ -1089,7 +1089,12 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         .unwrap()
         .port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");
-    let mut agent = Agent::enroll_with(&control, &site, "h1", &["--metrics-listen", &metrics_listen]);
+    let mut agent = Agent::enroll_with(
+        &control,
+        &site,
+        "h1",
+        &["--metrics-listen", &metrics_listen, "--sample-every", "2s"],
+    );
     control.apply(&web_application(&site, "1")).ok();
     let www = format!("outpost.{site}.web-www-0.httpd");
     let www_events = |control: &ControlPlane| -> Vec<(String, Option<i64>)> {
@@ -1177,6 +1182,18 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         agent_metrics.contains("outpost_agent_queue_dropped_records_total 0\n"),
         "{agent_metrics}"
     );
+
+    // CPU and memory samples reach the control plane's /metrics.
+    let memory = format!(
+        "outpost_instance_memory_bytes{{site=\"{site}\",host=\"h1\",application=\"web\",instance=\"web-www-0\"}} "
+    );
+    let bytes = eventually(Duration::from_secs(30), "a memory sample of www", || {
+        let metrics = control.http().send("GET", "/metrics", Some(&token), None);
+        let text = metrics.body.as_str()?.to_string();
+        let line = text.lines().find(|l| l.starts_with(&memory))?;
+        line[memory.len()..].parse::<f64>().ok()
+    });
+    assert!(bytes > 0.0, "{bytes}");
 
     // What the client container writes reaches `outpost logs`.
     let logs = eventually(Duration::from_secs(30), "the client's lines uploaded", || {

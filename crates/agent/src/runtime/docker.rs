@@ -14,7 +14,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListNetworksOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, StatsOptions,
 };
 use futures_util::StreamExt;
 use outpost_api::manifest::{Health, Protocol};
@@ -422,6 +422,24 @@ impl Runtime for Docker {
             });
         }
         Ok(lines)
+    }
+
+    async fn usage(&self, container_id: &str) -> Result<Option<(u64, u64)>> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stats = self.client.stats(container_id, Some(options));
+        let Some(stats) = stats.next().await else {
+            return Ok(None);
+        };
+        let stats = stats.context("reading a container's usage")?;
+        let cpu = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage);
+        let memory = stats.memory_stats.and_then(|m| m.usage);
+        Ok(cpu.zip(memory))
     }
 
     fn pulled(&self) -> Vec<String> {

@@ -61,6 +61,13 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// A running container's CPU time so far (ns) and memory in use
+    /// (bytes); `None` where the runtime cannot tell.
+    async fn usage(&self, container_id: &str) -> Result<Option<(u64, u64)>> {
+        let _ = container_id;
+        Ok(None)
+    }
+
     /// The images pulled since the last call (for events).
     fn pulled(&self) -> Vec<String> {
         Vec::new()

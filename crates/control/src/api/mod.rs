@@ -464,6 +464,59 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             out.sample(name, &[("site", &host.site), ("host", &host.name)], value(host));
         }
     }
+    let samples = state.store.latest_samples().await?;
+    out.family(
+        "outpost_host_cpu_cores",
+        "gauge",
+        "Cores in use on the host, averaged over its last sampling period.",
+    );
+    for (site, host, sample) in &samples {
+        out.sample(
+            "outpost_host_cpu_cores",
+            &[("site", site), ("host", host)],
+            sample.host_cpu,
+        );
+    }
+    out.family(
+        "outpost_host_memory_bytes",
+        "gauge",
+        "Memory in use on the host at its last sample.",
+    );
+    for (site, host, sample) in &samples {
+        let memory = sample.host_memory_bytes as f64;
+        out.sample(
+            "outpost_host_memory_bytes",
+            &[("site", site), ("host", host)],
+            memory,
+        );
+    }
+    type Field = fn(&outpost_api::telemetry::InstanceMetrics) -> f64;
+    let per_instance: [(&str, &str, Field); 2] = [
+        (
+            "outpost_instance_cpu_cores",
+            "Cores an instance used, averaged over its host's last sampling period.",
+            |i| i.cpu,
+        ),
+        (
+            "outpost_instance_memory_bytes",
+            "Memory an instance used at its host's last sample.",
+            |i| i.memory_bytes as f64,
+        ),
+    ];
+    for (name, help, value) in per_instance {
+        out.family(name, "gauge", help);
+        for (site, host, sample) in &samples {
+            for i in &sample.instances {
+                let labels = [
+                    ("site", site.as_str()),
+                    ("host", host),
+                    ("application", &i.application),
+                    ("instance", &i.instance),
+                ];
+                out.sample(name, &labels, value(i));
+            }
+        }
+    }
     Ok((
         [(header::CONTENT_TYPE, outpost_api::metrics::CONTENT_TYPE)],
         out.finish(),

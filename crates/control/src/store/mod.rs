@@ -266,6 +266,11 @@ pub trait TelemetryStore: Send + Sync + 'static {
         query: &RecordQuery,
     ) -> Result<Vec<outpost_api::telemetry::StoredLogLine>, StoreError>;
 
+    /// The newest metric sample of each host that sent one: (site, host, sample).
+    async fn latest_samples(
+        &self,
+    ) -> Result<Vec<(String, String, outpost_api::telemetry::MetricSample)>, StoreError>;
+
     /// Adds to the bytes a host's sessions have carried.
     async fn add_traffic(&self, site: &str, host: &str, received: u64, sent: u64) -> Result<(), StoreError>;
 

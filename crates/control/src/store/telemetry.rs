@@ -3,7 +3,7 @@
 //! their retention.
 
 use async_trait::async_trait;
-use outpost_api::telemetry::{Event, LogLine, Record, StoredEvent, StoredLogLine};
+use outpost_api::telemetry::{Event, LogLine, MetricSample, Record, StoredEvent, StoredLogLine};
 use sqlx::Row;
 
 use super::sqlite::{SqliteStore, now};
@@ -202,6 +202,18 @@ impl TelemetryStore for SqliteStore {
             .await?
             .iter()
             .map(log_line_from_row)
+            .collect()
+    }
+
+    async fn latest_samples(&self) -> Result<Vec<(String, String, MetricSample)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT site, host, sample FROM metric_samples
+             WHERE id IN (SELECT MAX(id) FROM metric_samples GROUP BY site, host) ORDER BY site, host",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(site, host, sample)| Ok((site, host, serde_json::from_str(&sample)?)))
             .collect()
     }
 
