@@ -48,6 +48,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// How often CPU and memory are sampled and sent.
     pub sample_every: std::time::Duration,
+    /// A long-lived session, or a poll every interval.
+    pub mode: session::Mode,
 }
 
 /// Which runtime runs the workloads of this host.
@@ -168,6 +170,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         desired: desired_sender,
         status,
         connected: connected_sender,
+        mode: config.mode,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;

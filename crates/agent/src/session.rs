@@ -12,7 +12,7 @@ use outpost_api::workload::{SiteState, Workload};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
     Ack, AgentMessage, Batch, Heartbeat, Hello, HostFacts, InstanceStatus, SiteManifest, StatusReport,
-    agent_message, control_message,
+    SyncRequest, agent_message, control_message,
 };
 use rand::Rng;
 use rustls::ClientConfig;
@@ -39,6 +39,20 @@ const RECONNECT_MAX: Duration = Duration::from_secs(60);
 const BATCH_RECORDS: usize = 1000;
 const BATCH_BYTES: usize = 512 << 10;
 
+/// The most calls one poll makes while queued records still wait.
+const SYNCS_PER_POLL: usize = 100;
+
+/// How the agent talks to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One long-lived session: changes reach the site at once.
+    #[default]
+    Stream,
+    /// A short call every interval and no connection in between: changes
+    /// wait for the site's next poll.
+    Poll(Duration),
+}
+
 /// Where host facts come from: the machine itself on a real host, a fixed
 /// set in the fleet simulator.
 pub type Discover = Box<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
@@ -54,8 +68,10 @@ pub struct Session {
     pub facts: BTreeMap<String, String>,
     pub desired: watch::Sender<(u64, SiteState)>,
     pub status: watch::Receiver<Vec<InstanceStatus>>,
-    /// True while a session with the control plane is established.
+    /// True while a session with the control plane is established (in
+    /// polling mode: since the last poll succeeded).
     pub connected: watch::Sender<bool>,
+    pub mode: Mode,
 }
 
 fn now_ms() -> u64 {
@@ -97,7 +113,10 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
 impl Session {
     /// Keeps a session up until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        self.keep_connected(&mut shutdown).await;
+        match self.mode {
+            Mode::Stream => self.keep_connected(&mut shutdown).await,
+            Mode::Poll(interval) => self.keep_polling(interval, &mut shutdown).await,
+        }
         let (sent, received) = crate::uplink::totals();
         tracing::info!(sent, received, "uplink bytes since start (TLS included)");
     }
@@ -131,6 +150,85 @@ impl Session {
             }
             delay = (delay * 2).min(RECONNECT_MAX);
         }
+    }
+
+    async fn keep_polling(&mut self, mut interval: Duration, shutdown: &mut watch::Receiver<bool>) {
+        loop {
+            let result = tokio::select! {
+                result = self.poll_once(interval) => result,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match result {
+                Ok(told) => {
+                    self.connected.send_replace(true);
+                    if let Some(told) = told.filter(|told| *told != interval) {
+                        tracing::info!("the control plane asks for a poll every {}s", told.as_secs());
+                        interval = told;
+                    }
+                }
+                Err(err) => {
+                    self.connected.send_replace(false);
+                    tracing::warn!(server = %self.server, err = format!("{err:#}"), "poll failed; workloads keep running");
+                }
+            }
+            // Jitter keeps a fleet that came up together from polling together.
+            let wait = interval.mul_f64(rand::rng().random_range(0.9..1.1));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One poll: hello, status and queued records up, the site's state and
+    /// acknowledgements down, until nothing waits. Returns the interval the
+    /// control plane asks for, if it asks.
+    async fn poll_once(&mut self, interval: Duration) -> Result<Option<Duration>> {
+        let channel = tls::channel(&self.server, self.tls.clone()).await?;
+        let mut client = AgentGatewayClient::new(channel);
+        self.facts = (self.discover)();
+        let mut told = None;
+        for _ in 0..SYNCS_PER_POLL {
+            let pending = self.outbox.pending(0, BATCH_RECORDS, BATCH_BYTES).await?;
+            let request = SyncRequest {
+                hello: Some(Hello {
+                    protocol_version: outpost_proto::PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                    applied_revision: self.desired.borrow().0,
+                    facts: Some(HostFacts {
+                        labels: self.facts.clone().into_iter().collect(),
+                    }),
+                }),
+                status: Some(StatusReport {
+                    instances: self.status.borrow().clone(),
+                }),
+                batch: pending
+                    .as_ref()
+                    .map(|p| compress(p, self.outbox.dropped()))
+                    .transpose()?,
+                interval_seconds: interval.as_secs().min(u32::MAX as u64) as u32,
+            };
+            let response = client
+                .sync(request)
+                .await
+                .map_err(|status| {
+                    anyhow::anyhow!("the control plane refused the poll: {}", status.message())
+                })?
+                .into_inner();
+            if let Some(manifest) = &response.manifest {
+                self.receive(manifest).await?;
+            }
+            if let Some(ack) = response.batch_ack {
+                self.outbox.acknowledge(ack.through_seq).await?;
+            }
+            if response.interval_seconds > 0 {
+                told = Some(Duration::from_secs(u64::from(response.interval_seconds)));
+            }
+            if self.outbox.pending(0, 1, BATCH_BYTES).await?.is_none() {
+                break;
+            }
+        }
+        Ok(told)
     }
 
     async fn connect_once(&mut self) -> Result<()> {

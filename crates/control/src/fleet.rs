@@ -83,6 +83,8 @@ pub struct Fleet {
     store: Arc<dyn Storage>,
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
     online: Mutex<HashSet<(String, String)>>,
+    /// Hosts in polling mode, and until when each counts as online.
+    polled: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Held by everything that writes rollouts or site states.
     recompute: tokio::sync::Mutex<()>,
     /// The stored rollouts, parsed: a rollout names every site it covers,
@@ -118,6 +120,7 @@ impl Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
             online: Mutex::new(HashSet::new()),
+            polled: Mutex::new(HashMap::new()),
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),
         })
@@ -184,16 +187,36 @@ impl Fleet {
         }
     }
 
-    /// How many hosts have a session now.
+    /// A host in polling mode was heard from: it counts as online for `for`.
+    pub fn polled(&self, site: &str, host: &str, r#for: std::time::Duration) {
+        let mut polled = self.polled.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        polled.retain(|_, until| *until > now);
+        polled.insert((site.to_string(), host.to_string()), now + r#for);
+    }
+
+    /// How many hosts have a session now, or polled recently enough.
     pub fn online_hosts(&self) -> usize {
+        let now = std::time::Instant::now();
+        let polled = self.polled.lock().unwrap_or_else(|e| e.into_inner());
         self.online.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + polled.values().filter(|until| **until > now).count()
     }
 
     pub fn is_online(&self, site: &str, host: &str) -> bool {
-        self.online
+        let key = (site.to_string(), host.to_string());
+        if self
+            .online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&(site.to_string(), host.to_string()))
+            .contains(&key)
+        {
+            return true;
+        }
+        let polled = self.polled.lock().unwrap_or_else(|e| e.into_inner());
+        polled
+            .get(&key)
+            .is_some_and(|until| *until > std::time::Instant::now())
     }
 
     /// Starts a rollout for every deployment whose target version is not its

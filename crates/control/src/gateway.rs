@@ -15,8 +15,8 @@ use outpost_api::workload::SiteState;
 use outpost_proto::traffic::{CountedInfo, Traffic};
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, SiteManifest,
-    agent_message, control_message,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello,
+    SiteManifest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,6 +92,8 @@ pub struct Gateway {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Cloned into every session, so that shutdown can wait for them all.
     pub live: mpsc::Sender<()>,
+    /// The interval polling agents are told to use, if not their own.
+    pub poll_interval: Option<Duration>,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -158,6 +160,67 @@ impl AgentGateway for Gateway {
         }))
     }
 
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let (site, host) = identity(&request)?;
+        if self.store.host(&site, &host).await.map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!(
+                "host {host:?} of site {site:?} is not enrolled"
+            )));
+        }
+        if let Some(connection) = connection(&request) {
+            book_when_closed(
+                self.store.clone(),
+                &site,
+                &host,
+                connection.get_ref().traffic.clone(),
+            );
+        }
+        let request = request.into_inner();
+        let hello = request
+            .hello
+            .ok_or_else(|| Status::invalid_argument("a sync carries a hello"))?;
+        check_protocol(&hello)?;
+        record_hello(self.store.as_ref(), &self.fleet, &site, &host, &hello)
+            .await
+            .map_err(internal)?;
+        if let Some(report) = request.status {
+            record_status(self.store.as_ref(), &site, &host, report)
+                .await
+                .map_err(internal)?;
+        }
+        let batch_ack = match &request.batch {
+            Some(batch) => Some(BatchAck {
+                through_seq: store_batch(self.store.as_ref(), &site, &host, batch).await?,
+            }),
+            None => None,
+        };
+        let interval = self
+            .poll_interval
+            .unwrap_or(Duration::from_secs(u64::from(request.interval_seconds.max(1))));
+        // Online until it is overdue: two intervals and the usual grace.
+        self.fleet.polled(&site, &host, interval * 2 + HEARTBEAT * 3);
+        let manifest = match self.store.site_state(&site).await.map_err(internal)? {
+            Some((revision, state)) if revision as u64 != hello.applied_revision => Some(SiteManifest {
+                revision: revision as u64,
+                base_revision: 0,
+                full: true,
+                workloads: state
+                    .workloads
+                    .iter()
+                    .map(|w| serde_json::to_vec(w).unwrap_or_default())
+                    .collect(),
+                removed: Vec::new(),
+            }),
+            _ => None,
+        };
+        tracing::debug!(%site, %host, revision = hello.applied_revision, sends = manifest.is_some(), "agent polled");
+        Ok(Response::new(SyncResponse {
+            manifest,
+            batch_ack,
+            interval_seconds: self.poll_interval.map_or(0, |i| i.as_secs() as u32),
+        }))
+    }
+
     type SessionStream = SessionStream;
 
     async fn session(
@@ -203,6 +266,126 @@ struct Session {
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     _live: mpsc::Sender<()>,
+}
+
+fn check_protocol(hello: &Hello) -> Result<(), Status> {
+    if hello.protocol_version == outpost_proto::PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "protocol version {} is not supported (this control plane speaks {})",
+        hello.protocol_version,
+        outpost_proto::PROTOCOL_VERSION
+    )))
+}
+
+/// Records what a hello says (facts, agent version, applied revision).
+async fn record_hello(
+    store: &dyn Storage,
+    fleet: &Fleet,
+    site: &str,
+    host: &str,
+    hello: &Hello,
+) -> Result<(), String> {
+    let facts = hello
+        .facts
+        .as_ref()
+        .map(|f| f.labels.clone().into_iter().collect())
+        .unwrap_or_default();
+    record_facts(
+        store,
+        fleet,
+        site,
+        host,
+        &facts,
+        &hello.agent_version,
+        hello.applied_revision as i64,
+    )
+    .await
+}
+
+/// Stores a host's facts; recomputes its site if they changed.
+async fn record_facts(
+    store: &dyn Storage,
+    fleet: &Fleet,
+    site: &str,
+    host: &str,
+    facts: &BTreeMap<String, String>,
+    version: &str,
+    revision: i64,
+) -> Result<(), String> {
+    let changed = store
+        .record_hello(site, host, facts, version, revision)
+        .await
+        .map_err(|e| e.to_string())?;
+    if changed {
+        fleet.recompute_site(site).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn record_status(
+    store: &dyn Storage,
+    site: &str,
+    host: &str,
+    report: StatusReport,
+) -> Result<(), String> {
+    let at = crate::store::now_rfc3339();
+    let instances: Vec<InstanceRecord> = report
+        .instances
+        .into_iter()
+        .map(|i| InstanceRecord {
+            exit_code: matches!(i.state.as_str(), "exited" | "failed").then_some(i.exit_code),
+            site: site.to_string(),
+            host: host.to_string(),
+            instance: i.instance,
+            application: i.application,
+            service: i.service,
+            spec_hash: i.spec_hash,
+            state: i.state,
+            reason: i.reason,
+            updated_at: at.clone(),
+        })
+        .collect();
+    store
+        .record_status(site, host, &instances)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Stores a batch's new records; returns the sequence number to acknowledge.
+async fn store_batch(store: &dyn Storage, site: &str, host: &str, batch: &Batch) -> Result<u64, Status> {
+    let records = decompress(batch).map_err(|why| {
+        tracing::warn!(%site, %host, %why, "refused a batch from an agent");
+        Status::invalid_argument(why)
+    })?;
+    store
+        .store_records(site, host, batch.first_seq, &records, batch.dropped)
+        .await
+        .map_err(internal)
+}
+
+/// Books a polled connection's bytes to its host once the agent closes it
+/// (a poll's answer is counted only as it is written).
+fn book_when_closed(store: Arc<dyn Storage>, site: &str, host: &str, traffic: Arc<Traffic>) {
+    if !traffic.claim() {
+        return;
+    }
+    let (site, host) = (site.to_string(), host.to_string());
+    tokio::spawn(async move {
+        // The connection holds the other reference until it closes.
+        let mut waited = Duration::ZERO;
+        while Arc::strong_count(&traffic) > 1 && waited < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            waited += Duration::from_secs(1);
+        }
+        if let Err(err) = store
+            .add_traffic(&site, &host, traffic.received(), traffic.sent())
+            .await
+        {
+            tracing::warn!(%err, "recording the traffic of a host");
+        }
+    });
 }
 
 /// Resolves when the control plane starts to stop.
@@ -261,23 +444,11 @@ impl Session {
         let Some(agent_message::Body::Hello(hello)) = first.body else {
             return Err("the first message was not a hello".to_string());
         };
-        if hello.protocol_version != outpost_proto::PROTOCOL_VERSION {
-            let _ = self
-                .sender
-                .send(Err(Status::failed_precondition(format!(
-                    "protocol version {} is not supported (this control plane speaks {})",
-                    hello.protocol_version,
-                    outpost_proto::PROTOCOL_VERSION
-                ))))
-                .await;
+        if let Err(status) = check_protocol(&hello) {
+            let _ = self.sender.send(Err(status)).await;
             return Err("unsupported protocol version".to_string());
         }
-        let facts = hello
-            .facts
-            .map(|f| f.labels.into_iter().collect())
-            .unwrap_or_default();
-        self.record_facts(&facts, &hello.agent_version, hello.applied_revision as i64)
-            .await?;
+        record_hello(self.store.as_ref(), &self.fleet, &self.site, &self.host, &hello).await?;
         let _online = self.fleet.connect(&self.site, &self.host);
         tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
 
@@ -325,18 +496,16 @@ impl Session {
         version: &str,
         revision: i64,
     ) -> Result<(), String> {
-        let changed = self
-            .store
-            .record_hello(&self.site, &self.host, facts, version, revision)
-            .await
-            .map_err(|e| e.to_string())?;
-        if changed {
-            self.fleet
-                .recompute_site(&self.site)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        record_facts(
+            self.store.as_ref(),
+            &self.fleet,
+            &self.site,
+            &self.host,
+            facts,
+            version,
+            revision,
+        )
+        .await
     }
 
     /// Returns the revision the agent acknowledged, if the message was an ack.
@@ -352,27 +521,7 @@ impl Session {
                 return Ok(Some(revision));
             }
             Some(agent_message::Body::Status(report)) => {
-                let at = crate::store::now_rfc3339();
-                let instances: Vec<InstanceRecord> = report
-                    .instances
-                    .into_iter()
-                    .map(|i| InstanceRecord {
-                        exit_code: matches!(i.state.as_str(), "exited" | "failed").then_some(i.exit_code),
-                        site: site.clone(),
-                        host: host.clone(),
-                        instance: i.instance,
-                        application: i.application,
-                        service: i.service,
-                        spec_hash: i.spec_hash,
-                        state: i.state,
-                        reason: i.reason,
-                        updated_at: at.clone(),
-                    })
-                    .collect();
-                self.store
-                    .record_status(site, host, &instances)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                record_status(self.store.as_ref(), site, host, report).await?;
             }
             Some(agent_message::Body::Heartbeat(_)) => {
                 self.store
@@ -389,19 +538,14 @@ impl Session {
                     .await?;
             }
             Some(agent_message::Body::Batch(batch)) => {
-                let records = match decompress(&batch) {
-                    Ok(records) => records,
-                    Err(why) => {
-                        tracing::warn!(%site, %host, %why, "refused a batch from an agent");
-                        let _ = self.sender.send(Err(Status::invalid_argument(why.clone()))).await;
+                let through = match store_batch(self.store.as_ref(), site, host, &batch).await {
+                    Ok(through) => through,
+                    Err(status) => {
+                        let why = status.message().to_string();
+                        let _ = self.sender.send(Err(status)).await;
                         return Err(why);
                     }
                 };
-                let through = self
-                    .store
-                    .store_records(site, host, batch.first_seq, &records, batch.dropped)
-                    .await
-                    .map_err(|e| e.to_string())?;
                 self.send(control_message::Body::BatchAck(BatchAck { through_seq: through }))
                     .await?;
             }

@@ -36,6 +36,8 @@ pub struct Config {
     /// Extra names (DNS or IP) for the server certificate.
     pub tls_san: Vec<String>,
     pub retention: Retention,
+    /// The interval polling agents are told to use (`None`: their own).
+    pub poll_interval: Option<std::time::Duration>,
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -75,6 +77,7 @@ pub struct ControlPlane {
     pki: Arc<Pki>,
     tls: Arc<rustls::ServerConfig>,
     retention: Retention,
+    poll_interval: Option<std::time::Duration>,
 }
 
 impl ControlPlane {
@@ -125,6 +128,7 @@ impl ControlPlane {
             pki: Arc::new(pki),
             tls,
             retention: config.retention,
+            poll_interval: config.poll_interval,
         })
     }
 
@@ -149,6 +153,7 @@ impl ControlPlane {
             pki: self.pki.clone(),
             shutdown: stopped.clone(),
             live,
+            poll_interval: self.poll_interval,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));

@@ -51,6 +51,9 @@ enum Command {
         /// How long metric samples are kept after they arrive
         #[arg(long, value_name = "DURATION", default_value = "30d")]
         metric_retention: outpost_api::quantity::Duration,
+        /// Tell agents in polling mode to poll this often instead of their own --interval
+        #[arg(long, value_name = "DURATION")]
+        poll_interval: Option<outpost_api::quantity::Duration>,
     },
     /// Run the edge agent of one host
     Agent {
@@ -90,6 +93,13 @@ enum Command {
         /// and sent (each sample is one record; mind a metered link)
         #[arg(long, value_name = "DURATION", default_value = "15m")]
         sample_every: outpost_api::quantity::Duration,
+        /// stream: one long-lived session; poll: a short call every --interval
+        /// and no connection in between (changes wait for the next poll)
+        #[arg(long, value_enum, default_value_t = AgentMode::Stream)]
+        mode: AgentMode,
+        /// Polling mode: how often to poll (the control plane may ask for another)
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        interval: outpost_api::quantity::Duration,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -325,6 +335,12 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum AgentMode {
+    Stream,
+    Poll,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum RuntimeKind {
     /// The Docker Engine API (also Podman's compatible socket), via DOCKER_HOST or the default socket
     Docker,
@@ -478,6 +494,7 @@ async fn run(cli: Cli) -> Result<()> {
             event_retention,
             log_retention,
             metric_retention,
+            poll_interval,
         } => {
             init_logging();
             let config = outpost_control::Config {
@@ -485,6 +502,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: *listen,
                 agent_listen: *agent_listen,
                 tls_san: tls_san.clone(),
+                poll_interval: poll_interval.map(|i| i.as_std().max(std::time::Duration::from_secs(1))),
                 retention: outpost_control::Retention {
                     events: event_retention.as_std(),
                     logs: log_retention.as_std(),
@@ -505,6 +523,8 @@ async fn run(cli: Cli) -> Result<()> {
             queue_size,
             metrics_listen,
             sample_every,
+            mode,
+            interval,
         } => {
             init_logging();
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -521,6 +541,12 @@ async fn run(cli: Cli) -> Result<()> {
                 queue_limit: queue_size.0,
                 metrics_listen: Some(*metrics_listen),
                 sample_every: sample_every.as_std().max(std::time::Duration::from_secs(1)),
+                mode: match mode {
+                    AgentMode::Stream => outpost_agent::session::Mode::Stream,
+                    AgentMode::Poll => outpost_agent::session::Mode::Poll(
+                        interval.as_std().max(std::time::Duration::from_secs(1)),
+                    ),
+                },
                 runtime: match runtime {
                     RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,

@@ -59,6 +59,7 @@ pub async fn run(
         agent_listen,
         tls_san: Vec::new(),
         retention: Default::default(),
+        poll_interval: None,
     })
     .await?;
 
@@ -131,6 +132,7 @@ pub async fn run(
             queue_limit: outpost_agent::outbox::DEFAULT_LIMIT,
             metrics_listen: None,
             sample_every: outpost_agent::samples::SAMPLE_EVERY,
+            mode: outpost_agent::session::Mode::Stream,
             runtime: outpost_agent::RuntimeKind::Docker,
         },
         stopped.clone(),

@@ -1214,3 +1214,42 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         refused.stderr
     );
 }
+
+/// Polling mode: the agent makes a short call every interval and holds no
+/// connection in between. What changed at the control plane waits for the
+/// next poll; status, events and the link's bytes arrive with the polls.
+#[test]
+fn a_polling_agent_converges_and_reports_on_each_poll() {
+    let control = ControlPlane::start();
+    let site = unique_site("poll");
+    control.apply(&site_manifest(&site)).ok();
+    let agent = Agent::enroll_with(&control, &site, "h1", &["--mode", "poll", "--interval", "2s"]);
+    control.apply(&web_application(&site, "1")).ok();
+    let www = format!("outpost.{site}.web-www-0.httpd");
+    eventually(Duration::from_secs(30), "www running", || {
+        agent.running().contains_key(&www).then_some(())
+    });
+    eventually(Duration::from_secs(30), "the site online and up to date", || {
+        let status = control.site_status(&site);
+        (status["online"] == true && status["appliedRevision"] == status["revision"]).then_some(())
+    });
+    eventually(Duration::from_secs(30), "the start of www reported", || {
+        let events = control.site_events(&site);
+        events
+            .iter()
+            .any(|e| e["service"] == "www" && e["kind"] == "started")
+            .then_some(())
+    });
+
+    control.apply(&web_application(&site, "2")).ok();
+    eventually(Duration::from_secs(30), "version 2 on the next poll", || {
+        inspect(&www, "{{.Config.Env}}")
+            .contains("VERSION=2")
+            .then_some(())
+    });
+    eventually(Duration::from_secs(30), "the polls' bytes booked", || {
+        let hosts = control.cli(&["get", "hosts", "--site", &site, "-o", "json"]);
+        let hosts: serde_json::Value = serde_json::from_str(hosts.ok()).ok()?;
+        (hosts["items"][0]["bytesReceived"].as_i64()? > 0).then_some(())
+    });
+}

@@ -17,6 +17,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub struct Traffic {
     received: AtomicU64,
     sent: AtomicU64,
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Traffic {
@@ -26,6 +27,11 @@ impl Traffic {
 
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// True for the first caller only: whoever books the whole connection.
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::Relaxed)
     }
 }
 

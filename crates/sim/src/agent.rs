@@ -96,6 +96,7 @@ impl SimSite {
             desired: desired_sender,
             status,
             connected: connected_sender,
+            mode: outpost_agent::session::Mode::Stream,
         };
         tokio::spawn(session.run(shutdown));
         SimSite {
