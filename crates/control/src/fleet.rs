@@ -82,7 +82,9 @@ impl Inputs {
 pub struct Fleet {
     store: Arc<dyn Storage>,
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
-    online: Mutex<HashSet<(String, String)>>,
+    /// Hosts with a session, and how many: after a partition the new
+    /// session may start before the control plane gives up on the old one.
+    online: Mutex<HashMap<(String, String), usize>>,
     /// Hosts in polling mode, and until when each counts as online.
     polled: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Held by everything that writes rollouts or site states.
@@ -108,8 +110,12 @@ pub struct Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        if let Ok(mut online) = self.fleet.online.lock() {
-            online.remove(&self.key);
+        let mut online = self.fleet.online.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = online.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                online.remove(&self.key);
+            }
         }
     }
 }
@@ -119,7 +125,7 @@ impl Fleet {
         Arc::new(Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
-            online: Mutex::new(HashSet::new()),
+            online: Mutex::new(HashMap::new()),
             polled: Mutex::new(HashMap::new()),
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),
@@ -173,14 +179,15 @@ impl Fleet {
             .subscribe()
     }
 
-    /// Marks a host online until the returned guard is dropped. A second
-    /// session for the same host replaces the first in the count.
+    /// Marks a host online until every guard it was given is dropped.
     pub fn connect(self: &Arc<Self>, site: &str, host: &str) -> Connected {
         let key = (site.to_string(), host.to_string());
-        self.online
+        *self
+            .online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone());
+            .entry(key.clone())
+            .or_default() += 1;
         Connected {
             fleet: self.clone(),
             key,
@@ -209,7 +216,7 @@ impl Fleet {
             .online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+            .contains_key(&key)
         {
             return true;
         }
@@ -536,4 +543,27 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_stays_online_while_any_of_its_sessions_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
+            .await
+            .unwrap();
+        let fleet = Fleet::new(Arc::new(store));
+        // After a partition: the new session starts, then the old one ends.
+        let old = fleet.connect("shop-1", "till");
+        let new = fleet.connect("shop-1", "till");
+        drop(old);
+        assert!(fleet.is_online("shop-1", "till"));
+        assert_eq!(fleet.online_hosts(), 1);
+        drop(new);
+        assert!(!fleet.is_online("shop-1", "till"));
+        assert_eq!(fleet.online_hosts(), 0);
+    }
 }
