@@ -29,6 +29,10 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// Restarts in a row, without staying up, after which an instance is failed.
 const CRASH_LOOP: u32 = 3;
 const MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long a change of the desired state settles before it is acted on:
+/// a link that heals delivers what was queued for it in one burst, and only
+/// the last of it should run.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// When an instance may next be started, after how many recent attempts.
 #[derive(Debug, Clone)]
@@ -105,12 +109,21 @@ impl Reconciler {
             let wake = retry
                 .unwrap_or_else(|| Instant::now() + RESYNC)
                 .min(Instant::now() + RESYNC);
+            let mut settle = false;
             tokio::select! {
-                changed = self.desired.changed() => if changed.is_err() { return },
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    settle = true;
+                }
                 _ = changes.recv() => {}
                 _ = self.verdict_changes.recv() => {}
                 () = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            if settle {
+                tokio::time::sleep(SETTLE).await;
             }
         }
     }

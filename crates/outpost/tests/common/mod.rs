@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use outpost_api::client_config::ClientConfig;
 
+pub mod lab;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 pub struct ControlPlane {

@@ -1,0 +1,211 @@
+//! The multi-host harness: a control plane and agents as containers of the
+//! project's own binary (`scripts/outpost-image`, no registry) on a private
+//! Docker network. Agents use the mounted Docker socket and touch only
+//! their own containers. Hosts can be cut off (`docker network
+//! disconnect`), healed, killed and restarted.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{BIN, Run, cli_with, docker, eventually, unique_site};
+
+/// The image of this test binary's `outpost`, built once per test process.
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let meta = std::fs::metadata(BIN).unwrap();
+        let stamp = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let tag = format!("outpost-local/outpost:test-{stamp}-{}", meta.len());
+        if docker(&["image", "inspect", "-f", "{{.Id}}", &tag])
+            .trim()
+            .is_empty()
+        {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/outpost-image");
+            let status = std::process::Command::new(script)
+                .arg(BIN)
+                .env("OUTPOST_IMAGE", &tag)
+                .status()
+                .unwrap();
+            assert!(status.success(), "scripts/outpost-image failed");
+        }
+        tag
+    })
+}
+
+pub struct Lab {
+    pub name: String,
+    pub control: String,
+    dir: tempfile::TempDir,
+    agents: Vec<String>,
+    sites: Vec<String>,
+}
+
+impl Lab {
+    /// A private network and a control plane on it; the CLI reaches the
+    /// control plane through a loopback port.
+    pub fn start() -> Lab {
+        let image = image();
+        let name = unique_site("lab");
+        assert!(
+            !docker(&["network", "create", &name]).trim().is_empty(),
+            "docker network create failed"
+        );
+        let control = format!("{name}-control");
+        let lab = Lab {
+            control: control.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            agents: Vec::new(),
+            sites: Vec::new(),
+            name,
+        };
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &control,
+            "--network",
+            &lab.name,
+            "-p",
+            "127.0.0.1::7800",
+            image,
+            "control",
+            "--data-dir",
+            "/var/lib/outpost",
+            "--tls-san",
+            &control,
+        ]);
+        let admin = lab.dir.path().join("admin.yaml");
+        eventually(Duration::from_secs(30), "the control plane's admin.yaml", || {
+            let copied = std::process::Command::new("docker")
+                .args([
+                    "cp",
+                    &format!("{control}:/var/lib/outpost/admin.yaml"),
+                    admin.to_str().unwrap(),
+                ])
+                .output()
+                .ok()?;
+            copied.status.success().then_some(())
+        });
+        let port = docker(&["port", &control, "7800/tcp"]);
+        let address = port.lines().next().unwrap().trim().to_string();
+        let text = std::fs::read_to_string(&admin).unwrap();
+        std::fs::write(
+            &admin,
+            text.replace("https://127.0.0.1:7800", &format!("https://{address}")),
+        )
+        .unwrap();
+        eventually(Duration::from_secs(30), "the control plane answering", || {
+            (lab.cli(&["get", "sites"]).code == 0).then_some(())
+        });
+        lab
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let config = self.dir.path().join("admin.yaml");
+        cli_with(args, &[("OUTPOST_CONFIG", config.to_str().unwrap())], None)
+    }
+
+    pub fn apply(&self, text: &str) -> Run {
+        let config = self.dir.path().join("admin.yaml");
+        cli_with(
+            &["apply", "-f", "-"],
+            &[("OUTPOST_CONFIG", config.to_str().unwrap())],
+            Some(text),
+        )
+    }
+
+    /// Starts the agent of a new host of `site` as a container; returns its name.
+    pub fn add_agent(&mut self, site: &str, host: &str) -> String {
+        let run = self.cli(&["token", "create", "--site", site]);
+        let token = run.ok().lines().next().unwrap().to_string();
+        let container = format!("{}-{host}", self.name);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--network",
+            &self.name,
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-e",
+            &format!("OUTPOST_JOIN_TOKEN={token}"),
+            image(),
+            "agent",
+            "--server",
+            &format!("https://{}:7801", self.control),
+            "--host-name",
+            host,
+            "--data-dir",
+            "/var/lib/outpost-agent",
+        ]);
+        self.agents.push(container.clone());
+        self.sites.push(site.to_string());
+        container
+    }
+
+    /// Cuts a host (its container) off the network.
+    pub fn partition(&self, container: &str) {
+        docker(&["network", "disconnect", &self.name, container]);
+    }
+
+    pub fn heal(&self, container: &str) {
+        docker(&["network", "connect", &self.name, container]);
+    }
+
+    /// Kills a host outright (SIGKILL).
+    pub fn kill(&self, container: &str) {
+        docker(&["kill", container]);
+    }
+
+    /// Starts a host again (after `kill`), with its disk and its network as they were.
+    pub fn start_again(&self, container: &str) {
+        docker(&["start", container]);
+    }
+
+    /// A field of a site's status.
+    pub fn site_status(&self, site: &str) -> serde_json::Value {
+        let run = self.cli(&["get", "site", site, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(run.ok()).unwrap()["status"].clone()
+    }
+
+    /// The events of a site, oldest first.
+    pub fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
+        let run = self.cli(&["events", "--site", site, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+        list["items"].as_array().unwrap().clone()
+    }
+
+    /// The last lines a container logged, for failure messages.
+    pub fn logs(&self, container: &str) -> String {
+        let output = std::process::Command::new("docker")
+            .args(["logs", "--tail", "40", container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for container in self.agents.iter().chain([&self.control]) {
+            docker(&["rm", "-f", "-v", container]);
+        }
+        for site in &self.sites {
+            let filter = format!("label=io.outpost.site={site}");
+            for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
+                docker(&["rm", "-f", "-v", id]);
+            }
+            for network in docker(&["network", "ls", "-q", "--filter", &filter]).lines() {
+                docker(&["network", "rm", network]);
+            }
+        }
+        docker(&["network", "rm", &self.name]);
+    }
+}
