@@ -19,6 +19,17 @@ fn site(name: &str, group: &str) -> String {
 }
 
 fn application(group: &str, version: u32) -> String {
+    rolled_out(group, version, "")
+}
+
+/// The application at `version`, deployed with a rollout policy (or none:
+/// every site at once).
+fn rolled_out(group: &str, version: u32, rollout: &str) -> String {
+    let rollout = if rollout.is_empty() {
+        String::new()
+    } else {
+        format!(", rollout: {rollout}")
+    };
     format!(
         r#"apiVersion: outpost/v1
 kind: Application
@@ -36,7 +47,7 @@ spec:
 apiVersion: outpost/v1
 kind: Deployment
 metadata: {{ name: web }}
-spec: {{ application: web, sites: "lab = '{group}'" }}
+spec: {{ application: web, sites: "lab = '{group}'"{rollout} }}
 "#
     )
 }
@@ -181,6 +192,37 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     assert_eq!(after_restart[4].0, "exited", "{after_restart:?}");
     assert_eq!(after_restart[5].0, "started", "{after_restart:?}");
     assert_eq!(after_restart.len(), 6, "{after_restart:?}");
+
+    // d: the control plane is killed (SIGKILL) during a rollout and
+    // restarted: the rollout resumes, and nothing it stored is lost.
+    let before: Vec<usize> = sites.iter().map(|s| lab.site_events(s).len()).collect();
+    lab.apply(&rolled_out(
+        &group,
+        5,
+        "{ canary: 1, waves: { size: 1 }, healthyFor: 3s }",
+    ))
+    .ok();
+    common::eventually(Duration::from_secs(60), "the canary on 5, the rest on 4", || {
+        let versions: Vec<Option<String>> = sites.iter().map(|s| running_version(s)).collect();
+        let on = |v: &str| versions.iter().filter(|x| x.as_deref() == Some(v)).count();
+        (on("5") == 1 && on("4") == 2).then_some(())
+    });
+    lab.kill_and_restart_control();
+    for name in &sites {
+        common::eventually(Duration::from_secs(90), &format!("{name} running 5"), || {
+            (running_version(name).as_deref() == Some("5")).then_some(())
+        });
+    }
+    common::eventually(Duration::from_secs(60), "the rollout succeeded", || {
+        let status = lab.cli(&["rollout", "status", "web"]);
+        status.ok().contains("version 5.0.0 (succeeded)").then_some(())
+    });
+    for (name, before) in sites.iter().zip(before) {
+        assert!(
+            lab.site_events(name).len() > before,
+            "{name}: events kept and new ones added"
+        );
+    }
 
     // Nothing lost: every site up to date and online in the end.
     for name in &sites {

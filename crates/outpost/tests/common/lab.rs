@@ -92,18 +92,29 @@ impl Lab {
                 .ok()?;
             copied.status.success().then_some(())
         });
-        let port = docker(&["port", &control, "7800/tcp"]);
-        let address = port.lines().next().unwrap().trim().to_string();
-        let text = std::fs::read_to_string(&admin).unwrap();
-        std::fs::write(
-            &admin,
-            text.replace("https://127.0.0.1:7800", &format!("https://{address}")),
-        )
-        .unwrap();
-        eventually(Duration::from_secs(30), "the control plane answering", || {
-            (lab.cli(&["get", "sites"]).code == 0).then_some(())
-        });
+        std::fs::copy(&admin, lab.dir.path().join("admin.orig.yaml")).unwrap();
+        lab.point_cli_at_control();
         lab
+    }
+
+    /// Rewrites the CLI's configuration for the loopback port Docker gave
+    /// the control plane (a new one each time its container starts).
+    fn point_cli_at_control(&self) {
+        let port = docker(&["port", &self.control, "7800/tcp"]);
+        let address = port.lines().next().unwrap().trim().to_string();
+        let text = std::fs::read_to_string(self.dir.path().join("admin.orig.yaml")).unwrap();
+        let text = text.replace("https://127.0.0.1:7800", &format!("https://{address}"));
+        std::fs::write(self.dir.path().join("admin.yaml"), text).unwrap();
+        eventually(Duration::from_secs(30), "the control plane answering", || {
+            (self.cli(&["get", "sites"]).code == 0).then_some(())
+        });
+    }
+
+    /// Kills the control plane outright (SIGKILL) and starts it again on its data.
+    pub fn kill_and_restart_control(&self) {
+        self.kill(&self.control);
+        self.start_again(&self.control);
+        self.point_cli_at_control();
     }
 
     pub fn cli(&self, args: &[&str]) -> Run {
