@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         shutdown.clone(),
     ));
     let reconciler = reconciler::Reconciler::new(
-        runtime,
+        runtime.clone(),
         &identity.site,
         &identity.host,
         desired,
@@ -164,6 +164,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         server: identity.server.clone(),
         tls: credentials.tls,
         store: Arc::new(store.clone()),
+        runtime,
         outbox,
         discover: Box::new(move || facts::discover(&data_dir, &host)),
         facts: facts::discover(&config.data_dir, &identity.host),

@@ -14,6 +14,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 use crate::outbox::Outbox;
+use crate::plan::Observed;
 use crate::runtime::Runtime;
 
 pub const COLLECT_EVERY: Duration = Duration::from_secs(10);
@@ -55,6 +56,39 @@ fn container_name(docker_name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
+fn chunk(o: &Observed, lines: Vec<LogLine>, skipped: u64) -> LogChunk {
+    LogChunk {
+        at: now(),
+        application: o.application.clone(),
+        service: o.service.clone(),
+        instance: o.instance.clone(),
+        container: container_name(&o.name).to_string(),
+        lines,
+        skipped,
+    }
+}
+
+/// What the containers of `application` (of `service`, unless empty)
+/// wrote since `since` (UNIX seconds), at most `tail` lines each: for an
+/// operator asking live.
+pub async fn read(
+    runtime: &dyn Runtime,
+    application: &str,
+    service: &str,
+    since: i64,
+    tail: usize,
+) -> anyhow::Result<Vec<LogChunk>> {
+    let mut chunks = Vec::new();
+    for o in runtime.observe().await? {
+        if o.application != application || !(service.is_empty() || o.service == service) {
+            continue;
+        }
+        let lines = runtime.logs(&o.id, since, tail.clamp(1, MAX_LINES * 5)).await?;
+        chunks.push(chunk(&o, lines, 0));
+    }
+    Ok(chunks)
+}
+
 /// Runs until `shutdown`. Lines written before the agent started are not
 /// collected (they were, by the agent that ran then, or are history).
 pub async fn collect(
@@ -94,15 +128,7 @@ pub async fn collect(
             if lines.is_empty() {
                 continue;
             }
-            records.push(Record::Log(LogChunk {
-                at: now(),
-                application: o.application.clone(),
-                service: o.service.clone(),
-                instance: o.instance.clone(),
-                container: container_name(&o.name).to_string(),
-                lines,
-                skipped,
-            }));
+            records.push(Record::Log(chunk(o, lines, skipped)));
         }
         if let Err(err) = outbox.push(&records).await {
             tracing::warn!(err = format!("{err:#}"), "cannot queue container logs");

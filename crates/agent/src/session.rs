@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use outpost_api::workload::{SiteState, Workload};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
-    Ack, AgentMessage, Batch, Heartbeat, Hello, HostFacts, InstanceStatus, SiteManifest, StatusReport,
-    SyncRequest, agent_message, control_message,
+    Ack, AgentMessage, Batch, Heartbeat, Hello, HostFacts, InstanceStatus, LogReply, LogRequest,
+    SiteManifest, StatusReport, SyncRequest, agent_message, control_message,
 };
 use rand::Rng;
 use rustls::ClientConfig;
@@ -61,6 +61,8 @@ pub struct Session {
     pub server: String,
     pub tls: Arc<ClientConfig>,
     pub store: Arc<dyn DesiredStore>,
+    /// Where live log requests are answered from.
+    pub runtime: Arc<dyn crate::runtime::Runtime>,
     /// Events, logs and metrics waiting for the control plane.
     pub outbox: Arc<dyn Outbox>,
     /// Looks at the host again (called every `REDISCOVER`).
@@ -289,6 +291,10 @@ impl Session {
                                 in_flight = self.send_batch(&sender, ack.through_seq).await?;
                             }
                         }
+                        Some(control_message::Body::LogRequest(request)) => {
+                            let reply = self.read_logs(&request).await;
+                            sender.send(send(agent_message::Body::LogReply(reply))).await?;
+                        }
                         Some(control_message::Body::Heartbeat(_)) | None => {}
                     }
                 }
@@ -318,6 +324,30 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers an operator's request for logs.
+    async fn read_logs(&self, request: &LogRequest) -> LogReply {
+        let chunks = crate::logs::read(
+            self.runtime.as_ref(),
+            &request.application,
+            &request.service,
+            request.since_unix,
+            request.tail as usize,
+        )
+        .await;
+        match chunks.and_then(|chunks| Ok(serde_json::to_vec(&chunks)?)) {
+            Ok(chunks) => LogReply {
+                id: request.id,
+                chunks,
+                error: String::new(),
+            },
+            Err(err) => LogReply {
+                id: request.id,
+                chunks: Vec::new(),
+                error: format!("{err:#}"),
+            },
         }
     }
 

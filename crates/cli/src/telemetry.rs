@@ -20,6 +20,9 @@ pub struct Filter {
     pub service: Option<String>,
     /// `1h`, `10m`… back from now, or an RFC 3339 time.
     pub since: Option<String>,
+    /// Logs only: ask the site's connected hosts now instead of reading
+    /// what they uploaded.
+    pub live: bool,
 }
 
 impl Filter {
@@ -39,6 +42,9 @@ impl Filter {
         }
         if after > 0 {
             query.push(("after", after.to_string()));
+        }
+        if self.live {
+            query.push(("live", "true".to_string()));
         }
         Ok(query)
     }

@@ -13,7 +13,7 @@ use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
 use outpost_api::rollout::{Command, Phase, RolloutState, SiteHealth};
 use outpost_api::wire::DeploymentSiteState;
 use outpost_api::workload::{SiteState, assign_hosts, compile_site};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{Storage, StoreError};
 
@@ -85,6 +85,10 @@ pub struct Fleet {
     /// Hosts with a session, and how many: after a partition the new
     /// session may start before the control plane gives up on the old one.
     online: Mutex<HashMap<(String, String), usize>>,
+    /// Where to ask each connected host for its logs: the newest session's
+    /// channel, with a number that tells sessions apart.
+    live: Mutex<HashMap<(String, String), LiveSender>>,
+    next_session: std::sync::atomic::AtomicU64,
     /// Hosts in polling mode, and until when each counts as online.
     polled: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Held by everything that writes rollouts or site states.
@@ -106,10 +110,32 @@ struct RolloutCache {
 pub struct Connected {
     fleet: Arc<Fleet>,
     key: (String, String),
+    session: u64,
+}
+
+/// A session's number and the channel its log requests go to.
+type LiveSender = (u64, mpsc::Sender<LiveLogs>);
+
+/// A request for a connected host's logs, answered by its session.
+pub struct LiveLogs {
+    pub application: String,
+    /// Empty: every service.
+    pub service: String,
+    pub since_unix: i64,
+    pub tail: u32,
+    pub reply: oneshot::Sender<Result<Vec<outpost_api::telemetry::LogChunk>, String>>,
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
+        let mut live = self.fleet.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live
+            .get(&self.key)
+            .is_some_and(|(session, _)| *session == self.session)
+        {
+            live.remove(&self.key);
+        }
+        drop(live);
         let mut online = self.fleet.online.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = online.get_mut(&self.key) {
             *count -= 1;
@@ -126,6 +152,8 @@ impl Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            next_session: Default::default(),
             polled: Mutex::new(HashMap::new()),
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),
@@ -179,19 +207,37 @@ impl Fleet {
             .subscribe()
     }
 
-    /// Marks a host online until every guard it was given is dropped.
-    pub fn connect(self: &Arc<Self>, site: &str, host: &str) -> Connected {
+    /// Marks a host online until every guard it was given is dropped; the
+    /// receiver gets the requests for its logs.
+    pub fn connect(self: &Arc<Self>, site: &str, host: &str) -> (Connected, mpsc::Receiver<LiveLogs>) {
         let key = (site.to_string(), host.to_string());
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sender, requests) = mpsc::channel(4);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (session, sender));
         *self
             .online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
             .or_default() += 1;
-        Connected {
+        let connected = Connected {
             fleet: self.clone(),
             key,
-        }
+            session,
+        };
+        (connected, requests)
+    }
+
+    /// Where to ask a connected host for its logs (`None`: not connected).
+    pub fn live_logs(&self, site: &str, host: &str) -> Option<mpsc::Sender<LiveLogs>> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(&(site.to_string(), host.to_string()))
+            .map(|(_, sender)| sender.clone())
     }
 
     /// A host in polling mode was heard from: it counts as online for `for`.
@@ -562,8 +608,24 @@ mod tests {
         drop(old);
         assert!(fleet.is_online("shop-1", "till"));
         assert_eq!(fleet.online_hosts(), 1);
+        // Requests for logs go to the newest session.
+        let (new, mut requests) = new;
+        let request = LiveLogs {
+            application: "pos".into(),
+            service: String::new(),
+            since_unix: 0,
+            tail: 10,
+            reply: oneshot::channel().0,
+        };
+        fleet
+            .live_logs("shop-1", "till")
+            .unwrap()
+            .try_send(request)
+            .unwrap();
+        assert!(requests.try_recv().is_ok());
         drop(new);
         assert!(!fleet.is_online("shop-1", "till"));
+        assert!(fleet.live_logs("shop-1", "till").is_none());
         assert_eq!(fleet.online_hosts(), 0);
     }
 }

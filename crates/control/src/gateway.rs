@@ -15,8 +15,8 @@ use outpost_api::workload::SiteState;
 use outpost_proto::traffic::{CountedInfo, Traffic};
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello,
-    SiteManifest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello, LogReply,
+    LogRequest, SiteManifest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -268,6 +268,14 @@ struct Session {
     _live: mpsc::Sender<()>,
 }
 
+/// The chunks of a log reply, or why the agent could not read them.
+fn log_reply(reply: &LogReply) -> Result<Vec<outpost_api::telemetry::LogChunk>, String> {
+    if !reply.error.is_empty() {
+        return Err(reply.error.clone());
+    }
+    serde_json::from_slice(&reply.chunks).map_err(|e| format!("the agent's log reply is unreadable: {e}"))
+}
+
 fn check_protocol(hello: &Hello) -> Result<(), Status> {
     if hello.protocol_version == outpost_proto::PROTOCOL_VERSION {
         return Ok(());
@@ -449,7 +457,10 @@ impl Session {
             return Err("unsupported protocol version".to_string());
         }
         record_hello(self.store.as_ref(), &self.fleet, &self.site, &self.host, &hello).await?;
-        let _online = self.fleet.connect(&self.site, &self.host);
+        let (_online, mut log_requests) = self.fleet.connect(&self.site, &self.host);
+        // Log requests sent to the agent and not yet answered, by id.
+        let mut pending: std::collections::HashMap<u64, crate::fleet::LiveLogs> = Default::default();
+        let mut next_request = 0u64;
         tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
 
         let mut revisions = self.fleet.subscribe(&self.site);
@@ -467,9 +478,27 @@ impl Session {
                     let Some(message) = message.map_err(|e| e.to_string())? else {
                         return Err("the agent closed the session".to_string());
                     };
+                    if let Some(agent_message::Body::LogReply(reply)) = &message.body {
+                        if let Some(request) = pending.remove(&reply.id) {
+                            let _ = request.reply.send(log_reply(reply));
+                        }
+                        continue;
+                    }
                     if let Some(revision) = self.handle(message).await? {
                         agent_revision = revision;
                     }
+                }
+                Some(request) = log_requests.recv() => {
+                    next_request += 1;
+                    let ask = LogRequest {
+                        id: next_request,
+                        application: request.application.clone(),
+                        service: request.service.clone(),
+                        since_unix: request.since_unix,
+                        tail: request.tail,
+                    };
+                    pending.insert(next_request, request);
+                    self.send(control_message::Body::LogRequest(ask)).await?;
                 }
                 changed = revisions.changed() => {
                     changed.map_err(|_| "the control plane is stopping".to_string())?;
@@ -549,7 +578,8 @@ impl Session {
                 self.send(control_message::Body::BatchAck(BatchAck { through_seq: through }))
                     .await?;
             }
-            Some(agent_message::Body::Hello(_)) | None => {}
+            // Log replies are matched to their requests in `serve`.
+            Some(agent_message::Body::Hello(_) | agent_message::Body::LogReply(_)) | None => {}
         }
         Ok(None)
     }

@@ -211,8 +211,12 @@ enum Command {
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
         /// Keep printing lines as they arrive
-        #[arg(short = 'f', long)]
+        #[arg(short = 'f', long, conflicts_with = "live")]
         follow: bool,
+        /// Ask the site's connected hosts now (needs --site) instead of
+        /// reading what they uploaded
+        #[arg(long, requires = "site")]
+        live: bool,
         /// text, or json (one object per line)
         #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
         output: StreamOutput,
@@ -620,6 +624,7 @@ async fn run(cli: Cli) -> Result<()> {
                 application: application.clone(),
                 service: None,
                 since: since.clone(),
+                live: false,
             };
             return outpost_cli::telemetry::events(&client(&cli)?, &filter, (*output).into(), *follow).await;
         }
@@ -629,6 +634,7 @@ async fn run(cli: Cli) -> Result<()> {
             service,
             since,
             follow,
+            live,
             output,
         } => {
             let filter = outpost_cli::telemetry::Filter {
@@ -636,6 +642,7 @@ async fn run(cli: Cli) -> Result<()> {
                 application: Some(application.clone()),
                 service: service.clone(),
                 since: since.clone(),
+                live: *live,
             };
             return outpost_cli::telemetry::logs(&client(&cli)?, &filter, (*output).into(), *follow).await;
         }

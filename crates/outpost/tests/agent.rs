@@ -1203,6 +1203,13 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         first.ends_with(&format!(" {site}/h1 web-client-0/loop outpost test page")),
         "{logs}"
     );
+    // Live: straight from the connected host, with what it wrote just now.
+    let live = control.cli(&["logs", "web", "--site", &site, "--service", "client", "--live"]);
+    let live = live.ok();
+    assert!(live.lines().all(|l| l.contains(" web-client-0/loop ")), "{live}");
+    assert!(live.contains("outpost test page"), "{live}");
+    let without_site = control.cli(&["logs", "web", "--live"]);
+    assert_eq!(without_site.code, 2, "{}", without_site.stderr);
     let refused = control.cli(&["logs", "nope"]);
     assert_ne!(refused.code, 0);
     assert!(
@@ -1244,6 +1251,14 @@ fn a_polling_agent_converges_and_reports_on_each_poll() {
             .contains("VERSION=2")
             .then_some(())
     });
+    // A polling site holds no connection to ask for live logs.
+    let live = control.cli(&["logs", "web", "--site", &site, "--live"]);
+    assert_eq!(live.code, 1);
+    assert!(
+        live.stderr.contains("is connected now (offline, or polling)"),
+        "{}",
+        live.stderr
+    );
     eventually(Duration::from_secs(30), "the polls' bytes booked", || {
         let hosts = control.cli(&["get", "hosts", "--site", &site, "-o", "json"]);
         let hosts: serde_json::Value = serde_json::from_str(hosts.ok()).ok()?;

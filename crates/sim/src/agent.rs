@@ -90,6 +90,7 @@ impl SimSite {
             server: identity.server.clone(),
             tls: credentials.tls,
             store: Arc::new(MemoryStore::default()),
+            runtime: runtime.clone(),
             outbox: outbox.clone(),
             discover: Box::new(move || facts(&host)),
             facts: facts(&identity.host),

@@ -574,9 +574,9 @@ async fn events(
 /// `GET /api/v1/logs?application=A`: log lines sites uploaded, oldest first.
 async fn logs(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<outpost_api::telemetry::LogList>, ApiError> {
-    let query = record_query(&query)?;
+    let query = record_query(&raw)?;
     let Some(application) = &query.application else {
         return Err(ApiError::BadRequest(
             "application: which application's logs?".to_string(),
@@ -587,8 +587,90 @@ async fn logs(
             "Application {application:?} not found"
         )));
     }
+    if raw.get("live").is_some_and(|live| live == "true") {
+        return live_logs(&state, &query).await.map(Json);
+    }
     let items = state.store.log_lines(&query).await?;
     Ok(Json(outpost_api::telemetry::LogList { items }))
+}
+
+/// How long the hosts of a site get to answer a live request for logs.
+const LIVE_LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks every connected host of the query's site for its logs now.
+async fn live_logs(
+    state: &AppState,
+    query: &crate::store::RecordQuery,
+) -> Result<outpost_api::telemetry::LogList, ApiError> {
+    let Some(site) = &query.site else {
+        return Err(ApiError::BadRequest(
+            "live: logs come live from one site; add site=NAME".to_string(),
+        ));
+    };
+    let since_unix = query
+        .since
+        .as_deref()
+        .and_then(|since| {
+            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(0, |at| at.unix_timestamp());
+    let mut asked = Vec::new();
+    for host in state.store.site_hosts(site).await? {
+        let Some(sender) = state.fleet.live_logs(site, &host.name) else {
+            continue;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = crate::fleet::LiveLogs {
+            application: query.application.clone().unwrap_or_default(),
+            service: query.service.clone().unwrap_or_default(),
+            since_unix,
+            tail: query.limit.clamp(1, 1000) as u32,
+            reply,
+        };
+        if sender.send(request).await.is_ok() {
+            asked.push((host.name, answer));
+        }
+    }
+    if asked.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "no host of site {site:?} is connected now (offline, or polling); without live, `outpost logs` shows what it uploaded"
+        )));
+    }
+    let mut items = Vec::new();
+    for (host, answer) in asked {
+        let chunks = match tokio::time::timeout(LIVE_LOGS_TIMEOUT, answer).await {
+            Ok(Ok(Ok(chunks))) => chunks,
+            Ok(Ok(Err(why))) => {
+                return Err(ApiError::Conflict(format!(
+                    "host {host:?} could not read its logs: {why}"
+                )));
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(ApiError::Conflict(format!(
+                    "host {host:?} did not answer within {}s",
+                    LIVE_LOGS_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        for chunk in chunks {
+            for line in chunk.lines {
+                items.push(outpost_api::telemetry::StoredLogLine {
+                    id: 0,
+                    site: site.clone(),
+                    host: host.clone(),
+                    application: chunk.application.clone(),
+                    service: chunk.service.clone(),
+                    instance: chunk.instance.clone(),
+                    container: chunk.container.clone(),
+                    line,
+                });
+            }
+        }
+    }
+    items.sort_by_key(|l| {
+        time::OffsetDateTime::parse(&l.line.at, &time::format_description::well_known::Rfc3339).ok()
+    });
+    Ok(outpost_api::telemetry::LogList { items })
 }
 
 fn label_change(body: Result<Bytes, BytesRejection>) -> Result<LabelChange, ApiError> {

@@ -128,7 +128,7 @@ pub fn openapi() -> Value {
                 "responses": with_errors(json!({ "200": ok("EventList", "the matching events") }))
             } },
             "/logs": { "get": {
-                "summary": "Log lines that agents uploaded; `application` is required",
+                "summary": "Log lines that agents uploaded; `application` is required. With `live=true` and `site`, asks the site's connected hosts now",
                 "parameters": filters,
                 "responses": with_errors(json!({ "200": ok("LogList", "the matching lines") }))
             } },
