@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, ControlPlane, cli_with, docker, eventually, unique_site};
+use common::{Agent, ControlPlane, Fleet as _, cli_with, docker, eventually, unique_site};
 
 const IMAGE: &str = "outpost-local/busybox:1";
 
@@ -1149,7 +1149,11 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         response.text().ok()
     };
     let agent_metrics = eventually(Duration::from_secs(30), "the restarted agent connected", || {
-        agent_metrics().filter(|text| text.contains("outpost_agent_connected 1\n"))
+        // Connected, and its first pass has reported what runs.
+        agent_metrics().filter(|text| {
+            text.contains("outpost_agent_connected 1\n")
+                && text.contains("outpost_agent_instances{state=\"running\"}")
+        })
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(www_events(&control), expected);
@@ -1198,9 +1202,11 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
         let text = run.ok().to_string();
         text.contains("outpost test page").then_some(text)
     });
-    let first = logs.lines().next().unwrap();
+    // Each line: time, site/host, instance/container, text. (Early lines
+    // may be the client failing to reach www before it started.)
+    let line = logs.lines().find(|l| l.contains("outpost test page")).unwrap();
     assert!(
-        first.ends_with(&format!(" {site}/h1 web-client-0/loop outpost test page")),
+        line.ends_with(&format!(" {site}/h1 web-client-0/loop outpost test page")),
         "{logs}"
     );
     // Live: straight from the connected host, with what it wrote just now.

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::docker;
 use common::lab::Lab;
+use common::{Fleet as _, docker};
 
 const IMAGE: &str = "outpost-local/busybox:1";
 

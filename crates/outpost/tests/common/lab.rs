@@ -180,19 +180,6 @@ impl Lab {
         docker(&["start", container]);
     }
 
-    /// A field of a site's status.
-    pub fn site_status(&self, site: &str) -> serde_json::Value {
-        let run = self.cli(&["get", "site", site, "-o", "json"]);
-        serde_json::from_str::<serde_json::Value>(run.ok()).unwrap()["status"].clone()
-    }
-
-    /// The events of a site, oldest first.
-    pub fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
-        let run = self.cli(&["events", "--site", site, "-o", "json"]);
-        let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
-        list["items"].as_array().unwrap().clone()
-    }
-
     /// The last lines a container logged, for failure messages.
     pub fn logs(&self, container: &str) -> String {
         let output = std::process::Command::new("docker")
@@ -200,6 +187,12 @@ impl Lab {
             .output()
             .unwrap();
         String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+impl super::Fleet for Lab {
+    fn run_cli(&self, args: &[&str]) -> Run {
+        self.cli(args)
     }
 }
 

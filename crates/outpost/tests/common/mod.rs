@@ -478,17 +478,29 @@ impl ControlPlane {
     pub fn apply(&self, text: &str) -> Run {
         self.cli_stdin(&["apply", "-f", "-"], text)
     }
+}
+
+/// What a test reads through the CLI, from a control plane run as a
+/// process (`ControlPlane`) or as a container (`lab::Lab`).
+pub trait Fleet {
+    fn run_cli(&self, args: &[&str]) -> Run;
 
     /// The events of a site, oldest first, as `outpost events -o json` lists them.
-    pub fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
-        let run = self.cli(&["events", "--site", site, "-o", "json"]);
+    fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
+        let run = self.run_cli(&["events", "--site", site, "-o", "json"]);
         let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
         list["items"].as_array().unwrap().clone()
     }
 
     /// A field of a site's status (`get sites NAME -o json`).
-    pub fn site_status(&self, site: &str) -> serde_json::Value {
-        let run = self.cli(&["get", "site", site, "-o", "json"]);
+    fn site_status(&self, site: &str) -> serde_json::Value {
+        let run = self.run_cli(&["get", "site", site, "-o", "json"]);
         serde_json::from_str::<serde_json::Value>(run.ok()).unwrap()["status"].clone()
+    }
+}
+
+impl Fleet for ControlPlane {
+    fn run_cli(&self, args: &[&str]) -> Run {
+        self.cli(args)
     }
 }
