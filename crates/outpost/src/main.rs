@@ -186,40 +186,22 @@ enum Command {
     /// What happened at sites: containers started and exited (with exit
     /// codes), health changes, failures, pulls, placement failures
     Events {
-        #[arg(long, value_name = "SITE")]
-        site: Option<String>,
         #[arg(long = "app", value_name = "APPLICATION")]
         application: Option<String>,
-        /// Only what happened since then: 10m, 1h, 7d, or an RFC 3339 time
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
-        /// Keep printing events as they arrive
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// text, or json (one object per line with --follow)
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
-        output: StreamOutput,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// An application's container logs, as its sites uploaded them
     Logs {
         application: String,
-        #[arg(long, value_name = "SITE")]
-        site: Option<String>,
         #[arg(long, value_name = "SERVICE")]
         service: Option<String>,
-        /// Only lines written since then: 10m, 1h, 7d, or an RFC 3339 time
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
-        /// Keep printing lines as they arrive
-        #[arg(short = 'f', long, conflicts_with = "live")]
-        follow: bool,
         /// Ask the site's connected hosts now (needs --site) instead of
         /// reading what they uploaded
-        #[arg(long, requires = "site")]
+        #[arg(long, requires = "site", conflicts_with = "follow")]
         live: bool,
-        /// text, or json (one object per line)
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
-        output: StreamOutput,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Follow and steer a deployment's rollout
     Rollout {
@@ -278,6 +260,39 @@ enum SimCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
         output: SimOutput,
     },
+}
+
+/// What `events` and `logs` share.
+#[derive(Debug, clap::Args)]
+struct ReadArgs {
+    #[arg(long, value_name = "SITE")]
+    site: Option<String>,
+    /// Only what happened since then: 10m, 1h, 7d, or an RFC 3339 time
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Keep printing as more arrives
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// text, or json (one object per line with --follow)
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+    output: StreamOutput,
+}
+
+impl ReadArgs {
+    fn filter(
+        &self,
+        application: Option<String>,
+        service: Option<String>,
+        live: bool,
+    ) -> outpost_cli::telemetry::Filter {
+        outpost_cli::telemetry::Filter {
+            site: self.site.clone(),
+            application,
+            service,
+            since: self.since.clone(),
+            live,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -612,39 +627,20 @@ async fn run(cli: Cli) -> Result<()> {
                 } => commands::rollout_undo(&client, deployment, to_version.as_deref()).await?,
             }
         }
-        Command::Events {
-            site,
-            application,
-            since,
-            follow,
-            output,
-        } => {
-            let filter = outpost_cli::telemetry::Filter {
-                site: site.clone(),
-                application: application.clone(),
-                service: None,
-                since: since.clone(),
-                live: false,
-            };
-            return outpost_cli::telemetry::events(&client(&cli)?, &filter, (*output).into(), *follow).await;
+        Command::Events { application, read } => {
+            let filter = read.filter(application.clone(), None, false);
+            return outpost_cli::telemetry::events(&client(&cli)?, &filter, read.output.into(), read.follow)
+                .await;
         }
         Command::Logs {
             application,
-            site,
             service,
-            since,
-            follow,
             live,
-            output,
+            read,
         } => {
-            let filter = outpost_cli::telemetry::Filter {
-                site: site.clone(),
-                application: Some(application.clone()),
-                service: service.clone(),
-                since: since.clone(),
-                live: *live,
-            };
-            return outpost_cli::telemetry::logs(&client(&cli)?, &filter, (*output).into(), *follow).await;
+            let filter = read.filter(Some(application.clone()), service.clone(), *live);
+            return outpost_cli::telemetry::logs(&client(&cli)?, &filter, read.output.into(), read.follow)
+                .await;
         }
         Command::Token {
             command: TokenCommand::Create { site, ttl },
