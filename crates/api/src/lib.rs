@@ -3,6 +3,7 @@
 
 pub mod client_config;
 pub mod diagnostic;
+pub mod limits;
 pub mod manifest;
 pub mod metrics;
 pub mod quantity;

@@ -37,6 +37,17 @@ pub enum Expr {
     Or(Box<Expr>, Box<Expr>),
 }
 
+impl Expr {
+    /// Levels of the tree: 1 for a leaf.
+    fn height(&self) -> usize {
+        match self {
+            Expr::All | Expr::Exists(_) | Expr::Compare(..) | Expr::In { .. } => 1,
+            Expr::Not(inner) => inner.height() + 1,
+            Expr::And(a, b) | Expr::Or(a, b) => a.height().max(b.height()) + 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Eq,
@@ -151,10 +162,18 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, SelectorError> {
     Ok(tokens)
 }
 
+/// How deep a selector's expression tree may be: parentheses, `not`, and
+/// each further term of an `and` or `or` chain add a level. Real selectors
+/// use a handful; evaluation recurses, so a bound keeps a hostile one from
+/// overflowing a stack.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser {
     tokens: Vec<(usize, Token)>,
     pos: usize,
     end: usize,
+    /// Levels of `(` and `not` open around the current token.
+    nesting: usize,
 }
 
 impl Parser {
@@ -177,9 +196,20 @@ impl Parser {
         matches!(self.peek(), Some(Token::Word(w)) if w == keyword)
     }
 
+    /// Refuses, at the current token, a tree that would pass [`MAX_DEPTH`].
+    fn check_depth(&self, height: usize) -> Result<(), SelectorError> {
+        if self.nesting + height > MAX_DEPTH {
+            return self.error(format!(
+                "the selector nests deeper than {MAX_DEPTH} levels (use 'in (a, b)' for long lists of values)"
+            ));
+        }
+        Ok(())
+    }
+
     fn or(&mut self) -> Result<Expr, SelectorError> {
         let mut left = self.and()?;
         while self.is_keyword("or") {
+            self.check_depth(left.height() + 1)?;
             self.pos += 1;
             left = Expr::Or(Box::new(left), Box::new(self.and()?));
         }
@@ -189,6 +219,7 @@ impl Parser {
     fn and(&mut self) -> Result<Expr, SelectorError> {
         let mut left = self.unary()?;
         while self.is_keyword("and") {
+            self.check_depth(left.height() + 1)?;
             self.pos += 1;
             left = Expr::And(Box::new(left), Box::new(self.unary()?));
         }
@@ -196,9 +227,15 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, SelectorError> {
+        if self.is_keyword("not") || self.peek() == Some(&Token::LParen) {
+            self.check_depth(1)?;
+        }
         if self.is_keyword("not") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.nesting += 1;
+            let inner = self.unary();
+            self.nesting -= 1;
+            return Ok(Expr::Not(Box::new(inner?)));
         }
         if self.peek() == Some(&Token::Bang) {
             self.pos += 1;
@@ -207,7 +244,10 @@ impl Parser {
         }
         if self.peek() == Some(&Token::LParen) {
             self.pos += 1;
-            let inner = self.or()?;
+            self.nesting += 1;
+            let inner = self.or();
+            self.nesting -= 1;
+            let inner = inner?;
             if self.peek() != Some(&Token::RParen) {
                 return self.error("expected ')'");
             }
@@ -327,7 +367,12 @@ impl FromStr for Selector {
                 expr: Expr::All,
             });
         }
-        let mut parser = Parser { tokens, pos: 0, end };
+        let mut parser = Parser {
+            tokens,
+            pos: 0,
+            end,
+            nesting: 0,
+        };
         let expr = parser.or()?;
         if parser.pos < parser.tokens.len() {
             return parser.error("expected 'and', 'or' or the end of the selector");
@@ -614,5 +659,29 @@ mod tests {
             let err = text.parse::<Selector>().unwrap_err();
             assert_eq!((err.offset, err.message.as_str()), (offset, message), "{text}");
         }
+    }
+
+    /// Issue 11, defect 3: 2,500 parentheses overflowed the stack of the
+    /// control plane (in `?selector=` and a Deployment's `sites`) and the CLI.
+    #[test]
+    fn deep_selectors_are_refused_with_position() {
+        let parens = format!("{}a{}", "(".repeat(2500), ")".repeat(2500));
+        let err = parens.parse::<Selector>().unwrap_err();
+        assert_eq!(err.offset, 64, "{err}");
+        assert!(err.message.contains("deeper than 64 levels"), "{err}");
+
+        let nots = format!("{}a", "not ".repeat(1000));
+        assert_eq!(nots.parse::<Selector>().unwrap_err().offset, 64 * 4);
+
+        // A long chain of `and` is as deep as it is long when evaluated.
+        let chain = vec!["a"; 1000].join(" and ");
+        let err = chain.parse::<Selector>().unwrap_err();
+        assert_eq!(err.offset, 63 * 6 + 2, "{err}"); // the 64th `and`
+        assert!(err.message.contains("use 'in (a, b)'"), "{err}");
+
+        // What real selectors do stays well inside.
+        let fine = format!("{}a{}", "(".repeat(60), ")".repeat(60));
+        assert!(fine.parse::<Selector>().is_ok());
+        assert!(vec!["a"; 60].join(" or ").parse::<Selector>().is_ok());
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Path};
+use crate::limits::{self, DurationRange};
 use crate::manifest::{
     Application, Container, Deployment, Health, Kind, Manifest, Metadata, ServiceMode, Site,
 };
@@ -70,7 +71,22 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnost
         if out.len() > before {
             continue;
         }
-        match serde_json::from_value::<Manifest>(node.to_json()) {
+        let json = node.to_json();
+        let size = json.to_string().len();
+        if size > limits::MAX_OBJECT_BYTES {
+            out.push(
+                file,
+                node.pos,
+                &Path::root(),
+                format!(
+                    "the object has {} KiB; one object may have at most {} KiB",
+                    size >> 10,
+                    limits::MAX_OBJECT_BYTES >> 10
+                ),
+            );
+            continue;
+        }
+        match serde_json::from_value::<Manifest>(json) {
             Ok(manifest) => {
                 let document = Document {
                     file: file.to_string(),
@@ -167,8 +183,26 @@ impl Checker<'_> {
         }
     }
 
+    fn duration(&mut self, path: &Path, value: Option<crate::quantity::Duration>, range: DurationRange) {
+        if let Some(value) = value
+            && let Err(message) = range.check(value)
+        {
+            self.error(path, message);
+        }
+    }
+
     fn metadata(&mut self, metadata: &Metadata, root: &Path) {
         let labels = root.field("metadata").field("labels");
+        if metadata.labels.len() > limits::MAX_LABELS {
+            self.error(
+                &labels,
+                format!(
+                    "{} labels; an object takes at most {}",
+                    metadata.labels.len(),
+                    limits::MAX_LABELS
+                ),
+            );
+        }
         for (key, value) in &metadata.labels {
             let path = labels.field(key);
             if let Err(message) = check_label_key(key) {
@@ -181,13 +215,32 @@ impl Checker<'_> {
     }
 
     fn site(&mut self, site: &Site, spec: &Path) {
-        for name in site.spec.variables.keys() {
-            if !is_identifier(name) {
+        let variables = spec.field("variables");
+        if site.spec.variables.len() > limits::MAX_VARIABLES {
+            self.error(
+                &variables,
+                format!(
+                    "{} variables; a site takes at most {}",
+                    site.spec.variables.len(),
+                    limits::MAX_VARIABLES
+                ),
+            );
+        }
+        for (name, value) in &site.spec.variables {
+            let path = variables.field(name);
+            if !is_identifier(name) || name.len() > limits::MAX_VARIABLE_NAME {
                 self.error(
-                    &spec.field("variables").field(name),
+                    &path,
                     format!(
-                        "{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"
+                        "{name:?} is not a variable name (at most {} letters, digits and '_', not starting with a digit)",
+                        limits::MAX_VARIABLE_NAME
                     ),
+                );
+            }
+            if value.len() > limits::MAX_VALUE_BYTES {
+                self.error(
+                    &path,
+                    format!("the value has {} bytes; at most {} fit", value.len(), limits::MAX_VALUE_BYTES),
                 );
             }
         }
@@ -262,6 +315,12 @@ impl Checker<'_> {
             if let Err(message) = check_references(value) {
                 self.error(&env_path, message);
             }
+            if value.len() > limits::MAX_VALUE_BYTES {
+                self.error(
+                    &env_path,
+                    format!("the value has {} bytes; at most {} fit", value.len(), limits::MAX_VALUE_BYTES),
+                );
+            }
         }
         for (k, port) in container.ports.iter().enumerate() {
             let Some(host) = port.host else { continue };
@@ -318,6 +377,8 @@ impl Checker<'_> {
         {
             self.error(&path.field("exec").field("command"), "the command is empty");
         }
+        self.duration(&path.field("interval"), health.interval, limits::PROBE_INTERVAL);
+        self.duration(&path.field("timeout"), health.timeout, limits::PROBE_TIMEOUT);
     }
 
     fn deployment(&mut self, deployment: &Deployment, spec: &Path) {
@@ -333,6 +394,12 @@ impl Checker<'_> {
             return;
         };
         let rollout_path = spec.field("rollout");
+        self.duration(
+            &rollout_path.field("healthyFor"),
+            rollout.healthy_for,
+            limits::ROLLOUT_HEALTHY_FOR,
+        );
+        self.duration(&rollout_path.field("timeout"), rollout.timeout, limits::ROLLOUT_TIMEOUT);
         if let Some(waves) = &rollout.waves {
             let path = rollout_path.field("waves");
             match (waves.size, waves.exponential) {

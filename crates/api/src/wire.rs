@@ -322,6 +322,12 @@ impl LabelChange {
                     .map(|k| crate::validate::check_label_key(k).err()),
             )
             .flatten()
+            .chain(
+                self.remove
+                    .iter()
+                    .filter(|k| self.set.contains_key(*k))
+                    .map(|k| format!("label {k:?} is both set and removed; say one")),
+            )
             .collect();
         if problems.is_empty() {
             Ok(())
@@ -330,14 +336,21 @@ impl LabelChange {
         }
     }
 
-    /// The labels after this change.
-    pub fn applied_to(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    /// The labels after this change, or why there would be too many.
+    pub fn applied_to(&self, labels: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
         let mut next = labels.clone();
         for key in &self.remove {
             next.remove(key);
         }
         next.extend(self.set.clone());
-        next
+        if next.len() > crate::limits::MAX_LABELS && next.len() > labels.len() {
+            return Err(format!(
+                "that makes {} labels; at most {} fit",
+                next.len(),
+                crate::limits::MAX_LABELS
+            ));
+        }
+        Ok(next)
     }
 }
 
@@ -354,7 +367,7 @@ mod tests {
             ("env".to_string(), "dev".to_string()),
         ]
         .into();
-        let after = change.applied_to(&before);
+        let after = change.applied_to(&before).unwrap();
         assert_eq!(after.get("env").map(String::as_str), Some("prod"));
         assert_eq!(after.get("tier").map(String::as_str), Some("gold"));
         assert!(!after.contains_key("zone"));
@@ -365,6 +378,18 @@ mod tests {
         );
         assert!(LabelChange::from_args(Vec::<&str>::new()).is_err());
         assert!(LabelChange::from_args(["bad key!=x"]).unwrap().check().is_err());
+        // Issue 11: setting and removing one label in one call was silently resolved.
+        let both = LabelChange::from_args(["tier=gold", "tier-"]).unwrap();
+        assert_eq!(
+            both.check().unwrap_err(),
+            "label \"tier\" is both set and removed; say one"
+        );
+        let many = LabelChange::from_args(["k64=v"]).unwrap();
+        let full: BTreeMap<String, String> = (0..64).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        assert_eq!(
+            many.applied_to(&full).unwrap_err(),
+            "that makes 65 labels; at most 64 fit"
+        );
     }
 }
 

@@ -100,17 +100,45 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-enum Frame {
-    Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
+/// How deep lists and maps may nest. Manifests need about ten levels; every
+/// walk over the tree (schema, conversion, drop) recurses, so the bound keeps
+/// a hostile document from overflowing a stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// How many nodes aliases may add to a stream, beyond the nodes written out.
+/// An alias copies its anchor's whole subtree; without a budget, 475 bytes of
+/// nested aliases expand to gigabytes (the "billion laughs").
+pub const MAX_ALIAS_NODES: usize = 10_000;
+
+/// A list or map being read: where it starts, its anchor, how many nodes the
+/// stream had produced when it began (its size is the difference at its end),
+/// and what it holds so far.
+struct Frame {
+    pos: Pos,
+    anchor: usize,
+    first_node: usize,
+    items: Items,
+}
+
+enum Items {
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>, Option<Node>),
 }
 
 /// Loads every document of a YAML stream. Empty documents are skipped.
+///
+/// Lists and maps deeper than [`MAX_DEPTH`], and aliases that together copy
+/// more than [`MAX_ALIAS_NODES`] nodes, are refused at the position where the
+/// limit is crossed.
 pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut documents = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchor's node and the number of nodes in its subtree.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    // Nodes produced so far, and how many of them came from aliases.
+    let mut produced = 0usize;
+    let mut aliased = 0usize;
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| SyntaxError {
             pos: Pos {
@@ -123,34 +151,41 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
             line: span.start.line(),
             column: span.start.col() + 1,
         };
-        let (node, anchor) = match event {
-            Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq(pos, anchor, Vec::new()));
+        let (node, anchor, size) = match event {
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!("lists and maps nest deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+                let items = if matches!(event, Event::SequenceStart(..)) {
+                    Items::Seq(Vec::new())
+                } else {
+                    Items::Map(Vec::new(), None)
+                };
+                stack.push(Frame {
+                    pos,
+                    anchor,
+                    first_node: produced,
+                    items,
+                });
+                produced += 1;
                 continue;
             }
-            Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map(pos, anchor, Vec::new(), None));
-                continue;
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some(frame) = stack.pop() else { continue };
+                let value = match frame.items {
+                    Items::Seq(items) => Value::Seq(items),
+                    Items::Map(entries, _) => Value::Map(entries),
+                };
+                let node = Node {
+                    pos: frame.pos,
+                    quoted: false,
+                    value,
+                };
+                (node, frame.anchor, produced - frame.first_node)
             }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq(pos, anchor, items)) => (
-                    Node {
-                        pos,
-                        quoted: false,
-                        value: Value::Seq(items),
-                    },
-                    anchor,
-                ),
-                Some(Frame::Map(pos, anchor, entries, _)) => (
-                    Node {
-                        pos,
-                        quoted: false,
-                        value: Value::Map(entries),
-                    },
-                    anchor,
-                ),
-                None => continue,
-            },
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted);
                 let value = match Scalar::parse_from_cow_and_metadata(text.clone(), style, tag.as_ref()) {
@@ -161,17 +196,28 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
                     Some(Scalar::String(s)) => Value::Str(s.into_owned()),
                     None => Value::Str(text.into_owned()),
                 };
-                (Node { pos, quoted, value }, anchor)
+                produced += 1;
+                (Node { pos, quoted, value }, anchor, 1)
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => (node.clone(), 0),
-                None => {
+            Event::Alias(id) => {
+                let Some((node, size)) = anchors.get(&id) else {
                     return Err(SyntaxError {
                         pos,
                         message: "alias to an unknown anchor".to_string(),
                     });
+                };
+                aliased += size;
+                if aliased > MAX_ALIAS_NODES {
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!(
+                            "aliases expand to more than {MAX_ALIAS_NODES} nodes (write the repeated part out, or repeat it less)"
+                        ),
+                    });
                 }
-            },
+                produced += size;
+                (node.clone(), 0, *size)
+            }
             Event::StreamStart
             | Event::StreamEnd
             | Event::DocumentStart(_)
@@ -179,11 +225,11 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
             | Event::Nothing => continue,
         };
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            anchors.insert(anchor, (node.clone(), size));
         }
-        match stack.last_mut() {
-            Some(Frame::Seq(_, _, items)) => items.push(node),
-            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+        match stack.last_mut().map(|frame| &mut frame.items) {
+            Some(Items::Seq(items)) => items.push(node),
+            Some(Items::Map(entries, pending)) => match pending.take() {
                 Some(key) => entries.push((key, node)),
                 None => *pending = Some(node),
             },
@@ -250,8 +296,41 @@ mod tests {
     #[test]
     fn syntax_errors_have_positions() {
         let err = load("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(err.pos.line >= 1, "{err:?}");
+        assert_eq!(err.pos, Pos { line: 2, column: 2 }, "{err:?}");
         assert!(!err.message.is_empty());
+    }
+
+    /// Issue 11, defect 1: seven levels of ten aliases each (475 bytes)
+    /// expanded to ten million nodes and 2.2 GB. The budget stops it at the
+    /// alias that crosses it.
+    #[test]
+    fn alias_bomb_is_refused_at_its_alias() {
+        let mut text = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..=8 {
+            let aliases = vec![format!("*l{}", level - 1); 10].join(", ");
+            text.push_str(&format!("l{level}: &l{level} [{aliases}]\n"));
+        }
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("aliases expand to more than 10000 nodes"), "{err:?}");
+        // Levels 1 and 2 copy 110 and 1,110 nodes; level 3 copies level 2
+        // (1,111 nodes) ten times, and its eighth alias crosses the budget.
+        assert_eq!(err.pos, Pos { line: 4, column: 45 }, "{err:?}");
+        // An honest use of aliases is untouched.
+        let doc = &load("base: &b {x: 1}\na: *b\nb: *b\n").unwrap()[0];
+        assert_eq!(doc.get("b").unwrap().to_json(), serde_json::json!({"x": 1}));
+    }
+
+    /// Issue 11, defect 2: `x:` and 40,000 `- ` overflowed a worker's stack.
+    #[test]
+    fn deep_nesting_is_refused_at_the_limit() {
+        let text = format!("x:\n{}1\n", "- ".repeat(40_000));
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("deeper than 64 levels"), "{err:?}");
+        // The map is level 1; the 64th `- ` opens level 65, at column 127.
+        assert_eq!(err.pos, Pos { line: 2, column: 127 }, "{err:?}");
+        let flow = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(load(&flow).unwrap_err().message.contains("deeper"));
+        assert!(load(&format!("x:\n{}1\n", "- ".repeat(63))).is_ok());
     }
 
     #[test]

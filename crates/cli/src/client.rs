@@ -177,9 +177,12 @@ impl Client {
             .await
     }
 
-    pub async fn delete(&self, kind: Kind, name: &str) -> Result<StoredObject> {
-        self.send(self.request(Method::DELETE, &format!("/{}/{}", kind.plural(), encode(name))))
-            .await
+    pub async fn delete(&self, kind: Kind, name: &str, cascade: bool) -> Result<StoredObject> {
+        let mut request = self.request(Method::DELETE, &format!("/{}/{}", kind.plural(), encode(name)));
+        if cascade {
+            request = request.query(&[("cascade", "true")]);
+        }
+        self.send(request).await
     }
 
     pub async fn create_join_token(&self, site: &str, ttl: &str) -> Result<JoinToken> {

@@ -636,10 +636,15 @@ fn describe_container(out: &mut String, container: &Container) {
     }
 }
 
-pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<String> {
-    let deleted = client.delete(kind, name).await?;
+pub async fn delete(client: &Client, kind: Kind, name: &str, cascade: bool) -> Result<String> {
+    let deleted = client.delete(kind, name, cascade).await?;
+    let hosts = if cascade && kind == Kind::Site {
+        ", with its hosts (their certificates are revoked)"
+    } else {
+        ""
+    };
     Ok(format!(
-        "{}/{} deleted\n",
+        "{}/{} deleted{hosts}\n",
         lower(deleted.kind),
         deleted.metadata.name
     ))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use outpost_api::workload::SiteState;
-use outpost_proto::traffic::{CountedInfo, Traffic};
+use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello, LogReply,
@@ -20,12 +20,14 @@ use outpost_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::agent_listener::AgentConnectInfo;
 use crate::auth;
+use crate::enrollment::Enrollments;
 use crate::fleet::Fleet;
-use crate::pki::{self, Pki};
+use crate::pki::{self, HostCertificate, Pki};
+use crate::revocation::Revocations;
 use crate::store::{InstanceRecord, Storage, StoreError};
 
 /// How often each side says it is alive: rarely, since idle traffic is what
@@ -94,6 +96,8 @@ pub struct Gateway {
     pub live: mpsc::Sender<()>,
     /// The interval polling agents are told to use, if not their own.
     pub poll_interval: Option<Duration>,
+    pub revocations: Arc<Revocations>,
+    pub enrollments: Arc<Enrollments>,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -101,28 +105,35 @@ fn internal(err: impl std::fmt::Display) -> Status {
     Status::internal("internal error; the control plane's log has the details")
 }
 
-/// The TLS connection a request came on, with its byte counter.
-fn connection<T>(request: &Request<T>) -> Option<&TlsConnectInfo<CountedInfo>> {
-    request.extensions().get::<TlsConnectInfo<CountedInfo>>()
+/// The connection a request came on: peer, byte counter, certificate.
+fn connection<T>(request: &Request<T>) -> Option<&AgentConnectInfo> {
+    request.extensions().get::<AgentConnectInfo>()
 }
 
-/// The (site, host) of a request's client certificate.
-fn identity<T>(request: &Request<T>) -> Result<(String, String), Status> {
-    let certs = connection(request)
-        .and_then(|c| c.peer_certs())
-        .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
-    pki::host_identity(leaf).ok_or_else(|| Status::permission_denied("the certificate names no Outpost host"))
-}
+impl Gateway {
+    /// The host a request's certificate names, checked on every call: the
+    /// certificate is not revoked, and it is the one the host was issued
+    /// (a host enrolled before serials were recorded has none to compare).
+    async fn identity<T>(&self, request: &Request<T>) -> Result<HostCertificate, Status> {
+        let certificate = connection(request)
+            .and_then(|c| c.certificate.clone())
+            .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
+        let HostCertificate { site, host, serial } = &certificate;
+        if self.revocations.is_revoked(serial) {
+            return Err(Status::permission_denied("this host certificate is revoked"));
+        }
+        match self.store.host(site, host).await.map_err(internal)? {
+            None => Err(Status::permission_denied(format!(
+                "host {host:?} of site {site:?} is not enrolled"
+            ))),
+            Some(record) if record.cert_serial.as_ref().is_some_and(|s| s != serial) => Err(
+                Status::permission_denied("this certificate is not the one the host was issued"),
+            ),
+            Some(_) => Ok(certificate),
+        }
+    }
 
-type SessionStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AgentGateway for Gateway {
-    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
-        let request = request.into_inner();
+    async fn enroll_checked(&self, request: EnrollRequest) -> Result<EnrollResponse, Status> {
         let (fingerprint, secret_hash) = auth::parse_join_token(&request.join_token).ok_or_else(|| {
             Status::invalid_argument("the join token is malformed (expected opj1.FINGERPRINT.SECRET)")
         })?;
@@ -138,7 +149,8 @@ impl AgentGateway for Gateway {
         // Check the CSR before the token is used up.
         rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem)
             .map_err(|_| Status::invalid_argument("the CSR is not a valid PKCS#10 request"))?;
-        let site = match self.store.redeem_join_token(&secret_hash, host).await {
+        let serial = pki::new_serial();
+        let site = match self.store.redeem_join_token(&secret_hash, host, &serial).await {
             Ok(site) => site,
             Err(StoreError::NotFound { .. }) => return Err(Status::unauthenticated("unknown join token")),
             Err(StoreError::Conflict(why)) => return Err(Status::permission_denied(why)),
@@ -146,34 +158,49 @@ impl AgentGateway for Gateway {
         };
         let certificate_pem = self
             .pki
-            .sign_host_csr(&request.csr_pem, &site, host)
+            .sign_host_csr(&request.csr_pem, &site, host, &serial)
             .map_err(internal)?;
-        tracing::info!(%site, %host, "host enrolled");
+        tracing::info!(%site, %host, %serial, "host enrolled");
         if let Err(err) = self.fleet.recompute_site(&site).await {
             tracing::error!(%err, "recomputing desired state after enrollment");
         }
-        Ok(Response::new(EnrollResponse {
+        Ok(EnrollResponse {
             certificate_pem,
             ca_pem: self.pki.ca_pem.clone(),
             site,
             host: host.to_string(),
-        }))
+        })
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let source = connection(&request).and_then(|c| c.remote).map(|peer| peer.ip());
+        let now = std::time::Instant::now();
+        if let Err(wait) = self.enrollments.admit(source, now) {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed enrollments from this address; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        match self.enroll_checked(request.into_inner()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(status) => {
+                if status.code() != tonic::Code::Internal {
+                    self.enrollments.failed(source, status.message(), now);
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
-        let (site, host) = identity(&request)?;
-        if self.store.host(&site, &host).await.map_err(internal)?.is_none() {
-            return Err(Status::permission_denied(format!(
-                "host {host:?} of site {site:?} is not enrolled"
-            )));
-        }
+        let HostCertificate { site, host, .. } = self.identity(&request).await?;
         if let Some(connection) = connection(&request) {
-            book_when_closed(
-                self.store.clone(),
-                &site,
-                &host,
-                connection.get_ref().traffic.clone(),
-            );
+            book_when_closed(self.store.clone(), &site, &host, connection.traffic.clone());
         }
         let request = request.into_inner();
         let hello = request
@@ -227,14 +254,9 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let (site, host) = identity(&request)?;
-        if self.store.host(&site, &host).await.map_err(internal)?.is_none() {
-            return Err(Status::permission_denied(format!(
-                "host {host:?} of site {site:?} is not enrolled"
-            )));
-        }
+        let HostCertificate { site, host, serial } = self.identity(&request).await?;
         let traffic = connection(&request)
-            .map(|c| c.get_ref().traffic.clone())
+            .map(|c| c.traffic.clone())
             .unwrap_or_default();
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(16);
@@ -245,6 +267,8 @@ impl AgentGateway for Gateway {
             fleet: self.fleet.clone(),
             site,
             host,
+            serial,
+            revocations: self.revocations.clone(),
             sender,
             shutdown: self.shutdown.clone(),
             _live: self.live.clone(),
@@ -263,6 +287,10 @@ struct Session {
     fleet: Arc<Fleet>,
     site: String,
     host: String,
+    /// The serial of the certificate it came with; the session ends when
+    /// that is revoked.
+    serial: String,
+    revocations: Arc<Revocations>,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     _live: mpsc::Sender<()>,
@@ -464,6 +492,7 @@ impl Session {
         tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
 
         let mut revisions = self.fleet.subscribe(&self.site);
+        let mut revoked = self.revocations.subscribe();
         let mut sent: Option<(i64, SiteState)> = None;
         let mut agent_revision = hello.applied_revision as i64;
         self.push_state(&mut sent, agent_revision).await?;
@@ -510,6 +539,12 @@ impl Session {
                 }
                 () = tokio::time::sleep_until(silent_until) => {
                     return Err("no word from the agent within the offline grace; it is offline".to_string());
+                }
+                Ok(()) = revoked.changed() => {
+                    if self.revocations.is_revoked(&self.serial) {
+                        let _ = self.sender.send(Err(Status::permission_denied("this host certificate is revoked"))).await;
+                        return Err("its certificate was revoked".to_string());
+                    }
                 }
                 () = stopping(&mut shutdown) => {
                     let _ = self.sender.send(Err(Status::unavailable("the control plane is stopping"))).await;

@@ -1,12 +1,15 @@
 //! The Outpost control plane: store, certificate authority, admin
 //! credentials and the operator REST API over HTTPS.
 
+pub mod agent_listener;
 pub mod api;
 pub mod auth;
+pub mod enrollment;
 pub mod fleet;
 pub mod gateway;
 pub mod pki;
 pub mod plan;
+pub mod revocation;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -20,8 +23,10 @@ use anyhow::{Context, Result};
 use outpost_api::client_config::ClientConfig;
 use tokio::net::TcpListener;
 
+use crate::enrollment::Enrollments;
 use crate::fleet::Fleet;
 use crate::pki::Pki;
+use crate::revocation::Revocations;
 use crate::store::{SqliteStore, Storage};
 
 /// Where the admin credentials are written, inside the data directory.
@@ -76,6 +81,8 @@ pub struct ControlPlane {
     fleet: Arc<Fleet>,
     pki: Arc<Pki>,
     tls: Arc<rustls::ServerConfig>,
+    agent_tls: Arc<rustls::ServerConfig>,
+    revocations: Arc<Revocations>,
     retention: Retention,
     poll_interval: Option<std::time::Duration>,
 }
@@ -111,6 +118,10 @@ impl ControlPlane {
         let pki =
             Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
         let tls = server::tls_config(&pki)?;
+        let agent_tls = agent_listener::tls_config(&pki)?;
+        let revocations = Revocations::load(store.as_ref())
+            .await
+            .context("loading revoked certificates")?;
 
         let admin_config = config.data_dir.join(ADMIN_CONFIG);
         write_admin_config(&admin_config, &url, &pki, store.as_ref()).await?;
@@ -127,6 +138,8 @@ impl ControlPlane {
             fleet,
             pki: Arc::new(pki),
             tls,
+            agent_tls,
+            revocations,
             retention: config.retention,
             poll_interval: config.poll_interval,
         })
@@ -135,10 +148,13 @@ impl ControlPlane {
     /// Serves the REST API and the agent gateway until `shutdown` completes,
     /// then drains both and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let enrollments = Arc::new(Enrollments::default());
         let router = api::router(api::AppState {
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             pki: self.pki.clone(),
+            revocations: self.revocations.clone(),
+            enrollments: enrollments.clone(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -154,15 +170,13 @@ impl ControlPlane {
             shutdown: stopped.clone(),
             live,
             poll_interval: self.poll_interval,
+            revocations: self.revocations.clone(),
+            enrollments,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
-        let agents = tokio::spawn(serve_agents(
-            self.agent_listener,
-            gateway,
-            self.pki.clone(),
-            signal(stopped.clone()),
-        ));
+        let incoming = agent_listener::incoming(self.agent_listener, self.agent_tls, self.revocations.clone());
+        let agents = tokio::spawn(serve_agents(incoming, gateway, signal(stopped.clone())));
         let api = tokio::spawn(server::serve(self.listener, self.tls, router, signal(stopped)));
         shutdown.await;
         let _ = stop.send(true);
@@ -234,33 +248,15 @@ async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener> {
 }
 
 async fn serve_agents(
-    listener: TcpListener,
+    incoming: impl futures_util::Stream<Item = std::io::Result<agent_listener::AgentConnection>> + Send + 'static,
     gateway: gateway::Gateway,
-    pki: Arc<Pki>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-    // Client certificates are optional at the TLS layer so that a new host
-    // can call Enroll; every other call checks the certificate itself.
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
-        .client_ca_root(Certificate::from_pem(&pki.ca_pem))
-        .client_auth_optional(true);
-    // Every connection counts its bytes at the socket, TLS included; its
-    // session books them to the host its certificate names.
-    let incoming =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |tcp| {
-            tcp.map(|tcp| {
-                outpost_proto::traffic::Counted::new(
-                    tcp,
-                    Arc::new(outpost_proto::traffic::Traffic::default()),
-                )
-            })
-        });
-    Server::builder()
-        .tls_config(tls)?
+    // TLS is done by the listener (deadlines, per-source limits, the deny
+    // list); client certificates are optional there so that a new host can
+    // call Enroll, and every other call checks the certificate itself.
+    tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(gateway::KEEPALIVE))
-        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .add_service(outpost_proto::v1::agent_gateway_server::AgentGatewayServer::new(
             gateway,
         ))

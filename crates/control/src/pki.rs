@@ -16,7 +16,7 @@ use outpost_files::{create_private_dir, write_private};
 use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -94,9 +94,10 @@ impl Pki {
         &self.ca_der
     }
 
-    /// Signs a host's CSR. Only the public key is taken from the request: the
-    /// identity (site and host) is set here, never by the agent.
-    pub fn sign_host_csr(&self, csr_pem: &str, site: &str, host: &str) -> Result<String> {
+    /// Signs a host's CSR with the given serial (from [`new_serial`]). Only
+    /// the public key is taken from the request: the identity (site and
+    /// host) is set here, never by the agent.
+    pub fn sign_host_csr(&self, csr_pem: &str, site: &str, host: &str, serial: &str) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .context("the CSR is not a valid PKCS#10 request")?;
         let mut params = CertificateParams::default();
@@ -108,6 +109,9 @@ impl Pki {
                 .try_into()
                 .context("building the host identity")?,
         )];
+        params.serial_number = Some(SerialNumber::from_slice(
+            &hex::decode(serial).context("the serial is not hex")?,
+        ));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, 365);
@@ -157,16 +161,38 @@ pub fn host_identity_uri(site: &str, host: &str) -> String {
     format!("outpost://site/{site}/host/{host}")
 }
 
-/// The (site, host) named by a certificate's identity URI.
-pub fn host_identity(cert_der: &[u8]) -> Option<(String, String)> {
+/// A fresh serial for a host certificate: 16 random bytes as hex. The
+/// first byte is non-zero with its top bit clear, so the DER integer is
+/// positive and already minimal, and reads back as the same 16 bytes.
+pub fn new_serial() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    hex::encode(bytes)
+}
+
+/// Who a host certificate names, and its serial (lower-case hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCertificate {
+    pub site: String,
+    pub host: String,
+    pub serial: String,
+}
+
+/// The site, host and serial of a host certificate.
+pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let names = cert.subject_alternative_name().ok()??;
-    names.value.general_names.iter().find_map(|name| match name {
+    let (site, host) = names.value.general_names.iter().find_map(|name| match name {
         x509_parser::extensions::GeneralName::URI(uri) => {
             let (site, host) = uri.strip_prefix("outpost://site/")?.split_once("/host/")?;
             Some((site.to_string(), host.to_string()))
         }
         _ => None,
+    })?;
+    Some(HostCertificate {
+        site,
+        host,
+        serial: hex::encode(cert.raw_serial()),
     })
 }
 
@@ -193,11 +219,16 @@ mod tests {
             host_identity_uri("other", "evil").try_into().unwrap(),
         )];
         let csr = request.serialize_request(&key).unwrap().pem().unwrap();
-        let pem = pki.sign_host_csr(&csr, "store-042", "till-1").unwrap();
+        let serial = new_serial();
+        let pem = pki.sign_host_csr(&csr, "store-042", "till-1", &serial).unwrap();
         let der = pem_to_der(&pem).unwrap();
         assert_eq!(
-            host_identity(&der),
-            Some(("store-042".to_string(), "till-1".to_string()))
+            host_certificate(&der),
+            Some(HostCertificate {
+                site: "store-042".to_string(),
+                host: "till-1".to_string(),
+                serial,
+            })
         );
 
         // The CA survives a restart: same fingerprint.

@@ -163,6 +163,9 @@ enum Command {
         #[arg(value_parser = parse_kind)]
         kind: Kind,
         name: String,
+        /// For a site with hosts: remove them too and revoke their certificates
+        #[arg(long)]
+        cascade: bool,
     },
     /// Show the kept versions of an application
     History {
@@ -740,7 +743,9 @@ async fn run(cli: Cli) -> Result<()> {
             .await?
         }
         Command::Describe { kind, name } => commands::describe(&client(&cli)?, *kind, name).await?,
-        Command::Delete { kind, name } => commands::delete(&client(&cli)?, *kind, name).await?,
+        Command::Delete { kind, name, cascade } => {
+            commands::delete(&client(&cli)?, *kind, name, *cascade).await?
+        }
         Command::History { name, output, .. } => {
             commands::history(&client(&cli)?, name, (*output).into()).await?
         }

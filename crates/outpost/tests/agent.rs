@@ -426,7 +426,7 @@ spec:
         - name: idle
           image: {IMAGE}
           command: ["/bin/sleep", "3600"]
-          health: {{ tcp: {{ port: 9999 }}, interval: 500ms, timeout: 1s, failureThreshold: 2 }}
+          health: {{ tcp: {{ port: 9999 }}, interval: 1s, timeout: 1s, failureThreshold: 2 }}
     - name: checked
       containers:
         - name: idle
@@ -885,7 +885,7 @@ spec:
         - name: httpd
           image: {IMAGE}
           command: {command}
-          health: {{ http: {{ path: /, port: 8080 }}, interval: 500ms, failureThreshold: 2 }}
+          health: {{ http: {{ path: /, port: 8080 }}, interval: 1s, failureThreshold: 2 }}
 ---
 apiVersion: outpost/v1
 kind: Deployment

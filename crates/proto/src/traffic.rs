@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Bytes that passed a socket, both ways.
 #[derive(Debug, Default)]
@@ -80,24 +78,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// What the gateway learns about a counted connection.
-#[derive(Debug, Clone)]
-pub struct CountedInfo {
-    pub tcp: TcpConnectInfo,
-    pub traffic: Arc<Traffic>,
-}
-
-impl Connected for Counted<TcpStream> {
-    type ConnectInfo = CountedInfo;
-
-    fn connect_info(&self) -> CountedInfo {
-        CountedInfo {
-            tcp: self.inner.connect_info(),
-            traffic: self.traffic.clone(),
-        }
     }
 }
 

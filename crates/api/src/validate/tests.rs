@@ -315,8 +315,8 @@ fn bad_labels_and_variables() {
             app.yaml:5:25: metadata.labels["bad key!"]: label key "bad key!" is not valid (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)
             app.yaml:5:32: metadata.labels.ok: label value "has space" is not valid (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)
             app.yaml:5:75: metadata.labels["-x/y"]: label key "-x/y" has an invalid prefix (a DNS name such as example.com)
-            app.yaml:7:21: spec.variables.1st: "1st" is not a variable name (letters, digits and '_', not starting with a digit)
-            app.yaml:7:34: spec.variables.store-id: "store-id" is not a variable name (letters, digits and '_', not starting with a digit)"#]],
+            app.yaml:7:21: spec.variables.1st: "1st" is not a variable name (at most 63 letters, digits and '_', not starting with a digit)
+            app.yaml:7:34: spec.variables.store-id: "store-id" is not a variable name (at most 63 letters, digits and '_', not starting with a digit)"#]],
     );
 }
 
@@ -390,4 +390,48 @@ fn wrong_shapes() {
             app.yaml:10:9: spec.services[0].containers: expected a list, found a map
             app.yaml:11:7: spec.services[1]: expected a map, found "api""#]],
     );
+}
+
+/// Issue 11, defect 4: `interval: 0s` was accepted and drove an agent to
+/// 1.45 cores. Every duration has a documented range.
+#[test]
+fn durations_out_of_range() {
+    check(
+        &app(
+            "    - name: web\n      containers:\n        - name: web\n          image: busybox\n          health: { tcp: { port: 80 }, interval: 0s, timeout: 2h }\n",
+        ),
+        expect![[r#"
+            app.yaml:12:50: spec.services[0].containers[0].health.interval: 0s is out of range (from 1s to 1h)
+            app.yaml:12:63: spec.services[0].containers[0].health.timeout: 2h is out of range (from 100ms to 5m)"#]],
+    );
+    check(
+        "apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  application: pos\n  sites: 'a'\n  rollout: { healthyFor: 2d, timeout: 1s }\n",
+        expect![[r#"
+            app.yaml:7:26: spec.rollout.healthyFor: 2d is out of range (from 0s to 1d)
+            app.yaml:7:39: spec.rollout.timeout: 1s is out of range (from 10s to 7d)"#]],
+    );
+}
+
+/// Issue 11: 50,000 labels were accepted; labels, variables and their
+/// values are bounded, and so is one object.
+#[test]
+fn sizes_out_of_range() {
+    let labels: Vec<String> = (0..65).map(|i| format!("k{i}: v")).collect();
+    let long = "x".repeat(4097);
+    check(
+        &format!(
+            "apiVersion: outpost/v1\nkind: Site\nmetadata:\n  name: s\n  labels: {{{}}}\nspec:\n  variables: {{ok: {long}, {}: \"1\"}}\n",
+            labels.join(", "),
+            "v".repeat(64)
+        ),
+        expect![[r#"
+            app.yaml:5:11: metadata.labels: 65 labels; an object takes at most 64
+            app.yaml:7:19: spec.variables.ok: the value has 4097 bytes; at most 4096 fit
+            app.yaml:7:4184: spec.variables.vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv: "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv" is not a variable name (at most 63 letters, digits and '_', not starting with a digit)"#]],
+    );
+    let huge = format!(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{name: s}}\nspec:\n  variables:\n{}",
+        (0..200).map(|i| format!("    v{i}: {}\n", "y".repeat(4000))).collect::<String>()
+    );
+    check(&huge, expect!["app.yaml:1:1: the object has 783 KiB; one object may have at most 512 KiB"]);
 }

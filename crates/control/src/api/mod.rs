@@ -39,6 +39,8 @@ pub struct AppState {
     pub store: Arc<dyn Storage>,
     pub fleet: Arc<Fleet>,
     pub pki: Arc<Pki>,
+    pub revocations: Arc<crate::revocation::Revocations>,
+    pub enrollments: Arc<crate::enrollment::Enrollments>,
 }
 
 impl AppState {
@@ -318,16 +320,22 @@ async fn get_one(
         .ok_or_else(|| ApiError::Internal("status lost the object".to_string()))
 }
 
+/// `DELETE /api/v1/{kind}/{name}[?cascade=true]`: a site with hosts is
+/// refused unless `cascade`, which removes them and revokes their
+/// certificates at once.
 async fn delete_one(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((kind, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
-    let deleted = state.store.delete(kind, &name, &actor).await?;
-    tracing::info!(%actor, %kind, %name, "deleted");
+    let cascade = flag(&query, "cascade")?;
+    let deleted = state.store.delete(kind, &name, cascade, &actor).await?;
+    state.revocations.add(&deleted.revoked);
+    tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
     state.recompute().await;
-    Ok(Json(deleted))
+    Ok(Json(deleted.object))
 }
 
 async fn history(

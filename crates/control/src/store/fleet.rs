@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::sqlite::{SqliteStore, now};
-use super::{FleetStore, HostRecord, InstanceRecord, StoreError};
+use super::{FleetStore, HostRecord, InstanceRecord, RevokedCertificate, StoreError};
 
 fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
@@ -32,6 +32,7 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
         dropped: row.try_get("dropped")?,
         bytes_received: row.try_get("bytes_received")?,
         bytes_sent: row.try_get("bytes_sent")?,
+        cert_serial: row.try_get("cert_serial")?,
     })
 }
 
@@ -40,7 +41,7 @@ macro_rules! select_host {
     ($tail:literal) => {
         concat!(
             "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen, \
-             dropped, bytes_received, bytes_sent FROM hosts ",
+             dropped, bytes_received, bytes_sent, cert_serial FROM hosts ",
             $tail
         )
     };
@@ -66,7 +67,12 @@ impl FleetStore for SqliteStore {
         Ok(())
     }
 
-    async fn redeem_join_token(&self, token_hash: &str, host: &str) -> Result<String, StoreError> {
+    async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        host: &str,
+        cert_serial: &str,
+    ) -> Result<String, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT site, expires_at, used_at FROM join_tokens WHERE token_hash = ?1")
             .bind(token_hash)
@@ -93,6 +99,18 @@ impl FleetStore for SqliteStore {
                 "the join token expired at {expires_at}"
             )));
         }
+        let enrolled: Option<String> = sqlx::query_scalar("SELECT enrolled_at FROM hosts WHERE site = ?1 AND name = ?2")
+            .bind(&site)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(enrolled) = enrolled {
+            // Two live certificates for one host would both run its site's
+            // instances; replacing a host is a deliberate act.
+            return Err(StoreError::Conflict(format!(
+                "host {host:?} is already enrolled in site {site:?} (since {enrolled}); choose another host name"
+            )));
+        }
         let at = now();
         sqlx::query("UPDATE join_tokens SET used_at = ?1, used_by_host = ?2 WHERE token_hash = ?3")
             .bind(&at)
@@ -100,19 +118,26 @@ impl FleetStore for SqliteStore {
             .bind(token_hash)
             .execute(&mut *tx)
             .await?;
-        // A host re-enrolling under the same name (a swapped box) keeps its
-        // row; its new agent numbers its queue from 1 again.
-        sqlx::query(
-            "INSERT INTO hosts (site, name, enrolled_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (site, name) DO UPDATE SET enrolled_at = ?3, received_seq = 0",
-        )
-        .bind(&site)
-        .bind(host)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO hosts (site, name, enrolled_at, cert_serial) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&site)
+            .bind(host)
+            .bind(&at)
+            .bind(cert_serial)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(site)
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT serial, site, host FROM revoked_certificates ORDER BY revoked_at")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(serial, site, host)| RevokedCertificate { serial, site, host })
+            .collect())
     }
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -135,9 +160,9 @@ impl FleetStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(mut record) = row.as_ref().map(host_from_row).transpose()? else {
-            return Err(StoreError::NotFound {
-                kind: outpost_api::Kind::Site,
-                name: format!("{site}/{host}"),
+            return Err(StoreError::HostNotFound {
+                site: site.to_string(),
+                host: host.to_string(),
             });
         };
         let facts: Vec<&String> = change
@@ -157,7 +182,7 @@ impl FleetStore for SqliteStore {
                 }
             )));
         }
-        record.labels = change.applied_to(&record.labels);
+        record.labels = change.applied_to(&record.labels).map_err(StoreError::Conflict)?;
         sqlx::query("UPDATE hosts SET labels = ?3 WHERE site = ?1 AND name = ?2")
             .bind(site)
             .bind(host)
@@ -424,4 +449,61 @@ impl FleetStore for SqliteStore {
         tx.commit().await?;
         Ok(changed)
     }
+}
+
+/// Inside a site's delete: refuses while the site has hosts, naming them,
+/// unless `cascade`; then removes the hosts, their instances and the site's
+/// join tokens, and puts the hosts' certificates on the deny list.
+pub(super) async fn remove_site_hosts(
+    tx: &mut sqlx::SqliteConnection,
+    site: &str,
+    cascade: bool,
+) -> Result<Vec<RevokedCertificate>, StoreError> {
+    let hosts: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT name, cert_serial FROM hosts WHERE site = ?1 ORDER BY name")
+            .bind(site)
+            .fetch_all(&mut *tx)
+            .await?;
+    if hosts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !cascade {
+        let names: Vec<&str> = hosts.iter().map(|(name, _)| name.as_str()).collect();
+        return Err(StoreError::Conflict(format!(
+            "site {site:?} has {} host{}: {}; delete it with --cascade to remove them and revoke their certificates",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )));
+    }
+    let at = now();
+    let mut revoked = Vec::new();
+    for (host, serial) in hosts {
+        // A host enrolled before serials were recorded has none to list; its
+        // row goes, and a session needs its row.
+        let Some(serial) = serial else { continue };
+        sqlx::query(
+            "INSERT OR IGNORE INTO revoked_certificates (serial, site, host, reason, revoked_at)
+             VALUES (?1, ?2, ?3, 'site deleted', ?4)",
+        )
+        .bind(&serial)
+        .bind(site)
+        .bind(&host)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        revoked.push(RevokedCertificate {
+            serial,
+            site: site.to_string(),
+            host,
+        });
+    }
+    for statement in [
+        "DELETE FROM hosts WHERE site = ?1",
+        "DELETE FROM instance_status WHERE site = ?1",
+        "DELETE FROM join_tokens WHERE site = ?1",
+    ] {
+        sqlx::query(statement).bind(site).execute(&mut *tx).await?;
+    }
+    Ok(revoked)
 }

@@ -36,6 +36,8 @@ pub enum StoreError {
     Invalid(Diagnostics),
     #[error("{kind} {name:?} not found")]
     NotFound { kind: Kind, name: String },
+    #[error("host {host:?} not found in site {site:?}")]
+    HostNotFound { site: String, host: String },
     #[error("{0}")]
     Conflict(String),
     #[error("storage failed: {0}")]
@@ -69,8 +71,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list(&self, kind: Kind) -> Result<Vec<StoredObject>, StoreError>;
 
-    /// Deletes an object; refuses an application that a deployment uses.
-    async fn delete(&self, kind: Kind, name: &str, actor: &str) -> Result<StoredObject, StoreError>;
+    /// Deletes an object; refuses an application that a deployment uses,
+    /// and a site that has hosts unless `cascade`, which removes them and
+    /// revokes their certificates in the same transaction.
+    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str) -> Result<Deleted, StoreError>;
 
     /// Changes an object's labels (a new generation), as `outpost label` does.
     async fn update_labels(
@@ -94,6 +98,22 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// What a delete removed: the object, and the serials of the host
+/// certificates it revoked (a site deleted with `cascade`).
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub object: StoredObject,
+    pub revoked: Vec<RevokedCertificate>,
+}
+
+/// A host certificate that may never connect again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    pub serial: String,
+    pub site: String,
+    pub host: String,
+}
+
 /// An enrolled host and what its agent last said.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +134,10 @@ pub struct HostRecord {
     /// included): from the agent, and to it.
     pub bytes_received: i64,
     pub bytes_sent: i64,
+    /// The serial of the certificate it was issued (none for hosts enrolled
+    /// before serials were recorded).
+    #[serde(skip)]
+    pub cert_serial: Option<String>,
 }
 
 /// The last reported state of one instance.
@@ -143,9 +167,15 @@ pub trait FleetStore: Send + Sync + 'static {
         expires_at: time::OffsetDateTime,
     ) -> Result<(), StoreError>;
 
-    /// Uses up a join token and records `host` as enrolled at its site.
-    /// Unknown tokens are `NotFound`; used or expired ones are `Conflict`.
-    async fn redeem_join_token(&self, token_hash: &str, host: &str) -> Result<String, StoreError>;
+    /// Uses up a join token and records `host` as enrolled at its site with
+    /// the serial of the certificate it is about to be issued. Unknown
+    /// tokens are `NotFound`; used or expired ones, and a host name already
+    /// enrolled at the site, are `Conflict` (and the token stays unused).
+    async fn redeem_join_token(&self, token_hash: &str, host: &str, cert_serial: &str)
+    -> Result<String, StoreError>;
+
+    /// Every revoked certificate, for the deny list kept in memory.
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
 
-use super::{KEPT_VERSIONS, Store, StoreError};
+use super::{Deleted, KEPT_VERSIONS, Store, StoreError};
 
 /// The schema migrations, compiled in so the binary needs no files beside it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "telemetry",
         include_str!("../../migrations/0005_telemetry.sql"),
+    ),
+    (
+        6,
+        "revocation",
+        include_str!("../../migrations/0006_revocation.sql"),
     ),
 ];
 
@@ -368,7 +373,7 @@ impl Store for SqliteStore {
         rows.iter().map(object_from_row).collect()
     }
 
-    async fn delete(&self, kind: Kind, name: &str, actor: &str) -> Result<StoredObject, StoreError> {
+    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str) -> Result<Deleted, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(object) = fetch_object(&mut tx, kind, name).await? else {
             return Err(StoreError::NotFound {
@@ -376,6 +381,10 @@ impl Store for SqliteStore {
                 name: name.to_string(),
             });
         };
+        let mut revoked = Vec::new();
+        if kind == Kind::Site {
+            revoked = super::fleet::remove_site_hosts(&mut tx, name, cascade).await?;
+        }
         if kind == Kind::Application {
             let users: Vec<String> = sqlx::query_scalar(
                 "SELECT name FROM objects WHERE kind = 'Deployment' AND json_extract(spec, '$.application') = ?1
@@ -406,7 +415,7 @@ impl Store for SqliteStore {
             .await?;
         audit(&mut tx, actor, "deleted", kind, name, object.metadata.generation).await?;
         tx.commit().await?;
-        Ok(object)
+        Ok(Deleted { object, revoked })
     }
 
     async fn update_labels(
@@ -423,7 +432,9 @@ impl Store for SqliteStore {
                 name: name.to_string(),
             });
         };
-        let labels = change.applied_to(&object.metadata.labels);
+        let labels = change
+            .applied_to(&object.metadata.labels)
+            .map_err(StoreError::Conflict)?;
         if labels == object.metadata.labels {
             return Ok(object);
         }

@@ -273,7 +273,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("outpost.db")).await.unwrap();
         let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         store.create_join_token("h", "shop-1", expires).await.unwrap();
-        store.redeem_join_token("h", "till").await.unwrap();
+        store.redeem_join_token("h", "till", "01").await.unwrap();
 
         let batch: Vec<Record> = (1..=5).map(event).collect();
         assert_eq!(
@@ -377,30 +377,18 @@ mod tests {
         let text: Vec<&str> = lines.iter().map(|l| l.line.text.as_str()).collect();
         assert_eq!(text, ["one", "two"]);
 
-        // A re-enrolled host numbers its queue from 1 again.
+        // Issue 11, defect 5: a second enrollment of the same host name is
+        // refused, and leaves its token unused.
         store.create_join_token("h2", "shop-1", expires).await.unwrap();
-        store.redeem_join_token("h2", "till").await.unwrap();
-        assert_eq!(
-            store
-                .store_records("shop-1", "till", 1, &[event(9)], 0)
-                .await
-                .unwrap(),
-            1
+        let refused = store.redeem_join_token("h2", "till", "02").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("host \"till\" is already enrolled in site \"shop-1\""),
+            "{refused}"
         );
-        assert_eq!(
-            store
-                .events(&RecordQuery {
-                    limit: 100,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .len(),
-            9
-        );
+        assert_eq!(store.redeem_join_token("h2", "till-2", "03").await.unwrap(), "shop-1");
 
         // Retention.
-        assert_eq!(store.prune("9999", "0", "0").await.unwrap(), 9);
+        assert_eq!(store.prune("9999", "0", "0").await.unwrap(), 8);
         assert_eq!(store.prune("9999", "9999", "9999").await.unwrap(), 2);
     }
 }

@@ -1,0 +1,316 @@
+//! The agent port's front door. It faces the internet, so it accepts
+//! connections itself rather than leaving them to the gRPC server:
+//!
+//! - a TLS handshake must finish within [`HANDSHAKE_TIMEOUT`];
+//! - a connection without a host certificate (one that can only enroll)
+//!   is closed after [`UNAUTHENTICATED_IDLE`] without traffic;
+//! - one source address may hold at most [`MAX_UNAUTHENTICATED_PER_SOURCE`]
+//!   such connections, handshakes included; past that, new ones close at once;
+//! - a host certificate on the deny list is refused at the handshake.
+//!
+//! What passes carries its byte counter, its peer and its host certificate
+//! to the gateway as tonic connect info ([`AgentConnectInfo`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::Stream;
+use outpost_proto::traffic::{Counted, Traffic};
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+use crate::pki::{self, HostCertificate, Pki};
+use crate::revocation::Revocations;
+
+/// How long a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection without a host certificate may stay silent.
+/// Enrollment is one call; nothing else can be done without a certificate.
+pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
+/// Connections without a host certificate (handshakes included) that one
+/// source address may hold. Hosts behind one NAT share an address, but
+/// each holds such a connection only for the moment of its handshake.
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
+
+/// The gateway's TLS: our serving certificate; host certificates are
+/// optional (a new host enrolls without one) and checked against our CA.
+pub fn tls_config(pki: &Pki) -> Result<Arc<ServerConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der().clone())?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What the gateway learns about a connection.
+#[derive(Debug, Clone)]
+pub struct AgentConnectInfo {
+    pub remote: Option<SocketAddr>,
+    pub traffic: Arc<Traffic>,
+    /// The host certificate it presented, if any.
+    pub certificate: Option<HostCertificate>,
+}
+
+/// Counts a source address's unauthenticated connections; one slot each,
+/// given back on drop.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct Slot {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn take(&self, ip: IpAddr) -> Option<Slot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts agent connections until the returned stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    revocations: Arc<Revocations>,
+) -> impl Stream<Item = io::Result<AgentConnection>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), revocations, sender));
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    revocations: Arc<Revocations>,
+    sender: mpsc::Sender<io::Result<AgentConnection>>,
+) {
+    let sources = Sources::default();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%err, "accepting an agent connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = sender.closed() => return,
+        };
+        let Some(slot) = sources.take(peer.ip()) else {
+            tracing::debug!(%peer, "too many unauthenticated connections from this address; closed");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let revocations = revocations.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let traffic = Arc::new(Traffic::default());
+            let counted = Counted::new(tcp, traffic.clone());
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "agent TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "agent TLS handshake timed out");
+                    return;
+                }
+            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|leaf| pki::host_certificate(leaf));
+            let (certificate, slot) = match certificate {
+                None => (None, Some(slot)),
+                Some(None) => {
+                    tracing::debug!(%peer, "a certificate of our CA that names no host; closed");
+                    return;
+                }
+                Some(Some(certificate)) if revocations.is_revoked(&certificate.serial) => {
+                    tracing::warn!(%peer, site = %certificate.site, host = %certificate.host, "a revoked host certificate tried to connect; closed");
+                    return;
+                }
+                // Authenticated: no longer counted against its address.
+                Some(Some(certificate)) => (Some(certificate), None),
+            };
+            let idle = slot.as_ref().map(|_| UNAUTHENTICATED_IDLE);
+            let connection = AgentConnection {
+                io: IdleLimit::new(tls, idle),
+                info: AgentConnectInfo {
+                    remote: Some(peer),
+                    traffic,
+                    certificate,
+                },
+                _slot: slot,
+            };
+            let _ = sender.send(Ok(connection)).await;
+        });
+    }
+}
+
+/// An accepted agent connection, TLS done.
+pub struct AgentConnection {
+    io: IdleLimit<TlsStream<Counted<TcpStream>>>,
+    info: AgentConnectInfo,
+    /// Held while the connection is unauthenticated.
+    _slot: Option<Slot>,
+}
+
+impl Connected for AgentConnection {
+    type ConnectInfo = AgentConnectInfo;
+
+    fn connect_info(&self) -> AgentConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for AgentConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A stream that fails with `TimedOut` once nothing has been read for its
+/// limit (no limit: it never does).
+struct IdleLimit<S> {
+    inner: S,
+    limit: Option<Duration>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> IdleLimit<S> {
+    fn new(inner: S, limit: Option<Duration>) -> Self {
+        IdleLimit {
+            inner,
+            limit,
+            deadline: limit.map(|limit| Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleLimit<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if let (Some(deadline), Some(limit)) = (this.deadline.as_mut(), this.limit) {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "an unauthenticated connection stayed idle too long",
+                ))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleLimit<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_times_out_and_a_busy_one_does_not() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut limited = IdleLimit::new(near, Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 4];
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(20)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut far, b"ping").await.unwrap();
+            limited.read_exact(&mut buf).await.unwrap();
+        }
+        let err = limited.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_source_holds_a_bounded_number_of_slots() {
+        let sources = Sources::default();
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        let slots: Vec<Slot> = (0..MAX_UNAUTHENTICATED_PER_SOURCE)
+            .map(|_| sources.take(ip).unwrap())
+            .collect();
+        assert!(sources.take(ip).is_none());
+        assert!(sources.take([192, 0, 2, 2].into()).is_some());
+        drop(slots);
+        assert!(sources.take(ip).is_some());
+    }
+}
