@@ -13,6 +13,8 @@ pub const MAX_VARIABLES: usize = 256;
 pub const MAX_VARIABLE_NAME: usize = 63;
 /// A site variable's value, or an environment value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 4096;
+/// A request body of the REST API, in bytes.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// One object (Site, Application, Deployment) as JSON, in bytes.
 pub const MAX_OBJECT_BYTES: usize = 512 << 10;
 
@@ -34,7 +36,10 @@ impl DurationRange {
     /// An operator's message when `value` is outside, or nothing.
     pub fn check(self, value: Duration) -> Result<(), String> {
         if value.0 < self.min.0 || value.0 > self.max.0 {
-            Err(format!("{value} is out of range (from {} to {})", self.min, self.max))
+            Err(format!(
+                "{value} is out of range (from {} to {})",
+                self.min, self.max
+            ))
         } else {
             Ok(())
         }

@@ -293,7 +293,7 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpProbe {
-    pub path: String,
+    pub path: HttpPath,
     #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
 }
@@ -449,6 +449,25 @@ checked_string!(
     check_image
 );
 
+checked_string!(
+    /// The path an HTTP probe asks for: `/healthz`.
+    HttpPath,
+    "http-path",
+    check_http_path
+);
+
+fn check_http_path(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        Err(format!("{s:?} must start with '/'"))
+    } else if s.len() > 1024 || s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        Err(format!(
+            "{s:?} is not a request path (at most 1024 characters, no spaces)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
     let valid = !s.is_empty()
         && s.len() <= 63
@@ -552,6 +571,7 @@ pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String
     Some(match format {
         "dns-label" => check_dns_label(text),
         "image" => check_image(text),
+        "http-path" => check_http_path(text),
         _ => return None,
     })
 }

@@ -240,7 +240,11 @@ impl Checker<'_> {
             if value.len() > limits::MAX_VALUE_BYTES {
                 self.error(
                     &path,
-                    format!("the value has {} bytes; at most {} fit", value.len(), limits::MAX_VALUE_BYTES),
+                    format!(
+                        "the value has {} bytes; at most {} fit",
+                        value.len(),
+                        limits::MAX_VALUE_BYTES
+                    ),
                 );
             }
         }
@@ -318,7 +322,11 @@ impl Checker<'_> {
             if value.len() > limits::MAX_VALUE_BYTES {
                 self.error(
                     &env_path,
-                    format!("the value has {} bytes; at most {} fit", value.len(), limits::MAX_VALUE_BYTES),
+                    format!(
+                        "the value has {} bytes; at most {} fit",
+                        value.len(),
+                        limits::MAX_VALUE_BYTES
+                    ),
                 );
             }
         }
@@ -364,14 +372,6 @@ impl Checker<'_> {
             1 => {}
             _ => self.error(path, "a health check takes only one of http, tcp or exec"),
         }
-        if let Some(http) = &health.http
-            && !http.path.starts_with('/')
-        {
-            self.error(
-                &path.field("http").field("path"),
-                format!("{:?} must start with '/'", http.path),
-            );
-        }
         if let Some(exec) = &health.exec
             && exec.command.is_empty()
         {
@@ -399,7 +399,11 @@ impl Checker<'_> {
             rollout.healthy_for,
             limits::ROLLOUT_HEALTHY_FOR,
         );
-        self.duration(&rollout_path.field("timeout"), rollout.timeout, limits::ROLLOUT_TIMEOUT);
+        self.duration(
+            &rollout_path.field("timeout"),
+            rollout.timeout,
+            limits::ROLLOUT_TIMEOUT,
+        );
         if let Some(waves) = &rollout.waves {
             let path = rollout_path.field("waves");
             match (waves.size, waves.exponential) {

@@ -98,6 +98,10 @@ pub struct SourceFile {
     pub content: String,
 }
 
+/// The request header that makes an apply safe to send twice: the control
+/// plane answers a repeated key with the outcome it stored the first time.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyResponse {

@@ -188,6 +188,16 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted);
+                if style == ScalarStyle::Plain && tag.is_none() && is_oversized_integer(&text) {
+                    // YAML would read it as a float and show it rounded.
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!(
+                            "{text} is too large for a whole number (at most {}; quote it if it is text)",
+                            i64::MAX
+                        ),
+                    });
+                }
                 let value = match Scalar::parse_from_cow_and_metadata(text.clone(), style, tag.as_ref()) {
                     Some(Scalar::Null) => Value::Null,
                     Some(Scalar::Boolean(b)) => Value::Bool(b),
@@ -238,6 +248,12 @@ pub fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
         }
     }
     Ok(documents)
+}
+
+/// Digits (with an optional sign) that do not fit in 64 bits.
+fn is_oversized_integer(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && text.parse::<i64>().is_err()
 }
 
 /// Reads the first document of a YAML text into a serde type (for small
@@ -311,13 +327,35 @@ mod tests {
             text.push_str(&format!("l{level}: &l{level} [{aliases}]\n"));
         }
         let err = load(&text).unwrap_err();
-        assert!(err.message.contains("aliases expand to more than 10000 nodes"), "{err:?}");
+        assert!(
+            err.message.contains("aliases expand to more than 10000 nodes"),
+            "{err:?}"
+        );
         // Levels 1 and 2 copy 110 and 1,110 nodes; level 3 copies level 2
         // (1,111 nodes) ten times, and its eighth alias crosses the budget.
         assert_eq!(err.pos, Pos { line: 4, column: 45 }, "{err:?}");
         // An honest use of aliases is untouched.
         let doc = &load("base: &b {x: 1}\na: *b\nb: *b\n").unwrap()[0];
         assert_eq!(doc.get("b").unwrap().to_json(), serde_json::json!({"x": 1}));
+    }
+
+    /// Issue 11: `replicas: 99999999999999999999` was shown as a rounded float.
+    #[test]
+    fn oversized_integers_are_named_as_written() {
+        let err = load("replicas: 99999999999999999999\n").unwrap_err();
+        assert_eq!(err.pos, Pos { line: 1, column: 11 });
+        assert!(
+            err.message.starts_with("99999999999999999999 is too large"),
+            "{err:?}"
+        );
+        assert_eq!(
+            load("n: -9223372036854775808\n").unwrap()[0]
+                .get("n")
+                .unwrap()
+                .value,
+            Value::Int(i64::MIN)
+        );
+        assert!(load("v: '99999999999999999999'\n").is_ok());
     }
 
     /// Issue 11, defect 2: `x:` and 40,000 `- ` overflowed a worker's stack.

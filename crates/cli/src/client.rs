@@ -9,13 +9,38 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use outpost_api::Diagnostic;
 use outpost_api::client_config::{ClientConfig, Context};
+use outpost_api::limits::MAX_BODY_BYTES;
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{
-    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostInfo, HostList, JoinToken,
-    JoinTokenRequest, LabelChange, ObjectList, StoredObject,
+    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostInfo, HostList, IDEMPOTENCY_KEY,
+    JoinToken, JoinTokenRequest, LabelChange, ObjectList, StoredObject,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
+
+/// How long an apply whose connection dropped waits before it asks again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A response's body as `T`, or its error body as a `CliError`.
+async fn read_response<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
+    let status = response.status();
+    let bytes = response.bytes().await.context("reading the response")?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .context("the control plane sent a response this CLI cannot read");
+    }
+    let error = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => CliError {
+            message: body.error.message,
+            diagnostics: body.error.diagnostics,
+        },
+        Err(_) => CliError {
+            message: format!("the control plane answered {status}"),
+            diagnostics: Vec::new(),
+        },
+    };
+    Err(error.into())
+}
 
 /// An error to show the operator as it is (exit code 1).
 #[derive(Debug)]
@@ -104,38 +129,61 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
-        let response = request.send().await.map_err(|err| {
-            let mut cause: &dyn std::error::Error = &err;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
-            CliError {
-                message: format!("cannot reach the control plane at {}: {cause}", self.base),
-                diagnostics: Vec::new(),
-            }
-        })?;
-        let status = response.status();
-        let bytes = response.bytes().await.context("reading the response")?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .context("the control plane sent a response this CLI cannot read");
-        }
-        let error = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => CliError {
-                message: body.error.message,
-                diagnostics: body.error.diagnostics,
-            },
-            Err(_) => CliError {
-                message: format!("the control plane answered {status}"),
-                diagnostics: Vec::new(),
-            },
-        };
-        Err(error.into())
+        let response = request.send().await.map_err(|err| self.unreachable(&err, ""))?;
+        read_response(response).await
     }
 
+    fn unreachable(&self, err: &reqwest::Error, advice: &str) -> CliError {
+        let mut cause: &dyn std::error::Error = err;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        CliError {
+            message: format!("cannot reach the control plane at {}: {cause}{advice}", self.base),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// Sends an apply with an `Idempotency-Key`. If the connection drops
+    /// after the request left, the apply may be stored with its answer lost:
+    /// it is sent once more with the same key, and the control plane answers
+    /// with the outcome it stored, so the operator learns what happened.
     pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse> {
-        self.send(self.request(Method::POST, "/apply").json(request))
-            .await
+        let body = serde_json::to_vec(request).context("encoding the apply request")?;
+        if body.len() > MAX_BODY_BYTES {
+            return Err(CliError {
+                message: format!(
+                    "the manifests are too large to apply at once ({:.1} MiB; the limit is {} MiB): apply them in parts",
+                    body.len() as f64 / f64::from(1u32 << 20),
+                    MAX_BODY_BYTES >> 20
+                ),
+                diagnostics: Vec::new(),
+            }
+            .into());
+        }
+        let key = hex::encode(rand::random::<[u8; 16]>());
+        let attempt = || {
+            self.request(Method::POST, "/apply")
+                .header(IDEMPOTENCY_KEY, &key)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+        };
+        let response = match attempt().await {
+            Ok(response) => response,
+            // Refused before anything was sent: nothing can have been applied.
+            Err(err) if err.is_connect() => return Err(self.unreachable(&err, "").into()),
+            Err(_) => {
+                tokio::time::sleep(RETRY_AFTER).await;
+                attempt().await.map_err(|err| {
+                    self.unreachable(
+                        &err,
+                        " (the connection dropped during the apply, so it may have been stored; run it again to see: an apply of what is already stored changes nothing)",
+                    )
+                })?
+            }
+        };
+        read_response(response).await
     }
 
     pub async fn plan(&self, request: &ApplyRequest) -> Result<outpost_api::wire::PlanResponse> {

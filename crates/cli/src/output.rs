@@ -5,6 +5,16 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+/// Writes to standard output and flushes. When the reader has gone away
+/// (`outpost get sites | head -1`) this fails with `BrokenPipe`, which the
+/// binary treats as a quiet end rather than a panic.
+pub fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,

@@ -141,9 +141,9 @@ async fn show<T: serde::Serialize>(
 ) -> Result<()> {
     let first = fetch(0).await?;
     match style {
-        Style::Json if !follow => print!("{}", output::json(&serde_json::json!({ "items": first }))?),
-        Style::Json => print!("{}", json_lines(&first)?),
-        Style::Text => print!("{}", render(&first, true)),
+        Style::Json if !follow => output::print(&output::json(&serde_json::json!({ "items": first }))?)?,
+        Style::Json => output::print(&json_lines(&first)?)?,
+        Style::Text => output::print(&render(&first, true))?,
     }
     if !follow {
         return Ok(());
@@ -157,8 +157,8 @@ async fn show<T: serde::Serialize>(
         let Some(newest) = more.last() else { continue };
         last = id(newest);
         match style {
-            Style::Json => print!("{}", json_lines(&more)?),
-            Style::Text => print!("{}", render(&more, false)),
+            Style::Json => output::print(&json_lines(&more)?)?,
+            Style::Text => output::print(&render(&more, false))?,
         }
     }
 }

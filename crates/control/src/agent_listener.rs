@@ -210,7 +210,11 @@ impl Connected for AgentConnection {
 }
 
 impl AsyncRead for AgentConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -248,7 +252,11 @@ impl<S> IdleLimit<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleLimit<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
@@ -294,7 +302,9 @@ mod tests {
         let mut buf = [0u8; 4];
         for _ in 0..3 {
             tokio::time::advance(Duration::from_secs(20)).await;
-            tokio::io::AsyncWriteExt::write_all(&mut far, b"ping").await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut far, b"ping")
+                .await
+                .unwrap();
             limited.read_exact(&mut buf).await.unwrap();
         }
         let err = limited.read(&mut buf).await.unwrap_err();

@@ -37,7 +37,9 @@ impl Enrollments {
         let Some(source) = source else { return Ok(()) };
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match state.sources.get(&source) {
-            Some((start, failures)) if now.duration_since(*start) < WINDOW && *failures >= MAX_FAILURES_PER_SOURCE => {
+            Some((start, failures))
+                if now.duration_since(*start) < WINDOW && *failures >= MAX_FAILURES_PER_SOURCE =>
+            {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
                 Err(WINDOW - now.duration_since(*start))
             }
@@ -52,7 +54,9 @@ impl Enrollments {
         if let Some(source) = source {
             // Forget windows that have passed, so the map stays small.
             if state.sources.len() > 10_000 {
-                state.sources.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+                state
+                    .sources
+                    .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
             }
             let entry = state.sources.entry(source).or_insert((now, 0));
             if now.duration_since(entry.0) >= WINDOW {
@@ -61,7 +65,10 @@ impl Enrollments {
             entry.1 += 1;
         }
         state.unlogged += 1;
-        if state.last_log.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+        if state
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
             let failures = std::mem::take(&mut state.unlogged);
             state.last_log = Some(now);
             let source = source.map(|ip| ip.to_string()).unwrap_or_default();
@@ -94,7 +101,9 @@ mod tests {
             assert!(enrollments.admit(Some(attacker), start).is_ok());
             enrollments.failed(Some(attacker), "unknown join token", start);
         }
-        let wait = enrollments.admit(Some(attacker), start + Duration::from_secs(15)).unwrap_err();
+        let wait = enrollments
+            .admit(Some(attacker), start + Duration::from_secs(15))
+            .unwrap_err();
         assert_eq!(wait, Duration::from_secs(45));
         assert!(enrollments.admit(Some(neighbour), start).is_ok());
         assert!(enrollments.admit(Some(attacker), start + WINDOW).is_ok());

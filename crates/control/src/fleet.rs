@@ -493,7 +493,10 @@ impl Fleet {
             None => self.store.hosts().await?,
             Some(site) => self.store.site_hosts(site).await?,
         };
-        for host in records {
+        // A host that has never said hello has no facts: nothing is known
+        // of its room or devices, and it may never connect. It gets no
+        // placements until it does (its hello recomputes the site).
+        for host in records.into_iter().filter(|host| !host.facts.is_empty()) {
             let labels = host.selector_labels();
             hosts.entry(host.site).or_default().insert(host.name, labels);
         }

@@ -175,7 +175,8 @@ impl ControlPlane {
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
-        let incoming = agent_listener::incoming(self.agent_listener, self.agent_tls, self.revocations.clone());
+        let incoming =
+            agent_listener::incoming(self.agent_listener, self.agent_tls, self.revocations.clone());
         let agents = tokio::spawn(serve_agents(incoming, gateway, signal(stopped.clone())));
         let api = tokio::spawn(server::serve(self.listener, self.tls, router, signal(stopped)));
         shutdown.await;

@@ -1,12 +1,13 @@
 //! Serving HTTPS: a TLS accept loop in front of the axum router, with
-//! graceful shutdown (stop accepting, let requests in flight finish).
+//! deadlines for the handshake and for request headers, and graceful
+//! shutdown (stop accepting, let requests in flight finish).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -16,6 +17,10 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often HTTP/2 connections are pinged, and how long a ping may wait.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,7 +40,16 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

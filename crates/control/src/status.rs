@@ -117,9 +117,8 @@ impl Snapshot {
         let Some((revision, state)) = self.states.get(site) else {
             return (Progressing, "desired state not computed yet".to_string());
         };
-        if let Some(failure) = state.failures.iter().find(|f| f.deployment == deployment) {
-            return (Failed, failure.reason.clone());
-        }
+        // Offline comes first: a site without a connected host is offline,
+        // never failed, whatever could or could not be placed there.
         let hosts: Vec<&HostRecord> = self.site_hosts(site).collect();
         if hosts.is_empty() {
             return (Offline, "no host has enrolled".to_string());
@@ -130,6 +129,9 @@ impl Snapshot {
                 Offline,
                 seen.map_or("never connected".to_string(), |at| format!("last seen {at}")),
             );
+        }
+        if let Some(failure) = state.failures.iter().find(|f| f.deployment == deployment) {
+            return (Failed, failure.reason.clone());
         }
         for workload in state.workloads.iter().filter(|w| w.deployment == deployment) {
             let hash = workload.spec_hash();

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use outpost_api::manifest::Kind;
-use outpost_cli::output::Format;
+use outpost_cli::output::{self, Format};
 use outpost_cli::{CliError, Client, commands};
 
 /// Orchestrates container applications across thousands of edge sites.
@@ -438,10 +438,37 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing to report.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             report(&err);
             ExitCode::FAILURE
         }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Raises the soft limit on open files to the hard limit: the control
+/// plane holds a socket per site and the agent port faces the internet,
+/// and a soft limit of 1,024 would turn away the REST API long before the
+/// hard limit is near.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%err, soft, hard, "could not raise the open-file limit");
+            } else {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "could not read the open-file limit"),
     }
 }
 
@@ -519,6 +546,7 @@ async fn run(cli: Cli) -> Result<()> {
             poll_interval,
         } => {
             init_logging();
+            raise_open_file_limit();
             let config = outpost_control::Config {
                 data_dir: data_dir.clone(),
                 listen: *listen,
@@ -549,6 +577,7 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
         } => {
             init_logging();
+            raise_open_file_limit();
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -582,6 +611,7 @@ async fn run(cli: Cli) -> Result<()> {
             agent_listen,
         } => {
             init_logging();
+            raise_open_file_limit();
             return up::run(data_dir.clone(), *listen, *agent_listen, cli.config.clone()).await;
         }
         Command::Label { kind, name, labels } => {
@@ -597,13 +627,12 @@ async fn run(cli: Cli) -> Result<()> {
                 RolloutCommand::Status { deployment, watch } => {
                     let (mut shown, mut finished) = commands::rollout_status(&client, deployment).await?;
                     if *watch {
-                        print!("{shown}");
+                        output::print(&shown)?;
                         while !finished {
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             let (now, done) = commands::rollout_status(&client, deployment).await?;
                             if now != shown {
-                                println!();
-                                print!("{now}");
+                                output::print(&format!("\n{now}"))?;
                                 shown = now;
                             }
                             finished = done;
@@ -663,6 +692,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             init_sim_logging();
+            raise_open_file_limit();
             let temporary = work_dir.is_none();
             let work_dir = work_dir
                 .clone()
@@ -750,6 +780,6 @@ async fn run(cli: Cli) -> Result<()> {
             commands::history(&client(&cli)?, name, (*output).into()).await?
         }
     };
-    print!("{output}");
+    output::print(&output)?;
     Ok(())
 }

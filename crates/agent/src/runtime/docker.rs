@@ -478,7 +478,7 @@ impl Runtime for Docker {
         let Some(http) = &health.http else {
             return Ok(());
         };
-        super::http_get(&mut stream, &ip, &http.path).await
+        super::http_get(&mut stream, &ip, http.path.as_str()).await
     }
 
     fn changes(&self) -> mpsc::Receiver<()> {

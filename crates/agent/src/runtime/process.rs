@@ -252,7 +252,7 @@ impl Runtime for Processes {
             .await
             .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
         match &health.http {
-            Some(http) => super::http_get(&mut stream, "127.0.0.1", &http.path).await,
+            Some(http) => super::http_get(&mut stream, "127.0.0.1", http.path.as_str()).await,
             None => Ok(()),
         }
     }

@@ -264,6 +264,7 @@ fn bad_durations_and_cpu() {
         ),
         expect![[r#"
             app.yaml:12:29: spec.services[0].containers[0].resources.cpu: "0.0001" is finer than a thousandth of a core
+            app.yaml:13:35: spec.services[0].containers[0].health.http.path: "healthz" must start with '/'
             app.yaml:13:66: spec.services[0].containers[0].health.interval: "10 s" is not a duration (use 10s, 2m or 1h30m)
             app.yaml:13:81: spec.services[0].containers[0].health.timeout: "1w" is not a duration (use 10s, 2m or 1h30m)"#]],
     );
@@ -431,7 +432,12 @@ fn sizes_out_of_range() {
     );
     let huge = format!(
         "apiVersion: outpost/v1\nkind: Site\nmetadata: {{name: s}}\nspec:\n  variables:\n{}",
-        (0..200).map(|i| format!("    v{i}: {}\n", "y".repeat(4000))).collect::<String>()
+        (0..200)
+            .map(|i| format!("    v{i}: {}\n", "y".repeat(4000)))
+            .collect::<String>()
     );
-    check(&huge, expect!["app.yaml:1:1: the object has 783 KiB; one object may have at most 512 KiB"]);
+    check(
+        &huge,
+        expect!["app.yaml:1:1: the object has 783 KiB; one object may have at most 512 KiB"],
+    );
 }

@@ -26,7 +26,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Invalid(diagnostics) => ApiError::Invalid(diagnostics),
-            StoreError::NotFound { .. } | StoreError::HostNotFound { .. } => ApiError::NotFound(err.to_string()),
+            StoreError::NotFound { .. } | StoreError::HostNotFound { .. } => {
+                ApiError::NotFound(err.to_string())
+            }
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Internal(detail) => ApiError::Internal(detail),
         }

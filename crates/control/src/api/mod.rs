@@ -29,10 +29,13 @@ use crate::auth;
 use crate::fleet::Fleet;
 use crate::pki::Pki;
 use crate::status::Snapshot;
-use crate::store::Storage;
+use crate::store::{ApplyOptions, Storage};
 
 /// The largest request body accepted (a big multi-document apply fits easily).
-pub const BODY_LIMIT: usize = 8 << 20;
+pub const BODY_LIMIT: usize = outpost_api::limits::MAX_BODY_BYTES;
+
+/// The header that makes an apply safe to send again.
+pub use outpost_api::wire::IDEMPOTENCY_KEY;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -127,7 +130,40 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(limit_body))
         .with_state(state)
+}
+
+/// How much of an oversized body is read and thrown away so that its 413
+/// reaches the client: over HTTP/2, a response sent while the client is
+/// still sending ends in a stream reset that clients report as a broken
+/// pipe. Past this, the stream is reset after all.
+const DRAIN_LIMIT: usize = 4 * BODY_LIMIT;
+
+/// Reads the body up to `BODY_LIMIT`; a larger one is answered 413 once
+/// it has been sent (up to `DRAIN_LIMIT`), over HTTP/1.1 and HTTP/2 alike.
+async fn limit_body(request: Request, next: Next) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return ApiError::BadRequest("the request body was cut off".to_string()).into_response();
+        };
+        total += chunk.len();
+        if total <= BODY_LIMIT {
+            kept.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > BODY_LIMIT {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
 }
 
 async fn not_found() -> ApiError {
@@ -143,8 +179,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(token) = token else {
         return ApiError::Unauthorized.into_response();
     };
@@ -156,6 +191,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Ok(None) => ApiError::Unauthorized.into_response(),
         Err(err) => ApiError::from(err).into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is
+/// case-insensitive (RFC 7235 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn parse_kind(text: &str) -> Result<Kind, ApiError> {
@@ -172,6 +214,21 @@ fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
         Some("true" | "") => Ok(true),
         Some(other) => Err(ApiError::BadRequest(format!(
             "{name}={other:?}: use true or false"
+        ))),
+    }
+}
+
+/// The `Idempotency-Key` header of an apply: 1 to 128 visible ASCII characters.
+fn request_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "the {IDEMPOTENCY_KEY} header must be 1 to 128 visible ASCII characters"
         ))),
     }
 }
@@ -239,7 +296,9 @@ async fn apply(
             .map(|f| (f.name.as_str(), f.content.as_str())),
     )
     .map_err(ApiError::Invalid)?;
-    let results = state.store.apply(&documents, &actor, dry_run).await?;
+    let request_key = request_key(&headers)?;
+    let options = ApplyOptions { dry_run, request_key };
+    let results = state.store.apply(&documents, &actor, options).await?;
     let changed: Vec<_> = results
         .iter()
         .filter(|r| !dry_run && r.action != ApplyAction::Unchanged)
@@ -271,7 +330,11 @@ async fn plan(
     )
     .map_err(ApiError::Invalid)?;
     // The same checks as an apply, inside a transaction that is rolled back.
-    state.store.apply(&documents, &actor, true).await?;
+    let dry_run = ApplyOptions {
+        dry_run: true,
+        request_key: None,
+    };
+    state.store.apply(&documents, &actor, dry_run).await?;
     let mut inputs = state.fleet.inputs(None).await?;
     let concerned = crate::plan::concerned(&inputs, &documents);
     crate::plan::overlay(&mut inputs, &documents);
@@ -396,6 +459,15 @@ async fn hosts(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HostList>, ApiError> {
+    if let Some(site) = query.get("site")
+        && state.store.get(Kind::Site, site).await?.is_none()
+    {
+        return Err(crate::store::StoreError::NotFound {
+            kind: Kind::Site,
+            name: site.clone(),
+        }
+        .into());
+    }
     let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
     let items = snapshot
         .hosts()
@@ -421,6 +493,26 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "outpost_hosts",
         &[("state", "offline")],
         (hosts.len() - online) as f64,
+    );
+    out.family(
+        "outpost_enrollments_failed_total",
+        "counter",
+        "Enrollments refused since start (bad, unknown, used or expired join tokens, taken host names).",
+    )
+    .sample(
+        "outpost_enrollments_failed_total",
+        &[],
+        state.enrollments.failed_total() as f64,
+    );
+    out.family(
+        "outpost_enrollments_throttled_total",
+        "counter",
+        "Enrollment attempts refused because their address had failed too often.",
+    )
+    .sample(
+        "outpost_enrollments_throttled_total",
+        &[],
+        state.enrollments.throttled_total() as f64,
     );
     let mut states: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for state in hosts.iter().flat_map(|h| h.instances.values()) {
@@ -833,7 +925,10 @@ async fn rollout_undo(
     manifest["spec"]["version"] = serde_json::Value::String(target.clone());
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
     let documents = parse_documents(&format!("undo of {name}"), &text).map_err(ApiError::Invalid)?;
-    let results = state.store.apply(&documents, &actor, false).await?;
+    let results = state
+        .store
+        .apply(&documents, &actor, ApplyOptions::default())
+        .await?;
     tracing::info!(%actor, deployment = %name, version = %target, "rollout undo");
     state.recompute().await;
     Ok(Json(ApplyResponse {

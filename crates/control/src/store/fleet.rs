@@ -99,11 +99,12 @@ impl FleetStore for SqliteStore {
                 "the join token expired at {expires_at}"
             )));
         }
-        let enrolled: Option<String> = sqlx::query_scalar("SELECT enrolled_at FROM hosts WHERE site = ?1 AND name = ?2")
-            .bind(&site)
-            .bind(host)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let enrolled: Option<String> =
+            sqlx::query_scalar("SELECT enrolled_at FROM hosts WHERE site = ?1 AND name = ?2")
+                .bind(&site)
+                .bind(host)
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some(enrolled) = enrolled {
             // Two live certificates for one host would both run its site's
             // instances; replacing a host is a deliberate act.

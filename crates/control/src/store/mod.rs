@@ -59,12 +59,11 @@ impl From<serde_json::Error> for StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates or updates every object of the batch, all or nothing.
-    /// With `dry_run`, reports what would change and stores nothing.
     async fn apply(
         &self,
         documents: &[Document],
         actor: &str,
-        dry_run: bool,
+        options: ApplyOptions<'_>,
     ) -> Result<Vec<ApplyResult>, StoreError>;
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>, StoreError>;
@@ -74,7 +73,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an object; refuses an application that a deployment uses,
     /// and a site that has hosts unless `cascade`, which removes them and
     /// revokes their certificates in the same transaction.
-    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str) -> Result<Deleted, StoreError>;
+    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str)
+    -> Result<Deleted, StoreError>;
 
     /// Changes an object's labels (a new generation), as `outpost label` does.
     async fn update_labels(
@@ -96,6 +96,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and closes; called on shutdown.
     async fn close(&self);
+}
+
+/// How an apply runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions<'a> {
+    /// Report what would change and store nothing.
+    pub dry_run: bool,
+    /// The client's key for this request (`Idempotency-Key`): the outcome is
+    /// stored with the apply, and a repeated key gets that outcome back
+    /// instead of a second apply.
+    pub request_key: Option<&'a str>,
 }
 
 /// What a delete removed: the object, and the serials of the host
@@ -171,8 +182,12 @@ pub trait FleetStore: Send + Sync + 'static {
     /// the serial of the certificate it is about to be issued. Unknown
     /// tokens are `NotFound`; used or expired ones, and a host name already
     /// enrolled at the site, are `Conflict` (and the token stays unused).
-    async fn redeem_join_token(&self, token_hash: &str, host: &str, cert_serial: &str)
-    -> Result<String, StoreError>;
+    async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        host: &str,
+        cert_serial: &str,
+    ) -> Result<String, StoreError>;
 
     /// Every revoked certificate, for the deny list kept in memory.
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
 
-use super::{Deleted, KEPT_VERSIONS, Store, StoreError};
+use super::{ApplyOptions, Deleted, KEPT_VERSIONS, Store, StoreError};
 
 /// The schema migrations, compiled in so the binary needs no files beside it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "revocation",
         include_str!("../../migrations/0006_revocation.sql"),
+    ),
+    (
+        7,
+        "apply requests",
+        include_str!("../../migrations/0007_apply_requests.sql"),
     ),
 ];
 
@@ -275,11 +280,24 @@ impl Store for SqliteStore {
         &self,
         documents: &[Document],
         actor: &str,
-        dry_run: bool,
+        options: ApplyOptions<'_>,
     ) -> Result<Vec<ApplyResult>, StoreError> {
+        let ApplyOptions { dry_run, request_key } = options;
         // IMMEDIATE takes the write lock up front, so two concurrent applies
         // queue instead of failing when one upgrades from a read.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(key) = request_key {
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT results FROM apply_requests WHERE request_key = ?1 AND actor = ?2",
+            )
+            .bind(key)
+            .bind(actor)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(stored) = stored {
+                return Ok(serde_json::from_str(&stored)?);
+            }
+        }
         let problems = check_references(&mut tx, documents).await?;
         if !problems.is_empty() {
             return Err(StoreError::Invalid(problems.sorted()));
@@ -347,9 +365,25 @@ impl Store for SqliteStore {
         }
         if dry_run {
             tx.rollback().await?;
-        } else {
-            tx.commit().await?;
+            return Ok(results);
         }
+        if let Some(key) = request_key {
+            let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            sqlx::query("DELETE FROM apply_requests WHERE created_at < ?1")
+                .bind(day_ago)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO apply_requests (request_key, actor, results, created_at) VALUES (?1, ?2, ?3, ?4)")
+                .bind(key)
+                .bind(actor)
+                .bind(serde_json::to_string(&results)?)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(results)
     }
 
@@ -373,7 +407,13 @@ impl Store for SqliteStore {
         rows.iter().map(object_from_row).collect()
     }
 
-    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str) -> Result<Deleted, StoreError> {
+    async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        cascade: bool,
+        actor: &str,
+    ) -> Result<Deleted, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(object) = fetch_object(&mut tx, kind, name).await? else {
             return Err(StoreError::NotFound {

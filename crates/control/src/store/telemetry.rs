@@ -382,10 +382,15 @@ mod tests {
         store.create_join_token("h2", "shop-1", expires).await.unwrap();
         let refused = store.redeem_join_token("h2", "till", "02").await.unwrap_err();
         assert!(
-            refused.to_string().contains("host \"till\" is already enrolled in site \"shop-1\""),
+            refused
+                .to_string()
+                .contains("host \"till\" is already enrolled in site \"shop-1\""),
             "{refused}"
         );
-        assert_eq!(store.redeem_join_token("h2", "till-2", "03").await.unwrap(), "shop-1");
+        assert_eq!(
+            store.redeem_join_token("h2", "till-2", "03").await.unwrap(),
+            "shop-1"
+        );
 
         // Retention.
         assert_eq!(store.prune("9999", "0", "0").await.unwrap(), 8);

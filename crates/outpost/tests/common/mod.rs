@@ -25,18 +25,33 @@ pub struct ControlPlane {
     /// Where agents connect.
     pub agent_url: String,
     child: Child,
+    /// Every line it logged, across restarts.
+    log: Log,
 }
+
+type Log = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl ControlPlane {
     pub fn start() -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
-        let (child, url, agent_url) = spawn(dir.path());
+        let log = Log::default();
+        let (child, url, agent_url) = spawn_on(dir.path(), "127.0.0.1:0", "127.0.0.1:0", log.clone());
         ControlPlane {
             dir,
             url,
             agent_url,
             child,
+            log,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether any line it logged so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|line| line.contains(text))
     }
 
     pub fn admin_config(&self) -> PathBuf {
@@ -82,8 +97,12 @@ impl ControlPlane {
     /// (agents keep dialling the address they know).
     pub fn restart(&mut self) {
         let address = |url: &str| url.trim_start_matches("https://").to_string();
-        let (child, url, agent_url) =
-            spawn_on(self.dir.path(), &address(&self.url), &address(&self.agent_url));
+        let (child, url, agent_url) = spawn_on(
+            self.dir.path(),
+            &address(&self.url),
+            &address(&self.agent_url),
+            self.log.clone(),
+        );
         self.child = child;
         self.url = url;
         self.agent_url = agent_url;
@@ -122,11 +141,7 @@ impl Drop for ControlPlane {
     }
 }
 
-fn spawn(data_dir: &Path) -> (Child, String, String) {
-    spawn_on(data_dir, "127.0.0.1:0", "127.0.0.1:0")
-}
-
-fn spawn_on(data_dir: &Path, listen: &str, agent_listen: &str) -> (Child, String, String) {
+fn spawn_on(data_dir: &Path, listen: &str, agent_listen: &str, log: Log) -> (Child, String, String) {
     let mut child = Command::new(BIN)
         .args(["control", "--data-dir", data_dir.to_str().unwrap()])
         .args(["--listen", listen, "--agent-listen", agent_listen])
@@ -152,6 +167,7 @@ fn spawn_on(data_dir: &Path, listen: &str, agent_listen: &str) -> (Child, String
             }
             // Keep draining so the process never blocks on a full pipe.
             eprintln!("[control] {line}");
+            log.lock().unwrap().push(line);
         }
     });
     let (url, agent_url) = receiver
@@ -260,6 +276,21 @@ impl Http {
         Response { status, body }
     }
 
+    /// A GET or DELETE with one header set by hand (no bearer token added).
+    pub fn send_with_header(&self, method: &str, path: &str, header: (&str, &str)) -> Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(header.0, header.1)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Response { status, body }
+    }
+
     /// Applies YAML files as one batch through the JSON apply request.
     pub fn apply(&self, token: &str, files: &[(&str, &str)], dry_run: bool) -> Response {
         let request = serde_json::json!({
@@ -359,6 +390,17 @@ impl Agent {
     /// Like `enroll`, with extra `outpost agent` arguments (`--runtime process`).
     pub fn enroll_with(control: &ControlPlane, site: &str, host: &str, args: &[&str]) -> Agent {
         let token = control.join_token(site);
+        Agent::enroll_with_token(control, site, host, &token, args)
+    }
+
+    /// Like `enroll_with`, with a join token made beforehand.
+    pub fn enroll_with_token(
+        control: &ControlPlane,
+        site: &str,
+        host: &str,
+        token: &str,
+        args: &[&str],
+    ) -> Agent {
         let mut agent = Agent {
             dir: tempfile::tempdir().unwrap(),
             site: site.to_string(),
@@ -367,7 +409,7 @@ impl Agent {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
-        agent.spawn(Some(&token));
+        agent.spawn(Some(token));
         agent
     }
 
