@@ -31,6 +31,29 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The version a deployment is headed for: its pinned one, or its
+    /// application's current one.
+    fn target(&self, deployment: &Deployment) -> Option<String> {
+        deployment.spec.version.clone().or_else(|| {
+            self.versions
+                .get(deployment.spec.application.as_str())
+                .map(|(current, _)| current.clone())
+        })
+    }
+
+    /// Whether every deployment's rollout is headed for its target, so that
+    /// a change to some sites can only make them join a rollout, never start
+    /// one (which needs every site).
+    fn rollouts_on_target(&self) -> bool {
+        self.deployments.iter().all(|deployment| {
+            self.target(deployment).is_none_or(|target| {
+                self.rollouts
+                    .get(deployment.metadata.name.as_str())
+                    .is_some_and(|rollout| rollout.to == target)
+            })
+        })
+    }
+
     /// What every site runs.
     pub fn compile(&self) -> BTreeMap<String, SiteState> {
         let lookup = |application: &str, version: Option<&str>| {
@@ -276,17 +299,24 @@ impl Fleet {
     /// rollout's (a new deployment, a new version, an undo), from whatever
     /// each selected site runs now; drops the rollouts of deleted deployments.
     async fn start_rollouts(&self, inputs: &mut Inputs) -> Result<(), StoreError> {
-        let current = self.store.site_states().await?;
+        // What the sites in the inputs run now (one site: only its state).
+        let current = match inputs.sites.as_slice() {
+            [] => BTreeMap::new(),
+            [site] => {
+                let name = site.metadata.name.to_string();
+                self.store
+                    .site_state(&name)
+                    .await?
+                    .map(|state| (name, state))
+                    .into_iter()
+                    .collect()
+            }
+            _ => self.store.site_states().await?,
+        };
         let now = now_ms();
         for deployment in &inputs.deployments {
             let name = deployment.metadata.name.as_str();
-            let application = deployment.spec.application.as_str();
-            let Some(target) = deployment.spec.version.clone().or_else(|| {
-                inputs
-                    .versions
-                    .get(application)
-                    .map(|(current, _)| current.clone())
-            }) else {
+            let Some(target) = inputs.target(deployment) else {
                 continue;
             };
             let existing = inputs.rollouts.get(name);
@@ -521,7 +551,41 @@ impl Fleet {
     /// enrolling thousands of hosts linear.
     pub async fn recompute_site(&self, site: &str) -> Result<(), StoreError> {
         let _one_at_a_time = self.recompute.lock().await;
-        let mut states = self.inputs(Some(site)).await?.compile();
+        self.recompute_site_locked(site, false).await
+    }
+
+    /// Recomputes after an apply, delete or label change of these objects.
+    /// When only sites changed (labels, variables, a site added or
+    /// deleted), every deployment and application is as it was: only those
+    /// sites can run something else, and only they can join a rollout. So
+    /// only they are compiled, and the work grows with the change, not with
+    /// the fleet. Any other change recomputes every site.
+    pub async fn recompute_changed(&self, changed: &[(Kind, &str)]) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if !changed.iter().all(|(kind, _)| *kind == Kind::Site) {
+            return self.recompute().await;
+        }
+        let _one_at_a_time = self.recompute.lock().await;
+        for (_, site) in changed {
+            self.recompute_site_locked(site, true).await?;
+        }
+        Ok(())
+    }
+
+    /// One site's desired state, for a caller that holds the lock; with
+    /// `rollouts`, the site may join (or leave) a deployment's rollout.
+    async fn recompute_site_locked(&self, site: &str, rollouts: bool) -> Result<(), StoreError> {
+        let mut inputs = self.inputs(Some(site)).await?;
+        if rollouts {
+            if !inputs.rollouts_on_target() {
+                return self.recompute_locked().await;
+            }
+            self.start_rollouts(&mut inputs).await?;
+        }
+        let mut states = inputs.compile();
+        // A deleted site runs nothing; its hosts are told so.
         if states.is_empty() && self.store.site_state(site).await?.is_some() {
             states.insert(site.to_string(), SiteState::default());
         }

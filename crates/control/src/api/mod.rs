@@ -55,6 +55,14 @@ impl AppState {
         }
     }
 
+    /// Recomputes after a change to these objects: only the sites concerned
+    /// when nothing but sites changed (see `Fleet::recompute_changed`).
+    async fn recompute_changed(&self, changed: &[(Kind, &str)]) {
+        if let Err(err) = self.fleet.recompute_changed(changed).await {
+            tracing::error!(%err, "recomputing the desired state of sites");
+        }
+    }
+
     /// Fills in the live status of sites and deployments.
     async fn with_status(&self, mut objects: Vec<StoredObject>) -> Result<Vec<StoredObject>, ApiError> {
         if !objects
@@ -306,9 +314,8 @@ async fn apply(
     for result in &changed {
         tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
     }
-    if !changed.is_empty() {
-        state.recompute().await;
-    }
+    let changed: Vec<(Kind, &str)> = changed.iter().map(|r| (r.kind, r.name.as_str())).collect();
+    state.recompute_changed(&changed).await;
     Ok(Json(ApplyResponse { dry_run, results }))
 }
 
@@ -397,7 +404,7 @@ async fn delete_one(
     let deleted = state.store.delete(kind, &name, cascade, &actor).await?;
     state.revocations.add(&deleted.revoked);
     tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
-    state.recompute().await;
+    state.recompute_changed(&[(kind, name.as_str())]).await;
     Ok(Json(deleted.object))
 }
 
@@ -795,7 +802,7 @@ async fn label_object(
     let change = label_change(body)?;
     let object = state.store.update_labels(kind, &name, &change, &actor).await?;
     tracing::info!(%actor, %kind, %name, generation = object.metadata.generation, "labelled");
-    state.recompute().await;
+    state.recompute_changed(&[(kind, name.as_str())]).await;
     Ok(Json(object))
 }
 
