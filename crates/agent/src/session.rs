@@ -456,4 +456,28 @@ mod tests {
             "the update is based on revision 9, this agent holds 4"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Issue 11: a manifest from the wire with arbitrary workload bytes is
+        /// applied or refused, and a refusal leaves the held state untouched.
+        #[test]
+        fn any_manifest_is_applied_or_refused(
+            workloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0..4),
+            removed in proptest::collection::vec("[a-z/]{0,8}", 0..3),
+            full in proptest::prelude::any::<bool>(),
+            base in 0u64..3,
+        ) {
+            let held = SiteState { workloads: vec![workload("web", "1")], failures: Vec::new() };
+            let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed };
+            let before = held.clone();
+            let _ = apply_manifest((1, &held), &manifest);
+            proptest::prop_assert_eq!(held, before);
+        }
+    }
 }

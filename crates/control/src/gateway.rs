@@ -695,4 +695,44 @@ mod tests {
         assert_eq!(offline_grace(1, 1.0), HEARTBEAT * 3 + HEARTBEAT * 3 / 10);
         assert_eq!(offline_grace(1, 7.0), offline_grace(1, 1.0));
     }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(), failure_persistence: None, ..Default::default() })]
+
+        /// Issue 11: a batch from the wire, deflated or not, JSON or not,
+        /// decodes to records or to an error naming the batch.
+        #[test]
+        fn any_batch_decodes_or_is_refused_by_number(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            json in "\\[(\\{\"[a-z]{1,5}\":(1|\"x\"|null|\\[\\]|\\{\\})\\},?){0,8}\\]",
+            deflated in proptest::prelude::any::<bool>(),
+            first_seq in 0u64..5,
+            count in 0u32..10,
+        ) {
+            let records = if deflated { deflate(json.as_bytes()) } else { raw };
+            let batch = Batch { first_seq, count, records, dropped: 0 };
+            if let Err(why) = decompress(&batch) {
+                proptest::prop_assert!(why.contains(&format!("batch {first_seq}")) || why.contains("start at 1"), "{why}");
+            }
+        }
+
+        #[test]
+        fn any_log_reply_decodes_or_is_refused(chunks in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = log_reply(&LogReply { id: 1, chunks, error: String::new() });
+        }
+    }
 }

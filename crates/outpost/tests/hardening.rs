@@ -347,3 +347,84 @@ fn a_client_that_sends_headers_slowly_is_cut_off() {
         "cut off only after {elapsed:?}"
     );
 }
+
+/// Issue 11, the weaker spots: answers that did not tell the truth.
+#[test]
+fn answers_tell_the_truth() {
+    let control = ControlPlane::start();
+    let (http, token) = (control.http(), control.token());
+    control.apply(&site_manifest("shop")).ok();
+
+    // `get hosts --site nosuch` said "no hosts yet" and exited 0.
+    let run = control.cli(&["get", "hosts", "--site", "nosuch"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("Site \"nosuch\" not found"), "{}", run.stderr);
+
+    // The 404 for a missing host named it as a site.
+    let response = http.send(
+        "PATCH",
+        "/api/v1/hosts/shop/till-9/labels",
+        Some(&token),
+        Some(("application/json", br#"{"set": {"tier": "gold"}}"#.to_vec())),
+    );
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        response.body["error"]["message"],
+        "host \"till-9\" not found in site \"shop\""
+    );
+
+    // Setting and removing one label in one call was silently resolved.
+    let run = control.cli(&["label", "site", "shop", "tier=gold", "tier-"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("\"tier\" is both set and removed"),
+        "{}",
+        run.stderr
+    );
+
+    // A repeated Idempotency-Key gets the outcome stored the first time;
+    // without a key, the same apply is merely unchanged.
+    let apply = |key: Option<&str>| {
+        let mut request = site_manifest("kiosk").into_bytes();
+        request.extend_from_slice(b"---\n");
+        request.extend_from_slice(site_manifest("depot").as_bytes());
+        let header = key.map(|k| ("idempotency-key", k));
+        http.send_with_headers(
+            "POST",
+            "/api/v1/apply",
+            &token,
+            header,
+            ("application/yaml", request),
+        )
+    };
+    let first = apply(Some("k-1"));
+    assert_eq!(first.body["results"][0]["action"], "created", "{}", first.body);
+    let again = apply(Some("k-1"));
+    assert_eq!(again.body, first.body);
+    let plain = apply(None);
+    assert_eq!(plain.body["results"][0]["action"], "unchanged");
+    let bad = apply(Some("a key with spaces"));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // `outpost get sites -o json | head -1` panicked on the broken pipe.
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["get", "sites", "-o", "json"])
+        .env("OUTPOST_CONFIG", control.admin_config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

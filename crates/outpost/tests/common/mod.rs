@@ -269,26 +269,39 @@ impl Http {
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
-        let response = request.send().unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Response { status, body }
+        finish(request)
     }
 
     /// A GET or DELETE with one header set by hand (no bearer token added).
     pub fn send_with_header(&self, method: &str, path: &str, header: (&str, &str)) -> Response {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = self
+        let request = self
             .client
             .request(method, format!("{}{path}", self.base))
-            .header(header.0, header.1)
-            .send()
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Response { status, body }
+            .header(header.0, header.1);
+        finish(request)
+    }
+
+    /// A request with a bearer token, an optional extra header and a body.
+    pub fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        header: Option<(&str, &str)>,
+        body: (&str, Vec<u8>),
+    ) -> Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", body.0)
+            .body(body.1);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        finish(request)
     }
 
     /// Applies YAML files as one batch through the JSON apply request.
@@ -316,6 +329,15 @@ impl Http {
             .map(|item| item["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// Sends a request and reads its status and body (JSON, or else text).
+fn finish(request: reqwest::blocking::RequestBuilder) -> Response {
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Response { status, body }
 }
 
 pub fn example(name: &str) -> String {
