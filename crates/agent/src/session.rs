@@ -458,12 +458,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
-            failure_persistence: None,
-            ..Default::default()
-        })]
-
         /// Issue 11: a manifest from the wire with arbitrary workload bytes is
         /// applied or refused, and a refusal leaves the held state untouched.
         #[test]

@@ -1,7 +1,7 @@
 //! Property tests (issue 11): generated and mutated manifests and selectors
 //! never panic, never expand past their bounds, and every refusal names a
 //! position inside the input. `PROPTEST_CASES` sets the number of cases
-//! (2,000 by default; `bench/properties` runs many more).
+//! (`scripts/test` runs 2,000; `bench/properties` many more).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,18 +9,6 @@ use outpost_api::Selector;
 use outpost_api::parse_documents;
 use outpost_api::yaml::{self, MAX_ALIAS_NODES, Node, Value};
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 const EXAMPLES: [&str; 3] = [
     include_str!("../../../examples/sites.yaml"),
@@ -108,8 +96,6 @@ fn count(node: &Node) -> usize {
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn mutated_examples_are_parsed_or_refused_with_a_position(
         example in 0..EXAMPLES.len(),

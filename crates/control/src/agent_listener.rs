@@ -1,7 +1,7 @@
 //! The agent port's front door. It faces the internet, so it accepts
 //! connections itself rather than leaving them to the gRPC server:
 //!
-//! - a TLS handshake must finish within [`HANDSHAKE_TIMEOUT`];
+//! - a TLS handshake must finish within [`crate::server::HANDSHAKE_TIMEOUT`] (10 s);
 //! - a connection without a host certificate (one that can only enroll)
 //!   is closed after [`UNAUTHENTICATED_IDLE`] without traffic;
 //! - one source address may hold at most [`MAX_UNAUTHENTICATED_PER_SOURCE`]
@@ -35,8 +35,6 @@ use tonic::transport::server::Connected;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 
-/// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection without a host certificate may stay silent.
 /// Enrollment is one call; nothing else can be done without a certificate.
 pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
@@ -126,15 +124,7 @@ async fn accept_loop(
     let sources = Sources::default();
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%err, "accepting an agent connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener) => accepted,
             () = sender.closed() => return,
         };
         let Some(slot) = sources.take(peer.ip()) else {
@@ -148,16 +138,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             let traffic = Arc::new(Traffic::default());
             let counted = Counted::new(tcp, traffic.clone());
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "agent TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "agent TLS handshake timed out");
-                    return;
-                }
+            let Some(tls) = crate::server::handshake(&acceptor, counted, peer).await else {
+                return;
             };
             let certificate = tls
                 .get_ref()

@@ -696,13 +696,6 @@ mod tests {
         assert_eq!(offline_grace(1, 7.0), offline_grace(1, 1.0));
     }
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2000)
-    }
-
     fn deflate(bytes: &[u8]) -> Vec<u8> {
         use std::io::Write;
         let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -711,8 +704,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(), failure_persistence: None, ..Default::default() })]
-
         /// Issue 11: a batch from the wire, deflated or not, JSON or not,
         /// decodes to records or to an error naming the batch.
         #[test]

@@ -3,6 +3,7 @@
 //! shutdown (stop accepting, let requests in flight finish).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often HTTP/2 connections are pinged, and how long a ping may wait.
@@ -30,6 +32,39 @@ pub fn tls_config(pki: &crate::pki::Pki) -> anyhow::Result<Arc<ServerConfig>> {
         .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The next connection. Failures (out of file descriptors and the like)
+/// are logged and retried after a pause: the listener keeps serving.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(%err, address = ?listener.local_addr().ok(), "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A TLS handshake that must finish within `HANDSHAKE_TIMEOUT`; a failure
+/// is logged at debug level (scanners and bad clients are common).
+pub(crate) async fn handshake<IO>(acceptor: &TlsAcceptor, io: IO, peer: SocketAddr) -> Option<TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, %err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 pub async fn serve(
@@ -53,15 +88,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
@@ -69,16 +96,8 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(stream) = handshake(&acceptor, tcp, peer).await else {
+                return;
             };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(err) = watcher.watch(connection).await {

@@ -1,24 +1,12 @@
 //! Property test (issue 11): every message of the agent protocol decodes
 //! from arbitrary bytes to a value or an error, never a panic.
-//! `PROPTEST_CASES` sets the number of cases (2,000 by default).
+//! `PROPTEST_CASES` sets the number of cases (`scripts/test` runs 2,000).
 
 use outpost_proto::v1::{
     AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, SyncRequest, SyncResponse,
 };
 use proptest::prelude::*;
 use prost::Message;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Arbitrary bytes, and well-formed messages with bytes flipped: both
 /// reach the decoders' deeper paths.
@@ -50,8 +38,6 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn every_message_decodes_or_refuses(bytes in wire_bytes()) {
         let _ = AgentMessage::decode(bytes.as_slice());
