@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{Storage, StoreError};
 
+/// Past this many changed sites, an apply recomputes every site at once.
+const MAX_SITES_ONE_BY_ONE: usize = 32;
+
 /// Everything what sites run is compiled from.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -403,14 +406,22 @@ impl Fleet {
     /// changes. Runs every second; every step is stored, so a restart
     /// resumes where it was.
     pub async fn advance(&self) -> Result<(), StoreError> {
-        // The same lock as recompute: an apply starting a rollout and a step
-        // of the old one must not overwrite each other.
-        let _one_at_a_time = self.recompute.lock().await;
+        let generation = self.rollout_cache().generation;
         let rollouts = self.rollouts().await?;
         if rollouts
             .values()
             .all(|r| r.is_finished() || matches!(r.phase, Phase::Paused { .. }))
         {
+            return Ok(());
+        }
+        // Observing the fleet reads every site's state: it is done before the
+        // lock, so that applies do not wait for it.
+        let snapshot = crate::status::Snapshot::take(self.store.as_ref(), self).await?;
+        // The same lock as recompute: an apply starting a rollout and a step
+        // of the old one must not overwrite each other. A rollout written
+        // since the read above is stepped at the next tick instead.
+        let _one_at_a_time = self.recompute.lock().await;
+        if self.rollout_cache().generation != generation {
             return Ok(());
         }
         let deployments: HashMap<String, Deployment> = self
@@ -421,7 +432,6 @@ impl Fleet {
             .filter_map(|o| o.manifest().ok().and_then(Manifest::into_deployment))
             .map(|d| (d.metadata.name.to_string(), d))
             .collect();
-        let snapshot = crate::status::Snapshot::take(self.store.as_ref(), self).await?;
         let now = now_ms();
         let mut moved = false;
         for (name, rollout) in rollouts
@@ -564,7 +574,9 @@ impl Fleet {
         if changed.is_empty() {
             return Ok(());
         }
-        if !changed.iter().all(|(kind, _)| *kind == Kind::Site) {
+        // Many sites at once (a batch that adds a thousand) compile faster
+        // together than one by one.
+        if changed.len() > MAX_SITES_ONE_BY_ONE || !changed.iter().all(|(kind, _)| *kind == Kind::Site) {
             return self.recompute().await;
         }
         let _one_at_a_time = self.recompute.lock().await;
