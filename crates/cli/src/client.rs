@@ -42,6 +42,19 @@ async fn read_response<T: DeserializeOwned>(response: reqwest::Response) -> Resu
     Err(error.into())
 }
 
+/// The TLS certificate failure somewhere in an error's chain. An io::Error
+/// hides what it wraps from `source()`, so those are opened too.
+fn certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<rustls::CertificateError> {
+    if let Some(rustls::Error::InvalidCertificate(why)) = err.downcast_ref::<rustls::Error>() {
+        return Some(why.clone());
+    }
+    let wrapped = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| certificate_error(inner));
+    wrapped.or_else(|| err.source().and_then(certificate_error))
+}
+
 /// An error to show the operator as it is (exit code 1).
 #[derive(Debug)]
 pub struct CliError {
@@ -138,8 +151,15 @@ impl Client {
         while let Some(source) = cause.source() {
             cause = source;
         }
+        let message = match certificate_error(err) {
+            Some(why) => format!(
+                "the control plane at {} presented a certificate this context does not trust ({why:?}): is certificateAuthority the CA of that control plane?",
+                self.base
+            ),
+            None => format!("cannot reach the control plane at {}: {cause}{advice}", self.base),
+        };
         CliError {
-            message: format!("cannot reach the control plane at {}: {cause}{advice}", self.base),
+            message,
             diagnostics: Vec::new(),
         }
     }

@@ -674,12 +674,27 @@ pub async fn history(client: &Client, application: &str, format: Format) -> Resu
     }
 }
 
-pub async fn create_join_token(client: &Client, site: &str, ttl: &str) -> Result<String> {
+/// How `outpost token create` shows the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutput {
+    /// The token, then how to use it.
+    Text,
+    /// `{"token", "site", "expiresAt"}`.
+    Json,
+    /// The token alone.
+    Quiet,
+}
+
+pub async fn create_join_token(client: &Client, site: &str, ttl: &str, shown: TokenOutput) -> Result<String> {
     let token = client.create_join_token(site, ttl).await?;
-    Ok(format!(
-        "{}\n\nSingle use, valid until {}. On the new host of site {}:\n  outpost agent --server https://CONTROL_PLANE:7801 --join-token {} --data-dir /var/lib/outpost-agent\n",
-        token.token, token.expires_at, token.site, token.token
-    ))
+    match shown {
+        TokenOutput::Quiet => Ok(format!("{}\n", token.token)),
+        TokenOutput::Json => output::json(&token),
+        TokenOutput::Text => Ok(format!(
+            "{}\n\nSingle use, valid until {}. On the new host of site {}:\n  outpost agent --server https://CONTROL_PLANE:7801 --join-token {} --data-dir /var/lib/outpost-agent\n",
+            token.token, token.expires_at, token.site, token.token
+        )),
+    }
 }
 
 pub async fn get_hosts(

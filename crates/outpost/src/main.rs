@@ -353,6 +353,12 @@ enum TokenCommand {
         /// How long the token stays valid (at most 30d)
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         ttl: String,
+        /// `json`: token, site and expiry as one JSON object
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+        output: StreamOutput,
+        /// Print the token alone, for scripts
+        #[arg(short = 'q', long, conflicts_with = "output")]
+        quiet: bool,
     },
 }
 
@@ -675,8 +681,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .await;
         }
         Command::Token {
-            command: TokenCommand::Create { site, ttl },
-        } => commands::create_join_token(&client(&cli)?, site, ttl).await?,
+            command:
+                TokenCommand::Create {
+                    site,
+                    ttl,
+                    output,
+                    quiet,
+                },
+        } => {
+            let shown = match (quiet, output) {
+                (true, _) => commands::TokenOutput::Quiet,
+                (false, StreamOutput::Json) => commands::TokenOutput::Json,
+                (false, StreamOutput::Text) => commands::TokenOutput::Text,
+            };
+            commands::create_join_token(&client(&cli)?, site, ttl, shown).await?
+        }
         Command::Sim {
             command:
                 SimCommand::Bench {

@@ -183,8 +183,9 @@ pub struct Run {
 }
 
 impl Run {
+    /// Its standard output; fails the test unless it exited 0.
     #[track_caller]
-    pub fn ok(&self) -> &str {
+    pub fn success(&self) -> &str {
         assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
         &self.stdout
     }
@@ -372,9 +373,28 @@ pub fn unique_site(prefix: &str) -> String {
 }
 
 /// Runs the docker CLI; returns stdout.
+/// Runs `docker` and returns its output; a failure fails the test (a
+/// Docker that cannot answer must never read as "nothing is running").
+#[track_caller]
 pub fn docker(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs `docker` where failing is an answer (what may already be gone, an
+/// image that may not exist yet): its output, or `None`.
+pub fn docker_maybe(args: &[&str]) -> Option<String> {
+    let output = Command::new("docker").args(args).output().unwrap();
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8(output.stdout).unwrap())
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
@@ -522,20 +542,21 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         let filter = format!("label=io.outpost.site={}", self.site);
-        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        let ids = docker_maybe(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
         for id in ids.lines() {
-            docker(&["rm", "-f", "-v", id]);
+            docker_maybe(&["rm", "-f", "-v", id]);
         }
-        for network in docker(&["network", "ls", "-q", "--filter", &filter]).lines() {
-            docker(&["network", "rm", network]);
+        let networks = docker_maybe(&["network", "ls", "-q", "--filter", &filter]).unwrap_or_default();
+        for network in networks.lines() {
+            docker_maybe(&["network", "rm", network]);
         }
     }
 }
 
 impl ControlPlane {
     pub fn join_token(&self, site: &str) -> String {
-        let run = self.cli(&["token", "create", "--site", site]);
-        run.ok().lines().next().unwrap().to_string()
+        let run = self.cli(&["token", "create", "--site", site, "--quiet"]);
+        run.success().trim_end().to_string()
     }
 
     /// Applies manifest text through the CLI.
@@ -552,14 +573,14 @@ pub trait Fleet {
     /// The events of a site, oldest first, as `outpost events -o json` lists them.
     fn site_events(&self, site: &str) -> Vec<serde_json::Value> {
         let run = self.run_cli(&["events", "--site", site, "-o", "json"]);
-        let list: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+        let list: serde_json::Value = serde_json::from_str(run.success()).unwrap();
         list["items"].as_array().unwrap().clone()
     }
 
     /// A field of a site's status (`get sites NAME -o json`).
     fn site_status(&self, site: &str) -> serde_json::Value {
         let run = self.run_cli(&["get", "site", site, "-o", "json"]);
-        serde_json::from_str::<serde_json::Value>(run.ok()).unwrap()["status"].clone()
+        serde_json::from_str::<serde_json::Value>(run.success()).unwrap()["status"].clone()
     }
 }
 

@@ -3,12 +3,10 @@
 //! network, one site per agent. Hosts are cut off with `docker network
 //! disconnect` while the others carry on. Needs `scripts/busybox-image`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::lab::Lab;
-use common::{Fleet as _, docker};
+use crate::common::lab::Lab;
+use crate::common::{Fleet as _, docker, docker_maybe};
 
 const IMAGE: &str = "outpost-local/busybox:1";
 
@@ -53,7 +51,11 @@ spec: {{ application: web, sites: "lab = '{group}'"{rollout} }}
 }
 
 fn inspect(container: &str, format: &str) -> String {
-    docker(&["inspect", "-f", format, container]).trim().to_string()
+    // The container may be between generations (renamed, replaced).
+    docker_maybe(&["inspect", "-f", format, container])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The version a site's www container runs, if it runs.
@@ -94,16 +96,16 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     let sites: Vec<String> = (1..=3).map(|n| format!("{group}-s{n}")).collect();
     let mut agents = Vec::new();
     for (n, name) in sites.iter().enumerate() {
-        lab.apply(&site(name, &group)).ok();
+        lab.apply(&site(name, &group)).success();
         agents.push(lab.add_agent(name, &format!("h{}", n + 1)));
     }
-    lab.apply(&application(&group, 1)).ok();
+    lab.apply(&application(&group, 1)).success();
     for name in &sites {
-        common::eventually(Duration::from_secs(60), &format!("{name} running 1"), || {
+        crate::common::eventually(Duration::from_secs(60), &format!("{name} running 1"), || {
             (running_version(name).as_deref() == Some("1")).then_some(())
         });
     }
-    common::eventually(Duration::from_secs(30), "the first starts reported", || {
+    crate::common::eventually(Duration::from_secs(30), "the first starts reported", || {
         sites
             .iter()
             .all(|s| kinds(&lab, s) == [("started".to_string(), None)])
@@ -117,7 +119,7 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     for round in 0..2 {
         let started = inspect(&www, "{{.State.StartedAt}}");
         docker(&["kill", &www]);
-        common::eventually(
+        crate::common::eventually(
             Duration::from_secs(15),
             &format!("www restarted locally ({round})"),
             || {
@@ -129,9 +131,9 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     }
     // Each update reaches the connected sites before the next one.
     for version in 2..=4 {
-        lab.apply(&application(&group, version)).ok();
+        lab.apply(&application(&group, version)).success();
         for name in &sites[1..] {
-            common::eventually(
+            crate::common::eventually(
                 Duration::from_secs(60),
                 &format!("{name} running {version}"),
                 || (running_version(name).as_deref() == Some(&*version.to_string())).then_some(()),
@@ -145,14 +147,14 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     );
 
     lab.heal(&agents[0]);
-    common::eventually(Duration::from_secs(90), "the healed site running 4", || {
+    crate::common::eventually(Duration::from_secs(90), "the healed site running 4", || {
         (running_version(cut).as_deref() == Some("4")).then_some(())
     });
     let started = || ("started".to_string(), None);
     let exited = || ("exited".to_string(), Some(137));
     // v1, exit, restart, exit, restart, then straight to v4 (no v2 or v3).
     let expected = vec![started(), exited(), started(), exited(), started(), started()];
-    common::eventually(Duration::from_secs(60), "site 1's events after healing", || {
+    crate::common::eventually(Duration::from_secs(60), "site 1's events after healing", || {
         (kinds(&lab, cut).len() >= expected.len()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -174,13 +176,13 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
     lab.kill(&agents[1]);
     docker(&["kill", &www2]);
     lab.start_again(&agents[1]);
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(30),
         "site 2 running again while cut off",
         || (running_version(&sites[1]).as_deref() == Some("4")).then_some(()),
     );
     lab.heal(&agents[1]);
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(90),
         "site 2's exit reported after healing",
         || {
@@ -201,21 +203,24 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
         5,
         "{ canary: 1, waves: { size: 1 }, healthyFor: 3s }",
     ))
-    .ok();
-    common::eventually(Duration::from_secs(60), "the canary on 5, the rest on 4", || {
+    .success();
+    crate::common::eventually(Duration::from_secs(60), "the canary on 5, the rest on 4", || {
         let versions: Vec<Option<String>> = sites.iter().map(|s| running_version(s)).collect();
         let on = |v: &str| versions.iter().filter(|x| x.as_deref() == Some(v)).count();
         (on("5") == 1 && on("4") == 2).then_some(())
     });
     lab.kill_and_restart_control();
     for name in &sites {
-        common::eventually(Duration::from_secs(90), &format!("{name} running 5"), || {
+        crate::common::eventually(Duration::from_secs(90), &format!("{name} running 5"), || {
             (running_version(name).as_deref() == Some("5")).then_some(())
         });
     }
-    common::eventually(Duration::from_secs(60), "the rollout succeeded", || {
+    crate::common::eventually(Duration::from_secs(60), "the rollout succeeded", || {
         let status = lab.cli(&["rollout", "status", "web"]);
-        status.ok().contains("version 5.0.0 (succeeded)").then_some(())
+        status
+            .success()
+            .contains("version 5.0.0 (succeeded)")
+            .then_some(())
     });
     for (name, before) in sites.iter().zip(before) {
         assert!(
@@ -226,7 +231,7 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
 
     // Nothing lost: every site up to date and online in the end.
     for name in &sites {
-        common::eventually(
+        crate::common::eventually(
             Duration::from_secs(90),
             &format!("{name} online and up to date"),
             || {

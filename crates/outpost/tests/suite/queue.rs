@@ -9,12 +9,10 @@
 // Test-only code: a panic here is how a test reports that its setup failed.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ControlPlane, eventually, unique_site};
+use crate::common::{ControlPlane, eventually, unique_site};
 use outpost_agent::outbox::{DiskOutbox, Outbox};
 use outpost_agent::store::LocalStore;
 use outpost_api::telemetry::{Event, EventKind, Record};
@@ -120,7 +118,7 @@ fn stored(control: &ControlPlane, site: &str) -> Vec<String> {
 fn ten_thousand_events_queued_in_an_outage_arrive_exactly_once() {
     let mut control = ControlPlane::start();
     let site = unique_site("queue");
-    control.apply(&common::site(&site, "")).ok();
+    control.apply(&crate::common::site(&site, "")).success();
     let mut host = Host::enroll(&control, &site, outpost_agent::outbox::DEFAULT_LIMIT);
 
     // The outage: 10,000 events are queued while the control plane is down.
@@ -151,7 +149,7 @@ fn ten_thousand_events_queued_in_an_outage_arrive_exactly_once() {
 fn a_full_queue_drops_the_oldest_and_the_control_plane_shows_how_many() {
     let mut control = ControlPlane::start();
     let site = unique_site("full");
-    control.apply(&common::site(&site, "")).ok();
+    control.apply(&crate::common::site(&site, "")).success();
     // Room for exactly 100 of these events.
     let size = serde_json::to_string(&event(0)).unwrap().len() as u64;
     let mut host = Host::enroll(&control, &site, 100 * size);
@@ -166,6 +164,6 @@ fn a_full_queue_drops_the_oldest_and_the_control_plane_shows_how_many() {
     let expected: Vec<String> = (900..1_000).map(|n| format!("pos-{n:05}")).collect();
     assert_eq!(stored(&control, &site), expected, "the newest 100 arrive");
     let hosts = control.cli(&["get", "hosts", "--site", &site, "-o", "json"]);
-    let hosts: serde_json::Value = serde_json::from_str(hosts.ok()).unwrap();
+    let hosts: serde_json::Value = serde_json::from_str(hosts.success()).unwrap();
     assert_eq!(hosts["items"][0]["dropped"], 900, "{hosts}");
 }

@@ -5,12 +5,10 @@
 // Test helpers: a panic is how they report a failed setup.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::{Agent, ControlPlane, Fleet, cli_with, eventually, unique_site};
+use crate::common::{Agent, ControlPlane, Fleet, cli_with, eventually, unique_site};
 
 /// Raises this test process's own soft limit on open files: the test holds
 /// thousands of sockets itself.
@@ -60,7 +58,7 @@ fn hostile_input_is_refused_with_a_position_and_the_control_plane_stays_up() {
             Some(("application/yaml", text.into_bytes())),
         )
     };
-    let refused = |response: common::Response, line: u64, message: &str| {
+    let refused = |response: crate::common::Response, line: u64, message: &str| {
         assert_eq!(response.status, 422, "{}", response.body);
         let diagnostic = &response.body["error"]["diagnostics"][0];
         assert_eq!(diagnostic["file"], "hostile.yaml", "{diagnostic}");
@@ -135,7 +133,7 @@ fn hostile_input_is_refused_with_a_position_and_the_control_plane_stays_up() {
 fn a_host_name_enrolls_only_once_per_site() {
     let control = ControlPlane::start();
     let site = unique_site("once");
-    control.apply(&site_manifest(&site)).ok();
+    control.apply(&site_manifest(&site)).success();
     let _first = Agent::enroll_with(&control, &site, "h1", &["--runtime", "process"]);
     eventually(Duration::from_secs(20), "h1 online", || {
         (control.site_status(&site)["onlineHosts"] == 1).then_some(())
@@ -185,7 +183,7 @@ fn a_host_name_enrolls_only_once_per_site() {
 fn deleting_a_site_with_hosts_needs_cascade_and_revokes_them() {
     let control = ControlPlane::start();
     let site = unique_site("gone");
-    control.apply(&site_manifest(&site)).ok();
+    control.apply(&site_manifest(&site)).success();
     let _old = Agent::enroll_with(&control, &site, "h1", &["--runtime", "process"]);
     eventually(Duration::from_secs(20), "h1 online", || {
         (control.site_status(&site)["onlineHosts"] == 1).then_some(())
@@ -209,7 +207,7 @@ fn deleting_a_site_with_hosts_needs_cascade_and_revokes_them() {
         control.logged("its certificate was revoked").then_some(())
     });
 
-    control.apply(&site_manifest(&site)).ok();
+    control.apply(&site_manifest(&site)).success();
     let _new = Agent::enroll_with(&control, &site, "h1", &["--runtime", "process"]);
     eventually(Duration::from_secs(20), "the new h1 online", || {
         (control.site_status(&site)["onlineHosts"] == 1).then_some(())
@@ -220,7 +218,7 @@ fn deleting_a_site_with_hosts_needs_cascade_and_revokes_them() {
             .then_some(())
     });
     let hosts = control.cli(&["get", "hosts", "--site", &site, "-o", "json"]);
-    let list: serde_json::Value = serde_json::from_str(hosts.ok()).unwrap();
+    let list: serde_json::Value = serde_json::from_str(hosts.success()).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
 
@@ -353,7 +351,7 @@ fn a_client_that_sends_headers_slowly_is_cut_off() {
 fn answers_tell_the_truth() {
     let control = ControlPlane::start();
     let (http, token) = (control.http(), control.token());
-    control.apply(&site_manifest("shop")).ok();
+    control.apply(&site_manifest("shop")).success();
 
     // `get hosts --site nosuch` said "no hosts yet" and exited 0.
     let run = control.cli(&["get", "hosts", "--site", "nosuch"]);
@@ -407,7 +405,7 @@ fn answers_tell_the_truth() {
     assert_eq!(bad.status, 400, "{}", bad.body);
 
     // `outpost get sites -o json | head -1` panicked on the broken pipe.
-    let mut child = std::process::Command::new(common::BIN)
+    let mut child = std::process::Command::new(crate::common::BIN)
         .args(["get", "sites", "-o", "json"])
         .env("OUTPOST_CONFIG", control.admin_config())
         .stdout(std::process::Stdio::piped())

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{BIN, Run, cli_with, docker, eventually, unique_site};
+use super::{BIN, Run, cli_with, docker, docker_maybe, eventually, unique_site};
 
 /// The image of this test binary's `outpost`, built once per test process.
 fn image() -> &'static str {
@@ -22,7 +22,8 @@ fn image() -> &'static str {
             .unwrap()
             .as_secs();
         let tag = format!("outpost-local/outpost:test-{stamp}-{}", meta.len());
-        if docker(&["image", "inspect", "-f", "{{.Id}}", &tag])
+        if docker_maybe(&["image", "inspect", "-f", "{{.Id}}", &tag])
+            .unwrap_or_default()
             .trim()
             .is_empty()
         {
@@ -134,7 +135,7 @@ impl Lab {
     /// Starts the agent of a new host of `site` as a container; returns its name.
     pub fn add_agent(&mut self, site: &str, host: &str) -> String {
         let run = self.cli(&["token", "create", "--site", site]);
-        let token = run.ok().lines().next().unwrap().to_string();
+        let token = run.success().lines().next().unwrap().to_string();
         let container = format!("{}-{host}", self.name);
         docker(&[
             "run",
@@ -199,17 +200,19 @@ impl super::Fleet for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for container in self.agents.iter().chain([&self.control]) {
-            docker(&["rm", "-f", "-v", container]);
+            docker_maybe(&["rm", "-f", "-v", container]);
         }
         for site in &self.sites {
             let filter = format!("label=io.outpost.site={site}");
-            for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
-                docker(&["rm", "-f", "-v", id]);
+            let ids = docker_maybe(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
+            for id in ids.lines() {
+                docker_maybe(&["rm", "-f", "-v", id]);
             }
-            for network in docker(&["network", "ls", "-q", "--filter", &filter]).lines() {
-                docker(&["network", "rm", network]);
+            let networks = docker_maybe(&["network", "ls", "-q", "--filter", &filter]).unwrap_or_default();
+            for network in networks.lines() {
+                docker_maybe(&["network", "rm", network]);
             }
         }
-        docker(&["network", "rm", &self.name]);
+        docker_maybe(&["network", "rm", &self.name]);
     }
 }

@@ -1,9 +1,7 @@
 //! The `outpost` binary as an operator runs it: commands, output formats,
 //! configuration lookup and exit codes (0 ok, 1 error, 2 usage).
 
-mod common;
-
-use common::{ControlPlane, cli_with, example};
+use crate::common::{ControlPlane, cli_with, example, site};
 
 fn examples_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples").to_string()
@@ -12,7 +10,10 @@ fn examples_dir() -> String {
 #[test]
 fn apply_get_describe_delete_round_trip() {
     let control = ControlPlane::start();
-    let applied = control.cli(&["apply", "-f", &examples_dir()]).ok().to_string();
+    let applied = control
+        .cli(&["apply", "-f", &examples_dir()])
+        .success()
+        .to_string();
     for line in [
         "site/store-042 created",
         "application/pos-gateway created",
@@ -21,10 +22,13 @@ fn apply_get_describe_delete_round_trip() {
     ] {
         assert!(applied.contains(line), "{applied}");
     }
-    let again = control.cli(&["apply", "-f", &examples_dir()]).ok().to_string();
+    let again = control
+        .cli(&["apply", "-f", &examples_dir()])
+        .success()
+        .to_string();
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
 
-    let sites = control.cli(&["get", "sites"]).ok().to_string();
+    let sites = control.cli(&["get", "sites"]).success().to_string();
     let mut lines = sites.lines();
     let header = lines.next().unwrap();
     assert!(
@@ -48,17 +52,17 @@ fn apply_get_describe_delete_round_trip() {
 
     let selected = control
         .cli(&["get", "sites", "-l", "customer = acme and env = prod"])
-        .ok()
+        .success()
         .to_string();
     assert_eq!(selected.lines().count(), 3, "{selected}");
     let none = control
         .cli(&["get", "sites", "-l", "customer = nobody"])
-        .ok()
+        .success()
         .to_string();
     assert_eq!(none, "no sites match \"customer = nobody\"\n");
 
     let json: serde_json::Value =
-        serde_json::from_str(control.cli(&["get", "apps", "-o", "json"]).ok()).unwrap();
+        serde_json::from_str(control.cli(&["get", "apps", "-o", "json"]).success()).unwrap();
     assert_eq!(
         json["items"].as_array().unwrap().len(),
         3,
@@ -67,13 +71,13 @@ fn apply_get_describe_delete_round_trip() {
     let one: serde_json::Value = serde_json::from_str(
         control
             .cli(&["get", "application", "pos-gateway", "-o", "json"])
-            .ok(),
+            .success(),
     )
     .unwrap();
     assert_eq!(one["spec"]["version"], "1.4.2");
     let yaml = control
         .cli(&["get", "site", "store-042", "-o", "yaml"])
-        .ok()
+        .success()
         .to_string();
     assert!(
         yaml.contains("name: store-042") && yaml.contains("store_id: \"042\""),
@@ -82,7 +86,7 @@ fn apply_get_describe_delete_round_trip() {
 
     let wide = control
         .cli(&["get", "deployments", "-o", "wide"])
-        .ok()
+        .success()
         .to_string();
     let prod = wide.lines().find(|l| l.starts_with("pos-gateway-prod ")).unwrap();
     assert!(
@@ -92,7 +96,7 @@ fn apply_get_describe_delete_round_trip() {
 
     let described = control
         .cli(&["describe", "deployment", "pos-gateway-prod"])
-        .ok()
+        .success()
         .to_string();
     assert!(
         described.contains("Sites:       0 up to date, 0 progressing, 0 failed, 2 offline\n")
@@ -104,13 +108,19 @@ fn apply_get_describe_delete_round_trip() {
         described.contains("canary 2 site(s); waves of 10; healthy for 2m"),
         "{described}"
     );
-    let described = control.cli(&["describe", "app", "pos-gateway"]).ok().to_string();
+    let described = control
+        .cli(&["describe", "app", "pos-gateway"])
+        .success()
+        .to_string();
     assert!(
         described.contains("api: registry.example.com/pos/api:1.4.2"),
         "{described}"
     );
     assert!(described.contains("ports:     8080->8080/tcp"), "{described}");
-    let described = control.cli(&["describe", "site", "plant-ulm"]).ok().to_string();
+    let described = control
+        .cli(&["describe", "site", "plant-ulm"])
+        .success()
+        .to_string();
     assert!(
         described.contains("line_count = 4") && described.contains("camera-analytics"),
         "{described}"
@@ -124,7 +134,9 @@ fn apply_get_describe_delete_round_trip() {
         refused.stderr
     );
     assert_eq!(
-        control.cli(&["delete", "deploy", "pos-gateway-staging"]).ok(),
+        control
+            .cli(&["delete", "deploy", "pos-gateway-staging"])
+            .success(),
         "deployment/pos-gateway-staging deleted\n"
     );
     let gone = control.cli(&["get", "deploy", "pos-gateway-staging"]);
@@ -142,7 +154,7 @@ fn diff_shows_what_apply_would_change_and_changes_nothing() {
     std::fs::write(&file, example("pos-gateway.yaml")).unwrap();
     let file = file.to_str().unwrap();
 
-    let created = control.cli(&["diff", "-f", file]).ok().to_string();
+    let created = control.cli(&["diff", "-f", file]).success().to_string();
     assert!(
         created.contains("+++ application/pos-gateway (created)"),
         "{created}"
@@ -150,18 +162,18 @@ fn diff_shows_what_apply_would_change_and_changes_nothing() {
     assert!(
         control
             .cli(&["get", "apps"])
-            .ok()
+            .success()
             .starts_with("no applications yet")
     );
 
-    control.cli(&["apply", "-f", file]).ok();
-    assert_eq!(control.cli(&["diff", "-f", file]).ok(), "no changes\n");
+    control.cli(&["apply", "-f", file]).success();
+    assert_eq!(control.cli(&["diff", "-f", file]).success(), "no changes\n");
 
     let changed = example("pos-gateway.yaml")
         .replace("version: \"1.4.2\"\n  services", "version: \"1.4.3\"\n  services")
         .replace("LOG_LEVEL: info", "LOG_LEVEL: debug");
     std::fs::write(dir.path().join("pos.yaml"), changed).unwrap();
-    let diff = control.cli(&["diff", "-f", file]).ok().to_string();
+    let diff = control.cli(&["diff", "-f", file]).success().to_string();
     assert!(
         diff.contains("-  version: \"1.4.2\"\n+  version: \"1.4.3\""),
         "{diff}"
@@ -174,8 +186,12 @@ fn diff_shows_what_apply_would_change_and_changes_nothing() {
         !diff.contains("deployment/"),
         "unchanged objects are not shown: {diff}"
     );
-    let stored: serde_json::Value =
-        serde_json::from_str(control.cli(&["get", "app", "pos-gateway", "-o", "json"]).ok()).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(
+        control
+            .cli(&["get", "app", "pos-gateway", "-o", "json"])
+            .success(),
+    )
+    .unwrap();
     assert_eq!(stored["spec"]["version"], "1.4.2", "diff must not store anything");
 }
 
@@ -184,10 +200,13 @@ fn history_lists_versions_newest_first() {
     let control = ControlPlane::start();
     for version in ["1.0", "1.1", "2.0"] {
         control
-            .cli_stdin(&["apply", "-f", "-"], &common::application("web", version))
-            .ok();
+            .cli_stdin(&["apply", "-f", "-"], &crate::common::application("web", version))
+            .success();
     }
-    let history = control.cli(&["history", "application", "web"]).ok().to_string();
+    let history = control
+        .cli(&["history", "application", "web"])
+        .success()
+        .to_string();
     let versions: Vec<(&str, bool)> = history
         .lines()
         .skip(1)
@@ -220,7 +239,7 @@ fn local_validation_reports_every_problem_without_a_server() {
         )
     );
     let run = cli_with(&["validate", "-f", &examples_dir()], &[], None);
-    assert_eq!(run.ok(), "12 manifest(s) valid\n");
+    assert_eq!(run.success(), "12 manifest(s) valid\n");
 }
 
 #[test]
@@ -248,11 +267,11 @@ fn configuration_comes_from_flag_env_or_home_and_contexts_are_named() {
     let admin = control.admin_config();
     let admin = admin.to_str().unwrap();
     assert_eq!(
-        cli_with(&["--config", admin, "get", "sites"], &[], None).ok(),
+        cli_with(&["--config", admin, "get", "sites"], &[], None).success(),
         "no sites yet\n"
     );
     assert_eq!(
-        cli_with(&["get", "sites"], &[("OUTPOST_CONFIG", admin)], None).ok(),
+        cli_with(&["get", "sites"], &[("OUTPOST_CONFIG", admin)], None).success(),
         "no sites yet\n"
     );
 
@@ -265,7 +284,7 @@ fn configuration_comes_from_flag_env_or_home_and_contexts_are_named() {
         &[("XDG_CONFIG_HOME", home.path().to_str().unwrap())],
         None,
     );
-    assert_eq!(from_home.ok(), "no sites yet\n");
+    assert_eq!(from_home.success(), "no sites yet\n");
 
     let missing = cli_with(&["get", "sites"], &[], None);
     assert_eq!(missing.code, 1);
@@ -328,7 +347,9 @@ fn unreachable_servers_and_untrusted_certificates_are_explained() {
     );
     assert_eq!(untrusted.code, 1);
     assert!(
-        untrusted.stderr.contains("cannot reach the control plane"),
+        untrusted
+            .stderr
+            .contains("presented a certificate this context does not trust (BadSignature)"),
         "{}",
         untrusted.stderr
     );
@@ -371,7 +392,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn schema_and_completion() {
-    let schema: serde_json::Value = serde_json::from_str(cli_with(&["schema"], &[], None).ok()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(cli_with(&["schema"], &[], None).success()).unwrap();
     let kinds: Vec<&str> = schema["oneOf"]
         .as_array()
         .unwrap()
@@ -381,10 +402,33 @@ fn schema_and_completion() {
     assert_eq!(kinds, ["Site", "Application", "Deployment"]);
     assert_eq!(schema["$defs"]["Size"]["format"], "size");
     for shell in ["bash", "zsh", "fish"] {
-        let script = cli_with(&["completion", shell], &[], None).ok().to_string();
+        let script = cli_with(&["completion", shell], &[], None).success().to_string();
         assert!(
             script.contains("outpost") && script.contains("describe"),
             "{shell}"
         );
     }
+}
+
+/// Issue 12: `token create` printed the token and then help text, so
+/// scripts had to guess its line. `-q` prints it alone; `-o json` names it.
+#[test]
+fn token_create_is_scriptable() {
+    let control = ControlPlane::start();
+    control
+        .cli_stdin(&["apply", "-f", "-"], &site("shop", "env: prod"))
+        .success();
+    let quiet = control.cli(&["token", "create", "--site", "shop", "-q"]);
+    let token = quiet.success();
+    assert!(token.starts_with("opj1.") && token.ends_with('\n'), "{token:?}");
+    assert_eq!(token.split_whitespace().count(), 1, "{token:?}");
+
+    let json = control.cli(&["token", "create", "--site", "shop", "-o", "json", "--ttl", "2h"]);
+    let value: serde_json::Value = serde_json::from_str(json.success()).unwrap();
+    assert_eq!(value["site"], "shop");
+    assert!(value["token"].as_str().unwrap().starts_with("opj1."));
+    assert!(value["expiresAt"].is_string(), "{value}");
+
+    let both = control.cli(&["token", "create", "--site", "shop", "-q", "-o", "json"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
 }

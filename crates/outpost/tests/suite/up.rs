@@ -4,13 +4,11 @@
 //! Needs Docker and `scripts/busybox-image`. It removes the containers of
 //! site `local` when it ends (a running quickstart recreates them).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, cli_with, docker};
+use crate::common::{BIN, cli_with, docker_maybe};
 
 #[test]
 fn up_serves_the_examples_and_configures_the_cli() {
@@ -59,7 +57,7 @@ fn up_serves_the_examples_and_configures_the_cli() {
         &[("OUTPOST_CONFIG", config.to_str().unwrap())],
         None,
     );
-    assert_eq!(sites.ok().lines().count(), 6, "a header and five sites");
+    assert_eq!(sites.success().lines().count(), 6, "a header and five sites");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -75,10 +73,16 @@ fn up_serves_the_examples_and_configures_the_cli() {
     };
     assert!(status.success());
     let filter = "label=io.outpost.site=local";
-    for id in docker(&["ps", "-aq", "--filter", filter]).lines() {
-        docker(&["rm", "-f", id]);
+    for id in docker_maybe(&["ps", "-aq", "--filter", filter])
+        .unwrap_or_default()
+        .lines()
+    {
+        docker_maybe(&["rm", "-f", id]);
     }
-    for network in docker(&["network", "ls", "-q", "--filter", filter]).lines() {
-        docker(&["network", "rm", network]);
+    for network in docker_maybe(&["network", "ls", "-q", "--filter", filter])
+        .unwrap_or_default()
+        .lines()
+    {
+        docker_maybe(&["network", "rm", network]);
     }
 }

@@ -1,0 +1,24 @@
+//! Every integration test of the `outpost` binary, in one test binary so
+//! that the harness (`suite/common`) compiles once (as ripgrep does).
+
+#[path = "suite/common/mod.rs"]
+mod common;
+
+#[path = "suite/agent.rs"]
+mod agent;
+#[path = "suite/api.rs"]
+mod api;
+#[path = "suite/cli.rs"]
+mod cli;
+#[path = "suite/hardening.rs"]
+mod hardening;
+#[path = "suite/partition.rs"]
+mod partition;
+#[path = "suite/queue.rs"]
+mod queue;
+#[path = "suite/sim.rs"]
+mod sim;
+#[path = "suite/tidy.rs"]
+mod tidy;
+#[path = "suite/up.rs"]
+mod up;
