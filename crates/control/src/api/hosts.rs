@@ -1,0 +1,100 @@
+//! Hosts: join tokens, the host list, and the operator's labels on a host.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use outpost_api::manifest::Kind;
+use outpost_api::wire::{HostList, JoinToken, JoinTokenRequest};
+
+use super::{Actor, ApiError, AppState, body_bytes, label_change};
+use crate::auth;
+use crate::status::Snapshot;
+
+/// The longest a join token may live.
+const MAX_JOIN_TOKEN_TTL: outpost_api::quantity::Duration = outpost_api::quantity::Duration(30 * 86_400_000);
+
+/// `POST /api/v1/sites/{name}/tokens`: a single-use join token for a new host.
+pub(super) async fn create_join_token(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(site): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JoinToken>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: JoinTokenRequest = if body.is_empty() {
+        JoinTokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a token request: {e}")))?
+    };
+    let ttl: outpost_api::quantity::Duration = match request.ttl.as_deref() {
+        None => outpost_api::quantity::Duration(3_600_000),
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("ttl: {e}")))?,
+    };
+    if ttl.0 == 0 || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl: {ttl} is not between 1s and {MAX_JOIN_TOKEN_TTL}"
+        )));
+    }
+    if state.store.get(Kind::Site, &site).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "site {site:?} not found (apply its Site manifest first)"
+        )));
+    }
+    let (token, hash) = auth::new_join_token(&state.pki.ca_fingerprint());
+    let expires_at = time::OffsetDateTime::now_utc() + ttl.as_std();
+    state.store.create_join_token(&hash, &site, expires_at).await?;
+    tracing::info!(%actor, %site, ttl = %ttl, "join token created");
+    Ok(Json(JoinToken {
+        token,
+        site,
+        expires_at: expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }))
+}
+
+/// `GET /api/v1/hosts[?site=NAME]`: enrolled hosts with their facts and instances.
+pub(super) async fn hosts(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<HostList>, ApiError> {
+    if let Some(site) = query.get("site")
+        && state.store.get(Kind::Site, site).await?.is_none()
+    {
+        return Err(crate::store::StoreError::NotFound {
+            kind: Kind::Site,
+            name: site.clone(),
+        }
+        .into());
+    }
+    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
+    let items = snapshot
+        .hosts()
+        .into_iter()
+        .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
+        .collect();
+    Ok(Json(HostList { items }))
+}
+
+/// `PATCH /api/v1/hosts/{site}/{host}/labels`: the operator's labels on a
+/// host; discovered facts cannot be set.
+pub(super) async fn label_host(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((site, host)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::store::HostRecord>, ApiError> {
+    let change = label_change(body)?;
+    let record = state.store.update_host_labels(&site, &host, &change).await?;
+    tracing::info!(%actor, %site, %host, "host labelled");
+    if let Err(err) = state.fleet.recompute_site(&site).await {
+        tracing::error!(%err, %site, "recomputing desired state");
+    }
+    Ok(Json(record))
+}

@@ -1,0 +1,211 @@
+//! Sites, applications and deployments: apply (with its idempotency key),
+//! plan, list, get, delete, history and labels.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::{Extension, Json};
+use outpost_api::manifest::Kind;
+use outpost_api::parse_files;
+use outpost_api::selector::Selector;
+use outpost_api::wire::{ApplyAction, ApplyRequest, ApplyResponse, ObjectList, SourceFile, StoredObject};
+
+use super::{Actor, ApiError, AppState, IDEMPOTENCY_KEY, body_bytes, flag, label_change, parse_kind};
+use crate::store::ApplyOptions;
+
+/// The `Idempotency-Key` header of an apply: 1 to 128 visible ASCII characters.
+fn request_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "the {IDEMPOTENCY_KEY} header must be 1 to 128 visible ASCII characters"
+        ))),
+    }
+}
+
+/// `POST /api/v1/apply`: a JSON `ApplyRequest` (several named files), or a
+/// raw YAML or JSON stream (`?source=NAME` names it in diagnostics).
+pub(super) async fn apply(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let body = body_bytes(body)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = || {
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".to_string()))
+    };
+    let request = match content_type.as_str() {
+        "application/json" => serde_json::from_slice::<ApplyRequest>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/plain" => ApplyRequest {
+            files: vec![SourceFile {
+                name: query
+                    .get("source")
+                    .cloned()
+                    .unwrap_or_else(|| "request".to_string()),
+                content: text()?,
+            }],
+            dry_run: false,
+        },
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type {other:?} is not accepted (use application/json for an apply request, or application/yaml)"
+            )));
+        }
+    };
+    let dry_run = request.dry_run || flag(&query, "dryRun")?;
+    if request.files.is_empty() {
+        return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
+    }
+    let documents = parse_files(
+        request
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.content.as_str())),
+    )
+    .map_err(ApiError::Invalid)?;
+    let request_key = request_key(&headers)?;
+    let options = ApplyOptions { dry_run, request_key };
+    let results = state.store.apply(&documents, &actor, options).await?;
+    let changed: Vec<_> = results
+        .iter()
+        .filter(|r| !dry_run && r.action != ApplyAction::Unchanged)
+        .collect();
+    for result in &changed {
+        tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
+    }
+    let changed: Vec<(Kind, &str)> = changed.iter().map(|r| (r.kind, r.name.as_str())).collect();
+    state.recompute_changed(&changed).await;
+    Ok(Json(ApplyResponse { dry_run, results }))
+}
+
+/// `POST /api/v1/plan`: what applying the batch (an `ApplyRequest`) would
+/// make each site run, per deployment and wave. Stores nothing.
+pub(super) async fn plan(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<outpost_api::wire::PlanResponse>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: ApplyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
+    let documents = parse_files(
+        request
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.content.as_str())),
+    )
+    .map_err(ApiError::Invalid)?;
+    // The same checks as an apply, inside a transaction that is rolled back.
+    let dry_run = ApplyOptions {
+        dry_run: true,
+        request_key: None,
+    };
+    state.store.apply(&documents, &actor, dry_run).await?;
+    let mut inputs = state.fleet.inputs(None).await?;
+    let concerned = crate::plan::concerned(&inputs, &documents);
+    crate::plan::overlay(&mut inputs, &documents);
+    let current = state.store.site_states().await?;
+    Ok(Json(crate::plan::plan(&inputs, &current, &concerned)))
+}
+
+/// `GET /api/v1/{kind}?selector=…`: objects whose labels match.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ObjectList>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let selector = match query.get("selector") {
+        Some(text) => text
+            .parse::<Selector>()
+            .map_err(|e| ApiError::BadRequest(format!("invalid selector {text:?}: {e}")))?,
+        None => Selector::all(),
+    };
+    let items: Vec<StoredObject> = state
+        .store
+        .list(kind)
+        .await?
+        .into_iter()
+        .filter(|object| selector.matches(&object.metadata.labels))
+        .collect();
+    let items = state.with_status(items).await?;
+    Ok(Json(ObjectList { items }))
+}
+
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let object = state
+        .store
+        .get(kind, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+    let mut objects = state.with_status(vec![object]).await?;
+    objects
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal("status lost the object".to_string()))
+}
+
+/// `DELETE /api/v1/{kind}/{name}[?cascade=true]`: a site with hosts is
+/// refused unless `cascade`, which removes them and revokes their
+/// certificates at once.
+pub(super) async fn delete_one(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let cascade = flag(&query, "cascade")?;
+    let deleted = state.store.delete(kind, &name, cascade, &actor).await?;
+    state.revocations.add(&deleted.revoked);
+    tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
+    state.recompute_changed(&[(kind, name.as_str())]).await;
+    Ok(Json(deleted.object))
+}
+
+pub(super) async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<outpost_api::wire::ApplicationVersion>>, ApiError> {
+    Ok(Json(state.store.application_history(&name).await?))
+}
+
+/// `PATCH /api/v1/{kind}/{name}/labels`: the operator's labels on an object.
+pub(super) async fn label_object(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let change = label_change(body)?;
+    let object = state.store.update_labels(kind, &name, &change, &actor).await?;
+    tracing::info!(%actor, %kind, %name, generation = object.metadata.generation, "labelled");
+    state.recompute_changed(&[(kind, name.as_str())]).await;
+    Ok(Json(object))
+}

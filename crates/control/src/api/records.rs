@@ -1,0 +1,159 @@
+//! What sites sent up: events and log lines, stored or (`live=true`) asked
+//! of a connected site's hosts now.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use outpost_api::manifest::Kind;
+
+use super::{ApiError, AppState};
+
+/// The most events or log lines one request returns.
+const MAX_RECORDS: i64 = 10_000;
+
+/// Reads `site`, `application`, `service`, `since` (RFC 3339), `after` and
+/// `limit` from a query string.
+fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQuery, ApiError> {
+    let since = match query.get("since") {
+        Some(since) => {
+            let at = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::BadRequest(format!("since: {since:?} is not an RFC 3339 time")))?;
+            Some(
+                at.to_offset(time::UtcOffset::UTC)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            )
+        }
+        None => None,
+    };
+    let number = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
+        }
+    };
+    Ok(crate::store::RecordQuery {
+        site: query.get("site").cloned(),
+        application: query.get("application").cloned(),
+        service: query.get("service").cloned(),
+        since,
+        after: number("after", 0)?,
+        limit: number("limit", 1000)?.clamp(1, MAX_RECORDS),
+    })
+}
+
+/// `GET /api/v1/events`: what happened at sites, oldest first.
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<outpost_api::telemetry::EventList>, ApiError> {
+    let items = state.store.events(&record_query(&query)?).await?;
+    Ok(Json(outpost_api::telemetry::EventList { items }))
+}
+
+/// `GET /api/v1/logs?application=A`: log lines sites uploaded, oldest first.
+pub(super) async fn logs(
+    State(state): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<outpost_api::telemetry::LogList>, ApiError> {
+    let query = record_query(&raw)?;
+    let Some(application) = &query.application else {
+        return Err(ApiError::BadRequest(
+            "application: which application's logs?".to_string(),
+        ));
+    };
+    if state.store.get(Kind::Application, application).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "Application {application:?} not found"
+        )));
+    }
+    if raw.get("live").is_some_and(|live| live == "true") {
+        return live_logs(&state, &query).await.map(Json);
+    }
+    let items = state.store.log_lines(&query).await?;
+    Ok(Json(outpost_api::telemetry::LogList { items }))
+}
+
+/// How long the hosts of a site get to answer a live request for logs.
+const LIVE_LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks every connected host of the query's site for its logs now.
+pub(super) async fn live_logs(
+    state: &AppState,
+    query: &crate::store::RecordQuery,
+) -> Result<outpost_api::telemetry::LogList, ApiError> {
+    let Some(site) = &query.site else {
+        return Err(ApiError::BadRequest(
+            "live: logs come live from one site; add site=NAME".to_string(),
+        ));
+    };
+    let since_unix = query
+        .since
+        .as_deref()
+        .and_then(|since| {
+            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(0, |at| at.unix_timestamp());
+    let mut asked = Vec::new();
+    for host in state.store.site_hosts(site).await? {
+        let Some(sender) = state.fleet.live_logs(site, &host.name) else {
+            continue;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = crate::fleet::LiveLogs {
+            application: query.application.clone().unwrap_or_default(),
+            service: query.service.clone().unwrap_or_default(),
+            since_unix,
+            tail: query.limit.clamp(1, 1000) as u32,
+            reply,
+        };
+        if sender.send(request).await.is_ok() {
+            asked.push((host.name, answer));
+        }
+    }
+    if asked.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "no host of site {site:?} is connected now (offline, or polling); without live, `outpost logs` shows what it uploaded"
+        )));
+    }
+    let mut items = Vec::new();
+    for (host, answer) in asked {
+        let chunks = match tokio::time::timeout(LIVE_LOGS_TIMEOUT, answer).await {
+            Ok(Ok(Ok(chunks))) => chunks,
+            Ok(Ok(Err(why))) => {
+                return Err(ApiError::Conflict(format!(
+                    "host {host:?} could not read its logs: {why}"
+                )));
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(ApiError::Conflict(format!(
+                    "host {host:?} did not answer within {}s",
+                    LIVE_LOGS_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        for chunk in chunks {
+            for line in chunk.lines {
+                items.push(outpost_api::telemetry::StoredLogLine {
+                    id: 0,
+                    site: site.clone(),
+                    host: host.clone(),
+                    application: chunk.application.clone(),
+                    service: chunk.service.clone(),
+                    instance: chunk.instance.clone(),
+                    container: chunk.container.clone(),
+                    line,
+                });
+            }
+        }
+    }
+    items.sort_by_key(|l| {
+        time::OffsetDateTime::parse(&l.line.at, &time::format_description::well_known::Rfc3339).ok()
+    });
+    Ok(outpost_api::telemetry::LogList { items })
+}

@@ -1,0 +1,133 @@
+//! A deployment's rollout: its status, and the operator's commands.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use outpost_api::manifest::Kind;
+use outpost_api::parse_documents;
+use outpost_api::wire::ApplyResponse;
+
+use super::{Actor, ApiError, AppState, body_bytes};
+use crate::store::ApplyOptions;
+
+/// `GET /api/v1/deployments/{name}/rollout`: the rollout, every site's
+/// state and the deployment's rollout history.
+pub(super) async fn rollout_status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<outpost_api::wire::RolloutStatus>, ApiError> {
+    let object = state
+        .store
+        .get(Kind::Deployment, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Deployment {name:?} not found")))?;
+    let sites = state
+        .with_status(vec![object])
+        .await?
+        .pop()
+        .and_then(|o| o.status)
+        .and_then(|s| serde_json::from_value::<outpost_api::wire::DeploymentStatus>(s).ok())
+        .map(|s| s.sites)
+        .unwrap_or_default();
+    let rollout = state.store.rollouts().await?.remove(&name);
+    let history = state
+        .store
+        .rollout_history(&name)
+        .await?
+        .into_iter()
+        .map(
+            |(version, started_at, outcome)| outpost_api::wire::RolloutRecord {
+                version,
+                started_at,
+                outcome,
+            },
+        )
+        .collect();
+    Ok(Json(outpost_api::wire::RolloutStatus {
+        deployment: name,
+        rollout,
+        sites,
+        history,
+    }))
+}
+
+/// `POST /api/v1/deployments/{name}/rollout/{promote|pause|resume|abort}`.
+pub(super) async fn rollout_command(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((name, command)): Path<(String, String)>,
+) -> Result<Json<outpost_api::rollout::RolloutState>, ApiError> {
+    use outpost_api::rollout::Command;
+    let command = match command.as_str() {
+        "promote" => Command::Promote,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "abort" => Command::Abort,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no rollout command {other:?} (use promote, pause, resume, abort or undo)"
+            )));
+        }
+    };
+    if state.store.get(Kind::Deployment, &name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("Deployment {name:?} not found")));
+    }
+    let rollout = state.fleet.command(&name, command).await?;
+    tracing::info!(%actor, deployment = %name, ?command, "rollout command");
+    Ok(Json(rollout))
+}
+
+/// `POST /api/v1/deployments/{name}/rollout/undo`: pins the deployment to
+/// an earlier version (the one before the current rollout by default),
+/// which rolls out like any change.
+pub(super) async fn rollout_undo(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: outpost_api::wire::UndoRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not an undo request: {e}")))?
+    };
+    let object = state
+        .store
+        .get(Kind::Deployment, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Deployment {name:?} not found")))?;
+    let target = match request.to_version {
+        Some(version) => version,
+        None => {
+            let history = state.store.rollout_history(&name).await?;
+            let current = history.last().map(|(v, _, _)| v.clone());
+            history
+                .iter()
+                .rev()
+                .map(|(v, _, _)| v.clone())
+                .find(|v| Some(v) != current.as_ref())
+                .ok_or_else(|| {
+                    ApiError::Conflict(format!(
+                        "deployment {name:?} has no earlier version to go back to"
+                    ))
+                })?
+        }
+    };
+    let mut manifest = object.manifest_json();
+    manifest["spec"]["version"] = serde_json::Value::String(target.clone());
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let documents = parse_documents(&format!("undo of {name}"), &text).map_err(ApiError::Invalid)?;
+    let results = state
+        .store
+        .apply(&documents, &actor, ApplyOptions::default())
+        .await?;
+    tracing::info!(%actor, deployment = %name, version = %target, "rollout undo");
+    state.recompute().await;
+    Ok(Json(ApplyResponse {
+        dry_run: false,
+        results,
+    }))
+}
