@@ -1,0 +1,422 @@
+//! The command line: every subcommand, flag and value `outpost` takes, as
+//! clap derives them (ripgrep keeps its flags apart the same way). `main`
+//! dispatches on what this parses.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use outpost_api::manifest::Kind;
+use outpost_cli::output::Format;
+
+/// Orchestrates container applications across thousands of edge sites.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// The CLI configuration file [default: $OUTPOST_CONFIG or ~/.config/outpost/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The context to use instead of the configuration's current one
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) context: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the control plane
+    Control {
+        /// Where the store, certificates and admin.yaml live
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost")]
+        data_dir: PathBuf,
+        /// Address of the REST API (HTTPS)
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7800")]
+        listen: std::net::SocketAddr,
+        /// Address agents connect to (gRPC over mutual TLS)
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7801")]
+        agent_listen: std::net::SocketAddr,
+        /// Extra DNS name or IP address for the server certificate (repeatable)
+        #[arg(long, value_name = "NAME")]
+        tls_san: Vec<String>,
+        /// How long events are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        event_retention: outpost_api::quantity::Duration,
+        /// How long uploaded log lines are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        log_retention: outpost_api::quantity::Duration,
+        /// How long metric samples are kept after they arrive
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        metric_retention: outpost_api::quantity::Duration,
+        /// Tell agents in polling mode to poll this often instead of their own --interval
+        #[arg(long, value_name = "DURATION")]
+        poll_interval: Option<outpost_api::quantity::Duration>,
+    },
+    /// Run the edge agent of one host
+    Agent {
+        /// The control plane's agent address; needed to enroll
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Single-use token from `outpost token create` (only for the first start)
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "OUTPOST_JOIN_TOKEN",
+            hide_env_values = true
+        )]
+        join_token: Option<String>,
+        /// Where the agent keeps its key, certificate and local store
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
+        /// This host's name in its site [default: the machine's host name]
+        #[arg(long, value_name = "NAME")]
+        host_name: Option<String>,
+        /// The container runtime
+        #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
+        runtime: RuntimeKind,
+        /// Registry credentials for pulls, as a Docker config.json
+        /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present]
+        #[arg(long, value_name = "FILE")]
+        registry_auth: Option<PathBuf>,
+        /// The most disk the queue of events, logs and metrics waiting for the
+        /// control plane may use; past it the oldest are dropped (and counted)
+        #[arg(long, value_name = "SIZE", default_value = "64Mi")]
+        queue_size: outpost_api::quantity::Size,
+        /// Where to serve Prometheus metrics at /metrics (keep it on loopback
+        /// or a management network; there is no authentication)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7802")]
+        metrics_listen: std::net::SocketAddr,
+        /// How often CPU and memory of the host and its instances are sampled
+        /// and sent (each sample is one record; mind a metered link)
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        sample_every: outpost_api::quantity::Duration,
+        /// stream: one long-lived session; poll: a short call every --interval
+        /// and no connection in between (changes wait for the next poll)
+        #[arg(long, value_enum, default_value_t = AgentMode::Stream)]
+        mode: AgentMode,
+        /// Polling mode: how often to poll (the control plane may ask for another)
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        interval: outpost_api::quantity::Duration,
+    },
+    /// Quickstart: a local control plane with the example manifests applied
+    Up {
+        /// Where the quickstart keeps its data [default: ~/.local/share/outpost/up]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the REST API
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7800")]
+        listen: std::net::SocketAddr,
+        /// Address agents connect to
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7801")]
+        agent_listen: std::net::SocketAddr,
+    },
+    /// Create or update objects from manifest files (all or nothing)
+    Apply {
+        /// A manifest file, a directory of them, or - for standard input (repeatable)
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and report what would change; store nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show which sites and hosts would run what, in which wave (a dry run)
+    Plan {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show what apply would change
+    Diff {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check manifest files without a control plane
+    Validate {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List objects, or show one
+    Get {
+        /// sites, applications (apps), deployments (deploy) or hosts
+        #[arg(value_parser = parse_resource)]
+        kind: Resource,
+        name: Option<String>,
+        /// Only objects whose labels (hosts: facts) match, e.g. 'customer = acme and env = prod'
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Hosts only: the hosts of one site
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show one object in detail
+    Describe {
+        #[arg(value_parser = parse_kind)]
+        kind: Kind,
+        name: String,
+    },
+    /// Delete one object
+    Delete {
+        #[arg(value_parser = parse_kind)]
+        kind: Kind,
+        name: String,
+        /// For a site with hosts: remove them too and revoke their certificates
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Show the kept versions of an application
+    History {
+        /// Only `application` has a history
+        #[arg(value_parser = parse_history_kind)]
+        kind: Kind,
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Set or remove the operator's labels: `outpost label site store-042 tier=gold zone-`
+    Label {
+        /// sites, applications, deployments or hosts (hosts are named SITE/HOST)
+        #[arg(value_parser = parse_resource)]
+        kind: Resource,
+        name: String,
+        /// key=value to set, key- to remove
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+    },
+    /// What happened at sites: containers started and exited (with exit
+    /// codes), health changes, failures, pulls, placement failures
+    Events {
+        #[arg(long = "app", value_name = "APPLICATION")]
+        application: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// An application's container logs, as its sites uploaded them
+    Logs {
+        application: String,
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Ask the site's connected hosts now (needs --site) instead of
+        /// reading what they uploaded
+        #[arg(long, requires = "site", conflicts_with = "follow")]
+        live: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Follow and steer a deployment's rollout
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Manage join tokens for new hosts
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Fleet simulator: a control plane and N simulated sites, measured
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+    /// Print the JSON Schema of the manifests (for editors and CI)
+    Schema,
+    /// Print a shell completion script
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimCommand {
+    /// Start a control plane, enroll N simulated sites (the real agent on an
+    /// in-memory runtime), roll out an update, restart the control plane,
+    /// and report the timings, memory, CPU and bytes (see BENCHMARKS.md)
+    Bench {
+        /// How many sites (one host each)
+        #[arg(long, default_value_t = 100)]
+        sites: usize,
+        /// How long a simulated container takes to start
+        #[arg(long, value_name = "DURATION", default_value = "200ms")]
+        start_delay: outpost_api::quantity::Duration,
+        /// How long the converged fleet is watched for CPU and idle bytes
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        idle: outpost_api::quantity::Duration,
+        /// Enrollments in flight at once
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Sites whose containers crash once after the update
+        #[arg(long, default_value_t = 0)]
+        crash_sites: usize,
+        /// Sites whose health probes fail for a while after the update
+        #[arg(long, default_value_t = 0)]
+        unhealthy_sites: usize,
+        /// How long any phase may take before the run fails
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: outpost_api::quantity::Duration,
+        /// Where the control plane's data and log go [default: a new directory under $TMPDIR, removed after a successful run]
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
+        output: SimOutput,
+    },
+}
+
+/// What `events` and `logs` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReadArgs {
+    #[arg(long, value_name = "SITE")]
+    pub(crate) site: Option<String>,
+    /// Only what happened since then: 10m, 1h, 7d, or an RFC 3339 time
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) since: Option<String>,
+    /// Keep printing as more arrives
+    #[arg(short = 'f', long)]
+    pub(crate) follow: bool,
+    /// text, or json (one object per line with --follow)
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+    pub(crate) output: StreamOutput,
+}
+
+impl ReadArgs {
+    pub(crate) fn filter(
+        &self,
+        application: Option<String>,
+        service: Option<String>,
+        live: bool,
+    ) -> outpost_cli::telemetry::Filter {
+        outpost_cli::telemetry::Filter {
+            site: self.site.clone(),
+            application,
+            service,
+            since: self.since.clone(),
+            live,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum StreamOutput {
+    Text,
+    Json,
+}
+
+impl From<StreamOutput> for outpost_cli::telemetry::Style {
+    fn from(output: StreamOutput) -> Self {
+        match output {
+            StreamOutput::Text => outpost_cli::telemetry::Style::Text,
+            StreamOutput::Json => outpost_cli::telemetry::Style::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SimOutput {
+    /// One line per measure
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Waves, sites and their state; with --watch, until the rollout ends
+    Status {
+        deployment: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start the next wave now, without waiting for healthyFor
+    Promote { deployment: String },
+    /// Stop advancing; sites keep what they have
+    Pause { deployment: String },
+    /// Continue a paused rollout (its failures so far are forgiven)
+    Resume { deployment: String },
+    /// Stop for good; sites keep what they have
+    Abort { deployment: String },
+    /// Roll out an earlier version: the one before the current rollout, or --to-version
+    Undo {
+        deployment: String,
+        #[arg(long, value_name = "VERSION")]
+        to_version: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a single-use join token that enrolls one host into a site
+    Create {
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// How long the token stays valid (at most 30d)
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
+        /// `json`: token, site and expiry as one JSON object
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
+        output: StreamOutput,
+        /// Print the token alone, for scripts
+        #[arg(short = 'q', long, conflicts_with = "output")]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum AgentMode {
+    Stream,
+    Poll,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum RuntimeKind {
+    /// The Docker Engine API (also Podman's compatible socket), via DOCKER_HOST or the default socket
+    Docker,
+    /// Native processes (each container's command), for hosts without a container engine
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(format: OutputFormat) -> Format {
+        match format {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Wide => Format::Wide,
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Yaml => Format::Yaml,
+        }
+    }
+}
+
+/// What `get` lists: a kind of manifest, or the enrolled hosts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resource {
+    Kind(Kind),
+    Hosts,
+}
+
+pub(crate) fn parse_resource(text: &str) -> Result<Resource, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "host" | "hosts" => Ok(Resource::Hosts),
+        _ => Kind::from_cli(text)
+            .map(Resource::Kind)
+            .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications, deployments or hosts)")),
+    }
+}
+
+pub(crate) fn parse_kind(text: &str) -> Result<Kind, String> {
+    Kind::from_cli(text)
+        .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications or deployments)"))
+}
+
+pub(crate) fn parse_history_kind(text: &str) -> Result<Kind, String> {
+    match Kind::from_cli(text) {
+        Some(Kind::Application) => Ok(Kind::Application),
+        _ => Err(format!(
+            "{text:?} has no history (use: outpost history application NAME)"
+        )),
+    }
+}
