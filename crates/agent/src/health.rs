@@ -4,7 +4,9 @@
 //! `unhealthy` after `failureThreshold` failures in a row (default 3).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use outpost_api::manifest::Health;
@@ -64,7 +66,7 @@ impl Prober {
             }
             keep
         });
-        let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut verdicts = self.verdicts.lock();
         verdicts.retain(|id, _| wanted.contains_key(id));
         for (id, (application, health)) in wanted {
             if self.tasks.contains_key(&id) {
@@ -84,11 +86,7 @@ impl Prober {
     }
 
     pub fn verdict(&self, container_id: &str) -> Option<Verdict> {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(container_id)
-            .cloned()
+        self.verdicts.lock().get(container_id).cloned()
     }
 }
 
@@ -128,7 +126,7 @@ async fn probe_loop(
             }
         };
         if let Some(next) = next {
-            let mut verdicts = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut verdicts = verdicts.lock();
             let previous = verdicts.insert(id.clone(), next.clone());
             drop(verdicts);
             if previous.as_ref() != Some(&next) {

@@ -7,8 +7,8 @@
 //! The queue is bounded by size: when it is full the oldest records go
 //! first, and the number dropped is sent upstream with every batch.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
@@ -284,8 +284,8 @@ impl MemoryOutbox {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, MemoryState> {
+        self.state.lock()
     }
 }
 

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,7 +81,7 @@ struct Slot {
 
 impl Sources {
     fn take(&self, ip: IpAddr) -> Option<Slot> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.0.lock();
         let count = counts.entry(ip).or_default();
         if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
             return None;
@@ -94,7 +96,7 @@ impl Sources {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.sources.0.lock();
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

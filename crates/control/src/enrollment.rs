@@ -2,9 +2,9 @@
 //! log, and throttled per source address, so that guessing join tokens
 //! costs an attacker time and leaves a trace.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ impl Enrollments {
     /// Whether `source` may try now; `Err` says until when it may not.
     pub fn admit(&self, source: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
         let Some(source) = source else { return Ok(()) };
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock();
         match state.sources.get(&source) {
             Some((start, failures))
                 if now.duration_since(*start) < WINDOW && *failures >= MAX_FAILURES_PER_SOURCE =>
@@ -50,7 +50,7 @@ impl Enrollments {
     /// Records a failed enrollment from `source` and why it failed.
     pub fn failed(&self, source: Option<IpAddr>, why: &str, now: Instant) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         if let Some(source) = source {
             // Forget windows that have passed, so the map stays small.
             if state.sources.len() > 10_000 {

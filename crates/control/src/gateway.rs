@@ -225,7 +225,9 @@ impl AgentGateway for Gateway {
             .poll_interval
             .unwrap_or(Duration::from_secs(u64::from(request.interval_seconds.max(1))));
         // Online until it is overdue: two intervals and the usual grace.
-        self.fleet.polled(&site, &host, interval * 2 + HEARTBEAT * 3);
+        self.fleet
+            .presence
+            .polled(&site, &host, interval * 2 + HEARTBEAT * 3);
         let manifest = match self.store.site_state(&site).await.map_err(internal)? {
             Some((revision, state)) if revision as u64 != hello.applied_revision => Some(SiteManifest {
                 revision: revision as u64,
@@ -282,7 +284,7 @@ struct Session {
     /// The bytes of this session's connection, and how many of them are
     /// already added to the host's totals (received, sent).
     traffic: Arc<Traffic>,
-    booked: std::sync::Mutex<(u64, u64)>,
+    booked: parking_lot::Mutex<(u64, u64)>,
     store: Arc<dyn Storage>,
     fleet: Arc<Fleet>,
     site: String,
@@ -452,7 +454,7 @@ impl Session {
     /// Adds the bytes counted since the last call to the host's totals.
     async fn book_traffic(&self) -> Result<(), String> {
         let now = (self.traffic.received(), self.traffic.sent());
-        let before = std::mem::replace(&mut *self.booked.lock().unwrap_or_else(|e| e.into_inner()), now);
+        let before = std::mem::replace(&mut *self.booked.lock(), now);
         let (received, sent) = (now.0 - before.0, now.1 - before.1);
         if received + sent == 0 {
             return Ok(());
@@ -485,9 +487,9 @@ impl Session {
             return Err("unsupported protocol version".to_string());
         }
         record_hello(self.store.as_ref(), &self.fleet, &self.site, &self.host, &hello).await?;
-        let (_online, mut log_requests) = self.fleet.connect(&self.site, &self.host);
+        let (_online, mut log_requests) = self.fleet.presence.connect(&self.site, &self.host);
         // Log requests sent to the agent and not yet answered, by id.
-        let mut pending: std::collections::HashMap<u64, crate::fleet::LiveLogs> = Default::default();
+        let mut pending: std::collections::HashMap<u64, crate::presence::LiveLogs> = Default::default();
         let mut next_request = 0u64;
         tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
 
@@ -498,7 +500,7 @@ impl Session {
         self.push_state(&mut sent, agent_revision).await?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
-        let grace = || offline_grace(self.fleet.online_hosts(), rand::random());
+        let grace = || offline_grace(self.fleet.presence.online_hosts(), rand::random());
         let mut silent_until = tokio::time::Instant::now() + grace();
         loop {
             tokio::select! {

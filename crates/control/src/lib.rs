@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod pki;
 pub mod plan;
+pub mod presence;
 pub mod revocation;
 pub mod server;
 pub mod status;

@@ -4,7 +4,9 @@
 //! live sessions of a revoked host end at once.
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use tokio::sync::watch;
 
@@ -32,10 +34,7 @@ impl Revocations {
     }
 
     pub fn is_revoked(&self, serial: &str) -> bool {
-        self.serials
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(serial)
+        self.serials.read().contains(serial)
     }
 
     /// Adds certificates the store has just revoked, and tells sessions.
@@ -43,7 +42,7 @@ impl Revocations {
         if revoked.is_empty() {
             return;
         }
-        let mut serials = self.serials.write().unwrap_or_else(|e| e.into_inner());
+        let mut serials = self.serials.write();
         for certificate in revoked {
             tracing::warn!(site = %certificate.site, host = %certificate.host, serial = %certificate.serial, "host certificate revoked");
             serials.insert(certificate.serial.clone());

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use outpost_api::wire::{DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, SiteStatus};
 use outpost_api::workload::SiteState;
 
-use crate::fleet::Fleet;
+use crate::presence::Presence;
 use crate::store::{HostRecord, InstanceRecord, Storage, StoreError};
 
 /// One consistent read of the fleet's state, indexed by site so that a
@@ -21,11 +21,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub async fn take(store: &dyn Storage, fleet: &Fleet) -> Result<Snapshot, StoreError> {
+    pub async fn take(store: &dyn Storage, presence: &Presence) -> Result<Snapshot, StoreError> {
         let mut hosts: BTreeMap<String, Vec<HostRecord>> = BTreeMap::new();
         let mut online = HashSet::new();
         for host in store.hosts().await? {
-            if fleet.is_online(&host.site, &host.name) {
+            if presence.is_online(&host.site, &host.name) {
                 online.insert((host.site.clone(), host.name.clone()));
             }
             hosts.entry(host.site.clone()).or_default().push(host);

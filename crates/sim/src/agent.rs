@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -25,11 +27,11 @@ struct MemoryStore(Mutex<(u64, SiteState)>);
 #[async_trait::async_trait]
 impl DesiredStore for MemoryStore {
     async fn desired(&self) -> Result<(u64, SiteState)> {
-        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        Ok(self.0.lock().clone())
     }
 
     async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (revision, state.clone());
+        *self.0.lock() = (revision, state.clone());
         Ok(())
     }
 }

@@ -3,8 +3,8 @@
 //! runs until the agent removes it or a crash is injected. Health probes
 //! pass unless failure is injected.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -51,8 +51,8 @@ impl MemoryRuntime {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Publishes what runs, and tells the agent something changed behind
@@ -66,7 +66,7 @@ impl MemoryRuntime {
             .map(|c| (c.observed.name.clone(), c.version.clone()))
             .collect();
         self.running.send_replace(running);
-        if external && let Some(sender) = self.changed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if external && let Some(sender) = self.changed.lock().as_ref() {
             let _ = sender.try_send(());
         }
     }
@@ -182,7 +182,7 @@ impl Runtime for MemoryRuntime {
 
     fn changes(&self) -> mpsc::Receiver<()> {
         let (sender, receiver) = mpsc::channel(1);
-        *self.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        *self.changed.lock() = Some(sender);
         receiver
     }
 }

@@ -30,7 +30,7 @@ pub struct Docker {
     host: String,
     credentials: Vec<crate::registry::Credential>,
     /// Images pulled and not yet reported.
-    pulled: std::sync::Mutex<Vec<String>>,
+    pulled: parking_lot::Mutex<Vec<String>>,
 }
 
 impl Docker {
@@ -99,10 +99,7 @@ impl Docker {
         while let Some(step) = progress.next().await {
             step.with_context(|| format!("pulling {image}"))?;
         }
-        self.pulled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(image.to_string());
+        self.pulled.lock().push(image.to_string());
         Ok(())
     }
 
@@ -443,7 +440,7 @@ impl Runtime for Docker {
     }
 
     fn pulled(&self) -> Vec<String> {
-        std::mem::take(&mut *self.pulled.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.pulled.lock())
     }
 
     async fn probe(&self, container_id: &str, application: &str, health: &Health) -> Result<()> {

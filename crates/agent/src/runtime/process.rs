@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -89,8 +91,8 @@ impl Processes {
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn spawn(&self, name: &str, spec: &DesiredContainer) -> Result<()> {
@@ -144,7 +146,7 @@ impl Processes {
             id
         };
         let state = self.state.clone();
-        let changed = self.changed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let changed = self.changed.lock().clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status.ok(),
@@ -154,7 +156,7 @@ impl Processes {
                 }
             };
             let _ = std::fs::remove_file(&pid_path);
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = state.lock();
             if let Some(process) = state.processes.get_mut(&name).filter(|p| p.id == id) {
                 process.running = false;
                 process.exit_code = status.and_then(|s| s.code()).map(i64::from).or(Some(-1));
@@ -263,7 +265,7 @@ impl Runtime for Processes {
 
     fn changes(&self) -> mpsc::Receiver<()> {
         let (sender, receiver) = mpsc::channel(1);
-        *self.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        *self.changed.lock() = Some(sender);
         receiver
     }
 }

@@ -73,7 +73,7 @@ pub(super) async fn hosts(
         }
         .into());
     }
-    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
+    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet.presence).await?;
     let items = snapshot
         .hosts()
         .into_iter()

@@ -9,7 +9,7 @@ use crate::status::Snapshot;
 
 /// `GET /metrics`: the fleet in the Prometheus text format.
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet).await?;
+    let snapshot = Snapshot::take(state.store.as_ref(), &state.fleet.presence).await?;
     let hosts = snapshot.hosts();
     let mut out = outpost_api::metrics::Exposition::default();
     let online = hosts.iter().filter(|h| h.online).count();

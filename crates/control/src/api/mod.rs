@@ -76,7 +76,7 @@ impl AppState {
         {
             return Ok(objects);
         }
-        let snapshot = Snapshot::take(self.store.as_ref(), &self.fleet).await?;
+        let snapshot = Snapshot::take(self.store.as_ref(), &self.fleet.presence).await?;
         let sites = if objects.iter().any(|o| o.kind == Kind::Deployment) {
             self.store.list(Kind::Site).await?
         } else {

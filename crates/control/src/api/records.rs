@@ -101,11 +101,11 @@ pub(super) async fn live_logs(
         .map_or(0, |at| at.unix_timestamp());
     let mut asked = Vec::new();
     for host in state.store.site_hosts(site).await? {
-        let Some(sender) = state.fleet.live_logs(site, &host.name) else {
+        let Some(sender) = state.fleet.presence.live_logs(site, &host.name) else {
             continue;
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = crate::fleet::LiveLogs {
+        let request = crate::presence::LiveLogs {
             application: query.application.clone().unwrap_or_default(),
             service: query.service.clone().unwrap_or_default(),
             since_unix,

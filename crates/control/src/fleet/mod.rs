@@ -1,0 +1,336 @@
+//! The fleet: what each site should run.
+//!
+//! `recompute` compiles sites × deployments × application versions into one
+//! `SiteState` per site (see `outpost_api::workload`), stores the states
+//! that changed with the next revision, and wakes the sessions of those
+//! sites. It runs after an apply or delete (only for the sites concerned
+//! when only sites changed) and whenever a host enrolls or its facts
+//! change. `rollouts` starts and steps rollouts; who is connected is
+//! `crate::presence`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
+use outpost_api::rollout::RolloutState;
+use outpost_api::workload::{SiteState, assign_hosts, compile_site};
+use tokio::sync::watch;
+
+use crate::presence::Presence;
+use crate::store::{Storage, StoreError};
+
+mod rollouts;
+
+use rollouts::RolloutCache;
+
+/// Past this many changed sites, an apply recomputes every site at once.
+const MAX_SITES_ONE_BY_ONE: usize = 32;
+
+/// Everything what sites run is compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub sites: Vec<Site>,
+    pub deployments: Vec<Deployment>,
+    /// Per application: its current version and every kept version's spec.
+    pub versions: HashMap<String, (String, HashMap<String, ApplicationSpec>)>,
+    /// Per site: its hosts and what host selectors see of each.
+    pub hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    /// Per deployment: its rollout, which says which version each site runs.
+    pub rollouts: Arc<BTreeMap<String, RolloutState>>,
+}
+
+impl Inputs {
+    /// The version a deployment is headed for: its pinned one, or its
+    /// application's current one.
+    fn target(&self, deployment: &Deployment) -> Option<String> {
+        deployment.spec.version.clone().or_else(|| {
+            self.versions
+                .get(deployment.spec.application.as_str())
+                .map(|(current, _)| current.clone())
+        })
+    }
+
+    /// Whether every deployment's rollout is headed for its target, so that
+    /// a change to some sites can only make them join a rollout, never start
+    /// one (which needs every site).
+    fn rollouts_on_target(&self) -> bool {
+        self.deployments.iter().all(|deployment| {
+            self.target(deployment).is_none_or(|target| {
+                self.rollouts
+                    .get(deployment.metadata.name.as_str())
+                    .is_some_and(|rollout| rollout.to == target)
+            })
+        })
+    }
+
+    /// What every site runs.
+    pub fn compile(&self) -> BTreeMap<String, SiteState> {
+        let lookup = |application: &str, version: Option<&str>| {
+            let (current, specs) = self.versions.get(application)?;
+            specs.get(version.unwrap_or(current)).cloned()
+        };
+        let no_hosts = BTreeMap::new();
+        // What each rollout assigns, worked out once per deployment for many
+        // sites (one site asks its rollouts directly): compiling N sites
+        // stays O(N log N).
+        let assigned: HashMap<&str, BTreeMap<String, Option<String>>> = if self.sites.len() > 1 {
+            self.rollouts
+                .iter()
+                .map(|(name, rollout)| (name.as_str(), rollout.assigned()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let assigned_to = |deployment: &str, site: &str| match assigned.get(deployment) {
+            Some(sites) => sites.get(site).cloned(),
+            None => self.rollouts.get(deployment)?.assigned_to(site),
+        };
+        self.sites
+            .iter()
+            .map(|site| {
+                let name = site.metadata.name.to_string();
+                // Each deployment at the version its rollout gives this site.
+                let deployments: Vec<Deployment> = self
+                    .deployments
+                    .iter()
+                    .filter_map(|d| match assigned_to(d.metadata.name.as_str(), &name) {
+                        Some(Some(version)) => {
+                            let mut d = d.clone();
+                            d.spec.version = Some(version);
+                            Some(d)
+                        }
+                        Some(None) => None,
+                        None => Some(d.clone()),
+                    })
+                    .collect();
+                let mut state = compile_site(site, &deployments, lookup);
+                assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
+                (name, state)
+            })
+            .collect()
+    }
+}
+
+pub struct Fleet {
+    store: Arc<dyn Storage>,
+    revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// Which hosts are connected.
+    pub presence: Arc<Presence>,
+    /// Held by everything that writes rollouts or site states.
+    recompute: tokio::sync::Mutex<()>,
+    /// The stored rollouts, parsed: a rollout names every site it covers,
+    /// and enrolling a host must not parse that each time.
+    rollouts: Mutex<RolloutCache>,
+}
+
+impl Fleet {
+    pub fn new(store: Arc<dyn Storage>) -> Arc<Fleet> {
+        Arc::new(Fleet {
+            store,
+            revisions: Mutex::new(HashMap::new()),
+            presence: Arc::new(Presence::default()),
+            recompute: tokio::sync::Mutex::new(()),
+            rollouts: Mutex::new(RolloutCache::default()),
+        })
+    }
+
+    /// A receiver that changes whenever the site's revision does.
+    pub fn subscribe(&self, site: &str) -> watch::Receiver<i64> {
+        let mut revisions = self.revisions.lock();
+        revisions
+            .entry(site.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Reads everything what sites run is compiled from; with `only`, for
+    /// that one site.
+    pub async fn inputs(&self, only: Option<&str>) -> Result<Inputs, StoreError> {
+        let typed = |kind| async move {
+            let objects = self.store.list(kind).await?;
+            objects
+                .iter()
+                .map(|o| o.manifest().map_err(StoreError::from))
+                .collect::<Result<Vec<Manifest>, StoreError>>()
+        };
+        let sites = match only {
+            None => typed(Kind::Site).await?,
+            Some(site) => match self.store.get(Kind::Site, site).await? {
+                Some(object) => vec![object.manifest()?],
+                None => Vec::new(),
+            },
+        };
+        let sites: Vec<Site> = sites.into_iter().filter_map(Manifest::into_site).collect();
+        let deployments: Vec<Deployment> = typed(Kind::Deployment)
+            .await?
+            .into_iter()
+            .filter_map(Manifest::into_deployment)
+            .collect();
+        let mut versions = HashMap::new();
+        for name in deployments
+            .iter()
+            .map(|d| d.spec.application.to_string())
+            .collect::<HashSet<_>>()
+        {
+            let history = match self.store.application_history(&name).await {
+                Ok(history) => history,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let current = history
+                .iter()
+                .find(|v| v.current)
+                .map(|v| v.version.clone())
+                .unwrap_or_default();
+            let specs = history
+                .into_iter()
+                .filter_map(|v| serde_json::from_value(v.spec).ok().map(|spec| (v.version, spec)))
+                .collect();
+            versions.insert(name, (current, specs));
+        }
+        let mut hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>> = HashMap::new();
+        let records = match only {
+            None => self.store.hosts().await?,
+            Some(site) => self.store.site_hosts(site).await?,
+        };
+        // A host that has never said hello has no facts: nothing is known
+        // of its room or devices, and it may never connect. It gets no
+        // placements until it does (its hello recomputes the site).
+        for host in records.into_iter().filter(|host| !host.facts.is_empty()) {
+            let labels = host.selector_labels();
+            hosts.entry(host.site).or_default().insert(host.name, labels);
+        }
+        Ok(Inputs {
+            sites,
+            deployments,
+            versions,
+            hosts,
+            rollouts: self.rollouts().await?,
+        })
+    }
+
+    /// Compiles and stores every site's desired state; wakes changed sites.
+    pub async fn recompute(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.recompute.lock().await;
+        self.recompute_locked().await
+    }
+
+    /// Compiles and stores one site's desired state, after something that
+    /// concerns only that site (a host enrolled, its facts or labels
+    /// changed): no rollout starts, no other site is read. This is what keeps
+    /// enrolling thousands of hosts linear.
+    pub async fn recompute_site(&self, site: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.recompute.lock().await;
+        self.recompute_site_locked(site, false).await
+    }
+
+    /// Recomputes after an apply, delete or label change of these objects.
+    /// When only sites changed (labels, variables, a site added or
+    /// deleted), every deployment and application is as it was: only those
+    /// sites can run something else, and only they can join a rollout. So
+    /// only they are compiled, and the work grows with the change, not with
+    /// the fleet. Any other change recomputes every site.
+    pub async fn recompute_changed(&self, changed: &[(Kind, &str)]) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        // Many sites at once (a batch that adds a thousand) compile faster
+        // together than one by one.
+        if changed.len() > MAX_SITES_ONE_BY_ONE || !changed.iter().all(|(kind, _)| *kind == Kind::Site) {
+            return self.recompute().await;
+        }
+        let _one_at_a_time = self.recompute.lock().await;
+        for (_, site) in changed {
+            self.recompute_site_locked(site, true).await?;
+        }
+        Ok(())
+    }
+
+    /// One site's desired state, for a caller that holds the lock; with
+    /// `rollouts`, the site may join (or leave) a deployment's rollout.
+    async fn recompute_site_locked(&self, site: &str, rollouts: bool) -> Result<(), StoreError> {
+        let mut inputs = self.inputs(Some(site)).await?;
+        if rollouts {
+            if !inputs.rollouts_on_target() {
+                return self.recompute_locked().await;
+            }
+            self.start_rollouts(&mut inputs).await?;
+        }
+        let mut states = inputs.compile();
+        // A deleted site runs nothing; its hosts are told so.
+        if states.is_empty() && self.store.site_state(site).await?.is_some() {
+            states.insert(site.to_string(), SiteState::default());
+        }
+        self.store_states(&states).await
+    }
+
+    /// `recompute`, for a caller that holds the lock.
+    async fn recompute_locked(&self) -> Result<(), StoreError> {
+        let mut inputs = self.inputs(None).await?;
+        self.start_rollouts(&mut inputs).await?;
+        let mut states = inputs.compile();
+        // A deleted site runs nothing; its hosts are told so.
+        for site in self.store.site_states().await?.into_keys() {
+            states.entry(site).or_insert_with(SiteState::default);
+        }
+        self.store_states(&states).await
+    }
+
+    /// Stores the states that changed and wakes their sessions.
+    async fn store_states(&self, states: &BTreeMap<String, SiteState>) -> Result<(), StoreError> {
+        // Placement failures that are new become events. Few sites have any,
+        // so only theirs are read back.
+        let mut new_failures = Vec::new();
+        for (site, state) in states.iter().filter(|(_, s)| !s.failures.is_empty()) {
+            let before = self
+                .store
+                .site_state(site)
+                .await?
+                .map(|(_, s)| s.failures)
+                .unwrap_or_default();
+            new_failures.extend(
+                state
+                    .failures
+                    .iter()
+                    .filter(|f| !before.contains(f))
+                    .map(|f| (site.clone(), f.clone())),
+            );
+        }
+        let changed = self.store.save_site_states(states).await?;
+        for (site, failure) in new_failures {
+            let event = outpost_api::telemetry::Event {
+                at: outpost_api::telemetry::now(),
+                kind: outpost_api::telemetry::EventKind::PlacementFailed,
+                application: failure.application,
+                service: String::new(),
+                instance: String::new(),
+                message: format!("deployment {}: {}", failure.deployment, failure.reason),
+                exit_code: None,
+            };
+            if let Err(err) = self.store.record_event(&site, &event).await {
+                tracing::warn!(%site, %err, "recording a placement failure");
+            }
+        }
+        let revisions = self.revisions.lock();
+        for (site, revision) in changed {
+            tracing::info!(%site, revision, "site desired state changed");
+            if let Some(sender) = revisions.get(&site) {
+                sender.send_replace(revision);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The engine's clock: milliseconds since the Unix epoch, so stored
+/// rollouts keep their timing across restarts.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;
