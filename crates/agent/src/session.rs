@@ -8,31 +8,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outpost_api::workload::{SiteState, Workload};
+use outpost_api::workload::SiteState;
+use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
-    Ack, AgentMessage, Batch, Heartbeat, Hello, HostFacts, InstanceStatus, LogReply, LogRequest,
-    SiteManifest, StatusReport, SyncRequest, agent_message, control_message,
+    Ack, AgentMessage, Heartbeat, Hello, HostFacts, InstanceStatus, LogReply, LogRequest, SiteManifest,
+    StatusReport, SyncRequest, agent_message, control_message,
 };
 use rand::Rng;
 use rustls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::outbox::{Outbox, Pending};
+use crate::outbox::Outbox;
 use crate::store::DesiredStore;
 use crate::tls;
 
-/// Idle traffic is what a metered link pays for: a heartbeat every two
-/// minutes keeps an idle site near 2 MB a month (BENCHMARKS.md).
-const HEARTBEAT: Duration = Duration::from_secs(120);
 /// How often the uplink's byte counts are logged.
 const UPLINK_REPORT: Duration = Duration::from_secs(600);
 /// How often the host is looked at again (a camera plugged in, memory added).
 const REDISCOVER: Duration = Duration::from_secs(60);
 /// Without a word from the control plane for this long (three missed
 /// heartbeats), the session is dead.
-const SILENCE: Duration = Duration::from_secs(360);
+const SILENCE: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// The most records, and bytes of them before compression, in one batch.
@@ -80,36 +78,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Applies a manifest message to the state the agent holds.
-pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Result<SiteState> {
-    let decode = |bytes: &Vec<u8>| {
-        serde_json::from_slice::<Workload>(bytes).context("a workload in the manifest is not readable")
-    };
-    let mut workloads: BTreeMap<String, Workload> = if manifest.full {
-        BTreeMap::new()
-    } else {
-        if manifest.base_revision != current.0 {
-            anyhow::bail!(
-                "the update is based on revision {}, this agent holds {}",
-                manifest.base_revision,
-                current.0
-            );
-        }
-        current.1.workloads.iter().map(|w| (w.key(), w.clone())).collect()
-    };
-    for bytes in &manifest.workloads {
-        let workload = decode(bytes)?;
-        workloads.insert(workload.key(), workload);
-    }
-    for key in &manifest.removed {
-        workloads.remove(key);
-    }
-    Ok(SiteState {
-        workloads: workloads.into_values().collect(),
-        failures: Vec::new(),
-    })
 }
 
 impl Session {
@@ -206,7 +174,7 @@ impl Session {
                 }),
                 batch: pending
                     .as_ref()
-                    .map(|p| compress(p, self.outbox.dropped()))
+                    .map(|p| codec::encode_batch(p.first_seq, &p.records, self.outbox.dropped()))
                     .transpose()?,
                 interval_seconds: interval.as_secs().min(u32::MAX as u64) as u32,
             };
@@ -337,18 +305,7 @@ impl Session {
             request.tail as usize,
         )
         .await;
-        match chunks.and_then(|chunks| Ok(serde_json::to_vec(&chunks)?)) {
-            Ok(chunks) => LogReply {
-                id: request.id,
-                chunks,
-                error: String::new(),
-            },
-            Err(err) => LogReply {
-                id: request.id,
-                chunks: Vec::new(),
-                error: format!("{err:#}"),
-            },
-        }
+        codec::encode_log_reply(request.id, chunks.map_err(|err| format!("{err:#}")))
     }
 
     /// Sends the oldest queued records after `after`, if any; returns the
@@ -358,7 +315,7 @@ impl Session {
             return Ok(None);
         };
         let last = pending.last_seq();
-        let batch = compress(&pending, self.outbox.dropped())?;
+        let batch = codec::encode_batch(pending.first_seq, &pending.records, self.outbox.dropped())?;
         tracing::debug!(
             first = batch.first_seq,
             count = batch.count,
@@ -376,7 +333,7 @@ impl Session {
     /// Applies, persists, then hands over a manifest; returns its revision.
     async fn receive(&mut self, manifest: &SiteManifest) -> Result<u64> {
         let (revision, state) = self.desired.borrow().clone();
-        let next = apply_manifest((revision, &state), manifest)?;
+        let next = codec::apply_manifest((revision, &state), manifest)?;
         // Persist first: what is acknowledged survives a reboot.
         self.store.save_desired(manifest.revision, &next).await?;
         tracing::info!(
@@ -386,92 +343,5 @@ impl Session {
         );
         self.desired.send_replace((manifest.revision, next));
         Ok(manifest.revision)
-    }
-}
-
-/// A batch of queued records: their JSON array, deflated.
-pub fn compress(pending: &Pending, dropped: u64) -> Result<Batch> {
-    use std::io::Write;
-    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(b"[")?;
-    for (i, record) in pending.records.iter().enumerate() {
-        if i > 0 {
-            encoder.write_all(b",")?;
-        }
-        encoder.write_all(record.as_bytes())?;
-    }
-    encoder.write_all(b"]")?;
-    Ok(Batch {
-        first_seq: pending.first_seq,
-        count: pending.records.len() as u32,
-        records: encoder.finish()?,
-        dropped,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workload(service: &str, version: &str) -> Workload {
-        serde_json::from_value(serde_json::json!({
-            "application": "a", "version": version, "deployment": "d", "service": service,
-            "replicas": 1, "perHost": false, "containers": [], "instances": []
-        }))
-        .unwrap()
-    }
-
-    fn encode(w: &Workload) -> Vec<u8> {
-        serde_json::to_vec(w).unwrap()
-    }
-
-    #[test]
-    fn full_then_deltas() {
-        let full = SiteManifest {
-            revision: 3,
-            full: true,
-            workloads: vec![encode(&workload("web", "1")), encode(&workload("db", "1"))],
-            ..Default::default()
-        };
-        let state = apply_manifest((0, &SiteState::default()), &full).unwrap();
-        assert_eq!(state.workloads.len(), 2);
-
-        let delta = SiteManifest {
-            revision: 4,
-            base_revision: 3,
-            full: false,
-            workloads: vec![encode(&workload("web", "2"))],
-            removed: vec!["a/db".to_string()],
-        };
-        let state = apply_manifest((3, &state), &delta).unwrap();
-        assert_eq!(state.workloads, vec![workload("web", "2")]);
-
-        let stale = SiteManifest {
-            base_revision: 9,
-            ..delta
-        };
-        let err = apply_manifest((4, &state), &stale).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "the update is based on revision 9, this agent holds 4"
-        );
-    }
-
-    proptest::proptest! {
-        /// Issue 11: a manifest from the wire with arbitrary workload bytes is
-        /// applied or refused, and a refusal leaves the held state untouched.
-        #[test]
-        fn any_manifest_is_applied_or_refused(
-            workloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0..4),
-            removed in proptest::collection::vec("[a-z/]{0,8}", 0..3),
-            full in proptest::prelude::any::<bool>(),
-            base in 0u64..3,
-        ) {
-            let held = SiteState { workloads: vec![workload("web", "1")], failures: Vec::new() };
-            let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed };
-            let before = held.clone();
-            let _ = apply_manifest((1, &held), &manifest);
-            proptest::prop_assert_eq!(held, before);
-        }
     }
 }

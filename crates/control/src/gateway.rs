@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use outpost_api::workload::SiteState;
+use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello, LogReply,
-    LogRequest, SiteManifest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello,
+    LogRequest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,51 +31,12 @@ use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::store::{InstanceRecord, Storage, StoreError};
 
-/// How often each side says it is alive: rarely, since idle traffic is what
-/// a metered link pays for (see BENCHMARKS.md).
-pub const HEARTBEAT: Duration = Duration::from_secs(120);
-/// How often HTTP/2 pings probe a quiet connection.
-pub const KEEPALIVE: Duration = Duration::from_secs(300);
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Heartbeats per second the control plane is sized for: past
 /// `MAX_HEARTBEAT_RATE × 3 × HEARTBEAT` hosts, the offline grace grows
 /// with the fleet, as Nomad spreads its heartbeat TTLs.
 const MAX_HEARTBEAT_RATE: f64 = 50.0;
-/// The most a batch may inflate to: a bound against compression bombs,
-/// well above what an agent sends (512 KiB before compression).
-const MAX_BATCH_INFLATED: u64 = 8 << 20;
-
-/// The records of a batch, or why it cannot be read.
-pub fn decompress(batch: &Batch) -> Result<Vec<outpost_api::telemetry::Record>, String> {
-    use std::io::Read;
-    let mut json = Vec::new();
-    flate2::read::DeflateDecoder::new(batch.records.as_slice())
-        .take(MAX_BATCH_INFLATED + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| format!("batch {} is not deflate data: {e}", batch.first_seq))?;
-    if json.len() as u64 > MAX_BATCH_INFLATED {
-        return Err(format!(
-            "batch {} inflates past {MAX_BATCH_INFLATED} bytes",
-            batch.first_seq
-        ));
-    }
-    let records: Vec<outpost_api::telemetry::Record> = serde_json::from_slice(&json)
-        .map_err(|e| format!("batch {} holds an unreadable record: {e}", batch.first_seq))?;
-    if records.len() != batch.count as usize {
-        return Err(format!(
-            "batch {} says {} records and holds {}",
-            batch.first_seq,
-            batch.count,
-            records.len()
-        ));
-    }
-    if batch.first_seq == 0 {
-        return Err("batch sequence numbers start at 1".to_string());
-    }
-    Ok(records)
-}
-
 /// How long a session may stay silent before its host counts as offline:
 /// three missed heartbeats, or more in a fleet so large that the control
 /// plane could fall behind, plus up to 10% jitter so that hosts cut off
@@ -229,17 +191,9 @@ impl AgentGateway for Gateway {
             .presence
             .polled(&site, &host, interval * 2 + HEARTBEAT * 3);
         let manifest = match self.store.site_state(&site).await.map_err(internal)? {
-            Some((revision, state)) if revision as u64 != hello.applied_revision => Some(SiteManifest {
-                revision: revision as u64,
-                base_revision: 0,
-                full: true,
-                workloads: state
-                    .workloads
-                    .iter()
-                    .map(|w| serde_json::to_vec(w).unwrap_or_default())
-                    .collect(),
-                removed: Vec::new(),
-            }),
+            Some((revision, state)) if revision as u64 != hello.applied_revision => {
+                Some(codec::full_manifest(revision as u64, &state).map_err(internal)?)
+            }
             _ => None,
         };
         tracing::debug!(%site, %host, revision = hello.applied_revision, sends = manifest.is_some(), "agent polled");
@@ -298,12 +252,15 @@ struct Session {
     _live: mpsc::Sender<()>,
 }
 
-/// The chunks of a log reply, or why the agent could not read them.
-fn log_reply(reply: &LogReply) -> Result<Vec<outpost_api::telemetry::LogChunk>, String> {
-    if !reply.error.is_empty() {
-        return Err(reply.error.clone());
+/// An error and its sources, as one line: `batch 3 holds an unreadable record: expected value at line 1`.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-    serde_json::from_slice(&reply.chunks).map_err(|e| format!("the agent's log reply is unreadable: {e}"))
+    text
 }
 
 fn check_protocol(hello: &Hello) -> Result<(), Status> {
@@ -393,7 +350,8 @@ async fn record_status(
 
 /// Stores a batch's new records; returns the sequence number to acknowledge.
 async fn store_batch(store: &dyn Storage, site: &str, host: &str, batch: &Batch) -> Result<u64, Status> {
-    let records = decompress(batch).map_err(|why| {
+    let records = codec::decode_batch(batch).map_err(|err| {
+        let why = chain(&err);
         tracing::warn!(%site, %host, %why, "refused a batch from an agent");
         Status::invalid_argument(why)
     })?;
@@ -511,7 +469,7 @@ impl Session {
                     };
                     if let Some(agent_message::Body::LogReply(reply)) = &message.body {
                         if let Some(request) = pending.remove(&reply.id) {
-                            let _ = request.reply.send(log_reply(reply));
+                            let _ = request.reply.send(codec::decode_log_reply(reply));
                         }
                         continue;
                     }
@@ -644,37 +602,11 @@ impl Session {
         if sent.as_ref().is_some_and(|(r, _)| *r == revision) {
             return Ok(());
         }
-        let encode = |w: &outpost_api::workload::Workload| serde_json::to_vec(w).unwrap_or_default();
         let manifest = match sent.as_ref() {
-            Some((base, previous)) => {
-                let before: BTreeMap<String, &outpost_api::workload::Workload> =
-                    previous.workloads.iter().map(|w| (w.key(), w)).collect();
-                let after: BTreeMap<String, &outpost_api::workload::Workload> =
-                    state.workloads.iter().map(|w| (w.key(), w)).collect();
-                SiteManifest {
-                    revision: revision as u64,
-                    base_revision: *base as u64,
-                    full: false,
-                    workloads: after
-                        .iter()
-                        .filter(|(key, w)| before.get(*key) != Some(*w))
-                        .map(|(_, w)| encode(w))
-                        .collect(),
-                    removed: before
-                        .keys()
-                        .filter(|key| !after.contains_key(*key))
-                        .cloned()
-                        .collect(),
-                }
-            }
-            None => SiteManifest {
-                revision: revision as u64,
-                base_revision: 0,
-                full: true,
-                workloads: state.workloads.iter().map(encode).collect(),
-                removed: Vec::new(),
-            },
-        };
+            Some((base, previous)) => codec::delta_manifest(*base as u64, previous, revision as u64, &state),
+            None => codec::full_manifest(revision as u64, &state),
+        }
+        .map_err(|e| format!("encoding the site's state: {e}"))?;
         tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
         self.send(control_message::Body::Manifest(manifest)).await?;
         *sent = Some((revision, state));
@@ -696,36 +628,5 @@ mod tests {
         // Jitter adds at most 10%.
         assert_eq!(offline_grace(1, 1.0), HEARTBEAT * 3 + HEARTBEAT * 3 / 10);
         assert_eq!(offline_grace(1, 7.0), offline_grace(1, 1.0));
-    }
-
-    fn deflate(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
-
-    proptest::proptest! {
-        /// Issue 11: a batch from the wire, deflated or not, JSON or not,
-        /// decodes to records or to an error naming the batch.
-        #[test]
-        fn any_batch_decodes_or_is_refused_by_number(
-            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
-            json in "\\[(\\{\"[a-z]{1,5}\":(1|\"x\"|null|\\[\\]|\\{\\})\\},?){0,8}\\]",
-            deflated in proptest::prelude::any::<bool>(),
-            first_seq in 0u64..5,
-            count in 0u32..10,
-        ) {
-            let records = if deflated { deflate(json.as_bytes()) } else { raw };
-            let batch = Batch { first_seq, count, records, dropped: 0 };
-            if let Err(why) = decompress(&batch) {
-                proptest::prop_assert!(why.contains(&format!("batch {first_seq}")) || why.contains("start at 1"), "{why}");
-            }
-        }
-
-        #[test]
-        fn any_log_reply_decodes_or_is_refused(chunks in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            let _ = log_reply(&LogReply { id: 1, chunks, error: String::new() });
-        }
     }
 }

@@ -258,7 +258,7 @@ async fn serve_agents(
     // list); client certificates are optional there so that a new host can
     // call Enroll, and every other call checks the certificate itself.
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(gateway::KEEPALIVE))
+        .http2_keepalive_interval(Some(outpost_proto::codec::KEEPALIVE))
         .add_service(outpost_proto::v1::agent_gateway_server::AgentGatewayServer::new(
             gateway,
         ))

@@ -1,9 +1,11 @@
 //! The agent protocol, generated from `proto/outpost/agent/v1/agent.proto`.
 //!
 //! **Architecture Invariant:** only this crate knows the protobuf wire
-//! format; the payloads it carries are `outpost_api` types as JSON. It
-//! also holds the byte counting both ends do at the socket.
+//! format; the payloads it carries are `outpost_api` types as JSON,
+//! encoded and decoded by `codec` for both ends. It also holds the byte
+//! counting both ends do at the socket.
 
+pub mod codec;
 pub mod traffic;
 
 /// The protocol version an agent states in its hello.

@@ -1,0 +1,212 @@
+//! What the protocol's messages carry, encoded and decoded in one place so
+//! that the agent and the gateway cannot drift apart: site manifests (full,
+//! or the delta from a base revision), batches of queued records (a
+//! deflated JSON array), log replies, and the timing both ends share.
+//! An encoding that fails is an error, never empty bytes.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use outpost_api::telemetry::{LogChunk, Record};
+use outpost_api::workload::{SiteState, Workload};
+
+use crate::v1::{Batch, LogReply, SiteManifest};
+
+/// How often each side says it is alive: rarely, since idle traffic is what
+/// a metered link pays for (see BENCHMARKS.md).
+pub const HEARTBEAT: Duration = Duration::from_secs(120);
+/// How often HTTP/2 pings probe a quiet connection.
+pub const KEEPALIVE: Duration = Duration::from_secs(300);
+/// The most a batch may inflate to: a bound against compression bombs,
+/// well above what an agent sends (512 KiB before compression).
+pub const MAX_BATCH_INFLATED: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encoding {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a workload in the manifest is not readable")]
+    Workload(#[source] serde_json::Error),
+    #[error("the update is based on revision {base}, this agent holds {held}")]
+    WrongBase { base: u64, held: u64 },
+    #[error("batch {first_seq} is not deflate data")]
+    NotDeflate {
+        first_seq: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("batch {first_seq} inflates past {MAX_BATCH_INFLATED} bytes")]
+    TooLarge { first_seq: u64 },
+    #[error("batch {first_seq} holds an unreadable record")]
+    Record {
+        first_seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("batch {first_seq} says {said} records and holds {held}")]
+    Count { first_seq: u64, said: u32, held: usize },
+    #[error("batch sequence numbers start at 1")]
+    ZeroSequence,
+}
+
+fn encode_workload(workload: &Workload) -> Result<Vec<u8>, CodecError> {
+    serde_json::to_vec(workload).map_err(|err| CodecError::Encode {
+        what: "a workload",
+        source: err.into(),
+    })
+}
+
+/// The whole state of a site at `revision`.
+pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, CodecError> {
+    Ok(SiteManifest {
+        revision,
+        base_revision: 0,
+        full: true,
+        workloads: state
+            .workloads
+            .iter()
+            .map(encode_workload)
+            .collect::<Result<_, _>>()?,
+        removed: Vec::new(),
+    })
+}
+
+/// What changed from `base` (`previous`) to `revision` (`state`): the
+/// workloads that are new or differ, and the keys of those removed.
+pub fn delta_manifest(
+    base: u64,
+    previous: &SiteState,
+    revision: u64,
+    state: &SiteState,
+) -> Result<SiteManifest, CodecError> {
+    let before: BTreeMap<String, &Workload> = previous.workloads.iter().map(|w| (w.key(), w)).collect();
+    let after: BTreeMap<String, &Workload> = state.workloads.iter().map(|w| (w.key(), w)).collect();
+    Ok(SiteManifest {
+        revision,
+        base_revision: base,
+        full: false,
+        workloads: after
+            .iter()
+            .filter(|(key, w)| before.get(*key) != Some(*w))
+            .map(|(_, w)| encode_workload(w))
+            .collect::<Result<_, _>>()?,
+        removed: before
+            .keys()
+            .filter(|key| !after.contains_key(*key))
+            .cloned()
+            .collect(),
+    })
+}
+
+/// The state a manifest makes of the one held at `current`; a delta must be
+/// based on exactly that revision. What is held is never changed.
+pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Result<SiteState, CodecError> {
+    let mut workloads: BTreeMap<String, Workload> = if manifest.full {
+        BTreeMap::new()
+    } else {
+        if manifest.base_revision != current.0 {
+            return Err(CodecError::WrongBase {
+                base: manifest.base_revision,
+                held: current.0,
+            });
+        }
+        current.1.workloads.iter().map(|w| (w.key(), w.clone())).collect()
+    };
+    for bytes in &manifest.workloads {
+        let workload: Workload = serde_json::from_slice(bytes).map_err(CodecError::Workload)?;
+        workloads.insert(workload.key(), workload);
+    }
+    for key in &manifest.removed {
+        workloads.remove(key);
+    }
+    Ok(SiteState {
+        workloads: workloads.into_values().collect(),
+        failures: Vec::new(),
+    })
+}
+
+/// A batch of queued records, each already JSON, numbered from `first_seq`.
+pub fn encode_batch(first_seq: u64, records: &[String], dropped: u64) -> Result<Batch, CodecError> {
+    let deflate = || -> std::io::Result<Vec<u8>> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(b"[")?;
+        for (i, record) in records.iter().enumerate() {
+            if i > 0 {
+                encoder.write_all(b",")?;
+            }
+            encoder.write_all(record.as_bytes())?;
+        }
+        encoder.write_all(b"]")?;
+        encoder.finish()
+    };
+    Ok(Batch {
+        first_seq,
+        count: records.len() as u32,
+        records: deflate().map_err(|source| CodecError::Encode {
+            what: "a batch",
+            source,
+        })?,
+        dropped,
+    })
+}
+
+/// The records of a batch, or why it cannot be read.
+pub fn decode_batch(batch: &Batch) -> Result<Vec<Record>, CodecError> {
+    let first_seq = batch.first_seq;
+    if first_seq == 0 {
+        return Err(CodecError::ZeroSequence);
+    }
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(batch.records.as_slice())
+        .take(MAX_BATCH_INFLATED + 1)
+        .read_to_end(&mut json)
+        .map_err(|source| CodecError::NotDeflate { first_seq, source })?;
+    if json.len() as u64 > MAX_BATCH_INFLATED {
+        return Err(CodecError::TooLarge { first_seq });
+    }
+    let records: Vec<Record> =
+        serde_json::from_slice(&json).map_err(|source| CodecError::Record { first_seq, source })?;
+    if records.len() != batch.count as usize {
+        return Err(CodecError::Count {
+            first_seq,
+            said: batch.count,
+            held: records.len(),
+        });
+    }
+    Ok(records)
+}
+
+/// The answer to log request `id`: the chunks, or why they could not be read.
+pub fn encode_log_reply(id: u64, chunks: Result<Vec<LogChunk>, String>) -> LogReply {
+    let encoded = chunks.and_then(|chunks| {
+        serde_json::to_vec(&chunks).map_err(|err| format!("encoding the log reply: {err}"))
+    });
+    match encoded {
+        Ok(chunks) => LogReply {
+            id,
+            chunks,
+            error: String::new(),
+        },
+        Err(error) => LogReply {
+            id,
+            chunks: Vec::new(),
+            error,
+        },
+    }
+}
+
+/// The chunks of a log reply, or the agent's own reason it has none.
+pub fn decode_log_reply(reply: &LogReply) -> Result<Vec<LogChunk>, String> {
+    if !reply.error.is_empty() {
+        return Err(reply.error.clone());
+    }
+    serde_json::from_slice(&reply.chunks).map_err(|err| format!("the agent's log reply is unreadable: {err}"))
+}
+
+#[cfg(test)]
+mod tests;
