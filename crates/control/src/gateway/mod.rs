@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use outpost_api::workload::SiteState;
 use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Heartbeat, Hello,
-    LogRequest, StatusReport, SyncRequest, SyncResponse, agent_message, control_message,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, StatusReport,
+    SyncRequest, SyncResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,21 +30,10 @@ use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::store::{InstanceRecord, Storage, StoreError};
 
-/// How long a new session may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Heartbeats per second the control plane is sized for: past
-/// `MAX_HEARTBEAT_RATE × 3 × HEARTBEAT` hosts, the offline grace grows
-/// with the fleet, as Nomad spreads its heartbeat TTLs.
-const MAX_HEARTBEAT_RATE: f64 = 50.0;
-/// How long a session may stay silent before its host counts as offline:
-/// three missed heartbeats, or more in a fleet so large that the control
-/// plane could fall behind, plus up to 10% jitter so that hosts cut off
-/// together are not all declared offline in the same instant. Offline is
-/// only shown; nothing is torn down.
-pub fn offline_grace(hosts: usize, jitter: f64) -> Duration {
-    let base = (HEARTBEAT * 3).max(Duration::from_secs_f64(hosts as f64 / MAX_HEARTBEAT_RATE));
-    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) * 0.1)
-}
+mod session;
+
+use session::Session;
+pub use session::offline_grace;
 
 pub struct Gateway {
     pub store: Arc<dyn Storage>,
@@ -234,26 +222,8 @@ impl AgentGateway for Gateway {
     }
 }
 
-struct Session {
-    /// The bytes of this session's connection, and how many of them are
-    /// already added to the host's totals (received, sent).
-    traffic: Arc<Traffic>,
-    booked: parking_lot::Mutex<(u64, u64)>,
-    store: Arc<dyn Storage>,
-    fleet: Arc<Fleet>,
-    site: String,
-    host: String,
-    /// The serial of the certificate it came with; the session ends when
-    /// that is revoked.
-    serial: String,
-    revocations: Arc<Revocations>,
-    sender: mpsc::Sender<Result<ControlMessage, Status>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    _live: mpsc::Sender<()>,
-}
-
 /// An error and its sources, as one line: `batch 3 holds an unreadable record: expected value at line 1`.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -263,7 +233,7 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-fn check_protocol(hello: &Hello) -> Result<(), Status> {
+pub(crate) fn check_protocol(hello: &Hello) -> Result<(), Status> {
     if hello.protocol_version == outpost_proto::PROTOCOL_VERSION {
         return Ok(());
     }
@@ -275,7 +245,7 @@ fn check_protocol(hello: &Hello) -> Result<(), Status> {
 }
 
 /// Records what a hello says (facts, agent version, applied revision).
-async fn record_hello(
+pub(crate) async fn record_hello(
     store: &dyn Storage,
     fleet: &Fleet,
     site: &str,
@@ -300,7 +270,7 @@ async fn record_hello(
 }
 
 /// Stores a host's facts; recomputes its site if they changed.
-async fn record_facts(
+pub(crate) async fn record_facts(
     store: &dyn Storage,
     fleet: &Fleet,
     site: &str,
@@ -319,7 +289,7 @@ async fn record_facts(
     Ok(())
 }
 
-async fn record_status(
+pub(crate) async fn record_status(
     store: &dyn Storage,
     site: &str,
     host: &str,
@@ -349,7 +319,12 @@ async fn record_status(
 }
 
 /// Stores a batch's new records; returns the sequence number to acknowledge.
-async fn store_batch(store: &dyn Storage, site: &str, host: &str, batch: &Batch) -> Result<u64, Status> {
+pub(crate) async fn store_batch(
+    store: &dyn Storage,
+    site: &str,
+    host: &str,
+    batch: &Batch,
+) -> Result<u64, Status> {
     let records = codec::decode_batch(batch).map_err(|err| {
         let why = chain(&err);
         tracing::warn!(%site, %host, %why, "refused a batch from an agent");
@@ -382,251 +357,4 @@ fn book_when_closed(store: Arc<dyn Storage>, site: &str, host: &str, traffic: Ar
             tracing::warn!(%err, "recording the traffic of a host");
         }
     });
-}
-
-/// Resolves when the control plane starts to stop.
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Session {
-    async fn run(self, mut incoming: Streaming<AgentMessage>) {
-        let (site, host) = (self.site.clone(), self.host.clone());
-        if let Err(err) = self.serve(&mut incoming).await {
-            tracing::info!(%site, %host, %err, "session ended");
-        }
-        if let Err(err) = self.store.record_seen(&site, &host, None).await {
-            tracing::warn!(%err, "recording when a host was last seen");
-        }
-        if let Err(err) = self.book_traffic().await {
-            tracing::warn!(%err, "recording the traffic of a host");
-        }
-    }
-
-    /// Adds the bytes counted since the last call to the host's totals.
-    async fn book_traffic(&self) -> Result<(), String> {
-        let now = (self.traffic.received(), self.traffic.sent());
-        let before = std::mem::replace(&mut *self.booked.lock(), now);
-        let (received, sent) = (now.0 - before.0, now.1 - before.1);
-        if received + sent == 0 {
-            return Ok(());
-        }
-        self.store
-            .add_traffic(&self.site, &self.host, received, sent)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn send(&self, body: control_message::Body) -> Result<(), String> {
-        self.sender
-            .send(Ok(ControlMessage { body: Some(body) }))
-            .await
-            .map_err(|_| "the agent went away".to_string())
-    }
-
-    async fn serve(&self, incoming: &mut Streaming<AgentMessage>) -> Result<(), String> {
-        let mut shutdown = self.shutdown.clone();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.message())
-            .await
-            .map_err(|_| "no hello in time".to_string())?
-            .map_err(|e| e.to_string())?
-            .ok_or("closed before hello")?;
-        let Some(agent_message::Body::Hello(hello)) = first.body else {
-            return Err("the first message was not a hello".to_string());
-        };
-        if let Err(status) = check_protocol(&hello) {
-            let _ = self.sender.send(Err(status)).await;
-            return Err("unsupported protocol version".to_string());
-        }
-        record_hello(self.store.as_ref(), &self.fleet, &self.site, &self.host, &hello).await?;
-        let (_online, mut log_requests) = self.fleet.presence.connect(&self.site, &self.host);
-        // Log requests sent to the agent and not yet answered, by id.
-        let mut pending: std::collections::HashMap<u64, crate::presence::LiveLogs> = Default::default();
-        let mut next_request = 0u64;
-        tracing::info!(site = %self.site, host = %self.host, agent = %hello.agent_version, revision = hello.applied_revision, "agent connected");
-
-        let mut revisions = self.fleet.subscribe(&self.site);
-        let mut revoked = self.revocations.subscribe();
-        let mut sent: Option<(i64, SiteState)> = None;
-        let mut agent_revision = hello.applied_revision as i64;
-        self.push_state(&mut sent, agent_revision).await?;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.tick().await;
-        let grace = || offline_grace(self.fleet.presence.online_hosts(), rand::random());
-        let mut silent_until = tokio::time::Instant::now() + grace();
-        loop {
-            tokio::select! {
-                message = incoming.message() => {
-                    silent_until = tokio::time::Instant::now() + grace();
-                    let Some(message) = message.map_err(|e| e.to_string())? else {
-                        return Err("the agent closed the session".to_string());
-                    };
-                    if let Some(agent_message::Body::LogReply(reply)) = &message.body {
-                        if let Some(request) = pending.remove(&reply.id) {
-                            let _ = request.reply.send(codec::decode_log_reply(reply));
-                        }
-                        continue;
-                    }
-                    if let Some(revision) = self.handle(message).await? {
-                        agent_revision = revision;
-                    }
-                }
-                Some(request) = log_requests.recv() => {
-                    next_request += 1;
-                    let ask = LogRequest {
-                        id: next_request,
-                        application: request.application.clone(),
-                        service: request.service.clone(),
-                        since_unix: request.since_unix,
-                        tail: request.tail,
-                    };
-                    pending.insert(next_request, request);
-                    self.send(control_message::Body::LogRequest(ask)).await?;
-                }
-                changed = revisions.changed() => {
-                    changed.map_err(|_| "the control plane is stopping".to_string())?;
-                    self.push_state(&mut sent, agent_revision).await?;
-                }
-                _ = heartbeat.tick() => {
-                    self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
-                    self.book_traffic().await?;
-                }
-                () = tokio::time::sleep_until(silent_until) => {
-                    return Err("no word from the agent within the offline grace; it is offline".to_string());
-                }
-                Ok(()) = revoked.changed() => {
-                    if self.revocations.is_revoked(&self.serial) {
-                        let _ = self.sender.send(Err(Status::permission_denied("this host certificate is revoked"))).await;
-                        return Err("its certificate was revoked".to_string());
-                    }
-                }
-                () = stopping(&mut shutdown) => {
-                    let _ = self.sender.send(Err(Status::unavailable("the control plane is stopping"))).await;
-                    return Err("the control plane is stopping".to_string());
-                }
-            }
-        }
-    }
-
-    async fn record_facts(
-        &self,
-        facts: &BTreeMap<String, String>,
-        version: &str,
-        revision: i64,
-    ) -> Result<(), String> {
-        record_facts(
-            self.store.as_ref(),
-            &self.fleet,
-            &self.site,
-            &self.host,
-            facts,
-            version,
-            revision,
-        )
-        .await
-    }
-
-    /// Returns the revision the agent acknowledged, if the message was an ack.
-    async fn handle(&self, message: AgentMessage) -> Result<Option<i64>, String> {
-        let (site, host) = (&self.site, &self.host);
-        match message.body {
-            Some(agent_message::Body::Ack(ack)) => {
-                let revision = ack.revision as i64;
-                self.store
-                    .record_seen(site, host, Some(revision))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(Some(revision));
-            }
-            Some(agent_message::Body::Status(report)) => {
-                record_status(self.store.as_ref(), site, host, report).await?;
-            }
-            Some(agent_message::Body::Heartbeat(_)) => {
-                self.store
-                    .record_seen(site, host, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Some(agent_message::Body::Facts(facts)) => {
-                let host_record = self.store.host(site, host).await.map_err(|e| e.to_string())?;
-                let (version, revision) = host_record
-                    .map(|h| (h.agent_version, h.applied_revision))
-                    .unwrap_or_default();
-                self.record_facts(&facts.labels.into_iter().collect(), &version, revision)
-                    .await?;
-            }
-            Some(agent_message::Body::Batch(batch)) => {
-                let through = match store_batch(self.store.as_ref(), site, host, &batch).await {
-                    Ok(through) => through,
-                    Err(status) => {
-                        let why = status.message().to_string();
-                        let _ = self.sender.send(Err(status)).await;
-                        return Err(why);
-                    }
-                };
-                self.send(control_message::Body::BatchAck(BatchAck { through_seq: through }))
-                    .await?;
-            }
-            // Log replies are matched to their requests in `serve`.
-            Some(agent_message::Body::Hello(_) | agent_message::Body::LogReply(_)) | None => {}
-        }
-        Ok(None)
-    }
-
-    /// Sends the site's state if the agent lacks it: in full the first time,
-    /// then only the workloads that changed.
-    async fn push_state(
-        &self,
-        sent: &mut Option<(i64, SiteState)>,
-        agent_revision: i64,
-    ) -> Result<(), String> {
-        let Some((revision, state)) = self
-            .store
-            .site_state(&self.site)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        if revision == agent_revision && sent.is_none() {
-            // The agent persisted this revision before: nothing to send.
-            *sent = Some((revision, state));
-            return Ok(());
-        }
-        if sent.as_ref().is_some_and(|(r, _)| *r == revision) {
-            return Ok(());
-        }
-        let manifest = match sent.as_ref() {
-            Some((base, previous)) => codec::delta_manifest(*base as u64, previous, revision as u64, &state),
-            None => codec::full_manifest(revision as u64, &state),
-        }
-        .map_err(|e| format!("encoding the site's state: {e}"))?;
-        tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
-        self.send(control_message::Body::Manifest(manifest)).await?;
-        *sent = Some((revision, state));
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_offline_grace_grows_with_the_fleet() {
-        // Small fleets: three missed heartbeats.
-        assert_eq!(offline_grace(1, 0.0), HEARTBEAT * 3);
-        assert_eq!(offline_grace(18_000, 0.0), HEARTBEAT * 3);
-        // Past 50 heartbeats a second, the grace is the time to hear from all.
-        assert_eq!(offline_grace(50_000, 0.0), Duration::from_secs(1000));
-        // Jitter adds at most 10%.
-        assert_eq!(offline_grace(1, 1.0), HEARTBEAT * 3 + HEARTBEAT * 3 / 10);
-        assert_eq!(offline_grace(1, 7.0), offline_grace(1, 1.0));
-    }
 }

@@ -1,0 +1,252 @@
+//! Tests of compiling sites and placing instances on hosts.
+
+use super::*;
+use crate::manifest::Manifest;
+
+fn manifests(text: &str) -> Vec<Manifest> {
+    crate::parse_documents("t.yaml", text)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.manifest)
+        .collect()
+}
+
+#[test]
+fn compiles_matching_deployments_with_variables() {
+    let all = manifests(concat!(
+        include_str!("../../../../examples/sites.yaml"),
+        "---\n",
+        include_str!("../../../../examples/pos-gateway.yaml")
+    ));
+    let sites: Vec<Site> = all.iter().cloned().filter_map(Manifest::into_site).collect();
+    let deployments: Vec<Deployment> = all
+        .iter()
+        .cloned()
+        .filter_map(Manifest::into_deployment)
+        .collect();
+    let app = all
+        .iter()
+        .cloned()
+        .find_map(Manifest::into_application)
+        .unwrap()
+        .spec;
+    let lookup = |name: &str, version: Option<&str>| {
+        (name == "pos-gateway" && version.is_none_or(|v| v == app.version)).then(|| app.clone())
+    };
+    let store_042 = sites
+        .iter()
+        .find(|s| s.metadata.name.as_str() == "store-042")
+        .unwrap();
+    let state = compile_site(store_042, &deployments, lookup);
+    assert_eq!(state.failures, []);
+    let keys: Vec<String> = state.workloads.iter().map(Workload::key).collect();
+    assert_eq!(keys, ["pos-gateway/api", "pos-gateway/sync"]);
+    assert_eq!(state.workloads[0].deployment, "pos-gateway-prod");
+    assert_eq!(state.workloads[0].containers[0].env["STORE_ID"], "042");
+    assert_eq!(state.workloads[0].containers[0].env["TZ"], "Europe/Stockholm");
+
+    let plant = sites
+        .iter()
+        .find(|s| s.metadata.name.as_str() == "plant-ulm")
+        .unwrap();
+    assert_eq!(compile_site(plant, &deployments, lookup), SiteState::default());
+}
+
+#[test]
+fn a_missing_variable_fails_the_site_never_an_empty_string() {
+    let all = manifests(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s, labels: { env: prod } }\n---\n\
+         apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: d }\nspec: { application: a, sites: env = prod }\n",
+    );
+    let (Manifest::Site(site), Manifest::Deployment(deployment)) = (&all[0], &all[1]) else {
+        panic!()
+    };
+    let spec: ApplicationSpec = serde_json::from_value(serde_json::json!({
+        "version": "1", "services": [{ "name": "web", "containers": [{ "name": "web", "image": "x",
+        "env": { "A": "${site.missing}", "B": "$${literal}" } }] }]
+    }))
+    .unwrap();
+    let state = compile_site(site, [deployment], |_, _| Some(spec.clone()));
+    assert_eq!(state.workloads, []);
+    assert_eq!(
+        state.failures[0].reason,
+        "env A of web/web needs site variable \"missing\", which this site does not define"
+    );
+}
+
+#[test]
+fn instances_go_to_matching_hosts() {
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let hosts: BTreeMap<String, BTreeMap<String, String>> = [
+        ("h1".to_string(), labels(&[("camera", "true")])),
+        ("h2".to_string(), labels(&[])),
+        ("h3".to_string(), labels(&[("camera", "true")])),
+    ]
+    .into();
+    let workload = |service: &str, replicas: u32, per_host: bool, selector: Option<&str>| Workload {
+        application: "a".into(),
+        version: "1".into(),
+        deployment: "d".into(),
+        service: service.into(),
+        replicas,
+        per_host,
+        hosts: selector.map(|s| s.parse().unwrap()),
+        containers: Vec::new(),
+        instances: Vec::new(),
+    };
+    let mut state = SiteState {
+        workloads: vec![
+            workload("grab", 1, true, Some("camera")),
+            workload("api", 3, false, None),
+            workload("gpu", 1, false, Some("gpu")),
+        ],
+        failures: Vec::new(),
+    };
+    assign_hosts(&mut state, &hosts);
+    let placed: Vec<Vec<(&str, &str)>> = state
+        .workloads
+        .iter()
+        .map(|w| {
+            w.instances
+                .iter()
+                .map(|i| (i.name.as_str(), i.host.as_str()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            vec![("a-grab-h1", "h1"), ("a-grab-h3", "h3")],
+            vec![("a-api-0", "h1"), ("a-api-1", "h2"), ("a-api-2", "h3")],
+        ]
+    );
+    assert_eq!(
+        state.failures[0].reason,
+        "service gpu: no host can run it (h1: no gpu; h2: no gpu; h3: no gpu)"
+    );
+
+    let mut empty = SiteState {
+        workloads: vec![workload("api", 1, false, None)],
+        failures: Vec::new(),
+    };
+    // No host yet: the workload waits, unplaced; that is not a failure.
+    assign_hosts(&mut empty, &BTreeMap::new());
+    assert_eq!((empty.failures.len(), empty.workloads[0].instances.len()), (0, 0));
+}
+
+#[test]
+fn placement_fits_resources_and_says_why_not() {
+    let host = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let hosts: BTreeMap<String, BTreeMap<String, String>> = [
+        (
+            "h1".to_string(),
+            host(&[("cpus", "2"), ("memory", "4Gi"), ("camera", "1")]),
+        ),
+        ("h2".to_string(), host(&[("cpus", "4"), ("memory", "1Gi")])),
+    ]
+    .into();
+    let workload = |service: &str,
+                    replicas: u32,
+                    per_host: bool,
+                    selector: Option<&str>,
+                    resources: serde_json::Value| {
+        let container = serde_json::json!({ "name": "c", "image": "x", "resources": resources });
+        Workload {
+            application: "a".into(),
+            version: "1".into(),
+            deployment: "d".into(),
+            service: service.into(),
+            replicas,
+            per_host,
+            hosts: selector.map(|s| s.parse().unwrap()),
+            containers: vec![serde_json::from_value(container).unwrap()],
+            instances: Vec::new(),
+        }
+    };
+    let mut state = SiteState {
+        workloads: vec![
+            // 2Gi each: h1 holds two, h2 none.
+            workload("big", 3, false, None, serde_json::json!({ "memory": "2Gi" })),
+            // Needs a camera and 1 cpu; h1 has the camera and 2 cpus.
+            workload("cam", 1, true, Some("camera"), serde_json::json!({ "cpu": 1 })),
+            // 500m and 512Mi each.
+            workload(
+                "small",
+                2,
+                false,
+                None,
+                serde_json::json!({ "cpu": "500m", "memory": "512Mi" }),
+            ),
+        ],
+        failures: Vec::new(),
+    };
+    assign_hosts(&mut state, &hosts);
+    let placed: Vec<(String, Vec<&str>)> = state
+        .workloads
+        .iter()
+        .map(|w| {
+            (
+                w.service.clone(),
+                w.instances.iter().map(|i| i.host.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("big".to_string(), vec!["h1", "h1"]),
+            ("cam".to_string(), vec!["h1"]),
+            // h1's memory went to "big": both fit on h2 (2 × 512Mi = 1Gi).
+            ("small".to_string(), vec!["h2", "h2"]),
+        ]
+    );
+    let reasons: Vec<&str> = state.failures.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["service big: 2 of 3 replicas placed (h2: memory 1Gi free < 2Gi requested)"]
+    );
+}
+
+#[test]
+fn substitution() {
+    let vars: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+    assert_eq!(
+        substitute_value("x${site.a}y$${site.a}$5", &vars).unwrap(),
+        "x1y${site.a}$5"
+    );
+}
+
+#[test]
+fn spec_hash_follows_the_containers() {
+    let spec: ApplicationSpec = serde_json::from_value(serde_json::json!({
+        "version": "1", "services": [{ "name": "web", "containers": [{ "name": "web", "image": "x" }] }]
+    }))
+    .unwrap();
+    let workload = |image: &str| {
+        let mut containers = spec.services[0].containers.clone();
+        containers[0].image = image.parse().unwrap();
+        Workload {
+            application: "a".into(),
+            version: "1".into(),
+            deployment: "d".into(),
+            service: "web".into(),
+            replicas: 1,
+            per_host: false,
+            hosts: None,
+            containers,
+            instances: Vec::new(),
+        }
+    };
+    assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());
+    assert_ne!(workload("x").spec_hash(), workload("y").spec_hash());
+}
