@@ -129,7 +129,7 @@ mod tests {
 
 /// How one site fares with the version it was given, as the control plane
 /// observes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "state", content = "reason")]
 pub enum SiteHealth {
     UpToDate,
@@ -140,7 +140,7 @@ pub enum SiteHealth {
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub enum Phase {
     /// Sites of waves `0..=wave` run the new version.
@@ -170,7 +170,7 @@ pub enum Phase {
 }
 
 /// A rollout of one deployment from the versions sites ran to `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutState {
     pub to: String,

@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use outpost_api::manifest::Kind;
 use outpost_api::selector::Selector;
 use outpost_api::wire::{LabelChange, StoredObject};
@@ -111,35 +111,63 @@ impl AppState {
 #[derive(Debug, Clone)]
 pub(super) struct Actor(pub(super) String);
 
-pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/apply", post(objects::apply))
-        .route("/plan", post(objects::plan))
-        .route("/applications/{name}/history", get(objects::history))
-        .route("/sites/{name}/tokens", post(hosts::create_join_token))
-        .route("/hosts", get(hosts::hosts))
-        .route("/events", get(records::events))
-        .route("/logs", get(records::logs))
-        .route(
-            "/hosts/{site}/{host}/labels",
-            axum::routing::patch(hosts::label_host),
-        )
-        .route(
-            "/{kind}/{name}/labels",
-            axum::routing::patch(objects::label_object),
-        )
-        .route("/deployments/{name}/rollout", get(rollouts::rollout_status))
-        .route("/deployments/{name}/rollout/undo", post(rollouts::rollout_undo))
-        .route(
+/// Every route under `/api/v1` that needs a token: (method, path, handler).
+/// The router is built from this list, and the OpenAPI document must
+/// describe exactly these (a test holds the two together).
+fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    use axum::routing::{delete, patch};
+    vec![
+        ("POST", "/apply", post(objects::apply)),
+        ("POST", "/plan", post(objects::plan)),
+        ("GET", "/applications/{name}/history", get(objects::history)),
+        ("POST", "/sites/{name}/tokens", post(hosts::create_join_token)),
+        ("GET", "/hosts", get(hosts::hosts)),
+        ("GET", "/events", get(records::events)),
+        ("GET", "/logs", get(records::logs)),
+        ("PATCH", "/hosts/{site}/{host}/labels", patch(hosts::label_host)),
+        ("PATCH", "/{kind}/{name}/labels", patch(objects::label_object)),
+        (
+            "GET",
+            "/deployments/{name}/rollout",
+            get(rollouts::rollout_status),
+        ),
+        (
+            "POST",
+            "/deployments/{name}/rollout/undo",
+            post(rollouts::rollout_undo),
+        ),
+        (
+            "POST",
             "/deployments/{name}/rollout/{command}",
             post(rollouts::rollout_command),
-        )
-        .route("/{kind}", get(objects::list))
-        .route(
-            "/{kind}/{name}",
-            get(objects::get_one).delete(objects::delete_one),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        ),
+        ("GET", "/{kind}", get(objects::list)),
+        ("GET", "/{kind}/{name}", get(objects::get_one)),
+        ("DELETE", "/{kind}/{name}", delete(objects::delete_one)),
+    ]
+}
+
+/// The (method, path) of every route the API serves under `/api/v1`, and of
+/// `/metrics` and `/healthz` (paths outside it start with `..`).
+pub fn served_routes() -> Vec<(&'static str, &'static str)> {
+    let mut served: Vec<_> = protected_routes()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    served.extend([
+        ("GET", "/openapi.json"),
+        ("GET", "../metrics"),
+        ("GET", "../healthz"),
+    ]);
+    served
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut protected = Router::new();
+    for (_, path, handler) in protected_routes() {
+        protected = protected.route(path, handler);
+    }
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let v1 = Router::new()
         .route("/openapi.json", get(openapi::document))
         .merge(protected)

@@ -126,7 +126,7 @@ pub struct RevokedCertificate {
 }
 
 /// An enrolled host and what its agent last said.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostRecord {
     pub site: String,
