@@ -1,5 +1,16 @@
 //! Outpost's contract with its users: manifest types, quantities, the
-//! selector language and validation. No I/O lives here.
+//! selector language, validation, the REST and telemetry bodies, and the
+//! documented limits. No I/O lives here.
+//!
+//! It also holds two pure engines that only the control plane runs:
+//! compiling and placing what a site runs (`workload::compile_site`,
+//! `workload::assign_hosts`) and the rollout state machine
+//! (`rollout::RolloutState`). They stay here on purpose: their inputs and
+//! outputs are contract types (a site's `SiteState` is what agents receive,
+//! a `RolloutState` is what `GET /deployments/{name}/rollout` returns), and
+//! here they cannot reach a store, a socket or a clock, so they are tested
+//! as the pure functions they must remain (the rollout on an explicit
+//! clock).
 
 pub mod client_config;
 pub mod diagnostic;

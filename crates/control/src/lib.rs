@@ -267,6 +267,18 @@ async fn serve_agents(
     Ok(())
 }
 
+/// An error and its sources on one line, for the log:
+/// `batch 3 holds an unreadable record: expected value at line 1 column 2`.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 fn local_url(addr: SocketAddr) -> String {
     let port = addr.port();
     match addr.ip() {

@@ -30,7 +30,10 @@ impl From<StoreError> for ApiError {
                 ApiError::NotFound(err.to_string())
             }
             StoreError::Conflict(message) => ApiError::Conflict(message),
-            StoreError::Internal(detail) => ApiError::Internal(detail),
+            StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::Damaged(_)
+            | StoreError::Unreadable(_) => ApiError::Internal(err.detail()),
         }
     }
 }

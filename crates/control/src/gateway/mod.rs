@@ -222,17 +222,6 @@ impl AgentGateway for Gateway {
     }
 }
 
-/// An error and its sources, as one line: `batch 3 holds an unreadable record: expected value at line 1`.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 pub(crate) fn check_protocol(hello: &Hello) -> Result<(), Status> {
     if hello.protocol_version == outpost_proto::PROTOCOL_VERSION {
         return Ok(());
@@ -251,7 +240,7 @@ pub(crate) async fn record_hello(
     site: &str,
     host: &str,
     hello: &Hello,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let facts = hello
         .facts
         .as_ref()
@@ -278,13 +267,10 @@ pub(crate) async fn record_facts(
     facts: &BTreeMap<String, String>,
     version: &str,
     revision: i64,
-) -> Result<(), String> {
-    let changed = store
-        .record_hello(site, host, facts, version, revision)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), StoreError> {
+    let changed = store.record_hello(site, host, facts, version, revision).await?;
     if changed {
-        fleet.recompute_site(site).await.map_err(|e| e.to_string())?;
+        fleet.recompute_site(site).await?;
     }
     Ok(())
 }
@@ -294,7 +280,7 @@ pub(crate) async fn record_status(
     site: &str,
     host: &str,
     report: StatusReport,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let at = crate::store::now_rfc3339();
     let instances: Vec<InstanceRecord> = report
         .instances
@@ -312,10 +298,7 @@ pub(crate) async fn record_status(
             updated_at: at.clone(),
         })
         .collect();
-    store
-        .record_status(site, host, &instances)
-        .await
-        .map_err(|e| e.to_string())
+    store.record_status(site, host, &instances).await
 }
 
 /// Stores a batch's new records; returns the sequence number to acknowledge.
@@ -326,7 +309,7 @@ pub(crate) async fn store_batch(
     batch: &Batch,
 ) -> Result<u64, Status> {
     let records = codec::decode_batch(batch).map_err(|err| {
-        let why = chain(&err);
+        let why = crate::error_chain(&err);
         tracing::warn!(%site, %host, %why, "refused a batch from an agent");
         Status::invalid_argument(why)
     })?;

@@ -19,7 +19,7 @@ use tonic::{Status, Streaming};
 use super::{check_protocol, record_facts, record_hello, record_status, store_batch};
 use crate::fleet::Fleet;
 use crate::revocation::Revocations;
-use crate::store::Storage;
+use crate::store::{Storage, StoreError};
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,10 +66,42 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionEnd {
+    #[error("no hello in time")]
+    NoHello,
+    #[error("closed before hello")]
+    ClosedBeforeHello,
+    #[error("the first message was not a hello")]
+    NotHello,
+    #[error("unsupported protocol version")]
+    Protocol,
+    #[error("the agent closed the session")]
+    Closed,
+    #[error("the agent went away")]
+    Gone,
+    #[error("the agent's stream failed")]
+    Stream(#[from] Status),
+    #[error("a batch was refused: {0}")]
+    Batch(String),
+    #[error("no word from the agent within the offline grace; it is offline")]
+    Silent,
+    #[error("its certificate was revoked")]
+    Revoked,
+    #[error("the control plane is stopping")]
+    Stopping,
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("encoding the site's state failed")]
+    Encode(#[from] codec::CodecError),
+}
+
 impl Session {
     pub(super) async fn run(self, mut incoming: Streaming<AgentMessage>) {
         let (site, host) = (self.site.clone(), self.host.clone());
-        if let Err(err) = self.serve(&mut incoming).await {
+        if let Err(end) = self.serve(&mut incoming).await {
+            let err = crate::error_chain(&end);
             tracing::info!(%site, %host, %err, "session ended");
         }
         if let Err(err) = self.store.record_seen(&site, &host, None).await {
@@ -81,7 +113,7 @@ impl Session {
     }
 
     /// Adds the bytes counted since the last call to the host's totals.
-    async fn book_traffic(&self) -> Result<(), String> {
+    async fn book_traffic(&self) -> Result<(), StoreError> {
         let now = (self.traffic.received(), self.traffic.sent());
         let before = std::mem::replace(&mut *self.booked.lock(), now);
         let (received, sent) = (now.0 - before.0, now.1 - before.1);
@@ -91,29 +123,27 @@ impl Session {
         self.store
             .add_traffic(&self.site, &self.host, received, sent)
             .await
-            .map_err(|e| e.to_string())
     }
 
-    async fn send(&self, body: control_message::Body) -> Result<(), String> {
+    async fn send(&self, body: control_message::Body) -> Result<(), SessionEnd> {
         self.sender
             .send(Ok(ControlMessage { body: Some(body) }))
             .await
-            .map_err(|_| "the agent went away".to_string())
+            .map_err(|_| SessionEnd::Gone)
     }
 
-    async fn serve(&self, incoming: &mut Streaming<AgentMessage>) -> Result<(), String> {
+    async fn serve(&self, incoming: &mut Streaming<AgentMessage>) -> Result<(), SessionEnd> {
         let mut shutdown = self.shutdown.clone();
         let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.message())
             .await
-            .map_err(|_| "no hello in time".to_string())?
-            .map_err(|e| e.to_string())?
-            .ok_or("closed before hello")?;
+            .map_err(|_| SessionEnd::NoHello)??
+            .ok_or(SessionEnd::ClosedBeforeHello)?;
         let Some(agent_message::Body::Hello(hello)) = first.body else {
-            return Err("the first message was not a hello".to_string());
+            return Err(SessionEnd::NotHello);
         };
         if let Err(status) = check_protocol(&hello) {
             let _ = self.sender.send(Err(status)).await;
-            return Err("unsupported protocol version".to_string());
+            return Err(SessionEnd::Protocol);
         }
         record_hello(self.store.as_ref(), &self.fleet, &self.site, &self.host, &hello).await?;
         let (_online, mut log_requests) = self.fleet.presence.connect(&self.site, &self.host);
@@ -135,8 +165,8 @@ impl Session {
             tokio::select! {
                 message = incoming.message() => {
                     silent_until = tokio::time::Instant::now() + grace();
-                    let Some(message) = message.map_err(|e| e.to_string())? else {
-                        return Err("the agent closed the session".to_string());
+                    let Some(message) = message? else {
+                        return Err(SessionEnd::Closed);
                     };
                     if let Some(agent_message::Body::LogReply(reply)) = &message.body {
                         if let Some(request) = pending.remove(&reply.id) {
@@ -161,7 +191,7 @@ impl Session {
                     self.send(control_message::Body::LogRequest(ask)).await?;
                 }
                 changed = revisions.changed() => {
-                    changed.map_err(|_| "the control plane is stopping".to_string())?;
+                    changed.map_err(|_| SessionEnd::Stopping)?;
                     self.push_state(&mut sent, agent_revision).await?;
                 }
                 _ = heartbeat.tick() => {
@@ -169,17 +199,17 @@ impl Session {
                     self.book_traffic().await?;
                 }
                 () = tokio::time::sleep_until(silent_until) => {
-                    return Err("no word from the agent within the offline grace; it is offline".to_string());
+                    return Err(SessionEnd::Silent);
                 }
                 Ok(()) = revoked.changed() => {
                     if self.revocations.is_revoked(&self.serial) {
                         let _ = self.sender.send(Err(Status::permission_denied("this host certificate is revoked"))).await;
-                        return Err("its certificate was revoked".to_string());
+                        return Err(SessionEnd::Revoked);
                     }
                 }
                 () = stopping(&mut shutdown) => {
                     let _ = self.sender.send(Err(Status::unavailable("the control plane is stopping"))).await;
-                    return Err("the control plane is stopping".to_string());
+                    return Err(SessionEnd::Stopping);
                 }
             }
         }
@@ -190,7 +220,7 @@ impl Session {
         facts: &BTreeMap<String, String>,
         version: &str,
         revision: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         record_facts(
             self.store.as_ref(),
             &self.fleet,
@@ -204,28 +234,22 @@ impl Session {
     }
 
     /// Returns the revision the agent acknowledged, if the message was an ack.
-    async fn handle(&self, message: AgentMessage) -> Result<Option<i64>, String> {
+    async fn handle(&self, message: AgentMessage) -> Result<Option<i64>, SessionEnd> {
         let (site, host) = (&self.site, &self.host);
         match message.body {
             Some(agent_message::Body::Ack(ack)) => {
                 let revision = ack.revision as i64;
-                self.store
-                    .record_seen(site, host, Some(revision))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.record_seen(site, host, Some(revision)).await?;
                 return Ok(Some(revision));
             }
             Some(agent_message::Body::Status(report)) => {
                 record_status(self.store.as_ref(), site, host, report).await?;
             }
             Some(agent_message::Body::Heartbeat(_)) => {
-                self.store
-                    .record_seen(site, host, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.record_seen(site, host, None).await?;
             }
             Some(agent_message::Body::Facts(facts)) => {
-                let host_record = self.store.host(site, host).await.map_err(|e| e.to_string())?;
+                let host_record = self.store.host(site, host).await?;
                 let (version, revision) = host_record
                     .map(|h| (h.agent_version, h.applied_revision))
                     .unwrap_or_default();
@@ -238,7 +262,7 @@ impl Session {
                     Err(status) => {
                         let why = status.message().to_string();
                         let _ = self.sender.send(Err(status)).await;
-                        return Err(why);
+                        return Err(SessionEnd::Batch(why));
                     }
                 };
                 self.send(control_message::Body::BatchAck(BatchAck { through_seq: through }))
@@ -256,13 +280,8 @@ impl Session {
         &self,
         sent: &mut Option<(i64, SiteState)>,
         agent_revision: i64,
-    ) -> Result<(), String> {
-        let Some((revision, state)) = self
-            .store
-            .site_state(&self.site)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+    ) -> Result<(), SessionEnd> {
+        let Some((revision, state)) = self.store.site_state(&self.site).await? else {
             return Ok(());
         };
         if revision == agent_revision && sent.is_none() {
@@ -276,8 +295,7 @@ impl Session {
         let manifest = match sent.as_ref() {
             Some((base, previous)) => codec::delta_manifest(*base as u64, previous, revision as u64, &state),
             None => codec::full_manifest(revision as u64, &state),
-        }
-        .map_err(|e| format!("encoding the site's state: {e}"))?;
+        }?;
         tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
         self.send(control_message::Body::Manifest(manifest)).await?;
         *sent = Some((revision, state));

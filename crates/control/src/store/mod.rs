@@ -40,19 +40,21 @@ pub enum StoreError {
     HostNotFound { site: String, host: String },
     #[error("{0}")]
     Conflict(String),
-    #[error("storage failed: {0}")]
-    Internal(String),
+    #[error("the database failed")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored JSON is damaged")]
+    Damaged(#[from] serde_json::Error),
+    /// The store holds something this build cannot read.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        StoreError::Internal(err.to_string())
-    }
-}
-
-impl From<serde_json::Error> for StoreError {
-    fn from(err: serde_json::Error) -> Self {
-        StoreError::Internal(format!("stored JSON is damaged: {err}"))
+impl StoreError {
+    /// The error with every source, for the log.
+    pub fn detail(&self) -> String {
+        crate::error_chain(self)
     }
 }
 

@@ -91,13 +91,8 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let migrator = Migrator::new(Embedded)
-            .await
-            .map_err(|e| StoreError::Internal(format!("loading migrations: {e}")))?;
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migrating the database: {e}")))?;
+        let migrator = Migrator::new(Embedded).await?;
+        migrator.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
 }
@@ -113,7 +108,7 @@ fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreE
     let kind = Kind::ALL
         .into_iter()
         .find(|k| k.as_str() == kind)
-        .ok_or_else(|| StoreError::Internal(format!("unknown kind {kind:?} in the store")))?;
+        .ok_or_else(|| StoreError::Unreadable(format!("unknown kind {kind:?} in the store")))?;
     let labels: String = row.try_get("labels")?;
     let spec: String = row.try_get("spec")?;
     Ok(StoredObject {

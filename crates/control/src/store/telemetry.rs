@@ -45,7 +45,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreErr
         host: row.try_get("host")?,
         at: row.try_get("at")?,
         received_at: row.try_get("received_at")?,
-        kind: kind.parse().map_err(StoreError::Internal)?,
+        kind: kind.parse().map_err(StoreError::Unreadable)?,
         application: row.try_get("application")?,
         service: row.try_get("service")?,
         instance: row.try_get("instance")?,
