@@ -2,6 +2,7 @@
 //! stops running, an instance that turns unhealthy, healthy or failed.
 //! Pure bookkeeping; the reconciler queues what it returns.
 
+use outpost_api::instance::InstanceState;
 use std::collections::HashMap;
 
 use outpost_api::telemetry::{Event, EventKind, now};
@@ -14,7 +15,7 @@ pub struct Journal {
     /// Whether each container was running when last seen.
     containers: HashMap<String, bool>,
     /// The state of each instance when last reported.
-    instances: HashMap<String, String>,
+    instances: HashMap<String, InstanceState>,
     /// Whether `observe` ran before (the agent's first look at the host).
     looked: bool,
 }
@@ -80,13 +81,17 @@ impl Journal {
     pub fn statuses(&mut self, statuses: &[InstanceStatus]) -> Vec<Event> {
         let mut events = Vec::new();
         for status in statuses {
-            let before = self
-                .instances
-                .insert(status.instance.clone(), status.state.clone());
-            let kind = match (before.as_deref(), status.state.as_str()) {
-                (before, "unhealthy") if before != Some("unhealthy") => EventKind::Unhealthy,
-                (Some("unhealthy"), "healthy") => EventKind::Healthy,
-                (before, "failed") if before != Some("failed") => EventKind::Failed,
+            // The reconciler writes only words this build knows.
+            let Ok(state) = status.state.parse::<InstanceState>() else {
+                continue;
+            };
+            let before = self.instances.insert(status.instance.clone(), state);
+            let kind = match (before, state) {
+                (before, InstanceState::Unhealthy) if before != Some(InstanceState::Unhealthy) => {
+                    EventKind::Unhealthy
+                }
+                (Some(InstanceState::Unhealthy), InstanceState::Healthy) => EventKind::Healthy,
+                (before, InstanceState::Failed) if before != Some(InstanceState::Failed) => EventKind::Failed,
                 _ => continue,
             };
             let message = match kind {

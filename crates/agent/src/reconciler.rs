@@ -4,6 +4,7 @@
 //! per-instance exponential backoff and jitter; and publishes the status of
 //! every instance this host runs.
 
+use outpost_api::instance::InstanceState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,9 +271,9 @@ impl Reconciler {
                     application: first.application.clone(),
                     service: first.service.clone(),
                     spec_hash: first.spec_hash.clone(),
-                    state: "running".to_string(),
                     ..Default::default()
                 };
+                let mut state = InstanceState::Running;
                 for want in &containers {
                     let have = generation(want, observed);
                     match have {
@@ -281,17 +282,13 @@ impl Reconciler {
                                 status.container_id = o.id.clone();
                             }
                             match self.prober.verdict(&o.id) {
-                                Some(Verdict::Unhealthy(why)) if status.state != "exited" => {
-                                    status.state = "unhealthy".to_string();
+                                Some(Verdict::Unhealthy(why)) if state != InstanceState::Exited => {
+                                    state = InstanceState::Unhealthy;
                                     status.reason = format!("{}: {why}", want.container.name);
                                 }
-                                Some(Verdict::Starting)
-                                    if matches!(status.state.as_str(), "running" | "healthy") =>
-                                {
-                                    status.state = "starting".to_string();
-                                }
-                                Some(Verdict::Healthy) if status.state == "running" => {
-                                    status.state = "healthy".to_string();
+                                Some(Verdict::Starting) if state.is_up() => state = InstanceState::Starting,
+                                Some(Verdict::Healthy) if state == InstanceState::Running => {
+                                    state = InstanceState::Healthy;
                                 }
                                 _ => {}
                             }
@@ -302,24 +299,26 @@ impl Reconciler {
                             // Restarted again and again without staying up: a crash loop.
                             let restarts = self.backoff.get(instance).map_or(0, |b| b.attempts);
                             if restarts >= CRASH_LOOP {
-                                status.state = "failed".to_string();
+                                state = InstanceState::Failed;
                                 status.reason = format!(
                                     "{} keeps exiting (code {code}, restarted {restarts} times)",
                                     want.container.name
                                 );
                             } else {
-                                status.state = "exited".to_string();
+                                state = InstanceState::Exited;
                                 status.reason = format!("{} exited with {code}", want.container.name);
                             }
                         }
                         None if let Some(failure) = self.failures.get(instance) => {
-                            status.state = "failed".to_string();
+                            state = InstanceState::Failed;
                             status.reason = failure.clone();
                         }
-                        None if status.state == "running" => status.state = "pending".to_string(),
+                        None if state == InstanceState::Running => state = InstanceState::Pending,
                         None => {}
                     }
                 }
+                // The state is a word only on the wire.
+                status.state = state.to_string();
                 status
             })
             .collect()

@@ -14,6 +14,7 @@
 
 pub mod client_config;
 pub mod diagnostic;
+pub mod instance;
 pub mod limits;
 pub mod manifest;
 pub mod metrics;

@@ -258,7 +258,7 @@ pub struct HostInfo {
     pub last_seen: Option<String>,
     /// Instances on this host: name → state.
     #[serde(default)]
-    pub instances: BTreeMap<String, String>,
+    pub instances: BTreeMap<String, crate::instance::InstanceState>,
     /// The operator's labels (facts are separate and read-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -1,6 +1,7 @@
 //! What the fleet reports, summed up for operators: each site's hosts and
 //! revisions, each deployment's state per site, each host's instances.
 
+use outpost_api::instance::InstanceState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use outpost_api::wire::{DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, SiteStatus};
@@ -147,10 +148,10 @@ impl Snapshot {
                             format!("{}: updating to {}", instance.name, workload.version),
                         );
                     }
-                    Some(i) if i.state == "failed" => {
+                    Some(i) if i.state == InstanceState::Failed => {
                         return (Failed, format!("{}: {}", instance.name, i.reason));
                     }
-                    Some(i) if matches!(i.state.as_str(), "running" | "healthy") => {}
+                    Some(i) if i.state.is_up() => {}
                     Some(i) if i.reason.is_empty() => {
                         return (Progressing, format!("{}: {}", instance.name, i.state));
                     }
@@ -201,7 +202,7 @@ impl Snapshot {
                 instances: self
                     .host_instances(&h.site, &h.name)
                     .iter()
-                    .map(|i| (i.instance.clone(), i.state.clone()))
+                    .map(|i| (i.instance.clone(), i.state))
                     .collect(),
             })
             .collect()

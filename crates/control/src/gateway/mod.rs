@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** a session's site and host come only from its
 //! client certificate; nothing an agent says can claim another identity.
 
+use outpost_api::instance::InstanceState;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -285,17 +286,28 @@ pub(crate) async fn record_status(
     let instances: Vec<InstanceRecord> = report
         .instances
         .into_iter()
-        .map(|i| InstanceRecord {
-            exit_code: matches!(i.state.as_str(), "exited" | "failed").then_some(i.exit_code),
-            site: site.to_string(),
-            host: host.to_string(),
-            instance: i.instance,
-            application: i.application,
-            service: i.service,
-            spec_hash: i.spec_hash,
-            state: i.state,
-            reason: i.reason,
-            updated_at: at.clone(),
+        .filter_map(|i| {
+            // The state is a word on the wire; one this build does not know
+            // (an agent newer than the control plane) is left out, and said.
+            let state: InstanceState = match i.state.parse() {
+                Ok(state) => state,
+                Err(why) => {
+                    tracing::warn!(%site, %host, instance = %i.instance, %why, "instance status left out");
+                    return None;
+                }
+            };
+            Some(InstanceRecord {
+                exit_code: state.has_exit_code().then_some(i.exit_code),
+                site: site.to_string(),
+                host: host.to_string(),
+                instance: i.instance,
+                application: i.application,
+                service: i.service,
+                spec_hash: i.spec_hash,
+                state,
+                reason: i.reason,
+                updated_at: at.clone(),
+            })
         })
         .collect();
     store.record_status(site, host, &instances).await

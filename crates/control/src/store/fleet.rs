@@ -276,7 +276,7 @@ impl FleetStore for SqliteStore {
             .bind(&instance.application)
             .bind(&instance.service)
             .bind(&instance.spec_hash)
-            .bind(&instance.state)
+            .bind(instance.state.as_str())
             .bind(instance.exit_code)
             .bind(&instance.reason)
             .bind(&instance.updated_at)
@@ -303,7 +303,10 @@ impl FleetStore for SqliteStore {
                     application: row.try_get("application")?,
                     service: row.try_get("service")?,
                     spec_hash: row.try_get("spec_hash")?,
-                    state: row.try_get("state")?,
+                    state: row
+                        .try_get::<String, _>("state")?
+                        .parse()
+                        .map_err(StoreError::Unreadable)?,
                     exit_code: row.try_get("exit_code")?,
                     reason: row.try_get("reason")?,
                     updated_at: row.try_get("updated_at")?,

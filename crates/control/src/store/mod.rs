@@ -163,7 +163,7 @@ pub struct InstanceRecord {
     pub application: String,
     pub service: String,
     pub spec_hash: String,
-    pub state: String,
+    pub state: outpost_api::instance::InstanceState,
     pub exit_code: Option<i32>,
     pub reason: String,
     pub updated_at: String,
