@@ -48,6 +48,37 @@ spec: {{ application: web, sites: "test = '{site}'" }}
     )
 }
 
+/// The set-up most of these tests share: a control plane, a site, one
+/// agent (`h1`, with `agent_args`) and the web application at version 1,
+/// with its `www` container running.
+struct WebSite {
+    control: ControlPlane,
+    site: String,
+    agent: Agent,
+    /// The name of the web server's container.
+    www: String,
+}
+
+impl WebSite {
+    fn start(prefix: &str, agent_args: &[&str]) -> WebSite {
+        let control = ControlPlane::start();
+        let site = unique_site(prefix);
+        control.apply(&site_manifest(&site)).success();
+        let agent = Agent::enroll_with(&control, &site, "h1", agent_args);
+        control.apply(&web_application(&site, "1")).success();
+        let www = format!("outpost.{site}.web-www-0.httpd");
+        eventually(Duration::from_secs(30), "www running", || {
+            agent.running().contains_key(&www).then_some(())
+        });
+        WebSite {
+            control,
+            site,
+            agent,
+            www,
+        }
+    }
+}
+
 fn inspect(container: &str, format: &str) -> String {
     // The container may be between generations (renamed, replaced).
     docker_maybe(&["inspect", "-f", format, container])
@@ -229,12 +260,12 @@ fn a_used_token_is_refused() {
 
 #[test]
 fn a_deployment_runs_with_labels_network_alias_env_and_limits() {
-    let control = ControlPlane::start();
-    let site = unique_site("deploy");
-    control.apply(&site_manifest(&site)).success();
-    let agent = Agent::enroll(&control, &site, "h1");
-    control.apply(&web_application(&site, "1")).success();
-    let www = format!("outpost.{site}.web-www-0.httpd");
+    let WebSite {
+        control,
+        site,
+        agent,
+        www,
+    } = WebSite::start("deploy", &[]);
     let client = format!("outpost.{site}.web-client-0.loop");
     eventually(Duration::from_secs(30), "both containers running", || {
         let running = agent.running();
@@ -296,12 +327,12 @@ fn a_deployment_runs_with_labels_network_alias_env_and_limits() {
 
 #[test]
 fn killed_containers_restart_even_with_the_control_plane_down_and_a_restarted_agent_adopts() {
-    let mut control = ControlPlane::start();
-    let site = unique_site("autonomy");
-    control.apply(&site_manifest(&site)).success();
-    let mut agent = Agent::enroll(&control, &site, "h1");
-    control.apply(&web_application(&site, "1")).success();
-    let www = format!("outpost.{site}.web-www-0.httpd");
+    let WebSite {
+        mut control,
+        mut agent,
+        www,
+        ..
+    } = WebSite::start("autonomy", &[]);
     let running_id = |agent: &Agent| agent.running().get(&www).cloned();
     let first = eventually(Duration::from_secs(30), "www running", || running_id(&agent));
 
@@ -348,12 +379,12 @@ fn killed_containers_restart_even_with_the_control_plane_down_and_a_restarted_ag
 
 #[test]
 fn changes_made_while_a_site_is_away_converge_and_deletion_cleans_up() {
-    let control = ControlPlane::start();
-    let site = unique_site("converge");
-    control.apply(&site_manifest(&site)).success();
-    let mut agent = Agent::enroll(&control, &site, "h1");
-    control.apply(&web_application(&site, "1")).success();
-    let www = format!("outpost.{site}.web-www-0.httpd");
+    let WebSite {
+        control,
+        site,
+        mut agent,
+        www,
+    } = WebSite::start("converge", &[]);
     eventually(Duration::from_secs(30), "version 1 running", || {
         (agent.running().contains_key(&www)
             && inspect(&www, "{{index .Config.Labels \"io.outpost.version\"}}") == "1")
@@ -389,11 +420,9 @@ fn changes_made_while_a_site_is_away_converge_and_deletion_cleans_up() {
 
 #[test]
 fn a_bad_manifest_is_refused_at_apply_and_never_reaches_an_agent() {
-    let control = ControlPlane::start();
-    let site = unique_site("bad");
-    control.apply(&site_manifest(&site)).success();
-    let agent = Agent::enroll(&control, &site, "h1");
-    control.apply(&web_application(&site, "1")).success();
+    let WebSite {
+        control, site, agent, ..
+    } = WebSite::start("bad", &[]);
     eventually(Duration::from_secs(30), "two containers running", || {
         (agent.running().len() == 2).then_some(())
     });
@@ -1275,12 +1304,12 @@ fn exits_while_cut_off_are_restarted_locally_and_reported_once_in_order() {
 /// next poll; status, events and the link's bytes arrive with the polls.
 #[test]
 fn a_polling_agent_converges_and_reports_on_each_poll() {
-    let control = ControlPlane::start();
-    let site = unique_site("poll");
-    control.apply(&site_manifest(&site)).success();
-    let agent = Agent::enroll_with(&control, &site, "h1", &["--mode", "poll", "--interval", "2s"]);
-    control.apply(&web_application(&site, "1")).success();
-    let www = format!("outpost.{site}.web-www-0.httpd");
+    let WebSite {
+        control,
+        site,
+        agent,
+        www,
+    } = WebSite::start("poll", &["--mode", "poll", "--interval", "2s"]);
     eventually(Duration::from_secs(30), "www running", || {
         agent.running().contains_key(&www).then_some(())
     });
