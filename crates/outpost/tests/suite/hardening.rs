@@ -272,7 +272,7 @@ fn idle_connections_to_the_agent_port_are_closed_and_the_api_keeps_answering() {
         for (stream, closed) in idle.iter_mut().zip(closed.iter_mut()) {
             *closed = *closed || is_closed(stream);
         }
-        (closed.iter().filter(|c| **c).count() == 2000 - 256).then_some(())
+        (closed.iter().filter(|c| **c).count() >= 2000 - 256).then_some(())
     });
     assert!(started.elapsed() < Duration::from_secs(8));
     // The rest close when their handshake deadline passes.
