@@ -473,10 +473,14 @@ pub(super) async fn remove_site_hosts(
     }
     if !cascade {
         let names: Vec<&str> = hosts.iter().map(|(name, _)| name.as_str()).collect();
+        let (hosts, them, their) = if names.len() == 1 {
+            ("host", "it", "its certificate")
+        } else {
+            ("hosts", "them", "their certificates")
+        };
         return Err(StoreError::Conflict(format!(
-            "site {site:?} has {} host{}: {}; delete it with --cascade to remove them and revoke their certificates",
+            "site {site:?} has {} {hosts}: {}; delete it with --cascade to remove {them} and revoke {their}",
             names.len(),
-            if names.len() == 1 { "" } else { "s" },
             names.join(", ")
         )));
     }
