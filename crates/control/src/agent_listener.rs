@@ -41,8 +41,9 @@ use crate::revocation::Revocations;
 /// Enrollment is one call; nothing else can be done without a certificate.
 pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
 /// Connections without a host certificate (handshakes included) that one
-/// source address may hold. Hosts behind one NAT share an address, but
-/// each holds such a connection only for the moment of its handshake.
+/// source address may hold, by default. Hosts behind one NAT share an
+/// address, but each holds such a connection only for the moment of its
+/// handshake (`outpost control --max-unauthenticated-per-source` raises it).
 pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
 
 /// The gateway's TLS: our serving certificate; host certificates are
@@ -71,8 +72,11 @@ pub struct AgentConnectInfo {
 
 /// Counts a source address's unauthenticated connections; one slot each,
 /// given back on drop.
-#[derive(Clone, Default)]
-struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+#[derive(Clone)]
+struct Sources {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    limit: usize,
+}
 
 struct Slot {
     sources: Sources,
@@ -80,10 +84,17 @@ struct Slot {
 }
 
 impl Sources {
+    fn new(limit: usize) -> Sources {
+        Sources {
+            counts: Arc::default(),
+            limit,
+        }
+    }
+
     fn take(&self, ip: IpAddr) -> Option<Slot> {
-        let mut counts = self.0.lock();
+        let mut counts = self.counts.lock();
         let count = counts.entry(ip).or_default();
-        if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
+        if *count >= self.limit {
             return None;
         }
         *count += 1;
@@ -96,7 +107,7 @@ impl Sources {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.sources.0.lock();
+        let mut counts = self.sources.counts.lock();
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -111,9 +122,17 @@ pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     revocations: Arc<Revocations>,
+    max_unauthenticated_per_source: usize,
 ) -> impl Stream<Item = io::Result<AgentConnection>> {
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), revocations, sender));
+    let sources = Sources::new(max_unauthenticated_per_source);
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        revocations,
+        sources,
+        sender,
+    ));
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
@@ -121,9 +140,9 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     revocations: Arc<Revocations>,
+    sources: Sources,
     sender: mpsc::Sender<io::Result<AgentConnection>>,
 ) {
-    let sources = Sources::default();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = crate::server::accept(&listener) => accepted,
@@ -297,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_source_holds_a_bounded_number_of_slots() {
-        let sources = Sources::default();
+        let sources = Sources::new(MAX_UNAUTHENTICATED_PER_SOURCE);
         let ip: IpAddr = [192, 0, 2, 1].into();
         let slots: Vec<Slot> = (0..MAX_UNAUTHENTICATED_PER_SOURCE)
             .map(|_| sources.take(ip).unwrap())

@@ -44,6 +44,9 @@ pub struct Config {
     pub retention: Retention,
     /// The interval polling agents are told to use (`None`: their own).
     pub poll_interval: Option<std::time::Duration>,
+    /// Connections one address may hold on the agent port before they
+    /// present a host certificate.
+    pub max_unauthenticated_per_source: usize,
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -86,6 +89,7 @@ pub struct ControlPlane {
     revocations: Arc<Revocations>,
     retention: Retention,
     poll_interval: Option<std::time::Duration>,
+    max_unauthenticated_per_source: usize,
 }
 
 impl ControlPlane {
@@ -143,6 +147,7 @@ impl ControlPlane {
             revocations,
             retention: config.retention,
             poll_interval: config.poll_interval,
+            max_unauthenticated_per_source: config.max_unauthenticated_per_source,
         })
     }
 
@@ -176,8 +181,12 @@ impl ControlPlane {
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
-        let incoming =
-            agent_listener::incoming(self.agent_listener, self.agent_tls, self.revocations.clone());
+        let incoming = agent_listener::incoming(
+            self.agent_listener,
+            self.agent_tls,
+            self.revocations.clone(),
+            self.max_unauthenticated_per_source,
+        );
         let agents = tokio::spawn(serve_agents(incoming, gateway, signal(stopped.clone())));
         let api = tokio::spawn(server::serve(self.listener, self.tls, router, signal(stopped)));
         shutdown.await;

@@ -50,6 +50,10 @@ pub(crate) enum Command {
         /// Tell agents in polling mode to poll this often instead of their own --interval
         #[arg(long, value_name = "DURATION")]
         poll_interval: Option<outpost_api::quantity::Duration>,
+        /// Connections one address may hold on the agent port before they
+        /// present a host certificate (raise it for many hosts behind one NAT)
+        #[arg(long, value_name = "N", default_value_t = outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE)]
+        max_unauthenticated_per_source: usize,
     },
     /// Run the edge agent of one host
     Agent {

@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> Result<()> {
             log_retention,
             metric_retention,
             poll_interval,
+            max_unauthenticated_per_source,
         } => {
             init_logging();
             raise_open_file_limit();
@@ -150,6 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
                 agent_listen: *agent_listen,
                 tls_san: tls_san.clone(),
                 poll_interval: poll_interval.map(|i| i.as_std().max(std::time::Duration::from_secs(1))),
+                max_unauthenticated_per_source: (*max_unauthenticated_per_source).max(1),
                 retention: outpost_control::Retention {
                     events: event_retention.as_std(),
                     logs: log_retention.as_std(),

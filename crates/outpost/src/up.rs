@@ -60,6 +60,7 @@ pub async fn run(
         tls_san: Vec::new(),
         retention: Default::default(),
         poll_interval: None,
+        max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,
     })
     .await?;
 

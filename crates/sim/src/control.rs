@@ -95,6 +95,10 @@ async fn spawn(
         .args(["control", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", listen, "--agent-listen", agent_listen])
+        // Every simulated site dials from 127.0.0.1, like hosts behind one
+        // NAT: the per-address cap on unauthenticated connections would
+        // turn most of a reconnect storm away.
+        .args(["--max-unauthenticated-per-source", "20000"])
         .env(
             "RUST_LOG",
             std::env::var("OUTPOST_SIM_CONTROL_LOG").unwrap_or_else(|_| "info".into()),
