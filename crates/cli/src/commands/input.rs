@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use outpost_api::manifest::Manifest;
 use outpost_api::parse_files;
-use outpost_api::wire::{ApplyAction, ApplyRequest, SourceFile};
+use outpost_api::wire::{ApplyAction, ApplyRequest, ApplyResponse, SourceFile};
 
 use super::lower;
 use crate::client::{CliError, Client};
@@ -100,6 +100,12 @@ pub fn validate(files: Vec<SourceFile>) -> Result<Checked, CliError> {
 pub async fn apply(client: &Client, checked: Checked, dry_run: bool) -> Result<String> {
     let files = checked.files;
     let response = client.apply(&ApplyRequest { files, dry_run }).await?;
+    Ok(applied_text(&response))
+}
+
+/// One line per object of an apply's response: `site/store-042 created`,
+/// marked `(dry run)` when nothing was stored.
+pub(super) fn applied_text(response: &ApplyResponse) -> String {
     let suffix = if response.dry_run { " (dry run)" } else { "" };
     let mut out = String::new();
     for result in &response.results {
@@ -111,7 +117,7 @@ pub async fn apply(client: &Client, checked: Checked, dry_run: bool) -> Result<S
             result.action.as_str()
         );
     }
-    Ok(out)
+    out
 }
 
 /// What `apply` would change, as a unified diff per object.

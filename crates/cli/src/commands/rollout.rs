@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::lower;
 use crate::client::Client;
 use crate::output::{self, Table};
 
@@ -93,17 +92,8 @@ pub async fn rollout_command(client: &Client, deployment: &str, command: &str) -
 /// `outpost rollout undo NAME [--to-version V]`.
 pub async fn rollout_undo(client: &Client, deployment: &str, to_version: Option<&str>) -> Result<String> {
     let response = client.rollout_undo(deployment, to_version).await?;
-    let mut out = String::new();
-    for result in &response.results {
-        let _ = writeln!(
-            out,
-            "{}/{} {}",
-            lower(result.kind),
-            result.name,
-            result.action.as_str()
-        );
-    }
-    Ok(out)
+    // An undo is never a dry run: the lines read as an apply's.
+    Ok(super::input::applied_text(&response))
 }
 
 /// `rollout status --watch`: prints the status, then again each time it

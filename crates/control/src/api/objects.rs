@@ -77,13 +77,7 @@ pub(super) async fn apply(
     if request.files.is_empty() {
         return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
     }
-    let documents = parse_files(
-        request
-            .files
-            .iter()
-            .map(|f| (f.name.as_str(), f.content.as_str())),
-    )
-    .map_err(ApiError::Invalid)?;
+    let documents = parse_request(&request)?;
     let request_key = request_key(&headers)?;
     let options = ApplyOptions { dry_run, request_key };
     let results = state.store.apply(&documents, &actor, options).await?;
@@ -99,6 +93,17 @@ pub(super) async fn apply(
     Ok(Json(ApplyResponse { dry_run, results }))
 }
 
+/// Parses and validates every file of an apply request, as one batch.
+fn parse_request(request: &ApplyRequest) -> Result<Vec<outpost_api::Document>, ApiError> {
+    parse_files(
+        request
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.content.as_str())),
+    )
+    .map_err(ApiError::Invalid)
+}
+
 /// `POST /api/v1/plan`: what applying the batch (an `ApplyRequest`) would
 /// make each site run, per deployment and wave. Stores nothing.
 pub(super) async fn plan(
@@ -109,13 +114,7 @@ pub(super) async fn plan(
     let body = body_bytes(body)?;
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
-    let documents = parse_files(
-        request
-            .files
-            .iter()
-            .map(|f| (f.name.as_str(), f.content.as_str())),
-    )
-    .map_err(ApiError::Invalid)?;
+    let documents = parse_request(&request)?;
     // The same checks as an apply, inside a transaction that is rolled back.
     let dry_run = ApplyOptions {
         dry_run: true,
