@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use outpost_proto::seal::HostKey;
 use outpost_proto::v1::EnrollRequest;
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use rcgen::{CertificateParams, DnType, KeyPair};
@@ -26,6 +27,14 @@ pub struct Identity {
 pub struct Credentials {
     pub identity: Identity,
     pub tls: Arc<ClientConfig>,
+    /// The host's key, to open the secrets sealed to it.
+    pub host_key: Arc<HostKey>,
+}
+
+fn host_key(pem: &str) -> Result<Arc<HostKey>> {
+    Ok(Arc::new(
+        HostKey::from_pem(pem).context("reading the host key for secrets")?,
+    ))
 }
 
 struct Paths {
@@ -54,8 +63,13 @@ pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
         |path: &Path| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let identity: Identity = serde_json::from_str(&read(&paths.identity)?)
         .with_context(|| format!("reading {}", paths.identity.display()))?;
-    let tls = tls::mutual(&read(&paths.ca)?, &read(&paths.cert)?, &read(&paths.key)?)?;
-    Ok(Some(Credentials { identity, tls }))
+    let key = zeroize::Zeroizing::new(read(&paths.key)?);
+    let tls = tls::mutual(&read(&paths.ca)?, &read(&paths.cert)?, &key)?;
+    Ok(Some(Credentials {
+        identity,
+        tls,
+        host_key: host_key(&key)?,
+    }))
 }
 
 /// The CA fingerprint a join token pins (`opj1.FINGERPRINT.SECRET`).
@@ -100,6 +114,11 @@ pub async fn enroll(data_dir: &Path, server: &str, token: &str, host: &str) -> R
         host: response.host,
     };
     write_private(&paths.identity, &serde_json::to_vec_pretty(&identity)?)?;
-    let tls = tls::mutual(&response.ca_pem, &response.certificate_pem, &key.serialize_pem())?;
-    Ok(Credentials { identity, tls })
+    let key = zeroize::Zeroizing::new(key.serialize_pem());
+    let tls = tls::mutual(&response.ca_pem, &response.certificate_pem, &key)?;
+    Ok(Credentials {
+        identity,
+        tls,
+        host_key: host_key(&key)?,
+    })
 }

@@ -17,6 +17,7 @@ pub mod reconciler;
 pub mod registry;
 pub mod runtime;
 pub mod samples;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod tls;
@@ -50,7 +51,13 @@ pub struct Config {
     pub sample_every: std::time::Duration,
     /// A long-lived session, or a poll every interval.
     pub mode: session::Mode,
+    /// Where file secrets are written: a tmpfs per agent in a
+    /// `SITE.HOST` directory below it.
+    pub secrets_dir: PathBuf,
 }
+
+/// Where file secrets go unless `--secrets-dir` says otherwise.
+pub const DEFAULT_SECRETS_DIR: &str = "/run/outpost/secrets";
 
 /// Which runtime runs the workloads of this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +148,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         config.sample_every,
         shutdown.clone(),
     ));
+    let secrets = Arc::new(secrets::Secrets::new(
+        credentials.host_key.clone(),
+        Arc::new(store.clone()),
+        config
+            .secrets_dir
+            .join(format!("{}.{}", identity.site, identity.host)),
+        true,
+    ));
     let reconciler = reconciler::Reconciler::new(
         runtime.clone(),
         &identity.site,
@@ -148,6 +163,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         desired,
         status_sender,
         outbox.clone(),
+        secrets,
     );
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let (connected_sender, connected) = watch::channel(false);

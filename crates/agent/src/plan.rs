@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use outpost_api::manifest::Container;
 use outpost_api::workload::SiteState;
 
+use crate::secrets::Prepared;
+
 /// One container this host must run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredContainer {
@@ -21,6 +23,10 @@ pub struct DesiredContainer {
     /// The workload's spec hash: a different one means "replace".
     pub spec_hash: String,
     pub container: Container,
+    /// The version of each secret the workload refers to.
+    pub secrets: BTreeMap<String, u64>,
+    /// Its secrets, opened: filled just before it is created.
+    pub prepared: Prepared,
 }
 
 /// One container the runtime has that carries this agent's labels.
@@ -91,6 +97,8 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
                     version: workload.version.clone(),
                     spec_hash: spec_hash.clone(),
                     container: container.clone(),
+                    secrets: workload.secrets.clone(),
+                    prepared: Prepared::default(),
                 });
             }
         }

@@ -21,6 +21,7 @@ use crate::journal::Journal;
 use crate::outbox::Outbox;
 use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, next_name, plan};
 use crate::runtime::Runtime;
+use crate::secrets::Secrets;
 
 /// How often everything is checked even when nothing reported a change.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -70,6 +71,7 @@ pub struct Reconciler {
     verdict_changes: tokio::sync::mpsc::Receiver<()>,
     journal: Journal,
     outbox: Arc<dyn Outbox>,
+    secrets: Arc<Secrets>,
 }
 
 impl Reconciler {
@@ -80,6 +82,7 @@ impl Reconciler {
         desired: watch::Receiver<(u64, SiteState)>,
         status: watch::Sender<Vec<InstanceStatus>>,
         outbox: Arc<dyn Outbox>,
+        secrets: Arc<Secrets>,
     ) -> Reconciler {
         let (verdict_sender, verdict_changes) = tokio::sync::mpsc::channel(1);
         Reconciler {
@@ -94,6 +97,7 @@ impl Reconciler {
             failures: HashMap::new(),
             journal: Journal::default(),
             outbox,
+            secrets,
         }
     }
 
@@ -141,6 +145,12 @@ impl Reconciler {
             }
         };
         let mut events = self.journal.observe(&observed);
+        self.secrets.sweep(&observed);
+        for (id, signal) in self.secrets.refresh(&desired, &observed).await {
+            if let Err(err) = self.runtime.signal(&id, &signal).await {
+                tracing::warn!(container = %id, %signal, err = format!("{err:#}"), "signalling a secret change");
+            }
+        }
         let now = Instant::now();
         self.backoff.retain(|instance, backoff| {
             let running = observed.iter().any(|o| &o.instance == instance && o.running);
@@ -154,7 +164,7 @@ impl Reconciler {
             actions = actions.len(),
             "reconcile pass"
         );
-        for action in actions {
+        for mut action in actions {
             let instance = match &action {
                 Action::Create { want, .. } => Some(want.instance.clone()),
                 Action::Start { instance, .. } => Some(instance.clone()),
@@ -178,7 +188,10 @@ impl Reconciler {
                 Action::Start { name, .. } => tracing::info!(container = %name, "restarting"),
                 _ => {}
             }
-            let result = self.runtime.apply(&action).await;
+            let result = match self.prepare_secrets(&mut action, &desired).await {
+                Ok(()) => self.runtime.apply(&action).await,
+                Err(err) => Err(err),
+            };
             if let Action::Create { want, .. } = &action {
                 events.extend(self.runtime.pulled().into_iter().map(|image| Event {
                     at: outpost_api::telemetry::now(),
@@ -240,6 +253,27 @@ impl Reconciler {
 
     /// The containers of the desired generation that may serve: running,
     /// and healthy if they have a probe.
+    /// Opens and writes the secrets of a container about to start: a new
+    /// one gets its environment and mounts; one started again gets its
+    /// files back (after a reboot, the tmpfs is empty).
+    async fn prepare_secrets(&self, action: &mut Action, desired: &[DesiredContainer]) -> anyhow::Result<()> {
+        match action {
+            Action::Create { want, .. } => {
+                want.prepared = self.secrets.prepare(want).await?;
+            }
+            Action::Start { name, .. } => {
+                let want = desired
+                    .iter()
+                    .find(|d| d.name == *name || next_name(&d.name) == *name);
+                if let Some(want) = want {
+                    self.secrets.prepare(want).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn ready(
         &self,
         desired: &[DesiredContainer],

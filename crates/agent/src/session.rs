@@ -335,7 +335,9 @@ impl Session {
         let (revision, state) = self.desired.borrow().clone();
         let next = codec::apply_manifest((revision, &state), manifest)?;
         // Persist first: what is acknowledged survives a reboot.
-        self.store.save_desired(manifest.revision, &next).await?;
+        self.store
+            .save_desired(manifest.revision, &next, &manifest.secrets)
+            .await?;
         tracing::info!(
             revision = manifest.revision,
             workloads = next.workloads.len(),

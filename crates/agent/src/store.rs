@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use outpost_api::workload::SiteState;
+use outpost_proto::codec;
+use outpost_proto::v1::SealedSecret;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -18,9 +20,14 @@ pub trait DesiredStore: Send + Sync + 'static {
     /// The persisted desired state and its revision (0 and empty if none).
     async fn desired(&self) -> Result<(u64, SiteState)>;
 
-    /// Persists a desired state; it must survive a power cut once this
-    /// returns, since the agent acknowledges it next.
-    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()>;
+    /// Persists a desired state and the sealed secrets that came with it;
+    /// it must survive a power cut once this returns, since the agent
+    /// acknowledges it next. Sealed secrets the state no longer refers to
+    /// are deleted in the same transaction.
+    async fn save_desired(&self, revision: u64, state: &SiteState, secrets: &[SealedSecret]) -> Result<()>;
+
+    /// A secret version as it arrived: sealed to this host's key.
+    async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>>;
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +61,17 @@ impl LocalStore {
         .execute(&pool)
         .await
         .context("preparing the local store")?;
+        // Secrets stay sealed here; they are opened only to start a container.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS sealed_secrets (
+                 name TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 sealed BLOB NOT NULL,
+                 PRIMARY KEY (name, version))",
+        )
+        .execute(&pool)
+        .await
+        .context("preparing the local store")?;
         Ok(LocalStore { pool })
     }
 
@@ -83,10 +101,11 @@ impl DesiredStore for LocalStore {
         }
     }
 
-    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
+    async fn save_desired(&self, revision: u64, state: &SiteState, secrets: &[SealedSecret]) -> Result<()> {
         let saved_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO desired_state (id, revision, state, saved_at) VALUES (1, ?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET revision = ?1, state = ?2, saved_at = ?3",
@@ -94,9 +113,41 @@ impl DesiredStore for LocalStore {
         .bind(revision as i64)
         .bind(serde_json::to_string(state)?)
         .bind(saved_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        for secret in secrets {
+            sqlx::query("INSERT OR REPLACE INTO sealed_secrets (name, version, sealed) VALUES (?1, ?2, ?3)")
+                .bind(&secret.name)
+                .bind(secret.version as i64)
+                .bind(&secret.sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let referenced = codec::secret_versions(state);
+        let held: Vec<(String, i64)> = sqlx::query_as("SELECT name, version FROM sealed_secrets")
+            .fetch_all(&mut *tx)
+            .await?;
+        for (name, version) in held {
+            if !referenced.contains(&(name.clone(), version as u64)) {
+                sqlx::query("DELETE FROM sealed_secrets WHERE name = ?1 AND version = ?2")
+                    .bind(&name)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM sealed_secrets WHERE name = ?1 AND version = ?2")
+                .bind(name)
+                .bind(version as i64)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -113,7 +164,7 @@ mod tests {
         let state: SiteState = serde_json::from_value(serde_json::json!({ "workloads": [], "failures": [
             { "deployment": "d", "application": "a", "reason": "r" }] }))
         .unwrap();
-        store.save_desired(7, &state).await.unwrap();
+        store.save_desired(7, &state, &[]).await.unwrap();
         store.close().await;
         let again = LocalStore::open(&path).await.unwrap();
         assert_eq!(again.desired().await.unwrap(), (7, state));

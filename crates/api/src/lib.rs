@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod quantity;
 pub mod rollout;
 pub mod schema;
+pub mod secret;
 pub mod selector;
 pub mod telemetry;
 pub mod validate;

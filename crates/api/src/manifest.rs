@@ -215,9 +215,11 @@ pub struct Container {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Values may use `${site.NAME}` for the site's variables.
+    /// Text values may use `${site.NAME}` for the site's variables; a
+    /// `{secret, key}` value is one key of a secret (prefer `secrets`:
+    /// environment values show in `docker inspect`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +232,62 @@ pub struct Container {
     /// Host devices passed through, such as `/dev/video0`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// Secrets as read-only files on tmpfs: a whole secret as a directory
+    /// (each key a file), or one `key` as the file at `path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
+    /// What follows a new version of a file secret: `restart` (the
+    /// default), `signal:SIGHUP` (or another signal) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_secret_change: Option<SecretChange>,
+}
+
+/// An environment variable's value: text, or one key of a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Text(String),
+    Secret(SecretKeyRef),
+}
+
+impl fmt::Display for EnvValue {
+    /// Text as it is; a secret by name and key, never its value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvValue::Text(text) => f.write_str(text),
+            EnvValue::Secret(r) => write!(f, "<secret {}, key {}>", r.secret, r.key),
+        }
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(text: &str) -> EnvValue {
+        EnvValue::Text(text.to_string())
+    }
+}
+
+/// `{ secret: NAME, key: KEY }`: one value of a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub secret: Name,
+    pub key: SecretKey,
+}
+
+/// A secret as files inside a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretMount {
+    pub secret: Name,
+    /// One key as the file at `path`; without it, `path` is a directory
+    /// holding every key as a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretKey>,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// The file mode, in octal (default "0444").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<FileMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -450,6 +508,71 @@ checked_string!(
 );
 
 checked_string!(
+    /// A key of a secret; it becomes a file name.
+    SecretKey,
+    "secret-key",
+    crate::secret::check_secret_key
+);
+checked_string!(
+    /// A file mode in octal: `"0400"`.
+    FileMode,
+    "file-mode",
+    check_file_mode
+);
+checked_string!(
+    /// `restart`, `none` or `signal:SIGNAL`.
+    SecretChange,
+    "secret-change",
+    check_secret_change
+);
+
+impl FileMode {
+    /// The mode bits.
+    pub fn bits(&self) -> u32 {
+        u32::from_str_radix(&self.0, 8).unwrap_or(0o444)
+    }
+}
+
+impl SecretChange {
+    /// The signal to send, for `signal:NAME`.
+    pub fn signal(&self) -> Option<&str> {
+        self.0.strip_prefix("signal:")
+    }
+}
+
+/// The signals `onSecretChange` may send.
+pub const SECRET_CHANGE_SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGQUIT", "SIGTERM", "SIGWINCH",
+];
+
+fn check_file_mode(s: &str) -> Result<(), String> {
+    let valid = (3..=4).contains(&s.len())
+        && s.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        && u32::from_str_radix(s, 8).is_ok_and(|m| m <= 0o777);
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a file mode (octal, such as \"0400\", at most \"0777\")"
+        ))
+    }
+}
+
+fn check_secret_change(s: &str) -> Result<(), String> {
+    match s.strip_prefix("signal:") {
+        None if s == "restart" || s == "none" => Ok(()),
+        Some(signal) if SECRET_CHANGE_SIGNALS.contains(&signal) => Ok(()),
+        Some(signal) => Err(format!(
+            "{signal:?} is not a signal onSecretChange may send (one of {})",
+            SECRET_CHANGE_SIGNALS.join(", ")
+        )),
+        None => Err(format!(
+            "{s:?} is not restart, none or signal:NAME (such as signal:SIGHUP)"
+        )),
+    }
+}
+
+checked_string!(
     /// The path an HTTP probe asks for: `/healthz`.
     HttpPath,
     "http-path",
@@ -572,6 +695,9 @@ pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String
         "dns-label" => check_dns_label(text),
         "image" => check_image(text),
         "http-path" => check_http_path(text),
+        "secret-key" => crate::secret::check_secret_key(text),
+        "file-mode" => check_file_mode(text),
+        "secret-change" => check_secret_change(text),
         _ => return None,
     })
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::diagnostic::{Diagnostic, Diagnostics, Path};
 use crate::limits::{self, DurationRange};
 use crate::manifest::{
-    Application, Container, Deployment, Health, Kind, Manifest, Metadata, ServiceMode, Site,
+    Application, Container, Deployment, EnvValue, Health, Kind, Manifest, Metadata, ServiceMode, Site,
 };
 use crate::schema;
 use crate::yaml::{self, Node, Pos};
@@ -316,6 +316,9 @@ impl Checker<'_> {
                     format!("{name:?} is not an environment variable name (letters, digits and '_')"),
                 );
             }
+            let EnvValue::Text(value) = value else {
+                continue;
+            };
             if let Err(message) = check_references(value) {
                 self.error(&env_path, message);
             }
@@ -343,16 +346,32 @@ impl Checker<'_> {
         if let Some(health) = &container.health {
             self.health(health, &path.field("health"));
         }
-        let mut mount_paths: BTreeMap<&str, usize> = BTreeMap::new();
-        for (k, volume) in container.volumes.iter().enumerate() {
-            let volume_path = path.field("volumes").index(k).field("path");
-            if !volume.path.starts_with('/') {
-                self.error(&volume_path, format!("{:?} is not an absolute path", volume.path));
-            } else if let Some(first) = mount_paths.insert(volume.path.as_str(), k) {
+        // Volumes and secrets share the container's mount points.
+        let mut mount_paths: BTreeMap<&str, String> = BTreeMap::new();
+        let mounts = container
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(k, volume)| ("volumes", k, volume.path.as_str()))
+            .chain(
+                container
+                    .secrets
+                    .iter()
+                    .enumerate()
+                    .map(|(k, mount)| ("secrets", k, mount.path.as_str())),
+            );
+        for (field, k, mount_path) in mounts {
+            let at = format!("{field}[{k}]");
+            let field_path = path.field(field).index(k).field("path");
+            if !mount_path.starts_with('/') {
+                self.error(&field_path, format!("{mount_path:?} is not an absolute path"));
+            } else if let Some(first) = mount_paths.get(mount_path) {
                 self.error(
-                    &volume_path,
-                    format!("{:?} is already mounted by volumes[{first}]", volume.path),
+                    &field_path,
+                    format!("{mount_path:?} is already mounted by {first}"),
                 );
+            } else {
+                mount_paths.insert(mount_path, at);
             }
         }
         for (k, device) in container.devices.iter().enumerate() {

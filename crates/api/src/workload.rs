@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{ApplicationSpec, Container, Deployment, ServiceMode, Site};
+use crate::manifest::{ApplicationSpec, Container, Deployment, EnvValue, ServiceMode, Site};
 use crate::quantity::{Cpu, Size};
+use crate::secret::SecretPolicy;
 use crate::selector::Selector;
 use crate::validate::site_references;
 
@@ -31,6 +32,10 @@ pub struct Workload {
     /// Which host runs which instance (filled by [`assign_hosts`]).
     #[serde(default)]
     pub instances: Vec<Instance>,
+    /// The version of each secret its containers refer to. Only names and
+    /// versions: the values travel sealed beside the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, u64>,
 }
 
 /// One running copy of a workload on one host.
@@ -48,10 +53,24 @@ impl Workload {
         format!("{}/{}", self.application, self.service)
     }
 
-    /// A hash of everything that, when changed, needs new containers.
+    /// A hash of everything that, when changed, needs new containers:
+    /// the spec, and the versions of the secrets a container must restart
+    /// for (env values, and files whose `onSecretChange` is `restart`).
     pub fn spec_hash(&self) -> String {
-        let json = serde_json::to_vec(&(&self.version, &self.containers)).unwrap_or_default();
-        hex::encode(&Sha256::digest(&json)[..8])
+        let restart: BTreeMap<&str, u64> = self
+            .secrets
+            .iter()
+            .filter(|(name, _)| self.containers.iter().any(|c| c.restarts_for(name)))
+            .map(|(name, version)| (name.as_str(), *version))
+            .collect();
+        // Without secrets the hash is what it was before secrets existed,
+        // so an upgrade replaces no container.
+        let json = if restart.is_empty() {
+            serde_json::to_vec(&(&self.version, &self.containers))
+        } else {
+            serde_json::to_vec(&(&self.version, &self.containers, &restart))
+        };
+        hex::encode(&Sha256::digest(json.unwrap_or_default())[..8])
     }
 }
 
@@ -74,11 +93,15 @@ pub struct SiteState {
 }
 
 /// Compiles what `site` runs. `application_spec(name, version)` looks up a
-/// stored application version (`None` for the version means the current).
+/// stored application version (`None` for the version means the current);
+/// `secrets` are the policies of the secrets that exist. An application
+/// that refers to a secret this site or its image may not have is a
+/// placement failure, and the site gets nothing of that secret.
 pub fn compile_site<'a>(
     site: &Site,
     deployments: impl IntoIterator<Item = &'a Deployment>,
     application_spec: impl Fn(&str, Option<&str>) -> Option<ApplicationSpec>,
+    secrets: &BTreeMap<String, SecretPolicy>,
 ) -> SiteState {
     let mut state = SiteState::default();
     let mut deployments: Vec<&Deployment> = deployments
@@ -107,10 +130,27 @@ pub fn compile_site<'a>(
             )));
             continue;
         }
+        let versions = match secret_versions(&spec, site, secrets) {
+            Ok(versions) => versions,
+            Err(reason) => {
+                state.failures.push(failure(reason));
+                continue;
+            }
+        };
         match substitute(&spec, &site.spec.variables) {
             Ok(spec) => {
                 taken.insert(application.to_string(), deployment.metadata.name.to_string());
                 for service in spec.services {
+                    let secrets = versions
+                        .iter()
+                        .filter(|(name, _)| {
+                            service
+                                .containers
+                                .iter()
+                                .any(|c| c.secret_uses().any(|u| u.secret == name.as_str()))
+                        })
+                        .map(|(name, version)| (name.clone(), *version))
+                        .collect();
                     state.workloads.push(Workload {
                         application: application.to_string(),
                         version: spec.version.clone(),
@@ -121,6 +161,7 @@ pub fn compile_site<'a>(
                         hosts: service.hosts,
                         containers: service.containers,
                         instances: Vec::new(),
+                        secrets,
                     });
                 }
             }
@@ -303,6 +344,38 @@ pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<Str
 }
 
 /// Replaces `${site.NAME}` in every env value; `$$` becomes `$`.
+/// The version of every secret the application refers to, or why this
+/// site may not have one of them.
+fn secret_versions(
+    spec: &ApplicationSpec,
+    site: &Site,
+    secrets: &BTreeMap<String, SecretPolicy>,
+) -> Result<BTreeMap<String, u64>, String> {
+    let mut versions = BTreeMap::new();
+    for service in &spec.services {
+        for container in &service.containers {
+            for used in container.secret_uses() {
+                let Some(policy) = secrets.get(used.secret) else {
+                    return Err(format!("secret {:?} does not exist", used.secret));
+                };
+                if let Some(key) = used.key
+                    && !policy.keys.contains(key)
+                {
+                    return Err(format!("secret {:?} has no key {key:?}", used.secret));
+                }
+                let refusal = policy
+                    .refuses_site(used.secret, site.metadata.name.as_str(), &site.metadata.labels)
+                    .or_else(|| policy.refuses_image(used.secret, container.image.as_str()));
+                if let Some(reason) = refusal {
+                    return Err(reason);
+                }
+                versions.insert(used.secret.to_string(), policy.version);
+            }
+        }
+    }
+    Ok(versions)
+}
+
 fn substitute(
     spec: &ApplicationSpec,
     variables: &BTreeMap<String, String>,
@@ -311,6 +384,9 @@ fn substitute(
     for service in &mut spec.services {
         for container in &mut service.containers {
             for (name, value) in &mut container.env {
+                let EnvValue::Text(value) = value else {
+                    continue;
+                };
                 *value = substitute_value(value, variables)
                     .map_err(|missing| format!("env {name} of {}/{} needs site variable {missing:?}, which this site does not define", service.name, container.name))?;
             }

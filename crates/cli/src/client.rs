@@ -11,6 +11,9 @@ use outpost_api::Diagnostic;
 use outpost_api::client_config::{ClientConfig, Context};
 use outpost_api::limits::MAX_BODY_BYTES;
 use outpost_api::manifest::Kind;
+use outpost_api::secret::{
+    RevealRequest, RevealResponse, SecretDetail, SecretList, SecretSetRequest, SecretSummary,
+};
 use outpost_api::wire::{
     ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostInfo, HostList, IDEMPOTENCY_KEY,
     JoinToken, JoinTokenRequest, LabelChange, ObjectList, StoredObject,
@@ -299,6 +302,32 @@ impl Client {
         let list: outpost_api::telemetry::LogList =
             self.send(self.request(Method::GET, "/logs").query(query)).await?;
         Ok(list.items)
+    }
+
+    pub async fn set_secret(&self, request: &SecretSetRequest) -> Result<SecretSummary> {
+        self.send(self.request(Method::POST, "/secrets").json(request))
+            .await
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretSummary>> {
+        let list: SecretList = self.send(self.request(Method::GET, "/secrets")).await?;
+        Ok(list.items)
+    }
+
+    pub async fn secret(&self, name: &str) -> Result<SecretDetail> {
+        self.send(self.request(Method::GET, &format!("/secrets/{}", encode(name))))
+            .await
+    }
+
+    pub async fn reveal_secret(&self, name: &str, key: &str) -> Result<RevealResponse> {
+        let body = RevealRequest { key: key.to_string() };
+        let path = format!("/secrets/{}/reveal", encode(name));
+        self.send(self.request(Method::POST, &path).json(&body)).await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<SecretSummary> {
+        self.send(self.request(Method::DELETE, &format!("/secrets/{}", encode(name))))
+            .await
     }
 
     pub async fn history(&self, application: &str) -> Result<Vec<ApplicationVersion>> {

@@ -9,9 +9,14 @@ use serde::Serialize;
 /// (`outpost get sites | head -1`) this fails with `BrokenPipe`, which the
 /// binary treats as a quiet end rather than a panic.
 pub fn print(text: &str) -> std::io::Result<()> {
+    print_bytes(text.as_bytes())
+}
+
+/// Prints bytes as they are (a revealed secret need not be text).
+pub fn print_bytes(bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
+    out.write_all(bytes)?;
     out.flush()
 }
 

@@ -11,6 +11,7 @@ pub mod pki;
 pub mod plan;
 pub mod presence;
 pub mod revocation;
+pub mod secrets;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -28,6 +29,7 @@ use crate::enrollment::Enrollments;
 use crate::fleet::Fleet;
 use crate::pki::Pki;
 use crate::revocation::Revocations;
+use crate::secrets::Secrets;
 use crate::store::{SqliteStore, Storage};
 
 /// Where the admin credentials are written, inside the data directory.
@@ -47,6 +49,9 @@ pub struct Config {
     /// Connections one address may hold on the agent port before they
     /// present a host certificate.
     pub max_unauthenticated_per_source: usize,
+    /// The key-encryption key file of secrets (`None`: `secrets.key` in
+    /// the data directory).
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -71,6 +76,23 @@ impl Default for Retention {
 /// How often records past their retention are deleted.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// `outpost control rotate-secrets-key`: a new key-encryption key, every
+/// data key re-wrapped with it, the old key dropped. Safe while the control
+/// plane runs (it reads the new key when it first meets it). Returns the
+/// new key's id and how many versions were re-wrapped.
+pub async fn rotate_secrets_key(data_dir: &Path, key_file: Option<&Path>) -> Result<(String, usize)> {
+    let database = data_dir.join("outpost.db");
+    if !database.exists() {
+        anyhow::bail!("{} holds no control plane (no outpost.db)", data_dir.display());
+    }
+    let store = SqliteStore::open(&database).await.context("opening the store")?;
+    let store: Arc<dyn Storage> = Arc::new(store);
+    let keyring = secrets::open_keyring(data_dir, key_file).context("opening the secrets key")?;
+    let rotated = Secrets::new(store.clone(), keyring).rotate_key().await;
+    store.close().await;
+    rotated
+}
+
 /// A control plane that is listening; `serve` runs it until shutdown.
 pub struct ControlPlane {
     pub local_addr: SocketAddr,
@@ -87,6 +109,7 @@ pub struct ControlPlane {
     tls: Arc<rustls::ServerConfig>,
     agent_tls: Arc<rustls::ServerConfig>,
     revocations: Arc<Revocations>,
+    secrets: Arc<Secrets>,
     retention: Retention,
     poll_interval: Option<std::time::Duration>,
     max_unauthenticated_per_source: usize,
@@ -128,6 +151,10 @@ impl ControlPlane {
             .await
             .context("loading revoked certificates")?;
 
+        let keyring = secrets::open_keyring(&config.data_dir, config.secrets_key_file.as_deref())
+            .context("opening the secrets key")?;
+        let secrets = Arc::new(Secrets::new(store.clone(), keyring));
+
         let admin_config = config.data_dir.join(ADMIN_CONFIG);
         write_admin_config(&admin_config, &url, &pki, store.as_ref()).await?;
         let fleet = Fleet::new(store.clone());
@@ -145,6 +172,7 @@ impl ControlPlane {
             tls,
             agent_tls,
             revocations,
+            secrets,
             retention: config.retention,
             poll_interval: config.poll_interval,
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
@@ -161,6 +189,7 @@ impl ControlPlane {
             pki: self.pki.clone(),
             revocations: self.revocations.clone(),
             enrollments: enrollments.clone(),
+            secrets: self.secrets.clone(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -178,6 +207,7 @@ impl ControlPlane {
             poll_interval: self.poll_interval,
             revocations: self.revocations.clone(),
             enrollments,
+            secrets: self.secrets.clone(),
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));

@@ -176,9 +176,11 @@ pub struct HostCertificate {
     pub site: String,
     pub host: String,
     pub serial: String,
+    /// The certificate's public key: an uncompressed P-256 point.
+    pub public_key: Vec<u8>,
 }
 
-/// The site, host and serial of a host certificate.
+/// The site, host, serial and public key of a host certificate.
 pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let names = cert.subject_alternative_name().ok()??;
@@ -193,6 +195,7 @@ pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
         site,
         host,
         serial: hex::encode(cert.raw_serial()),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
 }
 
@@ -228,6 +231,7 @@ mod tests {
                 site: "store-042".to_string(),
                 host: "till-1".to_string(),
                 serial,
+                public_key: key.public_key_raw().to_vec(),
             })
         );
 

@@ -27,8 +27,13 @@ pub(crate) enum Command {
     /// Run the control plane
     Control {
         /// Where the store, certificates and admin.yaml live
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost")]
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost", global = true)]
         data_dir: PathBuf,
+        /// The key file that encrypts secrets at rest [default: DATA_DIR/secrets.key, made if missing]
+        #[arg(long, value_name = "FILE", global = true)]
+        secrets_key_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ControlCommand>,
         /// Address of the REST API (HTTPS)
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7800")]
         listen: std::net::SocketAddr,
@@ -100,6 +105,10 @@ pub(crate) enum Command {
         /// Polling mode: how often to poll (the control plane may ask for another)
         #[arg(long, value_name = "DURATION", default_value = "5m")]
         interval: outpost_api::quantity::Duration,
+        /// Where secret files are written: the agent mounts a tmpfs at
+        /// DIR/SITE.HOST (it needs root for that, unless one is there)
+        #[arg(long, value_name = "DIR", default_value = outpost_agent::DEFAULT_SECRETS_DIR)]
+        secrets_dir: PathBuf,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {
@@ -139,7 +148,7 @@ pub(crate) enum Command {
     },
     /// List objects, or show one
     Get {
-        /// sites, applications (apps), deployments (deploy) or hosts
+        /// sites, applications (apps), deployments (deploy), hosts or secrets
         #[arg(value_parser = parse_resource)]
         kind: Resource,
         name: Option<String>,
@@ -154,14 +163,16 @@ pub(crate) enum Command {
     },
     /// Show one object in detail
     Describe {
-        #[arg(value_parser = parse_kind)]
-        kind: Kind,
+        /// site, application, deployment or secret
+        #[arg(value_parser = parse_object)]
+        kind: Object,
         name: String,
     },
     /// Delete one object
     Delete {
-        #[arg(value_parser = parse_kind)]
-        kind: Kind,
+        /// site, application, deployment or secret
+        #[arg(value_parser = parse_object)]
+        kind: Object,
         name: String,
         /// For a site with hosts: remove them too and revoke their certificates
         #[arg(long)]
@@ -210,6 +221,11 @@ pub(crate) enum Command {
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// Keep secrets: values sealed at rest, sent only to the sites that use them
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// Manage join tokens for new hosts
     Token {
@@ -345,6 +361,37 @@ pub(crate) enum RolloutCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum ControlCommand {
+    /// Make a new key-encryption key and re-wrap every secret's data key
+    /// with it; safe while the control plane runs
+    RotateSecretsKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Store a new version of a secret (values from arguments, files or
+    /// standard input; never from a manifest)
+    Set {
+        name: String,
+        /// KEY=VALUE, or KEY=- to read the value from standard input
+        #[arg(value_name = "KEY=VALUE")]
+        values: Vec<String>,
+        /// A value from a file (repeatable)
+        #[arg(long = "from-file", value_name = "KEY=PATH")]
+        from_file: Vec<String>,
+        /// The only sites it may ever reach [default: the previous version's; all for the first]
+        #[arg(long, value_name = "SELECTOR")]
+        sites: Option<String>,
+        /// The images that may receive it, `*` a wildcard; a repository
+        /// without a tag allows all its tags [default: the previous version's; any for the first]
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        images: Option<Vec<String>>,
+    },
+    /// Print one value (written to the audit log)
+    Reveal { name: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
     /// Print a single-use join token that enrolls one host into a site
     Create {
@@ -395,25 +442,38 @@ impl From<OutputFormat> for Format {
     }
 }
 
-/// What `get` lists: a kind of manifest, or the enrolled hosts.
+/// What `get` lists: a kind of manifest, the enrolled hosts, or secrets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Resource {
     Kind(Kind),
     Hosts,
+    Secrets,
 }
 
 pub(crate) fn parse_resource(text: &str) -> Result<Resource, String> {
     match text.to_ascii_lowercase().as_str() {
         "host" | "hosts" => Ok(Resource::Hosts),
-        _ => Kind::from_cli(text)
-            .map(Resource::Kind)
-            .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications, deployments or hosts)")),
+        "secret" | "secrets" => Ok(Resource::Secrets),
+        _ => Kind::from_cli(text).map(Resource::Kind).ok_or_else(|| {
+            format!("unknown kind {text:?} (use sites, applications, deployments, hosts or secrets)")
+        }),
     }
 }
 
-pub(crate) fn parse_kind(text: &str) -> Result<Kind, String> {
-    Kind::from_cli(text)
-        .ok_or_else(|| format!("unknown kind {text:?} (use sites, applications or deployments)"))
+/// What `describe` and `delete` take: a kind of manifest, or a secret.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Object {
+    Kind(Kind),
+    Secret,
+}
+
+pub(crate) fn parse_object(text: &str) -> Result<Object, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "secret" | "secrets" => Ok(Object::Secret),
+        _ => Kind::from_cli(text)
+            .map(Object::Kind)
+            .ok_or_else(|| format!("unknown kind {text:?} (use site, application, deployment or secret)")),
+    }
 }
 
 pub(crate) fn parse_history_kind(text: &str) -> Result<Kind, String> {

@@ -12,8 +12,8 @@ use outpost_cli::output;
 use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
-    AgentMode, Cli, Command, Resource, RolloutCommand, RuntimeKind, SimCommand, SimOutput, StreamOutput,
-    TokenCommand,
+    AgentMode, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, RuntimeKind, SecretCommand,
+    SimCommand, SimOutput, StreamOutput, TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -134,6 +134,20 @@ async fn run(cli: Cli) -> Result<()> {
     let output = match &cli.command {
         Command::Control {
             data_dir,
+            secrets_key_file,
+            command: Some(ControlCommand::RotateSecretsKey),
+            ..
+        } => {
+            let (id, count) =
+                outpost_control::rotate_secrets_key(data_dir, secrets_key_file.as_deref()).await?;
+            format!(
+                "secrets key rotated: key {id} now wraps all {count} secret versions; the old key is gone from the key file\n"
+            )
+        }
+        Command::Control {
+            data_dir,
+            secrets_key_file,
+            command: None,
             listen,
             agent_listen,
             tls_san,
@@ -152,6 +166,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tls_san: tls_san.clone(),
                 poll_interval: poll_interval.map(|i| i.as_std().max(std::time::Duration::from_secs(1))),
                 max_unauthenticated_per_source: (*max_unauthenticated_per_source).max(1),
+                secrets_key_file: secrets_key_file.clone(),
                 retention: outpost_control::Retention {
                     events: event_retention.as_std(),
                     logs: log_retention.as_std(),
@@ -174,6 +189,7 @@ async fn run(cli: Cli) -> Result<()> {
             sample_every,
             mode,
             interval,
+            secrets_dir,
         } => {
             init_logging();
             raise_open_file_limit();
@@ -201,6 +217,7 @@ async fn run(cli: Cli) -> Result<()> {
                     RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,
                 },
+                secrets_dir: secrets_dir.clone(),
             };
             return outpost_agent::run(config, stopped).await;
         }
@@ -217,6 +234,9 @@ async fn run(cli: Cli) -> Result<()> {
             let kind = match kind {
                 Resource::Kind(kind) => Some(*kind),
                 Resource::Hosts => None,
+                Resource::Secrets => {
+                    anyhow::bail!("secrets have no labels (their --sites selector says where they may go)")
+                }
             };
             commands::label(&client(&cli)?, kind, name, labels).await?
         }
@@ -377,9 +397,55 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?
         }
-        Command::Describe { kind, name } => commands::describe(&client(&cli)?, *kind, name).await?,
-        Command::Delete { kind, name, cascade } => {
-            commands::delete(&client(&cli)?, *kind, name, *cascade).await?
+        Command::Get {
+            kind: Resource::Secrets,
+            name,
+            output,
+            ..
+        } => commands::get_secrets(&client(&cli)?, name.as_deref(), (*output).into()).await?,
+        Command::Describe {
+            kind: Object::Kind(kind),
+            name,
+        } => commands::describe(&client(&cli)?, *kind, name).await?,
+        Command::Describe {
+            kind: Object::Secret,
+            name,
+        } => commands::describe_secret(&client(&cli)?, name).await?,
+        Command::Delete {
+            kind: Object::Kind(kind),
+            name,
+            cascade,
+        } => commands::delete(&client(&cli)?, *kind, name, *cascade).await?,
+        Command::Delete {
+            kind: Object::Secret,
+            name,
+            ..
+        } => commands::delete_secret(&client(&cli)?, name).await?,
+        Command::Secret {
+            command:
+                SecretCommand::Set {
+                    name,
+                    values,
+                    from_file,
+                    sites,
+                    images,
+                },
+        } => {
+            let set = commands::SecretSet {
+                name,
+                values,
+                from_files: from_file,
+                sites: sites.as_deref(),
+                images: images.as_deref(),
+            };
+            commands::secret_set(&client(&cli)?, &set, &mut std::io::stdin().lock()).await?
+        }
+        Command::Secret {
+            command: SecretCommand::Reveal { name, key },
+        } => {
+            let value = commands::secret_reveal(&client(&cli)?, name, key).await?;
+            output::print_bytes(&value)?;
+            return Ok(());
         }
         Command::History { name, output, .. } => {
             commands::history(&client(&cli)?, name, (*output).into()).await?

@@ -61,6 +61,7 @@ pub async fn run(
         retention: Default::default(),
         poll_interval: None,
         max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,
+        secrets_key_file: None,
     })
     .await?;
 
@@ -135,6 +136,7 @@ pub async fn run(
             sample_every: outpost_agent::samples::SAMPLE_EVERY,
             mode: outpost_agent::session::Mode::Stream,
             runtime: outpost_agent::RuntimeKind::Docker,
+            secrets_dir: outpost_agent::DEFAULT_SECRETS_DIR.into(),
         },
         stopped.clone(),
     ));

@@ -4,7 +4,7 @@
 //! deflated JSON array), log replies, and the timing both ends share.
 //! An encoding that fails is an error, never empty bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -73,6 +73,7 @@ pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, C
             .map(encode_workload)
             .collect::<Result<_, _>>()?,
         removed: Vec::new(),
+        secrets: Vec::new(),
     })
 }
 
@@ -100,7 +101,25 @@ pub fn delta_manifest(
             .filter(|key| !after.contains_key(*key))
             .cloned()
             .collect(),
+        secrets: Vec::new(),
     })
+}
+
+/// The secret versions a manifest taking an agent from `previous` (none: a
+/// full manifest) to `state` must carry: those `state` refers to that
+/// `previous` did not. The agent keeps every version its state refers to.
+pub fn secrets_to_send(previous: Option<&SiteState>, state: &SiteState) -> BTreeSet<(String, u64)> {
+    let held = previous.map(secret_versions).unwrap_or_default();
+    secret_versions(state).difference(&held).cloned().collect()
+}
+
+/// Every secret version a state refers to.
+pub fn secret_versions(state: &SiteState) -> BTreeSet<(String, u64)> {
+    state
+        .workloads
+        .iter()
+        .flat_map(|w| w.secrets.iter().map(|(name, version)| (name.clone(), *version)))
+        .collect()
 }
 
 /// The state a manifest makes of the one held at `current`; a delta must be

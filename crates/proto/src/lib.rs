@@ -6,6 +6,7 @@
 //! counting both ends do at the socket.
 
 pub mod codec;
+pub mod seal;
 pub mod traffic;
 
 /// The protocol version an agent states in its hello.

@@ -3,7 +3,7 @@
 //! memory, and a fixed set of host facts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -13,26 +13,42 @@ use anyhow::Result;
 use outpost_agent::identity::{self, Credentials};
 use outpost_agent::outbox::Outbox;
 use outpost_agent::reconciler::Reconciler;
+use outpost_agent::secrets::Secrets;
 use outpost_agent::session::Session;
 use outpost_agent::store::DesiredStore;
 use outpost_api::workload::SiteState;
+use outpost_proto::v1::SealedSecret;
 use tokio::sync::watch;
 
 use crate::runtime::MemoryRuntime;
 
-/// The desired state, kept in memory: a simulated host never reboots.
+/// The desired state and sealed secrets, kept in memory: a simulated host
+/// never reboots.
 #[derive(Default)]
-struct MemoryStore(Mutex<(u64, SiteState)>);
+struct MemoryStore {
+    desired: Mutex<(u64, SiteState)>,
+    sealed: Mutex<BTreeMap<(String, u64), Vec<u8>>>,
+}
 
 #[async_trait::async_trait]
 impl DesiredStore for MemoryStore {
     async fn desired(&self) -> Result<(u64, SiteState)> {
-        Ok(self.0.lock().clone())
+        Ok(self.desired.lock().clone())
     }
 
-    async fn save_desired(&self, revision: u64, state: &SiteState) -> Result<()> {
-        *self.0.lock() = (revision, state.clone());
+    async fn save_desired(&self, revision: u64, state: &SiteState, secrets: &[SealedSecret]) -> Result<()> {
+        *self.desired.lock() = (revision, state.clone());
+        let referenced = outpost_proto::codec::secret_versions(state);
+        let mut sealed = self.sealed.lock();
+        for secret in secrets {
+            sealed.insert((secret.name.clone(), secret.version), secret.sealed.clone());
+        }
+        sealed.retain(|key, _| referenced.contains(key));
         Ok(())
+    }
+
+    async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.sealed.lock().get(&(name.to_string(), version)).cloned())
     }
 }
 
@@ -67,8 +83,11 @@ pub struct SimSite {
 
 impl SimSite {
     /// Starts the agent of an enrolled host; it runs until `shutdown`.
+    /// Its secret files go under `secrets_dir` (a plain directory: the
+    /// simulator mounts no tmpfs).
     pub fn start(
         credentials: Credentials,
+        secrets_dir: PathBuf,
         start_delay: Duration,
         outbox: Arc<dyn Outbox>,
         shutdown: watch::Receiver<bool>,
@@ -78,6 +97,13 @@ impl SimSite {
         let (desired_sender, desired) = watch::channel((0, SiteState::default()));
         let (status_sender, status) = watch::channel(Vec::new());
         let (connected_sender, connected) = watch::channel(false);
+        let store = Arc::new(MemoryStore::default());
+        let secrets = Arc::new(Secrets::new(
+            credentials.host_key,
+            store.clone(),
+            secrets_dir,
+            false,
+        ));
         let reconciler = Reconciler::new(
             runtime.clone(),
             &identity.site,
@@ -85,13 +111,14 @@ impl SimSite {
             desired,
             status_sender,
             outbox.clone(),
+            secrets,
         );
         tokio::spawn(reconciler.run(shutdown.clone()));
         let host = identity.host.clone();
         let session = Session {
             server: identity.server.clone(),
             tls: credentials.tls,
-            store: Arc::new(MemoryStore::default()),
+            store,
             runtime: runtime.clone(),
             outbox: outbox.clone(),
             discover: Box::new(move || facts(&host)),

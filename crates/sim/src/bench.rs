@@ -292,9 +292,11 @@ pub async fn run(options: &Options) -> Result<Report> {
     let (stop, shutdown) = watch::channel(false);
     let sites: Vec<SimSite> = credentials
         .into_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let outbox = Arc::new(MemoryOutbox::new(SITE_QUEUE_LIMIT));
-            SimSite::start(c, options.start_delay, outbox, shutdown.clone())
+            let secrets = keys.join(site_name(i)).join("secrets");
+            SimSite::start(c, secrets, options.start_delay, outbox, shutdown.clone())
         })
         .collect();
     let first_deploy = per_site(&sites, Instant::now(), options.timeout, "running 1.0.0", |s| {

@@ -203,6 +203,8 @@ mod tests {
             spec_hash: format!("hash-{version}"),
             container: serde_json::from_value(serde_json::json!({ "name": "c", "image": "sim/app:1" }))
                 .unwrap(),
+            secrets: Default::default(),
+            prepared: Default::default(),
         })
     }
 

@@ -12,6 +12,8 @@ fn desired(name: &str, app: &str, hash: &str) -> DesiredContainer {
         version: "1".to_string(),
         spec_hash: hash.to_string(),
         container: serde_json::from_value(serde_json::json!({ "name": "web", "image": "busybox" })).unwrap(),
+        secrets: Default::default(),
+        prepared: Default::default(),
     }
 }
 

@@ -21,7 +21,7 @@ use outpost_api::manifest::{Health, Protocol};
 use outpost_api::telemetry::LogLine;
 use tokio::sync::mpsc;
 
-use super::{Runtime, labels};
+use super::{Runtime, environment, labels};
 use crate::plan::{Action, DesiredContainer, Observed};
 
 pub struct Docker {
@@ -157,7 +157,14 @@ impl Docker {
                     })
                     .collect()
             }),
-            mounts: (!container.volumes.is_empty()).then(|| {
+            mounts: (!container.volumes.is_empty() || !want.prepared.mounts.is_empty()).then(|| {
+                let secrets = want.prepared.mounts.iter().map(|(source, target)| Mount {
+                    typ: Some(MountType::BIND),
+                    source: Some(source.display().to_string()),
+                    target: Some(target.clone()),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
                 container
                     .volumes
                     .iter()
@@ -175,6 +182,7 @@ impl Docker {
                         }),
                         ..Default::default()
                     })
+                    .chain(secrets)
                     .collect()
             }),
             ..Default::default()
@@ -184,7 +192,12 @@ impl Docker {
             image: Some(container.image.to_string()),
             entrypoint: (!container.command.is_empty()).then(|| container.command.clone()),
             cmd: (!container.args.is_empty()).then(|| container.args.clone()),
-            env: Some(container.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                environment(container, &want.prepared)
+                    .iter()
+                    .map(|(name, value)| format!("{name}={}", value.as_str()))
+                    .collect(),
+            ),
             exposed_ports: (!container.ports.is_empty())
                 .then(|| container.ports.iter().map(port_key).collect()),
             labels: Some(container_labels),
@@ -344,6 +357,16 @@ impl Runtime for Docker {
             .into_iter()
             .filter_map(|n| n.labels?.get(labels::APPLICATION).cloned())
             .collect())
+    }
+
+    async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
+        let options = bollard::query_parameters::KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        self.client
+            .kill_container(container_id, Some(options))
+            .await
+            .with_context(|| format!("sending {signal}"))
     }
 
     async fn apply(&self, action: &Action) -> Result<()> {

@@ -9,11 +9,13 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use outpost_api::manifest::Health;
+use outpost_api::manifest::{Container, EnvValue, Health};
 use outpost_api::telemetry::LogLine;
 use tokio::sync::mpsc;
 
 use crate::plan::{Action, Observed};
+use crate::secrets::Prepared;
+use zeroize::Zeroizing;
 
 pub use docker::Docker;
 pub use process::Processes;
@@ -68,6 +70,12 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Sends a signal (`SIGHUP`…) to a running container.
+    async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
+        let _ = (container_id, signal);
+        anyhow::bail!("this runtime cannot signal a container")
+    }
+
     /// The images pulled since the last call (for events).
     fn pulled(&self) -> Vec<String> {
         Vec::new()
@@ -76,6 +84,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// A channel that receives a message whenever something this agent owns
     /// changes outside its control (a container died, was removed…).
     fn changes(&self) -> mpsc::Receiver<()>;
+}
+
+/// A container's environment: its text values, then the values of its
+/// secrets (opened just before it starts).
+pub(crate) fn environment(container: &Container, secrets: &Prepared) -> Vec<(String, Zeroizing<String>)> {
+    let text = container.env.iter().filter_map(|(name, value)| match value {
+        EnvValue::Text(text) => Some((name.clone(), Zeroizing::new(text.clone()))),
+        EnvValue::Secret(_) => None,
+    });
+    text.chain(secrets.env.iter().cloned()).collect()
 }
 
 /// A plain HTTP/1.1 GET: a 2xx or 3xx answer is healthy.

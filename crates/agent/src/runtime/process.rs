@@ -104,6 +104,12 @@ impl Processes {
                 spec.name
             )
         })?;
+        if !spec.prepared.mounts.is_empty() {
+            anyhow::bail!(
+                "{}: the process runtime cannot mount secret files (secrets as env values work)",
+                spec.name
+            );
+        }
         let log_path = self.log_dir.join(format!("{}.log", spec.name));
         let name = name.to_string();
         if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
@@ -116,7 +122,11 @@ impl Processes {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut child = tokio::process::Command::new(program)
             .args(argv)
-            .envs(&container.env)
+            .envs(
+                super::environment(container, &spec.prepared)
+                    .iter()
+                    .map(|(name, value)| (name, value.as_str())),
+            )
             .env(MARKER, &name)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -37,19 +37,25 @@ fn compiles_matching_deployments_with_variables() {
         .iter()
         .find(|s| s.metadata.name.as_str() == "store-042")
         .unwrap();
-    let state = compile_site(store_042, &deployments, lookup);
+    let state = compile_site(store_042, &deployments, lookup, &BTreeMap::new());
     assert_eq!(state.failures, []);
     let keys: Vec<String> = state.workloads.iter().map(Workload::key).collect();
     assert_eq!(keys, ["pos-gateway/api", "pos-gateway/sync"]);
     assert_eq!(state.workloads[0].deployment, "pos-gateway-prod");
-    assert_eq!(state.workloads[0].containers[0].env["STORE_ID"], "042");
-    assert_eq!(state.workloads[0].containers[0].env["TZ"], "Europe/Stockholm");
+    assert_eq!(state.workloads[0].containers[0].env["STORE_ID"], "042".into());
+    assert_eq!(
+        state.workloads[0].containers[0].env["TZ"],
+        "Europe/Stockholm".into()
+    );
 
     let plant = sites
         .iter()
         .find(|s| s.metadata.name.as_str() == "plant-ulm")
         .unwrap();
-    assert_eq!(compile_site(plant, &deployments, lookup), SiteState::default());
+    assert_eq!(
+        compile_site(plant, &deployments, lookup, &BTreeMap::new()),
+        SiteState::default()
+    );
 }
 
 #[test]
@@ -66,7 +72,7 @@ fn a_missing_variable_fails_the_site_never_an_empty_string() {
         "env": { "A": "${site.missing}", "B": "$${literal}" } }] }]
     }))
     .unwrap();
-    let state = compile_site(site, [deployment], |_, _| Some(spec.clone()));
+    let state = compile_site(site, [deployment], |_, _| Some(spec.clone()), &BTreeMap::new());
     assert_eq!(state.workloads, []);
     assert_eq!(
         state.failures[0].reason,
@@ -98,6 +104,7 @@ fn instances_go_to_matching_hosts() {
         hosts: selector.map(|s| s.parse().unwrap()),
         containers: Vec::new(),
         instances: Vec::new(),
+        secrets: BTreeMap::new(),
     };
     let mut state = SiteState {
         workloads: vec![
@@ -171,6 +178,7 @@ fn placement_fits_resources_and_says_why_not() {
             hosts: selector.map(|s| s.parse().unwrap()),
             containers: vec![serde_json::from_value(container).unwrap()],
             instances: Vec::new(),
+            secrets: BTreeMap::new(),
         }
     };
     let mut state = SiteState {
@@ -245,8 +253,98 @@ fn spec_hash_follows_the_containers() {
             hosts: None,
             containers,
             instances: Vec::new(),
+            secrets: BTreeMap::new(),
         }
     };
     assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());
     assert_ne!(workload("x").spec_hash(), workload("y").spec_hash());
+}
+
+#[test]
+fn secrets_reach_only_the_sites_and_images_they_allow() {
+    let all = manifests(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: eu-1, labels: { region: eu } }\n---\n\
+         apiVersion: outpost/v1\nkind: Site\nmetadata: { name: us-1, labels: { region: us } }\n---\n\
+         apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: d }\nspec: { application: a, sites: region }\n",
+    );
+    let sites: Vec<&Site> = all
+        .iter()
+        .filter_map(|m| match m {
+            Manifest::Site(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let Manifest::Deployment(deployment) = &all[2] else {
+        panic!()
+    };
+    let spec = |image: &str, change: Option<&str>| -> ApplicationSpec {
+        serde_json::from_value(serde_json::json!({
+            "version": "1", "services": [{ "name": "web", "containers": [{ "name": "web", "image": image,
+            "env": { "PLAIN": "x" },
+            "secrets": [{ "secret": "db", "key": "password", "path": "/run/db" }],
+            "onSecretChange": change }] }, { "name": "other", "containers": [{ "name": "o", "image": "x" }] }]
+        }))
+        .unwrap()
+    };
+    let mut secrets = BTreeMap::from([(
+        "db".to_string(),
+        SecretPolicy {
+            version: 3,
+            keys: ["password".to_string()].into(),
+            sites: Some("region = eu".parse().unwrap()),
+            images: vec!["shop/*".to_string()],
+        },
+    )]);
+    let app = spec("shop/pos:1", None);
+    let eu = compile_site(sites[0], [deployment], |_, _| Some(app.clone()), &secrets);
+    assert_eq!(eu.failures, []);
+    assert_eq!(eu.workloads[0].secrets, BTreeMap::from([("db".to_string(), 3)]));
+    assert_eq!(
+        eu.workloads[1].secrets,
+        BTreeMap::new(),
+        "only the service that refers to it"
+    );
+    let us = compile_site(sites[1], [deployment], |_, _| Some(app.clone()), &secrets);
+    assert_eq!(us.workloads, []);
+    assert_eq!(
+        us.failures[0].reason,
+        "secret \"db\" may not reach site \"us-1\" (its sites: region = eu)"
+    );
+
+    let wrong_image = spec("other/pos:1", None);
+    let refused = compile_site(sites[0], [deployment], |_, _| Some(wrong_image.clone()), &secrets);
+    assert_eq!(
+        refused.failures[0].reason,
+        "secret \"db\" may not go to image \"other/pos:1\" (it allows shop/*)"
+    );
+
+    // A new version replaces a `restart` container, not a `signal` one.
+    let hash = |state: &SiteState| state.workloads[0].spec_hash();
+    let restart_before = hash(&eu);
+    let signal = spec("shop/pos:1", Some("signal:SIGHUP"));
+    let signal_before = hash(&compile_site(
+        sites[0],
+        [deployment],
+        |_, _| Some(signal.clone()),
+        &secrets,
+    ));
+    secrets.get_mut("db").unwrap().version = 4;
+    let restart_after = hash(&compile_site(
+        sites[0],
+        [deployment],
+        |_, _| Some(app.clone()),
+        &secrets,
+    ));
+    let signal_after = hash(&compile_site(
+        sites[0],
+        [deployment],
+        |_, _| Some(signal.clone()),
+        &secrets,
+    ));
+    assert_ne!(restart_before, restart_after);
+    assert_eq!(signal_before, signal_after);
+
+    secrets.clear();
+    let missing = compile_site(sites[0], [deployment], |_, _| Some(app.clone()), &secrets);
+    assert_eq!(missing.failures[0].reason, "secret \"db\" does not exist");
 }

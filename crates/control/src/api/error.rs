@@ -26,9 +26,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Invalid(diagnostics) => ApiError::Invalid(diagnostics),
-            StoreError::NotFound { .. } | StoreError::HostNotFound { .. } => {
-                ApiError::NotFound(err.to_string())
-            }
+            StoreError::NotFound { .. }
+            | StoreError::HostNotFound { .. }
+            | StoreError::SecretNotFound { .. } => ApiError::NotFound(err.to_string()),
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Database(_)
             | StoreError::Migration(_)

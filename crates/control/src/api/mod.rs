@@ -3,6 +3,7 @@
 //! the helpers the routes share. Each route lives with its concept:
 //! `objects` (apply, plan, get, list, delete, history, labels), `hosts`
 //! (join tokens, hosts, host labels), `records` (events and logs),
+//! `secrets` (set, list, describe, reveal, delete),
 //! `rollouts`, and `metrics` (Prometheus, outside `/api/v1`).
 
 mod error;
@@ -12,6 +13,7 @@ mod objects;
 mod openapi;
 mod records;
 mod rollouts;
+mod secrets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub struct AppState {
     pub pki: Arc<Pki>,
     pub revocations: Arc<crate::revocation::Revocations>,
     pub enrollments: Arc<crate::enrollment::Enrollments>,
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl AppState {
@@ -125,6 +128,11 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
         ("GET", "/events", get(records::events)),
         ("GET", "/logs", get(records::logs)),
         ("PATCH", "/hosts/{site}/{host}/labels", patch(hosts::label_host)),
+        ("POST", "/secrets", post(secrets::set)),
+        ("GET", "/secrets", get(secrets::list)),
+        ("GET", "/secrets/{name}", get(secrets::describe)),
+        ("DELETE", "/secrets/{name}", delete(secrets::delete)),
+        ("POST", "/secrets/{name}/reveal", post(secrets::reveal)),
         ("PATCH", "/{kind}/{name}/labels", patch(objects::label_object)),
         (
             "GET",

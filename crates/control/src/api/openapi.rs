@@ -115,6 +115,51 @@ const OPERATIONS: &[Operation] = &[
         &[404],
     ),
     op(
+        "POST",
+        "/secrets",
+        "Store the next version of a secret (values base64; `sites` and `images` default to the previous version's); sites that use it get it, sealed to each host",
+        &[],
+        Some(Schema("SecretSetRequest")),
+        Schema("SecretSummary"),
+        &[400, 404, 413],
+    ),
+    op(
+        "GET",
+        "/secrets",
+        "Every secret's newest version: keys, where it may go, and how many sites refer to each version; never a value",
+        &[],
+        None,
+        Schema("SecretList"),
+        &[],
+    ),
+    op(
+        "GET",
+        "/secrets/{name}",
+        "One secret: the deployments that use it, and each host whose site refers to a version of it (delivered or not)",
+        &["name"],
+        None,
+        Schema("SecretDetail"),
+        &[404],
+    ),
+    op(
+        "DELETE",
+        "/secrets/{name}",
+        "Delete every version of a secret; refused (409) while a deployment's application refers to it",
+        &["name"],
+        None,
+        Schema("SecretSummary"),
+        &[404, 409],
+    ),
+    op(
+        "POST",
+        "/secrets/{name}/reveal",
+        "One value of the newest version (base64), written to the audit log with who and when",
+        &["name"],
+        Some(Schema("RevealRequest")),
+        Schema("RevealResponse"),
+        &[400, 404],
+    ),
+    op(
         "GET",
         "/events",
         "Events agents reported (started, exited, unhealthy…) and placement failures, oldest first",
@@ -388,6 +433,12 @@ pub fn openapi() -> Value {
     add_schema::<ErrorBody>(&mut generator, &mut schemas);
     add_schema::<outpost_api::telemetry::EventList>(&mut generator, &mut schemas);
     add_schema::<outpost_api::telemetry::LogList>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::SecretSetRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::SecretSummary>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::SecretList>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::SecretDetail>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::RevealRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::secret::RevealResponse>(&mut generator, &mut schemas);
     add_value("Manifest", manifest_schema().clone(), &mut schemas);
 
     let mut paths = Map::new();
@@ -407,7 +458,7 @@ pub fn openapi() -> Value {
         "info": {
             "title": "Outpost control plane API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Apply, read and delete Sites, Applications and Deployments; enroll hosts; read events and logs; steer rollouts. Every endpoint but this document and /healthz needs `Authorization: Bearer TOKEN`."
+            "description": "Apply, read and delete Sites, Applications and Deployments; keep secrets; enroll hosts; read events and logs; steer rollouts. Every endpoint but this document and /healthz needs `Authorization: Bearer TOKEN`."
         },
         "servers": [ { "url": "/api/v1" } ],
         "security": [ { "bearer": [] } ],

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
 use outpost_api::rollout::RolloutState;
+use outpost_api::secret::SecretPolicy;
 use outpost_api::workload::{SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
 
@@ -39,6 +40,8 @@ pub struct Inputs {
     pub hosts: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     /// Per deployment: its rollout, which says which version each site runs.
     pub rollouts: Arc<BTreeMap<String, RolloutState>>,
+    /// Per secret: its newest version and where it may go.
+    pub secrets: BTreeMap<String, SecretPolicy>,
 }
 
 impl Inputs {
@@ -105,7 +108,7 @@ impl Inputs {
                         None => Some(d.clone()),
                     })
                     .collect();
-                let mut state = compile_site(site, &deployments, lookup);
+                let mut state = compile_site(site, &deployments, lookup, &self.secrets);
                 assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
                 (name, state)
             })
@@ -208,6 +211,13 @@ impl Fleet {
             versions,
             hosts,
             rollouts: self.rollouts().await?,
+            secrets: self
+                .store
+                .secrets()
+                .await?
+                .iter()
+                .map(|secret| Ok((secret.name.clone(), secret.policy()?)))
+                .collect::<Result<_, StoreError>>()?,
         })
     }
 

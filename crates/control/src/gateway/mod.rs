@@ -29,6 +29,7 @@ use crate::enrollment::Enrollments;
 use crate::fleet::Fleet;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
+use crate::secrets::Secrets;
 use crate::store::{InstanceRecord, Storage, StoreError};
 
 mod session;
@@ -49,6 +50,7 @@ pub struct Gateway {
     pub poll_interval: Option<Duration>,
     pub revocations: Arc<Revocations>,
     pub enrollments: Arc<Enrollments>,
+    pub secrets: Arc<Secrets>,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -69,7 +71,9 @@ impl Gateway {
         let certificate = connection(request)
             .and_then(|c| c.certificate.clone())
             .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
-        let HostCertificate { site, host, serial } = &certificate;
+        let HostCertificate {
+            site, host, serial, ..
+        } = &certificate;
         if self.revocations.is_revoked(serial) {
             return Err(Status::permission_denied("this host certificate is revoked"));
         }
@@ -149,7 +153,12 @@ impl AgentGateway for Gateway {
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
-        let HostCertificate { site, host, .. } = self.identity(&request).await?;
+        let HostCertificate {
+            site,
+            host,
+            public_key,
+            ..
+        } = self.identity(&request).await?;
         if let Some(connection) = connection(&request) {
             book_when_closed(self.store.clone(), &site, &host, connection.traffic.clone());
         }
@@ -181,7 +190,10 @@ impl AgentGateway for Gateway {
             .polled(&site, &host, interval * 2 + HEARTBEAT * 3);
         let manifest = match self.store.site_state(&site).await.map_err(internal)? {
             Some((revision, state)) if revision as u64 != hello.applied_revision => {
-                Some(codec::full_manifest(revision as u64, &state).map_err(internal)?)
+                let mut manifest = codec::full_manifest(revision as u64, &state).map_err(internal)?;
+                let wanted = codec::secrets_to_send(None, &state);
+                manifest.secrets = self.secrets.seal(&public_key, &wanted).await.map_err(internal)?;
+                Some(manifest)
             }
             _ => None,
         };
@@ -199,7 +211,12 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let HostCertificate { site, host, serial } = self.identity(&request).await?;
+        let HostCertificate {
+            site,
+            host,
+            serial,
+            public_key,
+        } = self.identity(&request).await?;
         let traffic = connection(&request)
             .map(|c| c.traffic.clone())
             .unwrap_or_default();
@@ -213,6 +230,8 @@ impl AgentGateway for Gateway {
             site,
             host,
             serial,
+            public_key,
+            secrets: self.secrets.clone(),
             revocations: self.revocations.clone(),
             sender,
             shutdown: self.shutdown.clone(),

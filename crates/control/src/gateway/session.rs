@@ -49,6 +49,9 @@ pub(super) struct Session {
     /// The serial of the certificate it came with; the session ends when
     /// that is revoked.
     pub(super) serial: String,
+    /// The host's public key (from its certificate): secrets are sealed to it.
+    pub(super) public_key: Vec<u8>,
+    pub(super) secrets: Arc<crate::secrets::Secrets>,
     pub(super) revocations: Arc<Revocations>,
     pub(super) sender: mpsc::Sender<Result<ControlMessage, Status>>,
     pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
@@ -95,6 +98,8 @@ pub(super) enum SessionEnd {
     Store(#[from] StoreError),
     #[error("encoding the site's state failed")]
     Encode(#[from] codec::CodecError),
+    #[error("the site's secrets could not be sealed")]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 impl Session {
@@ -292,10 +297,12 @@ impl Session {
         if sent.as_ref().is_some_and(|(r, _)| *r == revision) {
             return Ok(());
         }
-        let manifest = match sent.as_ref() {
+        let mut manifest = match sent.as_ref() {
             Some((base, previous)) => codec::delta_manifest(*base as u64, previous, revision as u64, &state),
             None => codec::full_manifest(revision as u64, &state),
         }?;
+        let wanted = codec::secrets_to_send(sent.as_ref().map(|(_, previous)| previous), &state);
+        manifest.secrets = self.secrets.seal(&self.public_key, &wanted).await?;
         tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
         self.send(control_message::Body::Manifest(manifest)).await?;
         *sent = Some((revision, state));

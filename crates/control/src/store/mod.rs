@@ -6,6 +6,7 @@
 //! (a deployment naming an application) run inside it.
 
 mod fleet;
+mod secrets;
 mod sqlite;
 mod telemetry;
 
@@ -19,6 +20,7 @@ use outpost_api::wire::{ApplicationVersion, ApplyResult, LabelChange, StoredObje
 use outpost_api::workload::SiteState;
 use serde::Serialize;
 
+pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
 pub use sqlite::SqliteStore;
 
 /// The current time as the store writes it (RFC 3339, UTC).
@@ -38,6 +40,8 @@ pub enum StoreError {
     NotFound { kind: Kind, name: String },
     #[error("host {host:?} not found in site {site:?}")]
     HostNotFound { site: String, host: String },
+    #[error("secret {name:?}{} not found", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    SecretNotFound { name: String, version: Option<u64> },
     #[error("{0}")]
     Conflict(String),
     #[error("the database failed")]
@@ -327,9 +331,26 @@ pub trait TelemetryStore: Send + Sync + 'static {
 }
 
 /// Everything the control plane keeps.
-pub trait Storage: Store + FleetStore + TelemetryStore {}
+pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore {}
 
-impl<T: Store + FleetStore + TelemetryStore> Storage for T {}
+impl<T: Store + FleetStore + TelemetryStore + SecretStore> Storage for T {}
+
+/// One stored version of a secret: what it holds and where it may go, and
+/// its values encrypted (never in clear).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSecret {
+    pub name: String,
+    pub version: u64,
+    pub keys: Vec<String>,
+    pub sites: Option<String>,
+    pub images: Vec<String>,
+    pub size: u64,
+    pub encrypted: Encrypted,
+    pub created_at: String,
+    /// When its first kept version was made.
+    pub first_created_at: String,
+    pub created_by: String,
+}
 
 impl HostRecord {
     /// What host selectors see: the facts and the operator's labels.

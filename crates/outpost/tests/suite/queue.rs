@@ -36,7 +36,7 @@ struct Host {
     outbox: Arc<DiskOutbox>,
     credentials: Option<outpost_agent::identity::Credentials>,
     stop: tokio::sync::watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Host {
@@ -61,7 +61,7 @@ impl Host {
             outbox,
             credentials: Some(credentials),
             stop: tokio::sync::watch::channel(false).0,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -80,7 +80,8 @@ impl Host {
         let outbox: Arc<dyn Outbox> = self.outbox.clone();
         let shutdown = self.stop.subscribe();
         let _guard = self.runtime.enter();
-        outpost_sim::agent::SimSite::start(credentials, Duration::from_millis(10), outbox, shutdown);
+        let secrets = self.dir.path().join("secrets");
+        outpost_sim::agent::SimSite::start(credentials, secrets, Duration::from_millis(10), outbox, shutdown);
     }
 
     fn queued(&self) -> bool {

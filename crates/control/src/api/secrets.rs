@@ -1,0 +1,185 @@
+//! Secrets: set a new version, list, describe (who holds which version),
+//! reveal one value (audited) and delete. No response but a reveal ever
+//! carries a value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use outpost_api::secret::{
+    RevealRequest, RevealResponse, SecretDetail, SecretHolder, SecretList, SecretSetRequest, SecretSummary,
+};
+use outpost_api::workload::SiteState;
+
+use super::{Actor, ApiError, AppState, body_bytes};
+use crate::secrets::SecretError;
+use crate::store::StoredSecret;
+
+impl From<SecretError> for ApiError {
+    fn from(err: SecretError) -> Self {
+        match err {
+            SecretError::Invalid(message) => ApiError::BadRequest(message),
+            SecretError::Store(err) => err.into(),
+            other => ApiError::Internal(crate::error_chain(&other)),
+        }
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not {what}: {e}")))
+}
+
+/// Per version of one secret: the sites whose desired state refers to it,
+/// with the revision that carries it.
+type Referring<'a> = BTreeMap<u64, Vec<(&'a str, i64)>>;
+
+/// Per secret, the sites that refer to each of its versions.
+fn referring_sites(states: &BTreeMap<String, (i64, SiteState)>) -> BTreeMap<&str, Referring<'_>> {
+    let mut out: BTreeMap<&str, Referring<'_>> = BTreeMap::new();
+    for (site, (revision, state)) in states {
+        let versions: BTreeSet<(&str, u64)> = state
+            .workloads
+            .iter()
+            .flat_map(|w| w.secrets.iter().map(|(name, version)| (name.as_str(), *version)))
+            .collect();
+        for (name, version) in versions {
+            out.entry(name)
+                .or_default()
+                .entry(version)
+                .or_default()
+                .push((site.as_str(), *revision));
+        }
+    }
+    out
+}
+
+fn summary(stored: &StoredSecret, sites: Option<&Referring<'_>>) -> SecretSummary {
+    SecretSummary {
+        name: stored.name.clone(),
+        version: stored.version,
+        keys: stored.keys.clone(),
+        sites: stored.sites.clone(),
+        images: stored.images.clone(),
+        created_at: stored.first_created_at.clone(),
+        updated_at: stored.created_at.clone(),
+        sites_by_version: sites
+            .map(|versions| versions.iter().map(|(v, sites)| (*v, sites.len())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// `POST /api/v1/secrets`: the next version of a secret.
+pub(super) async fn set(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SecretSummary>, ApiError> {
+    let request: SecretSetRequest = json_body(body, "a secret (name, values, sites, images)")?;
+    let name = request.name.clone();
+    let inputs = state.fleet.inputs(None).await?;
+    let version = state.secrets.set(request, &inputs, &actor).await?;
+    tracing::info!(%actor, secret = %name, version, "secret set");
+    state.recompute().await;
+    let stored = state.store.secret(&name, Some(version)).await?;
+    Ok(Json(summary(&stored, None)))
+}
+
+/// `GET /api/v1/secrets`: every secret's newest version, never a value.
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<SecretList>, ApiError> {
+    let secrets = state.store.secrets().await?;
+    let states = state.store.site_states().await?;
+    let referring = referring_sites(&states);
+    Ok(Json(SecretList {
+        items: secrets
+            .iter()
+            .map(|s| summary(s, referring.get(s.name.as_str())))
+            .collect(),
+    }))
+}
+
+/// `GET /api/v1/secrets/{name}`: the summary, the deployments that use it,
+/// and every host whose site refers to a version of it.
+pub(super) async fn describe(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SecretDetail>, ApiError> {
+    let stored = state.store.secret(&name, None).await?;
+    let states = state.store.site_states().await?;
+    let referring = referring_sites(&states);
+    let versions = referring.get(name.as_str());
+    let inputs = state.fleet.inputs(None).await?;
+    let deployments = inputs
+        .deployments
+        .iter()
+        .filter(|d| {
+            let Some((current, specs)) = inputs.versions.get(d.spec.application.as_str()) else {
+                return false;
+            };
+            specs
+                .get(d.spec.version.as_deref().unwrap_or(current))
+                .is_some_and(|spec| {
+                    spec.services
+                        .iter()
+                        .flat_map(|s| &s.containers)
+                        .any(|c| c.secret_uses().any(|u| u.secret == name))
+                })
+        })
+        .map(|d| d.metadata.name.to_string())
+        .collect();
+    let mut holders = Vec::new();
+    if let Some(versions) = versions {
+        let hosts = state.store.hosts().await?;
+        for (version, sites) in versions {
+            for (site, revision) in sites {
+                for host in hosts.iter().filter(|h| h.site == *site) {
+                    holders.push(SecretHolder {
+                        site: site.to_string(),
+                        host: host.name.clone(),
+                        version: *version,
+                        delivered: host.applied_revision >= *revision,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Json(SecretDetail {
+        summary: summary(&stored, versions),
+        deployments,
+        holders,
+    }))
+}
+
+/// `POST /api/v1/secrets/{name}/reveal`: one value, written to the audit log.
+pub(super) async fn reveal(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RevealResponse>, ApiError> {
+    let request: RevealRequest = json_body(body, "a reveal request (key)")?;
+    let (version, value) = state.secrets.reveal(&name, &request.key, &actor).await?;
+    Ok(Json(RevealResponse {
+        version,
+        value: STANDARD.encode(&*value),
+    }))
+}
+
+/// `DELETE /api/v1/secrets/{name}`: refused while a deployment uses it.
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Json<SecretSummary>, ApiError> {
+    let stored = state.store.secret(&name, None).await?;
+    state.store.delete_secret(&name, &actor).await?;
+    tracing::info!(%actor, secret = %name, "secret deleted");
+    Ok(Json(summary(&stored, None)))
+}
