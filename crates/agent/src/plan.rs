@@ -20,8 +20,10 @@ pub struct DesiredContainer {
     pub service: String,
     pub deployment: String,
     pub version: String,
-    /// The workload's spec hash: a different one means "replace".
+    /// This container's spec hash: a different one means "replace".
     pub spec_hash: String,
+    /// The workload's spec hash, which its instances report.
+    pub instance_hash: String,
     pub container: Container,
     /// The version of each secret the workload refers to.
     pub secrets: BTreeMap<String, u64>,
@@ -85,7 +87,7 @@ pub fn next_name(name: &str) -> String {
 pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<DesiredContainer> {
     let mut out = Vec::new();
     for workload in &state.workloads {
-        let spec_hash = workload.spec_hash();
+        let instance_hash = workload.spec_hash();
         for instance in workload.instances.iter().filter(|i| i.host == host) {
             for container in &workload.containers {
                 out.push(DesiredContainer {
@@ -95,7 +97,8 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
                     service: workload.service.clone(),
                     deployment: workload.deployment.clone(),
                     version: workload.version.clone(),
-                    spec_hash: spec_hash.clone(),
+                    spec_hash: workload.container_hash(container),
+                    instance_hash: instance_hash.clone(),
                     container: container.clone(),
                     secrets: workload.secrets.clone(),
                     prepared: Prepared::default(),

@@ -145,7 +145,6 @@ impl Reconciler {
             }
         };
         let mut events = self.journal.observe(&observed);
-        self.secrets.sweep(&observed);
         for (id, signal) in self.secrets.refresh(&desired, &observed).await {
             if let Err(err) = self.runtime.signal(&id, &signal).await {
                 tracing::warn!(container = %id, %signal, err = format!("{err:#}"), "signalling a secret change");
@@ -227,6 +226,7 @@ impl Reconciler {
             }
         }
         let observed = self.runtime.observe().await.unwrap_or(observed);
+        self.secrets.sweep(&observed);
         events.extend(self.journal.observe(&observed));
         let probed = desired.iter().filter_map(|want| {
             let health = want.container.health.as_ref()?;
@@ -304,7 +304,7 @@ impl Reconciler {
                     instance: instance.to_string(),
                     application: first.application.clone(),
                     service: first.service.clone(),
-                    spec_hash: first.spec_hash.clone(),
+                    spec_hash: first.instance_hash.clone(),
                     ..Default::default()
                 };
                 let mut state = InstanceState::Running;

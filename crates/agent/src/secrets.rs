@@ -59,8 +59,10 @@ pub struct Secrets {
     key: Arc<HostKey>,
     store: Arc<dyn DesiredStore>,
     root: PathBuf,
-    /// Why file secrets cannot be written here, if they cannot.
-    unavailable: Option<String>,
+    require_tmpfs: bool,
+    /// Whether `root` is ready for files (the tmpfs mounted), once the
+    /// first file secret asked: a host that never gets one mounts nothing.
+    ready: parking_lot::Mutex<Option<Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -73,28 +75,36 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     /// File secrets go under `root`, which must be a tmpfs: if it is not
-    /// one yet, one is mounted there (mode 0700). With `require_tmpfs`
-    /// false (the fleet simulator only), any directory will do.
+    /// one when the first file secret is written, one is mounted there
+    /// (mode 0700). With `require_tmpfs` false (the fleet simulator only),
+    /// any directory will do.
     pub fn new(
         key: Arc<HostKey>,
         store: Arc<dyn DesiredStore>,
         root: PathBuf,
         require_tmpfs: bool,
     ) -> Secrets {
-        let unavailable = match prepare_root(&root, require_tmpfs) {
-            Ok(()) => None,
-            Err(err) => {
-                let reason = format!("{err:#}");
-                tracing::warn!(root = %root.display(), %reason, "file secrets are not available on this host");
-                Some(reason)
-            }
-        };
         Secrets {
             key,
             store,
             root,
-            unavailable,
+            require_tmpfs,
+            ready: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Prepares the root on first use; a failure is kept (and logged once).
+    fn root_ready(&self) -> Result<(), String> {
+        let mut ready = self.ready.lock();
+        ready
+            .get_or_insert_with(|| {
+                prepare_root(&self.root, self.require_tmpfs).map_err(|err| {
+                    let reason = format!("{err:#}");
+                    tracing::warn!(root = %self.root.display(), %reason, "file secrets are not available on this host");
+                    reason
+                })
+            })
+            .clone()
     }
 
     async fn open(&self, name: &str, version: u64) -> Result<Values> {
@@ -152,7 +162,7 @@ impl Secrets {
         if container.secrets.is_empty() {
             return Ok(prepared);
         }
-        if let Some(reason) = &self.unavailable {
+        if let Err(reason) = self.root_ready() {
             bail!("file secrets cannot be written on this host: {reason}");
         }
         let dir = self.dir(&want.name, &want.spec_hash);
@@ -175,9 +185,6 @@ impl Secrets {
         observed: &[Observed],
     ) -> Vec<(String, String)> {
         let mut signals = Vec::new();
-        if self.unavailable.is_some() {
-            return signals;
-        }
         for want in desired.iter().filter(|w| !w.container.secrets.is_empty()) {
             let running = observed
                 .iter()

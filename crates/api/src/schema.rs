@@ -178,16 +178,24 @@ impl Walker<'_> {
         match rest.as_slice() {
             [only] => self.check(node, only, path, out),
             _ => {
+                // When none fits, report against the alternative of the
+                // node's own type (a map that lacks a field is told so,
+                // not that it should have been a string).
                 let mut first = None;
+                let mut same_type = None;
                 for alternative in &rest {
                     let mut attempt = Diagnostics::default();
                     self.check(node, alternative, path, &mut attempt);
                     if attempt.is_empty() {
                         return;
                     }
-                    first.get_or_insert(attempt);
+                    if same_type.is_none() && expected_types(alternative).contains(&node_type(node)) {
+                        same_type = Some(attempt);
+                    } else {
+                        first.get_or_insert(attempt);
+                    }
                 }
-                out.extend(first.unwrap_or_default());
+                out.extend(same_type.or(first).unwrap_or_default());
             }
         }
     }

@@ -267,7 +267,6 @@ pub struct SecretSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretDetail {
-    #[serde(flatten)]
     pub summary: SecretSummary,
     /// The deployments whose applications refer to it.
     pub deployments: Vec<String>,

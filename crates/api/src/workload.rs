@@ -53,14 +53,26 @@ impl Workload {
         format!("{}/{}", self.application, self.service)
     }
 
-    /// A hash of everything that, when changed, needs new containers:
-    /// the spec, and the versions of the secrets a container must restart
-    /// for (env values, and files whose `onSecretChange` is `restart`).
+    /// A hash of everything that, when changed, needs new containers: the
+    /// spec, and the versions of the secrets a container must restart for
+    /// (env values, and files whose `onSecretChange` is `restart`). An
+    /// instance reports it, so the control plane knows it is up to date.
     pub fn spec_hash(&self) -> String {
+        self.hash_with(|name| self.containers.iter().any(|c| c.restarts_for(name)))
+    }
+
+    /// The hash one container of an instance runs under: the spec, and the
+    /// secrets *it* must restart for, so that a new secret version leaves
+    /// a container that is only signalled (`onSecretChange`) running.
+    pub fn container_hash(&self, container: &Container) -> String {
+        self.hash_with(|name| container.restarts_for(name))
+    }
+
+    fn hash_with(&self, restarts_for: impl Fn(&str) -> bool) -> String {
         let restart: BTreeMap<&str, u64> = self
             .secrets
             .iter()
-            .filter(|(name, _)| self.containers.iter().any(|c| c.restarts_for(name)))
+            .filter(|(name, _)| restarts_for(name))
             .map(|(name, version)| (name.as_str(), *version))
             .collect();
         // Without secrets the hash is what it was before secrets existed,

@@ -81,9 +81,20 @@ fn report(err: &anyhow::Error) {
     }
 }
 
+/// Crates whose debug output carries request and response bodies: bollard
+/// logs every container's create body and inspect answer, environment
+/// values included, so an env secret would reach the log. They stay at
+/// `info` whatever `RUST_LOG` says.
+const BODY_LOGGERS: &[&str] = &["bollard=info"];
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
+    for directive in BODY_LOGGERS {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

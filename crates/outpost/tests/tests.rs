@@ -16,6 +16,8 @@ mod hardening;
 mod partition;
 #[path = "suite/queue.rs"]
 mod queue;
+#[path = "suite/secrets.rs"]
+mod secrets;
 #[path = "suite/sim.rs"]
 mod sim;
 #[path = "suite/tidy.rs"]

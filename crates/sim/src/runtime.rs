@@ -201,6 +201,7 @@ mod tests {
             deployment: "d".to_string(),
             version: version.to_string(),
             spec_hash: format!("hash-{version}"),
+            instance_hash: format!("hash-{version}"),
             container: serde_json::from_value(serde_json::json!({ "name": "c", "image": "sim/app:1" }))
                 .unwrap(),
             secrets: Default::default(),

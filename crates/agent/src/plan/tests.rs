@@ -11,6 +11,7 @@ fn desired(name: &str, app: &str, hash: &str) -> DesiredContainer {
         deployment: "d".to_string(),
         version: "1".to_string(),
         spec_hash: hash.to_string(),
+        instance_hash: hash.to_string(),
         container: serde_json::from_value(serde_json::json!({ "name": "web", "image": "busybox" })).unwrap(),
         secrets: Default::default(),
         prepared: Default::default(),

@@ -79,10 +79,11 @@ impl Secrets {
         actor: &str,
     ) -> Result<u64, SecretError> {
         let invalid = |message: String| SecretError::Invalid(message);
-        let name: Name = request
+        let name = request
             .name
-            .parse()
-            .map_err(|err| invalid(format!("secret name: {err}")))?;
+            .parse::<Name>()
+            .map_err(|err| invalid(format!("secret name: {err}")))?
+            .to_string();
         if request.values.is_empty() {
             return Err(invalid("a secret needs at least one KEY=VALUE".to_string()));
         }
@@ -108,7 +109,7 @@ impl Secrets {
                 values.size()
             )));
         }
-        let previous = match self.store.secret(name.as_str(), None).await {
+        let previous = match self.store.secret(&name, None).await {
             Ok(previous) => Some(previous),
             Err(StoreError::SecretNotFound { .. }) => None,
             Err(err) => return Err(err.into()),
@@ -144,18 +145,18 @@ impl Secrets {
                 .map_err(|_| invalid("--sites".into()))?,
             images: images.clone(),
         };
-        if let Some(problem) = still_allowed(name.as_str(), &policy, inputs) {
+        if let Some(problem) = still_allowed(&name, &policy, inputs) {
             return Err(invalid(problem));
         }
         let new = NewSecretVersion {
-            name: name.as_str(),
+            name: &name,
             keys: values.0.keys().cloned().collect(),
             sites,
             images,
             size: values.size() as u64,
         };
         let encrypt = |version: u64| {
-            self.encrypt(name.as_str(), version, &values)
+            self.encrypt(&name, version, &values)
                 .map_err(|err| format!("{err:#}"))
         };
         Ok(self.store.add_secret_version(new, &encrypt, actor).await?)

@@ -27,21 +27,30 @@ pub struct ControlPlane {
     child: Child,
     /// Every line it logged, across restarts.
     log: Log,
+    /// `RUST_LOG` of its process.
+    rust_log: String,
 }
 
 type Log = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl ControlPlane {
     pub fn start() -> ControlPlane {
+        ControlPlane::start_logging("info")
+    }
+
+    /// Like `start`, with `RUST_LOG` set to `rust_log`.
+    pub fn start_logging(rust_log: &str) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::default();
-        let (child, url, agent_url) = spawn_on(dir.path(), "127.0.0.1:0", "127.0.0.1:0", log.clone());
+        let (child, url, agent_url) =
+            spawn_on(dir.path(), "127.0.0.1:0", "127.0.0.1:0", rust_log, log.clone());
         ControlPlane {
             dir,
             url,
             agent_url,
             child,
             log,
+            rust_log: rust_log.to_string(),
         }
     }
 
@@ -101,6 +110,7 @@ impl ControlPlane {
             self.dir.path(),
             &address(&self.url),
             &address(&self.agent_url),
+            &self.rust_log,
             self.log.clone(),
         );
         self.child = child;
@@ -141,11 +151,17 @@ impl Drop for ControlPlane {
     }
 }
 
-fn spawn_on(data_dir: &Path, listen: &str, agent_listen: &str, log: Log) -> (Child, String, String) {
+fn spawn_on(
+    data_dir: &Path,
+    listen: &str,
+    agent_listen: &str,
+    rust_log: &str,
+    log: Log,
+) -> (Child, String, String) {
     let mut child = Command::new(BIN)
         .args(["control", "--data-dir", data_dir.to_str().unwrap()])
         .args(["--listen", listen, "--agent-listen", agent_listen])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -421,6 +437,10 @@ pub struct Agent {
     server: String,
     args: Vec<String>,
     child: Option<Child>,
+    /// `RUST_LOG` of its process (`info` unless a test asks for more).
+    pub rust_log: String,
+    /// Every line it logged, across restarts.
+    log: Log,
 }
 
 impl Agent {
@@ -435,6 +455,12 @@ impl Agent {
         Agent::enroll_with_token(control, site, host, &token, args)
     }
 
+    /// Like `enroll`, with `RUST_LOG` set to `rust_log`.
+    pub fn enroll_logging(control: &ControlPlane, site: &str, host: &str, rust_log: &str) -> Agent {
+        let token = control.join_token(site);
+        Agent::spawned(control, site, host, &token, &[], rust_log)
+    }
+
     /// Like `enroll_with`, with a join token made beforehand.
     pub fn enroll_with_token(
         control: &ControlPlane,
@@ -443,6 +469,17 @@ impl Agent {
         token: &str,
         args: &[&str],
     ) -> Agent {
+        Agent::spawned(control, site, host, token, args, "info")
+    }
+
+    fn spawned(
+        control: &ControlPlane,
+        site: &str,
+        host: &str,
+        token: &str,
+        args: &[&str],
+        rust_log: &str,
+    ) -> Agent {
         let mut agent = Agent {
             dir: tempfile::tempdir().unwrap(),
             site: site.to_string(),
@@ -450,9 +487,26 @@ impl Agent {
             server: control.agent_url.clone(),
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            rust_log: rust_log.to_string(),
+            log: Log::default(),
         };
         agent.spawn(Some(token));
         agent
+    }
+
+    /// Where its secret files go (a tmpfs the agent mounts there).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    /// Whether any line it logged so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+    }
+
+    /// How many lines it logged so far.
+    pub fn log_lines(&self) -> usize {
+        self.log.lock().unwrap().len()
     }
 
     /// Kills the agent outright (SIGKILL): nothing of it gets to clean up.
@@ -479,8 +533,10 @@ impl Agent {
         if !self.args.iter().any(|a| a == "--metrics-listen") {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        // Nor over the secrets directory, which outlives a test otherwise.
+        command.arg("--secrets-dir").arg(self.secrets_dir());
         command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(token) = token {
@@ -489,9 +545,11 @@ impl Agent {
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let host = self.host.clone();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent {host}] {line}");
+                log.lock().unwrap().push(line);
             }
         });
         self.child = Some(child);
@@ -549,6 +607,14 @@ impl Drop for Agent {
         let networks = docker_maybe(&["network", "ls", "-q", "--filter", &filter]).unwrap_or_default();
         for network in networks.lines() {
             docker_maybe(&["network", "rm", network]);
+        }
+        // The tmpfs the agent mounted for secret files, if it did.
+        for entry in std::fs::read_dir(self.secrets_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = Command::new("umount").arg("-l").arg(entry.path()).output();
         }
     }
 }
