@@ -223,11 +223,23 @@ pub fn site_refusal(
     labels: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, SecretPolicy>,
 ) -> Option<String> {
-    spec.services
-        .iter()
-        .flat_map(|s| &s.containers)
-        .flat_map(Container::secret_uses)
+    spec.secret_uses()
         .find_map(|used| secrets.get(used.secret)?.refuses_site(used.secret, site, labels))
+}
+
+impl ApplicationSpec {
+    /// Every reference its containers make to a secret.
+    pub fn secret_uses(&self) -> impl Iterator<Item = SecretUse<'_>> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(Container::secret_uses)
+    }
+
+    /// Whether a container of it refers to `secret`.
+    pub fn uses_secret(&self, secret: &str) -> bool {
+        self.secret_uses().any(|u| u.secret == secret)
+    }
 }
 
 /// `POST /api/v1/secrets`: a new version of a secret. Values are base64.

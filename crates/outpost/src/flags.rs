@@ -273,6 +273,10 @@ pub(crate) enum SimCommand {
         /// How long any phase may take before the run fails
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: outpost_api::quantity::Duration,
+        /// A secret of this many bytes that every site's application mounts
+        /// as a file (0: none)
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        secret_bytes: usize,
         /// Where the control plane's data and log go [default: a new directory under $TMPDIR, removed after a successful run]
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,

@@ -325,6 +325,7 @@ async fn run(cli: Cli) -> Result<()> {
                     timeout,
                     work_dir,
                     output,
+                    secret_bytes,
                 },
         } => {
             init_sim_logging();
@@ -342,6 +343,7 @@ async fn run(cli: Cli) -> Result<()> {
                 unhealthy_sites: *unhealthy_sites,
                 timeout: timeout.as_std(),
                 work_dir: work_dir.clone(),
+                secret_bytes: *secret_bytes,
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {

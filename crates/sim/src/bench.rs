@@ -50,6 +50,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Where the control plane's data, its log and the agents' keys go.
     pub work_dir: PathBuf,
+    /// With more than 0, a secret of this many bytes that every site's
+    /// application mounts as a file (sealed per host, opened by each agent).
+    pub secret_bytes: usize,
 }
 
 /// Per-site latencies of one phase, in seconds.
@@ -128,7 +131,15 @@ fn sites_yaml(range: std::ops::Range<usize>) -> String {
         .join("---\n")
 }
 
-fn application_yaml(version: &str) -> String {
+/// The secret every site's application refers to, with `--secret-bytes`.
+const SECRET: &str = "sim-token";
+
+fn application_yaml(version: &str, secret: bool) -> String {
+    let secrets = if secret {
+        format!("\n          secrets: [{{ secret: {SECRET}, key: token, path: /run/secrets/token }}]")
+    } else {
+        String::new()
+    };
     format!(
         "apiVersion: outpost/v1
 kind: Application
@@ -142,7 +153,7 @@ spec:
           image: sim/pos:{version}
           env: {{ STORE: \"${{site.store_id}}\" }}
           resources: {{ cpu: 0.5, memory: 64Mi }}
-          health: {{ tcp: {{ port: 8080 }}, interval: 5s, failureThreshold: 2 }}
+          health: {{ tcp: {{ port: 8080 }}, interval: 5s, failureThreshold: 2 }}{secrets}
 ---
 apiVersion: outpost/v1
 kind: Deployment
@@ -260,7 +271,24 @@ pub async fn run(options: &Options) -> Result<Report> {
         )
         .await?;
     }
-    apply(&client, "pos-1.yaml", application_yaml("1.0.0")).await?;
+    let secret = options.secret_bytes > 0;
+    if secret {
+        let value: String = (0..options.secret_bytes)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let request = outpost_api::secret::SecretSetRequest {
+            name: SECRET.to_string(),
+            values: [(
+                "token".to_string(),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, value),
+            )]
+            .into(),
+            sites: None,
+            images: None,
+        };
+        client.set_secret(&request).await.context("setting the secret")?;
+    }
+    apply(&client, "pos-1.yaml", application_yaml("1.0.0", secret)).await?;
     progress(format!("{n} sites and {APPLICATION} 1.0.0 applied"));
 
     let tokens: Vec<String> = futures_util::stream::iter(0..n)
@@ -319,7 +347,7 @@ pub async fn run(options: &Options) -> Result<Report> {
     progress(format!("idle for {idle_seconds:.0}s"));
 
     let update_started = Instant::now();
-    apply(&client, "pos-2.yaml", application_yaml("2.0.0")).await?;
+    apply(&client, "pos-2.yaml", application_yaml("2.0.0", secret)).await?;
     let update = per_site(&sites, update_started, options.timeout, "running 2.0.0", |s| {
         s.runs("2.0.0")
     })

@@ -117,22 +117,8 @@ pub(super) async fn describe(
     let versions = referring.get(name.as_str());
     let inputs = state.fleet.inputs(None).await?;
     let deployments = inputs
-        .deployments
-        .iter()
-        .filter(|d| {
-            let Some((current, specs)) = inputs.versions.get(d.spec.application.as_str()) else {
-                return false;
-            };
-            specs
-                .get(d.spec.version.as_deref().unwrap_or(current))
-                .is_some_and(|spec| {
-                    spec.services
-                        .iter()
-                        .flat_map(|s| &s.containers)
-                        .any(|c| c.secret_uses().any(|u| u.secret == name))
-                })
-        })
-        .map(|d| d.metadata.name.to_string())
+        .deployments_using(&name)
+        .map(|(deployment, _)| deployment.metadata.name.to_string())
         .collect();
     let mut holders = Vec::new();
     if let Some(versions) = versions {

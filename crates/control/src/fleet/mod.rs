@@ -55,6 +55,24 @@ impl Inputs {
         })
     }
 
+    /// The application spec a deployment runs: its pinned version, or its
+    /// application's current one.
+    pub fn deployment_spec(&self, deployment: &Deployment) -> Option<&ApplicationSpec> {
+        let (current, specs) = self.versions.get(deployment.spec.application.as_str())?;
+        specs.get(deployment.spec.version.as_deref().unwrap_or(current))
+    }
+
+    /// The deployments whose application refers to `secret`, with the spec.
+    pub fn deployments_using<'a>(
+        &'a self,
+        secret: &'a str,
+    ) -> impl Iterator<Item = (&'a Deployment, &'a ApplicationSpec)> + 'a {
+        self.deployments.iter().filter_map(move |deployment| {
+            let spec = self.deployment_spec(deployment)?;
+            spec.uses_secret(secret).then_some((deployment, spec))
+        })
+    }
+
     /// Whether every deployment's rollout is headed for its target, so that
     /// a change to some sites can only make them join a rollout, never start
     /// one (which needs every site).

@@ -274,21 +274,7 @@ impl Secrets {
 fn still_allowed(name: &str, policy: &SecretPolicy, inputs: &Inputs) -> Option<String> {
     let mut policies = inputs.secrets.clone();
     policies.insert(name.to_string(), policy.clone());
-    for deployment in &inputs.deployments {
-        let application = deployment.spec.application.as_str();
-        let Some((current, specs)) = inputs.versions.get(application) else {
-            continue;
-        };
-        let version = deployment.spec.version.as_deref().unwrap_or(current);
-        let Some(spec) = specs.get(version) else { continue };
-        let uses = spec
-            .services
-            .iter()
-            .flat_map(|s| &s.containers)
-            .any(|c| c.secret_uses().any(|u| u.secret == name));
-        if !uses {
-            continue;
-        }
+    for (deployment, spec) in inputs.deployments_using(name) {
         let deployment_name = deployment.metadata.name.as_str();
         let problem = secret::reference_problems(spec, &policies)
             .into_iter()

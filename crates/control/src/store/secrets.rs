@@ -151,12 +151,7 @@ async fn deployments_using(tx: &mut sqlx::SqliteConnection, secret: &str) -> Res
         };
         for spec in specs {
             let spec: ApplicationSpec = serde_json::from_str(&spec)?;
-            let refers = spec
-                .services
-                .iter()
-                .flat_map(|s| &s.containers)
-                .any(|c| c.secret_uses().any(|u| u.secret == secret));
-            if refers {
+            if spec.uses_secret(secret) {
                 using.push(name.clone());
                 break;
             }

@@ -264,12 +264,7 @@ async fn check_secret_references(
     documents: &[Document],
     out: &mut Diagnostics,
 ) -> Result<(), StoreError> {
-    let uses_secrets = |spec: &ApplicationSpec| {
-        spec.services
-            .iter()
-            .flat_map(|s| &s.containers)
-            .any(|c| c.secret_uses().next().is_some())
-    };
+    let uses_secrets = |spec: &ApplicationSpec| spec.secret_uses().next().is_some();
     let batch_apps: HashMap<&str, &ApplicationSpec> = documents
         .iter()
         .filter_map(|d| match &d.manifest {

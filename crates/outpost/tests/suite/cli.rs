@@ -379,7 +379,7 @@ fn usage_errors_exit_2() {
     let run = cli_with(&["get", "pods"], &[], None);
     assert!(
         run.stderr
-            .contains("unknown kind \"pods\" (use sites, applications, deployments or hosts)"),
+            .contains("unknown kind \"pods\" (use sites, applications, deployments, hosts or secrets)"),
         "{}",
         run.stderr
     );
