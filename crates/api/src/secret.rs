@@ -242,8 +242,9 @@ impl ApplicationSpec {
     }
 }
 
-/// `POST /api/v1/secrets`: a new version of a secret. Values are base64.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// `POST /api/v1/secrets`: a new version of a secret. Values are base64;
+/// `Debug` prints their keys only.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretSetRequest {
     pub name: String,
@@ -256,6 +257,17 @@ pub struct SecretSetRequest {
     /// (every image for the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for SecretSetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSetRequest")
+            .field("name", &self.name)
+            .field("values", &self.values.keys().collect::<Vec<_>>())
+            .field("sites", &self.sites)
+            .field("images", &self.images)
+            .finish()
+    }
 }
 
 /// One secret as `get secrets` lists it: never a value.

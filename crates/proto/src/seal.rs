@@ -92,6 +92,22 @@ fn wipe(message: SecretValues) {
     }
 }
 
+impl std::fmt::Debug for crate::v1::SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
 /// The context a sealed version is bound to.
 pub fn context(name: &str, version: u64) -> Vec<u8> {
     format!("{name}/{version}").into_bytes()
@@ -238,5 +254,28 @@ mod tests {
     #[test]
     fn values_never_print() {
         assert_eq!(format!("{:?}", values()), "{\"blob\", \"password\"}");
+        let host = host_key();
+        let sealed = crate::v1::SealedSecret {
+            name: "db".into(),
+            version: 3,
+            sealed: seal(host.public(), b"x", &values()).unwrap(),
+        };
+        let printed = format!("{sealed:?}");
+        assert!(
+            printed.starts_with("SealedSecret { name: \"db\", version: 3, sealed: <"),
+            "{printed}"
+        );
+        assert!(
+            !format!("{host:?}").contains("Secret"),
+            "the host key is redacted"
+        );
+        let manifest = crate::v1::SiteManifest {
+            secrets: vec![sealed],
+            ..Default::default()
+        };
+        assert!(
+            format!("{manifest:?}").contains("bytes>"),
+            "a manifest prints sealed secrets by size"
+        );
     }
 }

@@ -1345,4 +1345,26 @@ fn a_polling_agent_converges_and_reports_on_each_poll() {
         let hosts: serde_json::Value = serde_json::from_str(hosts.success()).ok()?;
         (hosts["items"][0]["bytesReceived"].as_i64()? > 0).then_some(())
     });
+
+    // A poll carries the site's secrets too, sealed to the polling host.
+    control
+        .cli(&["secret", "set", "poll-token", "token=polled-value"])
+        .success();
+    let with_secret = web_application(&site, "3").replace(
+        "          resources: { cpu: 0.5, memory: 64Mi }\n",
+        "          resources: { cpu: 0.5, memory: 64Mi }\n          secrets: [{ secret: poll-token, key: token, path: /run/token }]\n",
+    );
+    assert!(with_secret.contains("poll-token"));
+    control.apply(&with_secret).success();
+    eventually(
+        Duration::from_secs(30),
+        "the secret file on the next poll",
+        || {
+            let output = std::process::Command::new("docker")
+                .args(["exec", &www, "cat", "/run/token"])
+                .output()
+                .ok()?;
+            (output.stdout == b"polled-value").then_some(())
+        },
+    );
 }
