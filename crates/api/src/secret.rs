@@ -242,6 +242,36 @@ impl ApplicationSpec {
     }
 }
 
+/// What a rollout moves a site between when its application uses
+/// secrets: the application's version and the version of each secret, as
+/// one label (`2.0.0 (secrets pos-db@3, pos-tls@1)`), so that a new secret
+/// version rolls out under the deployment's policy like a new application
+/// version, and rolls back with it. Without secrets it is the version.
+pub fn release(version: &str, secrets: &BTreeMap<String, u64>) -> String {
+    if secrets.is_empty() {
+        return version.to_string();
+    }
+    let pinned: Vec<String> = secrets.iter().map(|(name, v)| format!("{name}@{v}")).collect();
+    format!("{version} (secrets {})", pinned.join(", "))
+}
+
+/// The application version and secret versions of a `release` label.
+/// Versions hold no spaces, so a plain version reads back as itself.
+pub fn split_release(label: &str) -> (&str, BTreeMap<String, u64>) {
+    let Some((version, rest)) = label.split_once(" (secrets ") else {
+        return (label, BTreeMap::new());
+    };
+    let secrets = rest
+        .trim_end_matches(')')
+        .split(", ")
+        .filter_map(|pinned| {
+            let (name, v) = pinned.split_once('@')?;
+            Some((name.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    (version, secrets)
+}
+
 /// `POST /api/v1/secrets`: a new version of a secret. Values are base64;
 /// `Debug` prints their keys only.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -369,6 +399,16 @@ mod tests {
         ));
         assert!(image_matches("a*b*c", "axxbyyc"));
         assert!(!image_matches("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn release_labels_read_back() {
+        let secrets = BTreeMap::from([("db".to_string(), 3), ("tls".to_string(), 1)]);
+        let label = release("2.0.0", &secrets);
+        assert_eq!(label, "2.0.0 (secrets db@3, tls@1)");
+        assert_eq!(split_release(&label), ("2.0.0", secrets));
+        assert_eq!(release("1.0+build", &BTreeMap::new()), "1.0+build");
+        assert_eq!(split_release("1.0+build"), ("1.0+build", BTreeMap::new()));
     }
 
     #[test]

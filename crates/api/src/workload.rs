@@ -129,10 +129,18 @@ pub fn compile_site<'a>(
             application: application.to_string(),
             reason,
         };
-        let Some(spec) = application_spec(application, deployment.spec.version.as_deref()) else {
+        // A rollout's label may pin secret versions beside the version.
+        let (version, pinned) = match deployment.spec.version.as_deref() {
+            Some(label) => {
+                let (version, pinned) = crate::secret::split_release(label);
+                (Some(version), pinned)
+            }
+            None => (None, BTreeMap::new()),
+        };
+        let Some(spec) = application_spec(application, version) else {
             state.failures.push(failure(format!(
                 "application {application:?} has no version {:?}",
-                deployment.spec.version.as_deref().unwrap_or("current")
+                version.unwrap_or("current")
             )));
             continue;
         };
@@ -142,7 +150,7 @@ pub fn compile_site<'a>(
             )));
             continue;
         }
-        let versions = match secret_versions(&spec, site, secrets) {
+        let versions = match secret_versions(&spec, site, secrets, &pinned) {
             Ok(versions) => versions,
             Err(reason) => {
                 state.failures.push(failure(reason));
@@ -356,12 +364,13 @@ pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<Str
 }
 
 /// Replaces `${site.NAME}` in every env value; `$$` becomes `$`.
-/// The version of every secret the application refers to, or why this
-/// site may not have one of them.
+/// The version of every secret the application refers to (the newest, or
+/// the one a rollout pins), or why this site may not have one of them.
 fn secret_versions(
     spec: &ApplicationSpec,
     site: &Site,
     secrets: &BTreeMap<String, SecretPolicy>,
+    pinned: &BTreeMap<String, u64>,
 ) -> Result<BTreeMap<String, u64>, String> {
     let mut versions = BTreeMap::new();
     for service in &spec.services {
@@ -381,7 +390,8 @@ fn secret_versions(
                 if let Some(reason) = refusal {
                     return Err(reason);
                 }
-                versions.insert(used.secret.to_string(), policy.version);
+                let version = pinned.get(used.secret).copied().unwrap_or(policy.version);
+                versions.insert(used.secret.to_string(), version);
             }
         }
     }

@@ -102,16 +102,19 @@ pub(super) async fn rollout_undo(
     let target = match request.to_version {
         Some(version) => version,
         None => {
+            // History holds releases; an undo pins the application version
+            // (secrets always go forward: set the old value again instead).
             let history = state.store.rollout_history(&name).await?;
-            let current = history.last().map(|(v, _, _)| v.clone());
+            let version = |release: &str| outpost_api::secret::split_release(release).0.to_string();
+            let current = history.last().map(|(v, _, _)| version(v));
             history
                 .iter()
                 .rev()
-                .map(|(v, _, _)| v.clone())
+                .map(|(v, _, _)| version(v))
                 .find(|v| Some(v) != current.as_ref())
                 .ok_or_else(|| {
                     ApiError::Conflict(format!(
-                        "deployment {name:?} has no earlier version to go back to"
+                        "deployment {name:?} has no earlier version to go back to (a change of secrets alone is undone by setting the secret again)"
                     ))
                 })?
         }

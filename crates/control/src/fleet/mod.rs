@@ -45,14 +45,22 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// The version a deployment is headed for: its pinned one, or its
-    /// application's current one.
+    /// The release a deployment is headed for: its pinned version, or its
+    /// application's current one, with the newest version of each secret
+    /// that version uses (`outpost_api::secret::release`).
     fn target(&self, deployment: &Deployment) -> Option<String> {
-        deployment.spec.version.clone().or_else(|| {
+        let version = deployment.spec.version.clone().or_else(|| {
             self.versions
                 .get(deployment.spec.application.as_str())
                 .map(|(current, _)| current.clone())
-        })
+        })?;
+        let secrets: BTreeMap<String, u64> = self
+            .deployment_spec(deployment)
+            .into_iter()
+            .flat_map(ApplicationSpec::secret_uses)
+            .filter_map(|used| Some((used.secret.to_string(), self.secrets.get(used.secret)?.version)))
+            .collect();
+        Some(outpost_api::secret::release(&version, &secrets))
     }
 
     /// The application spec a deployment runs: its pinned version, or its

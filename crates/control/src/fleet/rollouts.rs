@@ -85,14 +85,18 @@ impl Fleet {
             };
             let existing = inputs.rollouts.get(name);
             let assigned = existing.map(|r| r.assigned()).unwrap_or_default();
+            // The release a site runs: its version, and the secret
+            // versions of all the deployment's workloads there.
             let running_now = |site: &str| -> Option<String> {
                 assigned.get(site).cloned().unwrap_or_else(|| {
                     current.get(site).and_then(|(_, state)| {
-                        state
-                            .workloads
-                            .iter()
-                            .find(|w| w.deployment == name)
-                            .map(|w| w.version.clone())
+                        let mut workloads = state.workloads.iter().filter(|w| w.deployment == name);
+                        let first = workloads.next()?;
+                        let mut secrets = first.secrets.clone();
+                        for workload in workloads {
+                            secrets.extend(workload.secrets.clone());
+                        }
+                        Some(outpost_api::secret::release(&first.version, &secrets))
                     })
                 })
             };

@@ -68,3 +68,75 @@ async fn a_host_without_facts_gets_nothing_and_its_site_is_offline_not_failed() 
         DeploymentSiteState::Failed
     );
 }
+
+/// Issue 13: a new secret version reaches sites under the deployment's
+/// rollout policy, like a new application version: the canary first.
+#[tokio::test]
+async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(
+        crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
+            .await
+            .unwrap(),
+    );
+    let set = |version_note: &'static str| {
+        let store = store.clone();
+        async move {
+            let new = crate::store::NewSecretVersion {
+                name: "db",
+                keys: vec!["password".to_string()],
+                sites: None,
+                images: Vec::new(),
+                size: 8,
+            };
+            // The compile step reads policies only; the ciphertext is not opened here.
+            let encrypt = |_| {
+                Ok(crate::store::Encrypted {
+                    key_id: "k".to_string(),
+                    data_key: version_note.as_bytes().to_vec(),
+                    ciphertext: Vec::new(),
+                })
+            };
+            store.add_secret_version(new, &encrypt, "test").await.unwrap()
+        }
+    };
+    set("one").await;
+    let manifests = |rollout: &str| {
+        format!(
+            "apiVersion: outpost/v1\nkind: Site\nmetadata: {{name: a, labels: {{shop: 'yes'}}}}\n---\n\
+             apiVersion: outpost/v1\nkind: Site\nmetadata: {{name: b, labels: {{shop: 'yes'}}}}\n---\n\
+             apiVersion: outpost/v1\nkind: Application\nmetadata: {{name: pos}}\nspec:\n  version: '1'\n  services:\n\
+             \x20   - name: api\n      containers:\n        - name: api\n          image: busybox\n          secrets: [{{secret: db, key: password, path: /run/db}}]\n---\n\
+             apiVersion: outpost/v1\nkind: Deployment\nmetadata: {{name: pos}}\nspec: {{application: pos, sites: shop{rollout}}}\n"
+        )
+    };
+    let apply = |text: String| {
+        let store = store.clone();
+        async move {
+            let documents = outpost_api::parse_documents("t.yaml", &text).unwrap();
+            store.apply(&documents, "test", Default::default()).await.unwrap();
+        }
+    };
+    apply(manifests("")).await;
+    let fleet = Fleet::new(store.clone());
+    fleet.recompute().await.unwrap();
+    let versions = |states: std::collections::BTreeMap<String, (i64, SiteState)>| -> Vec<(String, u64)> {
+        states
+            .into_iter()
+            .map(|(site, (_, state))| (site, state.workloads[0].secrets["db"]))
+            .collect()
+    };
+    let both = |v: u64| vec![("a".to_string(), v), ("b".to_string(), v)];
+    assert_eq!(versions(store.site_states().await.unwrap()), both(1));
+
+    // A canary policy, then version 2 of the secret: one site gets it now,
+    // the other when the rollout reaches it.
+    apply(manifests(", rollout: {canary: 1, healthyFor: 0s}")).await;
+    set("two").await;
+    fleet.recompute().await.unwrap();
+    let rollout = fleet.rollouts().await.unwrap()["pos"].clone();
+    assert_eq!(rollout.to, "1 (secrets db@2)");
+    let now = versions(store.site_states().await.unwrap());
+    assert_eq!(now.iter().filter(|(_, v)| *v == 2).count(), 1, "{now:?}");
+    assert_eq!(now.iter().filter(|(_, v)| *v == 1).count(), 1, "{now:?}");
+}
