@@ -99,7 +99,7 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
                     version: workload.version.clone(),
                     spec_hash: workload.container_hash(container),
                     instance_hash: instance_hash.clone(),
-                    container: container.clone(),
+                    container: pinned(container, &workload.digests),
                     secrets: workload.secrets.clone(),
                     prepared: Prepared::default(),
                 });
@@ -107,6 +107,17 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
         }
     }
     out
+}
+
+/// The container with its image pinned to the digest its version recorded
+/// (the spec hash is of the tag, so this replaces nothing).
+fn pinned(container: &Container, digests: &BTreeMap<String, String>) -> Container {
+    let mut container = container.clone();
+    let image = outpost_api::workload::pinned_image(container.image.as_str(), digests);
+    if let Ok(image) = image.parse() {
+        container.image = image;
+    }
+    container
 }
 
 /// What to do, in order: networks first, removals before creations (a

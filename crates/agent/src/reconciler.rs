@@ -72,6 +72,9 @@ pub struct Reconciler {
     journal: Journal,
     outbox: Arc<dyn Outbox>,
     secrets: Arc<Secrets>,
+    /// The registry digest of each image named by tag that runs here
+    /// (`None`: the engine holds it from no registry), asked once.
+    digests: HashMap<String, Option<String>>,
 }
 
 impl Reconciler {
@@ -98,6 +101,7 @@ impl Reconciler {
             journal: Journal::default(),
             outbox,
             secrets,
+            digests: HashMap::new(),
         }
     }
 
@@ -234,6 +238,7 @@ impl Reconciler {
             Some((have.id.as_str(), want.application.as_str(), health))
         });
         self.prober.track(probed);
+        self.learn_digests(&desired, &observed).await;
         let statuses = self.statuses(&desired, &observed);
         events.extend(self.journal.statuses(&statuses));
         let records: Vec<Record> = events.into_iter().map(Record::Event).collect();
@@ -290,6 +295,26 @@ impl Reconciler {
             .collect()
     }
 
+    /// Asks the runtime once for the digest of each image that runs here by
+    /// tag, so that the control plane can pin its version to those bytes.
+    async fn learn_digests(&mut self, desired: &[DesiredContainer], observed: &[Observed]) {
+        for want in desired {
+            let image = want.container.image.as_str();
+            if image.contains('@') || self.digests.contains_key(image) {
+                continue;
+            }
+            if generation(want, observed).is_none_or(|o| !o.running) {
+                continue;
+            }
+            match self.runtime.image_digest(image).await {
+                Ok(digest) => {
+                    self.digests.insert(image.to_string(), digest);
+                }
+                Err(err) => tracing::debug!(%image, err = format!("{err:#}"), "reading an image digest"),
+            }
+        }
+    }
+
     /// One status per instance, from the state of its containers.
     fn statuses(&self, desired: &[DesiredContainer], observed: &[Observed]) -> Vec<InstanceStatus> {
         let mut by_instance: BTreeMap<&str, Vec<&DesiredContainer>> = BTreeMap::new();
@@ -305,6 +330,14 @@ impl Reconciler {
                     application: first.application.clone(),
                     service: first.service.clone(),
                     spec_hash: first.instance_hash.clone(),
+                    version: first.version.clone(),
+                    image_digests: containers
+                        .iter()
+                        .filter_map(|want| {
+                            let image = want.container.image.as_str();
+                            Some((image.to_string(), self.digests.get(image)?.clone()?))
+                        })
+                        .collect(),
                     ..Default::default()
                 };
                 let mut state = InstanceState::Running;

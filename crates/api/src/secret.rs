@@ -40,12 +40,7 @@ pub fn check_secret_key(key: &str) -> Result<(), String> {
 /// characters; a pattern without a tag or digest allows every tag and
 /// digest of its repository.
 pub fn image_matches(pattern: &str, image: &str) -> bool {
-    let repository = image.split_once('@').map_or(image, |(name, _)| name);
-    let last_slash = repository.rfind('/').map_or(0, |i| i + 1);
-    let repository = match repository[last_slash..].rfind(':') {
-        Some(i) => &repository[..last_slash + i],
-        None => repository,
-    };
+    let repository = crate::workload::repository(image);
     glob(pattern.as_bytes(), image.as_bytes()) || glob(pattern.as_bytes(), repository.as_bytes())
 }
 

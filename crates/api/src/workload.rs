@@ -36,6 +36,31 @@ pub struct Workload {
     /// versions: the values travel sealed beside the manifest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, u64>,
+    /// The digest (`sha256:…`) recorded for each image its containers name
+    /// by tag: every site of this version runs the same bytes. Not part of
+    /// the spec hash, so recording a digest replaces no container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// The reference a container runs: its image, pinned to the recorded
+/// digest (`repository@sha256:…`) when there is one and the image names
+/// none itself.
+pub fn pinned_image(image: &str, digests: &BTreeMap<String, String>) -> String {
+    match digests.get(image) {
+        Some(digest) if !image.contains('@') => format!("{}@{digest}", repository(image)),
+        _ => image.to_string(),
+    }
+}
+
+/// An image reference without its tag or digest.
+pub fn repository(image: &str) -> &str {
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    }
 }
 
 /// One running copy of a workload on one host.
@@ -182,6 +207,7 @@ pub fn compile_site<'a>(
                         containers: service.containers,
                         instances: Vec::new(),
                         secrets,
+                        digests: BTreeMap::new(),
                     });
                 }
             }

@@ -12,6 +12,8 @@ mod api;
 mod cli;
 #[path = "suite/hardening.rs"]
 mod hardening;
+#[path = "suite/images.rs"]
+mod images;
 #[path = "suite/partition.rs"]
 mod partition;
 #[path = "suite/queue.rs"]

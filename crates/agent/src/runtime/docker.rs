@@ -359,6 +359,25 @@ impl Runtime for Docker {
             .collect())
     }
 
+    async fn image_digest(&self, image: &str) -> Result<Option<String>> {
+        let inspected = match self.client.inspect_image(image).await {
+            Ok(inspected) => inspected,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err).with_context(|| format!("inspecting {image}")),
+        };
+        let repository = outpost_api::workload::repository(image);
+        Ok(inspected
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|pinned| {
+                let (name, digest) = pinned.split_once('@')?;
+                (name == repository).then(|| digest.to_string())
+            }))
+    }
+
     async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
         let options = bollard::query_parameters::KillContainerOptions {
             signal: signal.to_string(),

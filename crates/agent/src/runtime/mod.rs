@@ -70,6 +70,13 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The digest (`sha256:…`) of the image `image` (a tag) as its
+    /// registry knows it, if the engine holds it from a registry.
+    async fn image_digest(&self, image: &str) -> Result<Option<String>> {
+        let _ = image;
+        Ok(None)
+    }
+
     /// Sends a signal (`SIGHUP`…) to a running container.
     async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
         let _ = (container_id, signal);

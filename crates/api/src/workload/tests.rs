@@ -105,6 +105,7 @@ fn instances_go_to_matching_hosts() {
         containers: Vec::new(),
         instances: Vec::new(),
         secrets: BTreeMap::new(),
+        digests: BTreeMap::new(),
     };
     let mut state = SiteState {
         workloads: vec![
@@ -179,6 +180,7 @@ fn placement_fits_resources_and_says_why_not() {
             containers: vec![serde_json::from_value(container).unwrap()],
             instances: Vec::new(),
             secrets: BTreeMap::new(),
+            digests: BTreeMap::new(),
         }
     };
     let mut state = SiteState {
@@ -254,6 +256,7 @@ fn spec_hash_follows_the_containers() {
             containers,
             instances: Vec::new(),
             secrets: BTreeMap::new(),
+            digests: BTreeMap::new(),
         }
     };
     assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());

@@ -15,7 +15,7 @@ mod records;
 mod rollouts;
 mod secrets;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
@@ -73,22 +73,28 @@ impl AppState {
 
     /// Fills in the live status of sites and deployments.
     async fn with_status(&self, mut objects: Vec<StoredObject>) -> Result<Vec<StoredObject>, ApiError> {
-        if !objects
+        let all_digests = if objects.iter().any(|o| o.kind == Kind::Application) {
+            self.store.image_digests().await?
+        } else {
+            Default::default()
+        };
+        let snapshot = if objects
             .iter()
             .any(|o| matches!(o.kind, Kind::Site | Kind::Deployment))
         {
-            return Ok(objects);
-        }
-        let snapshot = Snapshot::take(self.store.as_ref(), &self.fleet.presence).await?;
+            Some(Snapshot::take(self.store.as_ref(), &self.fleet.presence).await?)
+        } else {
+            None
+        };
         let sites = if objects.iter().any(|o| o.kind == Kind::Deployment) {
             self.store.list(Kind::Site).await?
         } else {
             Vec::new()
         };
         for object in &mut objects {
-            let status = match object.kind {
-                Kind::Site => serde_json::to_value(snapshot.site(&object.metadata.name)),
-                Kind::Deployment => {
+            let status = match (object.kind, &snapshot) {
+                (Kind::Site, Some(snapshot)) => serde_json::to_value(snapshot.site(&object.metadata.name)),
+                (Kind::Deployment, Some(snapshot)) => {
                     let selector: Selector = object
                         .spec
                         .get("sites")
@@ -102,7 +108,16 @@ impl AppState {
                         .collect();
                     serde_json::to_value(snapshot.deployment(&object.metadata.name, &selected))
                 }
-                Kind::Application => continue,
+                (Kind::Site | Kind::Deployment, None) => continue,
+                (Kind::Application, _) => {
+                    // The digest each version's images resolved to.
+                    let digests: BTreeMap<&str, &BTreeMap<String, String>> = all_digests
+                        .iter()
+                        .filter(|((application, _), _)| *application == object.metadata.name)
+                        .map(|((_, version), digests)| (version.as_str(), digests))
+                        .collect();
+                    serde_json::to_value(serde_json::json!({ "imageDigests": digests }))
+                }
             };
             object.status = status.ok();
         }

@@ -20,7 +20,7 @@ use outpost_api::workload::{SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
 
 use crate::presence::Presence;
-use crate::store::{Storage, StoreError};
+use crate::store::{ImageDigests, Storage, StoreError};
 
 mod rollouts;
 
@@ -42,6 +42,8 @@ pub struct Inputs {
     pub rollouts: Arc<BTreeMap<String, RolloutState>>,
     /// Per secret: its newest version and where it may go.
     pub secrets: BTreeMap<String, SecretPolicy>,
+    /// Per application version: the digest each of its images resolved to.
+    pub digests: ImageDigests,
 }
 
 impl Inputs {
@@ -135,6 +137,18 @@ impl Inputs {
                     })
                     .collect();
                 let mut state = compile_site(site, &deployments, lookup, &self.secrets);
+                for workload in &mut state.workloads {
+                    let key = (workload.application.clone(), workload.version.clone());
+                    if let Some(digests) = self.digests.get(&key) {
+                        workload.digests = digests
+                            .iter()
+                            .filter(|(image, _)| {
+                                workload.containers.iter().any(|c| c.image.as_str() == *image)
+                            })
+                            .map(|(image, digest)| (image.clone(), digest.clone()))
+                            .collect();
+                    }
+                }
                 assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
                 (name, state)
             })
@@ -244,6 +258,7 @@ impl Fleet {
                 .iter()
                 .map(|secret| Ok((secret.name.clone(), secret.policy()?)))
                 .collect::<Result<_, StoreError>>()?,
+            digests: self.store.image_digests().await?,
         })
     }
 

@@ -30,7 +30,7 @@ use crate::fleet::Fleet;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
-use crate::store::{InstanceRecord, Storage, StoreError};
+use crate::store::{ImageDigest, InstanceRecord, Storage, StoreError};
 
 mod session;
 
@@ -171,7 +171,7 @@ impl AgentGateway for Gateway {
             .await
             .map_err(internal)?;
         if let Some(report) = request.status {
-            record_status(self.store.as_ref(), &site, &host, report)
+            record_status(self.store.as_ref(), &self.fleet, &site, &host, report)
                 .await
                 .map_err(internal)?;
         }
@@ -295,12 +295,34 @@ pub(crate) async fn record_facts(
     Ok(())
 }
 
+/// Records a status report: the instances, and the image digests they
+/// report. A digest new to its application version pins it for every site,
+/// so what sites run is recomputed then.
 pub(crate) async fn record_status(
     store: &dyn Storage,
+    fleet: &Fleet,
     site: &str,
     host: &str,
     report: StatusReport,
 ) -> Result<(), StoreError> {
+    let digests: Vec<ImageDigest> = report
+        .instances
+        .iter()
+        .filter(|i| !i.version.is_empty())
+        .flat_map(|i| {
+            i.image_digests.iter().map(|(image, digest)| ImageDigest {
+                application: i.application.clone(),
+                version: i.version.clone(),
+                image: image.clone(),
+                digest: digest.clone(),
+            })
+        })
+        .filter(|d| is_digest(&d.digest))
+        .collect();
+    if store.record_digests(site, &digests).await? > 0 {
+        tracing::info!(%site, %host, digests = digests.len(), "image digests recorded");
+        fleet.recompute().await?;
+    }
     let at = crate::store::now_rfc3339();
     let instances: Vec<InstanceRecord> = report
         .instances
@@ -330,6 +352,12 @@ pub(crate) async fn record_status(
         })
         .collect();
     store.record_status(site, host, &instances).await
+}
+
+/// `sha256:` and 64 lower-case hex digits: what an agent may report.
+fn is_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Stores a batch's new records; returns the sequence number to acknowledge.

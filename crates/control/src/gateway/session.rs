@@ -248,7 +248,7 @@ impl Session {
                 return Ok(Some(revision));
             }
             Some(agent_message::Body::Status(report)) => {
-                record_status(self.store.as_ref(), site, host, report).await?;
+                record_status(self.store.as_ref(), &self.fleet, site, host, report).await?;
             }
             Some(agent_message::Body::Heartbeat(_)) => {
                 self.store.record_seen(site, host, None).await?;

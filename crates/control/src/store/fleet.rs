@@ -11,7 +11,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::sqlite::{SqliteStore, now};
-use super::{FleetStore, HostRecord, InstanceRecord, RevokedCertificate, StoreError};
+use super::{
+    FleetStore, HostRecord, ImageDigest, ImageDigests, InstanceRecord, RevokedCertificate, StoreError,
+};
 
 fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
@@ -250,6 +252,45 @@ impl FleetStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn record_digests(&self, site: &str, digests: &[ImageDigest]) -> Result<usize, StoreError> {
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for d in digests {
+            let done = sqlx::query(
+                "INSERT OR IGNORE INTO image_digests (application, version, image, digest, site, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&d.application)
+            .bind(&d.version)
+            .bind(&d.image)
+            .bind(&d.digest)
+            .bind(site)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            new += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn image_digests(&self) -> Result<ImageDigests, StoreError> {
+        let rows: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT application, version, image, digest FROM image_digests")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = ImageDigests::new();
+        for (application, version, image, digest) in rows {
+            out.entry((application, version))
+                .or_default()
+                .insert(image, digest);
+        }
+        Ok(out)
     }
 
     async fn record_status(

@@ -10,7 +10,7 @@ mod secrets;
 mod sqlite;
 mod telemetry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use outpost_api::Diagnostics;
@@ -157,6 +157,18 @@ pub struct HostRecord {
     pub cert_serial: Option<String>,
 }
 
+/// A digest an agent reported for an image of an application version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDigest {
+    pub application: String,
+    pub version: String,
+    pub image: String,
+    pub digest: String,
+}
+
+/// (application, version) → image → digest.
+pub type ImageDigests = HashMap<(String, String), BTreeMap<String, String>>;
+
 /// The last reported state of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -227,6 +239,13 @@ pub trait FleetStore: Send + Sync + 'static {
         host: &str,
         applied_revision: Option<i64>,
     ) -> Result<(), StoreError>;
+
+    /// Records the digests a site reported for application versions' images;
+    /// the first report of each wins. Returns how many were new.
+    async fn record_digests(&self, site: &str, digests: &[ImageDigest]) -> Result<usize, StoreError>;
+
+    /// Every recorded digest: (application, version) → image → digest.
+    async fn image_digests(&self) -> Result<ImageDigests, StoreError>;
 
     /// Replaces what is known about one host's instances.
     async fn record_status(

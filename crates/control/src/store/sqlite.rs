@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0007_apply_requests.sql"),
     ),
     (8, "secrets", include_str!("../../migrations/0008_secrets.sql")),
+    (
+        9,
+        "image digests",
+        include_str!("../../migrations/0009_image_digests.sql"),
+    ),
 ];
 
 #[derive(Debug)]

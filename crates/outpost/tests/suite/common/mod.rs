@@ -16,6 +16,7 @@ use std::time::Duration;
 use outpost_api::client_config::ClientConfig;
 
 pub mod lab;
+pub mod registry;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 

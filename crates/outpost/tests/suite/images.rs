@@ -1,0 +1,84 @@
+//! Images that never need the uplink (issue 14), against a real registry
+//! on loopback: a version's images are pinned to the digest its first site
+//! pulled, so a tag the registry moves later changes no site's bytes.
+
+use std::time::Duration;
+
+use crate::common::registry::Registry;
+use crate::common::{Agent, ControlPlane, docker, eventually, site, unique_site};
+
+fn application(group: &str, image: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: pos }}\nspec:\n  version: \"1\"\n  services:\n    - name: api\n      containers:\n        - name: api\n          image: {image}\n          command: [\"sh\", \"-c\", \"sleep 3600\"]\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: pos }}\nspec: {{ application: pos, sites: group = {group} }}\n"
+    )
+}
+
+/// (container ID, image ID, image reference) of a running container.
+fn running(name: &str) -> Option<(String, String, String)> {
+    let output = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.Id}} {{.Image}} {{.Config.Image}} {{.State.Running}}",
+            name,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields.as_slice() {
+        [id, image, reference, "true"] => Some((id.to_string(), image.to_string(), reference.to_string())),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_version_runs_the_digest_its_first_site_pulled_even_after_the_tag_moves() {
+    let registry = Registry::start();
+    let (image, first_digest) = registry.push_variant("pos", "1", "first");
+    let first_image_id = docker(&["inspect", "-f", "{{.Id}}", &image]).trim().to_string();
+
+    let control = ControlPlane::start();
+    let group = unique_site("digest");
+    let (a, b) = (format!("{group}-a"), format!("{group}-b"));
+    let group_label = format!("group: {group}");
+    control
+        .apply(&format!(
+            "{}---\n{}",
+            site(&a, &group_label),
+            site(&b, &group_label)
+        ))
+        .success();
+    control.apply(&application(&group, &image)).success();
+
+    // Site a runs the tag; its agent reports what the tag resolved to.
+    let agent_a = Agent::enroll(&control, &a, "h1");
+    let on_a = format!("outpost.{a}.pos-api-0.api");
+    let (a_id, a_image, _) = eventually(Duration::from_secs(60), "site a running", || running(&on_a));
+    assert_eq!(a_image, first_image_id);
+    let expected = format!("1: {image} -> {first_digest}");
+    eventually(Duration::from_secs(30), "the digest recorded", || {
+        let described = control.cli(&["describe", "application", "pos"]);
+        described.success().contains(&expected).then_some(())
+    });
+
+    // The registry moves the tag to other bytes.
+    let (_, moved_digest) = registry.push_variant("pos", "1", "moved");
+    assert_ne!(moved_digest, first_digest);
+
+    // Site b, deployed after the move, runs the recorded bytes, by digest.
+    let agent_b = Agent::enroll(&control, &b, "h1");
+    let on_b = format!("outpost.{b}.pos-api-0.api");
+    let (_, b_image, b_reference) = eventually(Duration::from_secs(60), "site b running", || running(&on_b));
+    assert_eq!(
+        b_image, first_image_id,
+        "site b runs the first bytes, not the moved tag"
+    );
+    assert_eq!(b_reference, format!("{}/pos@{first_digest}", registry.address));
+
+    // Recording the digest replaced nothing on site a.
+    std::thread::sleep(Duration::from_secs(2));
+    let (a_id_now, _, _) = running(&on_a).unwrap();
+    assert_eq!(a_id_now, a_id, "site a's container was not replaced");
+    drop((agent_a, agent_b));
+}
