@@ -8,6 +8,7 @@
 pub mod facts;
 pub mod health;
 pub mod identity;
+pub mod images;
 pub mod journal;
 pub mod logs;
 pub mod metrics;
@@ -54,6 +55,9 @@ pub struct Config {
     /// Where file secrets are written: a tmpfs per agent in a
     /// `SITE.HOST` directory below it.
     pub secrets_dir: PathBuf,
+    /// The disk Outpost's own images may take before the oldest ones that
+    /// no current or previous version needs are pruned.
+    pub image_budget: u64,
 }
 
 /// Where file secrets go unless `--secrets-dir` says otherwise.
@@ -164,7 +168,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         status_sender,
         outbox.clone(),
         secrets,
-    );
+    )
+    .with_image_cache(images::ImageCache::open(store.pool(), runtime.clone(), config.image_budget).await?);
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let (connected_sender, connected) = watch::channel(false);
     let metrics = config.metrics_listen.map(|listen| {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::health::{Prober, Verdict};
+use crate::images::ImageCache;
 use crate::journal::Journal;
 use crate::outbox::Outbox;
 use crate::plan::{Action, DesiredContainer, Observed, desired_for_host, next_name, plan};
@@ -75,6 +76,10 @@ pub struct Reconciler {
     /// The registry digest of each image named by tag that runs here
     /// (`None`: the engine holds it from no registry), asked once.
     digests: HashMap<String, Option<String>>,
+    /// The pinned image cache (none in the simulator), and the desired
+    /// revision it last noted.
+    images: Option<ImageCache>,
+    images_seen: Option<u64>,
 }
 
 impl Reconciler {
@@ -102,7 +107,16 @@ impl Reconciler {
             outbox,
             secrets,
             digests: HashMap::new(),
+            images: None,
+            images_seen: None,
         }
+    }
+
+    /// Keeps the images this agent pulls: pinned for the current and previous
+    /// versions, pruned past the budget.
+    pub fn with_image_cache(mut self, cache: ImageCache) -> Reconciler {
+        self.images = Some(cache);
+        self
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -139,7 +153,7 @@ impl Reconciler {
 
     /// One pass: observe, plan, act, report.
     pub async fn reconcile(&mut self) {
-        let (_, state) = self.desired.borrow_and_update().clone();
+        let (revision, state) = self.desired.borrow_and_update().clone();
         let desired = desired_for_host(&state, &self.site, &self.host);
         let (observed, networks) = match (self.runtime.observe().await, self.runtime.networks().await) {
             (Ok(observed), Ok(networks)) => (observed, networks),
@@ -167,6 +181,7 @@ impl Reconciler {
             actions = actions.len(),
             "reconcile pass"
         );
+        let mut pulled_now = Vec::new();
         for mut action in actions {
             let instance = match &action {
                 Action::Create { want, .. } => Some(want.instance.clone()),
@@ -196,7 +211,8 @@ impl Reconciler {
                 Err(err) => Err(err),
             };
             if let Action::Create { want, .. } = &action {
-                events.extend(self.runtime.pulled().into_iter().map(|image| Event {
+                let pulled = self.runtime.pulled();
+                events.extend(pulled.iter().map(|image| Event {
                     at: outpost_api::telemetry::now(),
                     kind: EventKind::ImagePulled,
                     application: want.application.clone(),
@@ -205,6 +221,7 @@ impl Reconciler {
                     message: format!("pulled {image}"),
                     exit_code: None,
                 }));
+                pulled_now.extend(pulled);
             }
             if let Some(instance) = instance {
                 let attempts = self.backoff.get(&instance).map_or(0, |b| b.attempts) + 1;
@@ -231,6 +248,7 @@ impl Reconciler {
         }
         let observed = self.runtime.observe().await.unwrap_or(observed);
         self.secrets.sweep(&observed);
+        self.tend_images(revision, &desired, &pulled_now).await;
         events.extend(self.journal.observe(&observed));
         let probed = desired.iter().filter_map(|want| {
             let health = want.container.health.as_ref()?;
@@ -293,6 +311,28 @@ impl Reconciler {
                 healthy.then(|| have.id.clone())
             })
             .collect()
+    }
+
+    /// Keeps the image cache: notes what each workload wants when the
+    /// desired state changes, what was pulled, and prunes past the budget
+    /// after either.
+    async fn tend_images(&mut self, revision: u64, desired: &[DesiredContainer], pulled: &[String]) {
+        let Some(cache) = &self.images else { return };
+        let changed = self.images_seen != Some(revision);
+        if !changed && pulled.is_empty() {
+            return;
+        }
+        let tended = async {
+            if changed {
+                cache.desired(desired).await?;
+            }
+            cache.pulled(pulled).await?;
+            cache.prune().await
+        };
+        match tended.await {
+            Ok(_) => self.images_seen = Some(revision),
+            Err(err) => tracing::warn!(err = format!("{err:#}"), "tending the image cache"),
+        }
     }
 
     /// Asks the runtime once for the digest of each image that runs here by

@@ -105,6 +105,10 @@ pub(crate) enum Command {
         /// Polling mode: how often to poll (the control plane may ask for another)
         #[arg(long, value_name = "DURATION", default_value = "5m")]
         interval: outpost_api::quantity::Duration,
+        /// The disk the images this agent pulled may take; past it, the
+        /// oldest that no current or previous version needs are removed
+        #[arg(long, value_name = "SIZE", default_value = "20Gi")]
+        image_budget: outpost_api::quantity::Size,
         /// Where secret files are written: the agent mounts a tmpfs at
         /// DIR/SITE.HOST (it needs root for that, unless one is there)
         #[arg(long, value_name = "DIR", default_value = outpost_agent::DEFAULT_SECRETS_DIR)]

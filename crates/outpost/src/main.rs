@@ -201,6 +201,7 @@ async fn run(cli: Cli) -> Result<()> {
             mode,
             interval,
             secrets_dir,
+            image_budget,
         } => {
             init_logging();
             raise_open_file_limit();
@@ -229,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
                     RuntimeKind::Process => outpost_agent::RuntimeKind::Process,
                 },
                 secrets_dir: secrets_dir.clone(),
+                image_budget: image_budget.0,
             };
             return outpost_agent::run(config, stopped).await;
         }

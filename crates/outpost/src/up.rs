@@ -137,6 +137,7 @@ pub async fn run(
             mode: outpost_agent::session::Mode::Stream,
             runtime: outpost_agent::RuntimeKind::Docker,
             secrets_dir: outpost_agent::DEFAULT_SECRETS_DIR.into(),
+            image_budget: outpost_agent::images::DEFAULT_BUDGET,
         },
         stopped.clone(),
     ));

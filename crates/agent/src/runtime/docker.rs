@@ -378,6 +378,29 @@ impl Runtime for Docker {
             }))
     }
 
+    async fn image_size(&self, reference: &str) -> Result<Option<(String, u64)>> {
+        match self.client.inspect_image(reference).await {
+            Ok(image) => Ok(Some((
+                image.id.unwrap_or_default(),
+                image.size.unwrap_or_default().max(0) as u64,
+            ))),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("inspecting {reference}")),
+        }
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<()> {
+        self.client
+            .remove_image(
+                reference,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .with_context(|| format!("removing {reference}"))?;
+        Ok(())
+    }
+
     async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
         let options = bollard::query_parameters::KillContainerOptions {
             signal: signal.to_string(),

@@ -77,6 +77,18 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// An image's ID and size on disk, if the engine holds it.
+    async fn image_size(&self, reference: &str) -> Result<Option<(String, u64)>> {
+        let _ = reference;
+        Ok(None)
+    }
+
+    /// Removes an image reference (the engine refuses one a container uses).
+    async fn remove_image(&self, reference: &str) -> Result<()> {
+        let _ = reference;
+        Ok(())
+    }
+
     /// Sends a signal (`SIGHUP`…) to a running container.
     async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
         let _ = (container_id, signal);

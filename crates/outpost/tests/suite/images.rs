@@ -5,11 +5,15 @@
 use std::time::Duration;
 
 use crate::common::registry::Registry;
-use crate::common::{Agent, ControlPlane, docker, eventually, site, unique_site};
+use crate::common::{Agent, ControlPlane, docker, docker_maybe, eventually, site, unique_site};
 
 fn application(group: &str, image: &str) -> String {
+    versioned_application(group, "1", image)
+}
+
+fn versioned_application(group: &str, version: &str, image: &str) -> String {
     format!(
-        "apiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: pos }}\nspec:\n  version: \"1\"\n  services:\n    - name: api\n      containers:\n        - name: api\n          image: {image}\n          command: [\"sh\", \"-c\", \"sleep 3600\"]\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: pos }}\nspec: {{ application: pos, sites: group = {group} }}\n"
+        "apiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: pos }}\nspec:\n  version: \"{version}\"\n  services:\n    - name: api\n      containers:\n        - name: api\n          image: {image}\n          command: [\"sh\", \"-c\", \"sleep 3600\"]\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: pos }}\nspec: {{ application: pos, sites: group = {group} }}\n"
     )
 }
 
@@ -81,4 +85,67 @@ fn a_version_runs_the_digest_its_first_site_pulled_even_after_the_tag_moves() {
     let (a_id_now, _, _) = running(&on_a).unwrap();
     assert_eq!(a_id_now, a_id, "site a's container was not replaced");
     drop((agent_a, agent_b));
+}
+
+fn present(reference: &str) -> bool {
+    docker_maybe(&["image", "inspect", reference]).is_some()
+}
+
+#[test]
+fn the_current_and_previous_versions_stay_pinned_past_the_budget_and_restart_offline() {
+    let mut registry = Registry::start();
+    let (one, _) = registry.publish_variant("cache", "1", "one");
+    let (two, _) = registry.publish_variant("cache", "2", "two");
+    let (three, _) = registry.publish_variant("cache", "3", "three");
+    // An image Outpost did not pull: never touched, whatever the budget.
+    let (theirs, _) = registry.push_variant("theirs", "1", "theirs");
+
+    let mut control = ControlPlane::start();
+    let group = unique_site("cache");
+    control.apply(&site(&group, &format!("group: {group}"))).success();
+    control.apply(&versioned_application(&group, "1", &one)).success();
+    let agent = Agent::enroll_with(&control, &group, "h1", &["--image-budget", "1"]);
+    let name = format!("outpost.{group}.pos-api-0.api");
+    let runs = |image: &str| {
+        let (image, name) = (image.to_string(), name.clone());
+        move || {
+            let wanted = docker_maybe(&["image", "inspect", "-f", "{{.Id}}", &image])?;
+            let running = docker_maybe(&["inspect", "-f", "{{.Image}} {{.State.Running}}", &name])?;
+            (running.trim() == format!("{} true", wanted.trim())).then_some(())
+        }
+    };
+    eventually(Duration::from_secs(60), "version 1 running", runs(&one));
+    for (version, image) in [("2", &two), ("3", &three)] {
+        control
+            .apply(&versioned_application(&group, version, image))
+            .success();
+        eventually(
+            Duration::from_secs(60),
+            &format!("version {version} running"),
+            runs(image),
+        );
+    }
+    // Past a 1-byte budget, everything unpinned goes: version 1 only.
+    eventually(Duration::from_secs(30), "version 1 pruned", || {
+        (!present(&one)).then_some(())
+    });
+    assert!(present(&two), "the previous version stays");
+    assert!(present(&three), "the current version stays");
+    assert!(present(&theirs), "an image Outpost did not pull is never touched");
+    assert!(present("outpost-local/busybox:1"));
+
+    // With the registry and the control plane gone, a killed container
+    // comes back from the pinned image.
+    registry.stop();
+    assert!(control.stop());
+    let before = docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
+    docker(&["kill", &name]);
+    eventually(Duration::from_secs(30), "restarted offline", || {
+        let started = docker(&["inspect", "-f", "{{.State.StartedAt}} {{.State.Running}}", &name]);
+        (started.trim().ends_with("true") && !started.starts_with(before.trim())).then_some(())
+    });
+    assert!(present(&two) && present(&three));
+    control.restart();
+    drop(agent);
+    docker(&["rmi", &theirs]);
 }

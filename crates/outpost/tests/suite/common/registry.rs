@@ -86,8 +86,18 @@ impl Registry {
         (reference, digest)
     }
 
-    pub fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
+    /// Like `push_variant`, then drops the engine's copy, so that the next
+    /// use is a real pull from this registry.
+    pub fn publish_variant(&self, name: &str, tag: &str, variant: &str) -> (String, String) {
+        let (reference, digest) = self.push_variant(name, tag, variant);
+        docker(&["rmi", &reference]);
+        (reference, digest)
+    }
+
+    /// Stops serving (the uplink to the registry is gone).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
