@@ -25,11 +25,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use outpost_api::manifest::SecretMount;
-use outpost_api::secret::UseField;
+use outpost_api::secret::{PULL_SECRET_KEY, UseField};
 use outpost_proto::seal::{self, HostKey, Values};
 use zeroize::Zeroizing;
 
 use crate::plan::{DesiredContainer, Observed, next_name};
+use crate::registry::Credential;
 use crate::store::DesiredStore;
 
 /// What a container gets of its secrets: environment values and the
@@ -39,6 +40,8 @@ pub struct Prepared {
     pub env: Vec<(String, Zeroizing<String>)>,
     /// (path on the host, path in the container).
     pub mounts: Vec<(PathBuf, String)>,
+    /// From `imagePullSecret`: credentials for pulling its image.
+    pub registry: Vec<Credential>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for Prepared {
         f.debug_struct("Prepared")
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("mounts", &self.mounts)
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -140,6 +144,17 @@ impl Secrets {
                 })?;
                 opened.insert(used.secret, self.open(used.secret, *version).await?);
             }
+        }
+        for used in uses.iter().filter(|u| u.field == UseField::PullSecret) {
+            let config = opened[used.secret]
+                .0
+                .get(PULL_SECRET_KEY)
+                .with_context(|| format!("pull secret {:?} has no key {PULL_SECRET_KEY:?}", used.secret))?;
+            let text = std::str::from_utf8(config).map_err(|_| {
+                anyhow::anyhow!("pull secret {:?}: {PULL_SECRET_KEY} is not text", used.secret)
+            })?;
+            prepared.registry = crate::registry::parse(text)
+                .with_context(|| format!("pull secret {:?}: reading its {PULL_SECRET_KEY}", used.secret))?;
         }
         for used in &uses {
             if let UseField::Env(variable) = used.field {

@@ -178,6 +178,9 @@ pub struct ApplicationSpec {
     /// The application's version; a changed spec needs a new version.
     pub version: String,
     pub services: Vec<Service>,
+    /// The pull secret of every container that names none itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -240,6 +243,11 @@ pub struct Container {
     /// default), `signal:SIGHUP` (or another signal) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_secret_change: Option<SecretChange>,
+    /// A secret whose key `config.json` is a Docker `config.json` with the
+    /// credentials to pull this container's image (default: the
+    /// application's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<Name>,
 }
 
 /// An environment variable's value: text, or one key of a secret.

@@ -122,7 +122,12 @@ pub struct SecretUse<'a> {
 pub enum UseField<'a> {
     Env(&'a str),
     File(usize),
+    /// `imagePullSecret` (key `config.json`).
+    PullSecret,
 }
+
+/// The key of a pull secret: a Docker `config.json`.
+pub const PULL_SECRET_KEY: &str = "config.json";
 
 impl Container {
     /// Every reference this container makes to a secret, env first.
@@ -140,7 +145,12 @@ impl Container {
             key: mount.key.as_ref().map(|k| k.as_str()),
             field: UseField::File(i),
         });
-        env.chain(files)
+        let pull = self.image_pull_secret.iter().map(|name| SecretUse {
+            secret: name.as_str(),
+            key: Some(PULL_SECRET_KEY),
+            field: UseField::PullSecret,
+        });
+        env.chain(files).chain(pull)
     }
 
     /// Whether a new version of `secret` must replace this container: an
@@ -155,6 +165,8 @@ impl Container {
                         .on_secret_change
                         .as_ref()
                         .is_none_or(|change| change.as_str() == "restart"),
+                    // New credentials serve the next pull; nothing restarts.
+                    UseField::PullSecret => false,
                 }
         })
     }
@@ -168,19 +180,41 @@ pub fn reference_problems(
     secrets: &BTreeMap<String, SecretPolicy>,
 ) -> Vec<(Path, String)> {
     let mut problems = Vec::new();
-    let services = Path::root().field("spec").field("services");
+    let spec_path = Path::root().field("spec");
+    let services = spec_path.field("services");
     for (i, service) in spec.services.iter().enumerate() {
         let containers = services.index(i).field("containers");
         for (j, container) in service.containers.iter().enumerate() {
             let container_path = containers.index(j);
-            for used in container.secret_uses() {
+            let application_pull = spec
+                .image_pull_secret
+                .iter()
+                .filter(|_| container.image_pull_secret.is_none())
+                .map(|name| {
+                    let used = SecretUse {
+                        secret: name.as_str(),
+                        key: Some(PULL_SECRET_KEY),
+                        field: UseField::PullSecret,
+                    };
+                    (used, spec_path.field("imagePullSecret"))
+                });
+            let uses = container.secret_uses().map(|used| {
                 let at = match used.field {
                     UseField::Env(name) => container_path.field("env").field(name),
                     UseField::File(k) => container_path.field("secrets").index(k),
+                    UseField::PullSecret => container_path.field("imagePullSecret"),
+                };
+                (used, at)
+            });
+            for (used, at) in uses.chain(application_pull) {
+                // A pull secret is a name alone; the others are maps.
+                let (secret_at, key_at) = match used.field {
+                    UseField::PullSecret => (at.clone(), at.clone()),
+                    _ => (at.field("secret"), at.field("key")),
                 };
                 let Some(policy) = secrets.get(used.secret) else {
                     problems.push((
-                        at.field("secret"),
+                        secret_at,
                         format!(
                             "secret {:?} does not exist (create it with `outpost secret set`)",
                             used.secret
@@ -193,7 +227,7 @@ pub fn reference_problems(
                 {
                     let keys: Vec<&str> = policy.keys.iter().map(String::as_str).collect();
                     problems.push((
-                        at.field("key"),
+                        key_at,
                         format!(
                             "secret {:?} has no key {key:?} (it has {})",
                             used.secret,
@@ -207,6 +241,8 @@ pub fn reference_problems(
             }
         }
     }
+    problems.sort_by_key(|(path, _)| path.to_string());
+    problems.dedup();
     problems
 }
 
@@ -223,12 +259,29 @@ pub fn site_refusal(
 }
 
 impl ApplicationSpec {
-    /// Every reference its containers make to a secret.
+    /// Every reference it and its containers make to a secret.
     pub fn secret_uses(&self) -> impl Iterator<Item = SecretUse<'_>> {
+        let pull = self.image_pull_secret.iter().map(|name| SecretUse {
+            secret: name.as_str(),
+            key: Some(PULL_SECRET_KEY),
+            field: UseField::PullSecret,
+        });
         self.services
             .iter()
             .flat_map(|s| &s.containers)
             .flat_map(Container::secret_uses)
+            .chain(pull)
+    }
+
+    /// The spec with the application's pull secret given to every container
+    /// that names none: what sites compile from.
+    pub fn with_pull_secrets(mut self) -> ApplicationSpec {
+        if let Some(name) = self.image_pull_secret.take() {
+            for container in self.services.iter_mut().flat_map(|s| &mut s.containers) {
+                container.image_pull_secret.get_or_insert_with(|| name.clone());
+            }
+        }
+        self
     }
 
     /// Whether a container of it refers to `secret`.

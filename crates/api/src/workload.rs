@@ -162,7 +162,8 @@ pub fn compile_site<'a>(
             }
             None => (None, BTreeMap::new()),
         };
-        let Some(spec) = application_spec(application, version) else {
+        let Some(spec) = application_spec(application, version).map(ApplicationSpec::with_pull_secrets)
+        else {
             state.failures.push(failure(format!(
                 "application {application:?} has no version {:?}",
                 version.unwrap_or("current")

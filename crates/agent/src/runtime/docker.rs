@@ -78,11 +78,13 @@ impl Docker {
 
     /// Pulls the image only if the engine does not have it: a site keeps
     /// restarting what it has even when no registry can be reached.
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    /// `extra`: credentials from the container's pull secret, tried first.
+    async fn ensure_image(&self, image: &str, extra: &[crate::registry::Credential]) -> Result<()> {
         if self.client.inspect_image(image).await.is_ok() {
             return Ok(());
         }
-        let credential = crate::registry::for_image(&self.credentials, image);
+        let credential = crate::registry::for_image(extra, image)
+            .or_else(|| crate::registry::for_image(&self.credentials, image));
         // The credential itself is never logged, only whether there is one.
         tracing::info!(%image, authenticated = credential.is_some(), "pulling image");
         let options = CreateImageOptions {
@@ -105,7 +107,8 @@ impl Docker {
 
     async fn create(&self, name: &str, want: &DesiredContainer) -> Result<()> {
         let container = &want.container;
-        self.ensure_image(container.image.as_str()).await?;
+        self.ensure_image(container.image.as_str(), &want.prepared.registry)
+            .await?;
         let mut container_labels = self.owner_labels();
         for (key, value) in [
             (labels::APPLICATION, &want.application),

@@ -149,3 +149,84 @@ fn the_current_and_previous_versions_stay_pinned_past_the_budget_and_restart_off
     drop(agent);
     docker(&["rmi", &theirs]);
 }
+
+#[test]
+fn a_private_image_is_pulled_with_the_credentials_of_its_pull_secret() {
+    let password = format!("registry-pw-{}-x", std::process::id());
+    let registry = Registry::start_with_login("puller", &password);
+    let (image, _) = registry.publish_variant("private", "1", "private");
+    // Without credentials the registry refuses: the pull secret is what works.
+    let anonymous = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new("docker")
+        .env("DOCKER_CONFIG", anonymous.path())
+        .args(["pull", "-q", &image])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the registry lets anyone pull");
+
+    let control = ControlPlane::start();
+    let group = unique_site("pull");
+    control.apply(&site(&group, &format!("group: {group}"))).success();
+    let app = application(&group, &image).replace(
+        "  services:\n",
+        "  imagePullSecret: registry-login\n  services:\n",
+    );
+    let run = control.apply(&app);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("spec.imagePullSecret: secret \"registry-login\" does not exist"),
+        "{}",
+        run.stderr
+    );
+
+    let input = tempfile::tempdir().unwrap();
+    let config = input.path().join("config.json");
+    let auth = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("puller:{password}").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let auth = String::from_utf8(auth.stdout).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            registry.address
+        ),
+    )
+    .unwrap();
+    control
+        .cli(&[
+            "secret",
+            "set",
+            "registry-login",
+            "--from-file",
+            &format!("config.json={}", config.display()),
+        ])
+        .success();
+    control.apply(&app).success();
+
+    let agent = Agent::enroll(&control, &group, "h1");
+    let name = format!("outpost.{group}.pos-api-0.api");
+    eventually(
+        Duration::from_secs(60),
+        "the private image pulled and running",
+        || running(&name),
+    );
+    assert!(
+        !agent.logged(&password) && !agent.logged(&auth),
+        "credentials never logged"
+    );
+    assert!(!control.logged(&password) && !control.logged(&auth));
+}

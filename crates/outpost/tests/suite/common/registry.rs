@@ -12,10 +12,21 @@ pub struct Registry {
     pub address: String,
     dir: tempfile::TempDir,
     child: Child,
+    /// With a login: a Docker config directory that holds it, for pushes.
+    docker_config: Option<std::path::PathBuf>,
 }
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::spawn(None)
+    }
+
+    /// A registry that lets only `user` (with `password`) push and pull.
+    pub fn start_with_login(user: &str, password: &str) -> Registry {
+        Registry::spawn(Some((user, password)))
+    }
+
+    fn spawn(login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -24,14 +35,32 @@ impl Registry {
             .port();
         let address = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = login {
+            // bcrypt, as the registry's htpasswd wants it (libxcrypt via Python).
+            let htpasswd = dir.path().join("htpasswd");
+            let hashed = Command::new("python3")
+                .args([
+                    "-W",
+                    "ignore",
+                    "-c",
+                    "import crypt, sys; print(sys.argv[1] + ':' + crypt.crypt(sys.argv[2], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+                    user,
+                    password,
+                ])
+                .output()
+                .unwrap();
+            assert!(hashed.status.success());
+            std::fs::write(&htpasswd, hashed.stdout).unwrap();
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: outpost-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -39,15 +68,41 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry (Debian's package, which scripts/test installs)");
-        let registry = Registry { address, dir, child };
+        let docker_config = login.map(|_| {
+            let docker_config = dir.path().join("docker");
+            std::fs::create_dir_all(&docker_config).unwrap();
+            docker_config
+        });
+        let registry = Registry {
+            address,
+            dir,
+            child,
+            docker_config,
+        };
         eventually(Duration::from_secs(20), "the registry answering", || {
             use std::io::{Read, Write};
             let mut stream = std::net::TcpStream::connect(&registry.address).ok()?;
             stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").ok()?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer).ok()?;
-            answer.starts_with("HTTP/1.0 200").then_some(())
+            // 401 is an answer too (a registry with a login).
+            (answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.0 401")).then_some(())
         });
+        if let (Some(config), Some((user, password))) = (&registry.docker_config, login) {
+            let status = Command::new("docker")
+                .env("DOCKER_CONFIG", config)
+                .args(["login", "-u", user, "--password-stdin", &registry.address])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(password.as_bytes())?;
+                    child.wait()
+                })
+                .unwrap();
+            assert!(status.success(), "docker login to the test registry");
+        }
         registry
     }
 
@@ -70,7 +125,16 @@ impl Registry {
             .write_all(dockerfile.as_bytes())
             .unwrap();
         assert!(build.wait().unwrap().success(), "building {reference}");
-        docker(&["push", "-q", &reference]);
+        let mut push = Command::new("docker");
+        if let Some(config) = &self.docker_config {
+            push.env("DOCKER_CONFIG", config);
+        }
+        let pushed = push.args(["push", "-q", &reference]).output().unwrap();
+        assert!(
+            pushed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
         let digests = docker(&[
             "inspect",
             "-f",
