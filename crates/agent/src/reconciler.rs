@@ -2,7 +2,9 @@
 //! state changes, the runtime reports a change (a container died), a
 //! backoff expires, or the periodic resync fires; applies the actions with
 //! per-instance exponential backoff and jitter; and publishes the status of
-//! every instance this host runs.
+//! every instance this host runs, with the digests of the images it runs
+//! by tag. Around the actions it has secrets opened before a container
+//! starts (`secrets.rs`) and keeps the image cache (`images.rs`).
 
 use outpost_api::instance::InstanceState;
 use std::collections::{BTreeMap, HashMap};
@@ -274,8 +276,6 @@ impl Reconciler {
         });
     }
 
-    /// The containers of the desired generation that may serve: running,
-    /// and healthy if they have a probe.
     /// Opens and writes the secrets of a container about to start: a new
     /// one gets its environment and mounts; one started again gets its
     /// files back (after a reboot, the tmpfs is empty).
@@ -297,6 +297,8 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The containers of the desired generation that may serve: running,
+    /// and healthy if they have a probe.
     fn ready(
         &self,
         desired: &[DesiredContainer],

@@ -140,3 +140,67 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
     assert_eq!(now.iter().filter(|(_, v)| *v == 2).count(), 1, "{now:?}");
     assert_eq!(now.iter().filter(|(_, v)| *v == 1).count(), 1, "{now:?}");
 }
+
+/// Issue 14: a host reports digests only for images its own site runs; a
+/// report for another application is ignored, the right one pins it.
+#[tokio::test]
+async fn a_host_pins_digests_only_for_what_its_site_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(
+        crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
+            .await
+            .unwrap(),
+    );
+    let manifests = "apiVersion: outpost/v1\nkind: Site\nmetadata: {name: shop}\n---\n\
+        apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
+        \x20   - {name: api, containers: [{name: api, image: 'registry.example/pos:1'}]}\n---\n\
+        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
+    let documents = outpost_api::parse_documents("t.yaml", manifests).unwrap();
+    store.apply(&documents, "test", Default::default()).await.unwrap();
+    let fleet = Fleet::new(store.clone());
+    fleet.recompute().await.unwrap();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let report = |application: &str, image: &str| outpost_proto::v1::StatusReport {
+        instances: vec![outpost_proto::v1::InstanceStatus {
+            instance: "pos-api-0".into(),
+            application: application.into(),
+            service: "api".into(),
+            state: "running".into(),
+            version: "1".into(),
+            image_digests: [(image.to_string(), digest.clone())].into(),
+            ..Default::default()
+        }],
+    };
+    crate::gateway::record_status(
+        store.as_ref(),
+        &fleet,
+        "shop",
+        "till",
+        report("other", "registry.example/other:1"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.image_digests().await.unwrap().is_empty(),
+        "not this site's image"
+    );
+    crate::gateway::record_status(
+        store.as_ref(),
+        &fleet,
+        "shop",
+        "till",
+        report("pos", "registry.example/pos:1"),
+    )
+    .await
+    .unwrap();
+    let recorded = store.image_digests().await.unwrap();
+    assert_eq!(
+        recorded[&("pos".to_string(), "1".to_string())]["registry.example/pos:1"],
+        digest
+    );
+    let (_, state) = store.site_state("shop").await.unwrap().unwrap();
+    assert_eq!(
+        state.workloads[0].digests["registry.example/pos:1"], digest,
+        "sites now get the digest"
+    );
+}

@@ -319,6 +319,27 @@ pub(crate) async fn record_status(
         })
         .filter(|d| is_digest(&d.digest))
         .collect();
+    // A host speaks only for images its own site runs: one host must not
+    // choose the bytes of another site's application.
+    let digests: Vec<ImageDigest> = if digests.is_empty() {
+        digests
+    } else {
+        let state = store
+            .site_state(site)
+            .await?
+            .map(|(_, state)| state)
+            .unwrap_or_default();
+        digests
+            .into_iter()
+            .filter(|d| {
+                state.workloads.iter().any(|w| {
+                    w.application == d.application
+                        && w.version == d.version
+                        && w.containers.iter().any(|c| c.image.as_str() == d.image)
+                })
+            })
+            .collect()
+    };
     if store.record_digests(site, &digests).await? > 0 {
         tracing::info!(%site, %host, digests = digests.len(), "image digests recorded");
         fleet.recompute().await?;
