@@ -96,6 +96,21 @@ fn count(node: &Node) -> usize {
 }
 
 proptest! {
+    /// Issue 13: a rollout's release label reads back as it was written,
+    /// and any text reads as a label without a panic.
+    #[test]
+    fn release_labels_read_back(
+        version in "[a-z0-9.+_-]{1,20}",
+        secrets in prop::collection::btree_map("[a-z][a-z0-9-]{0,10}", any::<u64>(), 0..4),
+        noise in ".{0,60}",
+    ) {
+        let label = outpost_api::secret::release(&version, &secrets);
+        let (read_version, read_secrets) = outpost_api::secret::split_release(&label);
+        prop_assert_eq!(read_version, version.as_str());
+        prop_assert_eq!(read_secrets, secrets);
+        let _ = outpost_api::secret::split_release(&noise);
+    }
+
     #[test]
     fn mutated_examples_are_parsed_or_refused_with_a_position(
         example in 0..EXAMPLES.len(),
