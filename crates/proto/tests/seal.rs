@@ -2,6 +2,9 @@
 //! refused, never a panic, and a seal altered anywhere never opens.
 //! `PROPTEST_CASES` sets the number of cases (`scripts/test` runs 2,000).
 
+// Test setup: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use outpost_proto::seal::{self, HostKey, Values};
