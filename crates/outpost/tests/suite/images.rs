@@ -230,3 +230,38 @@ fn a_private_image_is_pulled_with_the_credentials_of_its_pull_secret() {
     );
     assert!(!control.logged(&password) && !control.logged(&auth));
 }
+
+#[test]
+fn a_failed_pull_shows_its_reason_and_is_retried_until_the_registry_returns() {
+    let mut registry = Registry::start();
+    let (image, _) = registry.publish_variant("flaky", "1", "flaky");
+    registry.stop();
+
+    let control = ControlPlane::start();
+    let group = unique_site("flaky");
+    control.apply(&site(&group, &format!("group: {group}"))).success();
+    // A failed first install would roll back to nothing; pausing keeps the
+    // site on the version, so the agent keeps retrying its pull.
+    let paused = application(&group, &image).replace(
+        &format!("sites: group = {group} }}"),
+        &format!("sites: group = {group}, rollout: {{ onFailure: pause }} }}"),
+    );
+    assert!(paused.contains("onFailure: pause"));
+    control.apply(&paused).success();
+    let _agent = Agent::enroll(&control, &group, "h1");
+    let reason = eventually(Duration::from_secs(60), "the pull failure reported", || {
+        let deployment = control.cli(&["get", "deployment", "pos", "-o", "json"]);
+        let deployment: serde_json::Value = serde_json::from_str(deployment.success()).ok()?;
+        let reason = deployment["status"]["sites"][0]["reason"].as_str()?.to_string();
+        reason.contains("pulling").then_some(reason)
+    });
+    assert!(reason.contains(&image), "the reason names the image: {reason}");
+
+    registry.resume();
+    let name = format!("outpost.{group}.pos-api-0.api");
+    eventually(
+        Duration::from_secs(90),
+        "running once the registry is back",
+        || running(&name),
+    );
+}

@@ -163,6 +163,17 @@ impl Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Serves again, on the same address and storage.
+    pub fn resume(&mut self) {
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    }
 }
 
 impl Drop for Registry {
