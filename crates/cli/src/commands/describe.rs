@@ -91,22 +91,6 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     output::bytes(sent)
                 );
             }
-            // What each version's images resolved to, as its first site pulled them.
-            let digests: BTreeMap<String, BTreeMap<String, String>> = object
-                .status
-                .as_ref()
-                .and_then(|status| serde_json::from_value(status["imageDigests"].clone()).ok())
-                .unwrap_or_default();
-            if digests.is_empty() {
-                out.push_str("Image digests: <none recorded yet>\n");
-            } else {
-                out.push_str("Image digests:\n");
-                for (version, images) in digests.iter().rev() {
-                    for (image, digest) in images {
-                        let _ = writeln!(out, "  {version}: {image} -> {digest}");
-                    }
-                }
-            }
             let deployments = client.list(Kind::Deployment, None).await?;
             out.push_str("Deployments:");
             let mut any = false;
