@@ -9,25 +9,34 @@ use outpost_api::workload::SiteState;
 use super::Fleet;
 use crate::store::Storage;
 
+/// A store in a fresh directory (kept alive by the returned guard).
+async fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
+        .await
+        .unwrap();
+    (dir, Arc::new(store))
+}
+
+/// Applies manifests as one batch.
+async fn apply(store: &dyn Storage, manifests: &str) {
+    let documents = outpost_api::parse_documents("t.yaml", manifests).unwrap();
+    store.apply(&documents, "test", Default::default()).await.unwrap();
+}
+
 /// Issue 11: instances went to a host that enrolled but never connected
 /// (no facts), and a site whose only host never connected "could not
 /// place" and failed its rollout. Now such a host gets nothing, and such
 /// a site is offline, whatever could be placed there.
 #[tokio::test]
 async fn a_host_without_facts_gets_nothing_and_its_site_is_offline_not_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Storage> = Arc::new(
-        crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = store().await;
     let manifests = "apiVersion: outpost/v1\nkind: Site\nmetadata: {name: shop}\n---\n\
         apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
         \x20   - {name: api, containers: [{name: api, image: busybox}]}\n\
         \x20   - {name: cam, hosts: camera, containers: [{name: cam, image: busybox}]}\n---\n\
         apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
-    let documents = outpost_api::parse_documents("t.yaml", manifests).unwrap();
-    store.apply(&documents, "test", Default::default()).await.unwrap();
+    apply(store.as_ref(), manifests).await;
     let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
     store.create_join_token("t", "shop", expires).await.unwrap();
     store.redeem_join_token("t", "till", "01").await.unwrap();
@@ -73,12 +82,7 @@ async fn a_host_without_facts_gets_nothing_and_its_site_is_offline_not_failed() 
 /// rollout policy, like a new application version: the canary first.
 #[tokio::test]
 async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Storage> = Arc::new(
-        crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = store().await;
     let set = |version_note: &'static str| {
         let store = store.clone();
         async move {
@@ -110,14 +114,7 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
              apiVersion: outpost/v1\nkind: Deployment\nmetadata: {{name: pos}}\nspec: {{application: pos, sites: shop{rollout}}}\n"
         )
     };
-    let apply = |text: String| {
-        let store = store.clone();
-        async move {
-            let documents = outpost_api::parse_documents("t.yaml", &text).unwrap();
-            store.apply(&documents, "test", Default::default()).await.unwrap();
-        }
-    };
-    apply(manifests("")).await;
+    apply(store.as_ref(), &manifests("")).await;
     let fleet = Fleet::new(store.clone());
     fleet.recompute().await.unwrap();
     let versions = |states: std::collections::BTreeMap<String, (i64, SiteState)>| -> Vec<(String, u64)> {
@@ -131,7 +128,11 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
 
     // A canary policy, then version 2 of the secret: one site gets it now,
     // the other when the rollout reaches it.
-    apply(manifests(", rollout: {canary: 1, healthyFor: 0s}")).await;
+    apply(
+        store.as_ref(),
+        &manifests(", rollout: {canary: 1, healthyFor: 0s}"),
+    )
+    .await;
     set("two").await;
     fleet.recompute().await.unwrap();
     let rollout = fleet.rollouts().await.unwrap()["pos"].clone();
@@ -145,18 +146,12 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
 /// report for another application is ignored, the right one pins it.
 #[tokio::test]
 async fn a_host_pins_digests_only_for_what_its_site_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Storage> = Arc::new(
-        crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = store().await;
     let manifests = "apiVersion: outpost/v1\nkind: Site\nmetadata: {name: shop}\n---\n\
         apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
         \x20   - {name: api, containers: [{name: api, image: 'registry.example/pos:1'}]}\n---\n\
         apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
-    let documents = outpost_api::parse_documents("t.yaml", manifests).unwrap();
-    store.apply(&documents, "test", Default::default()).await.unwrap();
+    apply(store.as_ref(), manifests).await;
     let fleet = Fleet::new(store.clone());
     fleet.recompute().await.unwrap();
     let digest = format!("sha256:{}", "a".repeat(64));
