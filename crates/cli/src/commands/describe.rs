@@ -7,9 +7,9 @@ use anyhow::Result;
 use outpost_api::manifest::{Application, Container, Deployment, Kind, ServiceMode, Site};
 use outpost_api::wire::{DeploymentStatus, SiteStatus};
 
-use super::{labels_text, selector_text, site_state, status_of, typed};
+use super::{labels_text, selector_text, site_state, status_of, typed, write_times};
 use crate::client::Client;
-use crate::output::{self, Table, age};
+use crate::output::{self, Table};
 
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String> {
     let object = client.get(kind, name).await?;
@@ -19,18 +19,7 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
     let _ = writeln!(out, "Kind:        {}", object.kind);
     let _ = writeln!(out, "Labels:      {}", labels_text(&meta.labels));
     let _ = writeln!(out, "Generation:  {}", meta.generation);
-    let _ = writeln!(
-        out,
-        "Created:     {} ({} ago)",
-        meta.created_at,
-        age(&meta.created_at)
-    );
-    let _ = writeln!(
-        out,
-        "Updated:     {} ({} ago)",
-        meta.updated_at,
-        age(&meta.updated_at)
-    );
+    write_times(&mut out, &meta.created_at, &meta.updated_at);
     match kind {
         Kind::Site => {
             let site: Site = typed(&object)?;

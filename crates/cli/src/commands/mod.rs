@@ -57,6 +57,14 @@ pub(super) fn typed<T: serde::de::DeserializeOwned>(object: &StoredObject) -> Re
     })
 }
 
+/// The `Created:` and `Updated:` lines of a `describe`, with ages.
+pub(super) fn write_times(out: &mut String, created_at: &str, updated_at: &str) {
+    use std::fmt::Write as _;
+    let age = crate::output::age;
+    let _ = writeln!(out, "Created:     {created_at} ({} ago)", age(created_at));
+    let _ = writeln!(out, "Updated:     {updated_at} ({} ago)", age(updated_at));
+}
+
 pub(super) fn labels_text(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "<none>".to_string();

@@ -205,18 +205,7 @@ pub async fn describe_secret(client: &Client, name: &str) -> Result<String> {
     let _ = writeln!(out, "Keys:        {}", secret.keys.join(", "));
     let _ = writeln!(out, "May reach:   {sites}");
     let _ = writeln!(out, "Images:      {images}");
-    let _ = writeln!(
-        out,
-        "Created:     {} ({} ago)",
-        secret.created_at,
-        age(&secret.created_at)
-    );
-    let _ = writeln!(
-        out,
-        "Updated:     {} ({} ago)",
-        secret.updated_at,
-        age(&secret.updated_at)
-    );
+    super::write_times(&mut out, &secret.created_at, &secret.updated_at);
     let used_by = if detail.deployments.is_empty() {
         "<none>".to_string()
     } else {
