@@ -1,14 +1,18 @@
 //! The SQLite side of secrets: a row per version, holding only ciphertext
 //! and the wrapped data key (see `crate::secrets` for the cryptography),
-//! the reference checks that guard a delete, and the re-wrap of a key
-//! rotation in one transaction.
+//! the checks an apply makes of references to secrets (inside the apply's
+//! transaction), the reference checks that guard a delete, and the re-wrap
+//! of a key rotation in one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use outpost_api::manifest::{ApplicationSpec, Kind};
+use outpost_api::Diagnostics;
+use outpost_api::diagnostic::Path as FieldPath;
+use outpost_api::manifest::{ApplicationSpec, Kind, Manifest};
 use outpost_api::secret::SecretPolicy;
-use sqlx::Row;
+use outpost_api::validate::Document;
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::sqlite::{SqliteStore, audit, now};
 use super::{StoreError, StoredSecret};
@@ -117,6 +121,137 @@ pub(super) async fn policies(
             Ok((stored.name.clone(), stored.policy()?))
         })
         .collect()
+}
+
+/// References to secrets: each secret and key exists and allows the
+/// container's image (at the reference), and every site a deployment
+/// selects may receive the secrets its application refers to (at the
+/// deployment's `sites`, or at an application's reference when a stored
+/// deployment runs it).
+pub(super) async fn check_references(
+    tx: &mut Transaction<'_, Sqlite>,
+    documents: &[Document],
+    out: &mut Diagnostics,
+) -> Result<(), StoreError> {
+    let uses_secrets = |spec: &ApplicationSpec| spec.secret_uses().next().is_some();
+    let batch_apps: HashMap<&str, &ApplicationSpec> = documents
+        .iter()
+        .filter_map(|d| match &d.manifest {
+            Manifest::Application(app) => Some((app.metadata.name.as_str(), &app.spec)),
+            _ => None,
+        })
+        .collect();
+    let concerned = documents.iter().any(|d| match &d.manifest {
+        Manifest::Application(app) => uses_secrets(&app.spec),
+        Manifest::Deployment(_) => true,
+        Manifest::Site(_) => false,
+    });
+    if !concerned {
+        return Ok(());
+    }
+    let policies = policies(tx).await?;
+    // Every site as the batch leaves it: its labels decide what it may hold.
+    let mut sites: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    if policies.values().any(|p| p.sites.is_some()) {
+        let rows = sqlx::query("SELECT name, labels FROM objects WHERE kind = 'Site'")
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in rows {
+            let labels: String = row.try_get("labels")?;
+            sites.insert(row.try_get("name")?, serde_json::from_str(&labels)?);
+        }
+        for document in documents {
+            if let Manifest::Site(site) = &document.manifest {
+                sites.insert(site.metadata.name.to_string(), site.metadata.labels.clone());
+            }
+        }
+    }
+    let refused_site = |spec: &ApplicationSpec, selector: &outpost_api::Selector| {
+        sites
+            .iter()
+            .filter(|(_, labels)| selector.matches(labels))
+            .find_map(|(site, labels)| outpost_api::secret::site_refusal(spec, site, labels, &policies))
+    };
+    for document in documents {
+        match &document.manifest {
+            Manifest::Application(app) => {
+                for (path, message) in outpost_api::secret::reference_problems(&app.spec, &policies) {
+                    out.0.push(document.diagnostic(&path, message));
+                }
+                if !uses_secrets(&app.spec) {
+                    continue;
+                }
+                // The stored deployments that will run this version.
+                let rows = sqlx::query(
+                    "SELECT name, spec FROM objects WHERE kind = 'Deployment'
+                       AND json_extract(spec, '$.application') = ?1",
+                )
+                .bind(app.metadata.name.as_str())
+                .fetch_all(&mut **tx)
+                .await?;
+                for row in rows {
+                    let name: String = row.try_get("name")?;
+                    let spec: String = row.try_get("spec")?;
+                    let deployment: outpost_api::manifest::DeploymentSpec = serde_json::from_str(&spec)?;
+                    if deployment
+                        .version
+                        .as_ref()
+                        .is_some_and(|v| *v != app.spec.version)
+                    {
+                        continue;
+                    }
+                    if let Some(reason) = refused_site(&app.spec, &deployment.sites) {
+                        out.0.push(document.diagnostic(
+                            &FieldPath::root().field("spec"),
+                            format!("deployment {name:?} runs this application, but {reason}"),
+                        ));
+                    }
+                }
+            }
+            Manifest::Deployment(deployment) => {
+                let application = deployment.spec.application.as_str();
+                let spec = match (batch_apps.get(application), &deployment.spec.version) {
+                    (Some(spec), None) => Some((*spec).clone()),
+                    (Some(spec), Some(version)) if *version == spec.version => Some((*spec).clone()),
+                    (_, version) => stored_spec(tx, application, version.as_deref()).await?,
+                };
+                if let Some(spec) = spec
+                    && let Some(reason) = refused_site(&spec, &deployment.spec.sites)
+                {
+                    out.0
+                        .push(document.diagnostic(&FieldPath::root().field("spec").field("sites"), reason));
+                }
+            }
+            Manifest::Site(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// An application's stored spec at a version (`None`: its current one).
+async fn stored_spec(
+    tx: &mut Transaction<'_, Sqlite>,
+    application: &str,
+    version: Option<&str>,
+) -> Result<Option<ApplicationSpec>, StoreError> {
+    let spec: Option<String> = match version {
+        Some(version) => {
+            sqlx::query_scalar(
+                "SELECT spec FROM application_versions WHERE application = ?1 AND version = ?2",
+            )
+            .bind(application)
+            .bind(version)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query_scalar("SELECT spec FROM objects WHERE kind = 'Application' AND name = ?1")
+                .bind(application)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+    };
+    Ok(spec.map(|s| serde_json::from_str(&s)).transpose()?)
 }
 
 /// The deployments whose application (at the version each runs) refers
