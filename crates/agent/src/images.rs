@@ -1,12 +1,13 @@
 //! The image cache: the images this agent pulled, pinned while the current
 //! or the previous version of any workload on its site needs them (a
-//! workload the site no longer runs pins nothing), and
+//! workload the site no longer runs pins nothing) or a rollout has staged
+//! them for the next, and
 //! pruned oldest first only when they take more than the budget
 //! (`--image-budget`). An image the agent did not pull (built or loaded on
 //! the host, or pulled by someone else) is never touched.
 //!
 //! What it pulled and what each workload ran before are kept in `agent.db`
-//! (tables `pulled_images` and `workload_images`), so a restart forgets
+//! (tables `pulled_images`, `workload_images` and `staged_images`), so a restart forgets
 //! neither: a reboot with the uplink down still has the previous version
 //! to fall back to.
 
@@ -22,6 +23,7 @@ use crate::runtime::Runtime;
 /// The default budget: what Outpost's own images may take on disk.
 pub const DEFAULT_BUDGET: u64 = 20 << 30;
 
+#[derive(Clone)]
 pub struct ImageCache {
     pool: SqlitePool,
     runtime: Arc<dyn Runtime>,
@@ -60,6 +62,9 @@ impl ImageCache {
         )
         .execute(&pool)
         .await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS staged_images (reference TEXT PRIMARY KEY)")
+            .execute(&pool)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS workload_images (
                  workload TEXT PRIMARY KEY,
@@ -144,7 +149,23 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Every image a workload's current or previous version needs.
+    /// Notes the images fetched ahead of a switch (pre-staging): pinned
+    /// like a current version's, since the switch will need them.
+    pub async fn staged(&self, references: &BTreeSet<String>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM staged_images").execute(&mut *tx).await?;
+        for reference in references {
+            sqlx::query("INSERT INTO staged_images (reference) VALUES (?1)")
+                .bind(reference)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every image a workload's current or previous version needs, and
+    /// every image staged for the next.
     async fn pinned(&self) -> Result<BTreeSet<String>> {
         let rows: Vec<(String, String)> = sqlx::query_as("SELECT current, previous FROM workload_images")
             .fetch_all(&self.pool)
@@ -154,6 +175,10 @@ impl ImageCache {
             pinned.extend(serde_json::from_str::<Release>(&current)?.images);
             pinned.extend(serde_json::from_str::<Release>(&previous)?.images);
         }
+        let staged: Vec<(String,)> = sqlx::query_as("SELECT reference FROM staged_images")
+            .fetch_all(&self.pool)
+            .await?;
+        pinned.extend(staged.into_iter().map(|(reference,)| reference));
         Ok(pinned)
     }
 

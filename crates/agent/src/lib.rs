@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod samples;
 pub mod secrets;
 pub mod session;
+pub mod stage;
 pub mod store;
 pub mod tls;
 pub mod uplink;
@@ -134,7 +135,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (revision, state) = store.desired().await?;
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
     let (desired_sender, desired) = watch::channel((revision, state));
-    let (status_sender, status) = watch::channel(Vec::new());
+    let (status_sender, status) = watch::channel(outpost_proto::v1::StatusReport::default());
+    let status_sender = Arc::new(status_sender);
     let outbox: Arc<dyn outbox::Outbox> =
         Arc::new(outbox::DiskOutbox::open(store.pool(), config.queue_limit).await?);
 
@@ -160,6 +162,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
             .join(format!("{}.{}", identity.site, identity.host)),
         true,
     ));
+    let cache = images::ImageCache::open(store.pool(), runtime.clone(), config.image_budget).await?;
+    let stager = stage::Stager::new(
+        runtime.clone(),
+        &identity.host,
+        desired.clone(),
+        status_sender.clone(),
+        secrets.clone(),
+        Some(cache.clone()),
+    );
+    let staging = tokio::spawn(stager.run(shutdown.clone()));
     let reconciler = reconciler::Reconciler::new(
         runtime.clone(),
         &identity.site,
@@ -169,7 +181,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         outbox.clone(),
         secrets,
     )
-    .with_image_cache(images::ImageCache::open(store.pool(), runtime.clone(), config.image_budget).await?);
+    .with_image_cache(cache);
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let (connected_sender, connected) = watch::channel(false);
     let metrics = config.metrics_listen.map(|listen| {
@@ -197,6 +209,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
     let _ = reconciling.await;
+    let _ = staging.await;
     let _ = collecting.await;
     let _ = sampling.await;
     if let Some(metrics) = metrics {

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use outpost_api::metrics::{CONTENT_TYPE, Exposition};
-use outpost_proto::v1::InstanceStatus;
+use outpost_proto::v1::StatusReport;
 use tokio::sync::watch;
 
 use crate::outbox::Outbox;
@@ -19,7 +19,7 @@ use crate::outbox::Outbox;
 #[derive(Clone)]
 pub struct Sources {
     pub outbox: Arc<dyn Outbox>,
-    pub status: watch::Receiver<Vec<InstanceStatus>>,
+    pub status: watch::Receiver<StatusReport>,
     pub connected: watch::Receiver<bool>,
 }
 
@@ -74,7 +74,7 @@ fn render(sources: &Sources) -> String {
         "Instances on this host, by state.",
     );
     let mut states = std::collections::BTreeMap::<String, usize>::new();
-    for status in sources.status.borrow().iter() {
+    for status in sources.status.borrow().instances.iter() {
         *states.entry(status.state.clone()).or_default() += 1;
     }
     for (state, count) in &states {
@@ -117,22 +117,26 @@ mod tests {
     async fn the_figures_come_from_the_queue_and_the_instances() {
         let outbox = Arc::new(crate::outbox::MemoryOutbox::new(1 << 20));
         let status = vec![
-            InstanceStatus {
+            outpost_proto::v1::InstanceStatus {
                 state: "running".into(),
                 ..Default::default()
             },
-            InstanceStatus {
+            outpost_proto::v1::InstanceStatus {
                 state: "running".into(),
                 ..Default::default()
             },
-            InstanceStatus {
+            outpost_proto::v1::InstanceStatus {
                 state: "exited".into(),
                 ..Default::default()
             },
         ];
         let sources = Sources {
             outbox: outbox.clone(),
-            status: watch::channel(status).1,
+            status: watch::channel(StatusReport {
+                instances: status,
+                images: Vec::new(),
+            })
+            .1,
             connected: watch::channel(true).1,
         };
         let text = render(&sources);

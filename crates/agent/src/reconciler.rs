@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use outpost_api::telemetry::{Event, EventKind, Record};
 use outpost_api::workload::SiteState;
-use outpost_proto::v1::InstanceStatus;
+use outpost_proto::v1::{InstanceStatus, StatusReport};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -66,7 +66,7 @@ pub struct Reconciler {
     site: String,
     host: String,
     desired: watch::Receiver<(u64, SiteState)>,
-    status: watch::Sender<Vec<InstanceStatus>>,
+    status: Arc<watch::Sender<StatusReport>>,
     backoff: HashMap<String, Backoff>,
     /// The last failure per instance, reported until it starts.
     failures: HashMap<String, String>,
@@ -90,7 +90,7 @@ impl Reconciler {
         site: &str,
         host: &str,
         desired: watch::Receiver<(u64, SiteState)>,
-        status: watch::Sender<Vec<InstanceStatus>>,
+        status: Arc<watch::Sender<StatusReport>>,
         outbox: Arc<dyn Outbox>,
         secrets: Arc<Secrets>,
     ) -> Reconciler {
@@ -270,8 +270,8 @@ impl Reconciler {
             );
         }
         self.status.send_if_modified(|current| {
-            let changed = *current != statuses;
-            *current = statuses;
+            let changed = current.instances != statuses;
+            current.instances = statuses;
             changed
         });
     }

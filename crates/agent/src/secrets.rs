@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use outpost_api::manifest::SecretMount;
+use outpost_api::manifest::{Container, SecretMount};
 use outpost_api::secret::{PULL_SECRET_KEY, UseField};
 use outpost_proto::seal::{self, HostKey, Values};
 use zeroize::Zeroizing;
@@ -55,6 +55,18 @@ impl std::fmt::Debug for Prepared {
 }
 
 const VERSIONS: &str = "versions";
+
+/// The credentials in a pull secret's `config.json`.
+fn registry_credentials(secret: &str, values: &Values) -> Result<Vec<Credential>> {
+    let config = values
+        .0
+        .get(PULL_SECRET_KEY)
+        .with_context(|| format!("pull secret {secret:?} has no key {PULL_SECRET_KEY:?}"))?;
+    let text = std::str::from_utf8(config)
+        .map_err(|_| anyhow::anyhow!("pull secret {secret:?}: {PULL_SECRET_KEY} is not text"))?;
+    crate::registry::parse(text)
+        .with_context(|| format!("pull secret {secret:?}: reading its {PULL_SECRET_KEY}"))
+}
 /// The default mode of a secret file: readable by any user of the
 /// container (the directory is visible to that container only).
 const DEFAULT_MODE: u32 = 0o444;
@@ -126,6 +138,22 @@ impl Secrets {
         self.root.join(format!("{name}-{spec_hash}"))
     }
 
+    /// The registry credentials of a container's `imagePullSecret`, at the
+    /// versions given (none without one): what pre-staging pulls with.
+    pub async fn pull_credentials(
+        &self,
+        container: &Container,
+        versions: &BTreeMap<String, u64>,
+    ) -> Result<Vec<Credential>> {
+        let Some(used) = container.secret_uses().find(|u| u.field == UseField::PullSecret) else {
+            return Ok(Vec::new());
+        };
+        let version = versions
+            .get(used.secret)
+            .with_context(|| format!("the desired state names no version of secret {:?}", used.secret))?;
+        registry_credentials(used.secret, &self.open(used.secret, *version).await?)
+    }
+
     /// Opens what a container uses, writes its files, and returns its
     /// environment values and mounts. Called before the container is
     /// created or started again, so an empty tmpfs (a reboot) is refilled.
@@ -146,15 +174,7 @@ impl Secrets {
             }
         }
         for used in uses.iter().filter(|u| u.field == UseField::PullSecret) {
-            let config = opened[used.secret]
-                .0
-                .get(PULL_SECRET_KEY)
-                .with_context(|| format!("pull secret {:?} has no key {PULL_SECRET_KEY:?}", used.secret))?;
-            let text = std::str::from_utf8(config).map_err(|_| {
-                anyhow::anyhow!("pull secret {:?}: {PULL_SECRET_KEY} is not text", used.secret)
-            })?;
-            prepared.registry = crate::registry::parse(text)
-                .with_context(|| format!("pull secret {:?}: reading its {PULL_SECRET_KEY}", used.secret))?;
+            prepared.registry = registry_credentials(used.secret, &opened[used.secret])?;
         }
         for used in &uses {
             if let UseField::Env(variable) = used.field {

@@ -12,8 +12,8 @@ use outpost_api::workload::SiteState;
 use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
-    Ack, AgentMessage, Heartbeat, Hello, HostFacts, InstanceStatus, LogReply, LogRequest, SiteManifest,
-    StatusReport, SyncRequest, agent_message, control_message,
+    Ack, AgentMessage, Heartbeat, Hello, HostFacts, LogReply, LogRequest, SiteManifest, StatusReport,
+    SyncRequest, agent_message, control_message,
 };
 use rand::Rng;
 use rustls::ClientConfig;
@@ -67,7 +67,8 @@ pub struct Session {
     pub discover: Discover,
     pub facts: BTreeMap<String, String>,
     pub desired: watch::Sender<(u64, SiteState)>,
-    pub status: watch::Receiver<Vec<InstanceStatus>>,
+    /// What this host reports: its instances, and the images it pre-stages.
+    pub status: watch::Receiver<StatusReport>,
     /// True while a session with the control plane is established (in
     /// polling mode: since the last poll succeeded).
     pub connected: watch::Sender<bool>,
@@ -169,9 +170,7 @@ impl Session {
                         labels: self.facts.clone().into_iter().collect(),
                     }),
                 }),
-                status: Some(StatusReport {
-                    instances: self.status.borrow().clone(),
-                }),
+                status: Some(self.status.borrow().clone()),
                 batch: pending
                     .as_ref()
                     .map(|p| codec::encode_batch(p.first_seq, &p.records, self.outbox.dropped()))
@@ -224,11 +223,7 @@ impl Session {
         tracing::info!(server = %self.server, revision, "connected to the control plane");
         self.connected.send_replace(true);
         let status = self.status.borrow_and_update().clone();
-        sender
-            .send(send(agent_message::Body::Status(StatusReport {
-                instances: status,
-            })))
-            .await?;
+        sender.send(send(agent_message::Body::Status(status))).await?;
 
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
@@ -272,8 +267,8 @@ impl Session {
                 }
                 changed = self.status.changed() => {
                     changed?;
-                    let instances = self.status.borrow_and_update().clone();
-                    sender.send(send(agent_message::Body::Status(StatusReport { instances }))).await?;
+                    let status = self.status.borrow_and_update().clone();
+                    sender.send(send(agent_message::Body::Status(status))).await?;
                 }
                 _ = heartbeat.tick() => {
                     sender.send(send(agent_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() }))).await?;

@@ -59,6 +59,10 @@ pub const PROBE_TIMEOUT: DurationRange = DurationRange::new(100, 5 * MINUTE);
 pub const ROLLOUT_HEALTHY_FOR: DurationRange = DurationRange::new(0, 24 * HOUR);
 /// A rollout's per-wave `timeout`.
 pub const ROLLOUT_TIMEOUT: DurationRange = DurationRange::new(10 * SECOND, 7 * 24 * HOUR);
+/// A rollout's `prestageTimeout`: how long a site may take to fetch images.
+pub const ROLLOUT_PRESTAGE_TIMEOUT: DurationRange = DurationRange::new(10 * SECOND, 7 * 24 * HOUR);
+/// The `prestageTimeout` of a rollout that gives none.
+pub const DEFAULT_PRESTAGE_TIMEOUT: Duration = Duration(HOUR);
 
 #[cfg(test)]
 mod tests {

@@ -426,6 +426,21 @@ pub struct Rollout {
     pub max_failures: Option<FailureBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    /// Every covered site fetches the new version's images first, and a
+    /// wave switches a site only once it holds them all (default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prestage: Option<bool>,
+    /// How long an online site of the current wave may take to fetch its
+    /// images before it counts as failed (default: 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prestage_timeout: Option<Duration>,
+}
+
+impl Rollout {
+    /// Whether a rollout under this policy (or none) pre-stages images.
+    pub fn prestages(rollout: Option<&Rollout>) -> bool {
+        rollout.and_then(|r| r.prestage).unwrap_or(true)
+    }
 }
 
 /// Waves of a fixed `size`, or growing by a factor (`exponential`) from `start`.

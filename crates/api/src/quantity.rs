@@ -117,6 +117,25 @@ impl fmt::Display for Size {
     }
 }
 
+/// A byte count for people, rounded: 512 B, 12.3 KiB, 4.0 MiB. (`Size`
+/// prints exact quantities for manifests; this is for status lines.)
+pub fn approximate_bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} B");
+    }
+    let mut value = count as f64;
+    let mut unit = "B";
+    for next in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
 impl FromStr for Cpu {
     type Err = String;
 
@@ -325,6 +344,14 @@ pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approximate_bytes_round_for_people() {
+        assert_eq!(approximate_bytes(0), "0 B");
+        assert_eq!(approximate_bytes(1023), "1023 B");
+        assert_eq!(approximate_bytes(1536), "1.5 KiB");
+        assert_eq!(approximate_bytes(5 << 20), "5.0 MiB");
+    }
 
     #[test]
     fn sizes() {

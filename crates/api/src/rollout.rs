@@ -180,6 +180,15 @@ pub struct RolloutState {
     pub phase: Phase,
     /// Sites that failed with the new version, and why.
     pub failed: std::collections::BTreeMap<String, String>,
+    /// Whether sites fetch the new version's images before they switch
+    /// (`rollout.prestage`). Rollouts stored before pre-staging existed
+    /// read as false.
+    #[serde(default)]
+    pub prestage: bool,
+    /// The sites that held every image of the new version once their wave
+    /// had come: with `prestage`, only these switch.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub staged: std::collections::BTreeSet<String>,
 }
 
 /// Operator commands on a rollout.
@@ -211,6 +220,8 @@ impl RolloutState {
                 promoted: false,
             },
             failed: Default::default(),
+            prestage: Rollout::prestages(rollout),
+            staged: Default::default(),
         }
     }
 
@@ -218,10 +229,8 @@ impl RolloutState {
     /// not yet reached, or one rolled back to nothing).
     pub fn assigned(&self) -> std::collections::BTreeMap<String, Option<String>> {
         let mut out = self.from.clone();
-        for wave in self.waves.iter().take(self.reached()) {
-            for site in &wave.sites {
-                out.insert(site.clone(), Some(self.to.clone()));
-            }
+        for site in self.reached_sites().filter(|site| self.switches(site)) {
+            out.insert(site.clone(), Some(self.to.clone()));
         }
         out
     }
@@ -229,16 +238,50 @@ impl RolloutState {
     /// What `assigned` says of one site (`None`: the rollout does not know
     /// it), without building the whole map.
     pub fn assigned_to(&self, site: &str) -> Option<Option<String>> {
-        let reached = self
-            .waves
-            .iter()
-            .take(self.reached())
-            .any(|wave| wave.sites.iter().any(|s| s == site));
-        if reached {
+        let reached = self.reached_sites().any(|s| s == site);
+        if reached && self.switches(site) {
             Some(Some(self.to.clone()))
         } else {
             self.from.get(site).cloned()
         }
+    }
+
+    /// Whether a site whose wave has come runs the new version: always,
+    /// unless the rollout pre-stages and the site does not hold its images.
+    fn switches(&self, site: &str) -> bool {
+        !self.prestage || self.staged.contains(site)
+    }
+
+    /// The sites of the waves that have been given the new version.
+    fn reached_sites(&self) -> impl Iterator<Item = &String> {
+        self.waves.iter().take(self.reached()).flat_map(|w| &w.sites)
+    }
+
+    /// Whether `site` should be fetching the new version's images: the
+    /// rollout pre-stages, goes on (running, paused, or done with sites
+    /// still to switch), and has not switched the site yet.
+    pub fn stages(&self, site: &str) -> bool {
+        self.prestage
+            && matches!(
+                self.phase,
+                Phase::Running { .. } | Phase::Paused { .. } | Phase::Succeeded
+            )
+            && self.from.contains_key(site)
+            && !self.staged.contains(site)
+    }
+
+    /// The sites whose wave has come and that wait for their images. They
+    /// switch as soon as they hold them, even after the rollout finished
+    /// (a site that was offline pre-stages when it returns).
+    pub fn awaiting_images(&self) -> impl Iterator<Item = &String> {
+        let going = matches!(self.phase, Phase::Running { .. } | Phase::Succeeded);
+        self.reached_sites()
+            .filter(move |site| going && self.prestage && !self.staged.contains(*site))
+    }
+
+    /// Whether the engine still has something to do for this rollout.
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Running { .. }) || self.awaiting_images().next().is_some()
     }
 
     /// How many waves have been given the new version.
@@ -270,13 +313,23 @@ impl RolloutState {
     /// One step of the engine: records failures, enforces the failure
     /// budget and the wave timeout, and advances a wave that has been
     /// healthy for `healthyFor` (or was promoted).
+    ///
+    /// `holds` are sites that hold every image of the new version: of
+    /// those, the ones whose wave has come switch (with `prestage`).
     pub fn step(
         &self,
         rollout: Option<&Rollout>,
         health: &std::collections::BTreeMap<String, SiteHealth>,
+        holds: &std::collections::BTreeSet<String>,
         now: u64,
     ) -> RolloutState {
         let mut next = self.clone();
+        let ready: Vec<String> = self
+            .awaiting_images()
+            .filter(|site| holds.contains(*site))
+            .cloned()
+            .collect();
+        next.staged.extend(ready);
         let Phase::Running {
             wave,
             started,
@@ -295,7 +348,35 @@ impl RolloutState {
         }
         let timeout = rollout.and_then(|r| r.timeout).map(|d| d.0);
         let current: &[String] = self.waves.get(wave).map_or(&[], |w| &w.sites);
-        let up = |site: &String| matches!(health.get(site), Some(SiteHealth::UpToDate | SiteHealth::Offline));
+        // A site is up when it runs the new version and is healthy (a site
+        // that has not switched yet runs the old one), or is offline.
+        let up = |site: &String| match health.get(site) {
+            Some(SiteHealth::Offline) => true,
+            Some(SiteHealth::UpToDate) => self.switches(site),
+            _ => false,
+        };
+        if self.prestage {
+            let limit = rollout
+                .and_then(|r| r.prestage_timeout)
+                .unwrap_or(crate::limits::DEFAULT_PRESTAGE_TIMEOUT);
+            if now.saturating_sub(started) >= limit.0 {
+                // An offline site never blocks: it pre-stages when it returns.
+                let late: Vec<&String> = current
+                    .iter()
+                    .filter(|s| {
+                        !self.staged.contains(*s)
+                            && !next.failed.contains_key(*s)
+                            && health.get(*s) != Some(&SiteHealth::Offline)
+                    })
+                    .collect();
+                for site in late {
+                    next.failed.insert(
+                        site.clone(),
+                        format!("its images were not all fetched within the prestageTimeout ({limit})"),
+                    );
+                }
+            }
+        }
         if timeout.is_some_and(|t| now.saturating_sub(started) >= t) {
             let late: Vec<&String> = current
                 .iter()
@@ -325,10 +406,9 @@ impl RolloutState {
             };
             return next;
         }
-        let all_up = current.iter().all(|site| {
-            matches!(health.get(site), Some(SiteHealth::UpToDate | SiteHealth::Offline))
-                || next.failed.contains_key(site)
-        });
+        let all_up = current
+            .iter()
+            .all(|site| up(site) || next.failed.contains_key(site));
         if !all_up {
             next.phase = Phase::Running {
                 wave,

@@ -423,6 +423,11 @@ impl Checker<'_> {
             rollout.timeout,
             limits::ROLLOUT_TIMEOUT,
         );
+        self.duration(
+            &rollout_path.field("prestageTimeout"),
+            rollout.prestage_timeout,
+            limits::ROLLOUT_PRESTAGE_TIMEOUT,
+        );
         if let Some(waves) = &rollout.waves {
             let path = rollout_path.field("waves");
             match (waves.size, waves.exponential) {

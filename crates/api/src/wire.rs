@@ -231,6 +231,34 @@ pub struct DeploymentSite {
     pub state: DeploymentSiteState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// While the site pre-stages the images of the release it will switch
+    /// to: how far it has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageProgress>,
+}
+
+/// How far a site has come fetching the images of a release ahead of the
+/// switch, summed over its hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageProgress {
+    /// Images to fetch (one per host that will run it).
+    pub images: usize,
+    /// Of those, the ones the hosts hold.
+    pub present: usize,
+    /// Bytes fetched so far by pulls under way or done.
+    pub fetched: u64,
+    /// Bytes the pulls under way still have to fetch (as far as known).
+    pub left: u64,
+    /// Why a pull failed last, if one did; it is retried.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl ImageProgress {
+    pub fn complete(&self) -> bool {
+        self.present == self.images
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -127,6 +127,11 @@ pub struct SiteState {
     pub workloads: Vec<Workload>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<PlacementFailure>,
+    /// The workloads of releases a rollout will switch this site to, placed
+    /// as they would run: each host fetches their images ahead of the
+    /// switch, and runs nothing of them (pre-staging).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged: Vec<Workload>,
 }
 
 /// Compiles what `site` runs. `application_spec(name, version)` looks up a

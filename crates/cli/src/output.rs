@@ -98,24 +98,6 @@ pub fn age(timestamp: &str) -> String {
     }
 }
 
-/// A byte count for people: 512 B, 12.3 KiB, 4.0 MiB.
-pub fn bytes(count: i64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if count < 1024 {
-        return format!("{count} B");
-    }
-    let mut value = count as f64;
-    let mut unit = "B";
-    for next in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = next;
-    }
-    format!("{value:.1} {unit}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,14 +111,6 @@ mod tests {
             table.render(),
             "NAME          VERSION   AGE\npos-gateway   1.4.2     5m\ncam           2.0.0     12d\n"
         );
-    }
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(5 << 20), "5.0 MiB");
     }
 
     #[test]

@@ -4,11 +4,14 @@
 use outpost_api::instance::InstanceState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use outpost_api::wire::{DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, SiteStatus};
+use outpost_api::quantity::approximate_bytes;
+use outpost_api::wire::{
+    DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, ImageProgress, SiteStatus,
+};
 use outpost_api::workload::SiteState;
 
 use crate::presence::Presence;
-use crate::store::{HostRecord, InstanceRecord, Storage, StoreError};
+use crate::store::{HostImage, HostRecord, InstanceRecord, Storage, StoreError};
 
 /// One consistent read of the fleet's state, indexed by site so that a
 /// question about one site never scans the whole fleet.
@@ -17,6 +20,8 @@ pub struct Snapshot {
     hosts: BTreeMap<String, Vec<HostRecord>>,
     /// Each (site, host)'s instances.
     instances: HashMap<(String, String), Vec<InstanceRecord>>,
+    /// Each (site, host)'s reports of the images it pre-stages.
+    images: HashMap<(String, String), Vec<HostImage>>,
     states: BTreeMap<String, (i64, SiteState)>,
     online: HashSet<(String, String)>,
 }
@@ -38,9 +43,17 @@ impl Snapshot {
                 .or_default()
                 .push(instance);
         }
+        let mut images: HashMap<(String, String), Vec<HostImage>> = HashMap::new();
+        for image in store.host_images().await? {
+            images
+                .entry((image.site.clone(), image.host.clone()))
+                .or_default()
+                .push(image);
+        }
         Ok(Snapshot {
             hosts,
             instances,
+            images,
             states: store.site_states().await?,
             online,
         })
@@ -54,6 +67,63 @@ impl Snapshot {
         self.instances
             .get(&(site.to_string(), host.to_string()))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// How far `site` has come fetching the images of `deployment`'s
+    /// staged workloads (each image once per host that will run it);
+    /// `None` when it stages none of them.
+    pub fn staging(&self, deployment: &str, site: &str) -> Option<ImageProgress> {
+        let (_, state) = self.states.get(site)?;
+        let staged: Vec<_> = state
+            .staged
+            .iter()
+            .filter(|w| w.deployment == deployment)
+            .collect();
+        if staged.is_empty() {
+            return None;
+        }
+        let mut wanted = std::collections::BTreeSet::new();
+        for workload in staged {
+            for instance in &workload.instances {
+                for container in &workload.containers {
+                    wanted.insert((
+                        instance.host.as_str(),
+                        workload.application.as_str(),
+                        workload.version.as_str(),
+                        container.image.as_str(),
+                    ));
+                }
+            }
+        }
+        let mut progress = ImageProgress {
+            images: wanted.len(),
+            ..Default::default()
+        };
+        for (host, application, version, image) in wanted {
+            let reported = self
+                .images
+                .get(&(site.to_string(), host.to_string()))
+                .into_iter()
+                .flatten()
+                .find(|i| i.application == application && i.version == version && i.image == image);
+            let Some(reported) = reported else { continue };
+            progress.fetched += reported.fetched;
+            if reported.present {
+                progress.present += 1;
+            } else {
+                progress.left += reported.total.saturating_sub(reported.fetched);
+                if !reported.error.is_empty() {
+                    progress.error = format!("{host}: {image}: {}", reported.error);
+                }
+            }
+        }
+        Some(progress)
+    }
+
+    /// Whether `site` holds every image of what `deployment` stages there
+    /// (nothing staged: nothing to wait for).
+    pub fn holds_images(&self, deployment: &str, site: &str) -> bool {
+        self.staging(deployment, site).is_none_or(|p| p.complete())
     }
 
     fn is_online(&self, host: &HostRecord) -> bool {
@@ -107,6 +177,7 @@ impl Snapshot {
                 site: site.clone(),
                 state,
                 reason,
+                images: self.staging(deployment, site),
             });
         }
         status
@@ -130,6 +201,11 @@ impl Snapshot {
                 Offline,
                 seen.map_or("never connected".to_string(), |at| format!("last seen {at}")),
             );
+        }
+        // A site that fetches the images of its next release has not got
+        // there yet, however its current one fares.
+        if let Some(images) = self.staging(deployment, site) {
+            return (Progressing, staging_reason(&images));
         }
         if let Some(failure) = state.failures.iter().find(|f| f.deployment == deployment) {
             return (Failed, failure.reason.clone());
@@ -207,4 +283,25 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// What a site pre-staging a release is doing, in words.
+fn staging_reason(images: &ImageProgress) -> String {
+    if images.complete() {
+        return format!(
+            "holds the next release's {} image(s); switches when its wave comes",
+            images.images
+        );
+    }
+    let mut reason = format!(
+        "fetching the next release's images: {} of {} present, {} fetched, {} left",
+        images.present,
+        images.images,
+        approximate_bytes(images.fetched),
+        approximate_bytes(images.left)
+    );
+    if !images.error.is_empty() {
+        reason.push_str(&format!("; last pull failed ({}), retrying", images.error));
+    }
+    reason
 }

@@ -281,6 +281,20 @@ pub(crate) enum SimCommand {
         /// as a file (0: none)
         #[arg(long, value_name = "BYTES", default_value_t = 0)]
         secret_bytes: usize,
+        /// The size of every simulated image (0: images cost nothing to fetch)
+        #[arg(long, value_name = "SIZE", default_value = "0")]
+        image_size: outpost_api::quantity::Size,
+        /// How fast a simulated site fetches images, per second: an image
+        /// takes --image-size over this to fetch
+        #[arg(long, value_name = "SIZE", default_value = "4Mi")]
+        pull_rate: outpost_api::quantity::Size,
+        /// Switch sites without fetching the new version's images first
+        /// (`rollout.prestage: false`)
+        #[arg(long)]
+        no_prestage: bool,
+        /// Roll the update out in waves of this many sites (0: one wave)
+        #[arg(long, value_name = "SITES", default_value_t = 0)]
+        wave_size: u32,
         /// Where the control plane's data and log go [default: a new directory under $TMPDIR, removed after a successful run]
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,

@@ -328,6 +328,10 @@ async fn run(cli: Cli) -> Result<()> {
                     work_dir,
                     output,
                     secret_bytes,
+                    image_size,
+                    pull_rate,
+                    no_prestage,
+                    wave_size,
                 },
         } => {
             init_sim_logging();
@@ -346,6 +350,14 @@ async fn run(cli: Cli) -> Result<()> {
                 timeout: timeout.as_std(),
                 work_dir: work_dir.clone(),
                 secret_bytes: *secret_bytes,
+                images: outpost_sim::runtime::Images {
+                    bytes: image_size.0,
+                    pull_delay: std::time::Duration::from_secs_f64(
+                        image_size.0 as f64 / pull_rate.0.max(1) as f64,
+                    ),
+                },
+                prestage: !no_prestage,
+                wave_size: *wave_size,
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {

@@ -74,7 +74,14 @@ pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, C
             .collect::<Result<_, _>>()?,
         removed: Vec::new(),
         secrets: Vec::new(),
+        staged: encode_staged(state)?,
     })
+}
+
+/// The staged workloads travel whole in every manifest: they are few, and
+/// live only while a rollout pre-stages.
+fn encode_staged(state: &SiteState) -> Result<Vec<Vec<u8>>, CodecError> {
+    state.staged.iter().map(encode_workload).collect()
 }
 
 /// What changed from `base` (`previous`) to `revision` (`state`): the
@@ -102,6 +109,7 @@ pub fn delta_manifest(
             .cloned()
             .collect(),
         secrets: Vec::new(),
+        staged: encode_staged(state)?,
     })
 }
 
@@ -113,11 +121,13 @@ pub fn secrets_to_send(previous: Option<&SiteState>, state: &SiteState) -> BTree
     secret_versions(state).difference(&held).cloned().collect()
 }
 
-/// Every secret version a state refers to.
+/// Every secret version a state refers to (a staged workload's pull
+/// secret included).
 pub fn secret_versions(state: &SiteState) -> BTreeSet<(String, u64)> {
     state
         .workloads
         .iter()
+        .chain(&state.staged)
         .flat_map(|w| w.secrets.iter().map(|(name, version)| (name.clone(), *version)))
         .collect()
 }
@@ -143,9 +153,15 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
     for key in &manifest.removed {
         workloads.remove(key);
     }
+    let staged = manifest
+        .staged
+        .iter()
+        .map(|bytes| serde_json::from_slice(bytes).map_err(CodecError::Workload))
+        .collect::<Result<_, _>>()?;
     Ok(SiteState {
         workloads: workloads.into_values().collect(),
         failures: Vec::new(),
+        staged,
     })
 }
 

@@ -15,12 +15,13 @@ use outpost_agent::outbox::Outbox;
 use outpost_agent::reconciler::Reconciler;
 use outpost_agent::secrets::Secrets;
 use outpost_agent::session::Session;
+use outpost_agent::stage::Stager;
 use outpost_agent::store::DesiredStore;
 use outpost_api::workload::SiteState;
-use outpost_proto::v1::SealedSecret;
+use outpost_proto::v1::{SealedSecret, StatusReport};
 use tokio::sync::watch;
 
-use crate::runtime::MemoryRuntime;
+use crate::runtime::{Images, MemoryRuntime};
 
 /// The desired state and sealed secrets, kept in memory: a simulated host
 /// never reboots.
@@ -89,13 +90,15 @@ impl SimSite {
         credentials: Credentials,
         secrets_dir: PathBuf,
         start_delay: Duration,
+        images: Images,
         outbox: Arc<dyn Outbox>,
         shutdown: watch::Receiver<bool>,
     ) -> SimSite {
         let identity = credentials.identity;
-        let runtime = Arc::new(MemoryRuntime::new(start_delay));
+        let runtime = Arc::new(MemoryRuntime::new(start_delay, images));
         let (desired_sender, desired) = watch::channel((0, SiteState::default()));
-        let (status_sender, status) = watch::channel(Vec::new());
+        let (status_sender, status) = watch::channel(StatusReport::default());
+        let status_sender = Arc::new(status_sender);
         let (connected_sender, connected) = watch::channel(false);
         let store = Arc::new(MemoryStore::default());
         let secrets = Arc::new(Secrets::new(
@@ -104,6 +107,15 @@ impl SimSite {
             secrets_dir,
             false,
         ));
+        let stager = Stager::new(
+            runtime.clone(),
+            &identity.host,
+            desired.clone(),
+            status_sender.clone(),
+            secrets.clone(),
+            None,
+        );
+        tokio::spawn(stager.run(shutdown.clone()));
         let reconciler = Reconciler::new(
             runtime.clone(),
             &identity.site,

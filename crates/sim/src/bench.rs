@@ -53,6 +53,12 @@ pub struct Options {
     /// With more than 0, a secret of this many bytes that every site's
     /// application mounts as a file (sealed per host, opened by each agent).
     pub secret_bytes: usize,
+    /// What fetching an image costs each site.
+    pub images: crate::runtime::Images,
+    /// Whether the rollouts pre-stage images (`rollout.prestage`).
+    pub prestage: bool,
+    /// Waves of this many sites (0: one wave).
+    pub wave_size: u32,
 }
 
 /// Per-site latencies of one phase, in seconds.
@@ -134,7 +140,12 @@ fn sites_yaml(range: std::ops::Range<usize>) -> String {
 /// The secret every site's application refers to, with `--secret-bytes`.
 const SECRET: &str = "sim-token";
 
-fn application_yaml(version: &str, secret: bool) -> String {
+fn application_yaml(version: &str, secret: bool, options: &Options) -> String {
+    let waves = match options.wave_size {
+        0 => String::new(),
+        size => format!(", waves: {{ size: {size} }}"),
+    };
+    let rollout = format!("{{ prestage: {}{waves} }}", options.prestage);
     let secrets = if secret {
         format!("\n          secrets: [{{ secret: {SECRET}, key: token, path: /run/secrets/token }}]")
     } else {
@@ -161,6 +172,7 @@ metadata: {{ name: {APPLICATION} }}
 spec:
   application: {APPLICATION}
   sites: fleet = sim
+  rollout: {rollout}
 "
     )
 }
@@ -288,7 +300,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         };
         client.set_secret(&request).await.context("setting the secret")?;
     }
-    apply(&client, "pos-1.yaml", application_yaml("1.0.0", secret)).await?;
+    apply(&client, "pos-1.yaml", application_yaml("1.0.0", secret, options)).await?;
     progress(format!("{n} sites and {APPLICATION} 1.0.0 applied"));
 
     let tokens: Vec<String> = futures_util::stream::iter(0..n)
@@ -324,7 +336,14 @@ pub async fn run(options: &Options) -> Result<Report> {
         .map(|(i, c)| {
             let outbox = Arc::new(MemoryOutbox::new(SITE_QUEUE_LIMIT));
             let secrets = keys.join(site_name(i)).join("secrets");
-            SimSite::start(c, secrets, options.start_delay, outbox, shutdown.clone())
+            SimSite::start(
+                c,
+                secrets,
+                options.start_delay,
+                options.images,
+                outbox,
+                shutdown.clone(),
+            )
         })
         .collect();
     let first_deploy = per_site(&sites, Instant::now(), options.timeout, "running 1.0.0", |s| {
@@ -347,7 +366,7 @@ pub async fn run(options: &Options) -> Result<Report> {
     progress(format!("idle for {idle_seconds:.0}s"));
 
     let update_started = Instant::now();
-    apply(&client, "pos-2.yaml", application_yaml("2.0.0", secret)).await?;
+    apply(&client, "pos-2.yaml", application_yaml("2.0.0", secret, options)).await?;
     let update = per_site(&sites, update_started, options.timeout, "running 2.0.0", |s| {
         s.runs("2.0.0")
     })

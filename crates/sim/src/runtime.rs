@@ -1,7 +1,9 @@
 //! A container runtime that lives in memory: "starting" a container takes
 //! a configurable delay (a real engine's create-and-start), after which it
 //! runs until the agent removes it or a crash is injected. Health probes
-//! pass unless failure is injected.
+//! pass unless failure is injected. An image it does not hold takes the
+//! pull delay to fetch (its size over the simulated link's rate), whether
+//! a container's start or pre-staging asks for it.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 use outpost_agent::plan::{Action, Observed};
-use outpost_agent::runtime::Runtime;
+use outpost_agent::registry::Credential;
+use outpost_agent::runtime::{Progress, Runtime};
 use outpost_api::manifest::Health;
 use tokio::sync::{mpsc, watch};
 
@@ -25,12 +28,23 @@ struct Container {
 struct State {
     containers: BTreeMap<String, Container>,
     networks: BTreeSet<String>,
+    images: BTreeSet<String>,
     next_id: u64,
+}
+
+/// What fetching an image costs a simulated host.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Images {
+    /// The size of every image.
+    pub bytes: u64,
+    /// How long one takes to fetch.
+    pub pull_delay: Duration,
 }
 
 pub struct MemoryRuntime {
     state: Mutex<State>,
     start_delay: Duration,
+    images: Images,
     unhealthy: AtomicBool,
     /// Containers created or started again, over the runtime's life.
     starts: AtomicU64,
@@ -40,10 +54,11 @@ pub struct MemoryRuntime {
 }
 
 impl MemoryRuntime {
-    pub fn new(start_delay: Duration) -> MemoryRuntime {
+    pub fn new(start_delay: Duration, images: Images) -> MemoryRuntime {
         MemoryRuntime {
             state: Mutex::new(State::default()),
             start_delay,
+            images,
             unhealthy: AtomicBool::new(false),
             starts: AtomicU64::new(0),
             changed: Mutex::new(None),
@@ -97,6 +112,17 @@ impl MemoryRuntime {
         crashed
     }
 
+    /// Fetches an image unless it is held: the pull delay, then it is.
+    async fn pull(&self, image: &str, progress: &Progress<'_>) {
+        if self.state().images.contains(image) {
+            return;
+        }
+        progress(0, self.images.bytes);
+        tokio::time::sleep(self.images.pull_delay).await;
+        progress(self.images.bytes, self.images.bytes);
+        self.state().images.insert(image.to_string());
+    }
+
     /// Makes health probes fail (or pass again).
     pub fn set_unhealthy(&self, unhealthy: bool) {
         self.unhealthy.store(unhealthy, Ordering::Relaxed);
@@ -127,6 +153,7 @@ impl Runtime for MemoryRuntime {
                 self.state().networks.remove(application);
             }
             Action::Create { name, want } => {
+                self.pull(want.container.image.as_str(), &|_, _| {}).await;
                 tokio::time::sleep(self.start_delay).await;
                 let mut state = self.state();
                 if state.containers.values().any(|c| c.observed.name == *name) {
@@ -173,6 +200,20 @@ impl Runtime for MemoryRuntime {
         Ok(())
     }
 
+    fn has_images(&self) -> bool {
+        true
+    }
+
+    async fn image_size(&self, reference: &str) -> Result<Option<(String, u64)>> {
+        let held = self.state().images.contains(reference);
+        Ok(held.then(|| (reference.to_string(), self.images.bytes)))
+    }
+
+    async fn fetch(&self, image: &str, _credentials: &[Credential], progress: &Progress<'_>) -> Result<()> {
+        self.pull(image, progress).await;
+        Ok(())
+    }
+
     async fn probe(&self, _container_id: &str, _application: &str, _health: &Health) -> Result<()> {
         if self.unhealthy.load(Ordering::Relaxed) {
             bail!("failure injected by the simulator");
@@ -211,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn containers_start_run_crash_and_restart() {
-        let runtime = MemoryRuntime::new(Duration::from_millis(5));
+        let runtime = MemoryRuntime::new(Duration::from_millis(5), Images::default());
         let mut changes = runtime.changes();
         let create = Action::Create {
             name: "outpost.s.i.c".to_string(),

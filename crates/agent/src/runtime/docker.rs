@@ -83,6 +83,17 @@ impl Docker {
         if self.client.inspect_image(image).await.is_ok() {
             return Ok(());
         }
+        self.pull(image, extra, &|_, _| {}).await
+    }
+
+    /// Pulls an image from its registry, telling `progress` the bytes of its
+    /// layers as they arrive.
+    async fn pull(
+        &self,
+        image: &str,
+        extra: &[crate::registry::Credential],
+        progress: &super::Progress<'_>,
+    ) -> Result<()> {
         let credential = crate::registry::for_image(extra, image)
             .or_else(|| crate::registry::for_image(&self.credentials, image));
         // The credential itself is never logged, only whether there is one.
@@ -97,9 +108,27 @@ impl Docker {
             serveraddress: Some(c.registry.clone()),
             ..Default::default()
         });
-        let mut progress = self.client.create_image(Some(options), None, auth);
-        while let Some(step) = progress.next().await {
-            step.with_context(|| format!("pulling {image}"))?;
+        let mut steps = self.client.create_image(Some(options), None, auth);
+        // Per layer: bytes fetched, bytes in all.
+        let mut layers: HashMap<String, (u64, u64)> = HashMap::new();
+        while let Some(step) = steps.next().await {
+            let step = step.with_context(|| format!("pulling {image}"))?;
+            let (Some(layer), Some(status)) = (step.id, step.status.as_deref()) else {
+                continue;
+            };
+            let entry = layers.entry(layer).or_default();
+            match status {
+                "Downloading" => {
+                    if let Some(detail) = step.progress_detail {
+                        entry.0 = detail.current.unwrap_or(0).max(0) as u64;
+                        entry.1 = detail.total.unwrap_or(0).max(0) as u64;
+                    }
+                }
+                "Download complete" => entry.0 = entry.1,
+                _ => continue,
+            }
+            let (fetched, total) = layers.values().fold((0, 0), |(f, t), (lf, lt)| (f + lf, t + lt));
+            progress(fetched, total);
         }
         self.pulled.lock().push(image.to_string());
         Ok(())
@@ -505,6 +534,19 @@ impl Runtime for Docker {
             .and_then(|u| u.total_usage);
         let memory = stats.memory_stats.and_then(|m| m.usage);
         Ok(cpu.zip(memory))
+    }
+
+    fn has_images(&self) -> bool {
+        true
+    }
+
+    async fn fetch(
+        &self,
+        image: &str,
+        credentials: &[crate::registry::Credential],
+        progress: &super::Progress<'_>,
+    ) -> Result<()> {
+        self.pull(image, credentials, progress).await
     }
 
     fn pulled(&self) -> Vec<String> {

@@ -14,6 +14,7 @@ use outpost_api::telemetry::LogLine;
 use tokio::sync::mpsc;
 
 use crate::plan::{Action, Observed};
+use crate::registry::Credential;
 use crate::secrets::Prepared;
 use zeroize::Zeroizing;
 
@@ -33,6 +34,10 @@ pub mod labels {
     pub const CONTAINER: &str = "io.outpost.container";
     pub const SPEC_HASH: &str = "io.outpost.spec-hash";
 }
+
+/// Told how far a pull has come: bytes fetched, and bytes in all as far as
+/// the registry has said.
+pub type Progress<'a> = dyn Fn(u64, u64) + Send + Sync + 'a;
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -93,6 +98,19 @@ pub trait Runtime: Send + Sync + 'static {
     async fn signal(&self, container_id: &str, signal: &str) -> Result<()> {
         let _ = (container_id, signal);
         anyhow::bail!("this runtime cannot signal a container")
+    }
+
+    /// Whether this runtime runs images at all (the process runtime does
+    /// not: it has nothing to pre-stage).
+    fn has_images(&self) -> bool {
+        false
+    }
+
+    /// Fetches an image the engine lacks, ahead of the switch that needs it
+    /// (pre-staging), calling `progress(fetched, total)` as bytes arrive.
+    async fn fetch(&self, image: &str, credentials: &[Credential], progress: &Progress<'_>) -> Result<()> {
+        let _ = (image, credentials, progress);
+        Ok(())
     }
 
     /// The images pulled since the last call (for events).

@@ -6,8 +6,20 @@ use super::*;
 
 const S: u64 = 1000;
 
-fn policy(json: serde_json::Value) -> Rollout {
+/// A policy without pre-staging unless it says so: these tests are about
+/// waves, failures and commands.
+fn policy(mut json: serde_json::Value) -> Rollout {
+    let fields = json.as_object_mut().unwrap();
+    fields.entry("prestage").or_insert(serde_json::Value::Bool(false));
     serde_json::from_value(json).unwrap()
+}
+
+fn no_images() -> std::collections::BTreeSet<String> {
+    Default::default()
+}
+
+fn holding(sites: &[&str]) -> std::collections::BTreeSet<String> {
+    sites.iter().map(|s| s.to_string()).collect()
 }
 
 /// Sites s1..sN, all running version "1" before.
@@ -52,25 +64,46 @@ fn canary_waits_for_healthy_for_or_a_promote() {
     let state = start(&rollout, 5);
     assert_eq!(on_new(&state), ["s1"], "only the canary at first");
 
-    let state = state.step(Some(&rollout), &health(&[("s1", Progressing)]), 5 * S);
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", Progressing)]),
+        &no_images(),
+        5 * S,
+    );
     assert_eq!(wave_of(&state), Some(0));
-    let state = state.step(Some(&rollout), &health(&[("s1", UpToDate)]), 10 * S);
-    let state = state.step(Some(&rollout), &health(&[("s1", UpToDate)]), 60 * S);
+    let state = state.step(Some(&rollout), &health(&[("s1", UpToDate)]), &no_images(), 10 * S);
+    let state = state.step(Some(&rollout), &health(&[("s1", UpToDate)]), &no_images(), 60 * S);
     assert_eq!(wave_of(&state), Some(0), "healthy for 50 s of the 2 min asked");
     // Healthy long enough: the next wave starts by itself.
-    let later = state.step(Some(&rollout), &health(&[("s1", UpToDate)]), 130 * S);
+    let later = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate)]),
+        &no_images(),
+        130 * S,
+    );
     assert_eq!(wave_of(&later), Some(1));
     assert_eq!(on_new(&later), ["s1", "s2", "s3"]);
     // Or an operator promotes before that.
     let promoted = state.command(Command::Promote, 61 * S).unwrap().step(
         Some(&rollout),
         &health(&[("s1", UpToDate)]),
+        &no_images(),
         62 * S,
     );
     assert_eq!(wave_of(&promoted), Some(1));
     // A site that stops being up to date resets the clock.
-    let reset = state.step(Some(&rollout), &health(&[("s1", Progressing)]), 100 * S);
-    let reset = reset.step(Some(&rollout), &health(&[("s1", UpToDate)]), 130 * S);
+    let reset = state.step(
+        Some(&rollout),
+        &health(&[("s1", Progressing)]),
+        &no_images(),
+        100 * S,
+    );
+    let reset = reset.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate)]),
+        &no_images(),
+        130 * S,
+    );
     assert_eq!(wave_of(&reset), Some(0));
 }
 
@@ -88,7 +121,7 @@ fn fixed_waves_run_to_the_end() {
     let mut seen = Vec::new();
     for t in 1..10 {
         seen.push(on_new(&state).len());
-        state = state.step(Some(&rollout), &all_up, t * S);
+        state = state.step(Some(&rollout), &all_up, &no_images(), t * S);
         if state.is_finished() {
             break;
         }
@@ -113,6 +146,7 @@ fn a_failure_pauses_and_resume_continues() {
     let paused = state.step(
         Some(&rollout),
         &health(&[("s1", Failed("web-0: exited with 3".into()))]),
+        &no_images(),
         S,
     );
     let Phase::Paused { wave: 0, reason } = &paused.phase else {
@@ -124,12 +158,12 @@ fn a_failure_pauses_and_resume_continues() {
     );
     assert_eq!(on_new(&paused), ["s1"], "a pause leaves the site where it is");
     assert_eq!(
-        paused.step(Some(&rollout), &health(&[("s1", UpToDate)]), 2 * S),
+        paused.step(Some(&rollout), &health(&[("s1", UpToDate)]), &no_images(), 2 * S),
         paused,
         "paused stays paused"
     );
     let resumed = paused.command(Command::Resume, 3 * S).unwrap();
-    let resumed = resumed.step(Some(&rollout), &health(&[("s1", UpToDate)]), 4 * S);
+    let resumed = resumed.step(Some(&rollout), &health(&[("s1", UpToDate)]), &no_images(), 4 * S);
     assert_eq!(wave_of(&resumed), Some(1));
 }
 
@@ -146,6 +180,7 @@ fn failures_beyond_the_budget_roll_back() {
     let state = state.step(
         Some(&rollout),
         &health(&[("s1", Failed("crash".into())), ("s2", UpToDate)]),
+        &no_images(),
         S,
     );
     assert_eq!(wave_of(&state), Some(1));
@@ -153,6 +188,7 @@ fn failures_beyond_the_budget_roll_back() {
     let state = state.step(
         Some(&rollout),
         &health(&[("s3", Failed("unhealthy".into())), ("s4", Progressing)]),
+        &no_images(),
         2 * S,
     );
     let Phase::RolledBack { reason } = &state.phase else {
@@ -180,6 +216,7 @@ fn failures_beyond_the_budget_roll_back() {
             ("s3", UpToDate),
             ("s4", UpToDate),
         ]),
+        &no_images(),
         S,
     );
     assert_eq!(state.phase, Phase::Succeeded);
@@ -189,7 +226,7 @@ fn failures_beyond_the_budget_roll_back() {
 fn offline_sites_are_deferred_not_failed() {
     let rollout = policy(serde_json::json!({ "waves": { "size": 1 } }));
     let state = start(&rollout, 2);
-    let state = state.step(Some(&rollout), &health(&[("s1", Offline)]), S);
+    let state = state.step(Some(&rollout), &health(&[("s1", Offline)]), &no_images(), S);
     assert_eq!(wave_of(&state), Some(1), "an offline site does not block");
     assert!(state.failed.is_empty());
     assert_eq!(
@@ -204,9 +241,9 @@ fn a_wave_that_times_out_fails_its_sites() {
     let rollout = policy(serde_json::json!({ "waves": { "size": 2 }, "timeout": "15m" }));
     let state = start(&rollout, 4);
     let slow = health(&[("s1", UpToDate), ("s2", Progressing)]);
-    let state = state.step(Some(&rollout), &slow, 10 * 60 * S);
+    let state = state.step(Some(&rollout), &slow, &no_images(), 10 * 60 * S);
     assert_eq!(wave_of(&state), Some(0));
-    let state = state.step(Some(&rollout), &slow, 15 * 60 * S);
+    let state = state.step(Some(&rollout), &slow, &no_images(), 15 * 60 * S);
     let Phase::RolledBack { reason } = &state.phase else {
         panic!("{:?}", state.phase)
     };
@@ -219,7 +256,7 @@ fn a_wave_that_times_out_fails_its_sites() {
 #[test]
 fn commands_that_do_not_apply_say_why() {
     let rollout = policy(serde_json::json!({ "waves": { "size": 1 } }));
-    let done = start(&rollout, 1).step(Some(&rollout), &health(&[("s1", UpToDate)]), S);
+    let done = start(&rollout, 1).step(Some(&rollout), &health(&[("s1", UpToDate)]), &no_images(), S);
     assert_eq!(done.phase, Phase::Succeeded);
     assert_eq!(
         done.command(Command::Promote, 2 * S).unwrap_err(),
@@ -236,14 +273,140 @@ fn commands_that_do_not_apply_say_why() {
 }
 
 #[test]
-fn without_a_policy_everything_goes_at_once() {
+fn without_a_policy_everything_goes_at_once_once_staged() {
     let state = RolloutState::start(
         None,
         "2",
         [("a".to_string(), None), ("b".to_string(), Some("1".to_string()))].into(),
         0,
     );
+    assert!(state.prestage, "pre-staging is the default");
+    assert!(
+        on_new(&state).is_empty(),
+        "nothing switches before its images are there"
+    );
+    assert!(state.stages("a") && state.stages("b"));
+    let state = state.step(
+        None,
+        &health(&[("a", UpToDate), ("b", UpToDate)]),
+        &holding(&["a", "b"]),
+        S,
+    );
     assert_eq!(on_new(&state), ["a", "b"]);
-    let state = state.step(None, &health(&[("a", UpToDate), ("b", UpToDate)]), S);
+    assert!(!state.stages("a"), "a switched site fetches nothing more");
+    let state = state.step(
+        None,
+        &health(&[("a", UpToDate), ("b", UpToDate)]),
+        &no_images(),
+        2 * S,
+    );
     assert_eq!(state.phase, Phase::Succeeded);
+    assert!(!state.is_active());
+}
+
+#[test]
+fn a_wave_switches_each_site_once_it_holds_its_images() {
+    let rollout = policy(serde_json::json!({ "prestage": true, "waves": { "size": 2 } }));
+    let state = start(&rollout, 3);
+    assert!(on_new(&state).is_empty());
+    assert!(
+        (1..=3).all(|i| state.stages(&format!("s{i}"))),
+        "every covered site fetches at once"
+    );
+    // s3 (a later wave) is ready first: it waits for its wave.
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", UpToDate)]),
+        &holding(&["s3"]),
+        S,
+    );
+    assert!(on_new(&state).is_empty());
+    // s1 holds its images: it switches, s2 does not yet.
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", UpToDate)]),
+        &holding(&["s1", "s3"]),
+        2 * S,
+    );
+    assert_eq!(on_new(&state), ["s1"]);
+    // The old version being up on s2 is not the wave being done.
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", UpToDate)]),
+        &holding(&["s1", "s3"]),
+        3 * S,
+    );
+    assert_eq!(wave_of(&state), Some(0));
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", UpToDate)]),
+        &holding(&["s2"]),
+        4 * S,
+    );
+    assert_eq!(on_new(&state), ["s1", "s2"]);
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", UpToDate)]),
+        &no_images(),
+        5 * S,
+    );
+    assert_eq!(wave_of(&state), Some(1));
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s3", UpToDate)]),
+        &holding(&["s3"]),
+        6 * S,
+    );
+    assert_eq!(on_new(&state), ["s1", "s2", "s3"]);
+}
+
+#[test]
+fn an_offline_site_switches_when_it_returns_with_its_images() {
+    let rollout = policy(serde_json::json!({ "prestage": true }));
+    let state = start(&rollout, 2);
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", Offline)]),
+        &holding(&["s1"]),
+        S,
+    );
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s1", UpToDate), ("s2", Offline)]),
+        &no_images(),
+        2 * S,
+    );
+    assert_eq!(state.phase, Phase::Succeeded, "an offline site does not block");
+    assert_eq!(on_new(&state), ["s1"], "and keeps its old version");
+    assert!(state.is_active(), "the engine still waits for s2");
+    assert!(state.stages("s2"));
+    let state = state.step(
+        Some(&rollout),
+        &health(&[("s2", UpToDate)]),
+        &holding(&["s2"]),
+        3 * S,
+    );
+    assert_eq!(on_new(&state), ["s1", "s2"]);
+    assert!(!state.is_active());
+}
+
+#[test]
+fn a_site_that_cannot_fetch_its_images_fails_after_the_prestage_timeout() {
+    let rollout =
+        policy(serde_json::json!({ "prestage": true, "prestageTimeout": "10m", "onFailure": "pause" }));
+    let state = start(&rollout, 2);
+    let up = health(&[("s1", UpToDate), ("s2", Offline)]);
+    let state = state.step(Some(&rollout), &up, &no_images(), 9 * 60 * S);
+    assert_eq!(wave_of(&state), Some(0));
+    let state = state.step(Some(&rollout), &up, &no_images(), 10 * 60 * S);
+    let Phase::Paused { reason, .. } = &state.phase else {
+        panic!("{:?}", state.phase)
+    };
+    assert!(
+        reason.contains("s1: its images were not all fetched within the prestageTimeout (10m)"),
+        "{reason}"
+    );
+    assert!(!state.failed.contains_key("s2"), "an offline site is never late");
+    assert!(on_new(&state).is_empty());
+    assert!(!state.is_active(), "a paused rollout switches nothing");
 }

@@ -114,6 +114,7 @@ fn instances_go_to_matching_hosts() {
             workload("gpu", 1, false, Some("gpu")),
         ],
         failures: Vec::new(),
+        staged: Vec::new(),
     };
     assign_hosts(&mut state, &hosts);
     let placed: Vec<Vec<(&str, &str)>> = state
@@ -141,6 +142,7 @@ fn instances_go_to_matching_hosts() {
     let mut empty = SiteState {
         workloads: vec![workload("api", 1, false, None)],
         failures: Vec::new(),
+        staged: Vec::new(),
     };
     // No host yet: the workload waits, unplaced; that is not a failure.
     assign_hosts(&mut empty, &BTreeMap::new());
@@ -199,6 +201,7 @@ fn placement_fits_resources_and_says_why_not() {
             ),
         ],
         failures: Vec::new(),
+        staged: Vec::new(),
     };
     assign_hosts(&mut state, &hosts);
     let placed: Vec<(String, Vec<&str>)> = state

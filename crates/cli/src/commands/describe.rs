@@ -9,7 +9,13 @@ use outpost_api::wire::{DeploymentStatus, SiteStatus};
 
 use super::{labels_text, selector_text, site_state, status_of, typed, write_times};
 use crate::client::Client;
-use crate::output::{self, Table};
+use crate::output::Table;
+use outpost_api::quantity::approximate_bytes;
+
+/// A traffic counter (never negative) for people.
+fn traffic(bytes: i64) -> String {
+    approximate_bytes(bytes.max(0) as u64)
+}
 
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String> {
     let object = client.get(kind, name).await?;
@@ -62,8 +68,8 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                         "  {} ({state}, {} instance(s)), link: {} in, {} out",
                         host.name,
                         host.instances.len(),
-                        output::bytes(host.bytes_received),
-                        output::bytes(host.bytes_sent),
+                        traffic(host.bytes_received),
+                        traffic(host.bytes_sent),
                     );
                     if host.dropped > 0 {
                         let _ = write!(out, ", {} record(s) dropped by its full queue", host.dropped);
@@ -76,8 +82,8 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                 let _ = writeln!(
                     out,
                     "Traffic:     {} from the site, {} to it (agent channel at the control plane's socket, TLS included)",
-                    output::bytes(received),
-                    output::bytes(sent)
+                    traffic(received),
+                    traffic(sent)
                 );
             }
             let deployments = client.list(Kind::Deployment, None).await?;

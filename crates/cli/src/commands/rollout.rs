@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use crate::client::Client;
 use crate::output::{self, Table};
+use outpost_api::quantity::approximate_bytes;
 
 /// `outpost rollout status NAME`: the rollout's phase, every wave and site,
 /// and the deployment's rollout history.
@@ -26,7 +27,10 @@ pub async fn rollout_status(client: &Client, deployment: &str) -> Result<(String
             format!("running, wave {} of {waves}{promoted}", wave + 1)
         }
         Phase::Paused { wave, reason } => format!("paused at wave {} of {waves}: {reason}", wave + 1),
-        Phase::Succeeded => "succeeded".to_string(),
+        Phase::Succeeded => match rollout.awaiting_images().count() {
+            0 => "succeeded".to_string(),
+            n => format!("succeeded; {n} site(s) switch once they hold its images"),
+        },
         Phase::RolledBack { reason } => format!("rolled back: {reason}"),
         Phase::Aborted { wave } => format!("aborted at wave {} of {waves}", wave + 1),
     };
@@ -36,7 +40,9 @@ pub async fn rollout_status(client: &Client, deployment: &str) -> Result<(String
         Phase::Succeeded => waves,
         Phase::RolledBack { .. } => 0,
     };
-    let mut table = Table::new(&["  WAVE", "SITE", "VERSION", "STATE", "REASON"]);
+    let mut table = Table::new(&[
+        "  WAVE", "SITE", "VERSION", "STATE", "IMAGES", "FETCHED", "LEFT", "REASON",
+    ]);
     let assigned = rollout.assigned();
     for (i, wave) in rollout.waves.iter().enumerate() {
         for site in &wave.sites {
@@ -45,7 +51,8 @@ pub async fn rollout_status(client: &Client, deployment: &str) -> Result<(String
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| "-".to_string());
-            let (state, reason) = match status.sites.iter().find(|s| &s.site == site) {
+            let reported = status.sites.iter().find(|s| &s.site == site);
+            let (state, reason) = match reported {
                 Some(s) => (
                     serde_json::to_value(s.state)?
                         .as_str()
@@ -54,6 +61,15 @@ pub async fn rollout_status(client: &Client, deployment: &str) -> Result<(String
                     s.reason.clone(),
                 ),
                 None => ("-".to_string(), String::new()),
+            };
+            // While the site pre-stages its next release.
+            let [images, fetched, left] = match reported.and_then(|s| s.images.as_ref()) {
+                Some(p) => [
+                    format!("{}/{}", p.present, p.images),
+                    approximate_bytes(p.fetched),
+                    approximate_bytes(p.left),
+                ],
+                None => ["-".to_string(), "-".to_string(), "-".to_string()],
             };
             let state = if i >= reached {
                 format!("{state} (waiting)")
@@ -66,6 +82,9 @@ pub async fn rollout_status(client: &Client, deployment: &str) -> Result<(String
                 site.clone(),
                 version,
                 state,
+                images,
+                fetched,
+                left,
                 reason,
             ]);
         }

@@ -98,10 +98,6 @@ impl Inputs {
 
     /// What every site runs.
     pub fn compile(&self) -> BTreeMap<String, SiteState> {
-        let lookup = |application: &str, version: Option<&str>| {
-            let (current, specs) = self.versions.get(application)?;
-            specs.get(version.unwrap_or(current)).cloned()
-        };
         let no_hosts = BTreeMap::new();
         // What each rollout assigns, worked out once per deployment for many
         // sites (one site asks its rollouts directly): compiling N sites
@@ -136,23 +132,70 @@ impl Inputs {
                         None => Some(d.clone()),
                     })
                     .collect();
-                let mut state = compile_site(site, &deployments, lookup, &self.secrets);
-                for workload in &mut state.workloads {
-                    let key = (workload.application.clone(), workload.version.clone());
-                    if let Some(digests) = self.digests.get(&key) {
-                        workload.digests = digests
-                            .iter()
-                            .filter(|(image, _)| {
-                                workload.containers.iter().any(|c| c.image.as_str() == *image)
+                let hosts = self.hosts.get(&name).unwrap_or(&no_hosts);
+                let mut state = self.compile_placed(site, &deployments, hosts);
+                // What the site is to fetch ahead of a switch: the releases
+                // its pre-staging rollouts have not switched it to, placed
+                // as they will run once every one of them has.
+                let staging: Vec<&str> = self
+                    .rollouts
+                    .iter()
+                    .filter(|(_, rollout)| rollout.stages(&name))
+                    .map(|(deployment, _)| deployment.as_str())
+                    .collect();
+                if !staging.is_empty() {
+                    let next: Vec<Deployment> = deployments
+                        .iter()
+                        .filter(|d| !staging.contains(&d.metadata.name.as_str()))
+                        .cloned()
+                        .chain(self.deployments.iter().filter_map(|d| {
+                            let rollout = self.rollouts.get(d.metadata.name.as_str())?;
+                            let mut d = d.clone();
+                            staging.contains(&d.metadata.name.as_str()).then(|| {
+                                d.spec.version = Some(rollout.to.clone());
+                                d
                             })
-                            .map(|(image, digest)| (image.clone(), digest.clone()))
-                            .collect();
-                    }
+                        }))
+                        .collect();
+                    state.staged = self
+                        .compile_placed(site, &next, hosts)
+                        .workloads
+                        .into_iter()
+                        .filter(|w| staging.contains(&w.deployment.as_str()))
+                        .collect();
                 }
-                assign_hosts(&mut state, self.hosts.get(&name).unwrap_or(&no_hosts));
                 (name, state)
             })
             .collect()
+    }
+}
+
+impl Inputs {
+    /// What `site` runs of `deployments` (each at the version it names),
+    /// with the recorded image digests, placed on its hosts.
+    fn compile_placed(
+        &self,
+        site: &Site,
+        deployments: &[Deployment],
+        hosts: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> SiteState {
+        let lookup = |application: &str, version: Option<&str>| {
+            let (current, specs) = self.versions.get(application)?;
+            specs.get(version.unwrap_or(current)).cloned()
+        };
+        let mut state = compile_site(site, deployments, lookup, &self.secrets);
+        for workload in &mut state.workloads {
+            let key = (workload.application.clone(), workload.version.clone());
+            if let Some(digests) = self.digests.get(&key) {
+                workload.digests = digests
+                    .iter()
+                    .filter(|(image, _)| workload.containers.iter().any(|c| c.image.as_str() == *image))
+                    .map(|(image, digest)| (image.clone(), digest.clone()))
+                    .collect();
+            }
+        }
+        assign_hosts(&mut state, hosts);
+        state
     }
 }
 

@@ -166,17 +166,15 @@ impl Fleet {
         Ok(())
     }
 
-    /// One engine step for every running rollout: observes its sites,
-    /// advances, pauses or rolls back, and recomputes when a site's version
-    /// changes. Runs every second; every step is stored, so a restart
+    /// One engine step for every active rollout (running, or waiting for
+    /// returning sites to hold their images): observes its sites, switches
+    /// those that hold the new version's images, advances, pauses or rolls
+    /// back, and recomputes when a site's version changes. Runs every second; every step is stored, so a restart
     /// resumes where it was.
     pub async fn advance(&self) -> Result<(), StoreError> {
         let generation = self.rollout_cache().generation;
         let rollouts = self.rollouts().await?;
-        if rollouts
-            .values()
-            .all(|r| r.is_finished() || matches!(r.phase, Phase::Paused { .. }))
-        {
+        if !rollouts.values().any(RolloutState::is_active) {
             return Ok(());
         }
         // Observing the fleet reads every site's state: it is done before the
@@ -199,10 +197,7 @@ impl Fleet {
             .collect();
         let now = now_ms();
         let mut moved = false;
-        for (name, rollout) in rollouts
-            .iter()
-            .filter(|(_, r)| matches!(r.phase, Phase::Running { .. }))
-        {
+        for (name, rollout) in rollouts.iter().filter(|(_, r)| r.is_active()) {
             let Some(deployment) = deployments.get(name) else {
                 continue;
             };
@@ -220,7 +215,12 @@ impl Fleet {
                     (site.clone(), health)
                 })
                 .collect();
-            let next = rollout.step(deployment.spec.rollout.as_ref(), &health, now);
+            let holds = rollout
+                .awaiting_images()
+                .filter(|site| snapshot.holds_images(name, site))
+                .cloned()
+                .collect();
+            let next = rollout.step(deployment.spec.rollout.as_ref(), &health, &holds, now);
             if next != *rollout {
                 if next.phase != rollout.phase {
                     tracing::info!(deployment = %name, phase = ?next.phase, "rollout moved");

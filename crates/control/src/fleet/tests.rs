@@ -35,7 +35,7 @@ async fn a_host_without_facts_gets_nothing_and_its_site_is_offline_not_failed() 
         apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
         \x20   - {name: api, containers: [{name: api, image: busybox}]}\n\
         \x20   - {name: cam, hosts: camera, containers: [{name: cam, image: busybox}]}\n---\n\
-        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
+        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: '', rollout: {prestage: false}}\n";
     apply(store.as_ref(), manifests).await;
     let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
     store.create_join_token("t", "shop", expires).await.unwrap();
@@ -111,7 +111,7 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
              apiVersion: outpost/v1\nkind: Site\nmetadata: {{name: b, labels: {{shop: 'yes'}}}}\n---\n\
              apiVersion: outpost/v1\nkind: Application\nmetadata: {{name: pos}}\nspec:\n  version: '1'\n  services:\n\
              \x20   - name: api\n      containers:\n        - name: api\n          image: busybox\n          secrets: [{{secret: db, key: password, path: /run/db}}]\n---\n\
-             apiVersion: outpost/v1\nkind: Deployment\nmetadata: {{name: pos}}\nspec: {{application: pos, sites: shop{rollout}}}\n"
+             apiVersion: outpost/v1\nkind: Deployment\nmetadata: {{name: pos}}\nspec: {{application: pos, sites: shop, rollout: {{prestage: false{rollout}}}}}\n"
         )
     };
     apply(store.as_ref(), &manifests("")).await;
@@ -128,11 +128,7 @@ async fn a_new_secret_version_rolls_out_under_the_deployment_policy() {
 
     // A canary policy, then version 2 of the secret: one site gets it now,
     // the other when the rollout reaches it.
-    apply(
-        store.as_ref(),
-        &manifests(", rollout: {canary: 1, healthyFor: 0s}"),
-    )
-    .await;
+    apply(store.as_ref(), &manifests(", canary: 1, healthyFor: 0s")).await;
     set("two").await;
     fleet.recompute().await.unwrap();
     let rollout = fleet.rollouts().await.unwrap()["pos"].clone();
@@ -150,7 +146,7 @@ async fn a_host_pins_digests_only_for_what_its_site_runs() {
     let manifests = "apiVersion: outpost/v1\nkind: Site\nmetadata: {name: shop}\n---\n\
         apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
         \x20   - {name: api, containers: [{name: api, image: 'registry.example/pos:1'}]}\n---\n\
-        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
+        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: '', rollout: {prestage: false}}\n";
     apply(store.as_ref(), manifests).await;
     let fleet = Fleet::new(store.clone());
     fleet.recompute().await.unwrap();
@@ -165,6 +161,7 @@ async fn a_host_pins_digests_only_for_what_its_site_runs() {
             image_digests: [(image.to_string(), digest.clone())].into(),
             ..Default::default()
         }],
+        images: Vec::new(),
     };
     crate::gateway::record_status(
         store.as_ref(),
@@ -197,5 +194,95 @@ async fn a_host_pins_digests_only_for_what_its_site_runs() {
     assert_eq!(
         state.workloads[0].digests["registry.example/pos:1"], digest,
         "sites now get the digest"
+    );
+}
+
+/// Issue 14: with pre-staging (the default), a site first gets the new
+/// release as staged workloads, placed on its host, and switches only
+/// once its host reports every image present.
+#[tokio::test]
+async fn a_site_switches_once_its_host_holds_the_staged_images() {
+    let (_dir, store) = store().await;
+    let manifests = "apiVersion: outpost/v1\nkind: Site\nmetadata: {name: shop}\n---\n\
+        apiVersion: outpost/v1\nkind: Application\nmetadata: {name: pos}\nspec:\n  version: '1'\n  services:\n\
+        \x20   - {name: api, containers: [{name: api, image: 'registry.example/pos:1'}]}\n---\n\
+        apiVersion: outpost/v1\nkind: Deployment\nmetadata: {name: pos}\nspec: {application: pos, sites: ''}\n";
+    apply(store.as_ref(), manifests).await;
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    store.create_join_token("t", "shop", expires).await.unwrap();
+    store.redeem_join_token("t", "till", "01").await.unwrap();
+    let facts = [("arch".to_string(), "amd64".to_string())].into();
+    store.record_hello("shop", "till", &facts, "1", 0).await.unwrap();
+    let fleet = Fleet::new(store.clone());
+    fleet.recompute().await.unwrap();
+
+    let (_, state) = store.site_state("shop").await.unwrap().unwrap();
+    assert!(
+        state.workloads.is_empty(),
+        "nothing runs before its images are there"
+    );
+    assert_eq!(state.staged.len(), 1, "{state:?}");
+    assert_eq!(
+        state.staged[0].instances[0].host, "till",
+        "staged where it will run"
+    );
+    let snapshot = crate::status::Snapshot::take(store.as_ref(), &fleet.presence)
+        .await
+        .unwrap();
+    let progress = snapshot.staging("pos", "shop").unwrap();
+    assert_eq!((progress.images, progress.present), (1, 0));
+    assert!(!snapshot.holds_images("pos", "shop"));
+
+    // A pull under way: progress shows, nothing switches.
+    let image = |present: bool, fetched: u64| outpost_proto::v1::StatusReport {
+        instances: Vec::new(),
+        images: vec![outpost_proto::v1::ImageStatus {
+            application: "pos".into(),
+            version: "1".into(),
+            image: "registry.example/pos:1".into(),
+            present,
+            fetched,
+            total: 1000,
+            digest: if present {
+                format!("sha256:{}", "b".repeat(64))
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        }],
+    };
+    crate::gateway::record_status(store.as_ref(), &fleet, "shop", "till", image(false, 400))
+        .await
+        .unwrap();
+    fleet.advance().await.unwrap();
+    let snapshot = crate::status::Snapshot::take(store.as_ref(), &fleet.presence)
+        .await
+        .unwrap();
+    let progress = snapshot.staging("pos", "shop").unwrap();
+    assert_eq!((progress.fetched, progress.left), (400, 600));
+    assert!(
+        store
+            .site_state("shop")
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .workloads
+            .is_empty()
+    );
+
+    // The image is there: the digest it reports pins the version, and the
+    // next engine step switches the site.
+    crate::gateway::record_status(store.as_ref(), &fleet, "shop", "till", image(true, 1000))
+        .await
+        .unwrap();
+    fleet.advance().await.unwrap();
+    let (_, state) = store.site_state("shop").await.unwrap().unwrap();
+    assert_eq!(state.workloads.len(), 1, "{state:?}");
+    assert!(state.staged.is_empty(), "a switched site stages nothing");
+    assert_eq!(
+        state.workloads[0].digests["registry.example/pos:1"],
+        format!("sha256:{}", "b".repeat(64)),
+        "the staged pull's digest is the version's"
     );
 }

@@ -30,7 +30,8 @@ use crate::fleet::Fleet;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
-use crate::store::{ImageDigest, InstanceRecord, Storage, StoreError};
+use crate::store::{HostImage, ImageDigest, InstanceRecord, Storage, StoreError};
+use outpost_api::workload::SiteState;
 
 mod session;
 
@@ -295,9 +296,9 @@ pub(crate) async fn record_facts(
     Ok(())
 }
 
-/// Records a status report: the instances, and the image digests they
-/// report. A digest new to its application version pins it for every site,
-/// so what sites run is recomputed then.
+/// Records a status report: the instances, the images the host pre-stages,
+/// and the image digests either reports. A digest new to its application
+/// version pins it for every site, so what sites run is recomputed then.
 pub(crate) async fn record_status(
     store: &dyn Storage,
     fleet: &Fleet,
@@ -305,45 +306,72 @@ pub(crate) async fn record_status(
     host: &str,
     report: StatusReport,
 ) -> Result<(), StoreError> {
+    let digest = |application: &str, version: &str, image: &str, digest: &str| ImageDigest {
+        application: application.to_string(),
+        version: version.to_string(),
+        image: image.to_string(),
+        digest: digest.to_string(),
+    };
     let digests: Vec<ImageDigest> = report
         .instances
         .iter()
         .filter(|i| !i.version.is_empty())
         .flat_map(|i| {
-            i.image_digests.iter().map(|(image, digest)| ImageDigest {
-                application: i.application.clone(),
-                version: i.version.clone(),
-                image: image.clone(),
-                digest: digest.clone(),
-            })
+            i.image_digests
+                .iter()
+                .map(|(image, d)| digest(&i.application, &i.version, image, d))
         })
+        .chain(
+            report
+                .images
+                .iter()
+                .filter(|i| i.present)
+                .map(|i| digest(&i.application, &i.version, &i.image, &i.digest)),
+        )
         .filter(|d| is_digest(&d.digest))
         .collect();
-    // A host speaks only for images its own site runs: one host must not
-    // choose the bytes of another site's application.
-    let digests: Vec<ImageDigest> = if digests.is_empty() {
-        digests
+    // A host speaks only for images its own site runs or pre-stages: one
+    // host must not choose the bytes of another site's application.
+    let state = if digests.is_empty() && report.images.is_empty() {
+        SiteState::default()
     } else {
-        let state = store
+        store
             .site_state(site)
             .await?
             .map(|(_, state)| state)
-            .unwrap_or_default();
-        digests
-            .into_iter()
-            .filter(|d| {
-                state.workloads.iter().any(|w| {
-                    w.application == d.application
-                        && w.version == d.version
-                        && w.containers.iter().any(|c| c.image.as_str() == d.image)
-                })
-            })
-            .collect()
+            .unwrap_or_default()
     };
+    let names = |application: &str, version: &str, image: &str| {
+        state.workloads.iter().chain(&state.staged).any(|w| {
+            w.application == application
+                && w.version == version
+                && w.containers.iter().any(|c| c.image.as_str() == image)
+        })
+    };
+    let digests: Vec<ImageDigest> = digests
+        .into_iter()
+        .filter(|d| names(&d.application, &d.version, &d.image))
+        .collect();
     if store.record_digests(site, &digests).await? > 0 {
         tracing::info!(%site, %host, digests = digests.len(), "image digests recorded");
         fleet.recompute().await?;
     }
+    let images: Vec<HostImage> = report
+        .images
+        .into_iter()
+        .filter(|i| names(&i.application, &i.version, &i.image))
+        .map(|i| HostImage {
+            site: site.to_string(),
+            host: host.to_string(),
+            application: i.application,
+            version: i.version,
+            image: i.image,
+            present: i.present,
+            fetched: i.fetched,
+            total: i.total,
+            error: i.error,
+        })
+        .collect();
     let at = crate::store::now_rfc3339();
     let instances: Vec<InstanceRecord> = report
         .instances
@@ -372,7 +400,7 @@ pub(crate) async fn record_status(
             })
         })
         .collect();
-    store.record_status(site, host, &instances).await
+    store.record_status(site, host, &instances, &images).await
 }
 
 /// `sha256:` and 64 lower-case hex digits: what an agent may report.

@@ -12,7 +12,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::sqlite::{SqliteStore, now};
 use super::{
-    FleetStore, HostRecord, ImageDigest, ImageDigests, InstanceRecord, RevokedCertificate, StoreError,
+    FleetStore, HostImage, HostRecord, ImageDigest, ImageDigests, InstanceRecord, RevokedCertificate,
+    StoreError,
 };
 
 fn rfc3339(at: OffsetDateTime) -> String {
@@ -298,13 +299,37 @@ impl FleetStore for SqliteStore {
         site: &str,
         host: &str,
         instances: &[InstanceRecord],
+        images: &[HostImage],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM instance_status WHERE site = ?1 AND host = ?2")
+        for statement in [
+            "DELETE FROM instance_status WHERE site = ?1 AND host = ?2",
+            "DELETE FROM host_images WHERE site = ?1 AND host = ?2",
+        ] {
+            sqlx::query(statement)
+                .bind(site)
+                .bind(host)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for image in images {
+            sqlx::query(
+                "INSERT OR REPLACE INTO host_images
+                   (site, host, application, version, image, present, fetched, total, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
             .bind(site)
             .bind(host)
+            .bind(&image.application)
+            .bind(&image.version)
+            .bind(&image.image)
+            .bind(image.present)
+            .bind(image.fetched as i64)
+            .bind(image.total as i64)
+            .bind(&image.error)
             .execute(&mut *tx)
             .await?;
+        }
         for instance in instances {
             sqlx::query(
                 "INSERT INTO instance_status
@@ -326,6 +351,30 @@ impl FleetStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn host_images(&self) -> Result<Vec<HostImage>, StoreError> {
+        let rows: Vec<(String, String, String, String, String, bool, i64, i64, String)> = sqlx::query_as(
+            "SELECT site, host, application, version, image, present, fetched, total, error FROM host_images",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(site, host, application, version, image, present, fetched, total, error)| HostImage {
+                    site,
+                    host,
+                    application,
+                    version,
+                    image,
+                    present,
+                    fetched: fetched.max(0) as u64,
+                    total: total.max(0) as u64,
+                    error,
+                },
+            )
+            .collect())
     }
 
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -550,6 +599,7 @@ pub(super) async fn remove_site_hosts(
     for statement in [
         "DELETE FROM hosts WHERE site = ?1",
         "DELETE FROM instance_status WHERE site = ?1",
+        "DELETE FROM host_images WHERE site = ?1",
         "DELETE FROM join_tokens WHERE site = ?1",
     ] {
         sqlx::query(statement).bind(site).execute(&mut *tx).await?;

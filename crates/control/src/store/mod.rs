@@ -185,6 +185,20 @@ pub struct InstanceRecord {
     pub updated_at: String,
 }
 
+/// What one host reports of an image it is to fetch ahead of a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostImage {
+    pub site: String,
+    pub host: String,
+    pub application: String,
+    pub version: String,
+    pub image: String,
+    pub present: bool,
+    pub fetched: u64,
+    pub total: u64,
+    pub error: String,
+}
+
 /// Hosts, join tokens and what each site should run.
 #[async_trait]
 pub trait FleetStore: Send + Sync + 'static {
@@ -247,15 +261,20 @@ pub trait FleetStore: Send + Sync + 'static {
     /// Every recorded digest: (application, version) → image → digest.
     async fn image_digests(&self) -> Result<ImageDigests, StoreError>;
 
-    /// Replaces what is known about one host's instances.
+    /// Replaces what is known about one host's instances and the images it
+    /// pre-stages.
     async fn record_status(
         &self,
         site: &str,
         host: &str,
         instances: &[InstanceRecord],
+        images: &[HostImage],
     ) -> Result<(), StoreError>;
 
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// What every host last reported of the images it pre-stages.
+    async fn host_images(&self) -> Result<Vec<HostImage>, StoreError>;
 
     /// The stored desired state of every site, with its revision.
     async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError>;

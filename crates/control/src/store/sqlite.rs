@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "image digests",
         include_str!("../../migrations/0009_image_digests.sql"),
     ),
+    (
+        10,
+        "host images",
+        include_str!("../../migrations/0010_host_images.sql"),
+    ),
 ];
 
 #[derive(Debug)]

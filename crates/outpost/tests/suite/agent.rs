@@ -675,6 +675,7 @@ fn a_host_certificate_speaks_only_for_its_own_host() {
                     state: "running".to_string(),
                     ..Default::default()
                 }],
+                images: Vec::new(),
             };
             sender
                 .send(message(agent_message::Body::Status(report)))

@@ -81,7 +81,14 @@ impl Host {
         let shutdown = self.stop.subscribe();
         let _guard = self.runtime.enter();
         let secrets = self.dir.path().join("secrets");
-        outpost_sim::agent::SimSite::start(credentials, secrets, Duration::from_millis(10), outbox, shutdown);
+        outpost_sim::agent::SimSite::start(
+            credentials,
+            secrets,
+            Duration::from_millis(10),
+            Default::default(),
+            outbox,
+            shutdown,
+        );
     }
 
     fn queued(&self) -> bool {

@@ -16,7 +16,7 @@ fn workload(service: &str, version: &str) -> Workload {
 fn state(workloads: Vec<Workload>) -> SiteState {
     SiteState {
         workloads,
-        failures: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -163,7 +163,7 @@ proptest! {
         base in 0u64..3,
     ) {
         let held = state(vec![workload("web", "1")]);
-        let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed, secrets: Vec::new() };
+        let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed, secrets: Vec::new(), staged: Vec::new() };
         let before = held.clone();
         let _ = apply_manifest((1, &held), &manifest);
         prop_assert_eq!(held, before);
