@@ -210,17 +210,20 @@ impl ImageCache {
             sizes.insert(id.as_str(), *size);
         }
         let mut left: u64 = sizes.values().sum();
-        let pinned_ids: BTreeSet<&str> = present
-            .iter()
-            .filter(|(reference, _, _)| pinned.contains(reference))
-            .map(|(_, id, _)| id.as_str())
-            .collect();
+        // A pinned reference may name an image pulled under another one (a
+        // tag staged, then pinned to its digest): pins go by image ID.
+        let mut pinned_ids: BTreeSet<String> = BTreeSet::new();
+        for reference in &pinned {
+            if let Some((id, _)) = self.runtime.image_size(reference).await? {
+                pinned_ids.insert(id);
+            }
+        }
         let mut removed = Vec::new();
         for (reference, id, size) in &present {
             if left <= self.budget {
                 break;
             }
-            if pinned_ids.contains(id.as_str()) {
+            if pinned_ids.contains(id) {
                 continue;
             }
             match self.runtime.remove_image(reference).await {

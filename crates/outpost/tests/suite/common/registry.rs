@@ -106,10 +106,15 @@ impl Registry {
         registry
     }
 
+    /// The reference of `name:tag` in this registry (pushed or not).
+    pub fn reference(&self, name: &str, tag: &str) -> String {
+        format!("{}/{name}:{tag}", self.address)
+    }
+
     /// Builds a variant of the test image (a label makes its bytes its own),
     /// pushes it as `REGISTRY/name:tag`, and returns (reference, digest).
     pub fn push_variant(&self, name: &str, tag: &str, variant: &str) -> (String, String) {
-        let reference = format!("{}/{name}:{tag}", self.address);
+        let reference = self.reference(name, tag);
         let dockerfile = format!("FROM outpost-local/busybox:1\nLABEL io.outpost.test.variant={variant}\n");
         let mut build = Command::new("docker")
             .args(["build", "-q", "-t", &reference, "-"])
