@@ -29,6 +29,8 @@ pub struct Credentials {
     pub tls: Arc<ClientConfig>,
     /// The host's key, to open the secrets sealed to it.
     pub host_key: Arc<HostKey>,
+    /// The host's certificate and key, for its site's other hosts.
+    pub peer_tls: Arc<crate::peers::PeerTls>,
 }
 
 fn host_key(pem: &str) -> Result<Arc<HostKey>> {
@@ -64,11 +66,12 @@ pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
     let identity: Identity = serde_json::from_str(&read(&paths.identity)?)
         .with_context(|| format!("reading {}", paths.identity.display()))?;
     let key = zeroize::Zeroizing::new(read(&paths.key)?);
-    let tls = tls::mutual(&read(&paths.ca)?, &read(&paths.cert)?, &key)?;
+    let (ca, cert) = (read(&paths.ca)?, read(&paths.cert)?);
     Ok(Some(Credentials {
         identity,
-        tls,
+        tls: tls::mutual(&ca, &cert, &key)?,
         host_key: host_key(&key)?,
+        peer_tls: Arc::new(crate::peers::PeerTls::new(&ca, &cert, &key)?),
     }))
 }
 
@@ -120,5 +123,10 @@ pub async fn enroll(data_dir: &Path, server: &str, token: &str, host: &str) -> R
         identity,
         tls,
         host_key: host_key(&key)?,
+        peer_tls: Arc::new(crate::peers::PeerTls::new(
+            &response.ca_pem,
+            &response.certificate_pem,
+            &key,
+        )?),
     })
 }

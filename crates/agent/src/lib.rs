@@ -13,6 +13,7 @@ pub mod journal;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
+pub mod peers;
 pub mod plan;
 pub mod reconciler;
 pub mod registry;
@@ -59,6 +60,9 @@ pub struct Config {
     /// The disk Outpost's own images may take before the oldest ones that
     /// no current or previous version needs are pruned.
     pub image_budget: u64,
+    /// Where this host listens for the other hosts of its site, and where
+    /// they reach it (none: it serves no peers, but still asks them).
+    pub site: Option<peers::Listening>,
 }
 
 /// Where file secrets go unless `--secrets-dir` says otherwise.
@@ -140,12 +144,33 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let outbox: Arc<dyn outbox::Outbox> =
         Arc::new(outbox::DiskOutbox::open(store.pool(), config.queue_limit).await?);
 
+    let peers = Arc::new(peers::Peers::new(
+        &identity.site,
+        &identity.host,
+        credentials.peer_tls.clone(),
+        desired.clone(),
+    ));
     let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
         RuntimeKind::Docker => {
             let registry = registry_credentials(config.registry_auth.as_deref())?;
-            Arc::new(runtime::Docker::connect(&identity.site, &identity.host, registry).await?)
+            let docker = runtime::Docker::connect(&identity.site, &identity.host, registry).await?;
+            Arc::new(docker.with_peers(peers))
         }
         RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
+    };
+    let serving_peers = match &config.site {
+        Some(listening) => {
+            let listener = peers::bind(listening).await?;
+            Some(tokio::spawn(peers::serve(
+                (listener, listening.clone()),
+                credentials.peer_tls.clone(),
+                (identity.site.clone(), identity.host.clone()),
+                runtime.clone(),
+                desired.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
     };
     let collecting = tokio::spawn(logs::collect(runtime.clone(), outbox.clone(), shutdown.clone()));
     let sampling = tokio::spawn(samples::sample(
@@ -205,11 +230,17 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         status,
         connected: connected_sender,
         mode: config.mode,
+        site_address: config.site.as_ref().map(|l| l.address.clone()),
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
     let _ = reconciling.await;
     let _ = staging.await;
+    if let Some(serving) = serving_peers
+        && let Ok(Err(err)) = serving.await
+    {
+        tracing::warn!(err = format!("{err:#}"), "serving peers");
+    }
     let _ = collecting.await;
     let _ = sampling.await;
     if let Some(metrics) = metrics {

@@ -73,6 +73,8 @@ pub struct Session {
     /// polling mode: since the last poll succeeded).
     pub connected: watch::Sender<bool>,
     pub mode: Mode,
+    /// Where the site's other hosts reach this one (`--site-listen`).
+    pub site_address: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -162,14 +164,7 @@ impl Session {
         for _ in 0..SYNCS_PER_POLL {
             let pending = self.outbox.pending(0, BATCH_RECORDS, BATCH_BYTES).await?;
             let request = SyncRequest {
-                hello: Some(Hello {
-                    protocol_version: outpost_proto::PROTOCOL_VERSION,
-                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                    applied_revision: self.desired.borrow().0,
-                    facts: Some(HostFacts {
-                        labels: self.facts.clone().into_iter().collect(),
-                    }),
-                }),
+                hello: Some(self.hello()),
                 status: Some(self.status.borrow().clone()),
                 batch: pending
                     .as_ref()
@@ -200,20 +195,26 @@ impl Session {
         Ok(told)
     }
 
+    /// What this host says of itself when it connects or polls.
+    fn hello(&self) -> Hello {
+        Hello {
+            protocol_version: outpost_proto::PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            applied_revision: self.desired.borrow().0,
+            facts: Some(HostFacts {
+                labels: self.facts.clone().into_iter().collect(),
+            }),
+            site_address: self.site_address.clone().unwrap_or_default(),
+        }
+    }
+
     async fn connect_once(&mut self) -> Result<()> {
         let channel = tls::channel(&self.server, self.tls.clone()).await?;
         let (sender, receiver) = mpsc::channel::<AgentMessage>(16);
         let send = |body: agent_message::Body| AgentMessage { body: Some(body) };
         let revision = self.desired.borrow().0;
         sender
-            .send(send(agent_message::Body::Hello(Hello {
-                protocol_version: outpost_proto::PROTOCOL_VERSION,
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                applied_revision: revision,
-                facts: Some(HostFacts {
-                    labels: self.facts.clone().into_iter().collect(),
-                }),
-            })))
+            .send(send(agent_message::Body::Hello(self.hello())))
             .await?;
         let mut incoming = AgentGatewayClient::new(channel)
             .session(ReceiverStream::new(receiver))

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -124,7 +124,25 @@ pub fn mutual(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientC
 }
 
 /// Opens a gRPC channel to `server` (`https://host:port`) over our own TLS.
+/// Its bytes count as the uplink's.
 pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
+    connect(server, None, tls, Some(crate::uplink::traffic())).await
+}
+
+/// Opens a gRPC channel to a host of this site (`crate::peers`): the TLS
+/// name is the peer's host name (its verifier checks the certificate's
+/// identity instead), and the bytes stay on the site's network, off the
+/// uplink's count.
+pub async fn peer_channel(server: &str, host: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
+    connect(server, Some(host), tls, None).await
+}
+
+async fn connect(
+    server: &str,
+    name: Option<&str>,
+    tls: Arc<ClientConfig>,
+    traffic: Option<Arc<outpost_proto::traffic::Traffic>>,
+) -> Result<Channel> {
     let uri: Uri = server
         .parse()
         .with_context(|| format!("{server:?} is not a URL"))?;
@@ -137,19 +155,17 @@ pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
         .trim_matches(['[', ']'])
         .to_string();
     let port = uri.port_u16().unwrap_or(7801);
-    let name =
-        ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a valid server name"))?;
+    let name = name.unwrap_or(&host).to_string();
+    let name = ServerName::try_from(name.clone()).with_context(|| format!("{name:?} is not a valid server name"))?;
     let connector = tower::service_fn(move |_: Uri| {
-        let (tls, host, name) = (tls.clone(), host.clone(), name.clone());
+        let (tls, host, name, traffic) = (tls.clone(), host.clone(), name.clone(), traffic.clone());
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             // Counted below TLS: what the link carries, handshakes included.
+            let traffic = traffic.unwrap_or_default();
             let stream = TlsConnector::from(tls)
-                .connect(
-                    name,
-                    outpost_proto::traffic::Counted::new(tcp, crate::uplink::traffic()),
-                )
+                .connect(name, outpost_proto::traffic::Counted::new(tcp, traffic))
                 .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }

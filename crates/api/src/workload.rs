@@ -132,6 +132,18 @@ pub struct SiteState {
     /// switch, and runs nothing of them (pre-staging).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub staged: Vec<Workload>,
+    /// The site's hosts that listen for each other (`--site-listen`), and
+    /// where: a host asks them for an image before its registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+}
+
+/// A host of a site, where the other hosts reach it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Peer {
+    pub host: String,
+    /// `host:port`.
+    pub address: String,
 }
 
 /// Compiles what `site` runs. `application_spec(name, version)` looks up a

@@ -12,6 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use outpost_files::{create_private_dir, write_private};
+pub use outpost_proto::identity::{HostCertificate, host_certificate, host_identity_uri};
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -156,11 +157,6 @@ fn server_certificate(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Re
     Ok(ServerCertificate { cert, key })
 }
 
-/// The identity a host certificate carries, as a URI subject alternative name.
-pub fn host_identity_uri(site: &str, host: &str) -> String {
-    format!("outpost://site/{site}/host/{host}")
-}
-
 /// A fresh serial for a host certificate: 16 random bytes as hex. The
 /// first byte is non-zero with its top bit clear, so the DER integer is
 /// positive and already minimal, and reads back as the same 16 bytes.
@@ -170,34 +166,6 @@ pub fn new_serial() -> String {
     hex::encode(bytes)
 }
 
-/// Who a host certificate names, and its serial (lower-case hex).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostCertificate {
-    pub site: String,
-    pub host: String,
-    pub serial: String,
-    /// The certificate's public key: an uncompressed P-256 point.
-    pub public_key: Vec<u8>,
-}
-
-/// The site, host, serial and public key of a host certificate.
-pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let names = cert.subject_alternative_name().ok()??;
-    let (site, host) = names.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            let (site, host) = uri.strip_prefix("outpost://site/")?.split_once("/host/")?;
-            Some((site.to_string(), host.to_string()))
-        }
-        _ => None,
-    })?;
-    Some(HostCertificate {
-        site,
-        host,
-        serial: hex::encode(cert.raw_serial()),
-        public_key: cert.public_key().subject_public_key.data.to_vec(),
-    })
-}
 
 fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
     let mut reader = pem.as_bytes();

@@ -113,6 +113,15 @@ pub(crate) enum Command {
         /// DIR/SITE.HOST (it needs root for that, unless one is there)
         #[arg(long, value_name = "DIR", default_value = outpost_agent::DEFAULT_SECRETS_DIR)]
         secrets_dir: PathBuf,
+        /// Listen here for the other hosts of this site (mutual TLS with the
+        /// hosts' own certificates): they fetch images from each other
+        /// before they ask the registry
+        #[arg(long, value_name = "ADDR")]
+        site_listen: Option<std::net::SocketAddr>,
+        /// Where the other hosts of the site reach this one [default: the
+        /// --site-listen address, which then must not be 0.0.0.0 or [::]]
+        #[arg(long, value_name = "HOST:PORT", requires = "site_listen")]
+        site_address: Option<String>,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {

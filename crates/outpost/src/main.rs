@@ -202,6 +202,8 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
             secrets_dir,
             image_budget,
+            site_listen,
+            site_address,
         } => {
             init_logging();
             raise_open_file_limit();
@@ -231,6 +233,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 secrets_dir: secrets_dir.clone(),
                 image_budget: image_budget.0,
+                site: outpost_agent::peers::listening(*site_listen, site_address.as_deref())?,
             };
             return outpost_agent::run(config, stopped).await;
         }

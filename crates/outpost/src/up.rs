@@ -138,6 +138,7 @@ pub async fn run(
             runtime: outpost_agent::RuntimeKind::Docker,
             secrets_dir: outpost_agent::DEFAULT_SECRETS_DIR.into(),
             image_budget: outpost_agent::images::DEFAULT_BUDGET,
+            site: None,
         },
         stopped.clone(),
     ));

@@ -75,7 +75,19 @@ pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, C
         removed: Vec::new(),
         secrets: Vec::new(),
         staged: encode_staged(state)?,
+        peers: encode_peers(state),
     })
+}
+
+fn encode_peers(state: &SiteState) -> Vec<crate::v1::Peer> {
+    state
+        .peers
+        .iter()
+        .map(|p| crate::v1::Peer {
+            host: p.host.clone(),
+            address: p.address.clone(),
+        })
+        .collect()
 }
 
 /// The staged workloads travel whole in every manifest: they are few, and
@@ -110,6 +122,7 @@ pub fn delta_manifest(
             .collect(),
         secrets: Vec::new(),
         staged: encode_staged(state)?,
+        peers: encode_peers(state),
     })
 }
 
@@ -162,6 +175,14 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
         workloads: workloads.into_values().collect(),
         failures: Vec::new(),
         staged,
+        peers: manifest
+            .peers
+            .iter()
+            .map(|p| outpost_api::workload::Peer {
+                host: p.host.clone(),
+                address: p.address.clone(),
+            })
+            .collect(),
     })
 }
 

@@ -3,9 +3,11 @@
 //! **Architecture Invariant:** only this crate knows the protobuf wire
 //! format; the payloads it carries are `outpost_api` types as JSON,
 //! encoded and decoded by `codec` for both ends. It also holds the byte
-//! counting both ends do at the socket.
+//! counting both ends do at the socket, and what a host certificate says
+//! of its holder (`identity`).
 
 pub mod codec;
+pub mod identity;
 pub mod seal;
 pub mod traffic;
 

@@ -20,6 +20,7 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
                 facts: Some(outpost_proto::v1::HostFacts {
                     labels: [("arch".to_string(), "amd64".to_string())].into(),
                 }),
+                site_address: "10.0.0.2:7803".into(),
             },
         )),
     }

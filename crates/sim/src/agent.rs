@@ -139,6 +139,7 @@ impl SimSite {
             status,
             connected: connected_sender,
             mode: outpost_agent::session::Mode::Stream,
+            site_address: None,
         };
         tokio::spawn(session.run(shutdown));
         SimSite {

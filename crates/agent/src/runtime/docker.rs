@@ -4,6 +4,7 @@
 //! Restarts are the agent's job: containers get no Docker restart policy.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ pub struct Docker {
     credentials: Vec<crate::registry::Credential>,
     /// Images pulled and not yet reported.
     pulled: parking_lot::Mutex<Vec<String>>,
+    /// The site's other hosts, asked for an image before the registry.
+    peers: std::sync::OnceLock<Arc<crate::peers::Peers>>,
 }
 
 impl Docker {
@@ -51,7 +54,98 @@ impl Docker {
             host: host.to_string(),
             credentials,
             pulled: Default::default(),
+            peers: Default::default(),
         })
+    }
+
+    /// Asks the site's other hosts for an image before its registry.
+    pub fn with_peers(self, peers: Arc<crate::peers::Peers>) -> Docker {
+        let _ = self.peers.set(peers);
+        self
+    }
+
+    /// The name this engine holds `reference` under: itself, or for a
+    /// digest reference loaded from a peer (an archive keeps no registry
+    /// digest), the tag it was loaded as (`local_name`).
+    async fn resolve(&self, reference: &str) -> Option<String> {
+        if self.client.inspect_image(reference).await.is_ok() {
+            return Some(reference.to_string());
+        }
+        let local = local_name(reference)?;
+        self.client.inspect_image(&local).await.is_ok().then_some(local)
+    }
+
+    /// Fetches an image from the first peer that holds it; whether one did.
+    async fn fetch_from_peers(&self, image: &str, progress: &super::Progress<'_>) -> bool {
+        let Some(peers) = self.peers.get() else {
+            return false;
+        };
+        for peer in peers.others() {
+            let offered = match peers.ask(&peer, image).await {
+                Ok(Some(offered)) => offered,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::info!(peer = %peer.host, %image, err = format!("{err:#}"), "a peer could not be asked; trying the next or the registry");
+                    continue;
+                }
+            };
+            match self.load(image, offered, progress).await {
+                Ok(bytes) => {
+                    tracing::info!(peer = %peer.host, %image, bytes, "image fetched from a peer of this site");
+                    return true;
+                }
+                Err(err) => {
+                    tracing::warn!(peer = %peer.host, %image, err = format!("{err:#}"), "fetching from a peer failed; trying the next or the registry");
+                }
+            }
+        }
+        false
+    }
+
+    /// Loads an image archive from a peer and names it as the desired
+    /// state does; returns the bytes it took.
+    async fn load(
+        &self,
+        reference: &str,
+        offered: (String, crate::peers::Archive),
+        progress: &super::Progress<'_>,
+    ) -> Result<u64> {
+        let (image_id, archive) = offered;
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let archive = {
+            let counted = counted.clone();
+            archive.map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    counted.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                chunk.map_err(std::io::Error::other)
+            })
+        };
+        let options = bollard::query_parameters::ImportImageOptions { quiet: true, ..Default::default() };
+        let mut steps = self.client.import_image_stream(options, archive, None);
+        while let Some(step) = steps.next().await {
+            step.with_context(|| format!("loading {reference} from a peer"))?;
+            let bytes = counted.load(std::sync::atomic::Ordering::Relaxed);
+            progress(bytes, 0);
+        }
+        self.client
+            .inspect_image(&image_id)
+            .await
+            .with_context(|| format!("the archive a peer sent holds no image {image_id}"))?;
+        let name = local_name(reference).unwrap_or_else(|| reference.to_string());
+        let (repo, tag) = name.rsplit_once(':').context("a loaded image needs a tag")?;
+        self.client
+            .tag_image(
+                &image_id,
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.to_string()),
+                }),
+            )
+            .await
+            .with_context(|| format!("naming the loaded image {name}"))?;
+        self.pulled.lock().push(reference.to_string());
+        Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn owner_filter(&self) -> HashMap<String, Vec<String>> {
@@ -79,11 +173,15 @@ impl Docker {
     /// Pulls the image only if the engine does not have it: a site keeps
     /// restarting what it has even when no registry can be reached.
     /// `extra`: credentials from the container's pull secret, tried first.
-    async fn ensure_image(&self, image: &str, extra: &[crate::registry::Credential]) -> Result<()> {
-        if self.client.inspect_image(image).await.is_ok() {
-            return Ok(());
+    /// Returns the name the engine holds it under (see `resolve`).
+    async fn ensure_image(&self, image: &str, extra: &[crate::registry::Credential]) -> Result<String> {
+        if let Some(local) = self.resolve(image).await {
+            return Ok(local);
         }
-        self.pull(image, extra, &|_, _| {}).await
+        self.pull(image, extra, &|_, _| {}).await?;
+        self.resolve(image)
+            .await
+            .with_context(|| format!("{image} is not on this host after its pull"))
     }
 
     /// Pulls an image from its registry, telling `progress` the bytes of its
@@ -94,6 +192,9 @@ impl Docker {
         extra: &[crate::registry::Credential],
         progress: &super::Progress<'_>,
     ) -> Result<()> {
+        if self.fetch_from_peers(image, progress).await {
+            return Ok(());
+        }
         let credential = crate::registry::for_image(extra, image)
             .or_else(|| crate::registry::for_image(&self.credentials, image));
         // The credential itself is never logged, only whether there is one.
@@ -136,7 +237,8 @@ impl Docker {
 
     async fn create(&self, name: &str, want: &DesiredContainer) -> Result<()> {
         let container = &want.container;
-        self.ensure_image(container.image.as_str(), &want.prepared.registry)
+        let image = self
+            .ensure_image(container.image.as_str(), &want.prepared.registry)
             .await?;
         let mut container_labels = self.owner_labels();
         for (key, value) in [
@@ -221,7 +323,7 @@ impl Docker {
         };
         let network = self.network_name(&want.application);
         let body = ContainerCreateBody {
-            image: Some(container.image.to_string()),
+            image: Some(image),
             entrypoint: (!container.command.is_empty()).then(|| container.command.clone()),
             cmd: (!container.args.is_empty()).then(|| container.args.clone()),
             env: Some(
@@ -411,7 +513,10 @@ impl Runtime for Docker {
     }
 
     async fn image_size(&self, reference: &str) -> Result<Option<(String, u64)>> {
-        match self.client.inspect_image(reference).await {
+        let Some(reference) = self.resolve(reference).await else {
+            return Ok(None);
+        };
+        match self.client.inspect_image(&reference).await {
             Ok(image) => Ok(Some((
                 image.id.unwrap_or_default(),
                 image.size.unwrap_or_default().max(0) as u64,
@@ -422,9 +527,10 @@ impl Runtime for Docker {
     }
 
     async fn remove_image(&self, reference: &str) -> Result<()> {
+        let reference = self.resolve(reference).await.unwrap_or_else(|| reference.to_string());
         self.client
             .remove_image(
-                reference,
+                &reference,
                 None::<bollard::query_parameters::RemoveImageOptions>,
                 None,
             )
@@ -549,6 +655,26 @@ impl Runtime for Docker {
         self.pull(image, credentials, progress).await
     }
 
+    async fn export_image(&self, reference: &str) -> Result<Option<(String, crate::peers::Archive)>> {
+        let Some(local) = self.resolve(reference).await else {
+            return Ok(None);
+        };
+        let id = self
+            .client
+            .inspect_image(&local)
+            .await
+            .with_context(|| format!("inspecting {local}"))?
+            .id
+            .context("the engine gave the image no ID")?;
+        // By ID: the archive names no tag, and the receiving host names it
+        // as its desired state does.
+        let archive = self
+            .client
+            .export_image(&id)
+            .map(|chunk| chunk.map_err(anyhow::Error::from));
+        Ok(Some((id, Box::pin(archive))))
+    }
+
     fn pulled(&self) -> Vec<String> {
         std::mem::take(&mut *self.pulled.lock())
     }
@@ -639,9 +765,27 @@ impl Runtime for Docker {
     }
 }
 
+/// The tag an image loaded from a peer for a digest reference is kept
+/// under (`repo@sha256:HEX` → `repo:sha256-HEX`): an archive carries no
+/// registry digest, so the engine could not find it by one. `None` for a
+/// reference by tag.
+pub(crate) fn local_name(reference: &str) -> Option<String> {
+    let (repository, digest) = reference.split_once('@')?;
+    Some(format!("{repository}:{}", digest.replace(':', "-")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_reference_is_kept_under_a_tag_of_its_digest() {
+        assert_eq!(
+            local_name("127.0.0.1:5000/pos@sha256:abc").as_deref(),
+            Some("127.0.0.1:5000/pos:sha256-abc")
+        );
+        assert_eq!(local_name("127.0.0.1:5000/pos:1"), None);
+    }
 
     #[test]
     fn exit_codes_from_status() {
@@ -650,3 +794,4 @@ mod tests {
         assert_eq!(exit_code("Up 3 seconds"), None);
     }
 }
+

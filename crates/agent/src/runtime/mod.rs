@@ -113,6 +113,13 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// An image this host holds, as an archive (`docker save`) for a peer
+    /// of its site: its ID and its bytes (`None`: not held here).
+    async fn export_image(&self, reference: &str) -> Result<Option<(String, crate::peers::Archive)>> {
+        let _ = reference;
+        Ok(None)
+    }
+
     /// The images pulled since the last call (for events).
     fn pulled(&self) -> Vec<String> {
         Vec::new()

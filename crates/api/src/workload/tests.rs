@@ -113,8 +113,7 @@ fn instances_go_to_matching_hosts() {
             workload("api", 3, false, None),
             workload("gpu", 1, false, Some("gpu")),
         ],
-        failures: Vec::new(),
-        staged: Vec::new(),
+        ..Default::default()
     };
     assign_hosts(&mut state, &hosts);
     let placed: Vec<Vec<(&str, &str)>> = state
@@ -141,8 +140,7 @@ fn instances_go_to_matching_hosts() {
 
     let mut empty = SiteState {
         workloads: vec![workload("api", 1, false, None)],
-        failures: Vec::new(),
-        staged: Vec::new(),
+        ..Default::default()
     };
     // No host yet: the workload waits, unplaced; that is not a failure.
     assign_hosts(&mut empty, &BTreeMap::new());
@@ -200,8 +198,7 @@ fn placement_fits_resources_and_says_why_not() {
                 serde_json::json!({ "cpu": "500m", "memory": "512Mi" }),
             ),
         ],
-        failures: Vec::new(),
-        staged: Vec::new(),
+        ..Default::default()
     };
     assign_hosts(&mut state, &hosts);
     let placed: Vec<(String, Vec<&str>)> = state

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
 use outpost_api::rollout::RolloutState;
 use outpost_api::secret::SecretPolicy;
-use outpost_api::workload::{SiteState, assign_hosts, compile_site};
+use outpost_api::workload::{Peer, SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
 
 use crate::presence::Presence;
@@ -44,6 +44,8 @@ pub struct Inputs {
     pub secrets: BTreeMap<String, SecretPolicy>,
     /// Per application version: the digest each of its images resolved to.
     pub digests: ImageDigests,
+    /// Per site: its hosts that listen for each other, and where.
+    pub peers: HashMap<String, Vec<Peer>>,
 }
 
 impl Inputs {
@@ -134,6 +136,8 @@ impl Inputs {
                     .collect();
                 let hosts = self.hosts.get(&name).unwrap_or(&no_hosts);
                 let mut state = self.compile_placed(site, &deployments, hosts);
+                state.peers = self.peers.get(&name).cloned().unwrap_or_default();
+                state.peers.sort();
                 // What the site is to fetch ahead of a switch: the releases
                 // its pre-staging rollouts have not switched it to, placed
                 // as they will run once every one of them has.
@@ -284,6 +288,15 @@ impl Fleet {
         // A host that has never said hello has no facts: nothing is known
         // of its room or devices, and it may never connect. It gets no
         // placements until it does (its hello recomputes the site).
+        let mut peers: HashMap<String, Vec<Peer>> = HashMap::new();
+        for host in &records {
+            if !host.site_address.is_empty() {
+                peers.entry(host.site.clone()).or_default().push(Peer {
+                    host: host.name.clone(),
+                    address: host.site_address.clone(),
+                });
+            }
+        }
         for host in records.into_iter().filter(|host| !host.facts.is_empty()) {
             let labels = host.selector_labels();
             hosts.entry(host.site).or_default().insert(host.name, labels);
@@ -302,6 +315,7 @@ impl Fleet {
                 .map(|secret| Ok((secret.name.clone(), secret.policy()?)))
                 .collect::<Result<_, StoreError>>()?,
             digests: self.store.image_digests().await?,
+            peers,
         })
     }
 

@@ -267,6 +267,18 @@ pub(crate) async fn record_hello(
         .as_ref()
         .map(|f| f.labels.clone().into_iter().collect())
         .unwrap_or_default();
+    // What peers dial must look like HOST:PORT; anything else is not kept.
+    let address = hello.site_address.as_str();
+    let address = if address.is_empty() || is_site_address(address) {
+        address
+    } else {
+        tracing::warn!(%site, %host, %address, "ignored a site address that is not HOST:PORT");
+        ""
+    };
+    if store.record_site_address(site, host, address).await? {
+        tracing::info!(%site, %host, %address, "host's site address changed");
+        fleet.recompute_site(site).await?;
+    }
     record_facts(
         store,
         fleet,
@@ -277,6 +289,15 @@ pub(crate) async fn record_hello(
         hello.applied_revision as i64,
     )
     .await
+}
+
+/// `HOST:PORT`, at most 255 bytes, without blanks.
+fn is_site_address(address: &str) -> bool {
+    address.len() <= 255
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control())
+        && address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// Stores a host's facts; recomputes its site if they changed.

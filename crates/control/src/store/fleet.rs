@@ -36,6 +36,7 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
         bytes_received: row.try_get("bytes_received")?,
         bytes_sent: row.try_get("bytes_sent")?,
         cert_serial: row.try_get("cert_serial")?,
+        site_address: row.try_get("site_address")?,
     })
 }
 
@@ -44,7 +45,7 @@ macro_rules! select_host {
     ($tail:literal) => {
         concat!(
             "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen, \
-             dropped, bytes_received, bytes_sent, cert_serial FROM hosts ",
+             dropped, bytes_received, bytes_sent, cert_serial, site_address FROM hosts ",
             $tail
         )
     };
@@ -234,6 +235,18 @@ impl FleetStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(previous.as_deref() != Some(facts.as_str()))
+    }
+
+    async fn record_site_address(&self, site: &str, host: &str, address: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET site_address = ?3 WHERE site = ?1 AND name = ?2 AND site_address != ?3",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(address)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn record_seen(

@@ -155,6 +155,8 @@ pub struct HostRecord {
     /// before serials were recorded).
     #[serde(skip)]
     pub cert_serial: Option<String>,
+    /// Where the other hosts of its site reach it (empty: it serves none).
+    pub site_address: String,
 }
 
 /// A digest an agent reported for an image of an application version.
@@ -245,6 +247,10 @@ pub trait FleetStore: Send + Sync + 'static {
         agent_version: &str,
         applied_revision: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Records where the other hosts of its site reach a host; returns
+    /// whether that changed.
+    async fn record_site_address(&self, site: &str, host: &str, address: &str) -> Result<bool, StoreError>;
 
     /// Marks a host as heard from, with the revision it has applied if known.
     async fn record_seen(

@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host images",
         include_str!("../../migrations/0010_host_images.sql"),
     ),
+    (
+        11,
+        "site address",
+        include_str!("../../migrations/0011_site_address.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -664,6 +664,7 @@ fn a_host_certificate_speaks_only_for_its_own_host() {
                 facts: Some(HostFacts {
                     labels: [("hostname".to_string(), "y".to_string())].into(),
                 }),
+                site_address: String::new(),
             };
             sender
                 .send(message(agent_message::Body::Hello(hello)))

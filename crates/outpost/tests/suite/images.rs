@@ -376,3 +376,54 @@ fn a_prestaged_rollout_switches_each_site_once_it_holds_the_images() {
         (lab_version(&sites[2]).as_deref() == Some("2")).then_some(())
     });
 }
+
+/// A loopback address with a free port, for an agent's `--site-listen`.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Peer fetch: a site's second host, on an engine of its own, gets the
+/// image from the first over their mutual-TLS peer link while the
+/// registry is stopped, and runs the same bytes. The registry served the
+/// image once, to the first host.
+#[test]
+fn a_second_host_fetches_the_image_from_its_peer_while_the_registry_is_down() {
+    let mut registry = Registry::start();
+    let (image, _) = registry.publish_variant("peer", "1", "peer");
+    let control = ControlPlane::start();
+    let name = unique_site("peer");
+    control.apply(&site(&name, "group: peer")).success();
+    let application = format!(
+        "apiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: pos }}\nspec:\n  version: \"1\"\n  services:\n    - name: api\n      mode: per-host\n      containers:\n        - name: api\n          image: {image}\n          command: [\"sh\", \"-c\", \"sleep 3600\"]\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: pos }}\nspec: {{ application: pos, sites: \"group = peer\" }}\n"
+    );
+    control.apply(&application).success();
+
+    let first = Agent::enroll_with(&control, &name, "h1", &["--site-listen", &free_address()]);
+    let on_first = format!("outpost.{name}.pos-api-h1.api");
+    let (_, first_image, _) = eventually(Duration::from_secs(60), "h1 running", || running(&on_first));
+    let served = registry.bytes_served();
+    assert!(served > 0, "h1 pulled from the registry");
+
+    // The uplink goes: the registry stops. A second host, with its own
+    // engine (nothing shared with h1's), joins the site.
+    registry.stop();
+    let engine = crate::common::engine::Engine::start();
+    let second = Agent::enroll_on(
+        &control,
+        &name,
+        "h2",
+        &["--site-listen", &free_address()],
+        &engine.host,
+    );
+    let on_second = format!("outpost.{name}.pos-api-h2.api");
+    let second_image = eventually(Duration::from_secs(90), "h2 running from its peer's image", || {
+        let running = engine.output(&["inspect", "-f", "{{.State.Running}} {{.Image}}", &on_second]);
+        running.strip_prefix("true ").map(str::to_string)
+    });
+    assert_eq!(second_image, first_image, "h2 runs the bytes h1 pulled");
+    assert!(second.logged("image fetched from a peer of this site"), "h2 says where it came from");
+    assert!(first.logged("serving an image to a peer"), "h1 says whom it served");
+    assert_eq!(registry.bytes_served(), served, "the registry served the image once");
+    drop(second);
+}

@@ -163,7 +163,7 @@ proptest! {
         base in 0u64..3,
     ) {
         let held = state(vec![workload("web", "1")]);
-        let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed, secrets: Vec::new(), staged: Vec::new() };
+        let manifest = SiteManifest { revision: 2, base_revision: base, full, workloads, removed, ..Default::default() };
         let before = held.clone();
         let _ = apply_manifest((1, &held), &manifest);
         prop_assert_eq!(held, before);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use outpost_api::client_config::ClientConfig;
 
+pub mod engine;
 pub mod lab;
 pub mod registry;
 
@@ -442,6 +443,8 @@ pub struct Agent {
     pub rust_log: String,
     /// Every line it logged, across restarts.
     log: Log,
+    /// Extra environment of its process (`DOCKER_HOST`).
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -459,7 +462,14 @@ impl Agent {
     /// Like `enroll`, with `RUST_LOG` set to `rust_log`.
     pub fn enroll_logging(control: &ControlPlane, site: &str, host: &str, rust_log: &str) -> Agent {
         let token = control.join_token(site);
-        Agent::spawned(control, site, host, &token, &[], rust_log)
+        Agent::spawned(control, site, host, &token, &[], rust_log, &[])
+    }
+
+    /// Like `enroll_with`, on another Docker Engine (`DOCKER_HOST`).
+    pub fn enroll_on(control: &ControlPlane, site: &str, host: &str, args: &[&str], docker_host: &str) -> Agent {
+        let token = control.join_token(site);
+        let env = [("DOCKER_HOST".to_string(), docker_host.to_string())];
+        Agent::spawned(control, site, host, &token, args, "info", &env)
     }
 
     /// Like `enroll_with`, with a join token made beforehand.
@@ -470,7 +480,7 @@ impl Agent {
         token: &str,
         args: &[&str],
     ) -> Agent {
-        Agent::spawned(control, site, host, token, args, "info")
+        Agent::spawned(control, site, host, token, args, "info", &[])
     }
 
     fn spawned(
@@ -480,6 +490,7 @@ impl Agent {
         token: &str,
         args: &[&str],
         rust_log: &str,
+        env: &[(String, String)],
     ) -> Agent {
         let mut agent = Agent {
             dir: tempfile::tempdir().unwrap(),
@@ -490,6 +501,7 @@ impl Agent {
             child: None,
             rust_log: rust_log.to_string(),
             log: Log::default(),
+            env: env.to_vec(),
         };
         agent.spawn(Some(token));
         agent
@@ -538,6 +550,7 @@ impl Agent {
         command.arg("--secrets-dir").arg(self.secrets_dir());
         command
             .env("RUST_LOG", &self.rust_log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(token) = token {

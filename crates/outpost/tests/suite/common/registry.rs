@@ -36,7 +36,7 @@ impl Registry {
         let address = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         let mut text = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
             dir.path().join("data").display()
         );
         if let Some((user, password)) = login {
@@ -61,13 +61,7 @@ impl Registry {
             ));
         }
         std::fs::write(&config, text).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian's package, which scripts/test installs)");
+        let child = serve(dir.path());
         let docker_config = login.map(|_| {
             let docker_config = dir.path().join("docker");
             std::fs::create_dir_all(&docker_config).unwrap();
@@ -171,14 +165,39 @@ impl Registry {
 
     /// Serves again, on the same address and storage.
     pub fn resume(&mut self) {
-        self.child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.child = serve(self.dir.path());
     }
+
+    /// The bytes the registry has sent in answer to pulls (`GET`s), as
+    /// its log of completed responses counts them: what sites took over
+    /// their uplinks from it.
+    pub fn bytes_served(&self) -> u64 {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains("response completed") && line.contains("http.request.method=GET"))
+            .filter_map(|line| {
+                let (_, after) = line.split_once("http.response.written=")?;
+                after.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+}
+
+/// Starts `docker-registry` on the configuration in `dir`; its log goes
+/// to `dir/registry.log` (appended to across restarts).
+fn serve(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry (Debian's package, which scripts/test installs)")
 }
 
 impl Drop for Registry {

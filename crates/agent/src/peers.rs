@@ -1,0 +1,430 @@
+//! The hosts of one site fetch images from each other before they ask the
+//! registry, so a site pulls each image over its uplink once.
+//!
+//! Each agent started with `--site-listen` serves `SitePeer` there. The
+//! control plane tells every host of the site where the others listen
+//! (`SiteState::peers`, kept in `agent.db` with the rest of the desired
+//! state, so a site whose uplink is down still knows them). Both sides of a
+//! peer connection present their host certificates, checked against the
+//! control plane's CA; each accepts only a certificate naming its own
+//! site and a host the control plane named as a peer (a host taken out of
+//! the site is dropped from the list, and refused).
+//!
+//! A host that lacks an image asks each peer in turn: the first that holds
+//! it streams `docker save` of it, which the asking host loads. A peer that
+//! does not answer in `CONNECT_TIMEOUT`, or stalls for `IDLE_TIMEOUT` in the
+//! middle of an image, is given up, and the next peer or the registry is
+//! asked instead: a hung peer never stalls a pull.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use outpost_api::workload::{Peer, SiteState};
+use outpost_proto::identity::host_certificate;
+use outpost_proto::v1::site_peer_client::SitePeerClient;
+use outpost_proto::v1::site_peer_server::{SitePeer, SitePeerServer};
+use outpost_proto::v1::{ImageChunk, ImageRequest};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::runtime::Runtime;
+
+/// How long a peer may take to connect and say whether it holds an image.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer may go without sending a byte in the middle of an image.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connecting peer may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest image reference a peer may ask for.
+const MAX_REFERENCE: usize = 512;
+
+/// An image archive as it streams in or out.
+pub type Archive = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Where this host listens for its site's other hosts, and where they
+/// reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    pub listen: SocketAddr,
+    pub address: String,
+}
+
+/// `--site-listen` and `--site-address`: the address peers dial defaults
+/// to the one listened on, which then must name one interface.
+pub fn listening(listen: Option<SocketAddr>, address: Option<&str>) -> Result<Option<Listening>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let address = match address {
+        Some(address) => {
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            anyhow::ensure!(valid, "--site-address {address:?}: expected HOST:PORT");
+            address.to_string()
+        }
+        None if listen.ip().is_unspecified() => anyhow::bail!(
+            "--site-listen {listen} listens on every interface: say where the site's other hosts reach this one with --site-address HOST:PORT"
+        ),
+        None => listen.to_string(),
+    };
+    Ok(Some(Listening { listen, address }))
+}
+
+/// The host's certificate and key, and the CA, for peer connections.
+pub struct PeerTls {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PeerTls {
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<PeerTls> {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.context("reading the CA certificate")?)?;
+        }
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("reading the host certificate")?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .context("reading the host key")?
+            .context("the host key file holds no key")?;
+        Ok(PeerTls {
+            roots: Arc::new(roots),
+            chain,
+            key,
+            provider: crate::tls::provider(),
+        })
+    }
+
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>> {
+        Ok(WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build()?)
+    }
+
+    /// To serve peers: every client must present a host certificate of our CA.
+    fn server(&self) -> Result<Arc<ServerConfig>> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(self.verifier()?)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// To ask `host` of `site`: it must present that host's certificate.
+    fn client(&self, site: &str, host: &str) -> Result<Arc<ClientConfig>> {
+        let verifier = Arc::new(PeerVerifier {
+            inner: self.verifier()?,
+            site: site.to_string(),
+            host: host.to_string(),
+            provider: self.provider.clone(),
+        });
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// A peer's certificate is a host certificate (made for client auth): it is
+/// checked as one, chained to our CA, and must name the peer we dialled.
+#[derive(Debug)]
+struct PeerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    site: String,
+    host: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match host_certificate(end_entity) {
+            Some(named) if named.site == self.site && named.host == self.host => Ok(ServerCertVerified::assertion()),
+            Some(named) => Err(rustls::Error::General(format!(
+                "the peer at this address is {}/{}, not {}/{}",
+                named.site, named.host, self.site, self.host
+            ))),
+            None => Err(rustls::Error::General(
+                "the peer's certificate names no site and host".to_string(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether `host` of `site` may talk to us: the control plane named it a
+/// peer of our site in the desired state we hold.
+fn is_peer(desired: &watch::Receiver<(u64, SiteState)>, site: &str, ours: &str, named: (&str, &str)) -> bool {
+    named.0 == site && named.1 != ours && desired.borrow().1.peers.iter().any(|p| p.host == named.1)
+}
+
+/// Asks the site's other hosts for images.
+pub struct Peers {
+    site: String,
+    host: String,
+    tls: Arc<PeerTls>,
+    desired: watch::Receiver<(u64, SiteState)>,
+}
+
+impl Peers {
+    pub fn new(site: &str, host: &str, tls: Arc<PeerTls>, desired: watch::Receiver<(u64, SiteState)>) -> Peers {
+        Peers {
+            site: site.to_string(),
+            host: host.to_string(),
+            tls,
+            desired,
+        }
+    }
+
+    /// The site's other hosts, in the order they are asked.
+    pub fn others(&self) -> Vec<Peer> {
+        self.desired
+            .borrow()
+            .1
+            .peers
+            .iter()
+            .filter(|p| p.host != self.host)
+            .cloned()
+            .collect()
+    }
+
+    /// Asks one peer for an image: its ID and archive if the peer holds it.
+    /// The archive fails if the peer stalls for `IDLE_TIMEOUT`.
+    pub async fn ask(&self, peer: &Peer, reference: &str) -> Result<Option<(String, Archive)>> {
+        let tls = self.tls.client(&self.site, &peer.host)?;
+        let server = format!("https://{}", peer.address);
+        let asked = async {
+            let channel = crate::tls::peer_channel(&server, &peer.host, tls).await?;
+            let mut chunks = SitePeerClient::new(channel)
+                .fetch_image(ImageRequest {
+                    reference: reference.to_string(),
+                })
+                .await
+                .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                .into_inner();
+            let first = chunks
+                .message()
+                .await
+                .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                .context("the peer closed the stream")?;
+            anyhow::Ok((first, chunks))
+        };
+        let (first, chunks) = tokio::time::timeout(CONNECT_TIMEOUT, asked)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+        if first.image_id.is_empty() {
+            return Ok(None);
+        }
+        let host = peer.host.clone();
+        let archive = futures_util::stream::unfold((chunks, Some(first.data)), move |(mut chunks, pending)| {
+            let host = host.clone();
+            async move {
+                if let Some(data) = pending.filter(|d| !d.is_empty()) {
+                    return Some((Ok(Bytes::from(data)), (chunks, None)));
+                }
+                match tokio::time::timeout(IDLE_TIMEOUT, chunks.message()).await {
+                    Err(_) => Some((
+                        Err(anyhow::anyhow!("peer {host} sent nothing for {IDLE_TIMEOUT:?}")),
+                        (chunks, None),
+                    )),
+                    Ok(Err(status)) => Some((
+                        Err(anyhow::anyhow!("peer {host}: {}", status.message())),
+                        (chunks, None),
+                    )),
+                    Ok(Ok(None)) => None,
+                    Ok(Ok(Some(chunk))) => Some((Ok(Bytes::from(chunk.data)), (chunks, None))),
+                }
+            }
+        })
+        .scan(false, |failed, item: Result<Bytes>| {
+            // Nothing after the first error.
+            let next = (!*failed).then_some(item);
+            *failed |= next.as_ref().is_some_and(|i| i.is_err());
+            std::future::ready(next)
+        });
+        Ok(Some((first.image_id, Box::pin(archive))))
+    }
+}
+
+struct Service {
+    site: String,
+    host: String,
+    runtime: Arc<dyn Runtime>,
+    desired: watch::Receiver<(u64, SiteState)>,
+}
+
+#[tonic::async_trait]
+impl SitePeer for Service {
+    type FetchImageStream = Pin<Box<dyn Stream<Item = Result<ImageChunk, Status>> + Send>>;
+
+    async fn fetch_image(&self, request: Request<ImageRequest>) -> Result<Response<Self::FetchImageStream>, Status> {
+        let named = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
+        let Some(named) = named.filter(|n| is_peer(&self.desired, &self.site, &self.host, (&n.site, &n.host)))
+        else {
+            return Err(Status::permission_denied("not a peer of this site"));
+        };
+        let reference = request.into_inner().reference;
+        if reference.is_empty()
+            || reference.len() > MAX_REFERENCE
+            || reference.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Status::invalid_argument(format!(
+                "the reference is empty, longer than {MAX_REFERENCE} bytes, or holds blanks"
+            )));
+        }
+        let exported = self
+            .runtime
+            .export_image(&reference)
+            .await
+            .map_err(|err| Status::unavailable(format!("{err:#}")))?;
+        let Some((image_id, archive)) = exported else {
+            let none = ImageChunk::default();
+            return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(none)]))));
+        };
+        tracing::info!(peer = %named.host, image = %reference, "serving an image to a peer");
+        let first = ImageChunk {
+            image_id,
+            data: Vec::new(),
+        };
+        let rest = archive.map(|chunk| {
+            chunk
+                .map(|data| ImageChunk {
+                    image_id: String::new(),
+                    data: data.to_vec(),
+                })
+                .map_err(|err| Status::unavailable(format!("{err:#}")))
+        });
+        Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(first)]).chain(rest))))
+    }
+}
+
+/// Binds `--site-listen` (at start, so a taken port stops the agent).
+pub async fn bind(listening: &Listening) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listening.listen)
+        .await
+        .with_context(|| format!("--site-listen {}", listening.listen))
+}
+
+/// Serves the site's other hosts until `shutdown`.
+pub async fn serve(
+    (listener, listening): (tokio::net::TcpListener, Listening),
+    tls: Arc<PeerTls>,
+    (site, host): (String, String),
+    runtime: Arc<dyn Runtime>,
+    desired: watch::Receiver<(u64, SiteState)>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server()?);
+    tracing::info!(listen = %listening.listen, address = %listening.address, "serving the site's other hosts");
+    let (sender, connections) = tokio::sync::mpsc::channel(16);
+    let accepting = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            loop {
+                let (tcp, remote) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            tracing::warn!(%err, "accepting a peer connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+                };
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send(Ok::<_, std::io::Error>(stream)).await;
+                        }
+                        Ok(Err(err)) => tracing::warn!(%remote, %err, "a peer's TLS handshake failed"),
+                        Err(_) => tracing::warn!(%remote, "a peer's TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    };
+    tokio::spawn(accepting);
+    let service = Service {
+        site,
+        host,
+        runtime,
+        desired,
+    };
+    tonic::transport::Server::builder()
+        .add_service(SitePeerServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(connections), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("serving peers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_peers_dial_must_name_one_interface() {
+        let any: SocketAddr = "0.0.0.0:7803".parse().unwrap();
+        let one: SocketAddr = "10.0.0.5:7803".parse().unwrap();
+        assert_eq!(listening(None, None).unwrap(), None);
+        assert_eq!(listening(Some(one), None).unwrap().unwrap().address, "10.0.0.5:7803");
+        let err = listening(Some(any), None).unwrap_err().to_string();
+        assert!(err.contains("--site-address"), "{err}");
+        assert_eq!(
+            listening(Some(any), Some("till-2.local:7803")).unwrap().unwrap().address,
+            "till-2.local:7803"
+        );
+        let err = listening(Some(any), Some("till-2.local")).unwrap_err().to_string();
+        assert!(err.contains("expected HOST:PORT"), "{err}");
+    }
+}
