@@ -11,7 +11,12 @@
 //! the site is dropped from the list, and refused).
 //!
 //! A host that lacks an image asks each peer in turn: the first that holds
-//! it streams `docker save` of it, which the asking host loads. A peer that
+//! it streams `docker save` of it, which the asking host loads. So that a
+//! site takes each image over its uplink once, hosts that find no peer
+//! holding it do not all go to the registry at once: the first host of the
+//! site (by name) pulls straight away, and every other waits `STAGGER` per
+//! host before it, asking again meanwhile; a peer that says it is pulling
+//! the image is waited for (up to `PULLING_WAIT`). A peer that
 //! does not answer in `CONNECT_TIMEOUT`, or stalls for `IDLE_TIMEOUT` in the
 //! middle of an image, is given up, and the next peer or the registry is
 //! asked instead: a hung peer never stalls a pull.
@@ -51,6 +56,23 @@ const MAX_REFERENCE: usize = 512;
 
 /// An image archive as it streams in or out.
 pub type Archive = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// What a peer says when asked for an image.
+pub enum Offer {
+    /// It holds it: the image ID, and the archive streaming in.
+    Holds(String, Archive),
+    /// It is pulling it from its registry now.
+    Pulling,
+    /// Neither.
+    Lacks,
+}
+
+/// How long a host waits before it pulls from the registry itself, per
+/// place it takes in the site's order of hosts: the first pulls at once,
+/// the others ask again meanwhile and find it pulling (or holding).
+pub const STAGGER: Duration = Duration::from_secs(2);
+/// How long a host waits for a peer that says it is pulling an image.
+pub const PULLING_WAIT: Duration = Duration::from_secs(600);
 
 /// Where this host listens for its site's other hosts, and where they
 /// reach it.
@@ -163,7 +185,9 @@ impl ServerCertVerifier for PeerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
         match host_certificate(end_entity) {
-            Some(named) if named.site == self.site && named.host == self.host => Ok(ServerCertVerified::assertion()),
+            Some(named) if named.site == self.site && named.host == self.host => {
+                Ok(ServerCertVerified::assertion())
+            }
             Some(named) => Err(rustls::Error::General(format!(
                 "the peer at this address is {}/{}, not {}/{}",
                 named.site, named.host, self.site, self.host
@@ -180,7 +204,12 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -189,11 +218,18 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -212,7 +248,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(site: &str, host: &str, tls: Arc<PeerTls>, desired: watch::Receiver<(u64, SiteState)>) -> Peers {
+    pub fn new(
+        site: &str,
+        host: &str,
+        tls: Arc<PeerTls>,
+        desired: watch::Receiver<(u64, SiteState)>,
+    ) -> Peers {
         Peers {
             site: site.to_string(),
             host: host.to_string(),
@@ -233,9 +274,21 @@ impl Peers {
             .collect()
     }
 
-    /// Asks one peer for an image: its ID and archive if the peer holds it.
-    /// The archive fails if the peer stalls for `IDLE_TIMEOUT`.
-    pub async fn ask(&self, peer: &Peer, reference: &str) -> Result<Option<(String, Archive)>> {
+    /// Where this host comes in the site's order of hosts (by name): how
+    /// many `STAGGER`s it lets pass before it pulls from the registry.
+    pub fn rank(&self) -> u32 {
+        self.desired
+            .borrow()
+            .1
+            .peers
+            .iter()
+            .filter(|p| p.host < self.host)
+            .count() as u32
+    }
+
+    /// Asks one peer for an image. The archive fails if the peer stalls
+    /// for `IDLE_TIMEOUT`.
+    pub async fn ask(&self, peer: &Peer, reference: &str) -> Result<Offer> {
         let tls = self.tls.client(&self.site, &peer.host)?;
         let server = format!("https://{}", peer.address);
         let asked = async {
@@ -258,36 +311,41 @@ impl Peers {
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
         if first.image_id.is_empty() {
-            return Ok(None);
+            return Ok(if first.pulling {
+                Offer::Pulling
+            } else {
+                Offer::Lacks
+            });
         }
         let host = peer.host.clone();
-        let archive = futures_util::stream::unfold((chunks, Some(first.data)), move |(mut chunks, pending)| {
-            let host = host.clone();
-            async move {
-                if let Some(data) = pending.filter(|d| !d.is_empty()) {
-                    return Some((Ok(Bytes::from(data)), (chunks, None)));
+        let archive =
+            futures_util::stream::unfold((chunks, Some(first.data)), move |(mut chunks, pending)| {
+                let host = host.clone();
+                async move {
+                    if let Some(data) = pending.filter(|d| !d.is_empty()) {
+                        return Some((Ok(Bytes::from(data)), (chunks, None)));
+                    }
+                    match tokio::time::timeout(IDLE_TIMEOUT, chunks.message()).await {
+                        Err(_) => Some((
+                            Err(anyhow::anyhow!("peer {host} sent nothing for {IDLE_TIMEOUT:?}")),
+                            (chunks, None),
+                        )),
+                        Ok(Err(status)) => Some((
+                            Err(anyhow::anyhow!("peer {host}: {}", status.message())),
+                            (chunks, None),
+                        )),
+                        Ok(Ok(None)) => None,
+                        Ok(Ok(Some(chunk))) => Some((Ok(Bytes::from(chunk.data)), (chunks, None))),
+                    }
                 }
-                match tokio::time::timeout(IDLE_TIMEOUT, chunks.message()).await {
-                    Err(_) => Some((
-                        Err(anyhow::anyhow!("peer {host} sent nothing for {IDLE_TIMEOUT:?}")),
-                        (chunks, None),
-                    )),
-                    Ok(Err(status)) => Some((
-                        Err(anyhow::anyhow!("peer {host}: {}", status.message())),
-                        (chunks, None),
-                    )),
-                    Ok(Ok(None)) => None,
-                    Ok(Ok(Some(chunk))) => Some((Ok(Bytes::from(chunk.data)), (chunks, None))),
-                }
-            }
-        })
-        .scan(false, |failed, item: Result<Bytes>| {
-            // Nothing after the first error.
-            let next = (!*failed).then_some(item);
-            *failed |= next.as_ref().is_some_and(|i| i.is_err());
-            std::future::ready(next)
-        });
-        Ok(Some((first.image_id, Box::pin(archive))))
+            })
+            .scan(false, |failed, item: Result<Bytes>| {
+                // Nothing after the first error.
+                let next = (!*failed).then_some(item);
+                *failed |= next.as_ref().is_some_and(|i| i.is_err());
+                std::future::ready(next)
+            });
+        Ok(Offer::Holds(first.image_id, Box::pin(archive)))
     }
 }
 
@@ -302,11 +360,15 @@ struct Service {
 impl SitePeer for Service {
     type FetchImageStream = Pin<Box<dyn Stream<Item = Result<ImageChunk, Status>> + Send>>;
 
-    async fn fetch_image(&self, request: Request<ImageRequest>) -> Result<Response<Self::FetchImageStream>, Status> {
+    async fn fetch_image(
+        &self,
+        request: Request<ImageRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
         let named = request
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
-        let Some(named) = named.filter(|n| is_peer(&self.desired, &self.site, &self.host, (&n.site, &n.host)))
+        let Some(named) =
+            named.filter(|n| is_peer(&self.desired, &self.site, &self.host, (&n.site, &n.host)))
         else {
             return Err(Status::permission_denied("not a peer of this site"));
         };
@@ -325,23 +387,28 @@ impl SitePeer for Service {
             .await
             .map_err(|err| Status::unavailable(format!("{err:#}")))?;
         let Some((image_id, archive)) = exported else {
-            let none = ImageChunk::default();
+            let none = ImageChunk {
+                pulling: self.runtime.is_pulling(&reference),
+                ..Default::default()
+            };
             return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(none)]))));
         };
         tracing::info!(peer = %named.host, image = %reference, "serving an image to a peer");
         let first = ImageChunk {
             image_id,
-            data: Vec::new(),
+            ..Default::default()
         };
         let rest = archive.map(|chunk| {
             chunk
                 .map(|data| ImageChunk {
-                    image_id: String::new(),
                     data: data.to_vec(),
+                    ..Default::default()
                 })
                 .map_err(|err| Status::unavailable(format!("{err:#}")))
         });
-        Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(first)]).chain(rest))))
+        Ok(Response::new(Box::pin(
+            futures_util::stream::iter([Ok(first)]).chain(rest),
+        )))
     }
 }
 
@@ -401,9 +468,12 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .add_service(SitePeerServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(connections), async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(connections),
+            async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            },
+        )
         .await
         .context("serving peers")
 }
@@ -412,19 +482,82 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// A CA and a host certificate of `site`/`host` it signed, as PEM.
+    fn credentials(site: &str, host: &str) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            outpost_proto::identity::host_identity_uri(site, host)
+                .try_into()
+                .unwrap(),
+        )];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    /// containerd #4861: a peer that accepts and then says nothing must
+    /// not hold a pull; it is given up after `CONNECT_TIMEOUT`.
+    #[tokio::test]
+    async fn a_hung_peer_is_given_up() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (ca, cert, key) = credentials("shop", "h1");
+        let tls = Arc::new(PeerTls::new(&ca, &cert, &key).unwrap());
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = hung.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (socket, _) = hung.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        let state = SiteState {
+            peers: vec![Peer {
+                host: "h2".into(),
+                address,
+            }],
+            ..Default::default()
+        };
+        let (_sender, desired) = watch::channel((1, state));
+        let peers = Peers::new("shop", "h1", tls, desired);
+        let started = std::time::Instant::now();
+        let peer = peers.others().pop().unwrap();
+        let asked = peers.ask(&peer, "registry.example/pos:1").await;
+        let err = match asked {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("a silent peer offered something"),
+        };
+        assert!(err.contains("no answer within"), "{err}");
+        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(2));
+        assert_eq!(peers.rank(), 0, "h1 comes before h2");
+        held.abort();
+    }
+
     #[test]
     fn the_address_peers_dial_must_name_one_interface() {
         let any: SocketAddr = "0.0.0.0:7803".parse().unwrap();
         let one: SocketAddr = "10.0.0.5:7803".parse().unwrap();
         assert_eq!(listening(None, None).unwrap(), None);
-        assert_eq!(listening(Some(one), None).unwrap().unwrap().address, "10.0.0.5:7803");
+        assert_eq!(
+            listening(Some(one), None).unwrap().unwrap().address,
+            "10.0.0.5:7803"
+        );
         let err = listening(Some(any), None).unwrap_err().to_string();
         assert!(err.contains("--site-address"), "{err}");
         assert_eq!(
-            listening(Some(any), Some("till-2.local:7803")).unwrap().unwrap().address,
+            listening(Some(any), Some("till-2.local:7803"))
+                .unwrap()
+                .unwrap()
+                .address,
             "till-2.local:7803"
         );
-        let err = listening(Some(any), Some("till-2.local")).unwrap_err().to_string();
+        let err = listening(Some(any), Some("till-2.local"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected HOST:PORT"), "{err}");
     }
 }

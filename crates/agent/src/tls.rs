@@ -156,7 +156,8 @@ async fn connect(
         .to_string();
     let port = uri.port_u16().unwrap_or(7801);
     let name = name.unwrap_or(&host).to_string();
-    let name = ServerName::try_from(name.clone()).with_context(|| format!("{name:?} is not a valid server name"))?;
+    let name =
+        ServerName::try_from(name.clone()).with_context(|| format!("{name:?} is not a valid server name"))?;
     let connector = tower::service_fn(move |_: Uri| {
         let (tls, host, name, traffic) = (tls.clone(), host.clone(), name.clone(), traffic.clone());
         async move {

@@ -166,7 +166,6 @@ pub fn new_serial() -> String {
     hex::encode(bytes)
 }
 
-
 fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
     let mut reader = pem.as_bytes();
     rustls_pemfile::certs(&mut reader)

@@ -34,6 +34,8 @@ pub struct Docker {
     pulled: parking_lot::Mutex<Vec<String>>,
     /// The site's other hosts, asked for an image before the registry.
     peers: std::sync::OnceLock<Arc<crate::peers::Peers>>,
+    /// What is being pulled from a registry now (peers are told so).
+    pulling: parking_lot::Mutex<BTreeSet<String>>,
 }
 
 impl Docker {
@@ -55,6 +57,7 @@ impl Docker {
             credentials,
             pulled: Default::default(),
             peers: Default::default(),
+            pulling: Default::default(),
         })
     }
 
@@ -75,31 +78,57 @@ impl Docker {
         self.client.inspect_image(&local).await.is_ok().then_some(local)
     }
 
-    /// Fetches an image from the first peer that holds it; whether one did.
+    /// Fetches an image from the site's other hosts; whether one had it.
+    /// Gives up (for the registry) once no peer holds or pulls it and this
+    /// host's turn (`peers::STAGGER` per host before it) has come.
     async fn fetch_from_peers(&self, image: &str, progress: &super::Progress<'_>) -> bool {
         let Some(peers) = self.peers.get() else {
             return false;
         };
-        for peer in peers.others() {
-            let offered = match peers.ask(&peer, image).await {
-                Ok(Some(offered)) => offered,
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::info!(peer = %peer.host, %image, err = format!("{err:#}"), "a peer could not be asked; trying the next or the registry");
-                    continue;
-                }
-            };
-            match self.load(image, offered, progress).await {
-                Ok(bytes) => {
-                    tracing::info!(peer = %peer.host, %image, bytes, "image fetched from a peer of this site");
-                    return true;
-                }
-                Err(err) => {
-                    tracing::warn!(peer = %peer.host, %image, err = format!("{err:#}"), "fetching from a peer failed; trying the next or the registry");
+        let started = tokio::time::Instant::now();
+        let turn = started + crate::peers::STAGGER * peers.rank();
+        loop {
+            let mut pulling = false;
+            for peer in peers.others() {
+                let offered = match peers.ask(&peer, image).await {
+                    Ok(crate::peers::Offer::Holds(id, archive)) => (id, archive),
+                    Ok(crate::peers::Offer::Pulling) => {
+                        pulling = true;
+                        continue;
+                    }
+                    Ok(crate::peers::Offer::Lacks) => continue,
+                    Err(err) => {
+                        tracing::info!(peer = %peer.host, %image, err = format!("{err:#}"), "a peer could not be asked; trying the next or the registry");
+                        continue;
+                    }
+                };
+                match self.load(image, offered, progress).await {
+                    Ok(bytes) => {
+                        tracing::info!(peer = %peer.host, %image, bytes, "image fetched from a peer of this site");
+                        return true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(peer = %peer.host, %image, err = format!("{err:#}"), "fetching from a peer failed; trying the next or the registry");
+                    }
                 }
             }
+            let now = tokio::time::Instant::now();
+            let waiting = if pulling {
+                now.duration_since(started) < crate::peers::PULLING_WAIT
+            } else {
+                now < turn
+            };
+            if !waiting {
+                return false;
+            }
+            // Ask again in a moment (no later than this host's turn).
+            let pause = if pulling {
+                crate::peers::STAGGER
+            } else {
+                turn.saturating_duration_since(now).min(crate::peers::STAGGER)
+            };
+            tokio::time::sleep(pause).await;
         }
-        false
     }
 
     /// Loads an image archive from a peer and names it as the desired
@@ -121,7 +150,10 @@ impl Docker {
                 chunk.map_err(std::io::Error::other)
             })
         };
-        let options = bollard::query_parameters::ImportImageOptions { quiet: true, ..Default::default() };
+        let options = bollard::query_parameters::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
         let mut steps = self.client.import_image_stream(options, archive, None);
         while let Some(step) = steps.next().await {
             step.with_context(|| format!("loading {reference} from a peer"))?;
@@ -195,6 +227,18 @@ impl Docker {
         if self.fetch_from_peers(image, progress).await {
             return Ok(());
         }
+        self.pulling.lock().insert(image.to_string());
+        let pulled = self.pull_from_registry(image, extra, progress).await;
+        self.pulling.lock().remove(image);
+        pulled
+    }
+
+    async fn pull_from_registry(
+        &self,
+        image: &str,
+        extra: &[crate::registry::Credential],
+        progress: &super::Progress<'_>,
+    ) -> Result<()> {
         let credential = crate::registry::for_image(extra, image)
             .or_else(|| crate::registry::for_image(&self.credentials, image));
         // The credential itself is never logged, only whether there is one.
@@ -527,7 +571,10 @@ impl Runtime for Docker {
     }
 
     async fn remove_image(&self, reference: &str) -> Result<()> {
-        let reference = self.resolve(reference).await.unwrap_or_else(|| reference.to_string());
+        let reference = self
+            .resolve(reference)
+            .await
+            .unwrap_or_else(|| reference.to_string());
         self.client
             .remove_image(
                 &reference,
@@ -653,6 +700,10 @@ impl Runtime for Docker {
         progress: &super::Progress<'_>,
     ) -> Result<()> {
         self.pull(image, credentials, progress).await
+    }
+
+    fn is_pulling(&self, reference: &str) -> bool {
+        self.pulling.lock().contains(reference)
     }
 
     async fn export_image(&self, reference: &str) -> Result<Option<(String, crate::peers::Archive)>> {
@@ -794,4 +845,3 @@ mod tests {
         assert_eq!(exit_code("Up 3 seconds"), None);
     }
 }
-

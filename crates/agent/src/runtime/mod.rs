@@ -120,6 +120,12 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether this host is pulling `reference` from its registry now.
+    fn is_pulling(&self, reference: &str) -> bool {
+        let _ = reference;
+        false
+    }
+
     /// The images pulled since the last call (for events).
     fn pulled(&self) -> Vec<String> {
         Vec::new()

@@ -417,13 +417,27 @@ fn a_second_host_fetches_the_image_from_its_peer_while_the_registry_is_down() {
         &engine.host,
     );
     let on_second = format!("outpost.{name}.pos-api-h2.api");
-    let second_image = eventually(Duration::from_secs(90), "h2 running from its peer's image", || {
-        let running = engine.output(&["inspect", "-f", "{{.State.Running}} {{.Image}}", &on_second]);
-        running.strip_prefix("true ").map(str::to_string)
-    });
+    let second_image = eventually(
+        Duration::from_secs(90),
+        "h2 running from its peer's image",
+        || {
+            let running = engine.output(&["inspect", "-f", "{{.State.Running}} {{.Image}}", &on_second]);
+            running.strip_prefix("true ").map(str::to_string)
+        },
+    );
     assert_eq!(second_image, first_image, "h2 runs the bytes h1 pulled");
-    assert!(second.logged("image fetched from a peer of this site"), "h2 says where it came from");
-    assert!(first.logged("serving an image to a peer"), "h1 says whom it served");
-    assert_eq!(registry.bytes_served(), served, "the registry served the image once");
+    assert!(
+        second.logged("image fetched from a peer of this site"),
+        "h2 says where it came from"
+    );
+    assert!(
+        first.logged("serving an image to a peer"),
+        "h1 says whom it served"
+    );
+    assert_eq!(
+        registry.bytes_served(),
+        served,
+        "the registry served the image once"
+    );
     drop(second);
 }

@@ -30,7 +30,12 @@ impl Engine {
         let child = Command::new("dockerd")
             .args(["--config-file", &path("daemon.json")])
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
-            .args(["--pidfile", &path("docker.pid"), "-H", &format!("unix://{socket}")])
+            .args([
+                "--pidfile",
+                &path("docker.pid"),
+                "-H",
+                &format!("unix://{socket}"),
+            ])
             .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
             .args(["--storage-driver", "vfs"])
             .stdout(Stdio::null())
@@ -42,9 +47,11 @@ impl Engine {
             dir,
             child,
         };
-        eventually(Duration::from_secs(60), "the second Docker Engine answering", || {
-            engine.docker(&["info", "--format", "{{.Driver}}"]).then_some(())
-        });
+        eventually(
+            Duration::from_secs(60),
+            "the second Docker Engine answering",
+            || engine.docker(&["info", "--format", "{{.Driver}}"]).then_some(()),
+        );
         engine
     }
 

@@ -466,7 +466,13 @@ impl Agent {
     }
 
     /// Like `enroll_with`, on another Docker Engine (`DOCKER_HOST`).
-    pub fn enroll_on(control: &ControlPlane, site: &str, host: &str, args: &[&str], docker_host: &str) -> Agent {
+    pub fn enroll_on(
+        control: &ControlPlane,
+        site: &str,
+        host: &str,
+        args: &[&str],
+        docker_host: &str,
+    ) -> Agent {
         let token = control.join_token(site);
         let env = [("DOCKER_HOST".to_string(), docker_host.to_string())];
         Agent::spawned(control, site, host, &token, args, "info", &env)
