@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::registry::Registry;
-use crate::common::{Agent, ControlPlane, docker, docker_maybe, eventually, site, unique_site};
+use crate::common::{Agent, ControlPlane, docker, docker_maybe, eventually, free_address, site, unique_site};
 
 fn application(group: &str, image: &str) -> String {
     versioned_application(group, "1", image)
@@ -375,12 +375,6 @@ fn a_prestaged_rollout_switches_each_site_once_it_holds_the_images() {
     eventually(Duration::from_secs(90), "the healed site running 2", || {
         (lab_version(&sites[2]).as_deref() == Some("2")).then_some(())
     });
-}
-
-/// A loopback address with a free port, for an agent's `--site-listen`.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 /// Peer fetch: a site's second host, on an engine of its own, gets the

@@ -379,6 +379,12 @@ pub fn application(name: &str, version: &str) -> String {
 }
 
 /// A site name no other test (or earlier run) uses.
+/// A loopback address with a free port (`--site-listen`).
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 pub fn unique_site(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
