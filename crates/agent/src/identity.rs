@@ -55,6 +55,13 @@ fn paths(data_dir: &Path) -> Paths {
     }
 }
 
+/// The CA an enrolled host trusts, as PEM (what offline bundles are
+/// checked against).
+pub fn ca_pem(data_dir: &Path) -> Result<String> {
+    let path = paths(data_dir).ca;
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
 /// Loads the credentials of an enrolled host, if it is one.
 pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
     let paths = paths(data_dir);

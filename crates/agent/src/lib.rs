@@ -9,6 +9,7 @@ pub mod facts;
 pub mod health;
 pub mod identity;
 pub mod images;
+pub mod import;
 pub mod journal;
 pub mod logs;
 pub mod metrics;
@@ -78,7 +79,9 @@ pub enum RuntimeKind {
     Process,
 }
 
-fn registry_credentials(explicit: Option<&std::path::Path>) -> Result<Vec<registry::Credential>> {
+/// Registry credentials: `explicit`, or the Docker configuration of the
+/// user running this (`$DOCKER_CONFIG` or `~/.docker/config.json`), if any.
+pub fn registry_credentials(explicit: Option<&std::path::Path>) -> Result<Vec<registry::Credential>> {
     if let Some(path) = explicit {
         return registry::load(path);
     }
@@ -139,6 +142,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (revision, state) = store.desired().await?;
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
     let (desired_sender, desired) = watch::channel((revision, state));
+    let desired_sender = Arc::new(desired_sender);
     let (status_sender, status) = watch::channel(outpost_proto::v1::StatusReport::default());
     let status_sender = Arc::new(status_sender);
     let outbox: Arc<dyn outbox::Outbox> =
@@ -172,6 +176,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
         None => None,
     };
+    let importing = tokio::spawn(
+        import::Importer {
+            dir: import::dir(&config.data_dir),
+            ca_pem: identity::ca_pem(&config.data_dir)?,
+            site: identity.site.clone(),
+            store: Arc::new(store.clone()),
+            desired: desired_sender.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let collecting = tokio::spawn(logs::collect(runtime.clone(), outbox.clone(), shutdown.clone()));
     let sampling = tokio::spawn(samples::sample(
         runtime.clone(),
@@ -236,6 +250,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let _ = session.await;
     let _ = reconciling.await;
     let _ = staging.await;
+    let _ = importing.await;
     if let Some(serving) = serving_peers
         && let Ok(Err(err)) = serving.await
     {

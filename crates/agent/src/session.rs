@@ -66,7 +66,7 @@ pub struct Session {
     /// Looks at the host again (called every `REDISCOVER`).
     pub discover: Discover,
     pub facts: BTreeMap<String, String>,
-    pub desired: watch::Sender<(u64, SiteState)>,
+    pub desired: Arc<watch::Sender<(u64, SiteState)>>,
     /// What this host reports: its instances, and the images it pre-stages.
     pub status: watch::Receiver<StatusReport>,
     /// True while a session with the control plane is established (in
@@ -164,7 +164,7 @@ impl Session {
         for _ in 0..SYNCS_PER_POLL {
             let pending = self.outbox.pending(0, BATCH_RECORDS, BATCH_BYTES).await?;
             let request = SyncRequest {
-                hello: Some(self.hello()),
+                hello: Some(self.hello().await?),
                 status: Some(self.status.borrow().clone()),
                 batch: pending
                     .as_ref()
@@ -195,17 +195,24 @@ impl Session {
         Ok(told)
     }
 
-    /// What this host says of itself when it connects or polls.
-    fn hello(&self) -> Hello {
-        Hello {
+    /// What this host says of itself when it connects or polls. A state
+    /// imported from a bundle is not the control plane's: the host says it
+    /// holds none, so that the control plane's (newer) state replaces it;
+    /// what is the same restarts nothing.
+    async fn hello(&self) -> Result<Hello> {
+        let applied_revision = match self.store.imported().await? {
+            Some(_) => 0,
+            None => self.desired.borrow().0,
+        };
+        Ok(Hello {
             protocol_version: outpost_proto::PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            applied_revision: self.desired.borrow().0,
+            applied_revision,
             facts: Some(HostFacts {
                 labels: self.facts.clone().into_iter().collect(),
             }),
             site_address: self.site_address.clone().unwrap_or_default(),
-        }
+        })
     }
 
     async fn connect_once(&mut self) -> Result<()> {
@@ -214,7 +221,7 @@ impl Session {
         let send = |body: agent_message::Body| AgentMessage { body: Some(body) };
         let revision = self.desired.borrow().0;
         sender
-            .send(send(agent_message::Body::Hello(self.hello())))
+            .send(send(agent_message::Body::Hello(self.hello().await?)))
             .await?;
         let mut incoming = AgentGatewayClient::new(channel)
             .session(ReceiverStream::new(receiver))

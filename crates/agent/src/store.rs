@@ -28,6 +28,14 @@ pub trait DesiredStore: Send + Sync + 'static {
 
     /// A secret version as it arrived: sealed to this host's key.
     async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Persists a desired state from an offline bundle signed at
+    /// `created_ms`; the next state from the control plane replaces it.
+    async fn save_imported(&self, revision: u64, state: &SiteState, created_ms: u64) -> Result<()>;
+
+    /// When the bundle the held state came from was signed (`None`: it
+    /// came from the control plane).
+    async fn imported(&self) -> Result<Option<u64>>;
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +80,15 @@ impl LocalStore {
         .execute(&pool)
         .await
         .context("preparing the local store")?;
+        // Set while the held state came from an offline bundle.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS imported_bundle (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 created_ms INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .context("preparing the local store")?;
         Ok(LocalStore { pool })
     }
 
@@ -102,6 +119,41 @@ impl DesiredStore for LocalStore {
     }
 
     async fn save_desired(&self, revision: u64, state: &SiteState, secrets: &[SealedSecret]) -> Result<()> {
+        self.save(revision, state, secrets, None).await
+    }
+
+    async fn save_imported(&self, revision: u64, state: &SiteState, created_ms: u64) -> Result<()> {
+        self.save(revision, state, &[], Some(created_ms)).await
+    }
+
+    async fn imported(&self) -> Result<Option<u64>> {
+        let created: Option<i64> = sqlx::query_scalar("SELECT created_ms FROM imported_bundle WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(created.map(|c| c.max(0) as u64))
+    }
+
+    async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM sealed_secrets WHERE name = ?1 AND version = ?2")
+                .bind(name)
+                .bind(version as i64)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+impl LocalStore {
+    /// One transaction: the state, its sealed secrets (dropping those it
+    /// no longer refers to), and where it came from.
+    async fn save(
+        &self,
+        revision: u64,
+        state: &SiteState,
+        secrets: &[SealedSecret],
+        imported: Option<u64>,
+    ) -> Result<()> {
         let saved_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -136,18 +188,17 @@ impl DesiredStore for LocalStore {
                     .await?;
             }
         }
+        sqlx::query("DELETE FROM imported_bundle")
+            .execute(&mut *tx)
+            .await?;
+        if let Some(created_ms) = imported {
+            sqlx::query("INSERT INTO imported_bundle (id, created_ms) VALUES (1, ?1)")
+                .bind(created_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT sealed FROM sealed_secrets WHERE name = ?1 AND version = ?2")
-                .bind(name)
-                .bind(version as i64)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
     }
 }
 

@@ -499,3 +499,36 @@ pub struct UndoRequest {
     #[serde(default)]
     pub to_version: Option<String>,
 }
+
+/// `POST /api/v1/deployments/{name}/bundle`: what an offline bundle of a
+/// deployment holds (without the archive's digest), or its signed header
+/// (with it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundleRequest {
+    /// The application version; without it, the one the deployment runs.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The SHA-256 (hex) of the image archive the bundle will carry.
+    #[serde(default)]
+    pub archive_sha256: Option<String>,
+    #[serde(default)]
+    pub archive_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleResponse {
+    pub deployment: String,
+    pub version: String,
+    /// The images the archive must hold (pinned to recorded digests).
+    pub images: Vec<String>,
+    /// The sites the bundle carries a desired state for.
+    pub sites: Vec<String>,
+    /// With the archive's digest: the signed header (JSON) and the
+    /// signature over it (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}

@@ -221,6 +221,17 @@ impl Client {
         .await
     }
 
+    /// What an offline bundle of a deployment holds, or (with the archive's
+    /// digest) its signed header.
+    pub async fn bundle(
+        &self,
+        deployment: &str,
+        request: &outpost_api::wire::BundleRequest,
+    ) -> Result<outpost_api::wire::BundleResponse> {
+        let path = format!("/deployments/{}/bundle", encode(deployment));
+        self.send(self.request(Method::POST, &path).json(request)).await
+    }
+
     pub async fn rollout_command(&self, deployment: &str, command: &str) -> Result<serde_json::Value> {
         let path = format!("/deployments/{}/rollout/{command}", encode(deployment));
         self.send(self.request(Method::POST, &path)).await

@@ -157,6 +157,16 @@ fn server_certificate(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Re
     Ok(ServerCertificate { cert, key })
 }
 
+impl Pki {
+    /// Signs the header of an offline bundle with the CA key, which every
+    /// enrolled host already trusts (see `outpost_proto::bundle`).
+    pub fn sign_bundle(&self, header: &[u8]) -> Result<Vec<u8>> {
+        use rcgen::SigningKey;
+        outpost_proto::bundle::sign(header, |message| self.issuer.key().sign(message))
+            .context("signing the bundle")
+    }
+}
+
 /// A fresh serial for a host certificate: 16 random bytes as hex. The
 /// first byte is non-zero with its top bit clear, so the DER integer is
 /// positive and already minimal, and reads back as the same 16 bytes.

@@ -235,6 +235,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Signed offline bundles: a release for sites without an uplink
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Keep secrets: values sealed at rest, sent only to the sites that use them
     Secret {
         #[command(subcommand)]
@@ -256,6 +261,31 @@ pub(crate) enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BundleCommand {
+    /// Write one file with a deployment's release for every site it covers
+    /// and its images, signed by the control plane (needs Docker here, and
+    /// the registry, to fetch the images)
+    Create {
+        #[arg(long, value_name = "NAME")]
+        deployment: String,
+        /// The application version [default: the one the deployment runs]
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// On an enrolled host, with or without an uplink: check a bundle
+    /// against the control plane this host enrolled with, load its images
+    /// and hand its release to the agent, which runs it
+    Import {
+        file: PathBuf,
+        /// The agent's data directory
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
     },
 }
 

@@ -1,6 +1,7 @@
 //! The `outpost` binary: parses the command line, sets up logging and the
 //! TLS provider, and hands over to the control plane or the CLI.
 
+mod bundle;
 mod flags;
 mod up;
 
@@ -12,8 +13,8 @@ use outpost_cli::output;
 use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
-    AgentMode, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, RuntimeKind, SecretCommand,
-    SimCommand, SimOutput, StreamOutput, TokenCommand,
+    AgentMode, BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, RuntimeKind,
+    SecretCommand, SimCommand, SimOutput, StreamOutput, TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -451,6 +452,17 @@ async fn run(cli: Cli) -> Result<()> {
             name,
             ..
         } => commands::delete_secret(&client(&cli)?, name).await?,
+        Command::Bundle {
+            command:
+                BundleCommand::Create {
+                    deployment,
+                    version,
+                    output,
+                },
+        } => bundle::create(&client(&cli)?, deployment, version.as_deref(), output).await?,
+        Command::Bundle {
+            command: BundleCommand::Import { file, data_dir },
+        } => bundle::import(file, data_dir).await?,
         Command::Secret {
             command:
                 SecretCommand::Set {

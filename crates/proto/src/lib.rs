@@ -6,6 +6,7 @@
 //! counting both ends do at the socket, and what a host certificate says
 //! of its holder (`identity`).
 
+pub mod bundle;
 pub mod codec;
 pub mod identity;
 pub mod seal;

@@ -51,6 +51,14 @@ impl DesiredStore for MemoryStore {
     async fn sealed_secret(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>> {
         Ok(self.sealed.lock().get(&(name.to_string(), version)).cloned())
     }
+
+    async fn save_imported(&self, _revision: u64, _state: &SiteState, _created_ms: u64) -> Result<()> {
+        anyhow::bail!("a simulated host imports no bundles")
+    }
+
+    async fn imported(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 fn facts(host: &str) -> BTreeMap<String, String> {
@@ -97,6 +105,7 @@ impl SimSite {
         let identity = credentials.identity;
         let runtime = Arc::new(MemoryRuntime::new(start_delay, images));
         let (desired_sender, desired) = watch::channel((0, SiteState::default()));
+        let desired_sender = Arc::new(desired_sender);
         let (status_sender, status) = watch::channel(StatusReport::default());
         let status_sender = Arc::new(status_sender);
         let (connected_sender, connected) = watch::channel(false);

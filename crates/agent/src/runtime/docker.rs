@@ -820,7 +820,7 @@ impl Runtime for Docker {
 /// under (`repo@sha256:HEX` → `repo:sha256-HEX`): an archive carries no
 /// registry digest, so the engine could not find it by one. `None` for a
 /// reference by tag.
-pub(crate) fn local_name(reference: &str) -> Option<String> {
+pub fn local_name(reference: &str) -> Option<String> {
     let (repository, digest) = reference.split_once('@')?;
     Some(format!("{repository}:{}", digest.replace(':', "-")))
 }

@@ -18,7 +18,7 @@ use crate::registry::Credential;
 use crate::secrets::Prepared;
 use zeroize::Zeroizing;
 
-pub use docker::Docker;
+pub use docker::{Docker, local_name};
 pub use process::Processes;
 
 /// Labels that mark what this agent owns; it never touches anything else.

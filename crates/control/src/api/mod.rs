@@ -6,6 +6,7 @@
 //! `secrets` (set, list, describe, reveal, delete),
 //! `rollouts`, and `metrics` (Prometheus, outside `/api/v1`).
 
+mod bundles;
 mod error;
 mod hosts;
 mod metrics;
@@ -164,6 +165,7 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
             "/deployments/{name}/rollout/{command}",
             post(rollouts::rollout_command),
         ),
+        ("POST", "/deployments/{name}/bundle", post(bundles::bundle)),
         ("GET", "/{kind}", get(objects::list)),
         ("GET", "/{kind}/{name}", get(objects::get_one)),
         ("DELETE", "/{kind}/{name}", delete(objects::delete_one)),

@@ -160,6 +160,15 @@ const OPERATIONS: &[Operation] = &[
         &[400, 404],
     ),
     op(
+        "POST",
+        "/deployments/{name}/bundle",
+        "An offline bundle of a deployment's release: the images it needs and the sites it covers; given the image archive's SHA-256 and size, also the header with every covered site's desired state, signed with the CA key",
+        &["name"],
+        Some(Schema("BundleRequest")),
+        Schema("BundleResponse"),
+        &[400, 404, 409],
+    ),
+    op(
         "GET",
         "/events",
         "Events agents reported (started, exited, unhealthy…) and placement failures, oldest first",
@@ -429,6 +438,8 @@ pub fn openapi() -> Value {
     add_schema::<LabelChange>(&mut generator, &mut schemas);
     add_schema::<RolloutStatus>(&mut generator, &mut schemas);
     add_schema::<UndoRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::wire::BundleRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::wire::BundleResponse>(&mut generator, &mut schemas);
     add_schema::<outpost_api::rollout::RolloutState>(&mut generator, &mut schemas);
     add_schema::<ErrorBody>(&mut generator, &mut schemas);
     add_schema::<outpost_api::telemetry::EventList>(&mut generator, &mut schemas);

@@ -432,6 +432,63 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// What every site `deployment` selects would run with it at
+    /// `version` (default: the one it is headed for), and each site's
+    /// current revision: the contents of an offline bundle. Stores nothing.
+    pub async fn bundle(
+        &self,
+        deployment: &str,
+        version: Option<&str>,
+    ) -> Result<(String, BTreeMap<String, (i64, SiteState)>), StoreError> {
+        let mut inputs = self.inputs(None).await?;
+        let found = inputs
+            .deployments
+            .iter()
+            .find(|d| d.metadata.name.as_str() == deployment)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: Kind::Deployment,
+                name: deployment.to_string(),
+            })?;
+        let application = found.spec.application.to_string();
+        let selector = found.spec.sites.clone();
+        let (current, specs) = inputs.versions.get(&application).cloned().unwrap_or_default();
+        let version = version
+            .map(str::to_string)
+            .or_else(|| found.spec.version.clone())
+            .unwrap_or(current);
+        if !specs.contains_key(&version) {
+            let mut known: Vec<&String> = specs.keys().collect();
+            known.sort();
+            return Err(StoreError::Conflict(format!(
+                "application {application:?} has no version {version:?} (kept: {})",
+                known.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for d in inputs
+            .deployments
+            .iter_mut()
+            .filter(|d| d.metadata.name.as_str() == deployment)
+        {
+            d.spec.version = Some(version.clone());
+        }
+        Arc::make_mut(&mut inputs.rollouts).remove(deployment);
+        inputs
+            .sites
+            .retain(|site| selector.matches(&site.metadata.labels));
+        let revisions = self.store.site_states().await?;
+        let states = inputs
+            .compile()
+            .into_iter()
+            .map(|(site, state)| {
+                let revision = revisions.get(&site).map_or(0, |(revision, _)| *revision);
+                (site, (revision, state))
+            })
+            .collect();
+        Ok((version, states))
+    }
+}
+
 /// The engine's clock: milliseconds since the Unix epoch, so stored
 /// rollouts keep their timing across restarts.
 pub fn now_ms() -> u64 {
