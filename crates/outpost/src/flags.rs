@@ -269,6 +269,7 @@ pub(crate) enum BundleCommand {
     /// Write one file with a deployment's release for every site it covers
     /// and its images, signed by the control plane (needs Docker here, and
     /// the registry, to fetch the images)
+    #[command(disable_version_flag = true)]
     Create {
         #[arg(long, value_name = "NAME")]
         deployment: String,

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::common::registry::Registry;
-use crate::common::{Agent, ControlPlane, docker, docker_maybe, eventually, free_address, site, unique_site};
+use crate::common::{
+    Agent, ControlPlane, Fleet as _, docker, docker_maybe, eventually, free_address, site, unique_site,
+};
 
 fn application(group: &str, image: &str) -> String {
     versioned_application(group, "1", image)
@@ -434,4 +436,161 @@ fn a_second_host_fetches_the_image_from_its_peer_while_the_registry_is_down() {
         "the registry served the image once"
     );
     drop(second);
+}
+
+/// `outpost bundle import` on the agent's data directory.
+fn import(agent: &Agent, file: &std::path::Path) -> crate::common::Run {
+    crate::common::cli_with(
+        &[
+            "bundle",
+            "import",
+            file.to_str().unwrap_or_default(),
+            "--data-dir",
+            agent.dir.path().to_str().unwrap_or_default(),
+        ],
+        &[],
+        None,
+    )
+}
+
+/// Offline bundles: a host cut off from its control plane and its registry
+/// runs a release from a bundle file; changed, cut, foreign and older
+/// bundles are refused and change nothing; when the control plane is back
+/// its state (the same release) takes over and nothing starts twice.
+#[test]
+fn an_imported_bundle_runs_offline_and_bad_ones_change_nothing() {
+    let mut registry = Registry::start();
+    let (one, _) = registry.publish_variant("bundled", "1", "one");
+    let (two, _) = registry.publish_variant("bundled", "2", "two");
+    let mut control = ControlPlane::start();
+    let name = unique_site("bundle");
+    let group = format!("group: {name}");
+    control.apply(&site(&name, &group)).success();
+    control.apply(&versioned_application(&name, "1", &one)).success();
+    let mut agent = Agent::enroll(&control, &name, "h1");
+    let on_site = format!("outpost.{name}.pos-api-0.api");
+    let version = |agent: &Agent| {
+        let _ = agent;
+        docker_maybe(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{index .Config.Labels \"io.outpost.version\"}}",
+            &on_site,
+        ])
+        .map(|s| s.trim().to_string())
+    };
+    eventually(Duration::from_secs(60), "version 1 running", || {
+        (version(&agent).as_deref() == Some("true 1")).then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = |file: &str, v: &str| {
+        let path = dir.path().join(file);
+        let out = control.cli(&[
+            "bundle",
+            "create",
+            "--deployment",
+            "pos",
+            "--version",
+            v,
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        let text = out.success();
+        assert!(text.contains("bundle of deployment pos version"), "{text}");
+        path
+    };
+    // A bundle made now is older than what the host will hold next.
+    let old = bundle("old.bundle", "1");
+    control
+        .apply(&versioned_application(&name, "1.1", &one))
+        .success();
+    eventually(Duration::from_secs(60), "version 1.1 running", || {
+        (version(&agent).as_deref() == Some("true 1.1")).then_some(())
+    });
+
+    // The host goes offline; version 2 is applied centrally and bundled.
+    agent.stop();
+    control.apply(&versioned_application(&name, "2", &two)).success();
+    let good = bundle("good.bundle", "2");
+    let foreign = {
+        let other = ControlPlane::start();
+        other.apply(&site(&name, &group)).success();
+        other.apply(&versioned_application(&name, "2", &two)).success();
+        let path = dir.path().join("foreign.bundle");
+        other
+            .cli(&[
+                "bundle",
+                "create",
+                "--deployment",
+                "pos",
+                "-o",
+                path.to_str().unwrap(),
+            ])
+            .success();
+        path
+    };
+    // No uplink: no control plane, no registry, and no copy of version 2.
+    assert!(control.stop());
+    registry.stop();
+    docker(&["rmi", &two]);
+    agent.start();
+
+    let bytes = std::fs::read(&good).unwrap();
+    let variant = |file: &str, bytes: &[u8]| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let at = bytes.windows(5).position(|w| w == b"\"2\",\"").unwrap() + 1;
+    let mut header = bytes.clone();
+    header[at] = b'3';
+    let mut archive = bytes.clone();
+    let last = archive.len() - 100;
+    archive[last] ^= 0xff;
+    let refused = [
+        (variant("header.bundle", &header), "signature does not match"),
+        (
+            variant("archive.bundle", &archive),
+            "the bundle was changed or cut",
+        ),
+        (variant("cut.bundle", &bytes[..bytes.len() / 2]), "changed or cut"),
+        (foreign, "signature does not match"),
+        (old, "older than what this host runs"),
+    ];
+    for (file, why) in &refused {
+        let out = import(&agent, file);
+        assert_ne!(out.code, 0, "{} was accepted", file.display());
+        assert!(out.stderr.contains(why), "{}: {}", file.display(), out.stderr);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(version(&agent).as_deref(), Some("true 1.1"), "nothing changed");
+    assert!(
+        docker_maybe(&["image", "inspect", &two]).is_none(),
+        "no image of a refused bundle was loaded"
+    );
+
+    let out = import(&agent, &good);
+    let text = out.success();
+    assert!(text.contains("accepted for site"), "{text}");
+    eventually(
+        Duration::from_secs(60),
+        "version 2 running from the bundle",
+        || (version(&agent).as_deref() == Some("true 2")).then_some(()),
+    );
+    let (id, _, _) = running(&on_site).unwrap();
+
+    // The control plane is back with the same release: it takes over,
+    // and the container the bundle started is the one that keeps running.
+    control.restart();
+    eventually(
+        Duration::from_secs(60),
+        "the control plane's revision applied",
+        || {
+            let site = control.site_status(&name);
+            (site["online"] == true && site["appliedRevision"] == site["revision"]).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (after, _, _) = running(&on_site).unwrap();
+    assert_eq!(after, id, "nothing started twice");
 }
