@@ -34,12 +34,11 @@ use outpost_proto::identity::host_certificate;
 use outpost_proto::v1::site_peer_client::SitePeerClient;
 use outpost_proto::v1::site_peer_server::{SitePeer, SitePeerServer};
 use outpost_proto::v1::{ImageChunk, ImageRequest};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -148,11 +147,10 @@ impl PeerTls {
 
     /// To ask `host` of `site`: it must present that host's certificate.
     fn client(&self, site: &str, host: &str) -> Result<Arc<ClientConfig>> {
-        let verifier = Arc::new(PeerVerifier {
+        let verifier = crate::tls::checked(PeerIdentity {
             inner: self.verifier()?,
             site: site.to_string(),
             host: host.to_string(),
-            provider: self.provider.clone(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -167,27 +165,23 @@ impl PeerTls {
 /// A peer's certificate is a host certificate (made for client auth): it is
 /// checked as one, chained to our CA, and must name the peer we dialled.
 #[derive(Debug)]
-struct PeerVerifier {
+struct PeerIdentity {
     inner: Arc<dyn ClientCertVerifier>,
     site: String,
     host: String,
-    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PeerVerifier {
-    fn verify_server_cert(
+impl crate::tls::CertificateCheck for PeerIdentity {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
         match host_certificate(end_entity) {
-            Some(named) if named.site == self.site && named.host == self.host => {
-                Ok(ServerCertVerified::assertion())
-            }
+            Some(named) if named.site == self.site && named.host == self.host => Ok(()),
             Some(named) => Err(rustls::Error::General(format!(
                 "the peer at this address is {}/{}, not {}/{}",
                 named.site, named.host, self.site, self.host
@@ -196,40 +190,6 @@ impl ServerCertVerifier for PeerVerifier {
                 "the peer's certificate names no site and host".to_string(),
             )),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -23,36 +23,44 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
-/// Trusts a server whose chain includes the CA with the pinned fingerprint.
+/// How a verifier built with `checked` judges a server's certificate.
+pub(crate) trait CertificateCheck: std::fmt::Debug + Send + Sync {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
+}
+
+/// A server verifier that judges the certificate with its check and the
+/// handshake's signatures as rustls does.
 #[derive(Debug)]
-struct PinnedCa {
-    fingerprint: String,
+struct Checked<C> {
+    check: C,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+/// A server verifier judging certificates with `check`.
+pub(crate) fn checked(check: impl CertificateCheck + 'static) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Checked {
+        check,
+        provider: provider(),
+    })
+}
+
+impl<C: CertificateCheck> ServerCertVerifier for Checked<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
+        _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|cert| hex::encode(Sha256::digest(cert.as_ref())) == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the control plane's CA does not match the join token's fingerprint".to_string(),
-                )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        self.check.check(end_entity, intermediates, server_name, now)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -90,13 +98,44 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// Trusts a server whose chain includes the CA with the pinned fingerprint.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+}
+
+impl CertificateCheck for PinnedCa {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| hex::encode(Sha256::digest(cert.as_ref())) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the control plane's CA does not match the join token's fingerprint".to_string(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, &[], now)?;
+        Ok(())
+    }
+}
+
 /// For enrollment: no client certificate, the CA pinned by fingerprint.
 pub fn pinned(fingerprint: &str) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+        .with_custom_certificate_verifier(checked(PinnedCa {
             fingerprint: fingerprint.to_ascii_lowercase(),
-            provider: provider(),
         }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -1,7 +1,8 @@
 //! The connectivity scenarios over real partitions: a control plane and
 //! three agents, each a container of this build on a private Docker
 //! network, one site per agent. Hosts are cut off with `docker network
-//! disconnect` while the others carry on. Needs `scripts/busybox-image`.
+//! disconnect` while the others carry on. Needs `scripts/busybox-image`;
+//! the pre-staging scenario also a registry (`common::registry`).
 
 use std::time::Duration;
 
@@ -23,6 +24,11 @@ fn application(group: &str, version: u32) -> String {
 /// The application at `version`, deployed with a rollout policy (or none:
 /// every site at once).
 fn rolled_out(group: &str, version: u32, rollout: &str) -> String {
+    with_image(group, version, IMAGE, rollout)
+}
+
+/// `rolled_out`, running `image`.
+fn with_image(group: &str, version: u32, image: &str, rollout: &str) -> String {
     let rollout = if rollout.is_empty() {
         String::new()
     } else {
@@ -38,7 +44,7 @@ spec:
     - name: www
       containers:
         - name: httpd
-          image: {IMAGE}
+          image: {image}
           command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
           env: {{ VERSION: "{version}" }}
 ---
@@ -240,4 +246,77 @@ fn cut_off_sites_keep_running_and_converge_after_healing() {
             },
         );
     }
+}
+
+/// Pre-staging over real partitions: three sites, one cut off before the
+/// update. The other two fetch the new image before anything switches: while
+/// the registry lacks it they keep the old version and the rollout shows why;
+/// once it is there they switch. The cut-off site keeps the old version and
+/// switches after it heals.
+#[test]
+fn a_prestaged_rollout_switches_each_site_once_it_holds_the_images() {
+    let registry = crate::common::registry::Registry::start();
+    let (one, _) = registry.publish_variant("web", "1", "one");
+    let mut lab = Lab::start();
+    let group = lab.name.clone();
+    let sites: Vec<String> = (1..=3).map(|n| format!("{group}-s{n}")).collect();
+    let mut agents = Vec::new();
+    for (n, name) in sites.iter().enumerate() {
+        lab.apply(&site(name, &group)).success();
+        agents.push(lab.add_agent(name, &format!("h{}", n + 1)));
+    }
+    lab.apply(&with_image(&group, 1, &one, "")).success();
+    for name in &sites {
+        crate::common::eventually(Duration::from_secs(60), &format!("{name} running 1"), || {
+            (running_version(name).as_deref() == Some("1")).then_some(())
+        });
+    }
+
+    // Site 3 loses its uplink; version 2 names an image the registry lacks.
+    lab.partition(&agents[2]);
+    let two = registry.reference("web", "2");
+    lab.apply(&with_image(&group, 2, &two, "")).success();
+    let status = crate::common::eventually(Duration::from_secs(60), "the failed pulls shown", || {
+        let status = lab.cli(&["rollout", "status", "web"]).success().to_string();
+        let fetching = |site: &str| {
+            status
+                .lines()
+                .any(|l| l.contains(site) && l.contains(" 0/1 ") && l.contains("last pull failed"))
+        };
+        (fetching(&sites[0]) && fetching(&sites[1])).then_some(status)
+    });
+    for name in &sites {
+        assert_eq!(
+            running_version(name).as_deref(),
+            Some("1"),
+            "{name} switched without its image:\n{status}"
+        );
+    }
+
+    // The image arrives in the registry: the two connected sites fetch it,
+    // then switch; the cut-off one keeps what it runs.
+    registry.publish_variant("web", "2", "two");
+    for name in &sites[..2] {
+        crate::common::eventually(Duration::from_secs(90), &format!("{name} running 2"), || {
+            (running_version(name).as_deref() == Some("2")).then_some(())
+        });
+    }
+    assert_eq!(
+        running_version(&sites[2]).as_deref(),
+        Some("1"),
+        "the cut-off site keeps version 1"
+    );
+    // Until the control plane notices the site gone (its session outlives
+    // a silent cut for a while), it shows it fetching; either way, on 1.
+    let status = lab.cli(&["rollout", "status", "web"]).success().to_string();
+    let row = status
+        .lines()
+        .find(|l| l.contains(sites[2].as_str()))
+        .unwrap_or_default();
+    assert!(row.contains(" 1 ") && row.contains(" 0/1 "), "{status}");
+
+    lab.heal(&agents[2]);
+    crate::common::eventually(Duration::from_secs(90), "the healed site running 2", || {
+        (running_version(&sites[2]).as_deref() == Some("2")).then_some(())
+    });
 }
