@@ -57,6 +57,8 @@ pub struct Stager {
     secrets: Arc<Secrets>,
     cache: Option<ImageCache>,
     failures: HashMap<String, Failure>,
+    /// What the cache was last told is staged (a write only on a change).
+    pinned: Option<BTreeSet<String>>,
 }
 
 impl Stager {
@@ -76,6 +78,7 @@ impl Stager {
             secrets,
             cache,
             failures: HashMap::new(),
+            pinned: None,
         }
     }
 
@@ -140,9 +143,12 @@ impl Stager {
         self.failures
             .retain(|reference, _| references.contains(reference));
         if let Some(cache) = &self.cache
-            && let Err(err) = cache.staged(&references).await
+            && self.pinned.as_ref() != Some(&references)
         {
-            tracing::warn!(err = format!("{err:#}"), "pinning staged images");
+            match cache.staged(&references).await {
+                Ok(()) => self.pinned = Some(references.clone()),
+                Err(err) => tracing::warn!(err = format!("{err:#}"), "pinning staged images"),
+            }
         }
         let mut statuses = Vec::with_capacity(wanted.len());
         for want in &wanted {
