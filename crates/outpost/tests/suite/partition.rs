@@ -56,6 +56,21 @@ spec: {{ application: web, sites: "lab = '{group}'"{rollout} }}
     )
 }
 
+/// Three sites of the lab's group, one agent each: (sites, agents).
+fn three_sites(lab: &mut Lab) -> (Vec<String>, Vec<String>) {
+    let group = lab.name.clone();
+    let sites: Vec<String> = (1..=3).map(|n| format!("{group}-s{n}")).collect();
+    let agents = sites
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            lab.apply(&site(name, &group)).success();
+            lab.add_agent(name, &format!("h{}", n + 1))
+        })
+        .collect();
+    (sites, agents)
+}
+
 fn inspect(container: &str, format: &str) -> String {
     // The container may be between generations (renamed, replaced).
     docker_maybe(&["inspect", "-f", format, container])
@@ -99,12 +114,7 @@ fn kinds(lab: &Lab, site: &str) -> Vec<(String, Option<i64>)> {
 fn cut_off_sites_keep_running_and_converge_after_healing() {
     let mut lab = Lab::start();
     let group = lab.name.clone();
-    let sites: Vec<String> = (1..=3).map(|n| format!("{group}-s{n}")).collect();
-    let mut agents = Vec::new();
-    for (n, name) in sites.iter().enumerate() {
-        lab.apply(&site(name, &group)).success();
-        agents.push(lab.add_agent(name, &format!("h{}", n + 1)));
-    }
+    let (sites, agents) = three_sites(&mut lab);
     lab.apply(&application(&group, 1)).success();
     for name in &sites {
         crate::common::eventually(Duration::from_secs(60), &format!("{name} running 1"), || {
@@ -259,12 +269,7 @@ fn a_prestaged_rollout_switches_each_site_once_it_holds_the_images() {
     let (one, _) = registry.publish_variant("web", "1", "one");
     let mut lab = Lab::start();
     let group = lab.name.clone();
-    let sites: Vec<String> = (1..=3).map(|n| format!("{group}-s{n}")).collect();
-    let mut agents = Vec::new();
-    for (n, name) in sites.iter().enumerate() {
-        lab.apply(&site(name, &group)).success();
-        agents.push(lab.add_agent(name, &format!("h{}", n + 1)));
-    }
+    let (sites, agents) = three_sites(&mut lab);
     lab.apply(&with_image(&group, 1, &one, "")).success();
     for name in &sites {
         crate::common::eventually(Duration::from_secs(60), &format!("{name} running 1"), || {
