@@ -152,14 +152,17 @@ impl Inputs {
                         .iter()
                         .filter(|d| !staging.contains(&d.metadata.name.as_str()))
                         .cloned()
-                        .chain(self.deployments.iter().filter_map(|d| {
-                            let rollout = self.rollouts.get(d.metadata.name.as_str())?;
-                            let mut d = d.clone();
-                            staging.contains(&d.metadata.name.as_str()).then(|| {
-                                d.spec.version = Some(rollout.to.clone());
-                                d
-                            })
-                        }))
+                        .chain(
+                            self.deployments
+                                .iter()
+                                .filter(|d| staging.contains(&d.metadata.name.as_str()))
+                                .filter_map(|d| {
+                                    let rollout = self.rollouts.get(d.metadata.name.as_str())?;
+                                    let mut d = d.clone();
+                                    d.spec.version = Some(rollout.to.clone());
+                                    Some(d)
+                                }),
+                        )
                         .collect();
                     state.staged = self
                         .compile_placed(site, &next, hosts)
