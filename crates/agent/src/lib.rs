@@ -23,6 +23,7 @@ pub mod samples;
 pub mod secrets;
 pub mod session;
 pub mod stage;
+pub mod streams;
 pub mod store;
 pub mod tls;
 pub mod uplink;
@@ -64,6 +65,9 @@ pub struct Config {
     /// Where this host listens for the other hosts of its site, and where
     /// they reach it (none: it serves no peers, but still asks them).
     pub site: Option<peers::Listening>,
+    /// Where the application streams endpoint listens (none: no endpoint;
+    /// the topics still fill from the control plane).
+    pub streams_listen: Option<streams::endpoint::Listen>,
 }
 
 /// Where file secrets go unless `--secrets-dir` says otherwise.
@@ -176,6 +180,25 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
         None => None,
     };
+    let streams = Arc::new(streams::Streams::open(store.pool()).await?);
+    let configuring = tokio::spawn(streams::configure(streams.clone(), desired.clone(), shutdown.clone()));
+    let endpoint = match &config.streams_listen {
+        Some(listen) => {
+            streams::endpoint::start(
+                listen,
+                runtime.as_ref(),
+                streams::endpoint::Parts {
+                    streams: streams.clone(),
+                    pool: &store.pool(),
+                    host: &identity.host,
+                    desired: desired.clone(),
+                },
+                shutdown.clone(),
+            )
+            .await?
+        }
+        None => None,
+    };
     let importing = tokio::spawn(
         import::Importer {
             dir: import::dir(&config.data_dir),
@@ -221,6 +244,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         secrets,
     )
     .with_image_cache(cache);
+    let reconciler = match &endpoint {
+        Some((endpoint, _)) => reconciler.with_streams(endpoint.clone()),
+        None => reconciler,
+    };
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let (connected_sender, connected) = watch::channel(false);
     let metrics = config.metrics_listen.map(|listen| {
@@ -245,12 +272,17 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         connected: connected_sender,
         mode: config.mode,
         site_address: config.site.as_ref().map(|l| l.address.clone()),
+        streams: Some(streams),
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
     let _ = reconciling.await;
     let _ = staging.await;
     let _ = importing.await;
+    let _ = configuring.await;
+    if let Some((_, serving)) = endpoint {
+        let _ = serving.await;
+    }
     if let Some(serving) = serving_peers
         && let Ok(Err(err)) = serving.await
     {

@@ -59,7 +59,7 @@ pub trait Outbox: Send + Sync + 'static {
 
 /// Keeps the queue under its bound: given the sizes of the queued records,
 /// oldest first, and the bytes queued, how many of the oldest must go.
-fn over_bound(sizes: impl Iterator<Item = u64>, mut bytes: u64, limit: u64) -> (usize, u64) {
+pub(crate) fn over_bound(sizes: impl Iterator<Item = u64>, mut bytes: u64, limit: u64) -> (usize, u64) {
     let mut drop = 0;
     for size in sizes {
         if bytes <= limit {

@@ -82,6 +82,9 @@ pub struct Reconciler {
     /// revision it last noted.
     images: Option<ImageCache>,
     images_seen: Option<u64>,
+    /// The application streams endpoint, whose address and tokens go into
+    /// new containers' environment.
+    streams: Option<Arc<crate::streams::endpoint::Endpoint>>,
 }
 
 impl Reconciler {
@@ -110,6 +113,7 @@ impl Reconciler {
             secrets,
             digests: HashMap::new(),
             images: None,
+            streams: None,
             images_seen: None,
         }
     }
@@ -118,6 +122,13 @@ impl Reconciler {
     /// versions, pruned past the budget.
     pub fn with_image_cache(mut self, cache: ImageCache) -> Reconciler {
         self.images = Some(cache);
+        self
+    }
+
+    /// Gives each new container of an application with topics the
+    /// endpoint's address and a token of its own.
+    pub fn with_streams(mut self, endpoint: Arc<crate::streams::endpoint::Endpoint>) -> Reconciler {
+        self.streams = Some(endpoint);
         self
     }
 
@@ -208,7 +219,7 @@ impl Reconciler {
                 Action::Start { name, .. } => tracing::info!(container = %name, "restarting"),
                 _ => {}
             }
-            let result = match self.prepare_secrets(&mut action, &desired).await {
+            let result = match self.prepare(&mut action, &desired).await {
                 Ok(()) => self.runtime.apply(&action).await,
                 Err(err) => Err(err),
             };
@@ -277,12 +288,16 @@ impl Reconciler {
     }
 
     /// Opens and writes the secrets of a container about to start: a new
-    /// one gets its environment and mounts; one started again gets its
-    /// files back (after a reboot, the tmpfs is empty).
-    async fn prepare_secrets(&self, action: &mut Action, desired: &[DesiredContainer]) -> anyhow::Result<()> {
+    /// one gets its environment (with its streams token) and mounts; one
+    /// started again gets its files back (after a reboot, the tmpfs is empty).
+    async fn prepare(&self, action: &mut Action, desired: &[DesiredContainer]) -> anyhow::Result<()> {
         match action {
             Action::Create { want, .. } => {
                 want.prepared = self.secrets.prepare(want).await?;
+                if let Some(endpoint) = &self.streams {
+                    let env = endpoint.env(&want.application, &want.instance);
+                    want.prepared.env.extend(env);
+                }
             }
             Action::Start { name, .. } => {
                 let want = desired

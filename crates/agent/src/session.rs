@@ -13,7 +13,7 @@ use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::{
     Ack, AgentMessage, Heartbeat, Hello, HostFacts, LogReply, LogRequest, SiteManifest, StatusReport,
-    SyncRequest, agent_message, control_message,
+    StreamAck, StreamBatch, StreamReport, SyncRequest, agent_message, control_message,
 };
 use rand::Rng;
 use rustls::ClientConfig;
@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::outbox::Outbox;
 use crate::store::DesiredStore;
+use crate::streams::{Streams, TopicKey};
 use crate::tls;
 
 /// How often the uplink's byte counts are logged.
@@ -36,6 +37,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// The most records, and bytes of them before compression, in one batch.
 const BATCH_RECORDS: usize = 1000;
 const BATCH_BYTES: usize = 512 << 10;
+
+/// How often the topics' backlog is looked at, and reported if it changed;
+/// also how soon a window that opened is noticed.
+const STREAM_REPORT: Duration = Duration::from_secs(10);
 
 /// The most calls one poll makes while queued records still wait.
 const SYNCS_PER_POLL: usize = 100;
@@ -75,7 +80,14 @@ pub struct Session {
     pub mode: Mode,
     /// Where the site's other hosts reach this one (`--site-listen`).
     pub site_address: Option<String>,
+    /// The application topics (none in the fleet simulator, unless asked).
+    pub streams: Option<Arc<Streams>>,
 }
+
+/// The up batch in flight: its topic and last sequence number.
+type InFlight = Option<(TopicKey, u64)>;
+/// The topics' state as last reported.
+type Reported = Option<Vec<outpost_api::stream::TopicStatus>>;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -126,9 +138,10 @@ impl Session {
     }
 
     async fn keep_polling(&mut self, mut interval: Duration, shutdown: &mut watch::Receiver<bool>) {
+        let mut reported = None;
         loop {
             let result = tokio::select! {
-                result = self.poll_once(interval) => result,
+                result = self.poll_once(interval, &mut reported) => result,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             match result {
@@ -156,13 +169,15 @@ impl Session {
     /// One poll: hello, status and queued records up, the site's state and
     /// acknowledgements down, until nothing waits. Returns the interval the
     /// control plane asks for, if it asks.
-    async fn poll_once(&mut self, interval: Duration) -> Result<Option<Duration>> {
+    async fn poll_once(&mut self, interval: Duration, reported: &mut Reported) -> Result<Option<Duration>> {
         let channel = tls::channel(&self.server, self.tls.clone()).await?;
         let mut client = AgentGatewayClient::new(channel);
         self.facts = (self.discover)();
         let mut told = None;
+        let mut received = None;
         for _ in 0..SYNCS_PER_POLL {
             let pending = self.outbox.pending(0, BATCH_RECORDS, BATCH_BYTES).await?;
+            let up = self.next_stream_batch().await?;
             let request = SyncRequest {
                 hello: Some(self.hello().await?),
                 status: Some(self.status.borrow().clone()),
@@ -171,6 +186,9 @@ impl Session {
                     .map(|p| codec::encode_batch(p.first_seq, &p.records, self.outbox.dropped()))
                     .transpose()?,
                 interval_seconds: interval.as_secs().min(u32::MAX as u64) as u32,
+                stream_batch: up.as_ref().map(|(batch, _)| batch.clone()),
+                stream_received: received.take(),
+                streams: self.stream_report(reported)?,
             };
             let response = client
                 .sync(request)
@@ -185,10 +203,21 @@ impl Session {
             if let Some(ack) = response.batch_ack {
                 self.outbox.acknowledge(ack.through_seq).await?;
             }
+            if let Some(ack) = response.stream_ack {
+                self.stream_acknowledged(&ack, &mut None).await?;
+            }
+            if let Some(batch) = &response.stream_batch {
+                received = Some(self.receive_stream(batch).await?);
+            }
             if response.interval_seconds > 0 {
                 told = Some(Duration::from_secs(u64::from(response.interval_seconds)));
             }
-            if self.outbox.pending(0, 1, BATCH_BYTES).await?.is_none() {
+            let streams_wait = received.is_some()
+                || self
+                    .streams
+                    .as_ref()
+                    .is_some_and(|streams| streams.next_up(now_ms()).is_some());
+            if !streams_wait && self.outbox.pending(0, 1, BATCH_BYTES).await?.is_none() {
                 break;
             }
         }
@@ -244,6 +273,20 @@ impl Session {
         // it already has).
         let mut newest = self.outbox.newest();
         let mut in_flight = self.send_batch(&sender, 0).await?;
+        // Likewise one batch of application records, and their topics'
+        // state whenever it changed.
+        let mut stream_changes = match &self.streams {
+            Some(streams) => streams.changes(),
+            None => watch::channel(0).1,
+        };
+        let mut up_in_flight: InFlight = None;
+        let mut reported = None;
+        self.send_stream_batch(&sender, &mut up_in_flight).await?;
+        if let Some(report) = self.stream_report(&mut reported)? {
+            sender.send(send(agent_message::Body::Streams(report))).await?;
+        }
+        let mut stream_report = tokio::time::interval(STREAM_REPORT);
+        stream_report.tick().await;
         loop {
             tokio::select! {
                 message = tokio::time::timeout(SILENCE, incoming.message()) => {
@@ -266,7 +309,29 @@ impl Session {
                             let reply = self.read_logs(&request).await;
                             sender.send(send(agent_message::Body::LogReply(reply))).await?;
                         }
+                        Some(control_message::Body::StreamAck(ack)) => {
+                            if self.stream_acknowledged(&ack, &mut up_in_flight).await? {
+                                self.send_stream_batch(&sender, &mut up_in_flight).await?;
+                            }
+                        }
+                        Some(control_message::Body::StreamBatch(batch)) => {
+                            let ack = self.receive_stream(&batch).await?;
+                            sender.send(send(agent_message::Body::StreamReceived(ack))).await?;
+                        }
                         Some(control_message::Body::Heartbeat(_)) | None => {}
+                    }
+                }
+                changed = stream_changes.changed(), if up_in_flight.is_none() => {
+                    changed?;
+                    self.send_stream_batch(&sender, &mut up_in_flight).await?;
+                }
+                _ = stream_report.tick() => {
+                    if up_in_flight.is_none() {
+                        // A window may have opened.
+                        self.send_stream_batch(&sender, &mut up_in_flight).await?;
+                    }
+                    if let Some(report) = self.stream_report(&mut reported)? {
+                        sender.send(send(agent_message::Body::Streams(report))).await?;
                     }
                 }
                 changed = newest.changed(), if in_flight.is_none() => {
@@ -331,6 +396,85 @@ impl Session {
             })
             .await?;
         Ok(Some(last))
+    }
+
+    /// The next batch of the up topic the uplink should carry now, if any.
+    async fn next_stream_batch(&self) -> Result<Option<(StreamBatch, (TopicKey, u64))>> {
+        let Some(streams) = &self.streams else {
+            return Ok(None);
+        };
+        let Some(key) = streams.next_up(now_ms()) else {
+            return Ok(None);
+        };
+        let records = streams.read(&key, 0, BATCH_RECORDS, BATCH_BYTES).await?;
+        let Some(last) = records.last().map(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
+        let batch = codec::encode_stream_batch(&key.application, &key.topic, &records)?;
+        Ok(Some((batch, (key, last))))
+    }
+
+    /// Sends the next up batch, if one waits and none is in flight.
+    async fn send_stream_batch(&self, sender: &mpsc::Sender<AgentMessage>, in_flight: &mut InFlight) -> Result<()> {
+        if in_flight.is_some() {
+            return Ok(());
+        }
+        if let Some((batch, sent)) = self.next_stream_batch().await? {
+            tracing::debug!(topic = %sent.0, records = batch.seqs.len(), bytes = batch.records.len(), "sending application records");
+            sender
+                .send(AgentMessage {
+                    body: Some(agent_message::Body::StreamBatch(batch)),
+                })
+                .await?;
+            *in_flight = Some(sent);
+        }
+        Ok(())
+    }
+
+    /// Forgets what the control plane stored; true if that was the batch in flight.
+    async fn stream_acknowledged(&self, ack: &StreamAck, in_flight: &mut InFlight) -> Result<bool> {
+        let Some(streams) = &self.streams else {
+            return Ok(false);
+        };
+        let key = TopicKey::new(&ack.application, &ack.topic);
+        streams.acknowledge(&key, ack.through_seq).await?;
+        let done = in_flight
+            .as_ref()
+            .is_some_and(|(sent, last)| *sent == key && ack.through_seq >= *last);
+        if done {
+            *in_flight = None;
+        }
+        Ok(done)
+    }
+
+    /// Stores down-records, and says through which it holds them.
+    async fn receive_stream(&self, batch: &StreamBatch) -> Result<StreamAck> {
+        let streams = self
+            .streams
+            .as_ref()
+            .context("the control plane sent application records, and this agent keeps no topics")?;
+        let records = codec::decode_stream_batch(batch)?;
+        let key = TopicKey::new(&batch.application, &batch.topic);
+        let through_seq = streams.receive(&key, &records).await?;
+        Ok(StreamAck {
+            application: batch.application.clone(),
+            topic: batch.topic.clone(),
+            through_seq,
+        })
+    }
+
+    /// The topics' state, if it changed since `reported`.
+    fn stream_report(&self, reported: &mut Reported) -> Result<Option<StreamReport>> {
+        let Some(streams) = &self.streams else {
+            return Ok(None);
+        };
+        let status = streams.status(now_ms());
+        if reported.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        let report = codec::encode_stream_report(&status)?;
+        *reported = Some(status);
+        Ok(Some(report))
     }
 
     /// Applies, persists, then hands over a manifest; returns its revision.

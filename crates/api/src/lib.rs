@@ -23,6 +23,7 @@ pub mod rollout;
 pub mod schema;
 pub mod secret;
 pub mod selector;
+pub mod stream;
 pub mod telemetry;
 pub mod validate;
 pub mod wire;

@@ -181,6 +181,11 @@ pub struct ApplicationSpec {
     /// The pull secret of every container that names none itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<Name>,
+    /// Event streams between the application's containers and the centre:
+    /// the agent keeps each topic on disk and its containers reach it at
+    /// `OUTPOST_STREAMS_URL` with `OUTPOST_STREAMS_TOKEN`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::Topic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -537,6 +542,12 @@ checked_string!(
     crate::secret::check_secret_key
 );
 checked_string!(
+    /// When the uplink may carry a topic: `HH:MM-HH:MM`, local time.
+    Window,
+    "window",
+    crate::stream::check_window
+);
+checked_string!(
     /// A file mode in octal: `"0400"`.
     FileMode,
     "file-mode",
@@ -721,6 +732,7 @@ pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String
         "secret-key" => crate::secret::check_secret_key(text),
         "file-mode" => check_file_mode(text),
         "secret-change" => check_secret_change(text),
+        "window" => crate::stream::check_window(text),
         _ => return None,
     })
 }

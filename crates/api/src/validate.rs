@@ -11,6 +11,7 @@ use crate::manifest::{
     Application, Container, Deployment, EnvValue, Health, Kind, Manifest, Metadata, ServiceMode, Site,
 };
 use crate::schema;
+use crate::stream::Topic;
 use crate::yaml::{self, Node, Pos};
 
 /// A validated manifest and the tree it came from, for positions of later
@@ -298,6 +299,62 @@ impl Checker<'_> {
                     );
                 }
                 self.container(container, &path, &mut host_ports);
+            }
+        }
+        self.streams(&app.spec.streams, &spec.field("streams"));
+    }
+
+    fn streams(&mut self, topics: &[Topic], path: &Path) {
+        use crate::stream::{Direction, MAX_RETENTION, MAX_TOPICS, MIN_RETENTION, Priority};
+        if topics.len() > MAX_TOPICS {
+            self.error(
+                path,
+                format!("{} topics; an application declares at most {MAX_TOPICS}", topics.len()),
+            );
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, topic) in topics.iter().enumerate() {
+            let path = path.index(i);
+            if let Some(first) = names.insert(topic.name.as_str(), i) {
+                self.error(
+                    &path.field("name"),
+                    format!(
+                        "duplicate topic name {:?} (also spec.streams[{first}])",
+                        topic.name.as_str()
+                    ),
+                );
+            }
+            let retention = topic.retention.0;
+            if !(MIN_RETENTION..=MAX_RETENTION).contains(&retention) {
+                self.error(
+                    &path.field("retention"),
+                    format!(
+                        "{} is out of range (from {} to {})",
+                        topic.retention,
+                        crate::quantity::Size(MIN_RETENTION),
+                        crate::quantity::Size(MAX_RETENTION)
+                    ),
+                );
+            }
+            if topic.direction != Direction::Up {
+                let direction = topic.direction.as_str();
+                if topic.priority.is_some() {
+                    self.error(
+                        &path.field("priority"),
+                        format!("a {direction} topic has no priority: priorities order the uplink of up topics"),
+                    );
+                }
+                if topic.window.is_some() {
+                    self.error(
+                        &path.field("window"),
+                        format!("a {direction} topic has no window: windows limit the uplink of up topics"),
+                    );
+                }
+            } else if topic.priority == Some(Priority::Urgent) && topic.window.is_some() {
+                self.error(
+                    &path.field("window"),
+                    "an urgent topic is never held back: drop the window or lower the priority",
+                );
             }
         }
     }

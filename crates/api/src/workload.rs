@@ -41,6 +41,14 @@ pub struct Workload {
     /// the spec hash, so recording a digest replaces no container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub digests: BTreeMap<String, String>,
+    /// The application's event-stream topics (every service of it carries
+    /// them), and the site's time zone their windows are read in (an IANA
+    /// name; none: UTC). Not part of the spec hash: they change with the
+    /// version, and a time zone changes no container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::Topic>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// The reference a container runs: its image, pinned to the recorded
@@ -203,6 +211,8 @@ pub fn compile_site<'a>(
         match substitute(&spec, &site.spec.variables) {
             Ok(spec) => {
                 taken.insert(application.to_string(), deployment.metadata.name.to_string());
+                let windowed = spec.streams.iter().any(|t| t.window.is_some());
+                let time_zone = if windowed { site_time_zone(site) } else { None };
                 for service in spec.services {
                     let secrets = versions
                         .iter()
@@ -226,6 +236,8 @@ pub fn compile_site<'a>(
                         instances: Vec::new(),
                         secrets,
                         digests: BTreeMap::new(),
+                        streams: spec.streams.clone(),
+                        time_zone: time_zone.clone(),
                     });
                 }
             }
@@ -233,6 +245,17 @@ pub fn compile_site<'a>(
         }
     }
     state
+}
+
+/// The time zone a site's stream windows are read in: its `timezone`
+/// variable, else its `timezone` label.
+fn site_time_zone(site: &Site) -> Option<String> {
+    let key = crate::stream::TIME_ZONE_KEY;
+    site.spec
+        .variables
+        .get(key)
+        .or_else(|| site.metadata.labels.get(key))
+        .cloned()
 }
 
 /// What a host can give, from its facts (`cpus`, `memory`, `gpu`); a fact

@@ -14,6 +14,7 @@ pub mod revocation;
 pub mod secrets;
 pub mod server;
 pub mod status;
+pub mod streams;
 pub mod store;
 
 use std::future::Future;
@@ -52,6 +53,8 @@ pub struct Config {
     /// The key-encryption key file of secrets (`None`: `secrets.key` in
     /// the data directory).
     pub secrets_key_file: Option<PathBuf>,
+    /// A NATS server whose JetStream gets every stored up-record.
+    pub streams_nats: Option<String>,
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -60,6 +63,8 @@ pub struct Retention {
     pub events: std::time::Duration,
     pub logs: std::time::Duration,
     pub metrics: std::time::Duration,
+    /// Application stream records (up: from arrival; down: from publishing).
+    pub streams: std::time::Duration,
 }
 
 impl Default for Retention {
@@ -69,6 +74,7 @@ impl Default for Retention {
             events: DAY * 30,
             logs: DAY * 7,
             metrics: DAY * 30,
+            streams: DAY * 7,
         }
     }
 }
@@ -112,6 +118,7 @@ pub struct ControlPlane {
     secrets: Arc<Secrets>,
     retention: Retention,
     poll_interval: Option<std::time::Duration>,
+    streams_nats: Option<String>,
     max_unauthenticated_per_source: usize,
 }
 
@@ -175,6 +182,7 @@ impl ControlPlane {
             secrets,
             retention: config.retention,
             poll_interval: config.poll_interval,
+            streams_nats: config.streams_nats.clone(),
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
         })
     }
@@ -211,6 +219,14 @@ impl ControlPlane {
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
+        let forwarding = self.streams_nats.clone().map(|url| {
+            tokio::spawn(streams::nats::forward(
+                url,
+                self.store.clone(),
+                self.fleet.streams.clone(),
+                stopped.clone(),
+            ))
+        });
         let incoming = agent_listener::incoming(
             self.agent_listener,
             self.agent_tls,
@@ -224,6 +240,9 @@ impl ControlPlane {
         let _ = api.await;
         let _ = engine.await;
         let _ = pruning.await;
+        if let Some(forwarding) = forwarding {
+            let _ = forwarding.await;
+        }
         match agents.await {
             Ok(Err(err)) => tracing::error!(%err, "the agent gateway failed"),
             Err(err) => tracing::error!(%err, "the agent gateway task failed"),
@@ -258,7 +277,7 @@ async fn run_rollouts(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
     }
 }
 
-/// Deletes events, logs and metrics past their retention, at start and
+/// Deletes events, logs, metrics and stream records past their retention, at start and
 /// then every `PRUNE_EVERY`.
 async fn prune(store: Arc<dyn Storage>, retention: Retention, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
@@ -275,6 +294,15 @@ async fn prune(store: Arc<dyn Storage>, retention: Retention, shutdown: impl Fut
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "deleted events, log lines and samples past their retention"),
                     Err(err) => tracing::warn!(%err, "deleting records past their retention failed; trying again later"),
+                }
+                let streams_before = std::time::SystemTime::now()
+                    .checked_sub(retention.streams)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64);
+                match store.prune_streams(streams_before).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "deleted stream records past their retention"),
+                    Err(err) => tracing::warn!(%err, "deleting stream records past their retention failed; trying again later"),
                 }
             }
             () = &mut shutdown => return,

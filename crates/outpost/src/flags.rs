@@ -52,6 +52,14 @@ pub(crate) enum Command {
         /// How long metric samples are kept after they arrive
         #[arg(long, value_name = "DURATION", default_value = "30d")]
         metric_retention: outpost_api::quantity::Duration,
+        /// How long application stream records are kept: up-records after
+        /// they arrive, down-records after they are published
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        stream_retention: outpost_api::quantity::Duration,
+        /// Also publish every stored up-record to this NATS server's
+        /// JetStream, on subject outpost.APPLICATION.TOPIC.SITE
+        #[arg(long, value_name = "URL")]
+        streams_nats: Option<String>,
         /// Tell agents in polling mode to poll this often instead of their own --interval
         #[arg(long, value_name = "DURATION")]
         poll_interval: Option<outpost_api::quantity::Duration>,
@@ -122,6 +130,10 @@ pub(crate) enum Command {
         /// --site-listen address, which then must not be 0.0.0.0 or [::]]
         #[arg(long, value_name = "HOST:PORT", requires = "site_listen")]
         site_address: Option<String>,
+        /// Where containers reach their application's streams: ADDR:PORT,
+        /// or bridge:PORT for the gateway of the engine's default bridge
+        #[arg(long, value_name = "ADDR", default_value = outpost_agent::streams::endpoint::DEFAULT_LISTEN)]
+        streams_listen: outpost_agent::streams::endpoint::Listen,
     },
     /// Quickstart: a local control plane with the example manifests applied
     Up {

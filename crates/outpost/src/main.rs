@@ -166,6 +166,8 @@ async fn run(cli: Cli) -> Result<()> {
             event_retention,
             log_retention,
             metric_retention,
+            stream_retention,
+            streams_nats,
             poll_interval,
             max_unauthenticated_per_source,
         } => {
@@ -183,7 +185,9 @@ async fn run(cli: Cli) -> Result<()> {
                     events: event_retention.as_std(),
                     logs: log_retention.as_std(),
                     metrics: metric_retention.as_std(),
+                    streams: stream_retention.as_std(),
                 },
+                streams_nats: streams_nats.clone(),
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(shutdown_signal()).await;
@@ -205,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
             image_budget,
             site_listen,
             site_address,
+            streams_listen,
         } => {
             init_logging();
             raise_open_file_limit();
@@ -235,6 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
                 secrets_dir: secrets_dir.clone(),
                 image_budget: image_budget.0,
                 site: outpost_agent::peers::listening(*site_listen, site_address.as_deref())?,
+                streams_listen: Some(streams_listen.clone()),
             };
             return outpost_agent::run(config, stopped).await;
         }

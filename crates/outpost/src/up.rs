@@ -62,6 +62,7 @@ pub async fn run(
         poll_interval: None,
         max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,
         secrets_key_file: None,
+        streams_nats: None,
     })
     .await?;
 
@@ -139,6 +140,7 @@ pub async fn run(
             secrets_dir: outpost_agent::DEFAULT_SECRETS_DIR.into(),
             image_budget: outpost_agent::images::DEFAULT_BUDGET,
             site: None,
+            streams_listen: outpost_agent::streams::endpoint::DEFAULT_LISTEN.parse().ok(),
         },
         stopped.clone(),
     ));

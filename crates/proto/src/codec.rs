@@ -11,7 +11,9 @@ use std::time::Duration;
 use outpost_api::telemetry::{LogChunk, Record};
 use outpost_api::workload::{SiteState, Workload};
 
-use crate::v1::{Batch, LogReply, SiteManifest};
+use outpost_api::stream::{Item, MAX_RECORD_BYTES, TopicStatus};
+
+use crate::v1::{Batch, LogReply, SiteManifest, StreamBatch, StreamReport};
 
 /// How often each side says it is alive: rarely, since idle traffic is what
 /// a metered link pays for (see BENCHMARKS.md).
@@ -52,6 +54,8 @@ pub enum CodecError {
     Count { first_seq: u64, said: u32, held: usize },
     #[error("batch sequence numbers start at 1")]
     ZeroSequence,
+    #[error("stream batch {topic}: {why}")]
+    Stream { topic: String, why: String },
 }
 
 fn encode_workload(workload: &Workload) -> Result<Vec<u8>, CodecError> {
@@ -235,6 +239,83 @@ pub fn decode_batch(batch: &Batch) -> Result<Vec<Record>, CodecError> {
         });
     }
     Ok(records)
+}
+
+/// Records of one topic, each with its sequence number, oldest first.
+pub fn encode_stream_batch(application: &str, topic: &str, records: &[(u64, Item)]) -> Result<StreamBatch, CodecError> {
+    let items: Vec<&Item> = records.iter().map(|(_, item)| item).collect();
+    let deflate = || -> std::io::Result<Vec<u8>> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        serde_json::to_writer(&mut encoder, &items)?;
+        encoder.finish()
+    };
+    Ok(StreamBatch {
+        application: application.to_string(),
+        topic: topic.to_string(),
+        seqs: records.iter().map(|(seq, _)| *seq).collect(),
+        records: deflate().map_err(|source| CodecError::Encode {
+            what: "a stream batch",
+            source,
+        })?,
+    })
+}
+
+/// The records of a stream batch with their sequence numbers, or why it
+/// cannot be read: its names must be names, its numbers must rise from 1
+/// up, and each record must fit `MAX_RECORD_BYTES`.
+pub fn decode_stream_batch(batch: &StreamBatch) -> Result<Vec<(u64, Item)>, CodecError> {
+    let topic = format!("{}/{}", batch.application, batch.topic);
+    let refuse = |why: String| CodecError::Stream {
+        topic: topic.clone(),
+        why,
+    };
+    for name in [&batch.application, &batch.topic] {
+        name.parse::<outpost_api::manifest::Name>().map_err(&refuse)?;
+    }
+    if batch.seqs.first() == Some(&0) || batch.seqs.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(refuse("sequence numbers must rise from 1".to_string()));
+    }
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(batch.records.as_slice())
+        .take(MAX_BATCH_INFLATED + 1)
+        .read_to_end(&mut json)
+        .map_err(|err| refuse(format!("not deflate data: {err}")))?;
+    if json.len() as u64 > MAX_BATCH_INFLATED {
+        return Err(refuse(format!("inflates past {MAX_BATCH_INFLATED} bytes")));
+    }
+    let items: Vec<Item> = serde_json::from_slice(&json).map_err(|err| refuse(format!("unreadable records: {err}")))?;
+    if items.len() != batch.seqs.len() {
+        return Err(refuse(format!(
+            "{} sequence numbers for {} records",
+            batch.seqs.len(),
+            items.len()
+        )));
+    }
+    if let Some(large) = items.iter().find(|item| item.data.len() > MAX_RECORD_BYTES) {
+        return Err(refuse(format!(
+            "a record of {} bytes (at most {MAX_RECORD_BYTES})",
+            large.data.len()
+        )));
+    }
+    Ok(batch.seqs.iter().copied().zip(items).collect())
+}
+
+/// An agent's topics as it reports them.
+pub fn encode_stream_report(topics: &[TopicStatus]) -> Result<StreamReport, CodecError> {
+    Ok(StreamReport {
+        topics: serde_json::to_vec(topics).map_err(|err| CodecError::Encode {
+            what: "a stream report",
+            source: err.into(),
+        })?,
+    })
+}
+
+/// The topics of a stream report; an unreadable one is refused whole.
+pub fn decode_stream_report(report: &StreamReport) -> Result<Vec<TopicStatus>, CodecError> {
+    serde_json::from_slice(&report.topics).map_err(|err| CodecError::Stream {
+        topic: "report".to_string(),
+        why: err.to_string(),
+    })
 }
 
 /// The answer to log request `id`: the chunks, or why they could not be read.

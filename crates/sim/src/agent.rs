@@ -149,6 +149,7 @@ impl SimSite {
             connected: connected_sender,
             mode: outpost_agent::session::Mode::Stream,
             site_address: None,
+            streams: None,
         };
         tokio::spawn(session.run(shutdown));
         SimSite {

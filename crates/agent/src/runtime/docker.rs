@@ -350,6 +350,23 @@ impl Runtime for Docker {
             .collect())
     }
 
+    async fn bridge_address(&self) -> Result<Option<std::net::IpAddr>> {
+        let bridge = self
+            .client
+            .inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .context("inspecting the engine's default bridge")?;
+        let gateway = bridge
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|config| config.gateway?.parse().ok())
+            .find(std::net::IpAddr::is_ipv4)
+            .context("the engine's default bridge has no IPv4 gateway")?;
+        Ok(Some(gateway))
+    }
+
     async fn image_digest(&self, image: &str) -> Result<Option<String>> {
         let inspected = match self.client.inspect_image(image).await {
             Ok(inspected) => inspected,

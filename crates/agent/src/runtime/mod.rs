@@ -75,6 +75,12 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The address containers reach their host at (the gateway of the
+    /// engine's default bridge); `None`: they run on the host itself.
+    async fn bridge_address(&self) -> Result<Option<std::net::IpAddr>> {
+        Ok(None)
+    }
+
     /// The digest (`sha256:…`) of the image `image` (a tag) as its
     /// registry knows it, if the engine holds it from a registry.
     async fn image_digest(&self, image: &str) -> Result<Option<String>> {

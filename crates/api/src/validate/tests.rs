@@ -441,3 +441,25 @@ fn sizes_out_of_range() {
         expect!["app.yaml:1:1: the object has 783 KiB; one object may have at most 512 KiB"],
     );
 }
+
+#[test]
+fn stream_topics_name_what_is_wrong() {
+    let services = "  services:\n    - name: till\n      containers:\n        - name: till\n          image: pos/till:1\n";
+    let streams = "  streams:\n    - { name: receipts, direction: up, retention: 256Mi, priority: bulk, window: \"01:00-05:00\" }\n    - { name: alarms, direction: up, retention: 16Mi, priority: urgent }\n    - { name: prices, direction: down, retention: 64Mi }\n    - { name: readings, direction: local, retention: 32Mi }\n";
+    check(&format!("{APP_HEAD}{services}{streams}"), expect!["ok"]);
+    let bad = "  streams:\n    - { name: receipts, direction: up, retention: 1Ki, window: \"1:00-05:00\" }\n    - { name: alarms, direction: sideways, retention: 16Mi }\n    - { name: receipts, direction: down, retention: 64Mi, priority: bulk }\n    - { name: now, direction: up, retention: 1Mi, priority: urgent, window: \"01:00-02:00\" }\n";
+    check(
+        &format!("{APP_HEAD}{services}{bad}"),
+        expect![[r#"
+            app.yaml:13:64: spec.streams[0].window: "1:00-05:00" is not a window: each time is HH:MM, from 00:00 to 23:59 (such as "01:00-05:00")
+            app.yaml:14:34: spec.streams[1].direction: "sideways" is not one of "up", "down" or "local""#]],
+    );
+    check(
+        &format!("{APP_HEAD}{services}{}", bad.replace("1:00-05", "01:00-05").replace("sideways", "up")),
+        expect![[r#"
+            app.yaml:13:51: spec.streams[0].retention: 1Ki is out of range (from 64Ki to 1Ti)
+            app.yaml:15:15: spec.streams[2].name: duplicate topic name "receipts" (also spec.streams[0])
+            app.yaml:15:69: spec.streams[2].priority: a down topic has no priority: priorities order the uplink of up topics
+            app.yaml:16:77: spec.streams[3].window: an urgent topic is never held back: drop the window or lower the priority"#]],
+    );
+}

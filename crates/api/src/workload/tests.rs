@@ -106,6 +106,8 @@ fn instances_go_to_matching_hosts() {
         instances: Vec::new(),
         secrets: BTreeMap::new(),
         digests: BTreeMap::new(),
+            streams: Vec::new(),
+            time_zone: None,
     };
     let mut state = SiteState {
         workloads: vec![
@@ -181,6 +183,8 @@ fn placement_fits_resources_and_says_why_not() {
             instances: Vec::new(),
             secrets: BTreeMap::new(),
             digests: BTreeMap::new(),
+            streams: Vec::new(),
+            time_zone: None,
         }
     };
     let mut state = SiteState {
@@ -257,6 +261,8 @@ fn spec_hash_follows_the_containers() {
             instances: Vec::new(),
             secrets: BTreeMap::new(),
             digests: BTreeMap::new(),
+            streams: Vec::new(),
+            time_zone: None,
         }
     };
     assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());

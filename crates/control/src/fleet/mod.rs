@@ -211,6 +211,9 @@ pub struct Fleet {
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
     /// Which hosts are connected.
     pub presence: Arc<Presence>,
+    /// What waits on application streams: sessions for publishes, readers
+    /// and NATS for stored records.
+    pub streams: Arc<crate::streams::Signals>,
     /// Held by everything that writes rollouts or site states.
     recompute: tokio::sync::Mutex<()>,
     /// The stored rollouts, parsed: a rollout names every site it covers,
@@ -224,6 +227,7 @@ impl Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
             presence: Arc::new(Presence::default()),
+            streams: Arc::default(),
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),
         })

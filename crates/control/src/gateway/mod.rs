@@ -17,7 +17,7 @@ use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, StatusReport,
-    SyncRequest, SyncResponse,
+    StreamAck, StreamBatch, SyncRequest, SyncResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +30,7 @@ use crate::fleet::Fleet;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
+use crate::streams;
 use crate::store::{HostImage, ImageDigest, InstanceRecord, Storage, StoreError};
 use outpost_api::workload::SiteState;
 
@@ -87,6 +88,45 @@ impl Gateway {
             ),
             Some(_) => Ok(certificate),
         }
+    }
+
+    /// A poll's part of application streams: stores its up batch, notes
+    /// what it stored of the last down batch and its topics' report, and
+    /// answers with the acknowledgement and the next down batch.
+    async fn sync_streams(
+        &self,
+        request: &SyncRequest,
+        state: &SiteState,
+        (site, host): (&str, &str),
+    ) -> Result<(Option<StreamAck>, Option<StreamBatch>), Status> {
+        let refused = |err: streams::Refused| match err {
+            streams::Refused::Store(err) => internal(err),
+            refused => Status::invalid_argument(refused.to_string()),
+        };
+        if let Some(ack) = &request.stream_received {
+            streams::delivered(self.store.as_ref(), (site, host), ack)
+                .await
+                .map_err(internal)?;
+        }
+        if let Some(report) = &request.streams {
+            let topics = codec::decode_stream_report(report).map_err(|err| Status::invalid_argument(err.to_string()))?;
+            self.store
+                .record_host_streams(site, host, &topics)
+                .await
+                .map_err(internal)?;
+        }
+        let ack = match &request.stream_batch {
+            Some(batch) => Some(
+                streams::accept_up(self.store.as_ref(), &self.fleet.streams, state, (site, host), batch)
+                    .await
+                    .map_err(refused)?,
+            ),
+            None => None,
+        };
+        let down = streams::next_down(self.store.as_ref(), state, (site, host))
+            .await
+            .map_err(refused)?;
+        Ok((ack, down))
     }
 
     async fn enroll_checked(&self, request: EnrollRequest) -> Result<EnrollResponse, Status> {
@@ -166,12 +206,13 @@ impl AgentGateway for Gateway {
         let request = request.into_inner();
         let hello = request
             .hello
+            .clone()
             .ok_or_else(|| Status::invalid_argument("a sync carries a hello"))?;
         check_protocol(&hello)?;
         record_hello(self.store.as_ref(), &self.fleet, &site, &host, &hello)
             .await
             .map_err(internal)?;
-        if let Some(report) = request.status {
+        if let Some(report) = request.status.clone() {
             record_status(self.store.as_ref(), &self.fleet, &site, &host, report)
                 .await
                 .map_err(internal)?;
@@ -189,20 +230,28 @@ impl AgentGateway for Gateway {
         self.fleet
             .presence
             .polled(&site, &host, interval * 2 + HEARTBEAT * 3);
-        let manifest = match self.store.site_state(&site).await.map_err(internal)? {
-            Some((revision, state)) if revision as u64 != hello.applied_revision => {
-                let mut manifest = codec::full_manifest(revision as u64, &state).map_err(internal)?;
-                let wanted = codec::secrets_to_send(None, &state);
-                manifest.secrets = self.secrets.seal(&public_key, &wanted).await.map_err(internal)?;
-                Some(manifest)
-            }
-            _ => None,
+        let (revision, state) = self
+            .store
+            .site_state(&site)
+            .await
+            .map_err(internal)?
+            .unwrap_or_default();
+        let manifest = if revision > 0 && revision as u64 != hello.applied_revision {
+            let mut manifest = codec::full_manifest(revision as u64, &state).map_err(internal)?;
+            let wanted = codec::secrets_to_send(None, &state);
+            manifest.secrets = self.secrets.seal(&public_key, &wanted).await.map_err(internal)?;
+            Some(manifest)
+        } else {
+            None
         };
+        let (stream_ack, stream_batch) = self.sync_streams(&request, &state, (&site, &host)).await?;
         tracing::debug!(%site, %host, revision = hello.applied_revision, sends = manifest.is_some(), "agent polled");
         Ok(Response::new(SyncResponse {
             manifest,
             batch_ack,
             interval_seconds: self.poll_interval.map_or(0, |i| i.as_secs() as u32),
+            stream_ack,
+            stream_batch,
         }))
     }
 

@@ -19,6 +19,7 @@ use tonic::{Status, Streaming};
 use super::{check_protocol, record_facts, record_hello, record_status, store_batch};
 use crate::fleet::Fleet;
 use crate::revocation::Revocations;
+use crate::streams;
 use crate::store::{Storage, StoreError};
 
 /// How long a new session may take to say hello.
@@ -69,6 +70,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a handled message asks of the session's loop.
+enum Handled {
+    /// The agent acknowledged this revision.
+    Revision(i64),
+    /// The agent stored the down-records in flight.
+    Delivered,
+    Other,
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SessionEnd {
@@ -88,6 +98,8 @@ pub(super) enum SessionEnd {
     Stream(#[from] Status),
     #[error("a batch was refused: {0}")]
     Batch(String),
+    #[error("application streams failed: {0}")]
+    Streams(String),
     #[error("no word from the agent within the offline grace; it is offline")]
     Silent,
     #[error("its certificate was revoked")]
@@ -162,6 +174,9 @@ impl Session {
         let mut sent: Option<(i64, SiteState)> = None;
         let mut agent_revision = hello.applied_revision as i64;
         self.push_state(&mut sent, agent_revision).await?;
+        // One batch of down-records in flight at a time.
+        let mut published = self.fleet.streams.published();
+        let mut down_in_flight = self.send_down(&sent).await?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         let grace = || offline_grace(self.fleet.presence.online_hosts(), rand::random());
@@ -179,9 +194,16 @@ impl Session {
                         }
                         continue;
                     }
-                    if let Some(revision) = self.handle(message).await? {
-                        agent_revision = revision;
+                    let state = sent.as_ref().map(|(_, state)| state);
+                    match self.handle(message, state).await? {
+                        Handled::Revision(revision) => agent_revision = revision,
+                        Handled::Delivered => down_in_flight = self.send_down(&sent).await?,
+                        Handled::Other => {}
                     }
+                }
+                changed = published.changed(), if !down_in_flight => {
+                    changed.map_err(|_| SessionEnd::Stopping)?;
+                    down_in_flight = self.send_down(&sent).await?;
                 }
                 Some(request) = log_requests.recv() => {
                     next_request += 1;
@@ -198,6 +220,9 @@ impl Session {
                 changed = revisions.changed() => {
                     changed.map_err(|_| SessionEnd::Stopping)?;
                     self.push_state(&mut sent, agent_revision).await?;
+                    if !down_in_flight {
+                        down_in_flight = self.send_down(&sent).await?;
+                    }
                 }
                 _ = heartbeat.tick() => {
                     self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
@@ -238,15 +263,56 @@ impl Session {
         .await
     }
 
-    /// Returns the revision the agent acknowledged, if the message was an ack.
-    async fn handle(&self, message: AgentMessage) -> Result<Option<i64>, SessionEnd> {
+    /// Sends the host the next down-records its site has not stored, if
+    /// any wait; returns whether a batch is now in flight.
+    async fn send_down(&self, sent: &Option<(i64, SiteState)>) -> Result<bool, SessionEnd> {
+        let Some((_, state)) = sent else {
+            return Ok(false);
+        };
+        let batch = streams::next_down(self.store.as_ref(), state, (&self.site, &self.host))
+            .await
+            .map_err(|err| SessionEnd::Streams(err.to_string()))?;
+        match batch {
+            Some(batch) => {
+                self.send(control_message::Body::StreamBatch(batch)).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Handles one message; says what the loop must act on.
+    async fn handle(&self, message: AgentMessage, state: Option<&SiteState>) -> Result<Handled, SessionEnd> {
         let (site, host) = (&self.site, &self.host);
         match message.body {
             Some(agent_message::Body::Ack(ack)) => {
                 let revision = ack.revision as i64;
                 self.store.record_seen(site, host, Some(revision)).await?;
-                return Ok(Some(revision));
+                return Ok(Handled::Revision(revision));
             }
+            Some(agent_message::Body::StreamBatch(batch)) => {
+                let empty = SiteState::default();
+                let state = state.unwrap_or(&empty);
+                let accepted =
+                    streams::accept_up(self.store.as_ref(), &self.fleet.streams, state, (site, host), &batch).await;
+                match accepted {
+                    Ok(ack) => self.send(control_message::Body::StreamAck(ack)).await?,
+                    Err(streams::Refused::Store(err)) => return Err(err.into()),
+                    Err(refused) => {
+                        let why = refused.to_string();
+                        let _ = self.sender.send(Err(Status::invalid_argument(why.clone()))).await;
+                        return Err(SessionEnd::Batch(why));
+                    }
+                }
+            }
+            Some(agent_message::Body::StreamReceived(ack)) => {
+                streams::delivered(self.store.as_ref(), (site, host), &ack).await?;
+                return Ok(Handled::Delivered);
+            }
+            Some(agent_message::Body::Streams(report)) => match codec::decode_stream_report(&report) {
+                Ok(topics) => self.store.record_host_streams(site, host, &topics).await?,
+                Err(err) => tracing::warn!(%site, %host, %err, "an unreadable stream report"),
+            },
             Some(agent_message::Body::Status(report)) => {
                 record_status(self.store.as_ref(), &self.fleet, site, host, report).await?;
             }
@@ -276,7 +342,7 @@ impl Session {
             // Log replies are matched to their requests in `serve`.
             Some(agent_message::Body::Hello(_) | agent_message::Body::LogReply(_)) | None => {}
         }
-        Ok(None)
+        Ok(Handled::Other)
     }
 
     /// Sends the site's state if the agent lacks it: in full the first time,

@@ -8,6 +8,7 @@
 mod fleet;
 mod secrets;
 mod sqlite;
+mod streams;
 mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
 pub use sqlite::SqliteStore;
+pub use streams::{StreamQuery, StreamStore};
 
 /// The current time as the store writes it (RFC 3339, UTC).
 pub fn now_rfc3339() -> String {
@@ -375,9 +377,9 @@ pub trait TelemetryStore: Send + Sync + 'static {
 }
 
 /// Everything the control plane keeps.
-pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore {}
+pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore + StreamStore {}
 
-impl<T: Store + FleetStore + TelemetryStore + SecretStore> Storage for T {}
+impl<T: Store + FleetStore + TelemetryStore + SecretStore + StreamStore> Storage for T {}
 
 /// One stored version of a secret: what it holds and where it may go, and
 /// its values encrypted (never in clear).

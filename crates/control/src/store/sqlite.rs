@@ -64,6 +64,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "site address",
         include_str!("../../migrations/0011_site_address.sql"),
     ),
+    (12, "streams", include_str!("../../migrations/0012_streams.sql")),
 ];
 
 #[derive(Debug)]

@@ -169,3 +169,31 @@ proptest! {
         prop_assert_eq!(held, before);
     }
 }
+
+#[test]
+fn stream_batches_round_trip_and_bad_ones_are_refused() {
+    let item = |data: &str| Item {
+        at: 7,
+        data: data.to_string(),
+    };
+    let records = vec![(3, item("a")), (9, item("{\"b\":1}"))];
+    let batch = encode_stream_batch("pos", "receipts", &records).unwrap();
+    assert_eq!(decode_stream_batch(&batch).unwrap(), records);
+
+    let refused = |batch: &StreamBatch| decode_stream_batch(batch).unwrap_err().to_string();
+    let mut falling = batch.clone();
+    falling.seqs = vec![9, 3];
+    assert!(refused(&falling).contains("rise from 1"), "{}", refused(&falling));
+    let mut zero = batch.clone();
+    zero.seqs = vec![0, 3];
+    assert!(refused(&zero).contains("rise from 1"));
+    let mut short = batch.clone();
+    short.seqs = vec![3];
+    assert!(refused(&short).contains("1 sequence numbers for 2 records"));
+    let mut named = batch.clone();
+    named.topic = "../x".to_string();
+    assert!(refused(&named).starts_with("stream batch pos/../x"));
+    let mut garbage = batch;
+    garbage.records = b"not deflate".to_vec();
+    assert!(refused(&garbage).contains("receipts"));
+}
