@@ -125,6 +125,53 @@ impl Window {
     }
 }
 
+/// Why a body holds no usable records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body holds no record")]
+    Empty,
+    #[error("{which} has {bytes} bytes; a record holds at most {MAX_RECORD_BYTES}")]
+    TooLarge { which: String, bytes: usize },
+    #[error("{which} is not UTF-8 text (byte {at}); records are text, such as JSON")]
+    NotText { which: String, at: usize },
+}
+
+/// The records of a request body: the whole body, or with `ndjson` each
+/// non-empty line (a trailing `\r` cut). Each must be UTF-8 and fit
+/// `MAX_RECORD_BYTES`.
+pub fn split_records(body: &[u8], ndjson: bool) -> Result<Vec<String>, BodyError> {
+    let pieces: Vec<&[u8]> = if ndjson {
+        body.split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.is_empty())
+            .collect()
+    } else if body.is_empty() {
+        Vec::new()
+    } else {
+        vec![body]
+    };
+    if pieces.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let which = || if ndjson { format!("record {}", i + 1) } else { "the record".to_string() };
+            if piece.len() > MAX_RECORD_BYTES {
+                return Err(BodyError::TooLarge {
+                    which: which(),
+                    bytes: piece.len(),
+                });
+            }
+            String::from_utf8(piece.to_vec()).map_err(|err| BodyError::NotText {
+                which: which(),
+                at: err.utf8_error().valid_up_to(),
+            })
+        })
+        .collect()
+}
+
 /// One record as the uplink and the downlink carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
@@ -244,6 +291,20 @@ mod tests {
         assert!(!wrapping.is_open(4 * 60));
         assert!(!wrapping.is_open(12 * 60));
         assert_eq!(wrapping.opens_in(21 * 60), 60);
+    }
+
+    #[test]
+    fn bodies_split_into_records_and_bad_ones_say_which() {
+        assert_eq!(split_records(b"a\nb", false).unwrap(), ["a\nb"]);
+        assert_eq!(split_records(b"a\r\n\nb\n", true).unwrap(), ["a", "b"]);
+        assert_eq!(split_records(b"\n\n", true), Err(BodyError::Empty));
+        assert_eq!(split_records(b"", false), Err(BodyError::Empty));
+        assert_eq!(
+            split_records(b"ok\n\xff\xfe", true).unwrap_err().to_string(),
+            "record 2 is not UTF-8 text (byte 0); records are text, such as JSON"
+        );
+        let large = vec![b'x'; MAX_RECORD_BYTES + 1];
+        assert!(matches!(split_records(&large, false), Err(BodyError::TooLarge { .. })));
     }
 
     #[test]

@@ -212,6 +212,10 @@ pub struct SiteStatus {
     /// Deployments that select the site but cannot run there, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// Each host's application topics as it last reported them: backlog,
+    /// the oldest unsent record (the lag is its age) and drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::TopicStatus>,
 }
 
 /// How one deployment fares on one site.

@@ -315,6 +315,36 @@ impl Client {
         Ok(list.items)
     }
 
+    pub async fn stream_records(
+        &self,
+        application: &str,
+        topic: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<outpost_api::stream::StoredRecord>> {
+        let path = format!("/streams/{application}/{topic}");
+        let list: outpost_api::stream::StoredRecords =
+            self.send(self.request(Method::GET, &path).query(query)).await?;
+        Ok(list.records)
+    }
+
+    /// Publishes each line of `ndjson` as a record of a down topic.
+    pub async fn publish(
+        &self,
+        application: &str,
+        topic: &str,
+        sites: Option<&str>,
+        ndjson: Vec<u8>,
+    ) -> Result<outpost_api::stream::Published> {
+        let path = format!("/streams/{application}/{topic}");
+        let query: Vec<(&str, &str)> = sites.map(|s| ("sites", s)).into_iter().collect();
+        let request = self
+            .request(Method::POST, &path)
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(ndjson);
+        self.send(request).await
+    }
+
     pub async fn set_secret(&self, request: &SecretSetRequest) -> Result<SecretSummary> {
         self.send(self.request(Method::POST, "/secrets").json(request))
             .await

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod streams;
 pub mod telemetry;
 
 pub use client::{CliError, Client};

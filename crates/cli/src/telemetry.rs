@@ -26,7 +26,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn query(&self, after: i64) -> Result<Vec<(&'static str, String)>> {
+    pub(crate) fn query(&self, after: i64) -> Result<Vec<(&'static str, String)>> {
         let mut query = Vec::new();
         for (name, value) in [
             ("site", &self.site),
@@ -132,7 +132,7 @@ fn log_text(lines: &[StoredLogLine]) -> String {
 /// Prints what `fetch` returns (newest first page, then pages after the
 /// last id), once or, with `follow`, until interrupted. `render` gets each
 /// page and whether it is the first.
-async fn show<T: serde::Serialize>(
+pub(crate) async fn show<T: serde::Serialize>(
     fetch: impl AsyncFn(i64) -> Result<Vec<T>>,
     id: impl Fn(&T) -> i64,
     render: impl Fn(&[T], bool) -> String,

@@ -159,6 +159,7 @@ impl Snapshot {
             last_seen: hosts.iter().filter_map(|h| h.last_seen.clone()).max(),
             agent_version: versions.join(","),
             failures,
+            streams: Vec::new(),
         }
     }
 

@@ -242,6 +242,11 @@ pub(crate) enum Command {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Application event streams: read what sites sent up, publish down
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
     /// Follow and steer a deployment's rollout
     Rollout {
         #[command(subcommand)]
@@ -439,6 +444,30 @@ pub(crate) enum ControlCommand {
     /// Make a new key-encryption key and re-wrap every secret's data key
     /// with it; safe while the control plane runs
     RotateSecretsKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StreamsCommand {
+    /// Records sites sent up on an application's topic, each once, in the
+    /// order they were stored
+    Read {
+        application: String,
+        topic: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Publish records to a down topic: every selected site that runs the
+    /// application receives them once, in order, now or when it comes back
+    Publish {
+        application: String,
+        topic: String,
+        /// Which sites, by their labels [default: every site that runs the application]
+        #[arg(long, value_name = "SELECTOR")]
+        sites: Option<String>,
+        /// The records, one per line (UTF-8, such as JSON), or - for standard input
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

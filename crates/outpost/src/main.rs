@@ -14,7 +14,7 @@ use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
     AgentMode, BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, RuntimeKind,
-    SecretCommand, SimCommand, SimOutput, StreamOutput, TokenCommand,
+    SecretCommand, SimCommand, SimOutput, StreamOutput, StreamsCommand, TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -299,6 +299,33 @@ async fn run(cli: Cli) -> Result<()> {
             return outpost_cli::telemetry::events(&client(&cli)?, &filter, read.output.into(), read.follow)
                 .await;
         }
+        Command::Streams {
+            command:
+                StreamsCommand::Read {
+                    application,
+                    topic,
+                    read,
+                },
+        } => {
+            let filter = read.filter(None, None, false);
+            return outpost_cli::streams::read(
+                &client(&cli)?,
+                (application, topic),
+                &filter,
+                read.output.into(),
+                read.follow,
+            )
+            .await;
+        }
+        Command::Streams {
+            command:
+                StreamsCommand::Publish {
+                    application,
+                    topic,
+                    sites,
+                    file,
+                },
+        } => outpost_cli::streams::publish(&client(&cli)?, (application, topic), sites.as_deref(), file).await?,
         Command::Logs {
             application,
             service,

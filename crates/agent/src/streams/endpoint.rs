@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use outpost_api::stream::{Direction, MAX_RECORD_BYTES};
+use outpost_api::stream::{BodyError, Direction, split_records};
 use outpost_api::workload::SiteState;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
@@ -210,36 +210,13 @@ fn records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Refusal> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let pieces: Vec<&[u8]> = if ndjson {
-        body.split(|b| *b == b'\n')
-            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-            .filter(|line| !line.is_empty())
-            .collect()
-    } else {
-        vec![body]
-    };
-    if pieces.is_empty() || (!ndjson && body.is_empty()) {
-        return Err(Refusal::bad("the body holds no record"));
-    }
-    pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let which = if ndjson { format!("record {}", i + 1) } else { "the record".to_string() };
-            if piece.len() > MAX_RECORD_BYTES {
-                return Err(Refusal(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("{which} has {} bytes; a record holds at most {MAX_RECORD_BYTES}", piece.len()),
-                ));
-            }
-            String::from_utf8(piece.to_vec()).map_err(|err| {
-                Refusal::bad(format!(
-                    "{which} is not UTF-8 text (byte {}); records are text, such as JSON",
-                    err.utf8_error().valid_up_to()
-                ))
-            })
-        })
-        .collect()
+    split_records(body, ndjson).map_err(|err| {
+        let status = match err {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Empty | BodyError::NotText { .. } => StatusCode::BAD_REQUEST,
+        };
+        Refusal(status, err.to_string())
+    })
 }
 
 async fn produce(
@@ -482,20 +459,17 @@ impl std::str::FromStr for Listen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_api::stream::MAX_RECORD_BYTES;
 
     #[test]
-    fn ndjson_bodies_split_into_records_and_bad_ones_say_which_line() {
+    fn ndjson_is_asked_for_by_content_type() {
         let mut ndjson = HeaderMap::new();
         ndjson.insert(header::CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
-        let plain = HeaderMap::new();
-        assert_eq!(records(&plain, b"a\nb").unwrap(), ["a\nb"]);
-        assert_eq!(records(&ndjson, b"a\r\n\nb\n").unwrap(), ["a", "b"]);
-        assert_eq!(records(&ndjson, b"\n\n").unwrap_err().1, "the body holds no record");
-        assert_eq!(records(&plain, b"").unwrap_err().0, StatusCode::BAD_REQUEST);
-        let err = records(&ndjson, b"ok\n\xff\xfe").unwrap_err();
-        assert_eq!(err.1, "record 2 is not UTF-8 text (byte 0); records are text, such as JSON");
+        assert_eq!(records(&ndjson, b"a\nb").unwrap(), ["a", "b"]);
+        assert_eq!(records(&HeaderMap::new(), b"a\nb").unwrap(), ["a\nb"]);
+        assert_eq!(records(&HeaderMap::new(), b"").unwrap_err().0, StatusCode::BAD_REQUEST);
         let large = vec![b'x'; MAX_RECORD_BYTES + 1];
-        assert_eq!(records(&plain, &large).unwrap_err().0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(records(&ndjson, &large).unwrap_err().0, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]

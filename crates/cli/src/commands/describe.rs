@@ -17,6 +17,40 @@ fn traffic(bytes: i64) -> String {
     approximate_bytes(bytes.max(0) as u64)
 }
 
+/// Each host's topics: backlog, lag (the age of the oldest unsent up-record)
+/// and drops, as the hosts last reported them.
+fn streams_table(topics: &[outpost_api::stream::TopicStatus]) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut table = Table::new(&["HOST", "TOPIC", "DIRECTION", "BACKLOG", "LAG", "DROPPED", "NOTE"]);
+    for t in topics {
+        let lag = match t.oldest_unsent_ms {
+            Some(_) => format!("{}s", t.lag_ms(now_ms) / 1000),
+            None => "-".to_string(),
+        };
+        let dropped = if t.dropped_records == 0 {
+            "0".to_string()
+        } else {
+            format!("{} ({})", t.dropped_records, approximate_bytes(t.dropped_bytes))
+        };
+        table.row(vec![
+            t.host.clone(),
+            format!("{}/{}", t.application, t.topic),
+            t.direction.as_str().to_string(),
+            format!("{} ({})", t.backlog_records, approximate_bytes(t.backlog_bytes)),
+            lag,
+            dropped,
+            if t.note.is_empty() { "-".to_string() } else { t.note.clone() },
+        ]);
+    }
+    table.render()
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String> {
     let object = client.get(kind, name).await?;
     let mut out = String::new();
@@ -85,6 +119,10 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     traffic(received),
                     traffic(sent)
                 );
+            }
+            if !status.streams.is_empty() {
+                out.push_str("Streams:\n");
+                out.push_str(&indent(&streams_table(&status.streams)));
             }
             let deployments = client.list(Kind::Deployment, None).await?;
             out.push_str("Deployments:");

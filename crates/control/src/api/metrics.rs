@@ -147,6 +147,56 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             }
         }
     }
+    let topics = state.store.host_streams().await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    type TopicField = fn(&outpost_api::stream::TopicStatus, u64) -> f64;
+    let per_topic: [(&str, &str, &str, TopicField); 5] = [
+        (
+            "outpost_stream_backlog_records",
+            "gauge",
+            "Records of an application topic on a host's disk (up topics: not yet stored here), as last reported.",
+            |t, _| t.backlog_records as f64,
+        ),
+        (
+            "outpost_stream_backlog_bytes",
+            "gauge",
+            "Bytes of an application topic on a host's disk, as last reported.",
+            |t, _| t.backlog_bytes as f64,
+        ),
+        (
+            "outpost_stream_lag_seconds",
+            "gauge",
+            "Age of the oldest record of an up topic that is not stored here yet.",
+            |t, now| t.lag_ms(now) as f64 / 1000.0,
+        ),
+        (
+            "outpost_stream_dropped_records_total",
+            "counter",
+            "Records a host dropped from a full topic, oldest first.",
+            |t, _| t.dropped_records as f64,
+        ),
+        (
+            "outpost_stream_dropped_bytes_total",
+            "counter",
+            "Bytes of the records a host dropped from a full topic.",
+            |t, _| t.dropped_bytes as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_topic {
+        out.family(name, kind, help);
+        for (site, topic) in &topics {
+            let labels = [
+                ("site", site.as_str()),
+                ("host", &topic.host),
+                ("application", &topic.application),
+                ("topic", &topic.topic),
+                ("direction", topic.direction.as_str()),
+            ];
+            out.sample(name, &labels, value(topic, now_ms));
+        }
+    }
     Ok((
         [(header::CONTENT_TYPE, outpost_api::metrics::CONTENT_TYPE)],
         out.finish(),

@@ -15,6 +15,7 @@ mod openapi;
 mod records;
 mod rollouts;
 mod secrets;
+mod streams;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -87,6 +88,12 @@ impl AppState {
         } else {
             None
         };
+        let mut streams: HashMap<String, Vec<outpost_api::stream::TopicStatus>> = HashMap::new();
+        if objects.iter().any(|o| o.kind == Kind::Site) {
+            for (site, topic) in self.store.host_streams().await? {
+                streams.entry(site).or_default().push(topic);
+            }
+        }
         let sites = if objects.iter().any(|o| o.kind == Kind::Deployment) {
             self.store.list(Kind::Site).await?
         } else {
@@ -94,7 +101,11 @@ impl AppState {
         };
         for object in &mut objects {
             let status = match (object.kind, &snapshot) {
-                (Kind::Site, Some(snapshot)) => serde_json::to_value(snapshot.site(&object.metadata.name)),
+                (Kind::Site, Some(snapshot)) => {
+                    let mut status = snapshot.site(&object.metadata.name);
+                    status.streams = streams.remove(&object.metadata.name).unwrap_or_default();
+                    serde_json::to_value(status)
+                }
                 (Kind::Deployment, Some(snapshot)) => {
                     let selector: Selector = object
                         .spec
@@ -143,6 +154,16 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
         ("GET", "/hosts", get(hosts::hosts)),
         ("GET", "/events", get(records::events)),
         ("GET", "/logs", get(records::logs)),
+        (
+            "GET",
+            "/streams/{application}/{topic}",
+            get(streams::read),
+        ),
+        (
+            "POST",
+            "/streams/{application}/{topic}",
+            post(streams::publish),
+        ),
         ("PATCH", "/hosts/{site}/{host}/labels", patch(hosts::label_host)),
         ("POST", "/secrets", post(secrets::set)),
         ("GET", "/secrets", get(secrets::list)),

@@ -196,6 +196,24 @@ const OPERATIONS: &[Operation] = &[
         &[400, 404, 409],
     ),
     op(
+        "GET",
+        "/streams/{application}/{topic}",
+        "Records sites sent up on a topic, oldest first, each stored once; with `follow=true`, server-sent events (`id`: the record's id, `data`: the record as JSON) that go on as records arrive",
+        &["{application}", "topic", "site", "since", "after", "limit", "follow"],
+        None,
+        Schema("StoredRecords"),
+        &[400, 404],
+    ),
+    op(
+        "POST",
+        "/streams/{application}/{topic}",
+        "Publish to a down topic: the body is one record, or one per line with Content-Type application/x-ndjson (UTF-8, at most 1 MiB each); every selected site that runs the application receives them once, in order, now or when it comes back",
+        &["{application}", "topic", "sites"],
+        Some(Text),
+        Schema("Published"),
+        &[400, 404, 409, 413],
+    ),
+    op(
         "PATCH",
         "/hosts/{site}/{host}/labels",
         "Set and remove the operator's labels on a host (facts are read-only)",
@@ -298,6 +316,18 @@ fn parameter(name: &str) -> Value {
             json!({ "name": "site", "in": "path", "required": true, "schema": { "type": "string" }, "description": "the site's name" })
         }
         "host" => path("the host's name"),
+        "{application}" => {
+            json!({ "name": "application", "in": "path", "required": true, "schema": { "type": "string" }, "description": "the application's name" })
+        }
+        "topic" => path("a topic the application declares"),
+        "follow" => query(
+            json!({ "type": "boolean" }),
+            "answer with server-sent events, and go on as records arrive",
+        ),
+        "sites" => query(
+            json!({ "type": "string" }),
+            "which sites receive the records, by their labels (default: every site that runs the application)",
+        ),
         "command" => {
             json!({ "name": "command", "in": "path", "required": true, "schema": { "type": "string", "enum": ["promote", "pause", "resume", "abort"] } })
         }
@@ -444,6 +474,8 @@ pub fn openapi() -> Value {
     add_schema::<ErrorBody>(&mut generator, &mut schemas);
     add_schema::<outpost_api::telemetry::EventList>(&mut generator, &mut schemas);
     add_schema::<outpost_api::telemetry::LogList>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::stream::StoredRecords>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::stream::Published>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::SecretSetRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::SecretSummary>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::SecretList>(&mut generator, &mut schemas);

@@ -1,0 +1,164 @@
+//! `/api/v1/streams/{application}/{topic}`: read what sites sent up on a
+//! topic (or follow it as server-sent events), and publish records to a
+//! down topic for the sites a selector picks.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use outpost_api::Selector;
+use outpost_api::manifest::{Kind, Name};
+use outpost_api::stream::{Published, StoredRecords, split_records};
+
+use super::{Actor, ApiError, AppState, body_bytes};
+use crate::store::StreamQuery;
+use crate::streams::{self, PublishError};
+
+/// The most records one read returns.
+const MAX_RECORDS: i64 = 10_000;
+
+/// The application and topic of a path, checked: names, and an
+/// application that exists.
+async fn topic(state: &AppState, application: &str, topic: &str) -> Result<(), ApiError> {
+    for (what, name) in [("application", application), ("topic", topic)] {
+        name.parse::<Name>()
+            .map_err(|why| ApiError::BadRequest(format!("{what}: {why}")))?;
+    }
+    if state.store.get(Kind::Application, application).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "Application {application:?} not found"
+        )));
+    }
+    Ok(())
+}
+
+fn stream_query(application: String, topic: String, raw: &HashMap<String, String>) -> Result<StreamQuery, ApiError> {
+    let since_ms = match raw.get("since") {
+        Some(since) => Some(
+            since
+                .parse::<jiff::Timestamp>()
+                .map_err(|_| ApiError::BadRequest(format!("since: {since:?} is not an RFC 3339 time")))?
+                .as_millisecond(),
+        ),
+        None => None,
+    };
+    let number = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match raw.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
+        }
+    };
+    Ok(StreamQuery {
+        application,
+        topic,
+        site: raw.get("site").cloned(),
+        since_ms,
+        after: number("after", 0)?,
+        limit: number("limit", 1000)?.clamp(1, MAX_RECORDS),
+    })
+}
+
+/// `GET /api/v1/streams/{application}/{topic}`: up-records, oldest first;
+/// with `follow=true`, as server-sent events (`id` the record's id, `data`
+/// the record as JSON) that go on as records arrive.
+pub(super) async fn read(
+    State(state): State<AppState>,
+    Path((application, topic_name)): Path<(String, String)>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    topic(&state, &application, &topic_name).await?;
+    let query = stream_query(application, topic_name, &raw)?;
+    let follow = match raw.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::BadRequest(format!("follow: {other:?} is not true or false"))),
+    };
+    if follow {
+        return Ok(follow_records(state, query).into_response());
+    }
+    let records = state.store.stream_records(&query).await?;
+    let next = records.last().map_or(query.after, |r| r.id);
+    Ok(Json(StoredRecords { records, next }).into_response())
+}
+
+fn follow_records(state: AppState, query: StreamQuery) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let stored = state.fleet.streams.stored();
+    let stream = futures_util::stream::unfold((state, query, stored), |(state, mut query, mut stored)| async move {
+        loop {
+            stored.borrow_and_update();
+            let records = match state.store.stream_records(&query).await {
+                Ok(records) => records,
+                Err(err) => {
+                    tracing::warn!(err = %err.detail(), "following a stream failed");
+                    return None;
+                }
+            };
+            let Some(last) = records.last().map(|r| r.id) else {
+                stored.changed().await.ok()?;
+                continue;
+            };
+            query.after = last;
+            let events: Vec<Result<Event, Infallible>> = records
+                .iter()
+                .map(|record| {
+                    let data = serde_json::to_string(record).unwrap_or_default();
+                    Ok(Event::default().id(record.id.to_string()).data(data))
+                })
+                .collect();
+            return Some((futures_util::stream::iter(events), (state, query, stored)));
+        }
+    });
+    use futures_util::StreamExt as _;
+    Sse::new(stream.flatten()).keep_alive(KeepAlive::default())
+}
+
+/// `POST /api/v1/streams/{application}/{topic}?sites=SELECTOR`: the body is
+/// one record, or one per line with `Content-Type: application/x-ndjson`;
+/// every selected site that runs the application receives them, now or
+/// when it comes back.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((application, topic_name)): Path<(String, String)>,
+    Query(raw): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Published>, ApiError> {
+    topic(&state, &application, &topic_name).await?;
+    let sites = match raw.get("sites") {
+        Some(text) => text
+            .parse::<Selector>()
+            .map_err(|why| ApiError::BadRequest(format!("sites: {why}")))?,
+        None => Selector::all(),
+    };
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let records = split_records(&body_bytes(body)?, ndjson).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let published = streams::publish(
+        state.store.as_ref(),
+        &state.fleet.streams,
+        (&application, &topic_name),
+        &sites,
+        &records,
+        &actor,
+    )
+    .await
+    .map_err(|err| match err {
+        PublishError::Invalid(why) => ApiError::Conflict(why),
+        PublishError::Store(err) => err.into(),
+    })?;
+    tracing::info!(%application, topic = %topic_name, records = published.records, sites = published.sites.len(), %actor, "published to a down topic");
+    Ok(Json(published))
+}
