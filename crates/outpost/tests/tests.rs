@@ -22,6 +22,8 @@ mod queue;
 mod secrets;
 #[path = "suite/sim.rs"]
 mod sim;
+#[path = "suite/streams.rs"]
+mod streams;
 #[path = "suite/tidy.rs"]
 mod tidy;
 #[path = "suite/up.rs"]

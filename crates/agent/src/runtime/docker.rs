@@ -356,15 +356,23 @@ impl Runtime for Docker {
             .inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
             .context("inspecting the engine's default bridge")?;
+        // The gateway, or else (an engine may leave it out) the first
+        // address of the subnet, which the engine gives the bridge.
         let gateway = bridge
             .ipam
             .and_then(|ipam| ipam.config)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|config| config.gateway?.parse().ok())
-            .find(std::net::IpAddr::is_ipv4)
-            .context("the engine's default bridge has no IPv4 gateway")?;
-        Ok(Some(gateway))
+            .find_map(|config| {
+                if let Some(gateway) = config.gateway.and_then(|g| g.parse::<std::net::Ipv4Addr>().ok()) {
+                    return Some(gateway);
+                }
+                let subnet = config.subnet?;
+                let network: std::net::Ipv4Addr = subnet.split_once('/')?.0.parse().ok()?;
+                Some(std::net::Ipv4Addr::from(u32::from(network) + 1))
+            })
+            .context("the engine's default bridge has no IPv4 address")?;
+        Ok(Some(gateway.into()))
     }
 
     async fn image_digest(&self, image: &str) -> Result<Option<String>> {

@@ -17,6 +17,9 @@ use outpost_api::client_config::ClientConfig;
 
 pub mod engine;
 pub mod lab;
+pub mod link;
+pub mod nats;
+pub mod streams;
 pub mod registry;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
@@ -31,6 +34,8 @@ pub struct ControlPlane {
     log: Log,
     /// `RUST_LOG` of its process.
     rust_log: String,
+    /// Extra `outpost control` arguments (`--streams-nats`).
+    args: Vec<String>,
 }
 
 type Log = Arc<std::sync::Mutex<Vec<String>>>;
@@ -42,10 +47,21 @@ impl ControlPlane {
 
     /// Like `start`, with `RUST_LOG` set to `rust_log`.
     pub fn start_logging(rust_log: &str) -> ControlPlane {
+        ControlPlane::start_with(rust_log, &[])
+    }
+
+    /// Like `start_logging`, with extra `outpost control` arguments.
+    pub fn start_with(rust_log: &str, args: &[&str]) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::default();
-        let (child, url, agent_url) =
-            spawn_on(dir.path(), "127.0.0.1:0", "127.0.0.1:0", rust_log, log.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, url, agent_url) = spawn_on(
+            dir.path(),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            rust_log,
+            &args,
+            log.clone(),
+        );
         ControlPlane {
             dir,
             url,
@@ -53,6 +69,7 @@ impl ControlPlane {
             child,
             log,
             rust_log: rust_log.to_string(),
+            args,
         }
     }
 
@@ -110,9 +127,9 @@ impl ControlPlane {
         let address = |url: &str| url.trim_start_matches("https://").to_string();
         let (child, url, agent_url) = spawn_on(
             self.dir.path(),
-            &address(&self.url),
-            &address(&self.agent_url),
+            (&address(&self.url), &address(&self.agent_url)),
             &self.rust_log,
+            &self.args,
             self.log.clone(),
         );
         self.child = child;
@@ -155,14 +172,15 @@ impl Drop for ControlPlane {
 
 fn spawn_on(
     data_dir: &Path,
-    listen: &str,
-    agent_listen: &str,
+    (listen, agent_listen): (&str, &str),
     rust_log: &str,
+    args: &[String],
     log: Log,
 ) -> (Child, String, String) {
     let mut child = Command::new(BIN)
         .args(["control", "--data-dir", data_dir.to_str().unwrap()])
         .args(["--listen", listen, "--agent-listen", agent_listen])
+        .args(args)
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -451,6 +469,9 @@ pub struct Agent {
     log: Log,
     /// Extra environment of its process (`DOCKER_HOST`).
     env: Vec<(String, String)>,
+    /// The port of its streams endpoint, the same across restarts (its
+    /// containers keep the address they were given).
+    streams_port: u16,
 }
 
 impl Agent {
@@ -468,7 +489,7 @@ impl Agent {
     /// Like `enroll`, with `RUST_LOG` set to `rust_log`.
     pub fn enroll_logging(control: &ControlPlane, site: &str, host: &str, rust_log: &str) -> Agent {
         let token = control.join_token(site);
-        Agent::spawned(control, site, host, &token, &[], rust_log, &[])
+        Agent::spawned(&control.agent_url, site, host, &token, &[], rust_log, &[])
     }
 
     /// Like `enroll_with`, on another Docker Engine (`DOCKER_HOST`).
@@ -481,7 +502,13 @@ impl Agent {
     ) -> Agent {
         let token = control.join_token(site);
         let env = [("DOCKER_HOST".to_string(), docker_host.to_string())];
-        Agent::spawned(control, site, host, &token, args, "info", &env)
+        Agent::spawned(&control.agent_url, site, host, &token, args, "info", &env)
+    }
+
+    /// Like `enroll_with`, reaching the control plane at `server` (a `Link`).
+    pub fn enroll_through(control: &ControlPlane, site: &str, host: &str, server: &str, args: &[&str]) -> Agent {
+        let token = control.join_token(site);
+        Agent::spawned(server, site, host, &token, args, "info", &[])
     }
 
     /// Like `enroll_with`, with a join token made beforehand.
@@ -492,11 +519,11 @@ impl Agent {
         token: &str,
         args: &[&str],
     ) -> Agent {
-        Agent::spawned(control, site, host, token, args, "info", &[])
+        Agent::spawned(&control.agent_url, site, host, token, args, "info", &[])
     }
 
     fn spawned(
-        control: &ControlPlane,
+        server: &str,
         site: &str,
         host: &str,
         token: &str,
@@ -508,12 +535,17 @@ impl Agent {
             dir: tempfile::tempdir().unwrap(),
             site: site.to_string(),
             host: host.to_string(),
-            server: control.agent_url.clone(),
+            server: server.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             rust_log: rust_log.to_string(),
             log: Log::default(),
             env: env.to_vec(),
+            streams_port: std::net::TcpListener::bind("0.0.0.0:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
         };
         agent.spawn(Some(token));
         agent
@@ -554,9 +586,13 @@ impl Agent {
             ])
             .args(["--host-name", &self.host])
             .args(&self.args);
-        // Parallel agents must not fight over the default metrics port.
+        // Parallel agents must not fight over the default metrics port,
+        // nor over the streams endpoint's.
         if !self.args.iter().any(|a| a == "--metrics-listen") {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        if !self.args.iter().any(|a| a == "--streams-listen") {
+            command.args(["--streams-listen", &format!("bridge:{}", self.streams_port)]);
         }
         // Nor over the secrets directory, which outlives a test otherwise.
         command.arg("--secrets-dir").arg(self.secrets_dir());
