@@ -23,8 +23,8 @@ pub mod samples;
 pub mod secrets;
 pub mod session;
 pub mod stage;
-pub mod streams;
 pub mod store;
+pub mod streams;
 pub mod tls;
 pub mod uplink;
 
@@ -181,7 +181,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         None => None,
     };
     let streams = Arc::new(streams::Streams::open(store.pool()).await?);
-    let configuring = tokio::spawn(streams::configure(streams.clone(), desired.clone(), shutdown.clone()));
+    let configuring = tokio::spawn(streams::configure(
+        streams.clone(),
+        desired.clone(),
+        shutdown.clone(),
+    ));
     let endpoint = match &config.streams_listen {
         Some(listen) => {
             streams::endpoint::start(

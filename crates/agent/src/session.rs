@@ -415,7 +415,11 @@ impl Session {
     }
 
     /// Sends the next up batch, if one waits and none is in flight.
-    async fn send_stream_batch(&self, sender: &mpsc::Sender<AgentMessage>, in_flight: &mut InFlight) -> Result<()> {
+    async fn send_stream_batch(
+        &self,
+        sender: &mpsc::Sender<AgentMessage>,
+        in_flight: &mut InFlight,
+    ) -> Result<()> {
         if in_flight.is_some() {
             return Ok(());
         }

@@ -84,7 +84,11 @@ pub fn check_window(text: &str) -> Result<(), String> {
 }
 
 fn parse_window(text: &str) -> Result<(u16, u16), String> {
-    let bad = |why: &str| Err(format!("{text:?} is not a window: {why} (such as \"01:00-05:00\")"));
+    let bad = |why: &str| {
+        Err(format!(
+            "{text:?} is not a window: {why} (such as \"01:00-05:00\")"
+        ))
+    };
     let Some((start, end)) = text.split_once('-') else {
         return bad("two times joined by '-'");
     };
@@ -157,7 +161,13 @@ pub fn split_records(body: &[u8], ndjson: bool) -> Result<Vec<String>, BodyError
         .into_iter()
         .enumerate()
         .map(|(i, piece)| {
-            let which = || if ndjson { format!("record {}", i + 1) } else { "the record".to_string() };
+            let which = || {
+                if ndjson {
+                    format!("record {}", i + 1)
+                } else {
+                    "the record".to_string()
+                }
+            };
             if piece.len() > MAX_RECORD_BYTES {
                 return Err(BodyError::TooLarge {
                     which: which(),
@@ -246,7 +256,8 @@ pub struct TopicStatus {
 impl TopicStatus {
     /// The lag: the age of the oldest unsent record at `now_ms`.
     pub fn lag_ms(&self, now_ms: u64) -> u64 {
-        self.oldest_unsent_ms.map_or(0, |oldest| now_ms.saturating_sub(oldest))
+        self.oldest_unsent_ms
+            .map_or(0, |oldest| now_ms.saturating_sub(oldest))
     }
 }
 
@@ -304,7 +315,10 @@ mod tests {
             "record 2 is not UTF-8 text (byte 0); records are text, such as JSON"
         );
         let large = vec![b'x'; MAX_RECORD_BYTES + 1];
-        assert!(matches!(split_records(&large, false), Err(BodyError::TooLarge { .. })));
+        assert!(matches!(
+            split_records(&large, false),
+            Err(BodyError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -309,7 +309,10 @@ impl Checker<'_> {
         if topics.len() > MAX_TOPICS {
             self.error(
                 path,
-                format!("{} topics; an application declares at most {MAX_TOPICS}", topics.len()),
+                format!(
+                    "{} topics; an application declares at most {MAX_TOPICS}",
+                    topics.len()
+                ),
             );
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
@@ -341,7 +344,9 @@ impl Checker<'_> {
                 if topic.priority.is_some() {
                     self.error(
                         &path.field("priority"),
-                        format!("a {direction} topic has no priority: priorities order the uplink of up topics"),
+                        format!(
+                            "a {direction} topic has no priority: priorities order the uplink of up topics"
+                        ),
                     );
                 }
                 if topic.window.is_some() {

@@ -10,14 +10,23 @@ use crate::telemetry::{Filter, Style, show};
 fn record_text(records: &[StoredRecord]) -> String {
     let mut text = String::new();
     for r in records {
-        text.push_str(&format!("{} {}/{} #{} {}\n", r.produced_at, r.site, r.host, r.seq, r.data));
+        text.push_str(&format!(
+            "{} {}/{} #{} {}\n",
+            r.produced_at, r.site, r.host, r.seq, r.data
+        ));
     }
     text
 }
 
 /// Prints a topic's up-records (the newest first page, oldest first), then
 /// with `follow` new ones as they arrive.
-pub async fn read(client: &Client, (application, topic): (&str, &str), filter: &Filter, style: Style, follow: bool) -> Result<()> {
+pub async fn read(
+    client: &Client,
+    (application, topic): (&str, &str),
+    filter: &Filter,
+    style: Style,
+    follow: bool,
+) -> Result<()> {
     let render = |records: &[StoredRecord], first: bool| match records {
         [] if first && !follow => format!("no records on {application}/{topic}\n"),
         _ => record_text(records),
@@ -32,7 +41,12 @@ pub async fn read(client: &Client, (application, topic): (&str, &str), filter: &
 
 /// Publishes each non-empty line of `file` (`-`: standard input) as one
 /// record of a down topic, to the sites `sites` selects.
-pub async fn publish(client: &Client, (application, topic): (&str, &str), sites: Option<&str>, file: &str) -> Result<String> {
+pub async fn publish(
+    client: &Client,
+    (application, topic): (&str, &str),
+    sites: Option<&str>,
+    file: &str,
+) -> Result<String> {
     let body = if file == "-" {
         let mut body = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).context("reading standard input")?;

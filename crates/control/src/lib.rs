@@ -14,8 +14,8 @@ pub mod revocation;
 pub mod secrets;
 pub mod server;
 pub mod status;
-pub mod streams;
 pub mod store;
+pub mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -325,7 +325,10 @@ async fn run(cli: Cli) -> Result<()> {
                     sites,
                     file,
                 },
-        } => outpost_cli::streams::publish(&client(&cli)?, (application, topic), sites.as_deref(), file).await?,
+        } => {
+            outpost_cli::streams::publish(&client(&cli)?, (application, topic), sites.as_deref(), file)
+                .await?
+        }
         Command::Logs {
             application,
             service,

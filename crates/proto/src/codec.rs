@@ -242,7 +242,11 @@ pub fn decode_batch(batch: &Batch) -> Result<Vec<Record>, CodecError> {
 }
 
 /// Records of one topic, each with its sequence number, oldest first.
-pub fn encode_stream_batch(application: &str, topic: &str, records: &[(u64, Item)]) -> Result<StreamBatch, CodecError> {
+pub fn encode_stream_batch(
+    application: &str,
+    topic: &str,
+    records: &[(u64, Item)],
+) -> Result<StreamBatch, CodecError> {
     let items: Vec<&Item> = records.iter().map(|(_, item)| item).collect();
     let deflate = || -> std::io::Result<Vec<u8>> {
         let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
@@ -283,7 +287,8 @@ pub fn decode_stream_batch(batch: &StreamBatch) -> Result<Vec<(u64, Item)>, Code
     if json.len() as u64 > MAX_BATCH_INFLATED {
         return Err(refuse(format!("inflates past {MAX_BATCH_INFLATED} bytes")));
     }
-    let items: Vec<Item> = serde_json::from_slice(&json).map_err(|err| refuse(format!("unreadable records: {err}")))?;
+    let items: Vec<Item> =
+        serde_json::from_slice(&json).map_err(|err| refuse(format!("unreadable records: {err}")))?;
     if items.len() != batch.seqs.len() {
         return Err(refuse(format!(
             "{} sequence numbers for {} records",

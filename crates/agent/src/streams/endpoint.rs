@@ -65,9 +65,11 @@ impl std::fmt::Debug for Endpoint {
 /// The key tokens are made with: made once, kept in the agent's database
 /// (which only the agent can read).
 async fn token_key(pool: &SqlitePool) -> Result<hmac::Key> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS stream_key (id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB NOT NULL)")
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS stream_key (id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
     let fresh: [u8; 32] = rand::random();
     sqlx::query("INSERT OR IGNORE INTO stream_key (id, key) VALUES (1, ?1)")
         .bind(fresh.as_slice())
@@ -113,7 +115,10 @@ impl Endpoint {
             hex::encode(self.mac(application, instance).as_ref())
         );
         vec![
-            ("OUTPOST_STREAMS_URL".to_string(), Zeroizing::new(self.url.clone())),
+            (
+                "OUTPOST_STREAMS_URL".to_string(),
+                Zeroizing::new(self.url.clone()),
+            ),
             ("OUTPOST_STREAMS_TOKEN".to_string(), Zeroizing::new(token)),
         ]
     }
@@ -128,14 +133,19 @@ impl Endpoint {
                 "send the token from OUTPOST_STREAMS_TOKEN as Authorization: Bearer TOKEN",
             ))?;
         let mut parts = token.trim().splitn(3, '.');
-        let (Some(application), Some(instance), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(application), Some(instance), Some(mac)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(Refusal::forbidden("this token is not an Outpost streams token"));
         };
-        let mac = hex::decode(mac).map_err(|_| Refusal::forbidden("this token is not an Outpost streams token"))?;
+        let mac =
+            hex::decode(mac).map_err(|_| Refusal::forbidden("this token is not an Outpost streams token"))?;
         hmac::verify(&self.key, format!("{application}.{instance}").as_bytes(), &mac)
             .map_err(|_| Refusal::forbidden("this token was not issued by this host's agent"))?;
         let current = self.desired.borrow().1.workloads.iter().any(|w| {
-            w.application == application && w.instances.iter().any(|i| i.name == instance && i.host == self.host)
+            w.application == application
+                && w.instances
+                    .iter()
+                    .any(|i| i.name == instance && i.host == self.host)
         });
         if !current {
             return Err(Refusal::forbidden(format!(
@@ -279,12 +289,17 @@ async fn read(
     if let Some(consumer) = &query.consumer
         && (consumer.is_empty() || consumer.len() > 128 || consumer.chars().any(char::is_control))
     {
-        return Err(Refusal::bad("a consumer name is 1 to 128 characters, without control characters"));
+        return Err(Refusal::bad(
+            "a consumer name is 1 to 128 characters, without control characters",
+        ));
     }
     let streams = &endpoint.streams;
     let from = match (query.from, &query.consumer) {
         (Some(from), Some(consumer)) => {
-            streams.commit(&key, consumer, from).await.map_err(Refusal::failed)?;
+            streams
+                .commit(&key, consumer, from)
+                .await
+                .map_err(Refusal::failed)?;
             from
         }
         (Some(from), None) => from,
@@ -319,7 +334,10 @@ async fn read(
                 .collect();
             return Ok(axum::Json(Records { records, next }).into_response());
         }
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
             continue;
         }
     }
@@ -387,7 +405,10 @@ pub async fn start(
             Ok(Some(ip)) => SocketAddr::new(ip, *port),
             Ok(None) => SocketAddr::from(([127, 0, 0, 1], *port)),
             Err(err) => {
-                tracing::warn!(err = format!("{err:#}"), "no application streams endpoint (pass --streams-listen ADDRESS:PORT)");
+                tracing::warn!(
+                    err = format!("{err:#}"),
+                    "no application streams endpoint (pass --streams-listen ADDRESS:PORT)"
+                );
                 return Ok(None);
             }
         },
@@ -412,7 +433,11 @@ pub async fn start(
 }
 
 /// Serves the endpoint on `listener` until `shutdown`.
-async fn serve(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoint: Arc<Endpoint>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, url = %endpoint.url, "serving application streams");
     }
@@ -467,9 +492,15 @@ mod tests {
         ndjson.insert(header::CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
         assert_eq!(records(&ndjson, b"a\nb").unwrap(), ["a", "b"]);
         assert_eq!(records(&HeaderMap::new(), b"a\nb").unwrap(), ["a\nb"]);
-        assert_eq!(records(&HeaderMap::new(), b"").unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            records(&HeaderMap::new(), b"").unwrap_err().0,
+            StatusCode::BAD_REQUEST
+        );
         let large = vec![b'x'; MAX_RECORD_BYTES + 1];
-        assert_eq!(records(&ndjson, &large).unwrap_err().0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            records(&ndjson, &large).unwrap_err().0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[test]

@@ -287,15 +287,17 @@ impl Streams {
         };
         let mut tx = self.pool.begin().await?;
         for (seq, item) in records {
-            sqlx::query("INSERT INTO stream_records (application, topic, seq, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .bind(&key.application)
-                .bind(&key.topic)
-                .bind(*seq as i64)
-                .bind(item.at as i64)
-                .bind(&item.data)
-                .execute(&mut *tx)
-                .await
-                .with_context(|| format!("storing a record of {key}"))?;
+            sqlx::query(
+                "INSERT INTO stream_records (application, topic, seq, at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&key.application)
+            .bind(&key.topic)
+            .bind(*seq as i64)
+            .bind(item.at as i64)
+            .bind(&item.data)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("storing a record of {key}"))?;
             state.records += 1;
             state.bytes += item.data.len() as u64;
             state.last_seq = *seq;
@@ -342,7 +344,9 @@ impl Streams {
         .bind(state.dropped_bytes as i64)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await.with_context(|| format!("storing records of {key}"))?;
+        tx.commit()
+            .await
+            .with_context(|| format!("storing records of {key}"))?;
         let dropped = state.oldest.is_none();
         if let Some(topic) = self.topics.lock().get_mut(key) {
             topic.last_seq = state.last_seq;
@@ -363,7 +367,13 @@ impl Streams {
     /// Records of a topic from sequence number `from` on: at most
     /// `max_records`, and no more than `max_bytes` unless one record is
     /// larger.
-    pub async fn read(&self, key: &TopicKey, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<(u64, Item)>> {
+    pub async fn read(
+        &self,
+        key: &TopicKey,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Item)>> {
         let rows: Vec<(i64, i64, String)> = sqlx::query_as(
             "SELECT seq, at, data FROM stream_records WHERE application = ?1 AND topic = ?2 AND seq >= ?3
              ORDER BY seq LIMIT ?4",

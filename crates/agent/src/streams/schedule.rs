@@ -97,7 +97,10 @@ mod tests {
         assert!(!utc.is_open(at(0, 59)));
         assert!(utc.is_open(at(1, 0)));
         assert!(!utc.is_open(at(5, 0)));
-        assert_eq!(utc.note(at(0, 30)), "held until its window 01:00-05:00 (UTC) opens in 0h30m");
+        assert_eq!(
+            utc.note(at(0, 30)),
+            "held until its window 01:00-05:00 (UTC) opens in 0h30m"
+        );
         assert_eq!(utc.note(at(2, 0)), "");
 
         // Oslo is UTC+1 in December: 01:00 there is 00:00 UTC.
@@ -107,7 +110,11 @@ mod tests {
 
         let unknown = Schedule::new(Priority::Normal, night(), Some("Mars/Olympus"));
         assert!(unknown.is_open(at(1, 0)));
-        assert!(unknown.note(at(0, 0)).contains("\"Mars/Olympus\" is unknown here"));
+        assert!(
+            unknown
+                .note(at(0, 0))
+                .contains("\"Mars/Olympus\" is unknown here")
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ fn state(streams: serde_json::Value) -> SiteState {
 }
 
 async fn open(dir: &std::path::Path) -> Streams {
-    let store = crate::store::LocalStore::open(&dir.join("agent.db")).await.unwrap();
+    let store = crate::store::LocalStore::open(&dir.join("agent.db"))
+        .await
+        .unwrap();
     let streams = Streams::open(store.pool()).await.unwrap();
     streams.configure(&state(serde_json::json!([
         { "name": "receipts", "direction": "up", "retention": "64Ki", "priority": "bulk" },
@@ -77,7 +79,10 @@ async fn urgent_topics_go_first_then_the_oldest_backlog() {
     // Local and down topics never go up.
     let readings = TopicKey::new("pos", "readings");
     streams.produce(&readings, &kib(1)).await.unwrap();
-    streams.acknowledge(&TopicKey::new("pos", "receipts"), 3).await.unwrap();
+    streams
+        .acknowledge(&TopicKey::new("pos", "receipts"), 3)
+        .await
+        .unwrap();
     assert_eq!(streams.next_up(0), None);
 }
 
@@ -116,7 +121,12 @@ async fn an_undeclared_topic_takes_no_records() {
     let dir = tempfile::tempdir().unwrap();
     let streams = open(dir.path()).await;
     assert!(streams.declared(&TopicKey::new("pos", "nothing")).is_none());
-    assert!(streams.produce(&TopicKey::new("pos", "nothing"), &kib(1)).await.is_err());
+    assert!(
+        streams
+            .produce(&TopicKey::new("pos", "nothing"), &kib(1))
+            .await
+            .is_err()
+    );
     assert_eq!(
         streams.declared(&TopicKey::new("pos", "prices")),
         Some(Direction::Down)

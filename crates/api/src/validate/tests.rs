@@ -455,7 +455,10 @@ fn stream_topics_name_what_is_wrong() {
             app.yaml:14:34: spec.streams[1].direction: "sideways" is not one of "up", "down" or "local""#]],
     );
     check(
-        &format!("{APP_HEAD}{services}{}", bad.replace("1:00-05", "01:00-05").replace("sideways", "up")),
+        &format!(
+            "{APP_HEAD}{services}{}",
+            bad.replace("1:00-05", "01:00-05").replace("sideways", "up")
+        ),
         expect![[r#"
             app.yaml:13:51: spec.streams[0].retention: 1Ki is out of range (from 64Ki to 1Ti)
             app.yaml:15:15: spec.streams[2].name: duplicate topic name "receipts" (also spec.streams[0])

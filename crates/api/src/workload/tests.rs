@@ -106,8 +106,8 @@ fn instances_go_to_matching_hosts() {
         instances: Vec::new(),
         secrets: BTreeMap::new(),
         digests: BTreeMap::new(),
-            streams: Vec::new(),
-            time_zone: None,
+        streams: Vec::new(),
+        time_zone: None,
     };
     let mut state = SiteState {
         workloads: vec![

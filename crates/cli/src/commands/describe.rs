@@ -41,7 +41,11 @@ fn streams_table(topics: &[outpost_api::stream::TopicStatus]) -> String {
             format!("{} ({})", t.backlog_records, approximate_bytes(t.backlog_bytes)),
             lag,
             dropped,
-            if t.note.is_empty() { "-".to_string() } else { t.note.clone() },
+            if t.note.is_empty() {
+                "-".to_string()
+            } else {
+                t.note.clone()
+            },
         ]);
     }
     table.render()

@@ -154,16 +154,8 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
         ("GET", "/hosts", get(hosts::hosts)),
         ("GET", "/events", get(records::events)),
         ("GET", "/logs", get(records::logs)),
-        (
-            "GET",
-            "/streams/{application}/{topic}",
-            get(streams::read),
-        ),
-        (
-            "POST",
-            "/streams/{application}/{topic}",
-            post(streams::publish),
-        ),
+        ("GET", "/streams/{application}/{topic}", get(streams::read)),
+        ("POST", "/streams/{application}/{topic}", post(streams::publish)),
         ("PATCH", "/hosts/{site}/{host}/labels", patch(hosts::label_host)),
         ("POST", "/secrets", post(secrets::set)),
         ("GET", "/secrets", get(secrets::list)),

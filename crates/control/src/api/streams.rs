@@ -38,7 +38,11 @@ async fn topic(state: &AppState, application: &str, topic: &str) -> Result<(), A
     Ok(())
 }
 
-fn stream_query(application: String, topic: String, raw: &HashMap<String, String>) -> Result<StreamQuery, ApiError> {
+fn stream_query(
+    application: String,
+    topic: String,
+    raw: &HashMap<String, String>,
+) -> Result<StreamQuery, ApiError> {
     let since_ms = match raw.get("since") {
         Some(since) => Some(
             since
@@ -81,7 +85,11 @@ pub(super) async fn read(
     let follow = match raw.get("follow").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("follow: {other:?} is not true or false"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "follow: {other:?} is not true or false"
+            )));
+        }
     };
     if follow {
         return Ok(follow_records(state, query).into_response());
@@ -91,33 +99,39 @@ pub(super) async fn read(
     Ok(Json(StoredRecords { records, next }).into_response())
 }
 
-fn follow_records(state: AppState, query: StreamQuery) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+fn follow_records(
+    state: AppState,
+    query: StreamQuery,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let stored = state.fleet.streams.stored();
-    let stream = futures_util::stream::unfold((state, query, stored), |(state, mut query, mut stored)| async move {
-        loop {
-            stored.borrow_and_update();
-            let records = match state.store.stream_records(&query).await {
-                Ok(records) => records,
-                Err(err) => {
-                    tracing::warn!(err = %err.detail(), "following a stream failed");
-                    return None;
-                }
-            };
-            let Some(last) = records.last().map(|r| r.id) else {
-                stored.changed().await.ok()?;
-                continue;
-            };
-            query.after = last;
-            let events: Vec<Result<Event, Infallible>> = records
-                .iter()
-                .map(|record| {
-                    let data = serde_json::to_string(record).unwrap_or_default();
-                    Ok(Event::default().id(record.id.to_string()).data(data))
-                })
-                .collect();
-            return Some((futures_util::stream::iter(events), (state, query, stored)));
-        }
-    });
+    let stream = futures_util::stream::unfold(
+        (state, query, stored),
+        |(state, mut query, mut stored)| async move {
+            loop {
+                stored.borrow_and_update();
+                let records = match state.store.stream_records(&query).await {
+                    Ok(records) => records,
+                    Err(err) => {
+                        tracing::warn!(err = %err.detail(), "following a stream failed");
+                        return None;
+                    }
+                };
+                let Some(last) = records.last().map(|r| r.id) else {
+                    stored.changed().await.ok()?;
+                    continue;
+                };
+                query.after = last;
+                let events: Vec<Result<Event, Infallible>> = records
+                    .iter()
+                    .map(|record| {
+                        let data = serde_json::to_string(record).unwrap_or_default();
+                        Ok(Event::default().id(record.id.to_string()).data(data))
+                    })
+                    .collect();
+                return Some((futures_util::stream::iter(events), (state, query, stored)));
+            }
+        },
+    );
     use futures_util::StreamExt as _;
     Sse::new(stream.flatten()).keep_alive(KeepAlive::default())
 }
@@ -145,7 +159,8 @@ pub(super) async fn publish(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let records = split_records(&body_bytes(body)?, ndjson).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let records =
+        split_records(&body_bytes(body)?, ndjson).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let published = streams::publish(
         state.store.as_ref(),
         &state.fleet.streams,

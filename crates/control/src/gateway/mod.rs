@@ -30,8 +30,8 @@ use crate::fleet::Fleet;
 use crate::pki::{self, HostCertificate, Pki};
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
-use crate::streams;
 use crate::store::{HostImage, ImageDigest, InstanceRecord, Storage, StoreError};
+use crate::streams;
 use outpost_api::workload::SiteState;
 
 mod session;
@@ -109,7 +109,8 @@ impl Gateway {
                 .map_err(internal)?;
         }
         if let Some(report) = &request.streams {
-            let topics = codec::decode_stream_report(report).map_err(|err| Status::invalid_argument(err.to_string()))?;
+            let topics = codec::decode_stream_report(report)
+                .map_err(|err| Status::invalid_argument(err.to_string()))?;
             self.store
                 .record_host_streams(site, host, &topics)
                 .await
@@ -117,9 +118,15 @@ impl Gateway {
         }
         let ack = match &request.stream_batch {
             Some(batch) => Some(
-                streams::accept_up(self.store.as_ref(), &self.fleet.streams, state, (site, host), batch)
-                    .await
-                    .map_err(refused)?,
+                streams::accept_up(
+                    self.store.as_ref(),
+                    &self.fleet.streams,
+                    state,
+                    (site, host),
+                    batch,
+                )
+                .await
+                .map_err(refused)?,
             ),
             None => None,
         };

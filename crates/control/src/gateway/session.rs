@@ -19,8 +19,8 @@ use tonic::{Status, Streaming};
 use super::{check_protocol, record_facts, record_hello, record_status, store_batch};
 use crate::fleet::Fleet;
 use crate::revocation::Revocations;
-use crate::streams;
 use crate::store::{Storage, StoreError};
+use crate::streams;
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -293,8 +293,14 @@ impl Session {
             Some(agent_message::Body::StreamBatch(batch)) => {
                 let empty = SiteState::default();
                 let state = state.unwrap_or(&empty);
-                let accepted =
-                    streams::accept_up(self.store.as_ref(), &self.fleet.streams, state, (site, host), &batch).await;
+                let accepted = streams::accept_up(
+                    self.store.as_ref(),
+                    &self.fleet.streams,
+                    state,
+                    (site, host),
+                    &batch,
+                )
+                .await;
                 match accepted {
                     Ok(ack) => self.send(control_message::Body::StreamAck(ack)).await?,
                     Err(streams::Refused::Store(err)) => return Err(err.into()),

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use outpost_api::stream::{Item, Published, StoredRecord, TopicStatus};
 use sqlx::Row;
 
-use super::sqlite::SqliteStore;
 use super::StoreError;
+use super::sqlite::SqliteStore;
 
 /// What `GET /api/v1/streams/{application}/{topic}` asks for.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +76,12 @@ pub trait StreamStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Replaces what a host reported of its topics.
-    async fn record_host_streams(&self, site: &str, host: &str, topics: &[TopicStatus]) -> Result<(), StoreError>;
+    async fn record_host_streams(
+        &self,
+        site: &str,
+        host: &str,
+        topics: &[TopicStatus],
+    ) -> Result<(), StoreError>;
 
     /// Every host's last report, by site.
     async fn host_streams(&self) -> Result<Vec<(String, TopicStatus)>, StoreError>;
@@ -319,7 +324,12 @@ impl StreamStore for SqliteStore {
         Ok(())
     }
 
-    async fn record_host_streams(&self, site: &str, host: &str, topics: &[TopicStatus]) -> Result<(), StoreError> {
+    async fn record_host_streams(
+        &self,
+        site: &str,
+        host: &str,
+        topics: &[TopicStatus],
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO host_streams (site, host, topics) VALUES (?1, ?2, ?3)
              ON CONFLICT (site, host) DO UPDATE SET topics = ?3",

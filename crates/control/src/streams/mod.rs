@@ -130,7 +130,11 @@ pub async fn next_down(
 }
 
 /// A host stored down-records through the acknowledged number.
-pub async fn delivered(store: &dyn Storage, (site, host): (&str, &str), ack: &StreamAck) -> Result<(), StoreError> {
+pub async fn delivered(
+    store: &dyn Storage,
+    (site, host): (&str, &str),
+    ack: &StreamAck,
+) -> Result<(), StoreError> {
     store
         .record_delivered(site, host, &ack.application, &ack.topic, ack.through_seq)
         .await

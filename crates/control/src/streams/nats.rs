@@ -30,7 +30,12 @@ pub fn subject(record: &StoredRecord) -> String {
 }
 
 /// Forwards until `shutdown`, reconnecting with backoff.
-pub async fn forward(url: String, store: Arc<dyn Storage>, signals: Arc<Signals>, mut shutdown: watch::Receiver<bool>) {
+pub async fn forward(
+    url: String,
+    store: Arc<dyn Storage>,
+    signals: Arc<Signals>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut delay = RETRY_MIN;
     loop {
         let result = tokio::select! {
@@ -48,7 +53,12 @@ pub async fn forward(url: String, store: Arc<dyn Storage>, signals: Arc<Signals>
     }
 }
 
-async fn forward_once(url: &str, store: &dyn Storage, signals: &Signals, delay: &mut Duration) -> anyhow::Result<()> {
+async fn forward_once(
+    url: &str,
+    store: &dyn Storage,
+    signals: &Signals,
+    delay: &mut Duration,
+) -> anyhow::Result<()> {
     let client = async_nats::ConnectOptions::new()
         .name("outpost-control")
         .connection_timeout(Duration::from_secs(5))

@@ -71,24 +71,69 @@ fn a_cut_off_site_keeps_its_records_and_each_arrives_once_in_order_urgent_first(
     let ndjson = |text: String| Some(("application/x-ndjson", text.into_bytes()));
 
     // A token opens its own application's topics, and nothing else.
-    assert_eq!(call("POST", &topic("telemetry"), Some(&meter_token), ndjson("{}".into())).0, 200);
+    assert_eq!(
+        call(
+            "POST",
+            &topic("telemetry"),
+            Some(&meter_token),
+            ndjson("{}".into())
+        )
+        .0,
+        200
+    );
     let (status, why) = call("POST", &topic("telemetry"), Some(&token), ndjson("{}".into()));
     assert_eq!(status, 403, "{why}");
-    assert!(why.contains("application \\\"pos\\\" has no topic \\\"telemetry\\\""), "{why}");
+    assert!(
+        why.contains("application \\\"pos\\\" has no topic \\\"telemetry\\\""),
+        "{why}"
+    );
     assert_eq!(call("POST", &topic("receipts"), None, ndjson("{}".into())).0, 401);
-    let forged = format!("pos.{}.{}", pos.rsplit('.').nth(1).unwrap_or("x"), "00".repeat(32));
-    assert_eq!(call("POST", &topic("receipts"), Some(&forged), ndjson("{}".into())).0, 403);
+    let forged = format!(
+        "pos.{}.{}",
+        pos.rsplit('.').nth(1).unwrap_or("x"),
+        "00".repeat(32)
+    );
+    assert_eq!(
+        call("POST", &topic("receipts"), Some(&forged), ndjson("{}".into())).0,
+        403
+    );
     let (status, why) = call("GET", &topic("receipts"), Some(&token), None);
     assert_eq!(status, 403, "{why}");
     assert!(why.contains("an up topic"), "{why}");
 
     // A local topic: written and read at the site, offsets kept per consumer.
-    call("POST", &topic("readings"), Some(&token), ndjson("{\"t\":1}\n{\"t\":2}\n".into()));
-    let (_, read) = call("GET", &format!("{}?consumer=dash", topic("readings")), Some(&token), None);
-    assert!(read.contains("{\\\"t\\\":1}") && read.contains("\"next\":3"), "{read}");
-    call("GET", &format!("{}?consumer=dash&from=3", topic("readings")), Some(&token), None);
-    let (_, read) = call("GET", &format!("{}?consumer=dash", topic("readings")), Some(&token), None);
-    assert!(read.contains("\"records\":[]") && read.contains("\"next\":3"), "{read}");
+    call(
+        "POST",
+        &topic("readings"),
+        Some(&token),
+        ndjson("{\"t\":1}\n{\"t\":2}\n".into()),
+    );
+    let (_, read) = call(
+        "GET",
+        &format!("{}?consumer=dash", topic("readings")),
+        Some(&token),
+        None,
+    );
+    assert!(
+        read.contains("{\\\"t\\\":1}") && read.contains("\"next\":3"),
+        "{read}"
+    );
+    call(
+        "GET",
+        &format!("{}?consumer=dash&from=3", topic("readings")),
+        Some(&token),
+        None,
+    );
+    let (_, read) = call(
+        "GET",
+        &format!("{}?consumer=dash", topic("readings")),
+        Some(&token),
+        None,
+    );
+    assert!(
+        read.contains("\"records\":[]") && read.contains("\"next\":3"),
+        "{read}"
+    );
 
     // The site goes away. A busybox producer writes 1,000 receipts; 10 MB
     // of bulk receipts follow, then one urgent alarm and a nightly record.
@@ -101,19 +146,37 @@ fn a_cut_off_site_keeps_its_records_and_each_arrives_once_in_order_urgent_first(
         "i=0; while [ $i -lt 1000 ]; do wget -q -O /dev/null --header \"Authorization: Bearer $OUTPOST_STREAMS_TOKEN\" --post-data \"{\\\"n\\\":$i}\" \"$OUTPOST_STREAMS_URL/v1/streams/receipts\" || exit 1; i=$((i+1)); done; echo produced",
     ]);
     assert_eq!(produced.trim(), "produced");
-    let bulk: String = (0..1024).map(|i| format!("{{\"bulk\":\"{i:01012}\"}}\n")).collect();
+    let bulk: String = (0..1024)
+        .map(|i| format!("{{\"bulk\":\"{i:01012}\"}}\n"))
+        .collect();
     for _ in 0..10 {
         let (status, body) = call("POST", &topic("receipts"), Some(&token), ndjson(bulk.clone()));
         assert_eq!(status, 200, "{body}");
     }
-    call("POST", &topic("alarms"), Some(&token), ndjson("{\"alarm\":\"door\"}".into()));
-    call("POST", &topic("nightly"), Some(&token), ndjson("{\"report\":1}".into()));
+    call(
+        "POST",
+        &topic("alarms"),
+        Some(&token),
+        ndjson("{\"alarm\":\"door\"}".into()),
+    );
+    call(
+        "POST",
+        &topic("nightly"),
+        Some(&token),
+        ndjson("{\"report\":1}".into()),
+    );
     // Published while the site is away.
     let published = control
-        .cli_stdin(&["streams", "publish", "pos", "prices", "-f", "-"], "{\"sku\":7,\"price\":250}\n")
+        .cli_stdin(
+            &["streams", "publish", "pos", "prices", "-f", "-"],
+            "{\"sku\":7,\"price\":250}\n",
+        )
         .success()
         .to_string();
-    assert!(published.contains("1 record(s)") && published.contains(&name), "{published}");
+    assert!(
+        published.contains("1 record(s)") && published.contains(&name),
+        "{published}"
+    );
 
     // The agent is killed outright while the site is cut off, and comes back.
     agent.kill();
@@ -128,7 +191,11 @@ fn a_cut_off_site_keeps_its_records_and_each_arrives_once_in_order_urgent_first(
     });
     assert_eq!(receipts.len(), expected, "a record was stored twice");
     let seqs: Vec<u64> = receipts.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=expected as u64).collect::<Vec<_>>(), "out of order or a gap");
+    assert_eq!(
+        seqs,
+        (1..=expected as u64).collect::<Vec<_>>(),
+        "out of order or a gap"
+    );
     for (i, record) in receipts.iter().take(1000).enumerate() {
         assert_eq!(record["data"], format!("{{\"n\":{i}}}"));
     }
@@ -163,9 +230,11 @@ fn a_cut_off_site_keeps_its_records_and_each_arrives_once_in_order_urgent_first(
     assert!(described.contains("pos/nightly"), "{described}");
     // The site's clock moves into the window (another time zone).
     control.apply(&site(&name, &zone(true, WINDOW))).success();
-    eventually(Duration::from_secs(60), "the nightly record once the window opens", || {
-        (stored(&control, "pos", "nightly").len() == 1).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "the nightly record once the window opens",
+        || (stored(&control, "pos", "nightly").len() == 1).then_some(()),
+    );
 
     // NATS got every receipt once, in order, after it was stored.
     let subject = format!("outpost.pos.receipts.{name}");
@@ -180,19 +249,76 @@ fn a_cut_off_site_keeps_its_records_and_each_arrives_once_in_order_urgent_first(
     assert_eq!(messages[0].1, "{\"n\":0}");
 
     // Nothing is left behind at the site.
-    let metrics = control.http().send("GET", "/metrics", Some(&control.token()), None);
+    let metrics = control
+        .http()
+        .send("GET", "/metrics", Some(&control.token()), None);
     let text = metrics.body.as_str().unwrap_or_default().to_string();
     let backlog: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("outpost_stream_backlog_records{") && l.contains("direction=\"up\""))
         .collect();
     assert!(!backlog.is_empty(), "{text}");
-    let _ = eventually(Duration::from_secs(30), "the backlog reported empty", || {
-        let metrics = control.http().send("GET", "/metrics", Some(&control.token()), None);
+    eventually(Duration::from_secs(30), "the backlog reported empty", || {
+        let metrics = control
+            .http()
+            .send("GET", "/metrics", Some(&control.token()), None);
         let text = metrics.body.as_str().unwrap_or_default().to_string();
         text.lines()
             .filter(|l| l.starts_with("outpost_stream_backlog_records{") && l.contains("direction=\"up\""))
             .all(|l| l.ends_with(" 0"))
             .then_some(())
     });
+}
+
+#[test]
+fn a_polling_site_sends_and_receives_records_on_its_polls() {
+    let control = ControlPlane::start();
+    let name = unique_site("streams-poll");
+    control.apply(&site(&name, "UTC")).success();
+    let _agent = Agent::enroll_with(&control, &name, "till", &["--mode", "poll", "--interval", "2s"]);
+    let app = "apiVersion: outpost/v1\nkind: Application\nmetadata: { name: pos }\nspec:\n  version: \"1\"\n  services:\n    - name: till\n      containers:\n        - name: till\n          image: outpost-local/busybox:1\n          command: [\"sh\", \"-c\", \"sleep 3600\"]\n  streams:\n    - { name: receipts, direction: up, retention: 1Mi }\n    - { name: prices, direction: down, retention: 1Mi }\n";
+    control.apply(&format!("{app}---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: pos }}\nspec: {{ application: pos, sites: group = {name} }}\n")).success();
+    let pos = container(&name, "pos");
+    let (url, token) = endpoint(&pos);
+    let records: String = (0..1500).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/v1/streams/receipts"),
+        Some(&token),
+        Some(("application/x-ndjson", records.into_bytes())),
+    );
+    assert_eq!(status, 200, "{body}");
+    // More than one poll's batch: the poll goes on until the queue is empty.
+    let receipts = eventually(Duration::from_secs(60), "the receipts of a polling site", || {
+        let records = stored(&control, "pos", "receipts");
+        (records.len() >= 1500).then_some(records)
+    });
+    assert_eq!(receipts.len(), 1500);
+    assert_eq!(receipts[1499]["data"], "{\"n\":1499}");
+
+    control
+        .cli_stdin(
+            &[
+                "streams",
+                "publish",
+                "pos",
+                "prices",
+                "--sites",
+                &format!("group = {name}"),
+                "-f",
+                "-",
+            ],
+            "{\"sku\":1}\n{\"sku\":2}\n",
+        )
+        .success();
+    let read = eventually(Duration::from_secs(60), "the prices at a polling site", || {
+        let (_, read) = call(
+            "GET",
+            &format!("{url}/v1/streams/prices?from=1"),
+            Some(&token),
+            None,
+        );
+        read.contains("{\\\"sku\\\":2}").then_some(read)
+    });
+    assert!(read.contains("\"next\":3"), "{read}");
 }

@@ -148,6 +148,24 @@ proptest! {
         }
     }
 
+    /// A stream batch from the wire decodes to numbered records or to an
+    /// error naming its topic.
+    #[test]
+    fn any_stream_batch_decodes_or_is_refused(
+        raw in prop::collection::vec(any::<u8>(), 0..400),
+        json in "\\[(\\{\"(at|data)\":(1|\"x\"|null)(,\"data\":\"y\")?\\},?){0,6}\\]",
+        deflated in any::<bool>(),
+        seqs in prop::collection::vec(0u64..6, 0..6),
+        topic in "[a-z./]{0,6}",
+    ) {
+        let records = if deflated { deflate(json.as_bytes()) } else { raw };
+        let batch = StreamBatch { application: "pos".into(), topic: topic.clone(), seqs, records };
+        if let Err(why) = decode_stream_batch(&batch) {
+            let why = why.to_string();
+            prop_assert!(why.starts_with(&format!("stream batch pos/{topic}")), "{why}");
+        }
+    }
+
     #[test]
     fn any_log_reply_decodes_or_is_refused(chunks in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = decode_log_reply(&LogReply { id: 1, chunks, error: String::new() });

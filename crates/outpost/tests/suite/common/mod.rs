@@ -19,8 +19,8 @@ pub mod engine;
 pub mod lab;
 pub mod link;
 pub mod nats;
-pub mod streams;
 pub mod registry;
+pub mod streams;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
@@ -506,7 +506,13 @@ impl Agent {
     }
 
     /// Like `enroll_with`, reaching the control plane at `server` (a `Link`).
-    pub fn enroll_through(control: &ControlPlane, site: &str, host: &str, server: &str, args: &[&str]) -> Agent {
+    pub fn enroll_through(
+        control: &ControlPlane,
+        site: &str,
+        host: &str,
+        server: &str,
+        args: &[&str],
+    ) -> Agent {
         let token = control.join_token(site);
         Agent::spawned(server, site, host, &token, args, "info", &[])
     }

@@ -64,10 +64,19 @@ impl Nats {
                 .await
                 .unwrap();
             let mut out = Vec::new();
-            let mut messages = consumer.fetch().max_messages(held as usize + 1).expires(Duration::from_secs(2)).messages().await.unwrap();
+            let mut messages = consumer
+                .fetch()
+                .max_messages(held as usize + 1)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .unwrap();
             while let Some(Ok(message)) = messages.next().await {
                 let headers = message.headers.clone().unwrap_or_default();
-                let seq = headers.get("Outpost-Seq").map(|v| v.to_string()).unwrap_or_default();
+                let seq = headers
+                    .get("Outpost-Seq")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
                 out.push((seq, String::from_utf8_lossy(&message.payload).into_owned()));
             }
             out
