@@ -63,6 +63,15 @@ impl Direction {
             Direction::Local => "local",
         }
     }
+
+    /// `an up`, `a down`, `a local`.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Direction::Up => "an up",
+            Direction::Down => "a down",
+            Direction::Local => "a local",
+        }
+    }
 }
 
 /// Ordered as the uplink serves them: urgent first.

@@ -349,6 +349,10 @@ pub(crate) enum SimCommand {
         /// (`rollout.prestage: false`)
         #[arg(long)]
         no_prestage: bool,
+        /// Every site produces this many 1 KiB records into an up topic at
+        /// once, and the run measures how fast they are stored (0: none)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        stream_records: usize,
         /// Roll the update out in waves of this many sites (0: one wave)
         #[arg(long, value_name = "SITES", default_value_t = 0)]
         wave_size: u32,

@@ -372,6 +372,7 @@ async fn run(cli: Cli) -> Result<()> {
                     pull_rate,
                     no_prestage,
                     wave_size,
+                    stream_records,
                 },
         } => {
             init_sim_logging();
@@ -398,6 +399,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 prestage: !no_prestage,
                 wave_size: *wave_size,
+                stream_records: *stream_records,
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
+use outpost_agent::streams::Streams;
 use outpost_agent::identity::{self, Credentials};
 use outpost_agent::outbox::Outbox;
 use outpost_agent::reconciler::Reconciler;
@@ -88,6 +89,8 @@ pub struct SimSite {
     pub runtime: Arc<MemoryRuntime>,
     /// True while its session with the control plane is up.
     pub connected: watch::Receiver<bool>,
+    /// Its application topics, if the run measures streams.
+    pub streams: Option<Arc<Streams>>,
 }
 
 impl SimSite {
@@ -100,6 +103,7 @@ impl SimSite {
         start_delay: Duration,
         images: Images,
         outbox: Arc<dyn Outbox>,
+        streams: Option<Arc<Streams>>,
         shutdown: watch::Receiver<bool>,
     ) -> SimSite {
         let identity = credentials.identity;
@@ -125,6 +129,13 @@ impl SimSite {
             None,
         );
         tokio::spawn(stager.run(shutdown.clone()));
+        if let Some(streams) = &streams {
+            tokio::spawn(outpost_agent::streams::configure(
+                streams.clone(),
+                desired.clone(),
+                shutdown.clone(),
+            ));
+        }
         let reconciler = Reconciler::new(
             runtime.clone(),
             &identity.site,
@@ -149,13 +160,14 @@ impl SimSite {
             connected: connected_sender,
             mode: outpost_agent::session::Mode::Stream,
             site_address: None,
-            streams: None,
+            streams: streams.clone(),
         };
         tokio::spawn(session.run(shutdown));
         SimSite {
             site: identity.site,
             runtime,
             connected,
+            streams,
         }
     }
 

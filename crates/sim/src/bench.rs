@@ -25,6 +25,8 @@ use crate::agent::{self, SimSite};
 use crate::control::{self, ControlProcess};
 
 const APPLICATION: &str = "sim-pos";
+/// The up topic of `--stream-records`.
+const STREAM: &str = "receipts";
 /// Sites applied per request (one transaction each).
 const SITES_PER_APPLY: usize = 1000;
 
@@ -59,6 +61,9 @@ pub struct Options {
     pub prestage: bool,
     /// Waves of this many sites (0: one wave).
     pub wave_size: u32,
+    /// With more than 0, every site's application declares an up topic,
+    /// and each site produces this many 1 KiB records into it at once.
+    pub stream_records: usize,
 }
 
 /// Per-site latencies of one phase, in seconds.
@@ -114,6 +119,104 @@ pub struct Report {
     pub needless_restarts: u64,
     /// Sites the control plane does not report up to date at the end.
     pub sites_lost: usize,
+    /// With `stream_records`: every site producing at once, until the
+    /// control plane has stored every record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamsReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamsReport {
+    pub records: usize,
+    pub seconds: f64,
+    pub stored_per_second: f64,
+    /// Both directions at the agents' sockets (TLS included), per 1,000
+    /// records, against the records' own bytes.
+    pub uplink_bytes_per_1000: f64,
+    pub raw_bytes_per_1000: f64,
+}
+
+/// A record as a till might send one: about 1 KiB of JSON.
+fn receipt(site: usize, n: usize) -> String {
+    let lines: String = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"sku\":{},\"qty\":{},\"price\":{}.{:02}}},",
+                10_000 + (n * 7 + i * 13) % 5000,
+                1 + (n + i) % 4,
+                (n * 31 + i * 17) % 90 + 1,
+                (n + i * 3) % 100
+            )
+        })
+        .collect();
+    let mut record = format!(
+        "{{\"store\":\"{}\",\"till\":{},\"receipt\":{n},\"lines\":[{}],\"note\":\"",
+        site_name(site),
+        n % 6,
+        lines.trim_end_matches(',')
+    );
+    while record.len() < 1020 {
+        record.push_str("paid by card; ");
+    }
+    record.truncate(1020);
+    record.push_str("\"}");
+    record
+}
+
+/// Every site produces `per_site` records at once; returns when the
+/// control plane has stored them all.
+async fn measure_streams(client: &Client, sites: &[SimSite], per_site: usize, timeout: Duration) -> Result<StreamsReport> {
+    let key = outpost_agent::streams::TopicKey::new(APPLICATION, STREAM);
+    let total = sites.len() * per_site;
+    // Every site must hold the topic (its state declares it) first.
+    let deadline = Instant::now() + timeout;
+    while sites
+        .iter()
+        .any(|s| s.streams.as_ref().is_some_and(|st| st.declared(&key).is_none()))
+    {
+        if Instant::now() > deadline {
+            bail!("the sites never declared the topic {STREAM}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bytes_before = total_bytes();
+    let started = Instant::now();
+    let raw: usize = futures_util::stream::iter(sites.iter().enumerate())
+        .map(|(i, site)| {
+            let key = key.clone();
+            async move {
+                let streams = site.streams.as_ref().context("a site without topics")?;
+                let records: Vec<String> = (0..per_site).map(|n| receipt(i, n)).collect();
+                for chunk in records.chunks(100) {
+                    streams.produce(&key, chunk).await?;
+                }
+                Ok::<_, anyhow::Error>(records.iter().map(String::len).sum::<usize>())
+            }
+        })
+        .buffer_unordered(sites.len())
+        .try_fold(0, |sum, bytes| async move { Ok(sum + bytes) })
+        .await?;
+    loop {
+        let newest = client
+            .stream_records(APPLICATION, STREAM, &[("limit", "1".to_string())])
+            .await?;
+        if newest.first().is_some_and(|r| r.id as usize >= total) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!("the control plane stored {:?} of {total} records", newest.first().map(|r| r.id));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = total_bytes() - bytes_before;
+    Ok(StreamsReport {
+        records: total,
+        seconds,
+        stored_per_second: total as f64 / seconds,
+        uplink_bytes_per_1000: bytes as f64 * 1000.0 / total as f64,
+        raw_bytes_per_1000: raw as f64 * 1000.0 / total as f64,
+    })
 }
 
 fn progress(message: impl std::fmt::Display) {
@@ -146,6 +249,11 @@ fn application_yaml(version: &str, secret: bool, options: &Options) -> String {
         size => format!(", waves: {{ size: {size} }}"),
     };
     let rollout = format!("{{ prestage: {}{waves} }}", options.prestage);
+    let streams = if options.stream_records > 0 {
+        format!("\n  streams:\n    - {{ name: {STREAM}, direction: up, retention: 64Mi }}")
+    } else {
+        String::new()
+    };
     let secrets = if secret {
         format!("\n          secrets: [{{ secret: {SECRET}, key: token, path: /run/secrets/token }}]")
     } else {
@@ -164,7 +272,7 @@ spec:
           image: sim/pos:{version}
           env: {{ STORE: \"${{site.store_id}}\" }}
           resources: {{ cpu: 0.5, memory: 64Mi }}
-          health: {{ tcp: {{ port: 8080 }}, interval: 5s, failureThreshold: 2 }}{secrets}
+          health: {{ tcp: {{ port: 8080 }}, interval: 5s, failureThreshold: 2 }}{secrets}{streams}
 ---
 apiVersion: outpost/v1
 kind: Deployment
@@ -330,22 +438,24 @@ pub async fn run(options: &Options) -> Result<Report> {
     progress(format!("{n} hosts enrolled in {enroll_seconds:.1}s"));
 
     let (stop, shutdown) = watch::channel(false);
-    let sites: Vec<SimSite> = credentials
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let outbox = Arc::new(MemoryOutbox::new(SITE_QUEUE_LIMIT));
-            let secrets = keys.join(site_name(i)).join("secrets");
-            SimSite::start(
-                c,
-                secrets,
-                options.start_delay,
-                options.images,
-                outbox,
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let mut sites = Vec::with_capacity(n);
+    for (i, c) in credentials.into_iter().enumerate() {
+        let outbox = Arc::new(MemoryOutbox::new(SITE_QUEUE_LIMIT));
+        let secrets = keys.join(site_name(i)).join("secrets");
+        let streams = match options.stream_records {
+            0 => None,
+            _ => Some(Arc::new(outpost_agent::streams::Streams::in_memory().await?)),
+        };
+        sites.push(SimSite::start(
+            c,
+            secrets,
+            options.start_delay,
+            options.images,
+            outbox,
+            streams,
+            shutdown.clone(),
+        ));
+    }
     let first_deploy = per_site(&sites, Instant::now(), options.timeout, "running 1.0.0", |s| {
         s.runs("1.0.0")
     })
@@ -364,6 +474,18 @@ pub async fn run(options: &Options) -> Result<Report> {
     let control_rss = control::rss(pid)?;
     let sim_rss = control::rss(std::process::id())?;
     progress(format!("idle for {idle_seconds:.0}s"));
+
+    let streams = match options.stream_records {
+        0 => None,
+        per_site => {
+            let report = measure_streams(&client, &sites, per_site, options.timeout).await?;
+            progress(format!(
+                "{} records from {n} sites stored in {:.1}s",
+                report.records, report.seconds
+            ));
+            Some(report)
+        }
+    };
 
     let update_started = Instant::now();
     apply(&client, "pos-2.yaml", application_yaml("2.0.0", secret, options)).await?;
@@ -474,6 +596,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         unhealthy_sites_reported,
         needless_restarts: starts.saturating_sub(expected),
         sites_lost,
+        streams,
     })
 }
 
@@ -519,6 +642,18 @@ impl fmt::Display for Report {
             "unhealthy sites reported     {}",
             self.unhealthy_sites_reported
         )?;
+        if let Some(streams) = &self.streams {
+            writeln!(
+                f,
+                "stream records stored        {:.0}/s ({} from every site at once, {:.1}s)",
+                streams.stored_per_second, streams.records, streams.seconds
+            )?;
+            writeln!(
+                f,
+                "stream bytes per 1,000       {:.0} on the uplink (TLS included), {:.0} of records",
+                streams.uplink_bytes_per_1000, streams.raw_bytes_per_1000
+            )?;
+        }
         writeln!(f, "needless restarts            {}", self.needless_restarts)?;
         write!(f, "sites lost                   {}", self.sites_lost)
     }

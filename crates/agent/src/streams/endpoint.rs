@@ -168,10 +168,12 @@ impl Endpoint {
         match (direction, produce) {
             (Direction::Up | Direction::Local, true) | (Direction::Down | Direction::Local, false) => Ok(key),
             (Direction::Down, true) => Err(Refusal::forbidden(format!(
-                "{topic:?} is a down topic: the centre publishes to it, and sites read it"
+                "{topic:?} is {} topic: the centre publishes to it, and sites read it",
+                Direction::Down.with_article()
             ))),
             (Direction::Up, false) => Err(Refusal::forbidden(format!(
-                "{topic:?} is an up topic: sites write it, and the centre reads it"
+                "{topic:?} is {} topic: sites write it, and the centre reads it",
+                Direction::Up.with_article()
             ))),
         }
     }
@@ -356,6 +358,12 @@ fn follow(
     let stream = futures_util::stream::unfold(
         (streams, key, from, consumer, changes),
         |(streams, key, mut from, consumer, mut changes)| async move {
+            // Asked for more: what was read before is handed to the connection.
+            if let Some(consumer) = &consumer
+                && let Err(err) = streams.commit(&key, consumer, from).await
+            {
+                tracing::warn!(err = format!("{err:#}"), topic = %key, "keeping a consumer's offset failed");
+            }
             loop {
                 changes.borrow_and_update();
                 let found = match streams.read(&key, from, READ_RECORDS, READ_BYTES).await {
@@ -368,11 +376,6 @@ fn follow(
                 if found.is_empty() {
                     changes.changed().await.ok()?;
                     continue;
-                }
-                if let Some(consumer) = &consumer
-                    && let Err(err) = streams.commit(&key, consumer, from).await
-                {
-                    tracing::warn!(err = format!("{err:#}"), topic = %key, "keeping a consumer's offset failed");
                 }
                 from = found.last().map_or(from, |(seq, _)| seq + 1);
                 let events: Vec<Result<Event, Infallible>> = found

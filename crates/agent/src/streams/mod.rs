@@ -170,6 +170,16 @@ impl Streams {
         Ok(streams)
     }
 
+    /// Topics in an in-memory database, for the fleet simulator.
+    pub async fn in_memory() -> Result<Streams> {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .context("opening an in-memory stream store")?;
+        Streams::open(pool).await
+    }
+
     /// Reads a topic's records, bytes and oldest record back from disk.
     async fn recount(&self, key: &TopicKey) -> Result<()> {
         let (records, bytes): (i64, i64) = sqlx::query_as(

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use outpost_api::Selector;
 use outpost_api::manifest::{Kind, Name};
-use outpost_api::stream::{Published, StoredRecords, split_records};
+use outpost_api::stream::{Direction, Published, StoredRecords, Topic, split_records};
 
 use super::{Actor, ApiError, AppState, body_bytes};
 use crate::store::StreamQuery;
@@ -23,19 +23,38 @@ use crate::streams::{self, PublishError};
 /// The most records one read returns.
 const MAX_RECORDS: i64 = 10_000;
 
-/// The application and topic of a path, checked: names, and an
-/// application that exists.
-async fn topic(state: &AppState, application: &str, topic: &str) -> Result<(), ApiError> {
+/// The application and topic of a path, checked: names, an application
+/// that exists, and a topic its current version declares in `direction`.
+async fn topic(state: &AppState, application: &str, topic: &str, direction: Direction) -> Result<(), ApiError> {
     for (what, name) in [("application", application), ("topic", topic)] {
         name.parse::<Name>()
             .map_err(|why| ApiError::BadRequest(format!("{what}: {why}")))?;
     }
-    if state.store.get(Kind::Application, application).await?.is_none() {
+    let Some(object) = state.store.get(Kind::Application, application).await? else {
         return Err(ApiError::NotFound(format!(
             "Application {application:?} not found"
         )));
+    };
+    let declared: Vec<Topic> = object
+        .spec
+        .get("streams")
+        .and_then(|streams| serde_json::from_value(streams.clone()).ok())
+        .unwrap_or_default();
+    match declared.iter().find(|t| t.name.as_str() == topic) {
+        None => Err(ApiError::NotFound(format!(
+            "application {application:?} declares no topic {topic:?} (spec.streams)"
+        ))),
+        Some(t) if t.direction != direction => Err(ApiError::BadRequest(format!(
+            "{topic:?} is {} topic; only {} topics are {}",
+            t.direction.with_article(),
+            direction.as_str(),
+            match direction {
+                Direction::Up => "read here (a site reads its down and local topics itself)",
+                _ => "published to",
+            }
+        ))),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 fn stream_query(
@@ -80,7 +99,7 @@ pub(super) async fn read(
     Path((application, topic_name)): Path<(String, String)>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    topic(&state, &application, &topic_name).await?;
+    topic(&state, &application, &topic_name, Direction::Up).await?;
     let query = stream_query(application, topic_name, &raw)?;
     let follow = match raw.get("follow").map(String::as_str) {
         None | Some("false") => false,
@@ -148,7 +167,7 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Published>, ApiError> {
-    topic(&state, &application, &topic_name).await?;
+    topic(&state, &application, &topic_name, Direction::Down).await?;
     let sites = match raw.get("sites") {
         Some(text) => text
             .parse::<Selector>()
