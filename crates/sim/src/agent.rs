@@ -10,7 +10,6 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
-use outpost_agent::streams::Streams;
 use outpost_agent::identity::{self, Credentials};
 use outpost_agent::outbox::Outbox;
 use outpost_agent::reconciler::Reconciler;
@@ -18,6 +17,7 @@ use outpost_agent::secrets::Secrets;
 use outpost_agent::session::Session;
 use outpost_agent::stage::Stager;
 use outpost_agent::store::DesiredStore;
+use outpost_agent::streams::Streams;
 use outpost_api::workload::SiteState;
 use outpost_proto::v1::{SealedSecret, StatusReport};
 use tokio::sync::watch;

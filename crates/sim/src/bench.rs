@@ -165,7 +165,12 @@ fn receipt(site: usize, n: usize) -> String {
 
 /// Every site produces `per_site` records at once; returns when the
 /// control plane has stored them all.
-async fn measure_streams(client: &Client, sites: &[SimSite], per_site: usize, timeout: Duration) -> Result<StreamsReport> {
+async fn measure_streams(
+    client: &Client,
+    sites: &[SimSite],
+    per_site: usize,
+    timeout: Duration,
+) -> Result<StreamsReport> {
     let key = outpost_agent::streams::TopicKey::new(APPLICATION, STREAM);
     let total = sites.len() * per_site;
     // Every site must hold the topic (its state declares it) first.
@@ -204,7 +209,10 @@ async fn measure_streams(client: &Client, sites: &[SimSite], per_site: usize, ti
             break;
         }
         if started.elapsed() > timeout {
-            bail!("the control plane stored {:?} of {total} records", newest.first().map(|r| r.id));
+            bail!(
+                "the control plane stored {:?} of {total} records",
+                newest.first().map(|r| r.id)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -25,7 +25,12 @@ const MAX_RECORDS: i64 = 10_000;
 
 /// The application and topic of a path, checked: names, an application
 /// that exists, and a topic its current version declares in `direction`.
-async fn topic(state: &AppState, application: &str, topic: &str, direction: Direction) -> Result<(), ApiError> {
+async fn topic(
+    state: &AppState,
+    application: &str,
+    topic: &str,
+    direction: Direction,
+) -> Result<(), ApiError> {
     for (what, name) in [("application", application), ("topic", topic)] {
         name.parse::<Name>()
             .map_err(|why| ApiError::BadRequest(format!("{what}: {why}")))?;

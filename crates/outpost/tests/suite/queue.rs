@@ -87,6 +87,7 @@ impl Host {
             Duration::from_millis(10),
             Default::default(),
             outbox,
+            None,
             shutdown,
         );
     }
