@@ -309,6 +309,22 @@ pub(super) fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, 
     }
 }
 
+/// A query parameter that must be a whole number of 0 or more.
+pub(super) fn whole_number(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+) -> Result<i64, ApiError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
+    }
+}
+
 pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use outpost_api::manifest::Kind;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, whole_number};
 
 /// The most events or log lines one request returns.
 const MAX_RECORDS: i64 = 10_000;
@@ -27,23 +27,13 @@ fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQ
         }
         None => None,
     };
-    let number = |name: &str, default: i64| -> Result<i64, ApiError> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
-        }
-    };
     Ok(crate::store::RecordQuery {
         site: query.get("site").cloned(),
         application: query.get("application").cloned(),
         service: query.get("service").cloned(),
         since,
-        after: number("after", 0)?,
-        limit: number("limit", 1000)?.clamp(1, MAX_RECORDS),
+        after: whole_number(query, "after", 0)?,
+        limit: whole_number(query, "limit", 1000)?.clamp(1, MAX_RECORDS),
     })
 }
 

@@ -16,7 +16,7 @@ use outpost_api::Selector;
 use outpost_api::manifest::{Kind, Name};
 use outpost_api::stream::{Direction, Published, StoredRecords, Topic, split_records};
 
-use super::{Actor, ApiError, AppState, body_bytes};
+use super::{Actor, ApiError, AppState, body_bytes, whole_number};
 use crate::store::StreamQuery;
 use crate::streams::{self, PublishError};
 
@@ -76,23 +76,13 @@ fn stream_query(
         ),
         None => None,
     };
-    let number = |name: &str, default: i64| -> Result<i64, ApiError> {
-        match raw.get(name) {
-            None => Ok(default),
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::BadRequest(format!("{name}: {text:?} is not a whole number"))),
-        }
-    };
     Ok(StreamQuery {
         application,
         topic,
         site: raw.get("site").cloned(),
         since_ms,
-        after: number("after", 0)?,
-        limit: number("limit", 1000)?.clamp(1, MAX_RECORDS),
+        after: whole_number(raw, "after", 0)?,
+        limit: whole_number(raw, "limit", 1000)?.clamp(1, MAX_RECORDS),
     })
 }
 
