@@ -274,7 +274,8 @@ impl Session {
         let mut newest = self.outbox.newest();
         let mut in_flight = self.send_batch(&sender, 0).await?;
         // Likewise one batch of application records, and their topics'
-        // state whenever it changed.
+        // state whenever it changed (with no stream store, the placeholder
+        // channel is never polled: its sender is gone).
         let mut stream_changes = match &self.streams {
             Some(streams) => streams.changes(),
             None => watch::channel(0).1,
@@ -321,7 +322,7 @@ impl Session {
                         Some(control_message::Body::Heartbeat(_)) | None => {}
                     }
                 }
-                changed = stream_changes.changed(), if up_in_flight.is_none() => {
+                changed = stream_changes.changed(), if self.streams.is_some() && up_in_flight.is_none() => {
                     changed?;
                     self.send_stream_batch(&sender, &mut up_in_flight).await?;
                 }
