@@ -479,6 +479,7 @@ mod tests {
             peers: vec![Peer {
                 host: "h2".into(),
                 address,
+                labels: Default::default(),
             }],
             ..Default::default()
         };

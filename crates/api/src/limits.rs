@@ -55,6 +55,11 @@ const HOUR: u64 = 60 * MINUTE;
 pub const PROBE_INTERVAL: DurationRange = DurationRange::new(SECOND, HOUR);
 /// A health probe's `timeout`.
 pub const PROBE_TIMEOUT: DurationRange = DurationRange::new(100, 5 * MINUTE);
+/// A site's `hostLossAfter`: long enough that a reboot of the site's
+/// network is not a loss, short enough to matter.
+pub const HOST_LOSS_AFTER: DurationRange = DurationRange::new(5 * SECOND, HOUR);
+/// `hostLossAfter` when a site does not say.
+pub const DEFAULT_HOST_LOSS_AFTER_MS: u64 = 30 * SECOND;
 /// A rollout's `healthyFor`: `0s` promotes as soon as a wave is healthy.
 pub const ROLLOUT_HEALTHY_FOR: DurationRange = DurationRange::new(0, 24 * HOUR);
 /// A rollout's per-wave `timeout`.

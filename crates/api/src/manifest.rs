@@ -161,6 +161,10 @@ pub struct SiteSpec {
     /// Per-site values usable in application env as `${site.NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
+    /// How long a host may go unheard by its peers before the site moves
+    /// its instances to the other hosts (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_loss_after: Option<Duration>,
 }
 
 /// A versioned set of services, each made of containers.
@@ -201,7 +205,48 @@ pub struct Service {
     /// Which hosts of a site may run this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Selector>,
+    /// What the site does with the service's instances when their host is
+    /// lost: `move` (the default), `singleton` or `stay` (the default for
+    /// per-host services and services with devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
     pub containers: Vec<Container>,
+}
+
+impl Service {
+    /// The failover the service asked for, or its default.
+    pub fn failover(&self) -> Failover {
+        self.failover.unwrap_or_else(|| {
+            let bound = self.mode == Some(ServiceMode::PerHost)
+                || self.containers.iter().any(|c| !c.devices.is_empty());
+            if bound { Failover::Stay } else { Failover::Move }
+        })
+    }
+}
+
+/// What a site's hosts may do with a lost host's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    /// At least one copy: move to a surviving host; a split site may run
+    /// two copies for a while.
+    #[default]
+    Move,
+    /// At most one copy: move only with a majority of the site's hosts, or
+    /// the control plane as witness, behind the decision.
+    Singleton,
+    /// Never moved (bound to a device or to its host).
+    Stay,
+}
+
+impl Failover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failover::Move => "move",
+            Failover::Singleton => "singleton",
+            Failover::Stay => "stay",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

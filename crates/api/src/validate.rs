@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::diagnostic::{Diagnostic, Diagnostics, Path};
 use crate::limits::{self, DurationRange};
 use crate::manifest::{
-    Application, Container, Deployment, EnvValue, Health, Kind, Manifest, Metadata, ServiceMode, Site,
+    Application, Container, Deployment, EnvValue, Failover, Health, Kind, Manifest, Metadata, ServiceMode,
+    Site,
 };
 use crate::schema;
 use crate::stream::Topic;
@@ -216,6 +217,11 @@ impl Checker<'_> {
     }
 
     fn site(&mut self, site: &Site, spec: &Path) {
+        self.duration(
+            &spec.field("hostLossAfter"),
+            site.spec.host_loss_after,
+            limits::HOST_LOSS_AFTER,
+        );
         let variables = spec.field("variables");
         if site.spec.variables.len() > limits::MAX_VARIABLES {
             self.error(
@@ -280,6 +286,17 @@ impl Checker<'_> {
                 self.error(
                     &path.field("replicas"),
                     "replicas cannot be combined with mode: per-host",
+                );
+            }
+            if service.mode == Some(ServiceMode::PerHost)
+                && let Some(failover @ (Failover::Move | Failover::Singleton)) = service.failover
+            {
+                self.error(
+                    &path.field("failover"),
+                    format!(
+                        "a per-host service runs on every matching host and cannot move (failover: {}); use stay, or leave it out",
+                        failover.as_str()
+                    ),
                 );
             }
             let containers = path.field("containers");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{ApplicationSpec, Container, Deployment, EnvValue, ServiceMode, Site};
+use crate::manifest::{ApplicationSpec, Container, Deployment, EnvValue, Failover, ServiceMode, Site};
 use crate::quantity::{Cpu, Size};
 use crate::secret::SecretPolicy;
 use crate::selector::Selector;
@@ -49,6 +49,14 @@ pub struct Workload {
     pub streams: Vec<crate::stream::Topic>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// What the site may do with an instance whose host it lost (the
+    /// service's `failover`, or its default). Not part of the spec hash.
+    #[serde(default, skip_serializing_if = "is_move")]
+    pub failover: Failover,
+}
+
+fn is_move(failover: &Failover) -> bool {
+    *failover == Failover::Move
 }
 
 /// The reference a container runs: its image, pinned to the recorded
@@ -144,14 +152,35 @@ pub struct SiteState {
     /// where: a host asks them for an image before its registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
+    /// How long a host may go unheard by its peers before the site moves
+    /// its instances (the site's `hostLossAfter`; 0: the default).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub host_loss_after_ms: u64,
 }
 
-/// A host of a site, where the other hosts reach it.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl SiteState {
+    /// `hostLossAfter`, or its default.
+    pub fn host_loss_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(match self.host_loss_after_ms {
+            0 => crate::limits::DEFAULT_HOST_LOSS_AFTER_MS,
+            ms => ms,
+        })
+    }
+}
+
+/// A host of a site, where the other hosts reach it, and its labels (facts
+/// and the operator's), which the site places moved instances by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Peer {
     pub host: String,
     /// `host:port`.
     pub address: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Compiles what `site` runs. `application_spec(name, version)` looks up a
@@ -165,7 +194,10 @@ pub fn compile_site<'a>(
     application_spec: impl Fn(&str, Option<&str>) -> Option<ApplicationSpec>,
     secrets: &BTreeMap<String, SecretPolicy>,
 ) -> SiteState {
-    let mut state = SiteState::default();
+    let mut state = SiteState {
+        host_loss_after_ms: site.spec.host_loss_after.map_or(0, |d| d.0),
+        ..SiteState::default()
+    };
     let mut deployments: Vec<&Deployment> = deployments
         .into_iter()
         .filter(|d| d.spec.sites.matches(&site.metadata.labels))
@@ -224,7 +256,9 @@ pub fn compile_site<'a>(
                         })
                         .map(|(name, version)| (name.clone(), *version))
                         .collect();
+                    let failover = service.failover();
                     state.workloads.push(Workload {
+                        failover,
                         application: application.to_string(),
                         version: spec.version.clone(),
                         deployment: deployment.metadata.name.to_string(),
@@ -428,6 +462,131 @@ pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<Str
         }
     }
     state.workloads = placed;
+}
+
+/// An instance a site moved off a host it lost.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Moved {
+    /// The workload's `application/service`.
+    pub workload: String,
+    pub instance: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// What a site does about the hosts it lost: the instances it moves, and
+/// those it cannot, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rescheduled {
+    pub moved: Vec<Moved>,
+    pub stranded: Vec<(String, String)>,
+}
+
+/// Where the instances of `lost` hosts go, decided at the site. `hosts`
+/// holds the labels of every host of the site (lost ones too); a survivor
+/// takes an instance when the service's host selector matches it and it
+/// has room beside what already runs there, the fewest of the service's
+/// instances first (then by name), as [`assign_hosts`] places. `stay`
+/// services and per-host ones never move; a `singleton` moves only with
+/// `majority` (a majority of the site's hosts, or the control plane as
+/// witness, behind the decision).
+pub fn reschedule(
+    state: &SiteState,
+    hosts: &BTreeMap<String, BTreeMap<String, String>>,
+    lost: &std::collections::BTreeSet<String>,
+    majority: bool,
+) -> Rescheduled {
+    let mut free: BTreeMap<&str, Room> = hosts
+        .iter()
+        .filter(|(name, _)| !lost.contains(*name))
+        .map(|(name, labels)| (name.as_str(), room(labels)))
+        .collect();
+    for workload in &state.workloads {
+        let want = request(workload);
+        for instance in &workload.instances {
+            if let Some(room) = free.get_mut(instance.host.as_str()) {
+                take_up_to(room, &want);
+            }
+        }
+    }
+    let mut out = Rescheduled::default();
+    for workload in &state.workloads {
+        let want = request(workload);
+        let mut running: Vec<&str> = workload
+            .instances
+            .iter()
+            .filter(|i| !lost.contains(&i.host))
+            .map(|i| i.host.as_str())
+            .collect();
+        for instance in workload.instances.iter().filter(|i| lost.contains(&i.host)) {
+            let why = match workload.failover {
+                _ if workload.per_host => Some("per-host: it runs on every host, and stays".to_string()),
+                Failover::Stay => Some("failover: stay".to_string()),
+                Failover::Singleton if !majority => Some(
+                    "failover: singleton, and no majority of the site's hosts (or the control plane) is behind a move"
+                        .to_string(),
+                ),
+                Failover::Move | Failover::Singleton => None,
+            };
+            if let Some(why) = why {
+                out.stranded.push((instance.name.clone(), why));
+                continue;
+            }
+            let host = free
+                .iter()
+                .filter(|(name, room)| {
+                    workload.hosts.as_ref().is_none_or(|s| s.matches(&hosts[**name]))
+                        && shortfall(room, &want).is_none()
+                })
+                .map(|(name, _)| *name)
+                .min_by_key(|name| (running.iter().filter(|h| *h == name).count(), *name));
+            let Some(host) = host else {
+                out.stranded.push((
+                    instance.name.clone(),
+                    "no surviving host matches its selector and has room".to_string(),
+                ));
+                continue;
+            };
+            if let Some(room) = free.get_mut(host) {
+                take(room, &want);
+            }
+            running.push(host);
+            out.moved.push(Moved {
+                workload: workload.key(),
+                instance: instance.name.clone(),
+                from: instance.host.clone(),
+                to: host.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// Takes what an instance already running uses, but no more than is left
+/// (the control plane may have placed beyond a host's room before its
+/// facts changed).
+fn take_up_to(free: &mut Room, want: &Request) {
+    free.cpu = free.cpu.map(|c| c.saturating_sub(want.cpu));
+    free.memory = free.memory.map(|m| m.saturating_sub(want.memory));
+    free.gpu = free.gpu.saturating_sub(want.gpu);
+}
+
+/// `state` with `moved` applied: each moved instance runs on its new host.
+/// A move whose instance no longer runs where it was moved from (the
+/// control plane placed it anew) is void.
+pub fn apply_moves(state: &mut SiteState, moved: &[Moved]) {
+    for workload in &mut state.workloads {
+        let key = workload.key();
+        for instance in &mut workload.instances {
+            if let Some(m) = moved
+                .iter()
+                .find(|m| m.workload == key && m.instance == instance.name && m.from == instance.host)
+            {
+                instance.host = m.to.clone();
+            }
+        }
+    }
 }
 
 /// Replaces `${site.NAME}` in every env value; `$$` becomes `$`.

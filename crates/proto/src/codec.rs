@@ -80,6 +80,7 @@ pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, C
         secrets: Vec::new(),
         staged: encode_staged(state)?,
         peers: encode_peers(state),
+        host_loss_after_ms: state.host_loss_after_ms,
     })
 }
 
@@ -90,6 +91,7 @@ fn encode_peers(state: &SiteState) -> Vec<crate::v1::Peer> {
         .map(|p| crate::v1::Peer {
             host: p.host.clone(),
             address: p.address.clone(),
+            labels: p.labels.clone().into_iter().collect(),
         })
         .collect()
 }
@@ -127,6 +129,7 @@ pub fn delta_manifest(
         secrets: Vec::new(),
         staged: encode_staged(state)?,
         peers: encode_peers(state),
+        host_loss_after_ms: state.host_loss_after_ms,
     })
 }
 
@@ -185,8 +188,10 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
             .map(|p| outpost_api::workload::Peer {
                 host: p.host.clone(),
                 address: p.address.clone(),
+                labels: p.labels.clone().into_iter().collect(),
             })
             .collect(),
+        host_loss_after_ms: manifest.host_loss_after_ms,
     })
 }
 

@@ -143,7 +143,9 @@ fn name_not_a_dns_label() {
 fn unknown_field_far_from_any() {
     check(
         "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: a }\nspec:\n  wifi: yes\n",
-        expect![[r#"app.yaml:5:3: spec.wifi: unknown field "wifi" (expected "variables")"#]],
+        expect![[
+            r#"app.yaml:5:3: spec.wifi: unknown field "wifi" (expected "variables" or "hostLossAfter")"#
+        ]],
     );
 }
 
@@ -227,6 +229,28 @@ fn replicas_with_per_host() {
             "    - name: api\n      mode: per-host\n      replicas: 2\n      containers: [ { name: a, image: x } ]\n",
         ),
         expect!["app.yaml:10:17: spec.services[0].replicas: replicas cannot be combined with mode: per-host"],
+    );
+}
+
+#[test]
+fn failover_of_a_per_host_service_and_a_sites_host_loss() {
+    check(
+        &app("    - name: web\n      failover: sometimes\n      containers: [ { name: a, image: x } ]\n"),
+        expect![[
+            r#"app.yaml:9:17: spec.services[0].failover: "sometimes" is not one of "move", "singleton" or "stay""#
+        ]],
+    );
+    check(
+        &app(
+            "    - name: api\n      mode: per-host\n      failover: move\n      containers: [ { name: a, image: x } ]\n",
+        ),
+        expect![
+            "app.yaml:10:17: spec.services[0].failover: a per-host service runs on every matching host and cannot move (failover: move); use stay, or leave it out"
+        ],
+    );
+    check(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s }\nspec: { hostLossAfter: 1s }\n",
+        expect!["app.yaml:4:24: spec.hostLossAfter: 1s is out of range (from 5s to 1h)"],
     );
 }
 

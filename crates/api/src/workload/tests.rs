@@ -108,6 +108,7 @@ fn instances_go_to_matching_hosts() {
         digests: BTreeMap::new(),
         streams: Vec::new(),
         time_zone: None,
+        failover: Failover::Move,
     };
     let mut state = SiteState {
         workloads: vec![
@@ -185,6 +186,7 @@ fn placement_fits_resources_and_says_why_not() {
             digests: BTreeMap::new(),
             streams: Vec::new(),
             time_zone: None,
+            failover: Failover::Move,
         }
     };
     let mut state = SiteState {
@@ -263,6 +265,7 @@ fn spec_hash_follows_the_containers() {
             digests: BTreeMap::new(),
             streams: Vec::new(),
             time_zone: None,
+            failover: Failover::Move,
         }
     };
     assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());
@@ -356,4 +359,163 @@ fn secrets_reach_only_the_sites_and_images_they_allow() {
     secrets.clear();
     let missing = compile_site(sites[0], [deployment], |_, _| Some(app.clone()), &secrets);
     assert_eq!(missing.failures[0].reason, "secret \"db\" does not exist");
+}
+
+#[test]
+fn a_lost_hosts_instances_move_to_survivors_that_fit_and_stay_services_do_not() {
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let hosts: BTreeMap<String, BTreeMap<String, String>> = [
+        ("h0".to_string(), labels(&[("memory", "1Gi"), ("zone", "back")])),
+        ("h1".to_string(), labels(&[("memory", "4Gi"), ("zone", "front")])),
+        ("h2".to_string(), labels(&[("memory", "1Gi"), ("zone", "front")])),
+        ("h3".to_string(), labels(&[("memory", "4Gi"), ("zone", "back")])),
+    ]
+    .into();
+    let workload = |service: &str, failover: Failover, selector: Option<&str>, memory: &str, on: &[&str]| {
+        let container = serde_json::json!({ "name": "c", "image": "x", "resources": { "memory": memory } });
+        Workload {
+            application: "a".into(),
+            version: "1".into(),
+            deployment: "d".into(),
+            service: service.into(),
+            replicas: on.len() as u32,
+            per_host: false,
+            hosts: selector.map(|s| s.parse().unwrap()),
+            containers: vec![serde_json::from_value(container).unwrap()],
+            instances: on
+                .iter()
+                .enumerate()
+                .map(|(n, host)| Instance {
+                    name: format!("a-{service}-{n}"),
+                    host: host.to_string(),
+                })
+                .collect(),
+            secrets: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            streams: Vec::new(),
+            time_zone: None,
+            failover,
+        }
+    };
+    let state = SiteState {
+        workloads: vec![
+            // 2Gi: h0 and h2 (1Gi) have no room, so it goes to h1.
+            workload("web", Failover::Move, None, "2Gi", &["h3"]),
+            // Only front hosts: h1 runs the other replica already, and h0
+            // (no replica yet, first by name) is a back host, so h2.
+            workload(
+                "api",
+                Failover::Move,
+                Some("zone = front"),
+                "512Mi",
+                &["h1", "h3"],
+            ),
+            workload("camera", Failover::Stay, None, "1Mi", &["h3"]),
+            workload("till", Failover::Singleton, None, "1Mi", &["h3"]),
+        ],
+        ..Default::default()
+    };
+    let lost = ["h3".to_string()].into();
+
+    let with_majority = reschedule(&state, &hosts, &lost, true);
+    let moved: Vec<(&str, &str)> = with_majority
+        .moved
+        .iter()
+        .map(|m| (m.instance.as_str(), m.to.as_str()))
+        .collect();
+    assert_eq!(
+        moved,
+        [("a-web-0", "h1"), ("a-api-1", "h2"), ("a-till-0", "h0")],
+        "{with_majority:?}"
+    );
+    assert_eq!(
+        with_majority.stranded,
+        [("a-camera-0".to_string(), "failover: stay".to_string())]
+    );
+
+    // Without a majority a singleton stays where it was.
+    let alone = reschedule(&state, &hosts, &lost, false);
+    assert!(alone.moved.iter().all(|m| m.instance != "a-till-0"));
+    assert!(
+        alone
+            .stranded
+            .iter()
+            .any(|(name, why)| name == "a-till-0" && why.contains("singleton")),
+        "{alone:?}"
+    );
+
+    // Every host lost but one that has no room: the move is refused, and says why.
+    let lost_two = ["h1".to_string(), "h3".to_string()].into();
+    let cramped = reschedule(&state, &hosts, &lost_two, true);
+    assert!(
+        cramped
+            .stranded
+            .iter()
+            .any(|(name, why)| name == "a-web-0" && why.contains("has room")),
+        "{cramped:?}"
+    );
+
+    // Applied, each moved instance runs on its new host; the rest is as it was.
+    let mut applied = state.clone();
+    apply_moves(&mut applied, &with_majority.moved);
+    let hosts_of = |state: &SiteState, service: &str| -> Vec<String> {
+        state
+            .workloads
+            .iter()
+            .find(|w| w.service == service)
+            .unwrap()
+            .instances
+            .iter()
+            .map(|i| i.host.clone())
+            .collect()
+    };
+    assert_eq!(hosts_of(&applied, "web"), ["h1"]);
+    assert_eq!(hosts_of(&applied, "api"), ["h1", "h2"]);
+    assert_eq!(hosts_of(&applied, "camera"), ["h3"]);
+}
+
+#[test]
+fn per_host_and_device_services_stay_unless_they_say_otherwise() {
+    let all = manifests(
+        r#"
+apiVersion: outpost/v1
+kind: Application
+metadata: { name: a }
+spec:
+  version: "1"
+  services:
+    - name: web
+      containers: [{ name: c, image: x }]
+    - name: agent
+      mode: per-host
+      containers: [{ name: c, image: x }]
+    - name: cam
+      containers: [{ name: c, image: x, devices: [/dev/video0] }]
+    - name: cam-anywhere
+      failover: move
+      containers: [{ name: c, image: x, devices: [/dev/video0] }]
+    - name: till
+      failover: singleton
+      containers: [{ name: c, image: x }]
+"#,
+    );
+    let Manifest::Application(app) = &all[0] else {
+        panic!("not an application")
+    };
+    let failovers: Vec<Failover> = app.spec.services.iter().map(|s| s.failover()).collect();
+    assert_eq!(
+        failovers,
+        [
+            Failover::Move,
+            Failover::Stay,
+            Failover::Stay,
+            Failover::Move,
+            Failover::Singleton
+        ]
+    );
 }

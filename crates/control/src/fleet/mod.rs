@@ -298,9 +298,15 @@ impl Fleet {
         let mut peers: HashMap<String, Vec<Peer>> = HashMap::new();
         for host in &records {
             if !host.site_address.is_empty() {
+                let labels = if host.facts.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    host.selector_labels()
+                };
                 peers.entry(host.site.clone()).or_default().push(Peer {
                     host: host.name.clone(),
                     address: host.site_address.clone(),
+                    labels,
                 });
             }
         }
