@@ -5,6 +5,7 @@
 //! persisted, and nothing it does depends on the uplink being up: the
 //! reconciler starts from the local store before any connection is tried.
 
+pub mod cluster;
 pub mod facts;
 pub mod health;
 pub mod identity;
@@ -145,8 +146,35 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let store = store::LocalStore::open(&config.data_dir.join("agent.db")).await?;
     let (revision, state) = store.desired().await?;
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
-    let (desired_sender, desired) = watch::channel((revision, state));
+    let cluster = match &config.site {
+        Some(_) => Some(
+            cluster::Cluster::open(
+                &identity.site,
+                &identity.host,
+                credentials.peer_tls.clone(),
+                store.pool(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    // What this host runs: the received state with the site's moves applied.
+    let effective = match &cluster {
+        Some(cluster) => {
+            cluster.catch_up(&state).await;
+            cluster.effective(&state)
+        }
+        None => state.clone(),
+    };
+    let (desired_sender, received) = watch::channel((revision, state));
     let desired_sender = Arc::new(desired_sender);
+    let (effective_sender, desired) = watch::channel((revision, effective));
+    let clustering = tokio::spawn(cluster::run(
+        cluster.clone(),
+        received.clone(),
+        Arc::new(effective_sender),
+        shutdown.clone(),
+    ));
     let (status_sender, status) = watch::channel(outpost_proto::v1::StatusReport::default());
     let status_sender = Arc::new(status_sender);
     let outbox: Arc<dyn outbox::Outbox> =
@@ -174,7 +202,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
                 credentials.peer_tls.clone(),
                 (identity.site.clone(), identity.host.clone()),
                 runtime.clone(),
-                desired.clone(),
+                received.clone(),
+                cluster.clone(),
                 shutdown.clone(),
             )))
         }
@@ -280,6 +309,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;
+    let _ = clustering.await;
     let _ = reconciling.await;
     let _ = staging.await;
     let _ = importing.await;

@@ -146,7 +146,7 @@ impl PeerTls {
     }
 
     /// To ask `host` of `site`: it must present that host's certificate.
-    fn client(&self, site: &str, host: &str) -> Result<Arc<ClientConfig>> {
+    pub(crate) fn client(&self, site: &str, host: &str) -> Result<Arc<ClientConfig>> {
         let verifier = crate::tls::checked(PeerIdentity {
             inner: self.verifier()?,
             site: site.to_string(),
@@ -195,7 +195,12 @@ impl crate::tls::CertificateCheck for PeerIdentity {
 
 /// Whether `host` of `site` may talk to us: the control plane named it a
 /// peer of our site in the desired state we hold.
-fn is_peer(desired: &watch::Receiver<(u64, SiteState)>, site: &str, ours: &str, named: (&str, &str)) -> bool {
+pub(crate) fn is_peer(
+    desired: &watch::Receiver<(u64, SiteState)>,
+    site: &str,
+    ours: &str,
+    named: (&str, &str),
+) -> bool {
     named.0 == site && named.1 != ours && desired.borrow().1.peers.iter().any(|p| p.host == named.1)
 }
 
@@ -386,8 +391,10 @@ pub async fn serve(
     (site, host): (String, String),
     runtime: Arc<dyn Runtime>,
     desired: watch::Receiver<(u64, SiteState)>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let cluster = cluster.map(|c| crate::cluster::service(c, desired.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server()?);
     tracing::info!(listen = %listening.listen, address = %listening.address, "serving the site's other hosts");
     let (sender, connections) = tokio::sync::mpsc::channel(16);
@@ -428,6 +435,7 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .add_service(SitePeerServer::new(service))
+        .add_optional_service(cluster)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(connections),
             async move {

@@ -10,6 +10,8 @@ mod agent;
 mod api;
 #[path = "suite/cli.rs"]
 mod cli;
+#[path = "suite/cluster.rs"]
+mod cluster;
 #[path = "suite/hardening.rs"]
 mod hardening;
 #[path = "suite/images.rs"]

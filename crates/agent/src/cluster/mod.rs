@@ -1,0 +1,492 @@
+//! The hosts of a site keep its work running when one of them is lost,
+//! with the uplink up or down.
+//!
+//! Every agent started with `--site-listen` pings the site's other hosts
+//! (`SiteCluster/Ping`, over the same mutual TLS as `crate::peers`) every
+//! `PING_EVERY`, and each ping carries the site's placement **ledger**: the
+//! instances the site moved off lost hosts, at an epoch. A host takes the
+//! ledger of a peer whose epoch is newer (at equal epochs, the one its
+//! lowest-named author wrote), so a host that returns learns what moved
+//! away from it within one ping and stops its copies.
+//!
+//! The instances an agent runs are those of the desired state it received
+//! with the ledger's moves applied (`effective`); the reconciler, the image
+//! stager and the streams endpoint all work from that.
+//!
+//! Who may move what:
+//! - a 1-host site has nowhere to move to;
+//! - a 2-host site: the survivor moves the lost host's `move` services to
+//!   itself after `hostLossAfter` without a ping; a `singleton` stays (the
+//!   control plane as witness comes later); `stay` and per-host services
+//!   never move;
+//! - 3 or more hosts: the decision needs a majority (openraft), which is
+//!   not built yet; such a site moves nothing.
+//!
+//! A move ends when the control plane's desired state no longer places
+//! the instance on the host it was moved from (`apply_moves` voids it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use outpost_api::workload::{Moved, SiteState, apply_moves, reschedule};
+use outpost_proto::identity::host_certificate;
+use outpost_proto::v1::ClusterPing;
+use outpost_proto::v1::site_cluster_client::SiteClusterClient;
+use outpost_proto::v1::site_cluster_server::{SiteCluster, SiteClusterServer};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::peers::PeerTls;
+
+/// How often a host pings each of its peers.
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long one ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest ledger a peer may send.
+const MAX_LEDGER_BYTES: usize = 1 << 20;
+
+/// The site's placement decisions, replicated by ping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Grows with every decision; a newer epoch fences older decisions.
+    pub epoch: u64,
+    /// The host that made the decision at `epoch`.
+    pub author: String,
+    /// The instances moved, each off a host in `lost`.
+    pub moved: Vec<Moved>,
+    /// The hosts the site lost, and when (UNIX ms): the reason for a move.
+    pub lost: BTreeMap<String, u64>,
+}
+
+impl Ledger {
+    /// Whether `other` is the newer ledger: a greater epoch, or the same
+    /// epoch written by a lower-named host (two hosts cut apart may each
+    /// decide at the same epoch; one of them must win everywhere).
+    fn is_older_than(&self, other: &Ledger) -> bool {
+        (other.epoch, std::cmp::Reverse(&other.author)) > (self.epoch, std::cmp::Reverse(&self.author))
+    }
+}
+
+/// This host's view of its site.
+pub struct Cluster {
+    site: String,
+    host: String,
+    tls: Arc<PeerTls>,
+    pool: SqlitePool,
+    ledger: Mutex<Ledger>,
+    /// When each peer was last heard (a ping either way).
+    heard: Mutex<HashMap<String, Instant>>,
+    /// Since when each host the ledger holds lost has been heard again.
+    back: Mutex<HashMap<String, Instant>>,
+    /// When this agent started: nobody is lost before `hostLossAfter` has
+    /// passed since.
+    started: Instant,
+    changed: watch::Sender<u64>,
+}
+
+impl Cluster {
+    /// Opens the ledger kept in `agent.db` (table `site_ledger`).
+    pub async fn open(site: &str, host: &str, tls: Arc<PeerTls>, pool: SqlitePool) -> Result<Arc<Cluster>> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS site_ledger (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 ledger TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .context("preparing the site ledger")?;
+        let held: Option<(String,)> = sqlx::query_as("SELECT ledger FROM site_ledger WHERE id = 1")
+            .fetch_optional(&pool)
+            .await?;
+        let ledger = match held {
+            Some((json,)) => serde_json::from_str(&json).context("an unreadable site ledger in agent.db")?,
+            None => Ledger::default(),
+        };
+        Ok(Arc::new(Cluster {
+            site: site.to_string(),
+            host: host.to_string(),
+            tls,
+            pool,
+            ledger: Mutex::new(ledger),
+            heard: Mutex::new(HashMap::new()),
+            back: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            changed: watch::channel(0).0,
+        }))
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.ledger.lock().clone()
+    }
+
+    /// Takes `ledger` if it is newer than the one held, and keeps it.
+    async fn adopt(&self, ledger: Ledger) -> Result<bool> {
+        {
+            let mut held = self.ledger.lock();
+            if !held.is_older_than(&ledger) {
+                return Ok(false);
+            }
+            *held = ledger.clone();
+        }
+        self.save(&ledger).await?;
+        tracing::info!(epoch = ledger.epoch, author = %ledger.author, moved = ledger.moved.len(), "took the site's newer placement ledger");
+        self.changed.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    async fn save(&self, ledger: &Ledger) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_ledger (id, ledger) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET ledger = ?1",
+        )
+        .bind(serde_json::to_string(ledger)?)
+        .execute(&self.pool)
+        .await
+        .context("saving the site ledger")?;
+        Ok(())
+    }
+
+    fn heard_from(&self, host: &str) {
+        self.heard.lock().insert(host.to_string(), Instant::now());
+        if self.ledger.lock().lost.contains_key(host) {
+            self.back
+                .lock()
+                .entry(host.to_string())
+                .or_insert_with(Instant::now);
+        }
+    }
+
+    /// The peers not heard for `after` (never heard counts from this
+    /// agent's start).
+    fn unheard(&self, peers: &[String], after: Duration) -> BTreeSet<String> {
+        let heard = self.heard.lock();
+        peers
+            .iter()
+            .filter(|host| heard.get(*host).copied().unwrap_or(self.started).elapsed() >= after)
+            .cloned()
+            .collect()
+    }
+
+    /// The peers heard within `after`, for the status report.
+    pub fn heard_within(&self, after: Duration) -> BTreeSet<String> {
+        self.heard
+            .lock()
+            .iter()
+            .filter(|(_, at)| at.elapsed() < after)
+            .map(|(host, _)| host.clone())
+            .collect()
+    }
+
+    /// The site's decision about lost hosts, made here: only a 2-host
+    /// site's survivor decides alone (see the module's notes).
+    async fn decide(&self, received: &SiteState) -> Result<()> {
+        let hosts: BTreeMap<String, BTreeMap<String, String>> = received
+            .peers
+            .iter()
+            .map(|p| (p.host.clone(), p.labels.clone()))
+            .collect();
+        if hosts.len() != 2 || !hosts.contains_key(&self.host) {
+            return Ok(());
+        }
+        let others: Vec<String> = hosts.keys().filter(|h| **h != self.host).cloned().collect();
+        let after = received.host_loss_after();
+        let lost = self.unheard(&others, after);
+        self.hand_back(&lost, after).await?;
+        let current = self.ledger();
+        let mut effective = received.clone();
+        apply_moves(&mut effective, &current.moved);
+        let decided = reschedule(&effective, &hosts, &lost, false);
+        if decided.moved.is_empty() {
+            return Ok(());
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut next = Ledger {
+            epoch: current.epoch + 1,
+            author: self.host.clone(),
+            moved: current.moved.clone(),
+            lost: current.lost.clone(),
+        };
+        for host in &lost {
+            next.lost.entry(host.clone()).or_insert(now_ms);
+        }
+        for moved in &decided.moved {
+            tracing::warn!(instance = %moved.instance, from = %moved.from, to = %moved.to, epoch = next.epoch, "host lost: moving its instance");
+        }
+        for (instance, why) in &decided.stranded {
+            tracing::info!(%instance, why, "host lost: its instance stays");
+        }
+        next.moved.extend(decided.moved);
+        self.adopt(next).await?;
+        Ok(())
+    }
+
+    /// Gives a lost host back its instances once it has been heard again
+    /// for `after`: it runs what the control plane placed there.
+    async fn hand_back(&self, lost: &BTreeSet<String>, after: Duration) -> Result<()> {
+        let returned: BTreeSet<String> = {
+            let mut back = self.back.lock();
+            back.retain(|host, _| !lost.contains(host));
+            back.iter()
+                .filter(|(_, since)| since.elapsed() >= after)
+                .map(|(host, _)| host.clone())
+                .collect()
+        };
+        if returned.is_empty() {
+            return Ok(());
+        }
+        let next = {
+            let held = self.ledger.lock();
+            Ledger {
+                epoch: held.epoch + 1,
+                author: self.host.clone(),
+                moved: held
+                    .moved
+                    .iter()
+                    .filter(|m| !returned.contains(&m.from))
+                    .cloned()
+                    .collect(),
+                lost: held
+                    .lost
+                    .iter()
+                    .filter(|(h, _)| !returned.contains(*h))
+                    .map(|(h, at)| (h.clone(), *at))
+                    .collect(),
+            }
+        };
+        for host in &returned {
+            tracing::info!(%host, epoch = next.epoch, "a lost host is back: it runs its own instances again");
+            self.back.lock().remove(host);
+        }
+        self.adopt(next).await?;
+        Ok(())
+    }
+
+    /// Drops the moves the control plane's desired state has overtaken (it
+    /// no longer places the instance on the host it moved from), and the
+    /// lost hosts no move names any more.
+    async fn prune(&self, received: &SiteState) -> Result<()> {
+        let pruned = {
+            let held = self.ledger.lock();
+            let moved: Vec<Moved> = held
+                .moved
+                .iter()
+                .filter(|m| {
+                    received.workloads.iter().any(|w| {
+                        w.key() == m.workload
+                            && w.instances
+                                .iter()
+                                .any(|i| i.name == m.instance && i.host == m.from)
+                    })
+                })
+                .cloned()
+                .collect();
+            if moved == held.moved {
+                return Ok(());
+            }
+            let lost = held
+                .lost
+                .iter()
+                .filter(|(host, _)| moved.iter().any(|m| &m.from == *host))
+                .map(|(h, at)| (h.clone(), *at))
+                .collect();
+            Ledger {
+                epoch: held.epoch + 1,
+                author: self.host.clone(),
+                moved,
+                lost,
+            }
+        };
+        tracing::info!(
+            epoch = pruned.epoch,
+            "the control plane placed moved instances anew; the site hands them back"
+        );
+        self.adopt(pruned).await?;
+        Ok(())
+    }
+
+    async fn ping(
+        &self,
+        channels: &mut HashMap<String, (String, Channel)>,
+        host: &str,
+        address: &str,
+    ) -> Result<()> {
+        let stale = channels.get(host).is_none_or(|(at, _)| at != address);
+        if stale {
+            let tls = self.tls.client(&self.site, host)?;
+            let channel = crate::tls::peer_channel(&format!("https://{address}"), host, tls).await?;
+            channels.insert(host.to_string(), (address.to_string(), channel));
+        }
+        let channel = channels[host].1.clone();
+        let ours = serde_json::to_vec(&self.ledger())?;
+        let reply = tokio::time::timeout(
+            PING_TIMEOUT,
+            SiteClusterClient::new(channel).ping(ClusterPing { ledger: ours }),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {PING_TIMEOUT:?}"))?
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+        self.heard_from(host);
+        self.adopt(read_ledger(&reply.ledger)?).await?;
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// One round of pings before the agent runs anything, so that a host
+    /// that returns learns what moved away from it before it starts its
+    /// old instances again. Each silent peer costs at most `PING_TIMEOUT`.
+    pub async fn catch_up(&self, state: &SiteState) {
+        let mut channels = HashMap::new();
+        for peer in state.peers.iter().filter(|p| p.host != self.host) {
+            if let Err(err) = self.ping(&mut channels, &peer.host, &peer.address).await {
+                tracing::info!(peer = %peer.host, err = format!("{err:#}"), "a peer did not answer at start");
+            }
+        }
+    }
+
+    /// `state` with the site's moves applied: what this host runs.
+    pub fn effective(&self, state: &SiteState) -> SiteState {
+        let mut state = state.clone();
+        apply_moves(&mut state, &self.ledger().moved);
+        state
+    }
+}
+
+fn read_ledger(bytes: &[u8]) -> Result<Ledger> {
+    anyhow::ensure!(
+        bytes.len() <= MAX_LEDGER_BYTES,
+        "a ledger of {} bytes is too large",
+        bytes.len()
+    );
+    serde_json::from_slice(bytes).context("an unreadable ledger")
+}
+
+/// Pings the site's other hosts and keeps `effective` (the desired state
+/// `received` from the control plane, with the ledger's moves applied)
+/// until `shutdown`. Without a cluster (no `--site-listen`), `effective`
+/// is what was received.
+pub async fn run(
+    cluster: Option<Arc<Cluster>>,
+    mut received: watch::Receiver<(u64, SiteState)>,
+    effective: Arc<watch::Sender<(u64, SiteState)>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Without a cluster, a channel that never changes (its sender lives here).
+    let (_no_cluster, idle) = watch::channel(0);
+    let mut changes = cluster.as_ref().map_or(idle, |c| c.changed.subscribe());
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut channels: HashMap<String, (String, Channel)> = HashMap::new();
+    loop {
+        let state = received.borrow_and_update().clone();
+        if let Some(cluster) = &cluster
+            && let Err(err) = cluster.prune(&state.1).await
+        {
+            tracing::warn!(err = format!("{err:#}"), "pruning the site ledger");
+        }
+        let next = match &cluster {
+            Some(cluster) => (state.0, cluster.effective(&state.1)),
+            None => state.clone(),
+        };
+        effective.send_if_modified(|held| {
+            let changed = *held != next;
+            if changed {
+                *held = next;
+            }
+            changed
+        });
+        tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+            changed = received.changed() => if changed.is_err() { return },
+            _ = changes.changed() => {}
+            _ = tick.tick(), if cluster.is_some() => {
+                let Some(cluster) = &cluster else { continue };
+                let peers: Vec<(String, String)> = state
+                    .1
+                    .peers
+                    .iter()
+                    .filter(|p| p.host != cluster.host)
+                    .map(|p| (p.host.clone(), p.address.clone()))
+                    .collect();
+                for (host, address) in &peers {
+                    if let Err(err) = cluster.ping(&mut channels, host, address).await {
+                        tracing::debug!(peer = %host, err = format!("{err:#}"), "a peer did not answer");
+                        channels.remove(host);
+                    }
+                }
+                if let Err(err) = cluster.decide(&state.1).await {
+                    tracing::warn!(err = format!("{err:#}"), "deciding about lost hosts");
+                }
+            }
+        }
+    }
+}
+
+/// The `SiteCluster` service for `crate::peers::serve`.
+pub fn service(
+    cluster: Arc<Cluster>,
+    desired: watch::Receiver<(u64, SiteState)>,
+) -> SiteClusterServer<Service> {
+    SiteClusterServer::new(Service { cluster, desired })
+}
+
+pub struct Service {
+    cluster: Arc<Cluster>,
+    desired: watch::Receiver<(u64, SiteState)>,
+}
+
+#[tonic::async_trait]
+impl SiteCluster for Service {
+    async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
+        let named = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
+        let Some(named) = named.filter(|n| {
+            crate::peers::is_peer(
+                &self.desired,
+                &self.cluster.site,
+                &self.cluster.host,
+                (&n.site, &n.host),
+            )
+        }) else {
+            return Err(Status::permission_denied("not a peer of this site"));
+        };
+        let theirs = read_ledger(&request.into_inner().ledger)
+            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        self.cluster.heard_from(&named.host);
+        self.cluster
+            .adopt(theirs)
+            .await
+            .map_err(|err| Status::unavailable(format!("{err:#}")))?;
+        let ours =
+            serde_json::to_vec(&self.cluster.ledger()).map_err(|err| Status::internal(err.to_string()))?;
+        Ok(Response::new(ClusterPing { ledger: ours }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_epoch_wins_and_a_tie_goes_to_the_lower_named_author() {
+        let ledger = |epoch, author: &str| Ledger {
+            epoch,
+            author: author.into(),
+            ..Default::default()
+        };
+        assert!(ledger(1, "h2").is_older_than(&ledger(2, "h9")));
+        assert!(!ledger(2, "h1").is_older_than(&ledger(1, "h1")));
+        assert!(ledger(3, "h2").is_older_than(&ledger(3, "h1")));
+        assert!(!ledger(3, "h1").is_older_than(&ledger(3, "h2")));
+        assert!(!ledger(3, "h1").is_older_than(&ledger(3, "h1")));
+    }
+}
