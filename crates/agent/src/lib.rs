@@ -306,6 +306,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         mode: config.mode,
         site_address: config.site.as_ref().map(|l| l.address.clone()),
         streams: Some(streams),
+        cluster,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;

@@ -82,12 +82,18 @@ pub struct Session {
     pub site_address: Option<String>,
     /// The application topics (none in the fleet simulator, unless asked).
     pub streams: Option<Arc<Streams>>,
+    /// The site cluster this host is part of (`--site-listen`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The up batch in flight: its topic and last sequence number.
 type InFlight = Option<(TopicKey, u64)>;
-/// The topics' state as last reported.
-type Reported = Option<Vec<outpost_api::stream::TopicStatus>>;
+/// The topics' state and the cluster's, as last reported.
+#[derive(Default)]
+struct Reported {
+    topics: Option<Vec<outpost_api::stream::TopicStatus>>,
+    cluster: Option<outpost_api::wire::ClusterStatus>,
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -138,7 +144,7 @@ impl Session {
     }
 
     async fn keep_polling(&mut self, mut interval: Duration, shutdown: &mut watch::Receiver<bool>) {
-        let mut reported = None;
+        let mut reported = Reported::default();
         loop {
             let result = tokio::select! {
                 result = self.poll_once(interval, &mut reported) => result,
@@ -189,6 +195,7 @@ impl Session {
                 stream_batch: up.as_ref().map(|(batch, _)| batch.clone()),
                 stream_received: received.take(),
                 streams: self.stream_report(reported)?,
+                cluster: self.cluster_report(reported)?,
             };
             let response = client
                 .sync(request)
@@ -281,10 +288,13 @@ impl Session {
             None => watch::channel(0).1,
         };
         let mut up_in_flight: InFlight = None;
-        let mut reported = None;
+        let mut reported = Reported::default();
         self.send_stream_batch(&sender, &mut up_in_flight).await?;
         if let Some(report) = self.stream_report(&mut reported)? {
             sender.send(send(agent_message::Body::Streams(report))).await?;
+        }
+        if let Some(report) = self.cluster_report(&mut reported)? {
+            sender.send(send(agent_message::Body::Cluster(report))).await?;
         }
         let mut stream_report = tokio::time::interval(STREAM_REPORT);
         stream_report.tick().await;
@@ -333,6 +343,9 @@ impl Session {
                     }
                     if let Some(report) = self.stream_report(&mut reported)? {
                         sender.send(send(agent_message::Body::Streams(report))).await?;
+                    }
+                    if let Some(report) = self.cluster_report(&mut reported)? {
+                        sender.send(send(agent_message::Body::Cluster(report))).await?;
                     }
                 }
                 changed = newest.changed(), if in_flight.is_none() => {
@@ -474,11 +487,26 @@ impl Session {
             return Ok(None);
         };
         let status = streams.status(now_ms());
-        if reported.as_ref() == Some(&status) {
+        if reported.topics.as_ref() == Some(&status) {
             return Ok(None);
         }
         let report = codec::encode_stream_report(&status)?;
-        *reported = Some(status);
+        reported.topics = Some(status);
+        Ok(Some(report))
+    }
+
+    /// The cluster's state as this host sees it, if it changed since
+    /// `reported`.
+    fn cluster_report(&self, reported: &mut Reported) -> Result<Option<outpost_proto::v1::ClusterReport>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let status = cluster.status(self.desired.borrow().1.host_loss_after());
+        if reported.cluster.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        let report = codec::encode_cluster_report(&status)?;
+        reported.cluster = Some(status);
         Ok(Some(report))
     }
 

@@ -216,6 +216,30 @@ pub struct SiteStatus {
     /// the oldest unsent record (the lag is its age) and drops.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<crate::stream::TopicStatus>,
+    /// What each host of the site's cluster last reported: whom it hears,
+    /// the placement epoch, and the instances the site moved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<ClusterStatus>,
+}
+
+/// One host's view of its site cluster (hosts with `--site-listen`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub host: String,
+    /// The peers it heard within `hostLossAfter`.
+    pub hears: Vec<String>,
+    /// The placement epoch it holds, and the host that decided it.
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    /// Instances the site moved off lost hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<serde_json::Value>")]
+    pub moved: Vec<crate::workload::Moved>,
+    /// The hosts the site lost, and since when (RFC 3339).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lost: BTreeMap<String, String>,
 }
 
 /// How one deployment fares on one site.

@@ -19,6 +19,9 @@ pub struct Presence {
     next_session: std::sync::atomic::AtomicU64,
     /// Hosts in polling mode, and until when each counts as online.
     polled: Mutex<HashMap<(String, String), std::time::Instant>>,
+    /// What each host of a site cluster last reported of it (kept in
+    /// memory: hosts report again when they connect).
+    clusters: Mutex<HashMap<(String, String), outpost_api::wire::ClusterStatus>>,
 }
 
 /// Keeps a host marked online while its session lives.
@@ -62,6 +65,26 @@ impl Drop for Connected {
 }
 
 impl Presence {
+    /// Keeps what a host reports of its site cluster.
+    pub fn record_cluster(&self, site: &str, host: &str, status: outpost_api::wire::ClusterStatus) {
+        self.clusters
+            .lock()
+            .insert((site.to_string(), host.to_string()), status);
+    }
+
+    /// What the hosts of `site` last reported of its cluster, by host.
+    pub fn site_cluster(&self, site: &str) -> Vec<outpost_api::wire::ClusterStatus> {
+        let mut out: Vec<_> = self
+            .clusters
+            .lock()
+            .iter()
+            .filter(|((s, _), _)| s == site)
+            .map(|(_, status)| status.clone())
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+
     /// Marks a host online until every guard it was given is dropped; the
     /// receiver gets the requests for its logs.
     pub fn connect(self: &Arc<Self>, site: &str, host: &str) -> (Connected, mpsc::Receiver<LiveLogs>) {

@@ -160,6 +160,7 @@ impl Snapshot {
             agent_version: versions.join(","),
             failures,
             streams: Vec::new(),
+            cluster: Vec::new(),
         }
     }
 

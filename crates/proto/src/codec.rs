@@ -9,11 +9,12 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use outpost_api::telemetry::{LogChunk, Record};
+use outpost_api::wire::ClusterStatus;
 use outpost_api::workload::{SiteState, Workload};
 
 use outpost_api::stream::{Item, MAX_RECORD_BYTES, TopicStatus};
 
-use crate::v1::{Batch, LogReply, SiteManifest, StreamBatch, StreamReport};
+use crate::v1::{Batch, ClusterReport, LogReply, SiteManifest, StreamBatch, StreamReport};
 
 /// How often each side says it is alive: rarely, since idle traffic is what
 /// a metered link pays for (see BENCHMARKS.md).
@@ -56,6 +57,8 @@ pub enum CodecError {
     ZeroSequence,
     #[error("stream batch {topic}: {why}")]
     Stream { topic: String, why: String },
+    #[error("the cluster report is not readable: {0}")]
+    Cluster(String),
 }
 
 fn encode_workload(workload: &Workload) -> Result<Vec<u8>, CodecError> {
@@ -326,6 +329,20 @@ pub fn decode_stream_report(report: &StreamReport) -> Result<Vec<TopicStatus>, C
         topic: "report".to_string(),
         why: err.to_string(),
     })
+}
+
+pub fn encode_cluster_report(status: &ClusterStatus) -> Result<ClusterReport, CodecError> {
+    Ok(ClusterReport {
+        status: serde_json::to_vec(status).map_err(|err| CodecError::Encode {
+            what: "a cluster report",
+            source: err.into(),
+        })?,
+    })
+}
+
+/// A host's view of its site cluster; an unreadable one is refused whole.
+pub fn decode_cluster_report(report: &ClusterReport) -> Result<ClusterStatus, CodecError> {
+    serde_json::from_slice(&report.status).map_err(|err| CodecError::Cluster(err.to_string()))
 }
 
 /// The answer to log request `id`: the chunks, or why they could not be read.

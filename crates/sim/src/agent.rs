@@ -161,6 +161,7 @@ impl SimSite {
             mode: outpost_agent::session::Mode::Stream,
             site_address: None,
             streams: streams.clone(),
+            cluster: None,
         };
         tokio::spawn(session.run(shutdown));
         SimSite {

@@ -352,6 +352,31 @@ impl Cluster {
         }
     }
 
+    /// What this host reports of the cluster: whom it heard within
+    /// `after`, and its ledger.
+    pub fn status(&self, after: Duration) -> outpost_api::wire::ClusterStatus {
+        let ledger = self.ledger();
+        let mut hears: Vec<String> = self.heard_within(after).into_iter().collect();
+        hears.sort();
+        outpost_api::wire::ClusterStatus {
+            host: self.host.clone(),
+            hears,
+            epoch: ledger.epoch,
+            author: ledger.author,
+            moved: ledger.moved,
+            lost: ledger
+                .lost
+                .into_iter()
+                .map(|(host, ms)| {
+                    let at = jiff::Timestamp::from_millisecond(ms as i64)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    (host, at)
+                })
+                .collect(),
+        }
+    }
+
     /// `state` with the site's moves applied: what this host runs.
     pub fn effective(&self, state: &SiteState) -> SiteState {
         let mut state = state.clone();

@@ -51,6 +51,52 @@ fn streams_table(topics: &[outpost_api::stream::TopicStatus]) -> String {
     table.render()
 }
 
+/// Each host of the site cluster: the peers it hears and the placement
+/// epoch it holds; then the instances the site moved, and why.
+fn cluster_text(hosts: &[outpost_api::wire::ClusterStatus]) -> String {
+    let mut table = Table::new(&["HOST", "HEARS", "EPOCH"]);
+    for h in hosts {
+        table.row(vec![
+            h.host.clone(),
+            if h.hears.is_empty() {
+                "nobody".to_string()
+            } else {
+                h.hears.join(",")
+            },
+            if h.author.is_empty() {
+                h.epoch.to_string()
+            } else {
+                format!("{} (by {})", h.epoch, h.author)
+            },
+        ]);
+    }
+    let mut out = table.render();
+    // The newest ledger is the site's (they agree once the hosts hear each other).
+    if let Some(newest) = hosts.iter().max_by_key(|h| h.epoch)
+        && !newest.moved.is_empty()
+    {
+        out.push_str("Moved by the site:\n");
+        for m in &newest.moved {
+            let since = newest.lost.get(&m.from).map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "  {} ({}) {} -> {}: host {} lost{}",
+                m.instance,
+                m.workload,
+                m.from,
+                m.to,
+                m.from,
+                if since.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {since}")
+                }
+            );
+        }
+    }
+    out
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
 }
@@ -123,6 +169,10 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
                     traffic(received),
                     traffic(sent)
                 );
+            }
+            if !status.cluster.is_empty() {
+                out.push_str("Cluster:\n");
+                out.push_str(&indent(&cluster_text(&status.cluster)));
             }
             if !status.streams.is_empty() {
                 out.push_str("Streams:\n");

@@ -116,6 +116,11 @@ impl Gateway {
                 .await
                 .map_err(internal)?;
         }
+        if let Some(report) = &request.cluster {
+            let status = codec::decode_cluster_report(report)
+                .map_err(|err| Status::invalid_argument(err.to_string()))?;
+            self.fleet.presence.record_cluster(site, host, status);
+        }
         let ack = match &request.stream_batch {
             Some(batch) => Some(
                 streams::accept_up(

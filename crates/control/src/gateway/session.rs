@@ -319,6 +319,10 @@ impl Session {
                 Ok(topics) => self.store.record_host_streams(site, host, &topics).await?,
                 Err(err) => tracing::warn!(%site, %host, %err, "an unreadable stream report"),
             },
+            Some(agent_message::Body::Cluster(report)) => match codec::decode_cluster_report(&report) {
+                Ok(status) => self.fleet.presence.record_cluster(site, host, status),
+                Err(err) => tracing::warn!(%site, %host, %err, "an unreadable cluster report"),
+            },
             Some(agent_message::Body::Status(report)) => {
                 record_status(self.store.as_ref(), &self.fleet, site, host, report).await?;
             }

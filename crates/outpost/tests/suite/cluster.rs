@@ -75,8 +75,21 @@ fn a_two_host_site_moves_a_lost_hosts_work_with_the_uplink_down_and_hands_it_bac
         "a stay service never moves"
     );
 
-    // h1 comes back (the uplink still down): it learns that web moved and
-    // runs only its camera; once heard for hostLossAfter, web goes back.
+    // The uplink heals while h1 is still away: the control plane shows what
+    // the site moved, and why.
+    control.restart();
+    let described = eventually(Duration::from_secs(30), "the move in describe site", || {
+        let text = control.cli(&["describe", "site", &site]).success().to_string();
+        text.contains("Moved by the site:").then_some(text)
+    });
+    assert!(
+        described.contains("shop-web-0 (shop/web) h1 -> h2: host h1 lost at"),
+        "{described}"
+    );
+
+    // h1 comes back: it learns that web moved and runs only its camera;
+    // once heard for hostLossAfter, web goes back where the control plane
+    // places it.
     h1.start();
     eventually(Duration::from_secs(30), "the camera back on h1", || {
         on_host(&site, "h1").contains(&cam).then_some(())
@@ -89,9 +102,15 @@ fn a_two_host_site_moves_a_lost_hosts_work_with_the_uplink_down_and_hands_it_bac
         (on_host(&site, "h1") == [cam.clone(), web.clone()] && on_host(&site, "h2").is_empty()).then_some(())
     });
     assert!(h2.logged("a lost host is back"));
-
-    // The uplink heals: every service runs once, where the control plane says.
-    control.restart();
+    let described = eventually(Duration::from_secs(30), "the hosts hearing each other", || {
+        let text = control.cli(&["describe", "site", &site]).success().to_string();
+        (text.contains("Cluster:") && !text.contains("Moved by the site:") && !text.contains("nobody"))
+            .then_some(text)
+    });
+    assert!(
+        described.contains("h1") && described.contains("h2"),
+        "{described}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(on_host(&site, "h1"), [cam, web]);
     assert!(on_host(&site, "h2").is_empty());
