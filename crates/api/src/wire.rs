@@ -327,6 +327,10 @@ pub struct HostInfo {
     pub bytes_received: i64,
     #[serde(default)]
     pub bytes_sent: i64,
+    /// In a site cluster: how many of its peers hear it, of how many
+    /// report (none: no cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_by: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

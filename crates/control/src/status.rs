@@ -24,6 +24,8 @@ pub struct Snapshot {
     images: HashMap<(String, String), Vec<HostImage>>,
     states: BTreeMap<String, (i64, SiteState)>,
     online: HashSet<(String, String)>,
+    /// What the hosts of each site cluster last reported of it.
+    clusters: HashMap<String, Vec<outpost_api::wire::ClusterStatus>>,
 }
 
 impl Snapshot {
@@ -56,6 +58,7 @@ impl Snapshot {
             images,
             states: store.site_states().await?,
             online,
+            clusters: presence.clusters(),
         })
     }
 
@@ -260,6 +263,25 @@ impl Snapshot {
         (UpToDate, String::new())
     }
 
+    /// How many of a host's site peers hear it, of how many report: none
+    /// when its site has no cluster.
+    fn seen_by(&self, site: &str, host: &str) -> Option<(usize, usize)> {
+        let others: Vec<_> = self
+            .clusters
+            .get(site)?
+            .iter()
+            .filter(|c| c.host != host)
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let hearing = others
+            .iter()
+            .filter(|c| c.hears.iter().any(|h| h == host))
+            .count();
+        Some((hearing, others.len()))
+    }
+
     pub fn hosts(&self) -> Vec<HostInfo> {
         self.hosts
             .values()
@@ -277,6 +299,7 @@ impl Snapshot {
                 dropped: h.dropped,
                 bytes_received: h.bytes_received,
                 bytes_sent: h.bytes_sent,
+                seen_by: self.seen_by(&h.site, &h.name),
                 instances: self
                     .host_instances(&h.site, &h.name)
                     .iter()

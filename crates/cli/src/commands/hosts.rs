@@ -68,6 +68,7 @@ pub async fn get_hosts(
                     "CPUS",
                     "MEMORY",
                     "INSTANCES",
+                    "PEERS",
                     "REVISION",
                     "AGENT",
                     "LAST-SEEN",
@@ -83,6 +84,7 @@ pub async fn get_hosts(
                     "CPUS",
                     "MEMORY",
                     "INSTANCES",
+                    "PEERS",
                     "LAST-SEEN",
                 ])
             };
@@ -96,6 +98,10 @@ pub async fn get_hosts(
                     fact("cpus"),
                     fact("memory"),
                     host.instances.len().to_string(),
+                    match host.seen_by {
+                        Some((hearing, of)) => format!("seen by {hearing}/{of}"),
+                        None => "-".to_string(),
+                    },
                 ];
                 if wide {
                     row.push(host.applied_revision.to_string());

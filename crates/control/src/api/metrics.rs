@@ -197,6 +197,48 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             out.sample(name, &labels, value(topic, now_ms));
         }
     }
+    let clusters = state.fleet.presence.clusters();
+    let mut clusters: Vec<_> = clusters
+        .iter()
+        .flat_map(|(site, hosts)| hosts.iter().map(move |h| (site, h)))
+        .collect();
+    clusters.sort_by(|a, b| (a.0, &a.1.host).cmp(&(b.0, &b.1.host)));
+    out.family(
+        "outpost_cluster_peers_heard",
+        "gauge",
+        "Peers a host of a site cluster heard within hostLossAfter, as it last reported.",
+    );
+    for (site, host) in &clusters {
+        out.sample(
+            "outpost_cluster_peers_heard",
+            &[("site", site.as_str()), ("host", &host.host)],
+            host.hears.len() as f64,
+        );
+    }
+    out.family(
+        "outpost_cluster_epoch",
+        "gauge",
+        "The site's placement epoch as a host of it holds it (grows with every move the site decides).",
+    );
+    for (site, host) in &clusters {
+        out.sample(
+            "outpost_cluster_epoch",
+            &[("site", site.as_str()), ("host", &host.host)],
+            host.epoch as f64,
+        );
+    }
+    out.family(
+        "outpost_cluster_moved_instances",
+        "gauge",
+        "Instances the site moved off lost hosts, in the ledger a host holds.",
+    );
+    for (site, host) in &clusters {
+        out.sample(
+            "outpost_cluster_moved_instances",
+            &[("site", site.as_str()), ("host", &host.host)],
+            host.moved.len() as f64,
+        );
+    }
     Ok((
         [(header::CONTENT_TYPE, outpost_api::metrics::CONTENT_TYPE)],
         out.finish(),

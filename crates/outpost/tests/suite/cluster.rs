@@ -86,6 +86,16 @@ fn a_two_host_site_moves_a_lost_hosts_work_with_the_uplink_down_and_hands_it_bac
         described.contains("shop-web-0 (shop/web) h1 -> h2: host h1 lost at"),
         "{described}"
     );
+    let metrics = control
+        .http()
+        .send("GET", "/metrics", Some(&control.token()), None);
+    let text = metrics.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains(&format!(
+            "outpost_cluster_moved_instances{{site=\"{site}\",host=\"h2\"}} 1"
+        )),
+        "{text}"
+    );
 
     // h1 comes back: it learns that web moved and runs only its camera;
     // once heard for hostLossAfter, web goes back where the control plane
