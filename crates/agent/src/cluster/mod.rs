@@ -16,14 +16,15 @@
 //! Who may move what:
 //! - a 1-host site has nowhere to move to;
 //! - a 2-host site: the survivor moves the lost host's `move` services to
-//!   itself after `hostLossAfter` without a ping; a `singleton` stays (the
-//!   control plane as witness comes later); `stay` and per-host services
-//!   never move;
-//! - 3 or more hosts: the decision needs a majority (openraft), which is
-//!   not built yet; such a site moves nothing.
+//!   itself after `hostLossAfter` without a ping; a `singleton` stays (one
+//!   host alone is no majority, and no witness is asked); `stay` and
+//!   per-host services never move;
+//! - 3 or more hosts: a move needs a majority behind it, and this module
+//!   decides none for them: such a site moves nothing.
 //!
 //! A move ends when the control plane's desired state no longer places
-//! the instance on the host it was moved from (`apply_moves` voids it).
+//! the instance on the host it was moved from (`apply_moves` voids it),
+//! or when the lost host has been heard again for `hostLossAfter`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -109,7 +109,12 @@ impl Registry {
     /// pushes it as `REGISTRY/name:tag`, and returns (reference, digest).
     pub fn push_variant(&self, name: &str, tag: &str, variant: &str) -> (String, String) {
         let reference = self.reference(name, tag);
-        let dockerfile = format!("FROM outpost-local/busybox:1\nLABEL io.outpost.test.variant={variant}\n");
+        // The reference is in the image too, so that two tests building the
+        // same variant never share an image ID that one of them removes
+        // (`publish_variant`) while the other is still building it.
+        let dockerfile = format!(
+            "FROM outpost-local/busybox:1\nLABEL io.outpost.test.variant={variant} io.outpost.test.reference={reference}\n"
+        );
         let mut build = Command::new("docker")
             .args(["build", "-q", "-t", &reference, "-"])
             .stdin(Stdio::piped())
