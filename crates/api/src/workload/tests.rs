@@ -3,6 +3,14 @@
 use super::*;
 use crate::manifest::Manifest;
 
+/// A host's labels from pairs.
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn manifests(text: &str) -> Vec<Manifest> {
     crate::parse_documents("t.yaml", text)
         .unwrap()
@@ -82,12 +90,6 @@ fn a_missing_variable_fails_the_site_never_an_empty_string() {
 
 #[test]
 fn instances_go_to_matching_hosts() {
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     let hosts: BTreeMap<String, BTreeMap<String, String>> = [
         ("h1".to_string(), labels(&[("camera", "true")])),
         ("h2".to_string(), labels(&[])),
@@ -152,12 +154,7 @@ fn instances_go_to_matching_hosts() {
 
 #[test]
 fn placement_fits_resources_and_says_why_not() {
-    let host = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
+    let host = labels;
     let hosts: BTreeMap<String, BTreeMap<String, String>> = [
         (
             "h1".to_string(),
@@ -363,12 +360,6 @@ fn secrets_reach_only_the_sites_and_images_they_allow() {
 
 #[test]
 fn a_lost_hosts_instances_move_to_survivors_that_fit_and_stay_services_do_not() {
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     let hosts: BTreeMap<String, BTreeMap<String, String>> = [
         ("h0".to_string(), labels(&[("memory", "1Gi"), ("zone", "back")])),
         ("h1".to_string(), labels(&[("memory", "4Gi"), ("zone", "front")])),
