@@ -1,9 +1,10 @@
 //! The hosts of a site keep its work running when one of them is lost,
 //! with the uplink up or down.
 //!
-//! Every agent started with `--site-listen` pings the site's other hosts
-//! (`SiteCluster/Ping`, over the same mutual TLS as `crate::peers`) every
-//! `PING_EVERY`, and each ping carries the site's placement **ledger**: the
+//! Every agent started with `--site-listen` pings the site's hosts whose
+//! names sort after its own (`SiteCluster/Ping`, over the same mutual TLS
+//! as `crate::peers`) every `PING_EVERY`, so each pair talks once per
+//! round, and each ping and answer carries the site's placement **ledger**: the
 //! instances the site moved off lost hosts, at an epoch. A host takes the
 //! ledger of a peer whose epoch is newer (at equal epochs, the one its
 //! lowest-named author wrote), so a host that returns learns what moved
@@ -435,11 +436,14 @@ pub async fn run(
             _ = changes.changed() => {}
             _ = tick.tick(), if cluster.is_some() => {
                 let Some(cluster) = &cluster else { continue };
+                // Each pair of hosts is pinged once: by its lower-named
+                // host. The answer tells the asker that the peer lives, and
+                // the ping tells the peer; both carry the ledger.
                 let peers: Vec<(String, String)> = state
                     .1
                     .peers
                     .iter()
-                    .filter(|p| p.host != cluster.host)
+                    .filter(|p| p.host > cluster.host)
                     .map(|p| (p.host.clone(), p.address.clone()))
                     .collect();
                 for (host, address) in &peers {
