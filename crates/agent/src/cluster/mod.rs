@@ -82,6 +82,9 @@ pub struct Cluster {
     tls: Arc<PeerTls>,
     pool: SqlitePool,
     ledger: Mutex<Ledger>,
+    /// Held while a ledger is taken and saved, so that agent.db never ends
+    /// with an older ledger than the one in memory.
+    write: tokio::sync::Mutex<()>,
     /// When each peer was last heard (a ping either way).
     heard: Mutex<HashMap<String, Instant>>,
     /// Since when each host the ledger holds lost has been heard again.
@@ -116,6 +119,7 @@ impl Cluster {
             tls,
             pool,
             ledger: Mutex::new(ledger),
+            write: tokio::sync::Mutex::new(()),
             heard: Mutex::new(HashMap::new()),
             back: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -129,6 +133,7 @@ impl Cluster {
 
     /// Takes `ledger` if it is newer than the one held, and keeps it.
     async fn adopt(&self, ledger: Ledger) -> Result<bool> {
+        let _one_at_a_time = self.write.lock().await;
         {
             let mut held = self.ledger.lock();
             if !held.is_older_than(&ledger) {
