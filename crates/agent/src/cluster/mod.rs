@@ -327,7 +327,13 @@ impl Cluster {
         let stale = channels.get(host).is_none_or(|(at, _)| at != address);
         if stale {
             let tls = self.tls.client(&self.site, host)?;
-            let channel = crate::tls::peer_channel(&format!("https://{address}"), host, tls).await?;
+            // A host that is gone may drop the connection attempt unanswered.
+            let channel = tokio::time::timeout(
+                PING_TIMEOUT,
+                crate::tls::peer_channel(&format!("https://{address}"), host, tls),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
             channels.insert(host.to_string(), (address.to_string(), channel));
         }
         let channel = channels[host].1.clone();
