@@ -255,6 +255,26 @@ impl Checker<'_> {
                 );
             }
         }
+        // The time zone stream windows are read in: a name this build does
+        // not know would silently mean UTC.
+        let key = crate::stream::TIME_ZONE_KEY;
+        let zones = [
+            (variables.field(key), site.spec.variables.get(key)),
+            (
+                Path::root().field("metadata").field("labels").field(key),
+                site.metadata.labels.get(key),
+            ),
+        ];
+        for (path, zone) in zones {
+            if let Some(zone) = zone
+                && jiff::tz::TimeZone::get(zone).is_err()
+            {
+                self.error(
+                    &path,
+                    format!("unknown time zone {zone:?} (use an IANA name such as Europe/Oslo, or UTC)"),
+                );
+            }
+        }
     }
 
     fn application(&mut self, app: &Application, spec: &Path) {

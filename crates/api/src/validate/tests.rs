@@ -233,7 +233,7 @@ fn replicas_with_per_host() {
 }
 
 #[test]
-fn failover_of_a_per_host_service_and_a_sites_host_loss() {
+fn failover_host_loss_and_time_zone_are_checked() {
     check(
         &app("    - name: web\n      failover: sometimes\n      containers: [ { name: a, image: x } ]\n"),
         expect![[
@@ -247,6 +247,16 @@ fn failover_of_a_per_host_service_and_a_sites_host_loss() {
         expect![
             "app.yaml:10:17: spec.services[0].failover: a per-host service runs on every matching host and cannot move (failover: move); use stay, or leave it out"
         ],
+    );
+    check(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s, labels: { timezone: Atlantis } }\nspec: { variables: { timezone: Mars/Olympus } }\n",
+        expect![[r#"
+            app.yaml:3:42: metadata.labels.timezone: unknown time zone "Atlantis" (use an IANA name such as Europe/Oslo, or UTC)
+            app.yaml:4:32: spec.variables.timezone: unknown time zone "Mars/Olympus" (use an IANA name such as Europe/Oslo, or UTC)"#]],
+    );
+    check(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s, labels: { timezone: UTC } }\nspec: { variables: { timezone: Europe/Oslo } }\n",
+        expect!["ok"],
     );
     check(
         "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s }\nspec: { hostLossAfter: 1s }\n",
