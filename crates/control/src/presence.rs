@@ -72,25 +72,16 @@ impl Presence {
             .insert((site.to_string(), host.to_string()), status);
     }
 
-    /// What the hosts of every site cluster last reported, by site.
+    /// What the hosts of every site cluster last reported, by site, each
+    /// site's hosts by name.
     pub fn clusters(&self) -> HashMap<String, Vec<outpost_api::wire::ClusterStatus>> {
         let mut out: HashMap<String, Vec<_>> = HashMap::new();
         for ((site, _), status) in self.clusters.lock().iter() {
             out.entry(site.clone()).or_default().push(status.clone());
         }
-        out
-    }
-
-    /// What the hosts of `site` last reported of its cluster, by host.
-    pub fn site_cluster(&self, site: &str) -> Vec<outpost_api::wire::ClusterStatus> {
-        let mut out: Vec<_> = self
-            .clusters
-            .lock()
-            .iter()
-            .filter(|((s, _), _)| s == site)
-            .map(|(_, status)| status.clone())
-            .collect();
-        out.sort_by(|a, b| a.host.cmp(&b.host));
+        for hosts in out.values_mut() {
+            hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        }
         out
     }
 

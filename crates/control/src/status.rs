@@ -163,7 +163,7 @@ impl Snapshot {
             agent_version: versions.join(","),
             failures,
             streams: Vec::new(),
-            cluster: Vec::new(),
+            cluster: self.clusters.get(site).cloned().unwrap_or_default(),
         }
     }
 

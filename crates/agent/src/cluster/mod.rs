@@ -67,6 +67,24 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The next ledger, written by `author`: the moves `keep` holds, and
+    /// the lost hosts those moves still name.
+    fn keeping(&self, author: &str, keep: impl Fn(&Moved) -> bool) -> Ledger {
+        let moved: Vec<Moved> = self.moved.iter().filter(|m| keep(m)).cloned().collect();
+        let lost = self
+            .lost
+            .iter()
+            .filter(|(host, _)| moved.iter().any(|m| &m.from == *host))
+            .map(|(host, at)| (host.clone(), *at))
+            .collect();
+        Ledger {
+            epoch: self.epoch + 1,
+            author: author.to_string(),
+            moved,
+            lost,
+        }
+    }
+
     /// Whether `other` is the newer ledger: a greater epoch, or the same
     /// epoch written by a lower-named host (two hosts cut apart may each
     /// decide at the same epoch; one of them must win everywhere).
@@ -248,25 +266,7 @@ impl Cluster {
         if returned.is_empty() {
             return Ok(());
         }
-        let next = {
-            let held = self.ledger.lock();
-            Ledger {
-                epoch: held.epoch + 1,
-                author: self.host.clone(),
-                moved: held
-                    .moved
-                    .iter()
-                    .filter(|m| !returned.contains(&m.from))
-                    .cloned()
-                    .collect(),
-                lost: held
-                    .lost
-                    .iter()
-                    .filter(|(h, _)| !returned.contains(*h))
-                    .map(|(h, at)| (h.clone(), *at))
-                    .collect(),
-            }
-        };
+        let next = self.ledger().keeping(&self.host, |m| !returned.contains(&m.from));
         for host in &returned {
             tracing::info!(%host, epoch = next.epoch, "a lost host is back: it runs its own instances again");
             self.back.lock().remove(host);
@@ -279,37 +279,18 @@ impl Cluster {
     /// no longer places the instance on the host it moved from), and the
     /// lost hosts no move names any more.
     async fn prune(&self, received: &SiteState) -> Result<()> {
-        let pruned = {
-            let held = self.ledger.lock();
-            let moved: Vec<Moved> = held
-                .moved
-                .iter()
-                .filter(|m| {
-                    received.workloads.iter().any(|w| {
-                        w.key() == m.workload
-                            && w.instances
-                                .iter()
-                                .any(|i| i.name == m.instance && i.host == m.from)
-                    })
-                })
-                .cloned()
-                .collect();
-            if moved == held.moved {
-                return Ok(());
-            }
-            let lost = held
-                .lost
-                .iter()
-                .filter(|(host, _)| moved.iter().any(|m| &m.from == *host))
-                .map(|(h, at)| (h.clone(), *at))
-                .collect();
-            Ledger {
-                epoch: held.epoch + 1,
-                author: self.host.clone(),
-                moved,
-                lost,
-            }
-        };
+        let held = self.ledger();
+        let pruned = held.keeping(&self.host, |m| {
+            received.workloads.iter().any(|w| {
+                w.key() == m.workload
+                    && w.instances
+                        .iter()
+                        .any(|i| i.name == m.instance && i.host == m.from)
+            })
+        });
+        if pruned.moved == held.moved {
+            return Ok(());
+        }
         tracing::info!(
             epoch = pruned.epoch,
             "the control plane placed moved instances anew; the site hands them back"

@@ -203,41 +203,33 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .flat_map(|(site, hosts)| hosts.iter().map(move |h| (site, h)))
         .collect();
     clusters.sort_by(|a, b| (a.0, &a.1.host).cmp(&(b.0, &b.1.host)));
-    out.family(
-        "outpost_cluster_peers_heard",
-        "gauge",
-        "Peers a host of a site cluster heard within hostLossAfter, as it last reported.",
-    );
-    for (site, host) in &clusters {
-        out.sample(
+    type ClusterField = fn(&outpost_api::wire::ClusterStatus) -> f64;
+    let per_host: [(&str, &str, ClusterField); 3] = [
+        (
             "outpost_cluster_peers_heard",
-            &[("site", site.as_str()), ("host", &host.host)],
-            host.hears.len() as f64,
-        );
-    }
-    out.family(
-        "outpost_cluster_epoch",
-        "gauge",
-        "The site's placement epoch as a host of it holds it (grows with every move the site decides).",
-    );
-    for (site, host) in &clusters {
-        out.sample(
+            "Peers a host of a site cluster heard within hostLossAfter, as it last reported.",
+            |c| c.hears.len() as f64,
+        ),
+        (
             "outpost_cluster_epoch",
-            &[("site", site.as_str()), ("host", &host.host)],
-            host.epoch as f64,
-        );
-    }
-    out.family(
-        "outpost_cluster_moved_instances",
-        "gauge",
-        "Instances the site moved off lost hosts, in the ledger a host holds.",
-    );
-    for (site, host) in &clusters {
-        out.sample(
+            "The site's placement epoch as a host of it holds it (grows with every move the site decides).",
+            |c| c.epoch as f64,
+        ),
+        (
             "outpost_cluster_moved_instances",
-            &[("site", site.as_str()), ("host", &host.host)],
-            host.moved.len() as f64,
-        );
+            "Instances the site moved off lost hosts, in the ledger a host holds.",
+            |c| c.moved.len() as f64,
+        ),
+    ];
+    for (name, help, value) in per_host {
+        out.family(name, "gauge", help);
+        for (site, host) in &clusters {
+            out.sample(
+                name,
+                &[("site", site.as_str()), ("host", &host.host)],
+                value(host),
+            );
+        }
     }
     Ok((
         [(header::CONTENT_TYPE, outpost_api::metrics::CONTENT_TYPE)],

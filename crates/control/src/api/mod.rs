@@ -104,7 +104,6 @@ impl AppState {
                 (Kind::Site, Some(snapshot)) => {
                     let mut status = snapshot.site(&object.metadata.name);
                     status.streams = streams.remove(&object.metadata.name).unwrap_or_default();
-                    status.cluster = self.fleet.presence.site_cluster(&object.metadata.name);
                     serde_json::to_value(status)
                 }
                 (Kind::Deployment, Some(snapshot)) => {
