@@ -227,6 +227,10 @@ pub struct SiteStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     pub host: String,
+    /// Its place in the site's Raft group (`leader`, `voter`, `learner`):
+    /// none at a site of one or two hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// The peers it heard within `hostLossAfter`.
     pub hears: Vec<String>,
     /// The placement epoch it holds, and the host that decided it.
@@ -331,6 +335,9 @@ pub struct HostInfo {
     /// report (none: no cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_by: Option<(usize, usize)>,
+    /// Its role in the site's Raft group, as it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -300,6 +300,11 @@ impl Snapshot {
                 bytes_received: h.bytes_received,
                 bytes_sent: h.bytes_sent,
                 seen_by: self.seen_by(&h.site, &h.name),
+                role: self
+                    .clusters
+                    .get(&h.site)
+                    .and_then(|hosts| hosts.iter().find(|c| c.host == h.name))
+                    .and_then(|c| c.role.clone()),
                 instances: self
                     .host_instances(&h.site, &h.name)
                     .iter()

@@ -90,7 +90,7 @@ const BODY_LOGGERS: &[&str] = &["bollard=info"];
 
 fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,openraft=warn"));
     for directive in BODY_LOGGERS {
         if let Ok(directive) = directive.parse() {
             filter = filter.add_directive(directive);

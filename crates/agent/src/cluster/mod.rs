@@ -20,23 +20,26 @@
 //!   itself after `hostLossAfter` without a ping; a `singleton` stays (one
 //!   host alone is no majority, and no witness is asked); `stay` and
 //!   per-host services never move;
-//! - 3 or more hosts: a move needs a majority behind it, and this module
-//!   decides none for them: such a site moves nothing.
+//! - 3 or more hosts: the hosts run Raft (`raft`, with openraft); its
+//!   leader decides, with a majority behind each decision, so a
+//!   `singleton` moves too. The ledger is Raft's state machine: it
+//!   changes only when an entry is committed, and the pings spread only
+//!   committed ledgers.
 //!
 //! A move ends when the control plane's desired state no longer places
 //! the instance on the host it was moved from (`apply_moves` voids it),
 //! or when the lost host has been heard again for `hostLossAfter`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use outpost_api::workload::{Moved, SiteState, apply_moves, reschedule};
 use outpost_proto::identity::host_certificate;
-use outpost_proto::v1::ClusterPing;
 use outpost_proto::v1::site_cluster_client::SiteClusterClient;
 use outpost_proto::v1::site_cluster_server::{SiteCluster, SiteClusterServer};
+use outpost_proto::v1::{ClusterPing, RaftBytes};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePool;
@@ -45,6 +48,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::peers::PeerTls;
+
+pub mod raft;
 
 /// How often a host pings each of its peers.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
@@ -111,6 +116,11 @@ pub struct Cluster {
     /// passed since.
     started: Instant,
     changed: watch::Sender<u64>,
+    /// The site's hosts (this one too) and their site addresses, as the
+    /// control plane last said.
+    addresses: Mutex<BTreeMap<String, String>>,
+    /// This host's Raft, which decides at sites of three or more hosts.
+    raft: OnceLock<raft::Raft>,
 }
 
 impl Cluster {
@@ -131,18 +141,84 @@ impl Cluster {
             Some((json,)) => serde_json::from_str(&json).context("an unreadable site ledger in agent.db")?,
             None => Ledger::default(),
         };
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             site: site.to_string(),
             host: host.to_string(),
             tls,
-            pool,
+            pool: pool.clone(),
             ledger: Mutex::new(ledger),
             write: tokio::sync::Mutex::new(()),
             heard: Mutex::new(HashMap::new()),
             back: Mutex::new(HashMap::new()),
             started: Instant::now(),
             changed: watch::channel(0).0,
-        }))
+            addresses: Mutex::new(BTreeMap::new()),
+            raft: OnceLock::new(),
+        });
+        let started = raft::start(&cluster, pool).await?;
+        let _ = cluster.raft.set(started);
+        Ok(cluster)
+    }
+
+    /// Stops this host's Raft (before agent.db closes).
+    pub async fn stop(&self) {
+        if let Some(raft) = self.raft.get()
+            && let Err(err) = raft.shutdown().await
+        {
+            tracing::warn!(%err, "stopping the site's Raft");
+        }
+    }
+
+    /// Takes the site's hosts and addresses from the desired state.
+    fn know(&self, state: &SiteState) {
+        let hosts: BTreeMap<String, String> = state
+            .peers
+            .iter()
+            .map(|p| (p.host.clone(), p.address.clone()))
+            .collect();
+        *self.addresses.lock() = hosts;
+    }
+
+    /// Whether this host's site decides with Raft (three hosts or more).
+    fn in_group(&self) -> bool {
+        self.addresses.lock().len() >= 3
+    }
+
+    /// This host's role in the site's Raft group, when the site has one.
+    pub fn role(&self) -> Option<&'static str> {
+        if !self.in_group() {
+            return None;
+        }
+        self.raft.get().and_then(raft::role)
+    }
+
+    /// A connection to the site's host `host`, at the address the control
+    /// plane gave.
+    async fn connect(&self, host: &str) -> Result<Channel> {
+        let address = self
+            .addresses
+            .lock()
+            .get(host)
+            .cloned()
+            .with_context(|| format!("no address for host {host}"))?;
+        let tls = self.tls.client(&self.site, host)?;
+        crate::tls::peer_channel(&format!("https://{address}"), host, tls).await
+    }
+
+    /// Makes `next` the site's ledger: through Raft at a site of three or
+    /// more (only its leader writes), at once at a 2-host site.
+    async fn commit(&self, next: Ledger) -> Result<()> {
+        if !self.in_group() {
+            self.adopt(next).await?;
+            return Ok(());
+        }
+        match self.raft.get() {
+            Some(raft) if raft::role(raft) == Some("leader") => {
+                raft.client_write(next).await?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     pub fn ledger(&self) -> Ledger {
@@ -207,16 +283,30 @@ impl Cluster {
             .collect()
     }
 
-    /// The site's decision about lost hosts, made here: only a 2-host
-    /// site's survivor decides alone (see the module's notes).
+    /// The site's decision about lost hosts, made here when this host
+    /// may: a 2-host site's survivor, or the Raft leader of a larger site
+    /// (see the module's notes).
     async fn decide(&self, received: &SiteState) -> Result<()> {
         let hosts: BTreeMap<String, BTreeMap<String, String>> = received
             .peers
             .iter()
             .map(|p| (p.host.clone(), p.labels.clone()))
             .collect();
-        if hosts.len() != 2 || !hosts.contains_key(&self.host) {
+        if hosts.len() < 2 || !hosts.contains_key(&self.host) {
             return Ok(());
+        }
+        let majority = hosts.len() >= 3;
+        if majority {
+            let Some(raft) = self.raft.get() else {
+                return Ok(());
+            };
+            let names: BTreeSet<String> = hosts.keys().cloned().collect();
+            raft::govern(raft, &self.host, &names).await?;
+            if raft::role(raft) != Some("leader") {
+                return Ok(());
+            }
+            // A new leader decides from every committed decision.
+            raft.ensure_linearizable().await?;
         }
         let others: Vec<String> = hosts.keys().filter(|h| **h != self.host).cloned().collect();
         let after = received.host_loss_after();
@@ -225,7 +315,7 @@ impl Cluster {
         let current = self.ledger();
         let mut effective = received.clone();
         apply_moves(&mut effective, &current.moved);
-        let decided = reschedule(&effective, &hosts, &lost, false);
+        let decided = reschedule(&effective, &hosts, &lost, majority);
         if decided.moved.is_empty() {
             return Ok(());
         }
@@ -248,8 +338,7 @@ impl Cluster {
             tracing::info!(%instance, why, "host lost: its instance stays");
         }
         next.moved.extend(decided.moved);
-        self.adopt(next).await?;
-        Ok(())
+        self.commit(next).await
     }
 
     /// Gives a lost host back its instances once it has been heard again
@@ -271,8 +360,7 @@ impl Cluster {
             tracing::info!(%host, epoch = next.epoch, "a lost host is back: it runs its own instances again");
             self.back.lock().remove(host);
         }
-        self.adopt(next).await?;
-        Ok(())
+        self.commit(next).await
     }
 
     /// Drops the moves the control plane's desired state has overtaken (it
@@ -295,8 +383,7 @@ impl Cluster {
             epoch = pruned.epoch,
             "the control plane placed moved instances anew; the site hands them back"
         );
-        self.adopt(pruned).await?;
-        Ok(())
+        self.commit(pruned).await
     }
 
     async fn ping(
@@ -307,21 +394,20 @@ impl Cluster {
     ) -> Result<()> {
         let stale = channels.get(host).is_none_or(|(at, _)| at != address);
         if stale {
-            let tls = self.tls.client(&self.site, host)?;
             // A host that is gone may drop the connection attempt unanswered.
-            let channel = tokio::time::timeout(
-                PING_TIMEOUT,
-                crate::tls::peer_channel(&format!("https://{address}"), host, tls),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
+            let channel = tokio::time::timeout(PING_TIMEOUT, self.connect(host))
+                .await
+                .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
             channels.insert(host.to_string(), (address.to_string(), channel));
         }
         let channel = channels[host].1.clone();
         let ours = serde_json::to_vec(&self.ledger())?;
         let reply = tokio::time::timeout(
             PING_TIMEOUT,
-            SiteClusterClient::new(channel).ping(ClusterPing { ledger: ours }),
+            SiteClusterClient::new(channel).ping(ClusterPing {
+                ledger: ours,
+                ..Default::default()
+            }),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {PING_TIMEOUT:?}"))?
@@ -338,6 +424,7 @@ impl Cluster {
     /// that returns learns what moved away from it before it starts its
     /// old instances again. Each silent peer costs at most `PING_TIMEOUT`.
     pub async fn catch_up(&self, state: &SiteState) {
+        self.know(state);
         let mut channels = HashMap::new();
         for peer in state.peers.iter().filter(|p| p.host != self.host) {
             if let Err(err) = self.ping(&mut channels, &peer.host, &peer.address).await {
@@ -354,6 +441,7 @@ impl Cluster {
         hears.sort();
         outpost_api::wire::ClusterStatus {
             host: self.host.clone(),
+            role: self.role().map(str::to_string),
             hears,
             epoch: ledger.epoch,
             author: ledger.author,
@@ -404,12 +492,14 @@ pub async fn run(
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut channels: HashMap<String, (String, Channel)> = HashMap::new();
+    let mut role = None;
     loop {
         let state = received.borrow_and_update().clone();
-        if let Some(cluster) = &cluster
-            && let Err(err) = cluster.prune(&state.1).await
-        {
-            tracing::warn!(err = format!("{err:#}"), "pruning the site ledger");
+        if let Some(cluster) = &cluster {
+            cluster.know(&state.1);
+            if let Err(err) = cluster.prune(&state.1).await {
+                tracing::warn!(err = format!("{err:#}"), "pruning the site ledger");
+            }
         }
         let next = match &cluster {
             Some(cluster) => (state.0, cluster.effective(&state.1)),
@@ -423,7 +513,12 @@ pub async fn run(
             changed
         });
         tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                if let Some(cluster) = &cluster {
+                    cluster.stop().await;
+                }
+                return;
+            }
             changed = received.changed() => if changed.is_err() { return },
             _ = changes.changed() => {}
             _ = tick.tick(), if cluster.is_some() => {
@@ -447,6 +542,11 @@ pub async fn run(
                 if let Err(err) = cluster.decide(&state.1).await {
                     tracing::warn!(err = format!("{err:#}"), "deciding about lost hosts");
                 }
+                let now = cluster.role();
+                if now != role {
+                    tracing::info!(role = now.unwrap_or("none"), "this host's role in the site's Raft group");
+                    role = now;
+                }
             }
         }
     }
@@ -465,32 +565,78 @@ pub struct Service {
     desired: watch::Receiver<(u64, SiteState)>,
 }
 
-#[tonic::async_trait]
-impl SiteCluster for Service {
-    async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
+impl Service {
+    /// The host of this site that sent `request`, by its certificate.
+    fn peer<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let named = request
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
-        let Some(named) = named.filter(|n| {
-            crate::peers::is_peer(
-                &self.desired,
-                &self.cluster.site,
-                &self.cluster.host,
-                (&n.site, &n.host),
-            )
-        }) else {
-            return Err(Status::permission_denied("not a peer of this site"));
-        };
+        named
+            .filter(|n| {
+                crate::peers::is_peer(
+                    &self.desired,
+                    &self.cluster.site,
+                    &self.cluster.host,
+                    (&n.site, &n.host),
+                )
+            })
+            .map(|n| n.host)
+            .ok_or_else(|| Status::permission_denied("not a peer of this site"))
+    }
+
+    /// Hands a peer's Raft request to this host's Raft, and its result back.
+    async fn raft<Q, A, F>(&self, request: Request<RaftBytes>, call: F) -> Result<Response<RaftBytes>, Status>
+    where
+        Q: serde::de::DeserializeOwned,
+        A: Serialize,
+        F: AsyncFnOnce(&raft::Raft, Q) -> A,
+    {
+        self.peer(&request)?;
+        let raft = self
+            .cluster
+            .raft
+            .get()
+            .ok_or_else(|| Status::unavailable("this host's Raft is not running"))?;
+        let asked: Q = raft::read_request(&request.into_inner().json)
+            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        let answer = call(raft, asked).await;
+        let json = serde_json::to_vec(&answer).map_err(|err| Status::internal(err.to_string()))?;
+        Ok(Response::new(RaftBytes { json }))
+    }
+}
+
+#[tonic::async_trait]
+impl SiteCluster for Service {
+    async fn raft_vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        self.raft(request, async |raft, asked| raft.vote(asked).await)
+            .await
+    }
+
+    async fn raft_append(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        self.raft(request, async |raft, asked| raft.append_entries(asked).await)
+            .await
+    }
+
+    async fn raft_snapshot(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        self.raft(request, async |raft, asked| raft.install_snapshot(asked).await)
+            .await
+    }
+
+    async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
+        let host = self.peer(&request)?;
         let theirs = read_ledger(&request.into_inner().ledger)
             .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
-        self.cluster.heard_from(&named.host);
+        self.cluster.heard_from(&host);
         self.cluster
             .adopt(theirs)
             .await
             .map_err(|err| Status::unavailable(format!("{err:#}")))?;
         let ours =
             serde_json::to_vec(&self.cluster.ledger()).map_err(|err| Status::internal(err.to_string()))?;
-        Ok(Response::new(ClusterPing { ledger: ours }))
+        Ok(Response::new(ClusterPing {
+            ledger: ours,
+            ..Default::default()
+        }))
     }
 }
 

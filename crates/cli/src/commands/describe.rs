@@ -54,10 +54,11 @@ fn streams_table(topics: &[outpost_api::stream::TopicStatus]) -> String {
 /// Each host of the site cluster: the peers it hears and the placement
 /// epoch it holds; then the instances the site moved, and why.
 fn cluster_text(hosts: &[outpost_api::wire::ClusterStatus]) -> String {
-    let mut table = Table::new(&["HOST", "HEARS", "EPOCH"]);
+    let mut table = Table::new(&["HOST", "ROLE", "HEARS", "EPOCH"]);
     for h in hosts {
         table.row(vec![
             h.host.clone(),
+            h.role.clone().unwrap_or_else(|| "-".to_string()),
             if h.hears.is_empty() {
                 "nobody".to_string()
             } else {

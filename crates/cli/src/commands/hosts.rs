@@ -68,6 +68,7 @@ pub async fn get_hosts(
                     "CPUS",
                     "MEMORY",
                     "INSTANCES",
+                    "ROLE",
                     "PEERS",
                     "REVISION",
                     "AGENT",
@@ -84,6 +85,7 @@ pub async fn get_hosts(
                     "CPUS",
                     "MEMORY",
                     "INSTANCES",
+                    "ROLE",
                     "PEERS",
                     "LAST-SEEN",
                 ])
@@ -98,6 +100,7 @@ pub async fn get_hosts(
                     fact("cpus"),
                     fact("memory"),
                     host.instances.len().to_string(),
+                    host.role.clone().unwrap_or_else(|| "-".to_string()),
                     match host.seen_by {
                         Some((hearing, of)) => format!("seen by {hearing}/{of}"),
                         None => "-".to_string(),

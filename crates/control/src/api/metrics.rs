@@ -221,6 +221,21 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             |c| c.moved.len() as f64,
         ),
     ];
+    let role = "outpost_cluster_role";
+    out.family(
+        role,
+        "gauge",
+        "A host's role in its site's Raft group (1 for the role it last reported; sites of three hosts or more).",
+    );
+    for (site, host) in &clusters {
+        if let Some(r) = &host.role {
+            out.sample(
+                role,
+                &[("site", site.as_str()), ("host", &host.host), ("role", r)],
+                1.0,
+            );
+        }
+    }
     for (name, help, value) in per_host {
         out.family(name, "gauge", help);
         for (site, host) in &clusters {

@@ -1,11 +1,42 @@
 //! Site clusters (issue 16): the hosts of a site move a lost host's work
-//! between themselves, with the uplink down. Two real agents of one site
-//! on the shared Docker Engine (each sees only containers labelled with
-//! its own host), pinging each other over mutual TLS on loopback.
+//! between themselves, with the uplink down. Real agents of one site on
+//! the shared Docker Engine (each sees only containers labelled with its
+//! own host), talking to each other over mutual TLS: as processes on
+//! loopback, or as containers of the multi-host lab, where hosts are
+//! killed and cut apart.
 
 use std::time::Duration;
 
+use crate::common::lab::Lab;
 use crate::common::{Agent, ControlPlane, docker, eventually, free_address, unique_site};
+
+/// The shop: `web` may move, `camera` stays on its host.
+fn shop(site: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: shop }}\nspec:\n  version: \"1\"\n  services:\n    - name: web\n      containers:\n        - {{ name: web, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n    - name: camera\n      failover: stay\n      containers:\n        - {{ name: cam, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: shop }}\nspec: {{ application: shop, sites: \"group = {site}\" }}\n"
+    )
+}
+
+/// Each host of `site` and its role in the site's Raft group, as `get
+/// hosts` shows them.
+fn roles(lab: &Lab, site: &str) -> Vec<(String, String)> {
+    let text = lab.cli(&["get", "hosts", "-o", "json"]).success().to_string();
+    let hosts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut roles: Vec<(String, String)> = hosts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["site"] == site)
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["role"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    roles.sort();
+    roles
+}
 
 /// Running containers of `site` on `host`, by name.
 fn on_host(site: &str, host: &str) -> Vec<String> {
@@ -44,11 +75,7 @@ fn lose_containers(site: &str, host: &str) {
 fn a_two_host_site_moves_a_lost_hosts_work_with_the_uplink_down_and_hands_it_back() {
     let mut control = ControlPlane::start();
     let site = unique_site("pair");
-    control
-        .apply(&format!(
-            "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: shop }}\nspec:\n  version: \"1\"\n  services:\n    - name: web\n      containers:\n        - {{ name: web, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n    - name: camera\n      failover: stay\n      containers:\n        - {{ name: cam, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: shop }}\nspec: {{ application: shop, sites: \"group = {site}\" }}\n"
-        ))
-        .success();
+    control.apply(&shop(&site)).success();
     let mut h1 = Agent::enroll_with(&control, &site, "h1", &["--site-listen", &free_address()]);
     let h2 = Agent::enroll_with(&control, &site, "h2", &["--site-listen", &free_address()]);
     let web = format!("outpost.{site}.shop-web-0.web");
@@ -124,4 +151,91 @@ fn a_two_host_site_moves_a_lost_hosts_work_with_the_uplink_down_and_hands_it_bac
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(on_host(&site, "h1"), [cam, web]);
     assert!(on_host(&site, "h2").is_empty());
+}
+
+#[test]
+fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_uplink_cut() {
+    let mut lab = Lab::start();
+    let site = unique_site("trio");
+    lab.apply(&shop(&site)).success();
+    let agents: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|host| lab.add_cluster_agent(&site, host))
+        .collect();
+    let web = format!("outpost.{site}.shop-web-0.web");
+    let cam = format!("outpost.{site}.shop-camera-0.cam");
+    eventually(Duration::from_secs(90), "both services on h1", || {
+        (on_host(&site, "h1") == [cam.clone(), web.clone()]).then_some(())
+    });
+    // h1 formed the site's Raft group and leads it; the others vote.
+    eventually(Duration::from_secs(60), "a leader and two voters", || {
+        let roles = roles(&lab, &site);
+        (roles
+            == [
+                ("h1".to_string(), "leader".to_string()),
+                ("h2".to_string(), "voter".to_string()),
+                ("h3".to_string(), "voter".to_string()),
+            ])
+        .then_some(())
+    });
+
+    // The uplink goes, then h1 (the leader) with its containers.
+    lab.cut_uplink();
+    lab.kill(&agents[0]);
+    lose_containers(&site, "h1");
+
+    // h2 and h3 elect a leader, which moves web within hostLossAfter (5 s)
+    // plus 15 s; camera stays lost.
+    let runs_web = || {
+        ["h2", "h3"]
+            .iter()
+            .filter(|h| on_host(&site, h).contains(&web))
+            .count()
+    };
+    eventually(Duration::from_secs(20), "web moved to h2 or h3", || {
+        (runs_web() == 1).then_some(())
+    });
+    let leader = ["h2", "h3"]
+        .iter()
+        .position(|h| lab.logged(&agents[if *h == "h2" { 1 } else { 2 }], "role=\"leader\""))
+        .map(|i| &agents[i + 1])
+        .expect("h2 or h3 leads");
+    assert!(
+        lab.logged(leader, "host lost: moving its instance"),
+        "the new leader decided the move"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs_web(), 1, "web runs once");
+    assert!(
+        ["h2", "h3"].iter().all(|h| !on_host(&site, h).contains(&cam)),
+        "a stay service never moves"
+    );
+
+    // h1 returns with the uplink still cut: it learns that web moved and
+    // runs only its camera, until it has been heard for hostLossAfter and
+    // the leader hands web back.
+    lab.start_again(&agents[0]);
+    eventually(Duration::from_secs(30), "the camera back on h1", || {
+        on_host(&site, "h1").contains(&cam).then_some(())
+    });
+    eventually(Duration::from_secs(40), "web handed back to h1", || {
+        (on_host(&site, "h1") == [cam.clone(), web.clone()] && runs_web() == 0).then_some(())
+    });
+
+    // The uplink heals: every service runs once, where the control plane
+    // placed it, and the control plane sees the group whole again.
+    lab.heal_uplink();
+    eventually(
+        Duration::from_secs(60),
+        "a leader and three hosts that hear each other",
+        || {
+            let roles = roles(&lab, &site);
+            let leaders = roles.iter().filter(|(_, r)| r == "leader").count();
+            let text = lab.cli(&["get", "hosts"]).success().to_string();
+            (leaders == 1 && roles.len() == 3 && text.matches("seen by 2/2").count() == 3).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs_web(), 0);
+    assert_eq!(on_host(&site, "h1"), [cam, web]);
 }

@@ -134,32 +134,65 @@ impl Lab {
 
     /// Starts the agent of a new host of `site` as a container; returns its name.
     pub fn add_agent(&mut self, site: &str, host: &str) -> String {
+        self.add_agent_with(site, host, &[])
+    }
+
+    /// Starts the agent of a new host of `site` that clusters with the
+    /// site's other hosts over the lab network (`--site-listen`).
+    pub fn add_cluster_agent(&mut self, site: &str, host: &str) -> String {
+        let address = format!("{}-{host}:7802", self.name);
+        self.add_agent_with(
+            site,
+            host,
+            &["--site-listen", "0.0.0.0:7802", "--site-address", &address],
+        )
+    }
+
+    fn add_agent_with(&mut self, site: &str, host: &str, args: &[&str]) -> String {
         let run = self.cli(&["token", "create", "--site", site]);
         let token = run.success().lines().next().unwrap().to_string();
         let container = format!("{}-{host}", self.name);
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &container,
-            "--network",
-            &self.name,
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            "-e",
-            &format!("OUTPOST_JOIN_TOKEN={token}"),
-            image(),
-            "agent",
-            "--server",
-            &format!("https://{}:7801", self.control),
-            "--host-name",
-            host,
-            "--data-dir",
-            "/var/lib/outpost-agent",
-        ]);
+        docker(
+            &[
+                "run",
+                "-d",
+                "-e",
+                "RUST_LOG=info,openraft=warn",
+                "--name",
+                &container,
+                "--network",
+                &self.name,
+                "-v",
+                "/var/run/docker.sock:/var/run/docker.sock",
+                "-e",
+                &format!("OUTPOST_JOIN_TOKEN={token}"),
+                image(),
+                "agent",
+                "--server",
+                &format!("https://{}:7801", self.control),
+                "--host-name",
+                host,
+                "--data-dir",
+                "/var/lib/outpost-agent",
+            ]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect::<Vec<_>>(),
+        );
         self.agents.push(container.clone());
         self.sites.push(site.to_string());
         container
+    }
+
+    /// Cuts every host's uplink at once: the control plane stops
+    /// answering (its container is frozen, connections hang).
+    pub fn cut_uplink(&self) {
+        docker(&["pause", &self.control]);
+    }
+
+    pub fn heal_uplink(&self) {
+        docker(&["unpause", &self.control]);
     }
 
     /// Cuts a host (its container) off the network.
@@ -179,6 +212,15 @@ impl Lab {
     /// Starts a host again (after `kill`), with its disk and its network as they were.
     pub fn start_again(&self, container: &str) {
         docker(&["start", container]);
+    }
+
+    /// Whether a container logged `text` (anywhere in its log).
+    pub fn logged(&self, container: &str, text: &str) -> bool {
+        let output = std::process::Command::new("docker")
+            .args(["logs", container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).contains(text)
     }
 
     /// The last lines a container logged, for failure messages.
