@@ -17,27 +17,6 @@ fn shop(site: &str) -> String {
     )
 }
 
-/// Each host of `site` and its role in the site's Raft group, as `get
-/// hosts` shows them.
-fn roles(lab: &Lab, site: &str) -> Vec<(String, String)> {
-    let text = lab.cli(&["get", "hosts", "-o", "json"]).success().to_string();
-    let hosts: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut roles: Vec<(String, String)> = hosts["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["site"] == site)
-        .map(|h| {
-            (
-                h["name"].as_str().unwrap().to_string(),
-                h["role"].as_str().unwrap_or("-").to_string(),
-            )
-        })
-        .collect();
-    roles.sort();
-    roles
-}
-
 /// Running containers of `site` on `host`, by name.
 fn on_host(site: &str, host: &str) -> Vec<String> {
     let mut names: Vec<String> = docker(&[
@@ -169,7 +148,7 @@ fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_up
     });
     // h1 formed the site's Raft group and leads it; the others vote.
     eventually(Duration::from_secs(60), "a leader and two voters", || {
-        let roles = roles(&lab, &site);
+        let roles = lab.roles(&site);
         (roles
             == [
                 ("h1".to_string(), "leader".to_string()),
@@ -229,7 +208,7 @@ fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_up
         Duration::from_secs(60),
         "a leader and three hosts that hear each other",
         || {
-            let roles = roles(&lab, &site);
+            let roles = lab.roles(&site);
             let leaders = roles.iter().filter(|(_, r)| r == "leader").count();
             let text = lab.cli(&["get", "hosts"]).success().to_string();
             (leaders == 1 && roles.len() == 3 && text.matches("seen by 2/2").count() == 3).then_some(())

@@ -185,6 +185,27 @@ impl Lab {
         container
     }
 
+    /// Each host of `site` and its role in the site's Raft group, as `get
+    /// hosts` shows them, by name.
+    pub fn roles(&self, site: &str) -> Vec<(String, String)> {
+        let text = self.cli(&["get", "hosts", "-o", "json"]).success().to_string();
+        let hosts: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut roles: Vec<(String, String)> = hosts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["site"] == site)
+            .map(|h| {
+                (
+                    h["name"].as_str().unwrap().to_string(),
+                    h["role"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect();
+        roles.sort();
+        roles
+    }
+
     /// Cuts every host's uplink at once: the control plane stops
     /// answering (its container is frozen, connections hang).
     pub fn cut_uplink(&self) {
