@@ -121,6 +121,9 @@ impl Session {
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             self.connected.send_replace(false);
+            if let Some(cluster) = &self.cluster {
+                cluster.witness_at(None);
+            }
             match result {
                 None => return,
                 Some(result) => {
@@ -253,6 +256,7 @@ impl Session {
 
     async fn connect_once(&mut self) -> Result<()> {
         let channel = tls::channel(&self.server, self.tls.clone()).await?;
+        let channel_for_witness = channel.clone();
         let (sender, receiver) = mpsc::channel::<AgentMessage>(16);
         let send = |body: agent_message::Body| AgentMessage { body: Some(body) };
         let revision = self.desired.borrow().0;
@@ -266,6 +270,9 @@ impl Session {
             .into_inner();
         tracing::info!(server = %self.server, revision, "connected to the control plane");
         self.connected.send_replace(true);
+        if let Some(cluster) = &self.cluster {
+            cluster.witness_at(Some(channel_for_witness));
+        }
         let status = self.status.borrow_and_update().clone();
         sender.send(send(agent_message::Body::Status(status))).await?;
 

@@ -16,6 +16,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod streams;
+pub mod witness;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -22,6 +22,10 @@ pub struct Presence {
     /// What each host of a site cluster last reported of it (kept in
     /// memory: hosts report again when they connect).
     clusters: Mutex<HashMap<(String, String), outpost_api::wire::ClusterStatus>>,
+    /// When each host was last heard (a session message, a poll, a
+    /// question to the witness), and when its newest session began.
+    heard: Mutex<HashMap<(String, String), std::time::Instant>>,
+    sessions: Mutex<HashMap<(String, String), (u64, std::time::Instant)>>,
 }
 
 /// Keeps a host marked online while its session lives.
@@ -54,6 +58,14 @@ impl Drop for Connected {
             live.remove(&self.key);
         }
         drop(live);
+        let mut sessions = self.presence.sessions.lock();
+        if sessions
+            .get(&self.key)
+            .is_some_and(|(session, _)| *session == self.session)
+        {
+            sessions.remove(&self.key);
+        }
+        drop(sessions);
         let mut online = self.presence.online.lock();
         if let Some(count) = online.get_mut(&self.key) {
             *count -= 1;
@@ -94,6 +106,9 @@ impl Presence {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, requests) = mpsc::channel(4);
         self.live.lock().insert(key.clone(), (session, sender));
+        let now = std::time::Instant::now();
+        self.sessions.lock().insert(key.clone(), (session, now));
+        self.heard.lock().insert(key.clone(), now);
         *self.online.lock().entry(key.clone()).or_default() += 1;
         let connected = Connected {
             presence: self.clone(),
@@ -110,8 +125,29 @@ impl Presence {
             .map(|(_, sender)| sender.clone())
     }
 
+    /// A host was heard from (its session carried a message, or it asked
+    /// the witness).
+    pub fn heard(&self, site: &str, host: &str) {
+        self.heard
+            .lock()
+            .insert((site.to_string(), host.to_string()), std::time::Instant::now());
+    }
+
+    /// When a host was last heard, and when its live session began.
+    pub fn contact(
+        &self,
+        site: &str,
+        host: &str,
+    ) -> (Option<std::time::Instant>, Option<std::time::Instant>) {
+        let key = (site.to_string(), host.to_string());
+        let heard = self.heard.lock().get(&key).copied();
+        let session = self.sessions.lock().get(&key).map(|(_, began)| *began);
+        (heard, session)
+    }
+
     /// A host in polling mode was heard from: it counts as online for `for`.
     pub fn polled(&self, site: &str, host: &str, r#for: std::time::Duration) {
+        self.heard(site, host);
         let mut polled = self.polled.lock();
         let now = std::time::Instant::now();
         polled.retain(|_, until| *until > now);

@@ -35,11 +35,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use outpost_api::manifest::Failover;
 use outpost_api::workload::{Moved, SiteState, apply_moves, reschedule};
 use outpost_proto::identity::host_certificate;
+use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::site_cluster_client::SiteClusterClient;
 use outpost_proto::v1::site_cluster_server::{SiteCluster, SiteClusterServer};
-use outpost_proto::v1::{ClusterPing, RaftBytes};
+use outpost_proto::v1::{ClusterPing, RaftBytes, WitnessRequest, witness_reply};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePool;
@@ -121,6 +123,20 @@ pub struct Cluster {
     addresses: Mutex<BTreeMap<String, String>>,
     /// This host's Raft, which decides at sites of three or more hosts.
     raft: OnceLock<raft::Raft>,
+    /// The control plane, while this host has a session with it: the
+    /// witness of a 2-host site's singleton moves.
+    witness: Mutex<Option<Channel>>,
+    /// When this host last reached the witness, and the site's
+    /// `hostLossAfter`.
+    uplink_ok: Mutex<Option<Instant>>,
+    after: Mutex<Duration>,
+    /// Whether each peer said, in its last ping, that it had reached the
+    /// control plane within `hostLossAfter`.
+    peer_uplink: Mutex<HashMap<String, bool>>,
+    /// This host stopped its singletons: it lost its peer and either the
+    /// witness granted them to the peer, or it cannot reach the witness
+    /// while its peer could.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -154,6 +170,13 @@ impl Cluster {
             changed: watch::channel(0).0,
             addresses: Mutex::new(BTreeMap::new()),
             raft: OnceLock::new(),
+            witness: Mutex::new(None),
+            peer_uplink: Mutex::new(HashMap::new()),
+            uplink_ok: Mutex::new(None),
+            after: Mutex::new(Duration::from_millis(
+                outpost_api::limits::DEFAULT_HOST_LOSS_AFTER_MS,
+            )),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         });
         let started = raft::start(&cluster, pool).await?;
         let _ = cluster.raft.set(started);
@@ -177,6 +200,106 @@ impl Cluster {
             .map(|p| (p.host.clone(), p.address.clone()))
             .collect();
         *self.addresses.lock() = hosts;
+        *self.after.lock() = state.host_loss_after();
+    }
+
+    /// The control plane's channel while a session lives (none: the
+    /// uplink is down).
+    pub fn witness_at(&self, channel: Option<Channel>) {
+        *self.witness.lock() = channel;
+    }
+
+    /// Whether this host reached the witness within `hostLossAfter`.
+    fn has_uplink(&self) -> bool {
+        let after = *self.after.lock();
+        self.uplink_ok.lock().is_some_and(|at| at.elapsed() < after)
+    }
+
+    /// Asks the witness whether this host may move `lost`'s singletons.
+    async fn ask_witness(&self, lost: &str, after: Duration) -> Result<witness_reply::Verdict> {
+        let channel = self
+            .witness
+            .lock()
+            .clone()
+            .context("no session with the control plane")?;
+        let asked = WitnessRequest {
+            lost: lost.to_string(),
+            host_loss_after_ms: after.as_millis() as u64,
+        };
+        let reply = tokio::time::timeout(PING_TIMEOUT, AgentGatewayClient::new(channel).witness(asked))
+            .await
+            .map_err(|_| anyhow::anyhow!("the witness did not answer within {PING_TIMEOUT:?}"))?
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+            .into_inner();
+        if !reply.reason.is_empty() {
+            tracing::debug!(%lost, reason = %reply.reason, "the witness answered");
+        }
+        Ok(reply.verdict())
+    }
+
+    /// Stops (or lets run again) this host's singletons.
+    fn fence(&self, fenced: bool) {
+        let was = self.fenced.swap(fenced, std::sync::atomic::Ordering::SeqCst);
+        if was != fenced {
+            if fenced {
+                tracing::warn!("peer lost and its side may take over: this host stops its singletons");
+            } else {
+                tracing::info!("peer heard again: this host runs its singletons");
+            }
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// What a 2-host site with singletons may do about a lost peer, with
+    /// the control plane as witness: whether this host may move the
+    /// peer's singletons (`true`), and whether it must stop its own. While
+    /// the peer is heard, the host probes the witness every third of
+    /// `hostLossAfter`, so that its pings tell the peer whether it has an
+    /// uplink.
+    async fn witnessed(&self, effective: &SiteState, peer: &str, lost: bool, after: Duration) -> bool {
+        let singletons_on = |host: &str| {
+            effective
+                .workloads
+                .iter()
+                .any(|w| w.failover == Failover::Singleton && w.instances.iter().any(|i| i.host == host))
+        };
+        if !lost {
+            self.fence(false);
+        }
+        if !singletons_on(peer) && !singletons_on(&self.host) {
+            return false;
+        }
+        let due = lost || self.uplink_ok.lock().is_none_or(|at| at.elapsed() >= after / 3);
+        if !due {
+            return false;
+        }
+        let verdict = self.ask_witness(if lost { peer } else { "" }, after).await;
+        if verdict.is_ok() {
+            *self.uplink_ok.lock() = Some(Instant::now());
+        }
+        match verdict {
+            Ok(witness_reply::Verdict::Granted) => lost,
+            Ok(witness_reply::Verdict::Yielded) => {
+                self.fence(true);
+                false
+            }
+            Ok(witness_reply::Verdict::Denied) => false,
+            Err(err) => {
+                // The peer may reach the witness and be granted this
+                // host's singletons; if it had no uplink either, nobody
+                // can, and they keep running here.
+                let peer_had_uplink = self.peer_uplink.lock().get(peer).copied().unwrap_or(false);
+                tracing::debug!(
+                    err = format!("{err:#}"),
+                    peer_had_uplink,
+                    "the witness cannot be asked"
+                );
+                if lost && peer_had_uplink {
+                    self.fence(true);
+                }
+                false
+            }
+        }
     }
 
     /// Whether this host's site decides with Raft (three hosts or more).
@@ -252,8 +375,9 @@ impl Cluster {
         Ok(())
     }
 
-    fn heard_from(&self, host: &str) {
+    fn heard_from(&self, host: &str, uplink: bool) {
         self.heard.lock().insert(host.to_string(), Instant::now());
+        self.peer_uplink.lock().insert(host.to_string(), uplink);
         if self.ledger.lock().lost.contains_key(host) {
             self.back
                 .lock()
@@ -295,8 +419,8 @@ impl Cluster {
         if hosts.len() < 2 || !hosts.contains_key(&self.host) {
             return Ok(());
         }
-        let majority = hosts.len() >= 3;
-        if majority {
+        let group = hosts.len() >= 3;
+        if group {
             let Some(raft) = self.raft.get() else {
                 return Ok(());
             };
@@ -315,6 +439,10 @@ impl Cluster {
         let current = self.ledger();
         let mut effective = received.clone();
         apply_moves(&mut effective, &current.moved);
+        let majority = match others.as_slice() {
+            [peer] if !group => self.witnessed(&effective, peer, lost.contains(peer), after).await,
+            _ => group,
+        };
         let decided = reschedule(&effective, &hosts, &lost, majority);
         if decided.moved.is_empty() {
             return Ok(());
@@ -406,14 +534,14 @@ impl Cluster {
             PING_TIMEOUT,
             SiteClusterClient::new(channel).ping(ClusterPing {
                 ledger: ours,
-                ..Default::default()
+                uplink: self.has_uplink(),
             }),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {PING_TIMEOUT:?}"))?
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();
-        self.heard_from(host);
+        self.heard_from(host, reply.uplink);
         self.adopt(read_ledger(&reply.ledger)?).await?;
         Ok(())
     }
@@ -459,10 +587,18 @@ impl Cluster {
         }
     }
 
-    /// `state` with the site's moves applied: what this host runs.
+    /// `state` with the site's moves applied, less this host's singletons
+    /// while it is fenced: what this host runs.
     pub fn effective(&self, state: &SiteState) -> SiteState {
         let mut state = state.clone();
         apply_moves(&mut state, &self.ledger().moved);
+        if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            for workload in &mut state.workloads {
+                if workload.failover == Failover::Singleton {
+                    workload.instances.retain(|i| i.host != self.host);
+                }
+            }
+        }
         state
     }
 }
@@ -624,9 +760,9 @@ impl SiteCluster for Service {
 
     async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
         let host = self.peer(&request)?;
-        let theirs = read_ledger(&request.into_inner().ledger)
-            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
-        self.cluster.heard_from(&host);
+        let ping = request.into_inner();
+        let theirs = read_ledger(&ping.ledger).map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        self.cluster.heard_from(&host, ping.uplink);
         self.cluster
             .adopt(theirs)
             .await
@@ -635,7 +771,7 @@ impl SiteCluster for Service {
             serde_json::to_vec(&self.cluster.ledger()).map_err(|err| Status::internal(err.to_string()))?;
         Ok(Response::new(ClusterPing {
             ledger: ours,
-            ..Default::default()
+            uplink: self.cluster.has_uplink(),
         }))
     }
 }

@@ -211,6 +211,8 @@ pub struct Fleet {
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
     /// Which hosts are connected.
     pub presence: Arc<Presence>,
+    /// The witness of 2-host sites' singleton moves.
+    pub witness: crate::witness::Witness,
     /// What waits on application streams: sessions for publishes, readers
     /// and NATS for stored records.
     pub streams: Arc<crate::streams::Signals>,
@@ -227,6 +229,7 @@ impl Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
             presence: Arc::new(Presence::default()),
+            witness: crate::witness::Witness::default(),
             streams: Arc::default(),
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),

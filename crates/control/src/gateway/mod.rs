@@ -17,7 +17,7 @@ use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, StatusReport,
-    StreamAck, StreamBatch, SyncRequest, SyncResponse,
+    StreamAck, StreamBatch, SyncRequest, SyncResponse, WitnessReply, WitnessRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -203,6 +203,49 @@ impl AgentGateway for Gateway {
                 Err(status)
             }
         }
+    }
+
+    async fn witness(&self, request: Request<WitnessRequest>) -> Result<Response<WitnessReply>, Status> {
+        let HostCertificate { site, host, .. } = self.identity(&request).await?;
+        let asked = request.into_inner();
+        if asked.lost.is_empty() {
+            // A probe: the host is alive and reaches the control plane.
+            self.fleet.presence.heard(&site, &host);
+            return Ok(Response::new(WitnessReply {
+                verdict: outpost_proto::v1::witness_reply::Verdict::Denied as i32,
+                reason: "heard".to_string(),
+            }));
+        }
+        let range = outpost_api::limits::HOST_LOSS_AFTER;
+        let after = Duration::from_millis(asked.host_loss_after_ms.clamp(range.min.0, range.max.0));
+        let (lost_heard, _) = self.fleet.presence.contact(&site, &asked.lost);
+        let (_, asker_session) = self.fleet.presence.contact(&site, &host);
+        self.fleet.presence.heard(&site, &host);
+        let evidence = crate::witness::Evidence {
+            lost_heard,
+            asker_session,
+        };
+        let verdict = self.fleet.witness.ask(
+            &site,
+            &host,
+            &asked.lost,
+            after,
+            evidence,
+            std::time::Instant::now(),
+        );
+        use outpost_proto::v1::witness_reply::Verdict as Wire;
+        let (verdict, reason) = match verdict {
+            crate::witness::Verdict::Granted => {
+                tracing::info!(%site, %host, lost = %asked.lost, "witness: granted the lost host's singletons");
+                (Wire::Granted, String::new())
+            }
+            crate::witness::Verdict::Denied(why) => (Wire::Denied, why),
+            crate::witness::Verdict::Yielded(why) => (Wire::Yielded, why),
+        };
+        Ok(Response::new(WitnessReply {
+            verdict: verdict as i32,
+            reason,
+        }))
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {

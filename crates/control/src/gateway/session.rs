@@ -185,6 +185,7 @@ impl Session {
             tokio::select! {
                 message = incoming.message() => {
                     silent_until = tokio::time::Instant::now() + grace();
+                    self.fleet.presence.heard(&self.site, &self.host);
                     let Some(message) = message? else {
                         return Err(SessionEnd::Closed);
                     };

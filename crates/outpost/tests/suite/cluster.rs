@@ -218,3 +218,72 @@ fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_up
     assert_eq!(runs_web(), 0);
     assert_eq!(on_host(&site, "h1"), [cam, web]);
 }
+
+#[test]
+fn a_two_host_sites_singleton_moves_only_with_the_witness_and_runs_once_when_the_site_is_cut_apart() {
+    let mut lab = Lab::start();
+    let site = unique_site("duo");
+    lab.apply(&format!(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: till }}\nspec:\n  version: \"1\"\n  services:\n    - name: db\n      failover: singleton\n      containers:\n        - {{ name: db, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: till }}\nspec: {{ application: till, sites: \"group = {site}\" }}\n"
+    ))
+    .success();
+    let agents: Vec<String> = ["h1", "h2"]
+        .iter()
+        .map(|host| lab.add_cluster_agent(&site, host))
+        .collect();
+    let db = format!("outpost.{site}.till-db-0.db");
+    let copies = || {
+        ["h1", "h2"]
+            .iter()
+            .filter(|h| on_host(&site, h).contains(&db))
+            .count()
+    };
+    eventually(Duration::from_secs(90), "db on h1", || {
+        on_host(&site, "h1").contains(&db).then_some(())
+    });
+
+    // h1 dies with the uplink up: the control plane, which no longer
+    // hears h1 either, lets h2 take the singleton over.
+    lab.kill(&agents[0]);
+    lose_containers(&site, "h1");
+    let mut moved = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(copies() <= 1, "the singleton never runs twice");
+        if on_host(&site, "h2").contains(&db) {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "db moved to h2 with the witness: {}", lab.logs(&agents[1]));
+    assert!(lab.logged(&lab.control, "witness: granted the lost host's singletons"));
+
+    // h1 returns: it learns the move, and after hostLossAfter heard gets
+    // db back; never two copies.
+    lab.start_again(&agents[0]);
+    let mut back = false;
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(copies() <= 1, "the singleton never runs twice");
+        if on_host(&site, "h1").contains(&db) && !on_host(&site, "h2").contains(&db) {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "db handed back to h1: {}", lab.logs(&agents[0]));
+
+    // The uplink goes; once both hosts know it (hostLossAfter), the link
+    // between them goes too. Neither can ask the witness: db runs on
+    // exactly one host throughout, sampled every second.
+    lab.cut_uplink();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(copies(), 1, "the singleton runs once while the uplink is cut");
+    }
+    lab.partition(&agents[1]);
+    for second in 0..20 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(copies(), 1, "the singleton runs once, {second} s after the split");
+    }
+    assert!(on_host(&site, "h1").contains(&db), "it stays where it ran");
+}
