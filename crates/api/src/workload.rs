@@ -86,6 +86,10 @@ pub struct Instance {
     /// `application-service-N`, or `application-service-HOST` for per-host services.
     pub name: String,
     pub host: String,
+    /// The lost host the site moved it off (`apply_moves`), while the move
+    /// holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
 }
 
 impl Workload {
@@ -420,6 +424,7 @@ pub fn assign_hosts(state: &mut SiteState, hosts: &BTreeMap<String, BTreeMap<Str
             instances.push(Instance {
                 name,
                 host: host.to_string(),
+                moved_from: None,
             });
         }
         if instances.len() < wanted || wanted == 0 {
@@ -584,6 +589,7 @@ pub fn apply_moves(state: &mut SiteState, moved: &[Moved]) {
                 .find(|m| m.workload == key && m.instance == instance.name && m.from == instance.host)
             {
                 instance.host = m.to.clone();
+                instance.moved_from = Some(m.from.clone());
             }
         }
     }

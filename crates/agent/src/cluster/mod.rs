@@ -492,16 +492,18 @@ impl Cluster {
     }
 
     /// Drops the moves the control plane's desired state has overtaken (it
-    /// no longer places the instance on the host it moved from), and the
-    /// lost hosts no move names any more.
+    /// places the instance neither on the host it moved from nor, pinned,
+    /// where the site moved it), and the lost hosts no move names any more.
     async fn prune(&self, received: &SiteState) -> Result<()> {
         let held = self.ledger();
         let pruned = held.keeping(&self.host, |m| {
             received.workloads.iter().any(|w| {
                 w.key() == m.workload
-                    && w.instances
-                        .iter()
-                        .any(|i| i.name == m.instance && i.host == m.from)
+                    && w.instances.iter().any(|i| {
+                        i.name == m.instance
+                            && (i.host == m.from
+                                || (i.host == m.to && i.moved_from.as_ref() == Some(&m.from)))
+                    })
             })
         });
         if pruned.moved == held.moved {

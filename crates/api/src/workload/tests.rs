@@ -384,6 +384,7 @@ fn a_lost_hosts_instances_move_to_survivors_that_fit_and_stay_services_do_not() 
                 .map(|(n, host)| Instance {
                     name: format!("a-{service}-{n}"),
                     host: host.to_string(),
+                    moved_from: None,
                 })
                 .collect(),
             secrets: BTreeMap::new(),

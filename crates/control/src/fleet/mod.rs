@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::presence::Presence;
 use crate::store::{ImageDigests, Storage, StoreError};
 
+mod pins;
 mod rollouts;
 
 use rollouts::RolloutCache;
@@ -211,6 +212,8 @@ pub struct Fleet {
     revisions: Mutex<HashMap<String, watch::Sender<i64>>>,
     /// Which hosts are connected.
     pub presence: Arc<Presence>,
+    /// Where sites moved lost hosts' instances, for central placement.
+    pins: pins::Pins,
     /// The witness of 2-host sites' singleton moves.
     pub witness: crate::witness::Witness,
     /// What waits on application streams: sessions for publishes, readers
@@ -229,6 +232,7 @@ impl Fleet {
             store,
             revisions: Mutex::new(HashMap::new()),
             presence: Arc::new(Presence::default()),
+            pins: pins::Pins::default(),
             witness: crate::witness::Witness::default(),
             streams: Arc::default(),
             recompute: tokio::sync::Mutex::new(()),
@@ -383,6 +387,7 @@ impl Fleet {
             self.start_rollouts(&mut inputs).await?;
         }
         let mut states = inputs.compile();
+        self.pins.apply(&mut states);
         // A deleted site runs nothing; its hosts are told so.
         if states.is_empty() && self.store.site_state(site).await?.is_some() {
             states.insert(site.to_string(), SiteState::default());
@@ -395,6 +400,7 @@ impl Fleet {
         let mut inputs = self.inputs(None).await?;
         self.start_rollouts(&mut inputs).await?;
         let mut states = inputs.compile();
+        self.pins.apply(&mut states);
         // A deleted site runs nothing; its hosts are told so.
         for site in self.store.site_states().await?.into_keys() {
             states.entry(site).or_insert_with(SiteState::default);

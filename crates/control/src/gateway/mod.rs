@@ -119,6 +119,7 @@ impl Gateway {
         if let Some(report) = &request.cluster {
             let status = codec::decode_cluster_report(report)
                 .map_err(|err| Status::invalid_argument(err.to_string()))?;
+            self.fleet.pin_reported(site, &status).await.map_err(internal)?;
             self.fleet.presence.record_cluster(site, host, status);
         }
         let ack = match &request.stream_batch {
@@ -379,6 +380,7 @@ pub(crate) async fn record_hello(
         tracing::warn!(%site, %host, %address, "ignored a site address that is not HOST:PORT");
         ""
     };
+    fleet.host_returned(site, host).await?;
     if store.record_site_address(site, host, address).await? {
         tracing::info!(%site, %host, %address, "host's site address changed");
         fleet.recompute_site(site).await?;

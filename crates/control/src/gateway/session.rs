@@ -321,7 +321,10 @@ impl Session {
                 Err(err) => tracing::warn!(%site, %host, %err, "an unreadable stream report"),
             },
             Some(agent_message::Body::Cluster(report)) => match codec::decode_cluster_report(&report) {
-                Ok(status) => self.fleet.presence.record_cluster(site, host, status),
+                Ok(status) => {
+                    self.fleet.pin_reported(site, &status).await?;
+                    self.fleet.presence.record_cluster(site, host, status);
+                }
                 Err(err) => tracing::warn!(%site, %host, %err, "an unreadable cluster report"),
             },
             Some(agent_message::Body::Status(report)) => {
