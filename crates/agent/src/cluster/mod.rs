@@ -429,12 +429,19 @@ impl Cluster {
             if raft::role(raft) != Some("leader") {
                 return Ok(());
             }
-            // A new leader decides from every committed decision.
-            raft.ensure_linearizable().await?;
         }
         let others: Vec<String> = hosts.keys().filter(|h| **h != self.host).cloned().collect();
         let after = received.host_loss_after();
         let lost = self.unheard(&others, after);
+        if group {
+            if lost.is_empty() && self.back.lock().is_empty() {
+                return Ok(());
+            }
+            // A new leader decides from every committed decision.
+            if let Some(raft) = self.raft.get() {
+                raft.ensure_linearizable().await?;
+            }
+        }
         self.hand_back(&lost, after).await?;
         let current = self.ledger();
         let mut effective = received.clone();
