@@ -150,7 +150,7 @@ fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_up
     lab.apply(&shop(&site)).success();
     let agents: Vec<String> = ["h1", "h2", "h3"]
         .iter()
-        .map(|host| lab.add_cluster_agent(&site, host))
+        .map(|host| lab.add_cluster_agent(&site, host, &[]))
         .collect();
     let web = format!("outpost.{site}.shop-web-0.web");
     let cam = format!("outpost.{site}.shop-camera-0.cam");
@@ -240,7 +240,7 @@ fn a_two_host_sites_singleton_moves_only_with_the_witness_and_runs_once_when_the
     .success();
     let agents: Vec<String> = ["h1", "h2"]
         .iter()
-        .map(|host| lab.add_cluster_agent(&site, host))
+        .map(|host| lab.add_cluster_agent(&site, host, &[]))
         .collect();
     let db = format!("outpost.{site}.till-db-0.db");
     let copies = || {
@@ -297,4 +297,72 @@ fn a_two_host_sites_singleton_moves_only_with_the_witness_and_runs_once_when_the
         assert_eq!(copies(), 1, "the singleton runs once, {second} s after the split");
     }
     assert!(on_host(&site, "h1").contains(&db), "it stays where it ran");
+}
+
+#[test]
+fn a_host_that_returns_while_its_work_runs_elsewhere_stops_its_copy_with_one_restart_per_move() {
+    // The process runtime: each host's instances run inside its own agent
+    // container, so a cut-off host keeps running its copy, as a real one
+    // would.
+    let mut lab = Lab::start();
+    let site = unique_site("back");
+    lab.apply(&format!(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: shop }}\nspec:\n  version: \"1\"\n  services:\n    - name: web\n      containers:\n        - {{ name: web, image: outpost-local/busybox:1, command: [sleep, \"3601\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: shop }}\nspec: {{ application: shop, sites: \"group = {site}\" }}\n"
+    ))
+    .success();
+    let agents: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|host| lab.add_cluster_agent(&site, host, &["--runtime", "process"]))
+        .collect();
+    let runs = |i: usize| lab.processes(&agents[i], "sleep 3601");
+    eventually(Duration::from_secs(90), "web on h1", || {
+        (runs(0).len() == 1).then_some(())
+    });
+    eventually(Duration::from_secs(60), "the site's Raft group formed", || {
+        let roles = lab.roles(&site);
+        (roles.iter().filter(|(_, r)| r == "leader").count() == 1
+            && roles.iter().filter(|(_, r)| r == "voter").count() == 2)
+            .then_some(())
+    });
+    // Every copy seen, as (host, pid): a restart shows as a new pid.
+    let mut copies: Vec<(usize, String)> = Vec::new();
+    let mut sample = |copies: &mut Vec<(usize, String)>| {
+        for i in 0..3 {
+            for pid in runs(i) {
+                if !copies.contains(&(i, pid.clone())) {
+                    copies.push((i, pid));
+                }
+            }
+        }
+    };
+    sample(&mut copies);
+
+    // h1 is cut off from everything, its copy running: the other two move
+    // web (a `move` service may run twice during a split).
+    lab.partition(&agents[0]);
+    let moved = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_secs(1));
+        sample(&mut copies);
+        runs(1).len() + runs(2).len() == 1
+    });
+    assert!(moved, "web moved off h1: {}", lab.logs(&agents[1]));
+    assert_eq!(runs(0).len(), 1, "h1, cut off, keeps its copy");
+
+    // h1 is back: it learns the move and stops its copy, then, heard for
+    // hostLossAfter, gets web back.
+    lab.heal(&agents[0]);
+    let mut stopped = false;
+    let back = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_secs(1));
+        sample(&mut copies);
+        stopped |= runs(0).is_empty();
+        stopped && runs(0).len() == 1 && runs(1).len() + runs(2).len() == 0
+    });
+    assert!(stopped, "h1 stopped its own copy: {}", lab.logs(&agents[0]));
+    assert!(back, "web back on h1 alone: {copies:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    sample(&mut copies);
+    // h1's first copy, the moved one, h1's copy after the move back: one
+    // start per placement, no more.
+    assert_eq!(copies.len(), 3, "{copies:?}");
 }

@@ -138,14 +138,27 @@ impl Lab {
     }
 
     /// Starts the agent of a new host of `site` that clusters with the
-    /// site's other hosts over the lab network (`--site-listen`).
-    pub fn add_cluster_agent(&mut self, site: &str, host: &str) -> String {
+    /// site's other hosts over the lab network (`--site-listen`), with
+    /// more of the agent's flags.
+    pub fn add_cluster_agent(&mut self, site: &str, host: &str, args: &[&str]) -> String {
         let address = format!("{}-{host}:7802", self.name);
-        self.add_agent_with(
-            site,
-            host,
-            &["--site-listen", "0.0.0.0:7802", "--site-address", &address],
-        )
+        let mut all = vec!["--site-listen", "0.0.0.0:7802", "--site-address", &address];
+        all.extend(args);
+        self.add_agent_with(site, host, &all)
+    }
+
+    /// The processes of a host's agent container whose command line holds
+    /// `command` (the process runtime), by pid.
+    pub fn processes(&self, container: &str, command: &str) -> Vec<String> {
+        let output = std::process::Command::new("docker")
+            .args(["exec", container, "ps", "-o", "pid,args"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains(command))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+            .collect()
     }
 
     fn add_agent_with(&mut self, site: &str, host: &str, args: &[&str]) -> String {
