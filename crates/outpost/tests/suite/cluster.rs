@@ -326,7 +326,7 @@ fn a_host_that_returns_while_its_work_runs_elsewhere_stops_its_copy_with_one_res
     });
     // Every copy seen, as (host, pid): a restart shows as a new pid.
     let mut copies: Vec<(usize, String)> = Vec::new();
-    let mut sample = |copies: &mut Vec<(usize, String)>| {
+    let sample = |copies: &mut Vec<(usize, String)>| {
         for i in 0..3 {
             for pid in runs(i) {
                 if !copies.contains(&(i, pid.clone())) {
