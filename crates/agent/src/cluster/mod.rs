@@ -17,8 +17,11 @@
 //! Who may move what:
 //! - a 1-host site has nowhere to move to;
 //! - a 2-host site: the survivor moves the lost host's `move` services to
-//!   itself after `hostLossAfter` without a ping; a `singleton` stays (one
-//!   host alone is no majority, and no witness is asked); `stay` and
+//!   itself after `hostLossAfter` without a ping; a `singleton` only when
+//!   the control plane, as witness, grants it (`witnessed`). A host that
+//!   lost its peer and cannot reach the witness stops its own singletons
+//!   only if that peer last said it could (it may be granted them); when
+//!   the uplink went first, they keep running where they ran. `stay` and
 //!   per-host services never move;
 //! - 3 or more hosts: the hosts run Raft (`raft`, with openraft); its
 //!   leader decides, with a majority behind each decision, so a
@@ -26,9 +29,10 @@
 //!   changes only when an entry is committed, and the pings spread only
 //!   committed ledgers.
 //!
-//! A move ends when the control plane's desired state no longer places
-//! the instance on the host it was moved from (`apply_moves` voids it),
-//! or when the lost host has been heard again for `hostLossAfter`.
+//! A move ends when the control plane's desired state places the
+//! instance neither on the host it was moved from nor, pinned (the control
+//! plane took the move into its placement), where it went; or when the
+//! lost host has been heard again for `hostLossAfter`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};

@@ -202,6 +202,15 @@ impl Store {
         })
     }
 
+    /// Keeps the current snapshot (one at a time).
+    async fn keep_snapshot(&self, meta: &SnapshotMeta<u64, BasicNode>, ledger: Ledger) -> Result<()> {
+        let kept = Kept {
+            meta: meta.clone(),
+            ledger,
+        };
+        self.put("snapshot", &kept).await
+    }
+
     async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         sqlx::query(
             "INSERT INTO raft_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
@@ -388,13 +397,7 @@ impl RaftSnapshotBuilder<Site> for Machine {
         };
         let data = serde_json::to_vec(&ledger).map_err(|err| write(err.to_string()))?;
         self.store
-            .put(
-                "snapshot",
-                &Kept {
-                    meta: meta.clone(),
-                    ledger,
-                },
-            )
+            .keep_snapshot(&meta, ledger)
             .await
             .map_err(|err| write(err.to_string()))?;
         Ok(Snapshot {
@@ -475,16 +478,7 @@ impl RaftStateMachine<Site> for Machine {
             .put("membership", &meta.last_membership)
             .await
             .map_err(write)?;
-        self.store
-            .put(
-                "snapshot",
-                &Kept {
-                    meta: meta.clone(),
-                    ledger,
-                },
-            )
-            .await
-            .map_err(write)?;
+        self.store.keep_snapshot(meta, ledger).await.map_err(write)?;
         Ok(())
     }
 

@@ -10,11 +10,26 @@ use std::time::Duration;
 use crate::common::lab::Lab;
 use crate::common::{Agent, ControlPlane, docker, eventually, free_address, unique_site};
 
-/// The shop: `web` may move, `camera` stays on its host.
-fn shop(site: &str) -> String {
+/// A site of `group = SITE` with `hostLossAfter: 5s`, and an application
+/// deployed there whose services are `services` (YAML list items).
+fn site_running(site: &str, application: &str, services: &str) -> String {
     format!(
-        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: shop }}\nspec:\n  version: \"1\"\n  services:\n    - name: web\n      containers:\n        - {{ name: web, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n    - name: camera\n      failover: stay\n      containers:\n        - {{ name: cam, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: shop }}\nspec: {{ application: shop, sites: \"group = {site}\" }}\n"
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: {application} }}\nspec:\n  version: \"1\"\n  services:\n{services}---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: {application} }}\nspec: {{ application: {application}, sites: \"group = {site}\" }}\n"
     )
+}
+
+/// One service that sleeps for `seconds`, with `failover` if given.
+fn sleeper(name: &str, failover: Option<&str>, seconds: u32) -> String {
+    let failover = failover.map_or(String::new(), |f| format!("      failover: {f}\n"));
+    format!(
+        "    - name: {name}\n{failover}      containers:\n        - {{ name: {name}, image: outpost-local/busybox:1, command: [sleep, \"{seconds}\"] }}\n"
+    )
+}
+
+/// The shop: `web` may move, `camera` (container `cam`) stays on its host.
+fn shop(site: &str) -> String {
+    let camera = "    - name: camera\n      failover: stay\n      containers:\n        - { name: cam, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }\n";
+    site_running(site, "shop", &(sleeper("web", None, 3600) + camera))
 }
 
 /// Running containers of `site` on `host`, by name.
@@ -234,8 +249,10 @@ fn a_three_host_site_elects_a_new_leader_and_moves_a_lost_hosts_work_with_the_up
 fn a_two_host_sites_singleton_moves_only_with_the_witness_and_runs_once_when_the_site_is_cut_apart() {
     let mut lab = Lab::start();
     let site = unique_site("duo");
-    lab.apply(&format!(
-        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: till }}\nspec:\n  version: \"1\"\n  services:\n    - name: db\n      failover: singleton\n      containers:\n        - {{ name: db, image: outpost-local/busybox:1, command: [sleep, \"3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: till }}\nspec: {{ application: till, sites: \"group = {site}\" }}\n"
+    lab.apply(&site_running(
+        &site,
+        "till",
+        &sleeper("db", Some("singleton"), 3600),
     ))
     .success();
     let agents: Vec<String> = ["h1", "h2"]
@@ -306,10 +323,8 @@ fn a_host_that_returns_while_its_work_runs_elsewhere_stops_its_copy_with_one_res
     // would.
     let mut lab = Lab::start();
     let site = unique_site("back");
-    lab.apply(&format!(
-        "apiVersion: outpost/v1\nkind: Site\nmetadata: {{ name: {site}, labels: {{ group: {site} }} }}\nspec: {{ hostLossAfter: 5s }}\n---\napiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: shop }}\nspec:\n  version: \"1\"\n  services:\n    - name: web\n      containers:\n        - {{ name: web, image: outpost-local/busybox:1, command: [sleep, \"3601\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: shop }}\nspec: {{ application: shop, sites: \"group = {site}\" }}\n"
-    ))
-    .success();
+    lab.apply(&site_running(&site, "shop", &sleeper("web", None, 3601)))
+        .success();
     let agents: Vec<String> = ["h1", "h2", "h3"]
         .iter()
         .map(|host| lab.add_cluster_agent(&site, host, &["--runtime", "process"]))
