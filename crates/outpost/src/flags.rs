@@ -68,73 +68,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N", default_value_t = outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE)]
         max_unauthenticated_per_source: usize,
     },
-    /// Run the edge agent of one host
-    Agent {
-        /// The control plane's agent address; needed to enroll
-        #[arg(long, value_name = "URL")]
-        server: Option<String>,
-        /// Single-use token from `outpost token create` (only for the first start)
-        #[arg(
-            long,
-            value_name = "TOKEN",
-            env = "OUTPOST_JOIN_TOKEN",
-            hide_env_values = true
-        )]
-        join_token: Option<String>,
-        /// Where the agent keeps its key, certificate and local store
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/outpost-agent")]
-        data_dir: PathBuf,
-        /// This host's name in its site [default: the machine's host name]
-        #[arg(long, value_name = "NAME")]
-        host_name: Option<String>,
-        /// The container runtime
-        #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
-        runtime: RuntimeKind,
-        /// Registry credentials for pulls, as a Docker config.json
-        /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, if present]
-        #[arg(long, value_name = "FILE")]
-        registry_auth: Option<PathBuf>,
-        /// The most disk the queue of events, logs and metrics waiting for the
-        /// control plane may use; past it the oldest are dropped (and counted)
-        #[arg(long, value_name = "SIZE", default_value = "64Mi")]
-        queue_size: outpost_api::quantity::Size,
-        /// Where to serve Prometheus metrics at /metrics (keep it on loopback
-        /// or a management network; there is no authentication)
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7802")]
-        metrics_listen: std::net::SocketAddr,
-        /// How often CPU and memory of the host and its instances are sampled
-        /// and sent (each sample is one record; mind a metered link)
-        #[arg(long, value_name = "DURATION", default_value = "15m")]
-        sample_every: outpost_api::quantity::Duration,
-        /// stream: one long-lived session; poll: a short call every --interval
-        /// and no connection in between (changes wait for the next poll)
-        #[arg(long, value_enum, default_value_t = AgentMode::Stream)]
-        mode: AgentMode,
-        /// Polling mode: how often to poll (the control plane may ask for another)
-        #[arg(long, value_name = "DURATION", default_value = "5m")]
-        interval: outpost_api::quantity::Duration,
-        /// The disk the images this agent pulled may take; past it, the
-        /// oldest that no current or previous version needs are removed
-        #[arg(long, value_name = "SIZE", default_value = "20Gi")]
-        image_budget: outpost_api::quantity::Size,
-        /// Where secret files are written: the agent mounts a tmpfs at
-        /// DIR/SITE.HOST (it needs root for that, unless one is there)
-        #[arg(long, value_name = "DIR", default_value = outpost_agent::DEFAULT_SECRETS_DIR)]
-        secrets_dir: PathBuf,
-        /// Listen here for the other hosts of this site (mutual TLS with the
-        /// hosts' own certificates): they fetch images from each other
-        /// before they ask the registry
-        #[arg(long, value_name = "ADDR")]
-        site_listen: Option<std::net::SocketAddr>,
-        /// Where the other hosts of the site reach this one [default: the
-        /// --site-listen address, which then must not be 0.0.0.0 or [::]]
-        #[arg(long, value_name = "HOST:PORT", requires = "site_listen")]
-        site_address: Option<String>,
-        /// Where containers reach their application's streams: ADDR:PORT,
-        /// or bridge:PORT for the gateway of the engine's default bridge
-        #[arg(long, value_name = "ADDR", default_value = outpost_agent::streams::endpoint::DEFAULT_LISTEN)]
-        streams_listen: outpost_agent::streams::endpoint::Listen,
-    },
+    /// Run the edge agent of one host (the `outpost-agent` binary is this alone)
+    Agent(outpost::agent::AgentArgs),
     /// Quickstart: a local control plane with the example manifests applied
     Up {
         /// Where the quickstart keeps its data [default: ~/.local/share/outpost/up]
@@ -514,20 +449,6 @@ pub(crate) enum TokenCommand {
         #[arg(short = 'q', long, conflicts_with = "output")]
         quiet: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum AgentMode {
-    Stream,
-    Poll,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum RuntimeKind {
-    /// The Docker Engine API (also Podman's compatible socket), via DOCKER_HOST or the default socket
-    Docker,
-    /// Native processes (each container's command), for hosts without a container engine
-    Process,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -13,8 +13,8 @@ use outpost_cli::output;
 use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
-    AgentMode, BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, RuntimeKind,
-    SecretCommand, SimCommand, SimOutput, StreamOutput, StreamsCommand, TokenCommand,
+    BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, SecretCommand, SimCommand,
+    SimOutput, StreamOutput, StreamsCommand, TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     // The agent is small and mostly waits: one thread keeps its memory low
     // (issue: agent RSS budget). Everything else gets a thread per core.
     let builder = match cli.command {
-        Command::Agent { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Agent(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     let runtime = match builder {
@@ -51,25 +51,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Raises the soft limit on open files to the hard limit: the control
-/// plane holds a socket per site and the agent port faces the internet,
-/// and a soft limit of 1,024 would turn away the REST API long before the
-/// hard limit is near.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(%err, soft, hard, "could not raise the open-file limit");
-            } else {
-                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
-            }
-        }
-        Ok(_) => {}
-        Err(err) => tracing::warn!(%err, "could not read the open-file limit"),
-    }
-}
-
 /// Prints an error; manifest problems one per line, like a compiler.
 fn report(err: &anyhow::Error) {
     if let Some(cli_error) = err.downcast_ref::<CliError>() {
@@ -82,27 +63,6 @@ fn report(err: &anyhow::Error) {
     }
 }
 
-/// Crates whose debug output carries request and response bodies: bollard
-/// logs every container's create body and inspect answer, environment
-/// values included, so an env secret would reach the log. They stay at
-/// `info` whatever `RUST_LOG` says.
-const BODY_LOGGERS: &[&str] = &["bollard=info"];
-
-fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,openraft=warn"));
-    for directive in BODY_LOGGERS {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// The simulator's thousands of agents log only errors unless RUST_LOG
 /// says otherwise (each would warn when the control plane restarts).
 fn init_sim_logging() {
@@ -112,23 +72,6 @@ fn init_sim_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
-pub(crate) async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
 
 fn client(cli: &Cli) -> Result<Client> {
@@ -171,8 +114,8 @@ async fn run(cli: Cli) -> Result<()> {
             poll_interval,
             max_unauthenticated_per_source,
         } => {
-            init_logging();
-            raise_open_file_limit();
+            outpost::process::init_logging();
+            outpost::process::raise_open_file_limit();
             let config = outpost_control::Config {
                 data_dir: data_dir.clone(),
                 listen: *listen,
@@ -190,67 +133,17 @@ async fn run(cli: Cli) -> Result<()> {
                 streams_nats: streams_nats.clone(),
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
-            control.serve(shutdown_signal()).await;
+            control.serve(outpost::process::shutdown_signal()).await;
             return Ok(());
         }
-        Command::Agent {
-            server,
-            join_token,
-            data_dir,
-            host_name,
-            runtime,
-            registry_auth,
-            queue_size,
-            metrics_listen,
-            sample_every,
-            mode,
-            interval,
-            secrets_dir,
-            image_budget,
-            site_listen,
-            site_address,
-            streams_listen,
-        } => {
-            init_logging();
-            raise_open_file_limit();
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop.send(true);
-            });
-            let config = outpost_agent::Config {
-                data_dir: data_dir.clone(),
-                server: server.clone(),
-                join_token: join_token.clone(),
-                host_name: host_name.clone(),
-                registry_auth: registry_auth.clone(),
-                queue_limit: queue_size.0,
-                metrics_listen: Some(*metrics_listen),
-                sample_every: sample_every.as_std().max(std::time::Duration::from_secs(1)),
-                mode: match mode {
-                    AgentMode::Stream => outpost_agent::session::Mode::Stream,
-                    AgentMode::Poll => outpost_agent::session::Mode::Poll(
-                        interval.as_std().max(std::time::Duration::from_secs(1)),
-                    ),
-                },
-                runtime: match runtime {
-                    RuntimeKind::Docker => outpost_agent::RuntimeKind::Docker,
-                    RuntimeKind::Process => outpost_agent::RuntimeKind::Process,
-                },
-                secrets_dir: secrets_dir.clone(),
-                image_budget: image_budget.0,
-                site: outpost_agent::peers::listening(*site_listen, site_address.as_deref())?,
-                streams_listen: Some(streams_listen.clone()),
-            };
-            return outpost_agent::run(config, stopped).await;
-        }
+        Command::Agent(args) => return outpost::agent::run(args.clone()).await,
         Command::Up {
             data_dir,
             listen,
             agent_listen,
         } => {
-            init_logging();
-            raise_open_file_limit();
+            outpost::process::init_logging();
+            outpost::process::raise_open_file_limit();
             return up::run(data_dir.clone(), *listen, *agent_listen, cli.config.clone()).await;
         }
         Command::Label { kind, name, labels } => {
@@ -376,7 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             init_sim_logging();
-            raise_open_file_limit();
+            outpost::process::raise_open_file_limit();
             let temporary = work_dir.is_none();
             let work_dir = work_dir
                 .clone()

@@ -86,7 +86,7 @@ pub async fn run(
     let (url, agent_url) = (control.url.clone(), control.agent_url.clone());
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
-        crate::shutdown_signal().await;
+        outpost::process::shutdown_signal().await;
         let _ = stop.send(true);
     });
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {

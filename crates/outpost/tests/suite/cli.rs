@@ -432,3 +432,45 @@ fn token_create_is_scriptable() {
     let both = control.cli(&["token", "create", "--site", "shop", "-q", "-o", "json"]);
     assert_eq!(both.code, 2, "{}", both.stderr);
 }
+
+#[test]
+fn the_agent_only_binary_takes_exactly_the_agents_flags() {
+    let flags = |output: std::process::Output| -> Vec<String> {
+        let text = String::from_utf8(output.stdout).unwrap();
+        let mut flags: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.trim_start().split_whitespace().find(|w| w.starts_with("--")))
+            .map(|flag| flag.trim_end_matches(',').to_string())
+            .collect();
+        flags.sort();
+        flags
+    };
+    let alone = flags(
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+            .arg("--help")
+            .output()
+            .unwrap(),
+    );
+    let within = flags(
+        std::process::Command::new(crate::common::BIN)
+            .args(["agent", "--help"])
+            .output()
+            .unwrap(),
+    );
+    assert!(alone.contains(&"--site-listen".to_string()), "{alone:?}");
+    // `outpost` adds its global --config and --context.
+    let within: Vec<String> = within
+        .into_iter()
+        .filter(|f| f != "--config" && f != "--context")
+        .collect();
+    assert_eq!(alone, within);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .arg("--site-address=h1:7803")
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "--site-address needs --site-listen"
+    );
+}
