@@ -439,7 +439,7 @@ fn the_agent_only_binary_takes_exactly_the_agents_flags() {
         let text = String::from_utf8(output.stdout).unwrap();
         let mut flags: Vec<String> = text
             .lines()
-            .filter_map(|line| line.trim_start().split_whitespace().find(|w| w.starts_with("--")))
+            .filter_map(|line| line.split_whitespace().find(|w| w.starts_with("--")))
             .map(|flag| flag.trim_end_matches(',').to_string())
             .collect();
         flags.sort();
