@@ -146,28 +146,41 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let store = store::LocalStore::open(&config.data_dir.join("agent.db")).await?;
     let (revision, state) = store.desired().await?;
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
+    let (desired_sender, received) = watch::channel((revision, state.clone()));
+    let desired_sender = Arc::new(desired_sender);
     let cluster = match &config.site {
-        Some(_) => Some(
-            cluster::Cluster::open(
+        Some(_) => {
+            let shared = cluster::state::Shared::open(
                 &identity.site,
-                &identity.host,
-                credentials.peer_tls.clone(),
+                identity::ca_pem(&config.data_dir)?,
                 store.pool(),
+                Arc::new(store.clone()),
+                desired_sender.clone(),
             )
-            .await?,
-        ),
+            .await?;
+            Some(
+                cluster::Cluster::open(
+                    &identity.site,
+                    &identity.host,
+                    credentials.peer_tls.clone(),
+                    store.pool(),
+                    shared,
+                )
+                .await?,
+            )
+        }
         None => None,
     };
-    // What this host runs: the received state with the site's moves applied.
+    // What this host runs: the received state (a peer's newer one, if it
+    // has one) with the site's moves applied.
+    if let Some(cluster) = &cluster {
+        cluster.catch_up(&state).await;
+    }
+    let (revision, state) = received.borrow().clone();
     let effective = match &cluster {
-        Some(cluster) => {
-            cluster.catch_up(&state).await;
-            cluster.effective(&state)
-        }
-        None => state.clone(),
+        Some(cluster) => cluster.effective(&state),
+        None => state,
     };
-    let (desired_sender, received) = watch::channel((revision, state));
-    let desired_sender = Arc::new(desired_sender);
     let (effective_sender, desired) = watch::channel((revision, effective));
     let clustering = tokio::spawn(cluster::run(
         cluster.clone(),

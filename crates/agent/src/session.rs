@@ -530,6 +530,14 @@ impl Session {
             workloads = next.workloads.len(),
             "desired state received"
         );
+        if let Some(cluster) = &self.cluster
+            && let Err(err) = cluster
+                .shared
+                .received(manifest.revision, &next, &manifest.head, &manifest.head_signature)
+                .await
+        {
+            tracing::warn!(err = format!("{err:#}"), "keeping the state's head");
+        }
         self.desired.send_replace((manifest.revision, next));
         Ok(manifest.revision)
     }

@@ -160,6 +160,19 @@ fn server_certificate(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Re
 impl Pki {
     /// Signs the header of an offline bundle with the CA key, which every
     /// enrolled host already trusts (see `outpost_proto::bundle`).
+    /// Signs the head of a site's desired state (see
+    /// `outpost_proto::head`): the head, and its signature.
+    pub fn sign_state(
+        &self,
+        site: &str,
+        revision: u64,
+        state: &outpost_api::workload::SiteState,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        use rcgen::SigningKey;
+        outpost_proto::head::sign(site, revision, state, |message| self.issuer.key().sign(message))
+            .context("signing the state's head")
+    }
+
     pub fn sign_bundle(&self, header: &[u8]) -> Result<Vec<u8>> {
         use rcgen::SigningKey;
         outpost_proto::bundle::sign(header, |message| self.issuer.key().sign(message))

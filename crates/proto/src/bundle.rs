@@ -134,6 +134,12 @@ fn read_exact(input: &mut impl Read, buf: &mut [u8], what: &'static str) -> Resu
 
 /// Checks a head's signature against the CA (PEM) and reads its header.
 pub fn verify(header: &[u8], signature: &[u8], ca_pem: &str) -> Result<Header, BundleError> {
+    ca_signed(&signed_message(header), signature, ca_pem)?;
+    serde_json::from_slice(header).map_err(BundleError::Header)
+}
+
+/// Checks that the CA (PEM) signed `message` (ECDSA P-256, ASN.1 DER).
+pub(crate) fn ca_signed(message: &[u8], signature: &[u8], ca_pem: &str) -> Result<(), BundleError> {
     let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
         .next()
         .ok_or_else(|| BundleError::Ca("no CERTIFICATE block".to_string()))?
@@ -143,9 +149,8 @@ pub fn verify(header: &[u8], signature: &[u8], ca_pem: &str) -> Result<Header, B
         &ring::signature::ECDSA_P256_SHA256_ASN1,
         ca.public_key().subject_public_key.data.as_ref(),
     );
-    key.verify(&signed_message(header), signature)
-        .map_err(|_| BundleError::BadSignature)?;
-    serde_json::from_slice(header).map_err(BundleError::Header)
+    key.verify(message, signature)
+        .map_err(|_| BundleError::BadSignature)
 }
 
 /// Hashes what it reads, to check the archive against the header.

@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod codec;
+pub mod head;
 pub mod identity;
 pub mod seal;
 pub mod traffic;

@@ -45,7 +45,7 @@ use outpost_proto::identity::host_certificate;
 use outpost_proto::v1::agent_gateway_client::AgentGatewayClient;
 use outpost_proto::v1::site_cluster_client::SiteClusterClient;
 use outpost_proto::v1::site_cluster_server::{SiteCluster, SiteClusterServer};
-use outpost_proto::v1::{ClusterPing, RaftBytes, WitnessRequest, witness_reply};
+use outpost_proto::v1::{ClusterPing, RaftBytes, SignedState, StateRequest, WitnessRequest, witness_reply};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePool;
@@ -56,11 +56,14 @@ use tonic::{Request, Response, Status};
 use crate::peers::PeerTls;
 
 pub mod raft;
+pub mod state;
 
 /// How often a host pings each of its peers.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// How long one ping may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to hand over a desired state.
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest ledger a peer may send.
 const MAX_LEDGER_BYTES: usize = 1 << 20;
 
@@ -122,6 +125,8 @@ pub struct Cluster {
     /// passed since.
     started: Instant,
     changed: watch::Sender<u64>,
+    /// The newest desired state, passed between the hosts.
+    pub shared: state::Shared,
     /// The site's hosts (this one too) and their site addresses, as the
     /// control plane last said.
     addresses: Mutex<BTreeMap<String, String>>,
@@ -145,7 +150,13 @@ pub struct Cluster {
 
 impl Cluster {
     /// Opens the ledger kept in `agent.db` (table `site_ledger`).
-    pub async fn open(site: &str, host: &str, tls: Arc<PeerTls>, pool: SqlitePool) -> Result<Arc<Cluster>> {
+    pub async fn open(
+        site: &str,
+        host: &str,
+        tls: Arc<PeerTls>,
+        pool: SqlitePool,
+        shared: state::Shared,
+    ) -> Result<Arc<Cluster>> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS site_ledger (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -172,6 +183,7 @@ impl Cluster {
             back: Mutex::new(HashMap::new()),
             started: Instant::now(),
             changed: watch::channel(0).0,
+            shared,
             addresses: Mutex::new(BTreeMap::new()),
             raft: OnceLock::new(),
             witness: Mutex::new(None),
@@ -548,6 +560,7 @@ impl Cluster {
             SiteClusterClient::new(channel).ping(ClusterPing {
                 ledger: ours,
                 uplink: self.has_uplink(),
+                revision: self.shared.revision(),
             }),
         )
         .await
@@ -555,12 +568,32 @@ impl Cluster {
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();
         self.heard_from(host, reply.uplink);
+        self.shared.peer_holds(host, reply.revision);
         self.adopt(read_ledger(&reply.ledger)?).await?;
         Ok(())
     }
 }
 
 impl Cluster {
+    /// Asks `host`, which said it holds a newer desired state, for it.
+    async fn fetch_state(&self, host: &str) -> Result<()> {
+        let channel = tokio::time::timeout(PING_TIMEOUT, self.connect(host))
+            .await
+            .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
+        let offered = tokio::time::timeout(
+            STATE_TIMEOUT,
+            SiteClusterClient::new(channel)
+                .max_decoding_message_size(state::MAX_STATE_BYTES)
+                .state(StateRequest {}),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no state within {STATE_TIMEOUT:?}"))?
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+        self.shared.take(host, offered).await?;
+        Ok(())
+    }
+
     /// One round of pings before the agent runs anything, so that a host
     /// that returns learns what moved away from it before it starts its
     /// old instances again. Each silent peer costs at most `PING_TIMEOUT`.
@@ -571,6 +604,11 @@ impl Cluster {
             if let Err(err) = self.ping(&mut channels, &peer.host, &peer.address).await {
                 tracing::info!(peer = %peer.host, err = format!("{err:#}"), "a peer did not answer at start");
             }
+        }
+        if let Some(peer) = self.shared.wanted()
+            && let Err(err) = self.fetch_state(&peer).await
+        {
+            tracing::warn!(%peer, err = format!("{err:#}"), "taking a newer desired state from a peer at start");
         }
     }
 
@@ -688,6 +726,11 @@ pub async fn run(
                         channels.remove(host);
                     }
                 }
+                if let Some(peer) = cluster.shared.wanted()
+                    && let Err(err) = cluster.fetch_state(&peer).await
+                {
+                    tracing::warn!(%peer, err = format!("{err:#}"), "taking a newer desired state from a peer");
+                }
                 if let Err(err) = cluster.decide(&state.1).await {
                     tracing::warn!(err = format!("{err:#}"), "deciding about lost hosts");
                 }
@@ -771,11 +814,21 @@ impl SiteCluster for Service {
             .await
     }
 
+    async fn state(&self, request: Request<StateRequest>) -> Result<Response<SignedState>, Status> {
+        self.peer(&request)?;
+        self.cluster
+            .shared
+            .offer()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("this host holds no signed state"))
+    }
+
     async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
         let host = self.peer(&request)?;
         let ping = request.into_inner();
         let theirs = read_ledger(&ping.ledger).map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
         self.cluster.heard_from(&host, ping.uplink);
+        self.cluster.shared.peer_holds(&host, ping.revision);
         self.cluster
             .adopt(theirs)
             .await
@@ -785,6 +838,7 @@ impl SiteCluster for Service {
         Ok(Response::new(ClusterPing {
             ledger: ours,
             uplink: self.cluster.has_uplink(),
+            revision: self.cluster.shared.revision(),
         }))
     }
 }

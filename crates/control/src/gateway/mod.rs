@@ -296,6 +296,10 @@ impl AgentGateway for Gateway {
             let mut manifest = codec::full_manifest(revision as u64, &state).map_err(internal)?;
             let wanted = codec::secrets_to_send(None, &state);
             manifest.secrets = self.secrets.seal(&public_key, &wanted).await.map_err(internal)?;
+            (manifest.head, manifest.head_signature) = self
+                .pki
+                .sign_state(&site, revision as u64, &state)
+                .map_err(internal)?;
             Some(manifest)
         } else {
             None
@@ -338,6 +342,7 @@ impl AgentGateway for Gateway {
             serial,
             public_key,
             secrets: self.secrets.clone(),
+            pki: self.pki.clone(),
             revocations: self.revocations.clone(),
             sender,
             shutdown: self.shutdown.clone(),

@@ -53,6 +53,8 @@ pub(super) struct Session {
     /// The host's public key (from its certificate): secrets are sealed to it.
     pub(super) public_key: Vec<u8>,
     pub(super) secrets: Arc<crate::secrets::Secrets>,
+    /// Signs the head of each state sent (`outpost_proto::head`).
+    pub(super) pki: Arc<crate::pki::Pki>,
     pub(super) revocations: Arc<Revocations>,
     pub(super) sender: mpsc::Sender<Result<ControlMessage, Status>>,
     pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
@@ -112,6 +114,8 @@ pub(super) enum SessionEnd {
     Encode(#[from] codec::CodecError),
     #[error("the site's secrets could not be sealed")]
     Secrets(#[from] crate::secrets::SecretError),
+    #[error("the state's head could not be signed: {0:#}")]
+    Sign(anyhow::Error),
 }
 
 impl Session {
@@ -383,6 +387,10 @@ impl Session {
         }?;
         let wanted = codec::secrets_to_send(sent.as_ref().map(|(_, previous)| previous), &state);
         manifest.secrets = self.secrets.seal(&self.public_key, &wanted).await?;
+        (manifest.head, manifest.head_signature) = self
+            .pki
+            .sign_state(&self.site, revision as u64, &state)
+            .map_err(SessionEnd::Sign)?;
         tracing::debug!(site = %self.site, host = %self.host, revision, full = manifest.full, "sending desired state");
         self.send(control_message::Body::Manifest(manifest)).await?;
         *sent = Some((revision, state));

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::common::lab::Lab;
+use crate::common::link::Link;
 use crate::common::{Agent, ControlPlane, docker, eventually, free_address, unique_site};
 
 /// A site of `group = SITE` with `hostLossAfter: 5s`, and an application
@@ -380,4 +381,67 @@ fn a_host_that_returns_while_its_work_runs_elsewhere_stops_its_copy_with_one_res
     // h1's first copy, the moved one, h1's copy after the move back: one
     // start per placement, no more.
     assert_eq!(copies.len(), 3, "{copies:?}");
+}
+
+/// The `GREETING` in the environment of the container `name`.
+fn greeting(name: &str) -> String {
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{ range .Config.Env }}{{ println . }}{{ end }}",
+        name,
+    ]);
+    env.lines()
+        .find_map(|line| line.strip_prefix("GREETING="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_host_whose_uplink_is_down_takes_its_sites_new_desired_state_from_its_peer() {
+    let control = ControlPlane::start();
+    let site = unique_site("relay");
+    // A site variable in the env: changing it changes what the hosts run
+    // without a rollout (no new version to stage first).
+    let shop = |greeting: &str| {
+        site_running(&site, "shop", &sleeper("web", None, 3600))
+            .replace(
+                "spec: { hostLossAfter: 5s }",
+                &format!("spec: {{ hostLossAfter: 5s, variables: {{ greeting: {greeting} }} }}"),
+            )
+            .replace(
+                "services:\n    - name: web\n",
+                "services:\n    - name: web\n      replicas: 2\n",
+            )
+            .replace(
+                "command: [sleep, \"3600\"] }",
+                "command: [sleep, \"3600\"], env: { GREETING: \"${site.greeting}\" } }",
+            )
+    };
+    control.apply(&shop("hello")).success();
+    let h1 = Agent::enroll_with(&control, &site, "h1", &["--site-listen", &free_address()]);
+    let link = Link::to(&control.agent_url);
+    let h2 = Agent::enroll_through(
+        &control,
+        &site,
+        "h2",
+        &link.url,
+        &["--site-listen", &free_address()],
+    );
+    let web_on_h2 = format!("outpost.{site}.shop-web-1.web");
+    eventually(Duration::from_secs(60), "web-1 on h2 greeting hello", || {
+        (on_host(&site, "h2") == [web_on_h2.clone()] && greeting(&web_on_h2) == "hello").then_some(())
+    });
+
+    // h2's uplink goes; the new state reaches h1 only, and h2 from h1.
+    link.cut();
+    control.apply(&shop("bye")).success();
+    eventually(Duration::from_secs(60), "web-1 on h2 greeting bye", || {
+        (greeting(&web_on_h2) == "bye").then_some(())
+    });
+    assert!(h2.logged("took a newer desired state from a peer"));
+    assert!(
+        !h1.logged("took a newer desired state from a peer"),
+        "h1 had it first"
+    );
 }
