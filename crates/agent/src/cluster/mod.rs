@@ -233,7 +233,8 @@ impl Cluster {
     }
 
     /// A connection to the site's host `host`, at the address the control
-    /// plane gave.
+    /// plane gave, within `PING_TIMEOUT` (a host that is gone may drop the
+    /// attempt unanswered).
     async fn connect(&self, host: &str) -> Result<Channel> {
         let address = self
             .addresses
@@ -242,7 +243,12 @@ impl Cluster {
             .cloned()
             .with_context(|| format!("no address for host {host}"))?;
         let tls = self.tls.client(&self.site, host)?;
-        crate::tls::peer_channel(&format!("https://{address}"), host, tls).await
+        tokio::time::timeout(
+            PING_TIMEOUT,
+            crate::tls::peer_channel(&format!("https://{address}"), host, tls),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection to {host} within {PING_TIMEOUT:?}"))?
     }
 
     /// Makes `next` the site's ledger: through Raft at a site of three or
@@ -252,11 +258,8 @@ impl Cluster {
             self.adopt(next).await?;
             return Ok(());
         }
-        match self.raft.get() {
-            Some(raft) if raft::role(raft) == Some("leader") => {
-                raft.client_write(next).await?;
-            }
-            _ => {}
+        if let Some(raft) = self.raft.get().filter(|raft| raft::leads(raft)) {
+            raft.client_write(next).await?;
         }
         Ok(())
     }
@@ -336,29 +339,30 @@ impl Cluster {
         if hosts.len() < 2 || !hosts.contains_key(&self.host) {
             return Ok(());
         }
-        let group = hosts.len() >= 3;
-        if group {
-            let Some(raft) = self.raft.get() else {
-                return Ok(());
-            };
-            let names: BTreeSet<String> = hosts.keys().cloned().collect();
-            raft::govern(raft, &self.host, &names).await?;
-            if raft::role(raft) != Some("leader") {
-                return Ok(());
+        // At three hosts or more, only the Raft leader decides.
+        let group = match self.raft.get() {
+            Some(raft) if hosts.len() >= 3 => {
+                let names: BTreeSet<String> = hosts.keys().cloned().collect();
+                raft::govern(raft, &self.host, &names).await?;
+                if !raft::leads(raft) {
+                    return Ok(());
+                }
+                Some(raft)
             }
-        }
+            None if hosts.len() >= 3 => return Ok(()),
+            _ => None,
+        };
         let others: Vec<String> = hosts.keys().filter(|h| **h != self.host).cloned().collect();
         let after = received.host_loss_after();
         let lost = self.unheard(&others, after);
-        if group {
+        if let Some(raft) = group {
             if lost.is_empty() && self.back.lock().is_empty() {
                 return Ok(());
             }
             // A new leader decides from every committed decision.
-            if let Some(raft) = self.raft.get() {
-                raft.ensure_linearizable().await?;
-            }
+            raft.ensure_linearizable().await?;
         }
+        let group = group.is_some();
         self.hand_back(&lost, after).await?;
         let current = self.ledger();
         let mut effective = received.clone();
@@ -448,29 +452,38 @@ impl Cluster {
     ) -> Result<()> {
         let stale = channels.get(host).is_none_or(|(at, _)| at != address);
         if stale {
-            // A host that is gone may drop the connection attempt unanswered.
-            let channel = tokio::time::timeout(PING_TIMEOUT, self.connect(host))
-                .await
-                .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
+            let channel = self.connect(host).await?;
             channels.insert(host.to_string(), (address.to_string(), channel));
         }
         let channel = channels[host].1.clone();
-        let ours = serde_json::to_vec(&self.ledger())?;
         let reply = tokio::time::timeout(
             PING_TIMEOUT,
-            SiteClusterClient::new(channel).ping(ClusterPing {
-                ledger: ours,
-                uplink: self.has_uplink(),
-                revision: self.shared.revision(),
-            }),
+            SiteClusterClient::new(channel).ping(self.ping_message()?),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {PING_TIMEOUT:?}"))?
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();
-        self.heard_from(host, reply.uplink);
-        self.shared.peer_holds(host, reply.revision);
-        self.adopt(read_ledger(&reply.ledger)?).await?;
+        let theirs = read_ledger(&reply.ledger)?;
+        self.pinged_by(host, &reply, theirs).await
+    }
+
+    /// What this host says in a ping or its answer: its ledger, whether it
+    /// has an uplink, and the revision of the signed state it holds.
+    fn ping_message(&self) -> Result<ClusterPing> {
+        Ok(ClusterPing {
+            ledger: serde_json::to_vec(&self.ledger())?,
+            uplink: self.has_uplink(),
+            revision: self.shared.revision(),
+        })
+    }
+
+    /// What `host` said in a ping or its answer (its ledger read): it
+    /// lives, and its ledger is taken if newer.
+    async fn pinged_by(&self, host: &str, ping: &ClusterPing, theirs: Ledger) -> Result<()> {
+        self.heard_from(host, ping.uplink);
+        self.shared.peer_holds(host, ping.revision);
+        self.adopt(theirs).await?;
         Ok(())
     }
 }
@@ -478,9 +491,7 @@ impl Cluster {
 impl Cluster {
     /// Asks `host`, which said it holds a newer desired state, for it.
     async fn fetch_state(&self, host: &str) -> Result<()> {
-        let channel = tokio::time::timeout(PING_TIMEOUT, self.connect(host))
-            .await
-            .map_err(|_| anyhow::anyhow!("no connection within {PING_TIMEOUT:?}"))??;
+        let channel = self.connect(host).await?;
         let offered = tokio::time::timeout(
             STATE_TIMEOUT,
             SiteClusterClient::new(channel)
@@ -726,21 +737,17 @@ impl SiteCluster for Service {
 
     async fn ping(&self, request: Request<ClusterPing>) -> Result<Response<ClusterPing>, Status> {
         let host = self.peer(&request)?;
-        let ping = request.into_inner();
-        let theirs = read_ledger(&ping.ledger).map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
-        self.cluster.heard_from(&host, ping.uplink);
-        self.cluster.shared.peer_holds(&host, ping.revision);
+        let theirs = read_ledger(&request.get_ref().ledger)
+            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
         self.cluster
-            .adopt(theirs)
+            .pinged_by(&host, request.get_ref(), theirs)
             .await
             .map_err(|err| Status::unavailable(format!("{err:#}")))?;
-        let ours =
-            serde_json::to_vec(&self.cluster.ledger()).map_err(|err| Status::internal(err.to_string()))?;
-        Ok(Response::new(ClusterPing {
-            ledger: ours,
-            uplink: self.cluster.has_uplink(),
-            revision: self.cluster.shared.revision(),
-        }))
+        let ours = self
+            .cluster
+            .ping_message()
+            .map_err(|err| Status::internal(err.to_string()))?;
+        Ok(Response::new(ours))
     }
 }
 

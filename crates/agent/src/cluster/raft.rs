@@ -77,6 +77,11 @@ pub fn voters(hosts: &BTreeSet<String>, current: &BTreeSet<String>) -> BTreeSet<
     kept.chain(others).take(wanted).cloned().collect()
 }
 
+/// Whether this host leads the group.
+pub fn leads(raft: &Raft) -> bool {
+    raft.metrics().borrow().state == ServerState::Leader
+}
+
 /// This host's place in the group, as `get hosts` shows it.
 pub fn role(raft: &Raft) -> Option<&'static str> {
     let metrics = raft.metrics().borrow().clone();
@@ -150,7 +155,7 @@ pub async fn govern(raft: &Raft, me: &str, hosts: &BTreeSet<String>) -> Result<(
         }
         return Ok(());
     }
-    if metrics.state != ServerState::Leader {
+    if !leads(raft) {
         return Ok(());
     }
     let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
