@@ -211,9 +211,58 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
     pub containers: Vec<Container>,
+    /// Services of other applications this service may reach, by the name
+    /// `SERVICE.APPLICATION` (its own application's services it reaches by
+    /// `SERVICE`, and nothing else).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Egress>,
+    /// Served on a port of the site's hosts, forwarded to wherever the
+    /// service runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
+}
+
+/// A service of another application, which a service may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Egress {
+    pub application: Name,
+    pub service: Name,
+}
+
+/// A port every chosen host of a site serves a service on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ingress {
+    /// The port the hosts listen on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// The name clients ask for: the TLS server name, or the HTTP `Host`.
+    /// Services that share a port are told apart by it; without it the
+    /// port is the service's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The service's port connections go to (default: its first TCP port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub target_port: Option<u32>,
+    /// Which hosts serve it (default: every host of the site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Selector>,
 }
 
 impl Service {
+    /// The TCP ports its containers declare, in order, each once.
+    pub fn tcp_ports(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut seen = std::collections::BTreeSet::new();
+        self.containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.container)
+            .filter(move |port| seen.insert(*port))
+    }
+
     /// The failover the service asked for, or its default.
     pub fn failover(&self) -> Failover {
         self.failover.unwrap_or_else(|| {
@@ -668,6 +717,11 @@ fn check_http_path(s: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Whether `s` is a DNS name: labels joined by dots, 253 bytes at most.
+pub fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|label| check_dns_label(label).is_ok())
 }
 
 pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::diagnostic::{Diagnostic, Diagnostics, Path};
 use crate::limits::{self, DurationRange};
 use crate::manifest::{
-    Application, Container, Deployment, EnvValue, Failover, Health, Kind, Manifest, Metadata, ServiceMode,
-    Site,
+    Application, Container, Deployment, Egress, EnvValue, Failover, Health, Ingress, Kind, Manifest,
+    Metadata, Service, ServiceMode, Site,
 };
 use crate::schema;
 use crate::stream::Topic;
@@ -291,6 +291,7 @@ impl Checker<'_> {
         }
         let mut service_names: HashMap<&str, usize> = HashMap::new();
         let mut host_ports: HashMap<(u32, bool), String> = HashMap::new();
+        let mut ingress_ports: HashMap<(u32, Option<&str>), String> = HashMap::new();
         for (i, service) in app.spec.services.iter().enumerate() {
             let path = services.index(i);
             if let Some(first) = service_names.insert(service.name.as_str(), i) {
@@ -319,6 +320,10 @@ impl Checker<'_> {
                     ),
                 );
             }
+            self.egress(app, service, &path.field("egress"));
+            if let Some(ingress) = &service.ingress {
+                self.ingress(service, ingress, &path.field("ingress"), &mut ingress_ports);
+            }
             let containers = path.field("containers");
             if service.containers.is_empty() {
                 self.error(&containers, "a service needs at least one container");
@@ -339,6 +344,71 @@ impl Checker<'_> {
             }
         }
         self.streams(&app.spec.streams, &spec.field("streams"));
+    }
+
+    fn egress(&mut self, app: &Application, service: &Service, path: &Path) {
+        let mut seen: HashMap<&Egress, usize> = HashMap::new();
+        for (k, egress) in service.egress.iter().enumerate() {
+            let path = path.index(k);
+            if egress.application.as_str() == app.metadata.name.as_str() {
+                self.error(
+                    &path.field("application"),
+                    format!(
+                        "{:?} is this service's own application: its services are reached by name without egress",
+                        egress.application.as_str()
+                    ),
+                );
+            } else if let Some(first) = seen.insert(egress, k) {
+                self.error(&path, format!("the same service as egress[{first}]"));
+            }
+        }
+    }
+
+    fn ingress<'a>(
+        &mut self,
+        service: &Service,
+        ingress: &'a Ingress,
+        path: &Path,
+        ports: &mut HashMap<(u32, Option<&'a str>), String>,
+    ) {
+        if let Some(host) = &ingress.host
+            && !crate::manifest::is_dns_name(host)
+        {
+            self.error(
+                &path.field("host"),
+                format!("{host:?} is not a host name (DNS labels joined by dots)"),
+            );
+        }
+        let tcp: Vec<u32> = service.tcp_ports().collect();
+        match ingress.target_port {
+            Some(target) if !tcp.contains(&target) => self.error(
+                &path.field("targetPort"),
+                format!(
+                    "{target} is not a TCP port of the service's containers (they declare {})",
+                    listed(&tcp)
+                ),
+            ),
+            None if tcp.is_empty() => self.error(
+                path,
+                "the service's containers declare no TCP port to forward to (add ports: [ { container: PORT } ])",
+            ),
+            _ => {}
+        }
+        let key = (ingress.port, ingress.host.as_deref());
+        let taken = ports
+            .iter()
+            .find(|((port, host), _)| *port == key.0 && (host.is_none() || key.1.is_none() || *host == key.1));
+        if let Some((_, other)) = taken {
+            self.error(
+                &path.field("port"),
+                format!(
+                    "ingress port {} is already served by {other}; services share a port only with different hosts",
+                    ingress.port
+                ),
+            );
+        } else {
+            ports.insert(key, path.to_string());
+        }
     }
 
     fn streams(&mut self, topics: &[Topic], path: &Path) {
@@ -538,6 +608,18 @@ impl Checker<'_> {
                 _ => {}
             }
         }
+    }
+}
+
+/// `1, 2 and 3`, or `none`.
+fn listed(ports: &[u32]) -> String {
+    match ports {
+        [] => "none".to_string(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!(
+            "{} and {last}",
+            rest.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{ApplicationSpec, Container, Deployment, EnvValue, Failover, ServiceMode, Site};
+use crate::manifest::{
+    ApplicationSpec, Container, Deployment, Egress, EnvValue, Failover, Ingress, ServiceMode, Site,
+};
 use crate::secret::SecretPolicy;
 use crate::selector::Selector;
 use crate::validate::site_references;
@@ -52,6 +54,13 @@ pub struct Workload {
     /// service's `failover`, or its default). Not part of the spec hash.
     #[serde(default, skip_serializing_if = "is_move")]
     pub failover: Failover,
+    /// The services of other applications its containers may reach (the
+    /// service's `egress`). Part of the version, so not of the spec hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Egress>,
+    /// The port the site's hosts serve it on (the service's `ingress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
 }
 
 fn is_move(failover: &Failover) -> bool {
@@ -275,6 +284,8 @@ pub fn compile_site<'a>(
                         digests: BTreeMap::new(),
                         streams: spec.streams.clone(),
                         time_zone: time_zone.clone(),
+                        egress: service.egress,
+                        ingress: service.ingress,
                     });
                 }
             }

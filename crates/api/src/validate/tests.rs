@@ -500,3 +500,38 @@ fn stream_topics_name_what_is_wrong() {
             app.yaml:16:77: spec.streams[3].window: an urgent topic is never held back: drop the window or lower the priority"#]],
     );
 }
+
+#[test]
+fn egress_and_ingress_are_checked() {
+    let web = "    - name: web\n      containers: [ { name: a, image: x, ports: [ { container: 8080 } ] } ]\n";
+    check(
+        &app(&format!(
+            "{web}      ingress: {{ port: 443, host: pos.local }}\n      egress: [ {{ application: prices, service: api }} ]\n"
+        )),
+        expect!["ok"],
+    );
+    check(
+        &app(&format!(
+            "{web}      ingress: {{ port: 70000, host: Pos_Local, targetPort: 9090 }}\n      egress: [ {{ application: shop, service: db }}, {{ application: b, service: c }}, {{ application: b, service: c }} ]\n"
+        )),
+        expect!["app.yaml:10:24: spec.services[0].ingress.port: 70000 is out of range (1 to 65535)"],
+    );
+    check(
+        &app(&format!(
+            "{web}      ingress: {{ port: 443, host: Pos_Local, targetPort: 9090 }}\n      egress: [ {{ application: pos, service: db }}, {{ application: b, service: c }}, {{ application: b, service: c }} ]\n"
+        )),
+        expect![[r#"
+            app.yaml:10:35: spec.services[0].ingress.host: "Pos_Local" is not a host name (DNS labels joined by dots)
+            app.yaml:10:58: spec.services[0].ingress.targetPort: 9090 is not a TCP port of the service's containers (they declare 8080)
+            app.yaml:11:32: spec.services[0].egress[0].application: "pos" is this service's own application: its services are reached by name without egress
+            app.yaml:11:84: spec.services[0].egress[2]: the same service as egress[1]"#]],
+    );
+    check(
+        &app(
+            "    - name: web\n      ingress: { port: 80 }\n      containers: [ { name: a, image: x } ]\n    - name: api\n      ingress: { port: 80, host: api.local }\n      containers: [ { name: a, image: x, ports: [ { container: 9000 } ] } ]\n",
+        ),
+        expect![[r#"
+            app.yaml:9:16: spec.services[0].ingress: the service's containers declare no TCP port to forward to (add ports: [ { container: PORT } ])
+            app.yaml:12:24: spec.services[1].ingress.port: ingress port 80 is already served by spec.services[0].ingress; services share a port only with different hosts"#]],
+    );
+}

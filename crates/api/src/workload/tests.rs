@@ -111,6 +111,8 @@ fn instances_go_to_matching_hosts() {
         streams: Vec::new(),
         time_zone: None,
         failover: Failover::Move,
+        egress: Vec::new(),
+        ingress: None,
     };
     let mut state = SiteState {
         workloads: vec![
@@ -184,6 +186,8 @@ fn placement_fits_resources_and_says_why_not() {
             streams: Vec::new(),
             time_zone: None,
             failover: Failover::Move,
+            egress: Vec::new(),
+            ingress: None,
         }
     };
     let mut state = SiteState {
@@ -263,6 +267,8 @@ fn spec_hash_follows_the_containers() {
             streams: Vec::new(),
             time_zone: None,
             failover: Failover::Move,
+            egress: Vec::new(),
+            ingress: None,
         }
     };
     assert_eq!(workload("x").spec_hash(), workload("x").spec_hash());
@@ -392,6 +398,8 @@ fn a_lost_hosts_instances_move_to_survivors_that_fit_and_stay_services_do_not() 
             streams: Vec::new(),
             time_zone: None,
             failover,
+            egress: Vec::new(),
+            ingress: None,
         }
     };
     let state = SiteState {
