@@ -14,6 +14,7 @@ pub mod import;
 pub mod journal;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod outbox;
 pub mod peers;
 pub mod plan;
@@ -207,6 +208,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
         RuntimeKind::Process => Arc::new(runtime::Processes::new(config.data_dir.join("logs"))?),
     };
+    // The site network: with peers to carry connections to.
+    let network = config.site.as_ref().map(|_| {
+        let relays = network::relay::Relays::new(&identity.site, credentials.peer_tls.clone(), desired.clone());
+        network::Network::new(&identity.host, runtime.clone(), desired.clone(), relays)
+    });
+    let networking = network
+        .clone()
+        .map(|network| tokio::spawn(network.run(shutdown.clone())));
     let serving_peers = match &config.site {
         Some(listening) => {
             let listener = peers::bind(listening).await?;
@@ -216,7 +225,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
                 (identity.site.clone(), identity.host.clone()),
                 runtime.clone(),
                 received.clone(),
-                cluster.clone(),
+                (cluster.clone(), network.clone()),
                 shutdown.clone(),
             )))
         }
@@ -290,6 +299,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         secrets,
     )
     .with_image_cache(cache);
+    let reconciler = match (&network, config.runtime) {
+        (Some(_), RuntimeKind::Docker) => reconciler.with_site_network(),
+        _ => reconciler,
+    };
     let reconciler = match &endpoint {
         Some((endpoint, _)) => reconciler.with_streams(endpoint.clone()),
         None => reconciler,
@@ -328,6 +341,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let _ = staging.await;
     let _ = importing.await;
     let _ = configuring.await;
+    if let Some(networking) = networking {
+        let _ = networking.await;
+    }
     if let Some((_, serving)) = endpoint {
         let _ = serving.await;
     }

@@ -391,10 +391,14 @@ pub async fn serve(
     (site, host): (String, String),
     runtime: Arc<dyn Runtime>,
     desired: watch::Receiver<(u64, SiteState)>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    (cluster, network): (
+        Option<Arc<crate::cluster::Cluster>>,
+        Option<Arc<crate::network::Network>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let cluster = cluster.map(|c| crate::cluster::service(c, desired.clone()));
+    let network = network.map(|n| crate::network::relay::service(&site, n));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server()?);
     tracing::info!(listen = %listening.listen, address = %listening.address, "serving the site's other hosts");
     let (sender, connections) = tokio::sync::mpsc::channel(16);
@@ -436,6 +440,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(SitePeerServer::new(service))
         .add_optional_service(cluster)
+        .add_optional_service(network)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(connections),
             async move {

@@ -29,6 +29,9 @@ pub struct DesiredContainer {
     pub secrets: BTreeMap<String, u64>,
     /// Its secrets, opened: filled just before it is created.
     pub prepared: Prepared,
+    /// The site network's names it may use, and their addresses (its
+    /// `/etc/hosts`); none without a site network.
+    pub names: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 /// One container the runtime has that carries this agent's labels.
@@ -84,12 +87,27 @@ pub fn next_name(name: &str) -> String {
 }
 
 /// The containers `host` of `site` must run, from the site's desired state.
-pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<DesiredContainer> {
+/// The containers `host` runs. With the site network (`network`), each
+/// gets the names it may use (`crate::network::names`), which are part of
+/// its spec: turning the network on replaces the containers.
+pub fn desired_for_host(state: &SiteState, site: &str, host: &str, network: bool) -> Vec<DesiredContainer> {
     let mut out = Vec::new();
     for workload in &state.workloads {
         let instance_hash = workload.spec_hash();
+        let names: Vec<(String, std::net::Ipv4Addr)> = if network {
+            crate::network::names(state, workload)
+                .into_iter()
+                .map(|n| (n.name, n.address))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for instance in workload.instances.iter().filter(|i| i.host == host) {
             for container in &workload.containers {
+                let mut spec_hash = workload.container_hash(container);
+                if network {
+                    spec_hash.push_str("-n");
+                }
                 out.push(DesiredContainer {
                     name: format!("outpost.{site}.{}.{}", instance.name, container.name),
                     instance: instance.name.clone(),
@@ -97,11 +115,12 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str) -> Vec<Desire
                     service: workload.service.clone(),
                     deployment: workload.deployment.clone(),
                     version: workload.version.clone(),
-                    spec_hash: workload.container_hash(container),
+                    spec_hash,
                     instance_hash: instance_hash.clone(),
                     container: pinned(container, &workload.digests),
                     secrets: workload.secrets.clone(),
                     prepared: Prepared::default(),
+                    names: names.clone(),
                 });
             }
         }

@@ -85,6 +85,8 @@ pub struct Reconciler {
     /// The application streams endpoint, whose address and tokens go into
     /// new containers' environment.
     streams: Option<Arc<crate::streams::endpoint::Endpoint>>,
+    /// Whether containers get the site network's names.
+    site_network: bool,
 }
 
 impl Reconciler {
@@ -114,6 +116,7 @@ impl Reconciler {
             digests: HashMap::new(),
             images: None,
             streams: None,
+            site_network: false,
             images_seen: None,
         }
     }
@@ -129,6 +132,12 @@ impl Reconciler {
     /// endpoint's address and a token of its own.
     pub fn with_streams(mut self, endpoint: Arc<crate::streams::endpoint::Endpoint>) -> Reconciler {
         self.streams = Some(endpoint);
+        self
+    }
+
+    /// Gives each new container the site network's names (`crate::network`).
+    pub fn with_site_network(mut self) -> Reconciler {
+        self.site_network = true;
         self
     }
 
@@ -167,7 +176,7 @@ impl Reconciler {
     /// One pass: observe, plan, act, report.
     pub async fn reconcile(&mut self) {
         let (revision, state) = self.desired.borrow_and_update().clone();
-        let desired = desired_for_host(&state, &self.site, &self.host);
+        let desired = desired_for_host(&state, &self.site, &self.host, self.site_network);
         let (observed, networks) = match (self.runtime.observe().await, self.runtime.networks().await) {
             (Ok(observed), Ok(networks)) => (observed, networks),
             (Err(err), _) | (_, Err(err)) => {

@@ -247,6 +247,7 @@ mod tests {
                 .unwrap(),
             secrets: Default::default(),
             prepared: Default::default(),
+            names: Vec::new(),
         })
     }
 

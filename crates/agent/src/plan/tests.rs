@@ -15,6 +15,7 @@ fn desired(name: &str, app: &str, hash: &str) -> DesiredContainer {
         container: serde_json::from_value(serde_json::json!({ "name": "web", "image": "busybox" })).unwrap(),
         secrets: Default::default(),
         prepared: Default::default(),
+        names: Vec::new(),
     }
 }
 
@@ -140,12 +141,12 @@ fn only_this_hosts_instances_are_desired() {
         }]
     }))
     .unwrap();
-    let names: Vec<String> = desired_for_host(&state, "s", "h2")
+    let names: Vec<String> = desired_for_host(&state, "s", "h2", false)
         .into_iter()
         .map(|d| d.name)
         .collect();
     assert_eq!(names, ["outpost.s.a-web-1.web", "outpost.s.a-web-1.side"]);
-    assert!(desired_for_host(&state, "s", "h3").is_empty());
+    assert!(desired_for_host(&state, "s", "h3", false).is_empty());
 }
 
 #[test]

@@ -192,7 +192,15 @@ impl Docker {
             exposed_ports: (!container.ports.is_empty())
                 .then(|| container.ports.iter().map(port_key).collect()),
             labels: Some(container_labels),
-            host_config: Some(host_config),
+            host_config: Some(HostConfig {
+                extra_hosts: (!want.names.is_empty()).then(|| {
+                    want.names
+                        .iter()
+                        .map(|(name, address)| format!("{name}:{address}"))
+                        .collect()
+                }),
+                ..host_config
+            }),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     network,
@@ -577,6 +585,31 @@ impl Runtime for Docker {
             (None, Some(tcp)) => tcp.port,
             (None, None) => return Ok(()),
         };
+        let ip = self.address(container_id, application).await?;
+        let address = format!("{ip}:{port}");
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        let Some(http) = &health.http else {
+            return Ok(());
+        };
+        super::http_get(&mut stream, &ip.to_string(), http.path.as_str()).await
+    }
+
+    async fn namespace(&self, container_id: &str) -> Result<Option<u32>> {
+        let inspected = self
+            .client
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .context("inspecting the container")?;
+        let pid = inspected.state.and_then(|s| s.pid).filter(|pid| *pid > 0);
+        Ok(pid.map(|pid| pid as u32))
+    }
+
+    async fn address(&self, container_id: &str, application: &str) -> Result<std::net::IpAddr> {
         let inspected = self
             .client
             .inspect_container(
@@ -593,14 +626,8 @@ impl Runtime for Docker {
             .and_then(|endpoint| endpoint.ip_address)
             .filter(|ip| !ip.is_empty())
             .context("the container has no address on its network")?;
-        let address = format!("{ip}:{port}");
-        let mut stream = tokio::net::TcpStream::connect(&address)
-            .await
-            .with_context(|| format!("connecting to {address}"))?;
-        let Some(http) = &health.http else {
-            return Ok(());
-        };
-        super::http_get(&mut stream, &ip, http.path.as_str()).await
+        ip.parse()
+            .with_context(|| format!("the container's address {ip:?} is not an IP address"))
     }
 
     fn changes(&self) -> mpsc::Receiver<()> {

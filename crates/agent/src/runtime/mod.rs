@@ -75,6 +75,19 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The process whose network namespace a running container has
+    /// (`/proc/PID/ns/net`); `None`: it shares the host's.
+    async fn namespace(&self, container_id: &str) -> Result<Option<u32>> {
+        let _ = container_id;
+        Ok(None)
+    }
+
+    /// Where this host reaches a running container of `application`.
+    async fn address(&self, container_id: &str, application: &str) -> Result<std::net::IpAddr> {
+        let _ = (container_id, application);
+        Ok(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
     /// The address containers reach their host at (the gateway of the
     /// engine's default bridge); `None`: they run on the host itself.
     async fn bridge_address(&self) -> Result<Option<std::net::IpAddr>> {
