@@ -210,7 +210,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     };
     // The site network: with peers to carry connections to.
     let network = config.site.as_ref().map(|_| {
-        let relays = network::relay::Relays::new(&identity.site, credentials.peer_tls.clone(), desired.clone());
+        let relays =
+            network::relay::Relays::new(&identity.site, credentials.peer_tls.clone(), desired.clone());
         network::Network::new(&identity.host, runtime.clone(), desired.clone(), relays)
     });
     let networking = network

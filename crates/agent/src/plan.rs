@@ -95,7 +95,7 @@ pub fn desired_for_host(state: &SiteState, site: &str, host: &str, network: bool
     for workload in &state.workloads {
         let instance_hash = workload.spec_hash();
         let names: Vec<(String, std::net::Ipv4Addr)> = if network {
-            crate::network::names(state, workload)
+            crate::network::names(workload)
                 .into_iter()
                 .map(|n| (n.name, n.address))
                 .collect()

@@ -395,9 +395,9 @@ impl Checker<'_> {
             _ => {}
         }
         let key = (ingress.port, ingress.host.as_deref());
-        let taken = ports
-            .iter()
-            .find(|((port, host), _)| *port == key.0 && (host.is_none() || key.1.is_none() || *host == key.1));
+        let taken = ports.iter().find(|((port, host), _)| {
+            *port == key.0 && (host.is_none() || key.1.is_none() || *host == key.1)
+        });
         if let Some((_, other)) = taken {
             self.error(
                 &path.field("port"),

@@ -58,6 +58,10 @@ pub struct Workload {
     /// service's `egress`). Part of the version, so not of the spec hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<Egress>,
+    /// Every service of its application, which its containers reach by
+    /// name wherever they run. Part of the version, so not of the spec hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub siblings: Vec<String>,
     /// The port the site's hosts serve it on (the service's `ingress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Ingress>,
@@ -257,6 +261,7 @@ pub fn compile_site<'a>(
                 taken.insert(application.to_string(), deployment.metadata.name.to_string());
                 let windowed = spec.streams.iter().any(|t| t.window.is_some());
                 let time_zone = if windowed { site_time_zone(site) } else { None };
+                let siblings: Vec<String> = spec.services.iter().map(|s| s.name.to_string()).collect();
                 for service in spec.services {
                     let secrets = versions
                         .iter()
@@ -285,6 +290,7 @@ pub fn compile_site<'a>(
                         streams: spec.streams.clone(),
                         time_zone: time_zone.clone(),
                         egress: service.egress,
+                        siblings: siblings.clone(),
                         ingress: service.ingress,
                     });
                 }

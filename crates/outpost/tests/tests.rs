@@ -16,6 +16,8 @@ mod cluster;
 mod hardening;
 #[path = "suite/images.rs"]
 mod images;
+#[path = "suite/network.rs"]
+mod network;
 #[path = "suite/partition.rs"]
 mod partition;
 #[path = "suite/queue.rs"]

@@ -207,7 +207,11 @@ fn name_in(bytes: &[u8]) -> Named {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("host"))
             .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(|host| host.rsplit_once(':').map_or(host, |(name, _)| name).to_ascii_lowercase())
+            .map(|host| {
+                host.rsplit_once(':')
+                    .map_or(host, |(name, _)| name)
+                    .to_ascii_lowercase()
+            })
             .map_or(Named::No, Named::Yes),
         Ok(httparse::Status::Partial) => Named::NeedMore,
         Err(_) => Named::No,

@@ -72,15 +72,15 @@ pub struct Name {
 }
 
 /// The names a container of `workload` may use: its application's
-/// services (by name) and its egress (`SERVICE.APPLICATION`). A name whose
+/// services (by name, as the version lists them, so that a container's
+/// names do not depend on what else the site runs yet) and its egress (`SERVICE.APPLICATION`). A name whose
 /// address another took (a hash collision: about one in 30 million per
 /// pair) is left out, with a warning.
-pub fn names(state: &SiteState, workload: &Workload) -> Vec<Name> {
-    let own = state
-        .workloads
+pub fn names(workload: &Workload) -> Vec<Name> {
+    let own = workload
+        .siblings
         .iter()
-        .filter(|w| w.application == workload.application)
-        .map(|w| (w.service.clone(), w.application.clone(), w.service.clone()));
+        .map(|service| (service.clone(), workload.application.clone(), service.clone()));
     let egress = workload.egress.iter().map(|e| {
         (
             format!("{}.{}", e.service.as_str(), e.application.as_str()),
@@ -104,10 +104,7 @@ pub fn names(state: &SiteState, workload: &Workload) -> Vec<Name> {
         out.push(Name {
             name,
             address,
-            target: Target {
-                application,
-                service,
-            },
+            target: Target { application, service },
         });
     }
     out
@@ -201,8 +198,14 @@ impl Network {
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
                 Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(err)) => last = Some(anyhow::Error::new(err).context(format!("connecting to {address}"))),
-                Err(_) => last = Some(anyhow::anyhow!("{address} did not answer within {CONNECT_TIMEOUT:?}")),
+                Ok(Err(err)) => {
+                    last = Some(anyhow::Error::new(err).context(format!("connecting to {address}")))
+                }
+                Err(_) => {
+                    last = Some(anyhow::anyhow!(
+                        "{address} did not answer within {CONNECT_TIMEOUT:?}"
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| {
@@ -290,7 +293,11 @@ impl Network {
     /// use; stops listening for containers that are gone.
     async fn refresh(self: &Arc<Self>, observed: &[Observed], served: &mut HashMap<String, Served>) {
         let state = self.desired.borrow().1.clone();
-        let running: BTreeSet<&str> = observed.iter().filter(|o| o.running).map(|o| o.id.as_str()).collect();
+        let running: BTreeSet<&str> = observed
+            .iter()
+            .filter(|o| o.running)
+            .map(|o| o.id.as_str())
+            .collect();
         served.retain(|id, served| {
             let keep = running.contains(id.as_str());
             if !keep {
@@ -306,7 +313,7 @@ impl Network {
             else {
                 continue;
             };
-            let wanted: BTreeSet<(SocketAddr, Target)> = names(&state, workload)
+            let wanted: BTreeSet<(SocketAddr, Target)> = names(workload)
                 .into_iter()
                 .flat_map(|name| {
                     let target = name.target;
@@ -333,7 +340,9 @@ impl Network {
                 old.stop();
             }
             let addresses: Vec<SocketAddr> = wanted.iter().map(|(address, _)| *address).collect();
-            let listeners = match tokio::task::spawn_blocking(move || bind_in_namespace(pid, &addresses)).await {
+            let listeners = match tokio::task::spawn_blocking(move || bind_in_namespace(pid, &addresses))
+                .await
+            {
                 Ok(Ok(listeners)) => listeners,
                 Ok(Err(err)) => {
                     tracing::warn!(container = %container.name, err = format!("{err:#}"), "cannot listen in the container's network namespace");
@@ -407,7 +416,8 @@ fn bind_in_namespace(pid: u32, addresses: &[SocketAddr]) -> Result<Vec<std::net:
                 addresses
                     .iter()
                     .map(|address| {
-                        std::net::TcpListener::bind(address).with_context(|| format!("listening on {address}"))
+                        std::net::TcpListener::bind(address)
+                            .with_context(|| format!("listening on {address}"))
                     })
                     .collect()
             })

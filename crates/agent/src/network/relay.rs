@@ -195,8 +195,8 @@ impl SiteNetwork for Service {
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
         let network = &self.network;
-        let Some(peer) = named
-            .filter(|n| is_peer(&network.desired, &self.site, &network.host, (&n.site, &n.host)))
+        let Some(peer) =
+            named.filter(|n| is_peer(&network.desired, &self.site, &network.host, (&n.site, &n.host)))
         else {
             return Err(Status::permission_denied("not a peer of this site"));
         };

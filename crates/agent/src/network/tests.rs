@@ -2,7 +2,13 @@ use outpost_api::workload::{Instance, SiteState, Workload};
 
 use super::*;
 
-fn workload(application: &str, service: &str, ports: &[u32], hosts: &[&str], egress: &[(&str, &str)]) -> Workload {
+fn workload(
+    application: &str,
+    service: &str,
+    ports: &[u32],
+    hosts: &[&str],
+    egress: &[(&str, &str)],
+) -> Workload {
     let containers: Vec<serde_json::Value> = vec![serde_json::json!({
         "name": "main", "image": "x",
         "ports": ports.iter().map(|p| serde_json::json!({"container": p})).collect::<Vec<_>>(),
@@ -10,6 +16,7 @@ fn workload(application: &str, service: &str, ports: &[u32], hosts: &[&str], egr
     let mut workload: Workload = serde_json::from_value(serde_json::json!({
         "application": application, "version": "1", "deployment": "d", "service": service,
         "replicas": hosts.len(), "perHost": false, "containers": containers,
+        "siblings": if application == "shop" { vec!["api", "db"] } else { vec!["feed", "admin"] },
         "egress": egress.iter().map(|(a, s)| serde_json::json!({"application": a, "service": s})).collect::<Vec<_>>(),
     }))
     .unwrap();
@@ -40,7 +47,7 @@ fn site() -> SiteState {
 #[test]
 fn a_container_has_names_for_its_applications_services_and_its_egress_only() {
     let state = site();
-    let api: Vec<(String, Target)> = names(&state, &state.workloads[0])
+    let api: Vec<(String, Target)> = names(&state.workloads[0])
         .into_iter()
         .map(|n| {
             assert_eq!(n.address, address_of(&n.name));
@@ -59,14 +66,25 @@ fn a_container_has_names_for_its_applications_services_and_its_egress_only() {
             ("feed.prices".into(), target("prices", "feed")),
         ]
     );
-    let db: Vec<String> = names(&state, &state.workloads[1]).into_iter().map(|n| n.name).collect();
+    let db: Vec<String> = names(&state.workloads[1]).into_iter().map(|n| n.name).collect();
     assert_eq!(db, ["api", "db"], "db declares no egress");
-    assert_eq!(ports(&state, &target("shop", "db")).into_iter().collect::<Vec<_>>(), [5432, 5433]);
+    assert_eq!(
+        ports(&state, &target("shop", "db"))
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [5432, 5433]
+    );
     assert_eq!(hosts_running(&state, &target("shop", "db")), ["h2", "h3"]);
     assert!(allowed(&state, "shop", &target("shop", "db")));
     assert!(allowed(&state, "shop", &target("prices", "feed")));
-    assert!(!allowed(&state, "shop", &target("prices", "admin")), "not declared");
-    assert!(!allowed(&state, "prices", &target("shop", "db")), "egress is one way");
+    assert!(
+        !allowed(&state, "shop", &target("prices", "admin")),
+        "not declared"
+    );
+    assert!(
+        !allowed(&state, "prices", &target("shop", "db")),
+        "egress is one way"
+    );
 }
 
 #[test]

@@ -503,7 +503,8 @@ fn stream_topics_name_what_is_wrong() {
 
 #[test]
 fn egress_and_ingress_are_checked() {
-    let web = "    - name: web\n      containers: [ { name: a, image: x, ports: [ { container: 8080 } ] } ]\n";
+    let web =
+        "    - name: web\n      containers: [ { name: a, image: x, ports: [ { container: 8080 } ] } ]\n";
     check(
         &app(&format!(
             "{web}      ingress: {{ port: 443, host: pos.local }}\n      egress: [ {{ application: prices, service: api }} ]\n"

@@ -112,6 +112,7 @@ fn instances_go_to_matching_hosts() {
         time_zone: None,
         failover: Failover::Move,
         egress: Vec::new(),
+        siblings: Vec::new(),
         ingress: None,
     };
     let mut state = SiteState {
@@ -187,6 +188,7 @@ fn placement_fits_resources_and_says_why_not() {
             time_zone: None,
             failover: Failover::Move,
             egress: Vec::new(),
+            siblings: Vec::new(),
             ingress: None,
         }
     };
@@ -268,6 +270,7 @@ fn spec_hash_follows_the_containers() {
             time_zone: None,
             failover: Failover::Move,
             egress: Vec::new(),
+            siblings: Vec::new(),
             ingress: None,
         }
     };
@@ -399,6 +402,7 @@ fn a_lost_hosts_instances_move_to_survivors_that_fit_and_stay_services_do_not() 
             time_zone: None,
             failover,
             egress: Vec::new(),
+            siblings: Vec::new(),
             ingress: None,
         }
     };

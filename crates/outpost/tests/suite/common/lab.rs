@@ -39,6 +39,73 @@ fn image() -> &'static str {
     })
 }
 
+/// What a host with an engine of its own needs: the machine's own Docker
+/// binaries (read-only), and the rights to run an engine (no
+/// `--privileged`: this machine's engine cannot grant every capability).
+const ENGINE_HOST_ARGS: &[&str] = &[
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "NET_ADMIN",
+    "--cap-add",
+    "NET_RAW",
+    "--cap-add",
+    "MKNOD",
+    "--cap-add",
+    "SYS_PTRACE",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--security-opt",
+    "seccomp=unconfined",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup",
+    "-v",
+    "/usr:/usr:ro",
+    "-v",
+    "/lib:/lib:ro",
+    "-v",
+    "/lib64:/lib64:ro",
+    "-v",
+    "/bin:/bin:ro",
+    "-v",
+    "/sbin:/sbin:ro",
+    "-v",
+    "/etc/alternatives:/etc/alternatives:ro",
+    "-e",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+];
+
+/// An empty root file system, for hosts that run the machine's own
+/// binaries (mounted read-only) in a namespace of their own.
+fn engine_host_image() -> &'static str {
+    static IMAGE: OnceLock<&'static str> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let tag = "outpost-local/engine-host:2";
+        if docker_maybe(&["image", "inspect", "-f", "{{.Id}}", tag]).is_none() {
+            let root = tempfile::tempdir().unwrap();
+            for dir in [
+                "usr", "lib", "lib64", "bin", "sbin", "etc", "tmp", "run", "var/run", "var/lib", "var/log",
+                "proc", "sys", "dev", "opt",
+            ] {
+                std::fs::create_dir_all(root.path().join(dir)).unwrap();
+            }
+            // tcpdump switches to a user it looks up (`-Z root`).
+            std::fs::write(root.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+            std::fs::write(root.path().join("etc/group"), "root:x:0:\n").unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "chmod 1777 {0}/tmp && tar -C {0} -c . | docker import - {tag} >/dev/null",
+                    root.path().display()
+                ))
+                .status()
+                .unwrap();
+            assert!(status.success(), "importing {tag}");
+        }
+        tag
+    })
+}
+
 pub struct Lab {
     pub name: String,
     pub control: String,
@@ -196,6 +263,91 @@ impl Lab {
         self.agents.push(container.clone());
         self.sites.push(site.to_string());
         container
+    }
+
+    /// Starts a host of `site` with a Docker Engine of its own, in a
+    /// network namespace of its own (`engine_host_image`): its agent runs
+    /// its containers there and clusters with the site's other hosts over
+    /// the lab network, as on separate machines. The engine holds the
+    /// test image (`outpost-local/busybox:1`) before the agent starts.
+    pub fn add_engine_host(&mut self, site: &str, host: &str, args: &[&str]) -> String {
+        let run = self.cli(&["token", "create", "--site", site]);
+        let token = run.success().lines().next().unwrap().to_string();
+        let container = format!("{}-{host}", self.name);
+        let mut agent = vec![
+            "/opt/outpost".to_string(),
+            "agent".into(),
+            "--server".into(),
+            format!("https://{}:7801", self.control),
+            "--host-name".into(),
+            host.into(),
+            "--data-dir".into(),
+            "/var/lib/outpost-agent".into(),
+            "--site-listen".into(),
+            "0.0.0.0:7802".into(),
+            "--site-address".into(),
+            format!("{container}:7802"),
+        ];
+        agent.extend(args.iter().map(|a| a.to_string()));
+        let script = format!(
+            "dockerd --storage-driver vfs >/tmp/dockerd.log 2>&1 &\n\
+             until [ -e /tmp/image-loaded ]; do sleep 0.2; done\n\
+             exec {}",
+            agent.join(" ")
+        );
+        let binary = format!("{BIN}:/opt/outpost:ro");
+        let mut run: Vec<&str> = vec![
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--hostname",
+            host,
+            "--network",
+            &self.name,
+            "-e",
+            "RUST_LOG=info,openraft=warn",
+            "-e",
+        ];
+        let join = format!("OUTPOST_JOIN_TOKEN={token}");
+        run.push(&join);
+        run.extend(ENGINE_HOST_ARGS);
+        run.extend(["-v", &binary, engine_host_image(), "/bin/sh", "-c", &script]);
+        docker(&run);
+        eventually(Duration::from_secs(60), "the host's Docker Engine", || {
+            docker_maybe(&["exec", &container, "docker", "info", "--format", "{{.ID}}"]).map(|_| ())
+        });
+        let loaded = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker save outpost-local/busybox:1 | docker exec -i {container} docker load -q && docker exec {container} touch /tmp/image-loaded"
+            ))
+            .status()
+            .unwrap();
+        assert!(loaded.success(), "loading the test image into {container}");
+        self.agents.push(container.clone());
+        self.sites.push(site.to_string());
+        container
+    }
+
+    /// Runs `docker` on the engine of an engine host (`add_engine_host`).
+    pub fn host_docker(&self, container: &str, args: &[&str]) -> Option<String> {
+        let mut all = vec!["docker"];
+        all.extend(args);
+        self.host_exec(container, &all)
+    }
+
+    /// Runs a command on a host (in its container): its output, if it succeeded.
+    pub fn host_exec(&self, container: &str, args: &[&str]) -> Option<String> {
+        let output = std::process::Command::new("docker")
+            .args(["exec", container])
+            .args(args)
+            .output()
+            .unwrap();
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Each host of `site` and its role in the site's Raft group, as `get
