@@ -322,6 +322,12 @@ impl Network {
                         .map(move |port| (SocketAddr::new(name.address.into(), port as u16), target.clone()))
                 })
                 .collect();
+            // Served already, its process alive: nothing to ask the engine.
+            if served.get(&container.id).is_some_and(|s| {
+                s.wanted == wanted && std::path::Path::new(&format!("/proc/{}", s.pid)).exists()
+            }) {
+                continue;
+            }
             let pid = match self.runtime.namespace(&container.id).await {
                 Ok(Some(pid)) => pid,
                 Ok(None) => continue,
