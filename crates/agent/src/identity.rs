@@ -78,7 +78,10 @@ pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
         identity,
         tls: tls::mutual(&ca, &cert, &key)?,
         host_key: host_key(&key)?,
-        peer_tls: Arc::new(crate::peers::PeerTls::new(&ca, &cert, &key)?),
+        peer_tls: Arc::new(crate::peers::PeerTls::new(
+            &ca,
+            Arc::new(crate::underlay::Keys::load(data_dir)?),
+        )?),
     }))
 }
 
@@ -132,8 +135,7 @@ pub async fn enroll(data_dir: &Path, server: &str, token: &str, host: &str) -> R
         host_key: host_key(&key)?,
         peer_tls: Arc::new(crate::peers::PeerTls::new(
             &response.ca_pem,
-            &response.certificate_pem,
-            &key,
+            Arc::new(crate::underlay::Keys::load(data_dir)?),
         )?),
     })
 }

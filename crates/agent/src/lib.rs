@@ -28,6 +28,7 @@ pub mod stage;
 pub mod store;
 pub mod streams;
 pub mod tls;
+pub mod underlay;
 pub mod uplink;
 
 use std::path::PathBuf;
@@ -217,6 +218,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let networking = network
         .clone()
         .map(|network| tokio::spawn(network.run(shutdown.clone())));
+    // The underlay keys the site's hosts know each other by.
+    let keeping_keys = network.clone().map(|network| {
+        tokio::spawn(underlay::keep(
+            credentials.peer_tls.keys().clone(),
+            received.clone(),
+            (identity.server.clone(), credentials.tls.clone()),
+            move || network.relays.forget(),
+            shutdown.clone(),
+        ))
+    });
     let serving_peers = match &config.site {
         Some(listening) => {
             let listener = peers::bind(listening).await?;
@@ -342,8 +353,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let _ = staging.await;
     let _ = importing.await;
     let _ = configuring.await;
-    if let Some(networking) = networking {
-        let _ = networking.await;
+    for task in [networking, keeping_keys].into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some((_, serving)) = endpoint {
         let _ = serving.await;

@@ -30,12 +30,12 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use outpost_api::workload::{Peer, SiteState};
-use outpost_proto::identity::host_certificate;
+use outpost_proto::identity::underlay_certificate;
 use outpost_proto::v1::site_peer_client::SitePeerClient;
 use outpost_proto::v1::site_peer_server::{SitePeer, SitePeerServer};
 use outpost_proto::v1::{ImageChunk, ImageRequest};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -103,72 +103,102 @@ pub fn listening(listen: Option<SocketAddr>, address: Option<&str>) -> Result<Op
     Ok(Some(Listening { listen, address }))
 }
 
-/// The host's certificate and key, and the CA, for peer connections.
+/// The CA and the host's underlay keys (`crate::underlay`), for peer
+/// connections.
 pub struct PeerTls {
     roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    keys: Arc<crate::underlay::Keys>,
     provider: Arc<CryptoProvider>,
 }
 
 impl PeerTls {
-    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<PeerTls> {
+    pub fn new(ca_pem: &str, keys: Arc<crate::underlay::Keys>) -> Result<PeerTls> {
         let mut roots = RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(cert.context("reading the CA certificate")?)?;
         }
-        let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .context("reading the host certificate")?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-            .context("reading the host key")?
-            .context("the host key file holds no key")?;
         Ok(PeerTls {
             roots: Arc::new(roots),
-            chain,
-            key,
+            keys,
             provider: crate::tls::provider(),
         })
+    }
+
+    pub fn keys(&self) -> &Arc<crate::underlay::Keys> {
+        &self.keys
     }
 
     fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>> {
         Ok(WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build()?)
     }
 
-    /// To serve peers: every client must present a host certificate of our CA.
+    /// To serve peers: every client must present a certificate of our CA
+    /// (each call checks it is an underlay key of a peer: `peer_of`).
     fn server(&self) -> Result<Arc<ServerConfig>> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(self.verifier()?)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(Arc::new(Presented(self.keys.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
 
-    /// To ask `host` of `site`: it must present that host's certificate.
+    /// To ask `host` of `site`: it must present an underlay key of that
+    /// host, of an epoch the site accepts.
     pub(crate) fn client(&self, site: &str, host: &str) -> Result<Arc<ClientConfig>> {
         let verifier = crate::tls::checked(PeerIdentity {
             inner: self.verifier()?,
             site: site.to_string(),
             host: host.to_string(),
+            accepted: self.keys.accepted(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_client_cert_resolver(Arc::new(Presented(self.keys.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
 }
 
-/// A peer's certificate is a host certificate (made for client auth): it is
-/// checked as one, chained to our CA, and must name the peer we dialled.
+/// Presents the underlay key `Keys::presented` picks, as server and client.
+#[derive(Debug)]
+struct Presented(Arc<crate::underlay::Keys>);
+
+impl std::fmt::Debug for crate::underlay::Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("accepted", &self.accepted())
+            .finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Presented {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.presented()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.presented()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.presented().is_some()
+    }
+}
+
+/// A peer's certificate is an underlay key (made for client auth): it is
+/// checked as one, chained to our CA, must name the peer we dialled, and be
+/// of an epoch the site accepts.
 #[derive(Debug)]
 struct PeerIdentity {
     inner: Arc<dyn ClientCertVerifier>,
     site: String,
     host: String,
+    accepted: Vec<u64>,
 }
 
 impl crate::tls::CertificateCheck for PeerIdentity {
@@ -180,28 +210,43 @@ impl crate::tls::CertificateCheck for PeerIdentity {
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        match host_certificate(end_entity) {
-            Some(named) if named.site == self.site && named.host == self.host => Ok(()),
-            Some(named) => Err(rustls::Error::General(format!(
-                "the peer at this address is {}/{}, not {}/{}",
-                named.site, named.host, self.site, self.host
+        match underlay_certificate(end_entity) {
+            Some(named) if named.site != self.site || named.host != self.host => {
+                Err(rustls::Error::General(format!(
+                    "the peer at this address is {}/{}, not {}/{}",
+                    named.site, named.host, self.site, self.host
+                )))
+            }
+            Some(named) if !self.accepted.contains(&named.epoch) => Err(rustls::Error::General(format!(
+                "{}'s key is of epoch {}, which the site no longer accepts",
+                named.host, named.epoch
             ))),
+            Some(_) => Ok(()),
             None => Err(rustls::Error::General(
-                "the peer's certificate names no site and host".to_string(),
+                "the peer's certificate is no underlay key".to_string(),
             )),
         }
     }
 }
 
-/// Whether `host` of `site` may talk to us: the control plane named it a
-/// peer of our site in the desired state we hold.
-pub(crate) fn is_peer(
+/// The peer a call on `--site-listen` comes from: the host its underlay
+/// key names, if that is a peer of our site (the control plane named it
+/// in the desired state we hold) and its key's epoch is one the site
+/// accepts; `None` for anyone else.
+pub(crate) fn peer_of<T>(
+    request: &Request<T>,
     desired: &watch::Receiver<(u64, SiteState)>,
     site: &str,
     ours: &str,
-    named: (&str, &str),
-) -> bool {
-    named.0 == site && named.1 != ours && desired.borrow().1.peers.iter().any(|p| p.host == named.1)
+) -> Option<outpost_proto::identity::UnderlayCertificate> {
+    let certs = request.peer_certs()?;
+    let named = underlay_certificate(certs.first()?)?;
+    let state = &desired.borrow().1;
+    let known = named.site == site
+        && named.host != ours
+        && state.key_epochs.contains(&named.epoch)
+        && state.peers.iter().any(|p| p.host == named.host);
+    known.then_some(named)
 }
 
 /// Asks the site's other hosts for images.
@@ -329,12 +374,7 @@ impl SitePeer for Service {
         &self,
         request: Request<ImageRequest>,
     ) -> Result<Response<Self::FetchImageStream>, Status> {
-        let named = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
-        let Some(named) =
-            named.filter(|n| is_peer(&self.desired, &self.site, &self.host, (&n.site, &n.host)))
-        else {
+        let Some(named) = peer_of(&request, &self.desired, &self.site, &self.host) else {
             return Err(Status::permission_denied("not a peer of this site"));
         };
         let reference = request.into_inner().reference;
@@ -417,6 +457,8 @@ pub async fn serve(
                     },
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
                 };
+                // Relayed connections send small writes both ways (see `crate::network`).
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, sender) = (acceptor.clone(), sender.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -455,23 +497,12 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    /// A CA and a host certificate of `site`/`host` it signed, as PEM.
-    fn credentials(site: &str, host: &str) -> (String, String, String) {
+    /// A CA's certificate, as PEM.
+    fn ca() -> String {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            outpost_proto::identity::host_identity_uri(site, host)
-                .try_into()
-                .unwrap(),
-        )];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (ca_cert.pem(), cert.pem(), key.serialize_pem())
+        ca.self_signed(&ca_key).unwrap().pem()
     }
 
     /// containerd #4861: a peer that accepts and then says nothing must
@@ -479,8 +510,9 @@ mod tests {
     #[tokio::test]
     async fn a_hung_peer_is_given_up() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (ca, cert, key) = credentials("shop", "h1");
-        let tls = Arc::new(PeerTls::new(&ca, &cert, &key).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(crate::underlay::Keys::load(dir.path()).unwrap());
+        let tls = Arc::new(PeerTls::new(&ca(), keys).unwrap());
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = hung.local_addr().unwrap().to_string();
         let held = tokio::spawn(async move {

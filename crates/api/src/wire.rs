@@ -222,6 +222,40 @@ pub struct SiteStatus {
     pub cluster: Vec<ClusterStatus>,
 }
 
+/// A site's underlay keys (the site network): the epoch of the keys its
+/// hosts present, and the epoch before it while a rotation is under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteKeys {
+    pub site: String,
+    pub epoch: u64,
+    /// Still accepted until every host of the site holds a key of `epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring: Option<u64>,
+    /// When the last rotation began (RFC 3339).
+    pub rotated_at: String,
+    /// The hosts that hold a key of `epoch`, of how many.
+    pub hosts_rotated: u32,
+    pub hosts: u32,
+}
+
+impl SiteKeys {
+    /// The epochs whose keys the site's hosts accept, oldest first.
+    pub fn accepted(&self) -> Vec<u64> {
+        self.retiring.into_iter().chain([self.epoch]).collect()
+    }
+}
+
+/// `POST /v1/sites/{name}/rotate-keys`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateKeysRequest {
+    /// Stop accepting the old keys at once, not when every host has new
+    /// ones (for a stolen host): connections on old keys end.
+    #[serde(default)]
+    pub at_once: bool,
+}
+
 /// One host's view of its site cluster (hosts with `--site-listen`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

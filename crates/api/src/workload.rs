@@ -172,6 +172,10 @@ pub struct SiteState {
     /// its instances (the site's `hostLossAfter`; 0: the default).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub host_loss_after_ms: u64,
+    /// The epochs of underlay keys the site's hosts accept from each other
+    /// (the site network), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_epochs: Vec<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

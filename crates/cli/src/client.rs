@@ -267,6 +267,17 @@ impl Client {
         self.send(request).await
     }
 
+    pub async fn rotate_keys(&self, site: &str, at_once: bool) -> Result<outpost_api::wire::SiteKeys> {
+        let body = outpost_api::wire::RotateKeysRequest { at_once };
+        let path = format!("/sites/{}/rotate-keys", encode(site));
+        self.send(self.request(Method::POST, &path).json(&body)).await
+    }
+
+    pub async fn site_keys(&self, site: &str) -> Result<outpost_api::wire::SiteKeys> {
+        let path = format!("/sites/{}/keys", encode(site));
+        self.send(self.request(Method::GET, &path)).await
+    }
+
     pub async fn create_join_token(&self, site: &str, ttl: &str) -> Result<JoinToken> {
         let body = JoinTokenRequest {
             ttl: Some(ttl.to_string()),

@@ -56,6 +56,9 @@ pub struct Config {
     pub secrets_key_file: Option<PathBuf>,
     /// A NATS server whose JetStream gets every stored up-record.
     pub streams_nats: Option<String>,
+    /// Rotate every site's underlay keys this long after their last
+    /// rotation (`None`: only when the operator asks).
+    pub site_key_rotation: Option<std::time::Duration>,
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -120,6 +123,7 @@ pub struct ControlPlane {
     retention: Retention,
     poll_interval: Option<std::time::Duration>,
     streams_nats: Option<String>,
+    site_key_rotation: Option<std::time::Duration>,
     max_unauthenticated_per_source: usize,
 }
 
@@ -184,6 +188,7 @@ impl ControlPlane {
             retention: config.retention,
             poll_interval: config.poll_interval,
             streams_nats: config.streams_nats.clone(),
+            site_key_rotation: config.site_key_rotation,
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
         })
     }
@@ -220,6 +225,14 @@ impl ControlPlane {
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
+        let rotating = self.site_key_rotation.map(|every| {
+            tokio::spawn(rotate_site_keys(
+                self.store.clone(),
+                self.fleet.clone(),
+                every,
+                signal(stopped.clone()),
+            ))
+        });
         let forwarding = self.streams_nats.clone().map(|url| {
             tokio::spawn(streams::nats::forward(
                 url,
@@ -241,6 +254,9 @@ impl ControlPlane {
         let _ = api.await;
         let _ = engine.await;
         let _ = pruning.await;
+        if let Some(rotating) = rotating {
+            let _ = rotating.await;
+        }
         if let Some(forwarding) = forwarding {
             let _ = forwarding.await;
         }
@@ -304,6 +320,56 @@ async fn prune(store: Arc<dyn Storage>, retention: Retention, shutdown: impl Fut
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "deleted stream records past their retention"),
                     Err(err) => tracing::warn!(%err, "deleting stream records past their retention failed; trying again later"),
+                }
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// How often the schedule of `--site-key-rotation` is looked at.
+const ROTATION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rotates the underlay keys of each site whose last rotation is `every`
+/// old (`--site-key-rotation`), gracefully: the old keys work until every
+/// host has new ones.
+async fn rotate_site_keys(
+    store: Arc<dyn Storage>,
+    fleet: Arc<Fleet>,
+    every: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(ROTATION_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = time::OffsetDateTime::now_utc();
+                let keys = match store.site_keys().await {
+                    Ok(keys) => keys,
+                    Err(err) => {
+                        tracing::warn!(%err, "reading the sites' keys for their rotation; trying again later");
+                        continue;
+                    }
+                };
+                for (site, keys) in keys {
+                    let rotated = time::OffsetDateTime::parse(
+                        &keys.rotated_at,
+                        &time::format_description::well_known::Rfc3339,
+                    );
+                    if rotated.is_ok_and(|at| now - at < every) {
+                        continue;
+                    }
+                    match store.rotate_site_keys(&site, false, now).await {
+                        Ok(keys) => tracing::info!(%site, epoch = keys.epoch, "rotating the site's underlay keys on schedule"),
+                        Err(err) => {
+                            tracing::warn!(%site, %err, "rotating the site's underlay keys; trying again later");
+                            continue;
+                        }
+                    }
+                    if let Err(err) = fleet.recompute_site(&site).await {
+                        tracing::warn!(%site, %err, "recomputing the site after its keys changed");
+                    }
                 }
             }
             () = &mut shutdown => return,

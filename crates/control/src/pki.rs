@@ -123,6 +123,37 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Signs a key a host made for its site's underlay (the site network):
+    /// a certificate naming the site, host and key epoch
+    /// (`outpost_proto::identity::underlay_uri`), which the site's hosts
+    /// accept from each other while their site accepts the epoch, and the
+    /// agent gateway never takes for a host's identity.
+    pub fn sign_underlay_csr(&self, csr_pem: &str, site: &str, host: &str, epoch: u64) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .context("the CSR is not a valid PKCS#10 request")?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{host}.{site} underlay {epoch}"));
+        params.subject_alt_names = vec![SanType::URI(
+            outpost_proto::identity::underlay_uri(site, host, epoch)
+                .try_into()
+                .context("building the underlay identity")?,
+        )];
+        params.serial_number = Some(SerialNumber::from_slice(
+            &hex::decode(new_serial()).context("the serial is not hex")?,
+        ));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, 365);
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .context("signing the underlay certificate")?;
+        Ok(cert.pem())
+    }
+}
+
 struct ServerCertificate {
     cert: rcgen::Certificate,
     key: KeyPair,

@@ -60,6 +60,10 @@ pub(crate) enum Command {
         /// JetStream, on subject outpost.APPLICATION.TOPIC.SITE
         #[arg(long, value_name = "URL")]
         streams_nats: Option<String>,
+        /// Rotate each site's underlay keys (the site network) this long
+        /// after its last rotation, e.g. 30d [default: only on `outpost site rotate-keys`]
+        #[arg(long, value_name = "DURATION")]
+        site_key_rotation: Option<outpost_api::quantity::Duration>,
         /// Tell agents in polling mode to poll this often instead of their own --interval
         #[arg(long, value_name = "DURATION")]
         poll_interval: Option<outpost_api::quantity::Duration>,
@@ -196,6 +200,11 @@ pub(crate) enum Command {
     Secret {
         #[command(subcommand)]
         command: SecretCommand,
+    },
+    /// A site's underlay keys (the site network between its hosts)
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
     },
     /// Manage join tokens for new hosts
     Token {
@@ -431,6 +440,22 @@ pub(crate) enum SecretCommand {
     },
     /// Print one value (written to the audit log)
     Reveal { name: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SiteCommand {
+    /// Give the site's hosts underlay keys of a new epoch; the old keys
+    /// work until every host has a new one
+    RotateKeys {
+        site: String,
+        /// Stop accepting the old keys now (a stolen or removed host):
+        /// connections on them end, and hosts without a new key are cut
+        /// off from their peers until they get one
+        #[arg(long)]
+        at_once: bool,
+    },
+    /// Where the site's underlay keys stand
+    Keys { site: String },
 }
 
 #[derive(Debug, Subcommand)]

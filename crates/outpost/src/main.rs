@@ -14,7 +14,7 @@ use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
     BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, SecretCommand, SimCommand,
-    SimOutput, StreamOutput, StreamsCommand, TokenCommand,
+    SimOutput, SiteCommand, StreamOutput, StreamsCommand, TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -111,9 +111,13 @@ async fn run(cli: Cli) -> Result<()> {
             metric_retention,
             stream_retention,
             streams_nats,
+            site_key_rotation,
             poll_interval,
             max_unauthenticated_per_source,
         } => {
+            if site_key_rotation.is_some_and(|every| every.as_std() < std::time::Duration::from_secs(3600)) {
+                anyhow::bail!("--site-key-rotation: rotate at most once an hour (1h or more)");
+            }
             outpost::process::init_logging();
             outpost::process::raise_open_file_limit();
             let config = outpost_control::Config {
@@ -131,6 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
                     streams: stream_retention.as_std(),
                 },
                 streams_nats: streams_nats.clone(),
+                site_key_rotation: site_key_rotation.map(|every| every.as_std()),
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(outpost::process::shutdown_signal()).await;
@@ -231,6 +236,15 @@ async fn run(cli: Cli) -> Result<()> {
             let filter = read.filter(Some(application.clone()), service.clone(), *live);
             return outpost_cli::telemetry::logs(&client(&cli)?, &filter, read.output.into(), read.follow)
                 .await;
+        }
+        Command::Site { command } => {
+            let client = client(&cli)?;
+            match command {
+                SiteCommand::RotateKeys { site, at_once } => {
+                    commands::rotate_keys(&client, site, *at_once).await?
+                }
+                SiteCommand::Keys { site } => commands::site_keys(&client, site).await?,
+            }
         }
         Command::Token {
             command:

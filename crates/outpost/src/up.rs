@@ -63,6 +63,7 @@ pub async fn run(
         max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,
         secrets_key_file: None,
         streams_nats: None,
+        site_key_rotation: None,
     })
     .await?;
 

@@ -84,6 +84,7 @@ pub fn full_manifest(revision: u64, state: &SiteState) -> Result<SiteManifest, C
         staged: encode_staged(state)?,
         peers: encode_peers(state),
         host_loss_after_ms: state.host_loss_after_ms,
+        key_epochs: state.key_epochs.clone(),
         // Signed by the control plane, which holds the key.
         head: Vec::new(),
         head_signature: Vec::new(),
@@ -136,6 +137,7 @@ pub fn delta_manifest(
         staged: encode_staged(state)?,
         peers: encode_peers(state),
         host_loss_after_ms: state.host_loss_after_ms,
+        key_epochs: state.key_epochs.clone(),
         // Signed by the control plane, which holds the key.
         head: Vec::new(),
         head_signature: Vec::new(),
@@ -201,6 +203,7 @@ pub fn apply_manifest(current: (u64, &SiteState), manifest: &SiteManifest) -> Re
             })
             .collect(),
         host_loss_after_ms: manifest.host_loss_after_ms,
+        key_epochs: manifest.key_epochs.clone(),
     })
 }
 

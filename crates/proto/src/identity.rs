@@ -36,3 +36,38 @@ pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
         public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
 }
+
+/// The identity an underlay certificate carries (the site network's key of
+/// `host` of `site`, of key epoch `epoch`), as a URI subject alternative
+/// name. Distinct from a host identity: the agent gateway takes none.
+pub fn underlay_uri(site: &str, host: &str, epoch: u64) -> String {
+    format!("outpost://underlay/{site}/{host}/{epoch}")
+}
+
+/// Who an underlay certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayCertificate {
+    pub site: String,
+    pub host: String,
+    pub epoch: u64,
+}
+
+/// The site, host and key epoch of an underlay certificate.
+pub fn underlay_certificate(cert_der: &[u8]) -> Option<UnderlayCertificate> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let mut parts = uri.strip_prefix("outpost://underlay/")?.split('/');
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(site), Some(host), Some(epoch), None) => Some(UnderlayCertificate {
+                    site: site.to_string(),
+                    host: host.to_string(),
+                    epoch: epoch.parse().ok()?,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}

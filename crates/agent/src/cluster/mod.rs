@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use outpost_api::manifest::Failover;
 use outpost_api::workload::{Moved, SiteState, apply_moves, reschedule};
-use outpost_proto::identity::host_certificate;
 use outpost_proto::v1::site_cluster_client::SiteClusterClient;
 use outpost_proto::v1::site_cluster_server::{SiteCluster, SiteClusterServer};
 use outpost_proto::v1::{ClusterPing, RaftBytes, SignedState, StateRequest};
@@ -672,18 +671,7 @@ pub struct Service {
 impl Service {
     /// The host of this site that sent `request`, by its certificate.
     fn peer<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let named = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
-        named
-            .filter(|n| {
-                crate::peers::is_peer(
-                    &self.desired,
-                    &self.cluster.site,
-                    &self.cluster.host,
-                    (&n.site, &n.host),
-                )
-            })
+        crate::peers::peer_of(request, &self.desired, &self.cluster.site, &self.cluster.host)
             .map(|n| n.host)
             .ok_or_else(|| Status::permission_denied("not a peer of this site"))
     }

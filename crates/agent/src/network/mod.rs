@@ -162,6 +162,9 @@ pub struct Network {
     pub relays: Arc<relay::Relays>,
     /// Spreads connections over a service's hosts.
     turn: AtomicUsize,
+    /// This host's running containers, by ID: the service each is of, and
+    /// its address (learnt once, so a connection costs no engine call).
+    local: parking_lot::Mutex<HashMap<String, (Target, std::net::IpAddr)>>,
 }
 
 impl Network {
@@ -177,25 +180,35 @@ impl Network {
             desired,
             relays,
             turn: AtomicUsize::new(0),
+            local: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
     /// Connects to `target`'s `port` on this host: the first running
     /// container of it that accepts.
     pub async fn connect_local(&self, target: &Target, port: u32) -> Result<TcpStream> {
-        let observed = self.runtime.observe().await?;
-        let mut last = None;
-        for container in observed
-            .iter()
-            .filter(|o| o.running && o.application == target.application && o.service == target.service)
-        {
-            let address = match self.runtime.address(&container.id, &container.application).await {
-                Ok(address) => SocketAddr::new(address, port as u16),
-                Err(err) => {
-                    last = Some(err);
-                    continue;
+        let mut addresses: Vec<std::net::IpAddr> = self
+            .local
+            .lock()
+            .values()
+            .filter(|(of, _)| of == target)
+            .map(|(_, address)| *address)
+            .collect();
+        if addresses.is_empty() {
+            // Started since the last refresh: ask the engine.
+            let observed = self.runtime.observe().await?;
+            for container in observed
+                .iter()
+                .filter(|o| o.running && o.application == target.application && o.service == target.service)
+            {
+                if let Ok(address) = self.runtime.address(&container.id, &container.application).await {
+                    addresses.push(address);
                 }
-            };
+            }
+        }
+        let mut last = None;
+        for address in addresses {
+            let address = SocketAddr::new(address, port as u16);
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(err)) => {
@@ -298,6 +311,7 @@ impl Network {
             .filter(|o| o.running)
             .map(|o| o.id.as_str())
             .collect();
+        self.learn_addresses(observed).await;
         served.retain(|id, served| {
             let keep = running.contains(id.as_str());
             if !keep {
@@ -388,6 +402,31 @@ impl Network {
             }
             tracing::debug!(container = %container.name, names = wanted.len(), "listening for the container's service names");
             served.insert(container.id.clone(), Served { pid, wanted, tasks });
+        }
+    }
+}
+
+impl Network {
+    /// Keeps the address of each running container (one engine call per
+    /// new container).
+    async fn learn_addresses(&self, observed: &[Observed]) {
+        let running: BTreeSet<&str> = observed
+            .iter()
+            .filter(|o| o.running)
+            .map(|o| o.id.as_str())
+            .collect();
+        self.local.lock().retain(|id, _| running.contains(id.as_str()));
+        for container in observed.iter().filter(|o| o.running) {
+            if self.local.lock().contains_key(&container.id) {
+                continue;
+            }
+            if let Ok(address) = self.runtime.address(&container.id, &container.application).await {
+                let target = Target {
+                    application: container.application.clone(),
+                    service: container.service.clone(),
+                };
+                self.local.lock().insert(container.id.clone(), (target, address));
+            }
         }
     }
 }

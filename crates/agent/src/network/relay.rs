@@ -16,7 +16,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use futures_util::Stream;
 use outpost_api::workload::SiteState;
-use outpost_proto::identity::host_certificate;
 use outpost_proto::v1::RelayFrame;
 use outpost_proto::v1::site_network_client::SiteNetworkClient;
 use outpost_proto::v1::site_network_server::{SiteNetwork, SiteNetworkServer};
@@ -28,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Network, Target, allowed, ports};
-use crate::peers::{PeerTls, is_peer};
+use crate::peers::{PeerTls, peer_of};
 
 /// Bytes per frame.
 const FRAME: usize = 32 << 10;
@@ -135,38 +134,48 @@ pub async fn pump<S>(local: S, relayed: Relayed)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Relayed {
-        outgoing,
-        mut incoming,
-    } = relayed;
-    let (mut reading, mut writing) = tokio::io::split(local);
-    let up = async move {
-        let mut buffer = vec![0u8; FRAME];
-        loop {
-            match reading.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = RelayFrame {
-                        data: buffer[..n].to_vec(),
-                        ..Default::default()
-                    };
-                    if outgoing.send(frame).await.is_err() {
-                        break;
-                    }
+    let (reading, writing) = tokio::io::split(local);
+    // Dropping the sender when `reading` ends ends the request stream:
+    // the peer's half-close.
+    tokio::join!(
+        send_frames(reading, relayed.outgoing, |frame| frame),
+        write_frames(relayed.incoming, writing)
+    );
+}
+
+/// Sends what `reading` yields, a frame at a time, until it ends or the
+/// other side stops listening.
+async fn send_frames<T>(
+    mut reading: impl AsyncRead + Unpin,
+    sender: mpsc::Sender<T>,
+    wrap: impl Fn(RelayFrame) -> T,
+) {
+    let mut buffer = vec![0u8; FRAME];
+    loop {
+        match reading.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let frame = RelayFrame {
+                    data: buffer[..n].to_vec(),
+                    ..Default::default()
+                };
+                if sender.send(wrap(frame)).await.is_err() {
+                    return;
                 }
             }
         }
-        // Dropping `outgoing` ends the request stream: the peer's half-close.
-    };
-    let down = async move {
-        while let Ok(Some(frame)) = incoming.message().await {
-            if writing.write_all(&frame.data).await.is_err() {
-                return;
-            }
+    }
+}
+
+/// Writes the frames' bytes to `writing`; when they end, closes its
+/// writing half.
+async fn write_frames(mut frames: Streaming<RelayFrame>, mut writing: impl AsyncWrite + Unpin) {
+    while let Ok(Some(frame)) = frames.message().await {
+        if writing.write_all(&frame.data).await.is_err() {
+            return;
         }
-        let _ = writing.shutdown().await;
-    };
-    tokio::join!(up, down);
+    }
+    let _ = writing.shutdown().await;
 }
 
 /// Serves relays to this host's instances.
@@ -191,13 +200,8 @@ impl SiteNetwork for Service {
         &self,
         request: Request<Streaming<RelayFrame>>,
     ) -> Result<Response<Self::RelayStream>, Status> {
-        let named = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|leaf| host_certificate(leaf)));
         let network = &self.network;
-        let Some(peer) =
-            named.filter(|n| is_peer(&network.desired, &self.site, &network.host, (&n.site, &n.host)))
-        else {
+        let Some(peer) = peer_of(&request, &network.desired, &self.site, &network.host) else {
             return Err(Status::permission_denied("not a peer of this site"));
         };
         let mut frames = request.into_inner();
@@ -232,31 +236,21 @@ impl SiteNetwork for Service {
             .await
             .map_err(|err| Status::not_found(format!("{err:#}")))?;
         let _ = local.set_nodelay(true);
-        let (mut reading, mut writing) = local.into_split();
+        let (reading, writing) = local.into_split();
         let (sender, outgoing) = mpsc::channel(WINDOW);
+        let mut writing = tokio::spawn(write_frames(frames, writing));
+        let mut reading = tokio::spawn(send_frames(reading, sender, Ok));
+        // A relay on a key whose epoch the site drops (a rotation `--at-once`) ends.
+        let mut desired = network.desired.clone();
         tokio::spawn(async move {
-            while let Ok(Some(frame)) = frames.message().await {
-                if writing.write_all(&frame.data).await.is_err() {
-                    return;
+            let dropped = desired.wait_for(|(_, state)| !state.key_epochs.contains(&peer.epoch));
+            tokio::select! {
+                _ = dropped => {
+                    tracing::info!(peer = %peer.host, epoch = peer.epoch, "ending a relay on a key the site no longer accepts");
+                    writing.abort();
+                    reading.abort();
                 }
-            }
-            let _ = writing.shutdown().await;
-        });
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; FRAME];
-            loop {
-                match reading.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let frame = RelayFrame {
-                            data: buffer[..n].to_vec(),
-                            ..Default::default()
-                        };
-                        if sender.send(Ok(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
+                _ = async { let _ = tokio::join!(&mut writing, &mut reading); } => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))

@@ -230,6 +230,16 @@ impl Docker {
 }
 
 impl Docker {
+    async fn inspect(&self, container_id: &str) -> Result<bollard::models::ContainerInspectResponse> {
+        self.client
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .context("inspecting the container")
+    }
+
     async fn probe_exec(&self, container_id: &str, command: &[String]) -> Result<()> {
         let options = bollard::exec::CreateExecOptions {
             cmd: Some(command.to_vec()),
@@ -597,27 +607,13 @@ impl Runtime for Docker {
     }
 
     async fn namespace(&self, container_id: &str) -> Result<Option<u32>> {
-        let inspected = self
-            .client
-            .inspect_container(
-                container_id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .context("inspecting the container")?;
+        let inspected = self.inspect(container_id).await?;
         let pid = inspected.state.and_then(|s| s.pid).filter(|pid| *pid > 0);
         Ok(pid.map(|pid| pid as u32))
     }
 
     async fn address(&self, container_id: &str, application: &str) -> Result<std::net::IpAddr> {
-        let inspected = self
-            .client
-            .inspect_container(
-                container_id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .context("inspecting the container")?;
+        let inspected = self.inspect(container_id).await?;
         let network = self.network_name(application);
         let ip = inspected
             .network_settings

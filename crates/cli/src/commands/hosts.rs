@@ -148,3 +148,34 @@ pub async fn label(client: &Client, kind: Option<Kind>, name: &str, args: &[Stri
         }
     }
 }
+
+/// `outpost site rotate-keys SITE [--at-once]`.
+pub async fn rotate_keys(client: &Client, site: &str, at_once: bool) -> Result<String> {
+    let keys = client.rotate_keys(site, at_once).await?;
+    Ok(format!(
+        "site {site}: rotating the underlay keys to epoch {}\n{}",
+        keys.epoch,
+        keys_state(&keys)
+    ))
+}
+
+/// `outpost site keys SITE`.
+pub async fn site_keys(client: &Client, site: &str) -> Result<String> {
+    let keys = client.site_keys(site).await?;
+    Ok(format!(
+        "site {site}: underlay key epoch {}\n{}",
+        keys.epoch,
+        keys_state(&keys)
+    ))
+}
+
+fn keys_state(keys: &outpost_api::wire::SiteKeys) -> String {
+    let held = format!(
+        "{}/{} hosts hold a key of epoch {}",
+        keys.hosts_rotated, keys.hosts, keys.epoch
+    );
+    match keys.retiring {
+        Some(old) => format!("{held}; epoch {old} is accepted until all do\n"),
+        None => format!("{held}; no other epoch is accepted\n"),
+    }
+}

@@ -10,7 +10,7 @@ mod secrets;
 
 pub use describe::describe;
 pub use get::{delete, get, history};
-pub use hosts::{TokenOutput, create_join_token, get_hosts, label};
+pub use hosts::{TokenOutput, create_join_token, get_hosts, label, rotate_keys, site_keys};
 pub use input::{Checked, apply, diff, plan, read_sources, validate};
 pub use rollout::{rollout_command, rollout_status, rollout_undo, rollout_watch};
 pub use secrets::{SecretSet, delete_secret, describe_secret, get_secrets, secret_reveal, secret_set};

@@ -1,4 +1,5 @@
-//! Hosts: join tokens, the host list, and the operator's labels on a host.
+//! Hosts: join tokens, the host list, the operator's labels on a host, and
+//! the rotation of a site's underlay keys.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use outpost_api::manifest::Kind;
-use outpost_api::wire::{HostList, JoinToken, JoinTokenRequest};
+use outpost_api::wire::{HostList, JoinToken, JoinTokenRequest, RotateKeysRequest, SiteKeys};
 
 use super::{Actor, ApiError, AppState, body_bytes, label_change};
 use crate::auth;
@@ -57,6 +58,52 @@ pub(super) async fn create_join_token(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
     }))
+}
+
+/// `POST /api/v1/sites/{name}/rotate-keys`: a new epoch of underlay keys
+/// for the site's hosts (see `outpost_agent::underlay`).
+pub(super) async fn rotate_keys(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(site): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SiteKeys>, ApiError> {
+    let body = body_bytes(body)?;
+    let request: RotateKeysRequest = if body.is_empty() {
+        RotateKeysRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a rotation request: {e}")))?
+    };
+    if state.store.get(Kind::Site, &site).await?.is_none() {
+        return Err(ApiError::NotFound(format!("site {site:?} not found")));
+    }
+    let keys = state
+        .store
+        .rotate_site_keys(&site, request.at_once, time::OffsetDateTime::now_utc())
+        .await?;
+    tracing::info!(%actor, %site, epoch = keys.epoch, at_once = request.at_once, "rotating the site's underlay keys");
+    state.fleet.recompute_site(&site).await?;
+    Ok(Json(keys))
+}
+
+/// `GET /api/v1/sites/{name}/keys`: where the site's underlay keys stand.
+pub(super) async fn site_keys(
+    State(state): State<AppState>,
+    Path(site): Path<String>,
+) -> Result<Json<SiteKeys>, ApiError> {
+    if state.store.get(Kind::Site, &site).await?.is_none() {
+        return Err(ApiError::NotFound(format!("site {site:?} not found")));
+    }
+    let keys = state.store.site_keys().await?.remove(&site);
+    Ok(Json(keys.unwrap_or_else(|| SiteKeys {
+        site,
+        epoch: 1,
+        retiring: None,
+        rotated_at: String::new(),
+        hosts_rotated: 0,
+        hosts: 0,
+    })))
 }
 
 /// `GET /api/v1/hosts[?site=NAME]`: enrolled hosts with their facts and instances.

@@ -151,6 +151,8 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
         ("POST", "/plan", post(objects::plan)),
         ("GET", "/applications/{name}/history", get(objects::history)),
         ("POST", "/sites/{name}/tokens", post(hosts::create_join_token)),
+        ("POST", "/sites/{name}/rotate-keys", post(hosts::rotate_keys)),
+        ("GET", "/sites/{name}/keys", get(hosts::site_keys)),
         ("GET", "/hosts", get(hosts::hosts)),
         ("GET", "/events", get(records::events)),
         ("GET", "/logs", get(records::logs)),

@@ -106,6 +106,24 @@ const OPERATIONS: &[Operation] = &[
         &[400, 404],
     ),
     op(
+        "POST",
+        "/sites/{name}/rotate-keys",
+        "Rotate the site's underlay keys (the site network): hosts get keys of a new epoch; the old one is accepted until every host has one (`atOnce`: no longer at all)",
+        &["name"],
+        Some(Schema("RotateKeysRequest")),
+        Schema("SiteKeys"),
+        &[400, 404],
+    ),
+    op(
+        "GET",
+        "/sites/{name}/keys",
+        "The site's underlay key epoch, the one still accepted while a rotation is under way, and how many hosts hold the new one",
+        &["name"],
+        None,
+        Schema("SiteKeys"),
+        &[404],
+    ),
+    op(
         "GET",
         "/hosts",
         "Enrolled hosts: facts, labels, online, revision, instances",
@@ -429,8 +447,11 @@ fn operation(op: &Operation) -> Value {
         if op.path == "/apply" {
             body["application/yaml"] = json!({ "schema": { "type": "string", "description": "one or more manifests (see the Manifest schema)" } });
         }
-        // A join token's and an undo's bodies may be left out (defaults).
-        let required = !matches!(request, Schema("JoinTokenRequest" | "UndoRequest"));
+        // A join token's, an undo's and a rotation's bodies may be left out (defaults).
+        let required = !matches!(
+            request,
+            Schema("JoinTokenRequest" | "UndoRequest" | "RotateKeysRequest")
+        );
         value["requestBody"] = json!({ "required": required, "content": body });
     }
     if op.public {
@@ -471,6 +492,8 @@ pub fn openapi() -> Value {
     add_schema::<ApplicationVersion>(&mut generator, &mut schemas);
     add_schema::<JoinTokenRequest>(&mut generator, &mut schemas);
     add_schema::<JoinToken>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::wire::RotateKeysRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::wire::SiteKeys>(&mut generator, &mut schemas);
     add_schema::<HostList>(&mut generator, &mut schemas);
     add_schema::<crate::store::HostRecord>(&mut generator, &mut schemas);
     add_schema::<LabelChange>(&mut generator, &mut schemas);

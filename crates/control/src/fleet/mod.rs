@@ -47,6 +47,9 @@ pub struct Inputs {
     pub digests: ImageDigests,
     /// Per site: its hosts that listen for each other, and where.
     pub peers: HashMap<String, Vec<Peer>>,
+    /// Per site that has underlay keys: the epochs its hosts accept (a
+    /// site without: the first).
+    pub key_epochs: HashMap<String, Vec<u64>>,
 }
 
 impl Inputs {
@@ -139,6 +142,7 @@ impl Inputs {
                 let mut state = self.compile_placed(site, &deployments, hosts);
                 state.peers = self.peers.get(&name).cloned().unwrap_or_default();
                 state.peers.sort();
+                state.key_epochs = self.key_epochs.get(&name).cloned().unwrap_or_else(|| vec![1]);
                 // What the site is to fetch ahead of a switch: the releases
                 // its pre-staging rollouts have not switched it to, placed
                 // as they will run once every one of them has.
@@ -336,6 +340,13 @@ impl Fleet {
                 .collect::<Result<_, StoreError>>()?,
             digests: self.store.image_digests().await?,
             peers,
+            key_epochs: self
+                .store
+                .site_keys()
+                .await?
+                .into_iter()
+                .map(|(site, keys)| (site, keys.accepted()))
+                .collect(),
         })
     }
 

@@ -17,7 +17,8 @@ use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, StatusReport,
-    StreamAck, StreamBatch, SyncRequest, SyncResponse, WitnessReply, WitnessRequest,
+    StreamAck, StreamBatch, SyncRequest, SyncResponse, UnderlayReply, UnderlayRequest, WitnessReply,
+    WitnessRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -247,6 +248,41 @@ impl AgentGateway for Gateway {
             verdict: verdict as i32,
             reason,
         }))
+    }
+
+    async fn underlay_certificate(
+        &self,
+        request: Request<UnderlayRequest>,
+    ) -> Result<Response<UnderlayReply>, Status> {
+        let HostCertificate { site, host, .. } = self.identity(&request).await?;
+        let asked = request.into_inner();
+        if asked.csr_pem.len() > 16 << 10 {
+            return Err(Status::invalid_argument("the CSR is larger than 16 KiB"));
+        }
+        let cert_pem = self
+            .pki
+            .sign_underlay_csr(&asked.csr_pem, &site, &host, asked.epoch)
+            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        let keys = match self
+            .store
+            .record_host_key(&site, &host, asked.epoch, time::OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(keys) => keys,
+            Err(StoreError::Conflict(why)) => return Err(Status::failed_precondition(why)),
+            Err(err) => {
+                tracing::warn!(%site, %host, err = %err, "recording an underlay key");
+                return Err(Status::unavailable("the store failed; try again"));
+            }
+        };
+        tracing::info!(%site, %host, epoch = asked.epoch, rotated = keys.hosts_rotated, hosts = keys.hosts, "issued an underlay certificate");
+        if keys.retiring.is_none() && keys.hosts_rotated >= keys.hosts {
+            // Possibly the end of a rotation: the site stops accepting the old epoch.
+            if let Err(err) = self.fleet.recompute_site(&site).await {
+                tracing::warn!(%site, err = %err, "recomputing the site after its keys changed");
+            }
+        }
+        Ok(Response::new(UnderlayReply { cert_pem }))
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {

@@ -523,6 +523,98 @@ impl FleetStore for SqliteStore {
         rows.iter().map(host_from_row).collect()
     }
 
+    async fn site_keys(&self) -> Result<BTreeMap<String, outpost_api::wire::SiteKeys>, StoreError> {
+        let sites: Vec<(String,)> = sqlx::query_as("SELECT site FROM site_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = BTreeMap::new();
+        let mut connection = self.pool.acquire().await?;
+        for (site,) in sites {
+            if let Some(keys) = read_site_keys(&mut connection, &site).await? {
+                out.insert(site, keys);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn rotate_site_keys(
+        &self,
+        site: &str,
+        at_once: bool,
+        now: OffsetDateTime,
+    ) -> Result<outpost_api::wire::SiteKeys, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let epoch: Option<(i64,)> = sqlx::query_as("SELECT epoch FROM site_keys WHERE site = ?1")
+            .bind(site)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let epoch = epoch.map_or(1, |(e,)| e);
+        sqlx::query(
+            "INSERT INTO site_keys (site, epoch, retiring, rotated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (site) DO UPDATE SET epoch = ?2, retiring = ?3, rotated_at = ?4",
+        )
+        .bind(site)
+        .bind(epoch + 1)
+        .bind((!at_once).then_some(epoch))
+        .bind(now.unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        let keys = read_site_keys(&mut tx, site)
+            .await?
+            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn record_host_key(
+        &self,
+        site: &str,
+        host: &str,
+        epoch: u64,
+        now: OffsetDateTime,
+    ) -> Result<outpost_api::wire::SiteKeys, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO site_keys (site, epoch, rotated_at) VALUES (?1, 1, ?2) ON CONFLICT (site) DO NOTHING")
+            .bind(site)
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+        let keys = read_site_keys(&mut tx, site)
+            .await?
+            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        if !keys.accepted().contains(&epoch) {
+            return Err(StoreError::Conflict(format!(
+                "site {site} accepts keys of epoch {}, not {epoch}",
+                keys.accepted()
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO host_keys (site, host, epoch) VALUES (?1, ?2, ?3)
+             ON CONFLICT (site, host) DO UPDATE SET epoch = MAX(epoch, ?3)",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(epoch as i64)
+        .execute(&mut *tx)
+        .await?;
+        let mut keys = read_site_keys(&mut tx, site)
+            .await?
+            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        if keys.retiring.is_some() && keys.hosts_rotated >= keys.hosts {
+            sqlx::query("UPDATE site_keys SET retiring = NULL WHERE site = ?1")
+                .bind(site)
+                .execute(&mut *tx)
+                .await?;
+            keys.retiring = None;
+        }
+        tx.commit().await?;
+        Ok(keys)
+    }
+
     async fn save_site_states(
         &self,
         states: &BTreeMap<String, SiteState>,
@@ -618,4 +710,40 @@ pub(super) async fn remove_site_hosts(
         sqlx::query(statement).bind(site).execute(&mut *tx).await?;
     }
     Ok(revoked)
+}
+
+/// A site's underlay keys as stored, with how many of its hosts (enrolled
+/// now) hold a key of its epoch.
+async fn read_site_keys(
+    connection: &mut sqlx::SqliteConnection,
+    site: &str,
+) -> Result<Option<outpost_api::wire::SiteKeys>, StoreError> {
+    let row: Option<(i64, Option<i64>, i64)> =
+        sqlx::query_as("SELECT epoch, retiring, rotated_at FROM site_keys WHERE site = ?1")
+            .bind(site)
+            .fetch_optional(&mut *connection)
+            .await?;
+    let Some((epoch, retiring, rotated_at)) = row else {
+        return Ok(None);
+    };
+    let (hosts, rotated): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(k.epoch) FROM hosts h
+         LEFT JOIN host_keys k ON k.site = h.site AND k.host = h.name AND k.epoch >= ?2
+         WHERE h.site = ?1",
+    )
+    .bind(site)
+    .bind(epoch)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(Some(outpost_api::wire::SiteKeys {
+        site: site.to_string(),
+        epoch: epoch as u64,
+        retiring: retiring.map(|r| r as u64),
+        rotated_at: OffsetDateTime::from_unix_timestamp(rotated_at)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default(),
+        hosts_rotated: rotated as u32,
+        hosts: hosts as u32,
+    }))
 }

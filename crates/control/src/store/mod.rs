@@ -293,6 +293,32 @@ pub trait FleetStore: Send + Sync + 'static {
     /// The hosts of one site.
     async fn site_hosts(&self, site: &str) -> Result<Vec<HostRecord>, StoreError>;
 
+    /// The underlay keys of every site that has any (a site gets its first,
+    /// epoch 1, when a host first asks for one).
+    async fn site_keys(&self) -> Result<BTreeMap<String, outpost_api::wire::SiteKeys>, StoreError>;
+
+    /// Begins a rotation of `site`'s underlay keys at `now`: a new epoch,
+    /// with the current one accepted until every host holds the new one
+    /// (`at_once`: not at all).
+    async fn rotate_site_keys(
+        &self,
+        site: &str,
+        at_once: bool,
+        now: time::OffsetDateTime,
+    ) -> Result<outpost_api::wire::SiteKeys, StoreError>;
+
+    /// Records that `host` of `site` holds a key of `epoch`, which must be
+    /// one the site accepts (`Conflict` otherwise; the site's first epoch
+    /// is made here). Ends a rotation every host has followed. The site's
+    /// keys after it.
+    async fn record_host_key(
+        &self,
+        site: &str,
+        host: &str,
+        epoch: u64,
+        now: time::OffsetDateTime,
+    ) -> Result<outpost_api::wire::SiteKeys, StoreError>;
+
     /// The rollout of every deployment that has one.
     async fn rollouts(&self) -> Result<BTreeMap<String, outpost_api::rollout::RolloutState>, StoreError>;
 

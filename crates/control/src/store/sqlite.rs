@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0011_site_address.sql"),
     ),
     (12, "streams", include_str!("../../migrations/0012_streams.sql")),
+    (
+        13,
+        "site keys",
+        include_str!("../../migrations/0013_site_keys.sql"),
+    ),
 ];
 
 #[derive(Debug)]
