@@ -150,7 +150,7 @@ impl PeerTls {
             inner: self.verifier()?,
             site: site.to_string(),
             host: host.to_string(),
-            accepted: self.keys.accepted(),
+            keys: self.keys.clone(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -198,7 +198,7 @@ struct PeerIdentity {
     inner: Arc<dyn ClientCertVerifier>,
     site: String,
     host: String,
-    accepted: Vec<u64>,
+    keys: Arc<crate::underlay::Keys>,
 }
 
 impl crate::tls::CertificateCheck for PeerIdentity {
@@ -217,7 +217,7 @@ impl crate::tls::CertificateCheck for PeerIdentity {
                     named.site, named.host, self.site, self.host
                 )))
             }
-            Some(named) if !self.accepted.contains(&named.epoch) => Err(rustls::Error::General(format!(
+            Some(named) if !self.keys.accepts(named.epoch) => Err(rustls::Error::General(format!(
                 "{}'s key is of epoch {}, which the site no longer accepts",
                 named.host, named.epoch
             ))),
@@ -235,17 +235,16 @@ impl crate::tls::CertificateCheck for PeerIdentity {
 /// accepts; `None` for anyone else.
 pub(crate) fn peer_of<T>(
     request: &Request<T>,
-    desired: &watch::Receiver<(u64, SiteState)>,
+    (desired, keys): (&watch::Receiver<(u64, SiteState)>, &crate::underlay::Keys),
     site: &str,
     ours: &str,
 ) -> Option<outpost_proto::identity::UnderlayCertificate> {
     let certs = request.peer_certs()?;
     let named = underlay_certificate(certs.first()?)?;
-    let state = &desired.borrow().1;
     let known = named.site == site
         && named.host != ours
-        && state.key_epochs.contains(&named.epoch)
-        && state.peers.iter().any(|p| p.host == named.host);
+        && keys.accepts(named.epoch)
+        && desired.borrow().1.peers.iter().any(|p| p.host == named.host);
     known.then_some(named)
 }
 
@@ -364,6 +363,7 @@ struct Service {
     host: String,
     runtime: Arc<dyn Runtime>,
     desired: watch::Receiver<(u64, SiteState)>,
+    keys: Arc<crate::underlay::Keys>,
 }
 
 #[tonic::async_trait]
@@ -374,7 +374,7 @@ impl SitePeer for Service {
         &self,
         request: Request<ImageRequest>,
     ) -> Result<Response<Self::FetchImageStream>, Status> {
-        let Some(named) = peer_of(&request, &self.desired, &self.site, &self.host) else {
+        let Some(named) = peer_of(&request, (&self.desired, &self.keys), &self.site, &self.host) else {
             return Err(Status::permission_denied("not a peer of this site"));
         };
         let reference = request.into_inner().reference;
@@ -478,6 +478,7 @@ pub async fn serve(
         host,
         runtime,
         desired,
+        keys: tls.keys().clone(),
     };
     tonic::transport::Server::builder()
         .add_service(SitePeerServer::new(service))

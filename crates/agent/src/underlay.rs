@@ -39,10 +39,19 @@ use tokio::sync::watch;
 /// could not get.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How long a host still accepts an epoch its site retired at the end of
+/// a rotation: the other hosts learn of the retirement a moment apart, and
+/// until they do they present keys of it.
+const GRACE: Duration = Duration::from_secs(30);
+
 pub struct Keys {
     dir: PathBuf,
     held: RwLock<BTreeMap<u64, Arc<CertifiedKey>>>,
     accepted: RwLock<Vec<u64>>,
+    /// Epochs retired at the end of a rotation, accepted until then.
+    graced: RwLock<Vec<(u64, std::time::Instant)>>,
+    /// Epochs dropped at once (`--at-once`): connections on them end.
+    revoked: watch::Sender<Vec<u64>>,
 }
 
 fn paths(dir: &Path, epoch: u64) -> (PathBuf, PathBuf) {
@@ -94,6 +103,8 @@ impl Keys {
             dir: data_dir.to_path_buf(),
             held: RwLock::new(held),
             accepted: RwLock::new(Vec::new()),
+            graced: RwLock::new(Vec::new()),
+            revoked: watch::channel(Vec::new()).0,
         })
     }
 
@@ -119,11 +130,40 @@ impl Keys {
         self.held.read().contains_key(&epoch)
     }
 
+    /// Whether a peer's key of `epoch` is accepted now.
+    pub fn accepts(&self, epoch: u64) -> bool {
+        self.accepted.read().contains(&epoch)
+            || self
+                .graced
+                .read()
+                .iter()
+                .any(|(e, until)| *e == epoch && std::time::Instant::now() < *until)
+    }
+
+    /// Tells when an epoch is dropped at once (its relays end).
+    pub fn revoked(&self) -> watch::Receiver<Vec<u64>> {
+        self.revoked.subscribe()
+    }
+
     /// Takes the site's accepted epochs; forgets keys of older ones.
-    /// Whether they changed.
+    /// Whether they changed. An epoch dropped while the newest stays (the
+    /// end of a rotation) is still accepted for `GRACE`; one dropped with
+    /// a new newest (a rotation `--at-once`) is revoked.
     fn accept(&self, epochs: &[u64]) -> bool {
-        if *self.accepted.read() == epochs {
+        let before = self.accepted.read().clone();
+        if before == epochs {
             return false;
+        }
+        let dropped = before.iter().filter(|e| !epochs.contains(e)).copied();
+        if !before.is_empty() && before.last() == epochs.last() {
+            let until = std::time::Instant::now() + GRACE;
+            self.graced.write().extend(dropped.map(|e| (e, until)));
+        } else {
+            let dropped: Vec<u64> = dropped.collect();
+            self.graced.write().clear();
+            if !dropped.is_empty() {
+                self.revoked.send_modify(|revoked| revoked.extend(dropped));
+            }
         }
         *self.accepted.write() = epochs.to_vec();
         if let Some(oldest) = epochs.first() {
@@ -241,6 +281,15 @@ mod tests {
         assert!(!paths(dir.path(), 1).0.exists(), "epoch 1's key is deleted");
         assert!(keys.accept(&[3]));
         assert_eq!(presented(&keys), 3);
+        assert!(
+            keys.accepts(2),
+            "retired at the end of a rotation: accepted a while"
+        );
+        assert!(!keys.accepts(1));
+        assert!(keys.revoked().borrow().is_empty());
+        assert!(keys.accept(&[4]), "a rotation at once");
+        assert!(!keys.accepts(3) && !keys.accepts(2));
+        assert_eq!(*keys.revoked().borrow(), [3]);
         assert_eq!(Keys::load(dir.path()).unwrap().held.read().len(), 1);
     }
 }

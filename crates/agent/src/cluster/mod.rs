@@ -671,9 +671,15 @@ pub struct Service {
 impl Service {
     /// The host of this site that sent `request`, by its certificate.
     fn peer<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        crate::peers::peer_of(request, &self.desired, &self.cluster.site, &self.cluster.host)
-            .map(|n| n.host)
-            .ok_or_else(|| Status::permission_denied("not a peer of this site"))
+        let keys = self.cluster.tls.keys();
+        crate::peers::peer_of(
+            request,
+            (&self.desired, keys),
+            &self.cluster.site,
+            &self.cluster.host,
+        )
+        .map(|n| n.host)
+        .ok_or_else(|| Status::permission_denied("not a peer of this site"))
     }
 
     /// Hands a peer's Raft request to this host's Raft, and its result back.

@@ -201,7 +201,8 @@ impl SiteNetwork for Service {
         request: Request<Streaming<RelayFrame>>,
     ) -> Result<Response<Self::RelayStream>, Status> {
         let network = &self.network;
-        let Some(peer) = peer_of(&request, &network.desired, &self.site, &network.host) else {
+        let keys = network.relays.tls.keys();
+        let Some(peer) = peer_of(&request, (&network.desired, keys), &self.site, &network.host) else {
             return Err(Status::permission_denied("not a peer of this site"));
         };
         let mut frames = request.into_inner();
@@ -240,10 +241,10 @@ impl SiteNetwork for Service {
         let (sender, outgoing) = mpsc::channel(WINDOW);
         let mut writing = tokio::spawn(write_frames(frames, writing));
         let mut reading = tokio::spawn(send_frames(reading, sender, Ok));
-        // A relay on a key whose epoch the site drops (a rotation `--at-once`) ends.
-        let mut desired = network.desired.clone();
+        // A relay on a key whose epoch the site drops at once (`--at-once`) ends.
+        let mut revoked = keys.revoked();
         tokio::spawn(async move {
-            let dropped = desired.wait_for(|(_, state)| !state.key_epochs.contains(&peer.epoch));
+            let dropped = revoked.wait_for(|revoked| revoked.contains(&peer.epoch));
             tokio::select! {
                 _ = dropped => {
                     tracing::info!(peer = %peer.host, epoch = peer.epoch, "ending a relay on a key the site no longer accepts");

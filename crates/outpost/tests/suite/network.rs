@@ -1,8 +1,9 @@
 //! The site network on lab hosts that each have a Docker Engine and a
 //! network namespace of their own: services find each other by name
 //! across hosts, other applications reach nothing, nothing crosses the
-//! lab network in clear, names follow a moved service, and the ingress
-//! port answers on every host.
+//! lab network in clear, the ingress port answers on every host, the
+//! underlay keys rotate under steady traffic without a failed call, and
+//! names follow a moved service.
 
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,66 @@ fn services_reach_each_other_by_name_across_hosts_over_an_encrypted_underlay() {
         });
         assert_eq!(served.trim(), PAYLOAD, "ingress on {host}");
     }
+
+    // The underlay keys rotate while api calls db without pause: no call fails.
+    let looped = "ok=0; fail=0; while [ ! -e /tmp/stop ]; do if wget -qO /dev/null http://db:8080/; then ok=$((ok+1)); else fail=$((fail+1)); fi; echo \"$ok $fail\" > /tmp/count; done";
+    assert!(
+        lab.host_docker(h1, &["exec", "-d", &api, "sh", "-c", looped])
+            .is_some()
+    );
+    let counts = || -> (u32, u32) {
+        let text = lab
+            .host_docker(h1, &["exec", &api, "cat", "/tmp/count"])
+            .unwrap_or_default();
+        let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    };
+    eventually(Duration::from_secs(10), "the call loop running", || {
+        (counts().0 > 5).then_some(())
+    });
+    let rotated = lab.cli(&["site", "rotate-keys", &site]).success().to_string();
+    assert!(
+        rotated.contains("rotating the underlay keys to epoch 2"),
+        "{rotated}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "every host holding a key of epoch 2",
+        || {
+            let keys = lab.cli(&["site", "keys", &site]).success().to_string();
+            keys.contains("3/3 hosts hold a key of epoch 2; no other epoch")
+                .then_some(())
+        },
+    );
+    // Past the grace for the old epoch: every connection now is on new keys.
+    let before = counts().0;
+    std::thread::sleep(Duration::from_secs(35));
+    lab.host_docker(h1, &["exec", &api, "touch", "/tmp/stop"]);
+    let (ok, failed) = counts();
+    assert_eq!(failed, 0, "calls failed during the rotation ({ok} succeeded)");
+    assert!(
+        ok > before + 20,
+        "calls went on after the rotation: {before} then {ok}"
+    );
+    for host in &hosts {
+        assert!(
+            lab.logged(host, "holding an underlay key epoch=2"),
+            "{}",
+            lab.logs(host)
+        );
+    }
+    // A rotation at once: the old keys stop working now; the hosts get new
+    // ones from the control plane and calls work again.
+    lab.cli(&["site", "rotate-keys", &site, "--at-once"]).success();
+    eventually(
+        Duration::from_secs(30),
+        "api reaching db on keys of epoch 3",
+        || {
+            let keys = lab.cli(&["site", "keys", &site]).success().to_string();
+            (keys.contains("3/3 hosts hold a key of epoch 3") && fetch(h1, &api, "http://db:8080/").is_ok())
+                .then_some(())
+        },
+    );
 
     // db's host is lost; the site moves db to the other host, and api's
     // call by name works again within 10 s of db running there.
