@@ -147,6 +147,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let identity = credentials.identity.clone();
     let store = store::LocalStore::open(&config.data_dir.join("agent.db")).await?;
     let (revision, state) = store.desired().await?;
+    // Peers are known by the keys the stored state accepts, from the start
+    // (a returning host asks its peers before anything else).
+    credentials.peer_tls.keys().accept(&state.key_epochs);
     tracing::info!(site = %identity.site, host = %identity.host, revision, workloads = state.workloads.len(), "starting from the local store");
     let (desired_sender, received) = watch::channel((revision, state.clone()));
     let desired_sender = Arc::new(desired_sender);

@@ -149,7 +149,7 @@ impl Keys {
     /// Whether they changed. An epoch dropped while the newest stays (the
     /// end of a rotation) is still accepted for `GRACE`; one dropped with
     /// a new newest (a rotation `--at-once`) is revoked.
-    fn accept(&self, epochs: &[u64]) -> bool {
+    pub fn accept(&self, epochs: &[u64]) -> bool {
         let before = self.accepted.read().clone();
         if before == epochs {
             return false;
