@@ -474,3 +474,64 @@ fn the_agent_only_binary_takes_exactly_the_agents_flags() {
         "--site-address needs --site-listen"
     );
 }
+
+#[test]
+fn site_keys_rotate_on_request_and_bad_requests_change_nothing() {
+    let control = ControlPlane::start();
+    control.cli(&["apply", "-f", &examples_dir()]).success();
+    let keys = control.cli(&["site", "keys", "store-042"]).success().to_string();
+    assert!(keys.contains("underlay key epoch 1"), "{keys}");
+    let rotated = control
+        .cli(&["site", "rotate-keys", "store-042"])
+        .success()
+        .to_string();
+    assert_eq!(
+        rotated,
+        "site store-042: rotating the underlay keys to epoch 2\n0/0 hosts hold a key of epoch 2; epoch 1 is accepted until all do\n"
+    );
+    let at_once = control
+        .cli(&["site", "rotate-keys", "store-042", "--at-once"])
+        .success()
+        .to_string();
+    assert!(
+        at_once.contains("epoch 3") && at_once.contains("no other epoch is accepted"),
+        "{at_once}"
+    );
+    let missing = control.cli(&["site", "rotate-keys", "no-such-site"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("site \"no-such-site\" not found"),
+        "{}",
+        missing.stderr
+    );
+    let body = control.http().send(
+        "POST",
+        "/api/v1/sites/store-042/rotate-keys",
+        Some(&control.token()),
+        Some(("application/json", b"{\"atOnce\": \"yes\"}".to_vec())),
+    );
+    assert_eq!(body.status, 400, "{:?}", body.body);
+    let keys = control.cli(&["site", "keys", "store-042"]).success().to_string();
+    assert!(
+        keys.contains("underlay key epoch 3"),
+        "a refused request rotates nothing: {keys}"
+    );
+    let run = cli_with(
+        &[
+            "control",
+            "--site-key-rotation",
+            "5m",
+            "--data-dir",
+            "/nonexistent",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("--site-key-rotation: rotate at most once an hour"),
+        "{}",
+        run.stderr
+    );
+}
