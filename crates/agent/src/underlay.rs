@@ -281,6 +281,7 @@ mod tests {
         assert!(!paths(dir.path(), 1).0.exists(), "epoch 1's key is deleted");
         assert!(keys.accept(&[3]));
         assert_eq!(presented(&keys), 3);
+        assert_eq!(Keys::load(dir.path()).unwrap().held.read().len(), 1);
         assert!(
             keys.accepts(2),
             "retired at the end of a rotation: accepted a while"
@@ -290,6 +291,9 @@ mod tests {
         assert!(keys.accept(&[4]), "a rotation at once");
         assert!(!keys.accepts(3) && !keys.accepts(2));
         assert_eq!(*keys.revoked().borrow(), [3]);
-        assert_eq!(Keys::load(dir.path()).unwrap().held.read().len(), 1);
+        assert!(
+            keys.presented().is_none(),
+            "no key of epoch 4 yet, none of 3 kept"
+        );
     }
 }

@@ -1,3 +1,5 @@
+//! Tests of the site network's names, routes and rights (pure logic).
+
 use outpost_api::workload::{Instance, SiteState, Workload};
 
 use super::*;
