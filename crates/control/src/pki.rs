@@ -99,16 +99,35 @@ impl Pki {
     /// the public key is taken from the request: the identity (site and
     /// host) is set here, never by the agent.
     pub fn sign_host_csr(&self, csr_pem: &str, site: &str, host: &str, serial: &str) -> Result<String> {
+        let name = format!("{host}.{site}");
+        self.sign_client_csr(csr_pem, &name, &host_identity_uri(site, host), serial)
+            .context("signing the host certificate")
+    }
+
+    /// Signs a key a host made for its site's underlay (the site network):
+    /// a certificate naming the site, host and key epoch
+    /// (`outpost_proto::identity::underlay_uri`), which the site's hosts
+    /// accept from each other while their site accepts the epoch, and the
+    /// agent gateway never takes for a host's identity.
+    pub fn sign_underlay_csr(&self, csr_pem: &str, site: &str, host: &str, epoch: u64) -> Result<String> {
+        let name = format!("{host}.{site} underlay {epoch}");
+        let uri = outpost_proto::identity::underlay_uri(site, host, epoch);
+        self.sign_client_csr(csr_pem, &name, &uri, &new_serial())
+            .context("signing the underlay certificate")
+    }
+
+    /// A client certificate (a year) for the public key of `csr_pem`, named
+    /// `common_name` and the URI `uri`: only the key is taken from the
+    /// request, the names are set here, never by the agent.
+    fn sign_client_csr(&self, csr_pem: &str, common_name: &str, uri: &str, serial: &str) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .context("the CSR is not a valid PKCS#10 request")?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{host}.{site}"));
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.subject_alt_names = vec![SanType::URI(
-            host_identity_uri(site, host)
+            uri.to_string()
                 .try_into()
-                .context("building the host identity")?,
+                .context("building the certificate's name")?,
         )];
         params.serial_number = Some(SerialNumber::from_slice(
             &hex::decode(serial).context("the serial is not hex")?,
@@ -116,40 +135,7 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, 365);
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .context("signing the host certificate")?;
-        Ok(cert.pem())
-    }
-}
-
-impl Pki {
-    /// Signs a key a host made for its site's underlay (the site network):
-    /// a certificate naming the site, host and key epoch
-    /// (`outpost_proto::identity::underlay_uri`), which the site's hosts
-    /// accept from each other while their site accepts the epoch, and the
-    /// agent gateway never takes for a host's identity.
-    pub fn sign_underlay_csr(&self, csr_pem: &str, site: &str, host: &str, epoch: u64) -> Result<String> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .context("the CSR is not a valid PKCS#10 request")?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{host}.{site} underlay {epoch}"));
-        params.subject_alt_names = vec![SanType::URI(
-            outpost_proto::identity::underlay_uri(site, host, epoch)
-                .try_into()
-                .context("building the underlay identity")?,
-        )];
-        params.serial_number = Some(SerialNumber::from_slice(
-            &hex::decode(new_serial()).context("the serial is not hex")?,
-        ));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 365);
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .context("signing the underlay certificate")?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(cert.pem())
     }
 }

@@ -559,9 +559,7 @@ impl FleetStore for SqliteStore {
         .bind(now.unix_timestamp())
         .execute(&mut *tx)
         .await?;
-        let keys = read_site_keys(&mut tx, site)
-            .await?
-            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        let keys = stored_site_keys(&mut tx, site).await?;
         tx.commit().await?;
         Ok(keys)
     }
@@ -579,9 +577,7 @@ impl FleetStore for SqliteStore {
             .bind(now.unix_timestamp())
             .execute(&mut *tx)
             .await?;
-        let keys = read_site_keys(&mut tx, site)
-            .await?
-            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        let keys = stored_site_keys(&mut tx, site).await?;
         if !keys.accepted().contains(&epoch) {
             return Err(StoreError::Conflict(format!(
                 "site {site} accepts keys of epoch {}, not {epoch}",
@@ -601,9 +597,7 @@ impl FleetStore for SqliteStore {
         .bind(epoch as i64)
         .execute(&mut *tx)
         .await?;
-        let mut keys = read_site_keys(&mut tx, site)
-            .await?
-            .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))?;
+        let mut keys = stored_site_keys(&mut tx, site).await?;
         if keys.retiring.is_some() && keys.hosts_rotated >= keys.hosts {
             sqlx::query("UPDATE site_keys SET retiring = NULL WHERE site = ?1")
                 .bind(site)
@@ -710,6 +704,17 @@ pub(super) async fn remove_site_hosts(
         sqlx::query(statement).bind(site).execute(&mut *tx).await?;
     }
     Ok(revoked)
+}
+
+/// The underlay keys of a site that has some (made earlier in the same
+/// transaction).
+async fn stored_site_keys(
+    connection: &mut sqlx::SqliteConnection,
+    site: &str,
+) -> Result<outpost_api::wire::SiteKeys, StoreError> {
+    read_site_keys(connection, site)
+        .await?
+        .ok_or_else(|| StoreError::Unreadable(format!("the keys of site {site} vanished")))
 }
 
 /// A site's underlay keys as stored, with how many of its hosts (enrolled
