@@ -224,6 +224,8 @@ pub fn compile_site<'a>(
         .collect();
     deployments.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    // Ingress ports the site serves already: port, host, application/service.
+    let mut ingress_taken: Vec<(u32, Option<String>, String)> = Vec::new();
     for deployment in deployments {
         let application = deployment.spec.application.as_str();
         let failure = |reason: String| PlacementFailure {
@@ -260,9 +262,19 @@ pub fn compile_site<'a>(
                 continue;
             }
         };
+        if let Some(reason) = ingress_conflict(application, &spec, &ingress_taken) {
+            state.failures.push(failure(reason));
+            continue;
+        }
         match substitute(&spec, &site.spec.variables) {
             Ok(spec) => {
                 taken.insert(application.to_string(), deployment.metadata.name.to_string());
+                for service in &spec.services {
+                    if let Some(ingress) = &service.ingress {
+                        let served = format!("{application}/{}", service.name.as_str());
+                        ingress_taken.push((ingress.port, ingress.host.clone(), served));
+                    }
+                }
                 let windowed = spec.streams.iter().any(|t| t.window.is_some());
                 let time_zone = if windowed { site_time_zone(site) } else { None };
                 let siblings: Vec<String> = spec.services.iter().map(|s| s.name.to_string()).collect();
@@ -303,6 +315,27 @@ pub fn compile_site<'a>(
         }
     }
     state
+}
+
+/// Why `application` cannot run on a site whose services already serve
+/// the ingress ports in `taken`: one of its services wants a port another
+/// application serves, and they are not told apart by different hosts.
+fn ingress_conflict(
+    application: &str,
+    spec: &ApplicationSpec,
+    taken: &[(u32, Option<String>, String)],
+) -> Option<String> {
+    spec.services.iter().find_map(|service| {
+        let ingress = service.ingress.as_ref()?;
+        let (_, _, other) = taken.iter().find(|(port, host, _)| {
+            *port == ingress.port && (host.is_none() || ingress.host.is_none() || *host == ingress.host)
+        })?;
+        Some(format!(
+            "{application}/{} wants ingress port {}, which {other} serves on this site (services share a port only with different hosts)",
+            service.name.as_str(),
+            ingress.port
+        ))
+    })
 }
 
 /// The time zone a site's stream windows are read in: its `timezone`

@@ -523,3 +523,47 @@ spec:
         ]
     );
 }
+
+#[test]
+fn two_applications_cannot_serve_one_ingress_port_on_a_site_unless_hosts_tell_them_apart() {
+    let all = manifests(
+        "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: s, labels: { g: x } }\n---\n\
+         apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: a }\nspec: { application: a, sites: \"g = x\" }\n---\n\
+         apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: b }\nspec: { application: b, sites: \"g = x\" }\n---\n\
+         apiVersion: outpost/v1\nkind: Deployment\nmetadata: { name: c }\nspec: { application: c, sites: \"g = x\" }\n",
+    );
+    let site = all.iter().cloned().find_map(Manifest::into_site).unwrap();
+    let deployments: Vec<Deployment> = all
+        .iter()
+        .cloned()
+        .filter_map(Manifest::into_deployment)
+        .collect();
+    let spec = |service: &str, ingress: &str| -> ApplicationSpec {
+        serde_json::from_value(serde_json::json!({
+            "version": "1",
+            "services": [{
+                "name": service,
+                "ingress": serde_json::from_str::<serde_json::Value>(ingress).unwrap(),
+                "containers": [{ "name": "m", "image": "x", "ports": [{ "container": 8080 }] }],
+            }],
+        }))
+        .unwrap()
+    };
+    let lookup = |name: &str, _: Option<&str>| match name {
+        "a" => Some(spec("web", r#"{"port": 443, "host": "pos.local"}"#)),
+        "b" => Some(spec("admin", r#"{"port": 443, "host": "admin.local"}"#)),
+        "c" => Some(spec("other", r#"{"port": 443}"#)),
+        _ => None,
+    };
+    let state = compile_site(&site, &deployments, lookup, &BTreeMap::new());
+    let keys: Vec<String> = state.workloads.iter().map(Workload::key).collect();
+    assert_eq!(keys, ["a/web", "b/admin"], "different hosts share the port");
+    assert_eq!(
+        state.failures,
+        [PlacementFailure {
+            deployment: "c".into(),
+            application: "c".into(),
+            reason: "c/other wants ingress port 443, which a/web serves on this site (services share a port only with different hosts)".into(),
+        }]
+    );
+}
