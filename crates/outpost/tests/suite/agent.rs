@@ -1003,7 +1003,8 @@ fn a_broken_version_is_rolled_back_automatically_while_the_old_one_keeps_serving
         .apply(&rolled_application(&group, "1", false, policy))
         .success();
     let status = |what: &str| control.cli(&["rollout", "status", "shop"]).success().to_string() + what;
-    eventually(Duration::from_secs(60), "version 1 everywhere", || {
+    // Three waves, each gated on health: generous for a loaded machine.
+    eventually(Duration::from_secs(120), "version 1 everywhere", || {
         status("").contains("version 1 (succeeded)").then_some(())
     });
     let web = |site: &str| format!("outpost.{site}.shop-web-0.httpd");
