@@ -254,13 +254,7 @@ pub struct Ingress {
 impl Service {
     /// The TCP ports its containers declare, in order, each once.
     pub fn tcp_ports(&self) -> impl Iterator<Item = u32> + '_ {
-        let mut seen = std::collections::BTreeSet::new();
-        self.containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.container)
-            .filter(move |port| seen.insert(*port))
+        tcp_ports(&self.containers)
     }
 
     /// The failover the service asked for, or its default.
@@ -717,6 +711,17 @@ fn check_http_path(s: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The TCP ports `containers` declare, in order, each once.
+pub fn tcp_ports(containers: &[Container]) -> impl Iterator<Item = u32> + '_ {
+    let mut seen = std::collections::BTreeSet::new();
+    containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| p.container)
+        .filter(move |port| seen.insert(*port))
 }
 
 /// Whether `s` is a DNS name: labels joined by dots, 253 bytes at most.

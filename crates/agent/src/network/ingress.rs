@@ -57,12 +57,7 @@ fn wanted(state: &SiteState, host: &str) -> BTreeMap<u32, Vec<Route>> {
         if !ingress.hosts.as_ref().is_none_or(|s| s.matches(&labels)) {
             continue;
         }
-        let first_tcp = workload
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .find(|p| p.protocol == outpost_api::manifest::Protocol::Tcp)
-            .map(|p| p.container);
+        let first_tcp = outpost_api::manifest::tcp_ports(&workload.containers).next();
         let Some(port) = ingress.target_port.or(first_tcp) else {
             continue;
         };

@@ -116,10 +116,7 @@ pub fn ports(state: &SiteState, target: &Target) -> BTreeSet<u32> {
         .workloads
         .iter()
         .filter(|w| w.application == target.application && w.service == target.service)
-        .flat_map(|w| &w.containers)
-        .flat_map(|c| &c.ports)
-        .filter(|p| p.protocol == outpost_api::manifest::Protocol::Tcp)
-        .map(|p| p.container)
+        .flat_map(|w| outpost_api::manifest::tcp_ports(&w.containers))
         .collect()
 }
 

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use outpost_api::wire::{BundleRequest, BundleResponse};
 use outpost_proto::bundle::{Header, SiteBundle};
 
-use super::{Actor, ApiError, AppState, body_bytes};
+use super::{Actor, ApiError, AppState, optional_body};
 
 /// `POST /api/v1/deployments/{name}/bundle`.
 pub(super) async fn bundle(
@@ -17,13 +17,7 @@ pub(super) async fn bundle(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BundleResponse>, ApiError> {
-    let body = body_bytes(body)?;
-    let request: BundleRequest = if body.is_empty() {
-        BundleRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not a bundle request: {e}")))?
-    };
+    let request: BundleRequest = optional_body(body, "a bundle request")?;
     let (version, states) = state.fleet.bundle(&name, request.version.as_deref()).await?;
     let mut images: Vec<String> = states
         .values()

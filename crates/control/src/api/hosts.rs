@@ -10,7 +10,7 @@ use axum::{Extension, Json};
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{HostList, JoinToken, JoinTokenRequest, RotateKeysRequest, SiteKeys};
 
-use super::{Actor, ApiError, AppState, body_bytes, label_change};
+use super::{Actor, ApiError, AppState, label_change, optional_body};
 use crate::auth;
 use crate::status::Snapshot;
 
@@ -24,13 +24,7 @@ pub(super) async fn create_join_token(
     Path(site): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JoinToken>, ApiError> {
-    let body = body_bytes(body)?;
-    let request: JoinTokenRequest = if body.is_empty() {
-        JoinTokenRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not a token request: {e}")))?
-    };
+    let request: JoinTokenRequest = optional_body(body, "a token request")?;
     let ttl: outpost_api::quantity::Duration = match request.ttl.as_deref() {
         None => outpost_api::quantity::Duration(3_600_000),
         Some(text) => text
@@ -68,13 +62,7 @@ pub(super) async fn rotate_keys(
     Path(site): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SiteKeys>, ApiError> {
-    let body = body_bytes(body)?;
-    let request: RotateKeysRequest = if body.is_empty() {
-        RotateKeysRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not a rotation request: {e}")))?
-    };
+    let request: RotateKeysRequest = optional_body(body, "a rotation request")?;
     if state.store.get(Kind::Site, &site).await?.is_none() {
         return Err(ApiError::NotFound(format!("site {site:?} not found")));
     }

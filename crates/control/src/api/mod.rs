@@ -337,6 +337,19 @@ pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
+/// A JSON body that may be left out: an empty body is `T`'s default. `what`
+/// names it in the error (`a bundle request`).
+pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not {what}: {e}")))
+}
+
 pub(super) fn label_change(body: Result<Bytes, BytesRejection>) -> Result<LabelChange, ApiError> {
     let body = body_bytes(body)?;
     let change: LabelChange = serde_json::from_slice(&body)

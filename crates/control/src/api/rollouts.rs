@@ -8,7 +8,7 @@ use outpost_api::manifest::Kind;
 use outpost_api::parse_documents;
 use outpost_api::wire::ApplyResponse;
 
-use super::{Actor, ApiError, AppState, body_bytes};
+use super::{Actor, ApiError, AppState, optional_body};
 use crate::store::ApplyOptions;
 
 /// `GET /api/v1/deployments/{name}/rollout`: the rollout, every site's
@@ -87,13 +87,7 @@ pub(super) async fn rollout_undo(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let body = body_bytes(body)?;
-    let request: outpost_api::wire::UndoRequest = if body.is_empty() {
-        Default::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not an undo request: {e}")))?
-    };
+    let request: outpost_api::wire::UndoRequest = optional_body(body, "an undo request")?;
     let object = state
         .store
         .get(Kind::Deployment, &name)
