@@ -311,7 +311,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         desired,
         status_sender,
         outbox.clone(),
-        secrets,
+        secrets.clone(),
     )
     .with_image_cache(cache);
     let reconciler = match (&network, config.runtime) {
@@ -348,6 +348,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         site_address: config.site.as_ref().map(|l| l.address.clone()),
         streams: Some(streams),
         cluster,
+        secrets,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;

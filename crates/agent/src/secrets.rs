@@ -94,6 +94,26 @@ impl Secrets {
     /// one when the first file secret is written, one is mounted there
     /// (mode 0700). With `require_tmpfs` false (the fleet simulator only),
     /// any directory will do.
+    /// Deletes every secret file under the secrets directory (the
+    /// directory itself, a tmpfs mount point, stays).
+    pub fn wipe(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", self.root.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("deleting {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     pub fn new(
         key: Arc<HostKey>,
         store: Arc<dyn DesiredStore>,

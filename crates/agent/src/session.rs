@@ -84,6 +84,8 @@ pub struct Session {
     pub streams: Option<Arc<Streams>>,
     /// The site cluster this host is part of (`--site-listen`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Where secret files live, deleted by a wipe.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// The up batch in flight: its topic and last sequence number.
@@ -102,6 +104,20 @@ fn now_ms() -> u64 {
 }
 
 impl Session {
+    /// The host was blocked with `--wipe`: its workloads stop (an empty
+    /// state at revision 0, so that an unblocked host gets its state again
+    /// in full) and its secrets go, sealed copies and files alike. The
+    /// session ends next, and reconnects are refused until an unblock.
+    async fn wipe(&self) -> Result<()> {
+        tracing::warn!(
+            "the control plane blocked this host with --wipe: deleting its secrets and stopping its workloads"
+        );
+        let empty = SiteState::default();
+        self.store.save_desired(0, &empty, &[]).await?;
+        self.desired.send_replace((0, empty));
+        self.secrets.wipe()
+    }
+
     /// Keeps a session up until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         match self.mode {
@@ -336,6 +352,7 @@ impl Session {
                             let ack = self.receive_stream(&batch).await?;
                             sender.send(send(agent_message::Body::StreamReceived(ack))).await?;
                         }
+                        Some(control_message::Body::Wipe(_)) => self.wipe().await?,
                         Some(control_message::Body::Heartbeat(_)) | None => {}
                     }
                 }

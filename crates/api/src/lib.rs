@@ -12,6 +12,7 @@
 //! as the pure functions they must remain (the rollout on an explicit
 //! clock).
 
+pub mod access;
 pub mod client_config;
 pub mod diagnostic;
 pub mod instance;

@@ -2,6 +2,9 @@
 //! context's bearer token, and server errors turned into `CliError`s that
 //! keep every diagnostic.
 
+use outpost_api::access::{
+    AuditEntry, AuditVerification, Block, BlockRequest, TokenCreated, TokenInfo, TokenRequest,
+};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -278,9 +281,42 @@ impl Client {
         self.send(self.request(Method::GET, &path)).await
     }
 
-    pub async fn create_join_token(&self, site: &str, ttl: &str) -> Result<JoinToken> {
+    pub async fn create_api_token(&self, request: &TokenRequest) -> Result<TokenCreated> {
+        self.send(self.request(Method::POST, "/tokens").json(request))
+            .await
+    }
+
+    pub async fn api_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.send(self.request(Method::GET, "/tokens")).await
+    }
+
+    pub async fn revoke_api_token(&self, name: &str) -> Result<TokenInfo> {
+        self.send(self.request(Method::DELETE, &format!("/tokens/{}", encode(name))))
+            .await
+    }
+
+    /// The audit trail; `query` holds `since`, `user`, `tenant`, `limit`.
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<Vec<AuditEntry>> {
+        self.send(self.request(Method::GET, "/audit").query(query)).await
+    }
+
+    pub async fn verify_audit(&self) -> Result<AuditVerification> {
+        self.send(self.request(Method::GET, "/audit/verify")).await
+    }
+
+    /// `POST /block` or, with `lift`, `POST /unblock`.
+    pub async fn block(&self, request: &BlockRequest, lift: bool) -> Result<Block> {
+        let path = if lift { "/unblock" } else { "/block" };
+        self.send(self.request(Method::POST, path).json(request)).await
+    }
+
+    pub async fn blocks(&self) -> Result<Vec<Block>> {
+        self.send(self.request(Method::GET, "/blocks")).await
+    }
+
+    pub async fn create_join_token(&self, site: &str, ttl: Option<&str>) -> Result<JoinToken> {
         let body = JoinTokenRequest {
-            ttl: Some(ttl.to_string()),
+            ttl: ttl.map(str::to_string),
         };
         self.send(
             self.request(Method::POST, &format!("/sites/{}/tokens", encode(site)))

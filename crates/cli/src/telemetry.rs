@@ -51,7 +51,7 @@ impl Filter {
 }
 
 /// `--since 1h` as the RFC 3339 time an hour ago; an RFC 3339 time as is.
-fn since_time(since: &str) -> Result<String> {
+pub(crate) fn since_time(since: &str) -> Result<String> {
     use time::format_description::well_known::Rfc3339;
     if time::OffsetDateTime::parse(since, &Rfc3339).is_ok() {
         return Ok(since.to_string());

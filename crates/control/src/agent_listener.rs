@@ -174,8 +174,11 @@ async fn accept_loop(
                     tracing::debug!(%peer, "a certificate of our CA that names no host; closed");
                     return;
                 }
-                Some(Some(certificate)) if revocations.is_revoked(&certificate.serial) => {
-                    tracing::warn!(%peer, site = %certificate.site, host = %certificate.host, "a revoked host certificate tried to connect; closed");
+                Some(Some(certificate))
+                    if let Some(denied) =
+                        revocations.denied(&certificate.site, &certificate.host, &certificate.serial) =>
+                {
+                    tracing::warn!(%peer, site = %certificate.site, host = %certificate.host, "{}: the connection is closed", denied.message());
                     return;
                 }
                 // Authenticated: no longer counted against its address.

@@ -449,9 +449,20 @@ async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Stora
         None => {
             let token = auth::new_token();
             let hash = auth::hash_token(&token);
-            // The hash's prefix names the token in the audit log without revealing it.
+            // The hash's prefix names the token in the audit trail without revealing it.
             let name = format!("admin-{}", &hash[..8]);
-            store.add_api_token(&name, &hash).await?;
+            let info = outpost_api::access::TokenInfo {
+                name: name.clone(),
+                user: "admin".to_string(),
+                role: outpost_api::access::Role::Admin,
+                tenant: outpost_api::access::PROVIDER.to_string(),
+                sites: None,
+                created_at: crate::store::now_rfc3339(),
+                created_by: None,
+                expires_at: None,
+                revoked_at: None,
+            };
+            store.add_api_token(&info, &hash).await?;
             tracing::info!(token_name = %name, "issued an admin API token");
             token
         }

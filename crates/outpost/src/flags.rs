@@ -206,10 +206,34 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SiteCommand,
     },
-    /// Manage join tokens for new hosts
+    /// Join tokens for new hosts, and API tokens for users and robots
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Read the audit trail: every change, reveal of a secret and refusal
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        /// Entries since a duration ago (10m, 1h, 7d) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Cut a host or a site off at once: sessions end, connections are refused
+    Block {
+        #[command(subcommand)]
+        command: BlockCommand,
+    },
+    /// Lift a block (a wipe stays done)
+    Unblock {
+        #[command(subcommand)]
+        command: UnblockCommand,
     },
     /// Fleet simulator: a control plane and N simulated sites, measured
     Sim {
@@ -460,19 +484,88 @@ pub(crate) enum SiteCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Print a single-use join token that enrolls one host into a site
+    /// Print a new token: with --site, a single-use join token that enrolls
+    /// one host into a site; with --user and --role, an API token
     Create {
-        #[arg(long, value_name = "SITE")]
-        site: String,
-        /// How long the token stays valid (at most 30d)
-        #[arg(long, value_name = "DURATION", default_value = "1h")]
-        ttl: String,
-        /// `json`: token, site and expiry as one JSON object
+        /// Join token: the site the new host joins
+        #[arg(
+            long,
+            value_name = "SITE",
+            required_unless_present = "user",
+            conflicts_with = "user"
+        )]
+        site: Option<String>,
+        /// API token: the user or robot it is for
+        #[arg(long, value_name = "USER", requires = "role")]
+        user: Option<String>,
+        /// API token: what it may do
+        #[arg(long, value_name = "ROLE", requires = "user", value_parser = ["admin", "operator", "viewer", "edge-admin", "secret-admin"])]
+        role: Option<String>,
+        /// API token: the tenant it acts in [default: yours]
+        #[arg(long, value_name = "TENANT", requires = "user")]
+        tenant: Option<String>,
+        /// API token: a selector of the sites it may see and act on [default: all]
+        #[arg(long, value_name = "SELECTOR", requires = "user")]
+        sites: Option<String>,
+        /// How long the token stays valid [default: 1h for a join token, at
+        /// most 30d; 90d for an API token, at most 400d]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// `json`: the token and what it is, as one JSON object
         #[arg(short = 'o', long = "output", value_enum, default_value_t = StreamOutput::Text)]
         output: StreamOutput,
         /// Print the token alone, for scripts
         #[arg(short = 'q', long, conflicts_with = "output")]
         quiet: bool,
+    },
+    /// List API tokens (never the tokens themselves)
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Revoke an API token: it fails from its next request
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the audit trail's hash chain: a row changed, deleted or
+    /// inserted in the database behind the control plane's back is found
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BlockCommand {
+    /// Block one host, named SITE/HOST (its site's underlay keys rotate at once)
+    Host {
+        #[arg(value_name = "SITE/HOST")]
+        name: String,
+        /// Also tell the host, if connected, to delete its secrets and stop its workloads
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// Block every host of a site
+    Site {
+        name: String,
+        /// Also tell its hosts, if connected, to delete their secrets and stop their workloads
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// What is blocked
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UnblockCommand {
+    Host {
+        #[arg(value_name = "SITE/HOST")]
+        name: String,
+    },
+    Site {
+        name: String,
     },
 }
 

@@ -5,6 +5,7 @@ mod bundle;
 mod flags;
 mod up;
 
+use outpost_api::access::BlockTarget;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -13,8 +14,9 @@ use outpost_cli::output;
 use outpost_cli::{CliError, Client, commands};
 
 use crate::flags::{
-    BundleCommand, Cli, Command, ControlCommand, Object, Resource, RolloutCommand, SecretCommand, SimCommand,
-    SimOutput, SiteCommand, StreamOutput, StreamsCommand, TokenCommand,
+    AuditCommand, BlockCommand, BundleCommand, Cli, Command, ControlCommand, Object, Resource,
+    RolloutCommand, SecretCommand, SimCommand, SimOutput, SiteCommand, StreamOutput, StreamsCommand,
+    TokenCommand, UnblockCommand,
 };
 
 fn main() -> ExitCode {
@@ -250,6 +252,10 @@ async fn run(cli: Cli) -> Result<()> {
             command:
                 TokenCommand::Create {
                     site,
+                    user,
+                    role,
+                    tenant,
+                    sites,
                     ttl,
                     output,
                     quiet,
@@ -260,7 +266,66 @@ async fn run(cli: Cli) -> Result<()> {
                 (false, StreamOutput::Json) => commands::TokenOutput::Json,
                 (false, StreamOutput::Text) => commands::TokenOutput::Text,
             };
-            commands::create_join_token(&client(&cli)?, site, ttl, shown).await?
+            match (site, user) {
+                (Some(site), _) => {
+                    commands::create_join_token(&client(&cli)?, site, ttl.as_deref(), shown).await?
+                }
+                (None, user) => {
+                    let request = outpost_api::access::TokenRequest {
+                        user: user.clone().unwrap_or_default(),
+                        role: role.clone().unwrap_or_default(),
+                        tenant: tenant.clone(),
+                        sites: sites.clone(),
+                        ttl: ttl.clone(),
+                    };
+                    commands::create_api_token(&client(&cli)?, &request, shown).await?
+                }
+            }
+        }
+        Command::Token {
+            command: TokenCommand::List { output },
+        } => commands::list_api_tokens(&client(&cli)?, (*output).into()).await?,
+        Command::Token {
+            command: TokenCommand::Revoke { name },
+        } => commands::revoke_api_token(&client(&cli)?, name).await?,
+        Command::Audit {
+            command: Some(AuditCommand::Verify),
+            ..
+        } => commands::verify_audit(&client(&cli)?).await?,
+        Command::Audit {
+            command: None,
+            since,
+            user,
+            tenant,
+            output,
+        } => {
+            commands::audit(
+                &client(&cli)?,
+                since.as_deref(),
+                user.as_deref(),
+                tenant.as_deref(),
+                (*output).into(),
+            )
+            .await?
+        }
+        Command::Block { command } => {
+            let client = client(&cli)?;
+            match command {
+                BlockCommand::Host { name, wipe } => {
+                    commands::block(&client, BlockTarget::Host, name, *wipe, false).await?
+                }
+                BlockCommand::Site { name, wipe } => {
+                    commands::block(&client, BlockTarget::Site, name, *wipe, false).await?
+                }
+                BlockCommand::List { output } => commands::blocks(&client, (*output).into()).await?,
+            }
+        }
+        Command::Unblock { command } => {
+            let (target, name) = match command {
+                UnblockCommand::Host { name } => (BlockTarget::Host, name),
+                UnblockCommand::Site { name } => (BlockTarget::Site, name),
+            };
+            commands::block(&client(&cli)?, target, name, false, true).await?
         }
         Command::Sim {
             command:

@@ -124,7 +124,7 @@ pub async fn run(
     let agent_dir = data_dir.join("agent");
     let join_token = match outpost_agent::identity::load(&agent_dir)? {
         Some(_) => None,
-        None => Some(client.create_join_token(SITE, "10m").await?.token),
+        None => Some(client.create_join_token(SITE, Some("10m")).await?.token),
     };
     let agent = tokio::spawn(outpost_agent::run(
         outpost_agent::Config {

@@ -143,7 +143,7 @@ impl SimSite {
             desired,
             status_sender,
             outbox.clone(),
-            secrets,
+            secrets.clone(),
         );
         tokio::spawn(reconciler.run(shutdown.clone()));
         let host = identity.host.clone();
@@ -162,6 +162,7 @@ impl SimSite {
             site_address: None,
             streams: streams.clone(),
             cluster: None,
+            secrets,
         };
         tokio::spawn(session.run(shutdown));
         SimSite {

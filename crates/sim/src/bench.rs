@@ -423,7 +423,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         .map(|i| {
             let client = &client;
             async move {
-                let token = client.create_join_token(&site_name(i), "1h").await?;
+                let token = client.create_join_token(&site_name(i), Some("1h")).await?;
                 Ok::<_, anyhow::Error>(token.token)
             }
         })

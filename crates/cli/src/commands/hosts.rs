@@ -21,7 +21,12 @@ pub enum TokenOutput {
     Quiet,
 }
 
-pub async fn create_join_token(client: &Client, site: &str, ttl: &str, shown: TokenOutput) -> Result<String> {
+pub async fn create_join_token(
+    client: &Client,
+    site: &str,
+    ttl: Option<&str>,
+    shown: TokenOutput,
+) -> Result<String> {
     let token = client.create_join_token(site, ttl).await?;
     match shown {
         TokenOutput::Quiet => Ok(format!("{}\n", token.token)),

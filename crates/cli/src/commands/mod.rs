@@ -1,6 +1,7 @@
 //! The CLI's commands. Each returns the text to print, so tests can check it
 //! and the binary only prints.
 
+mod access;
 mod describe;
 mod get;
 mod hosts;
@@ -8,6 +9,7 @@ mod input;
 mod rollout;
 mod secrets;
 
+pub use access::{audit, block, blocks, create_api_token, list_api_tokens, revoke_api_token, verify_audit};
 pub use describe::describe;
 pub use get::{delete, get, history};
 pub use hosts::{TokenOutput, create_join_token, get_hosts, label, rotate_keys, site_keys};

@@ -12,6 +12,8 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
+    /// The caller's role may not do this (its own object, or a route).
+    Forbidden(String),
     BadRequest(String),
     UnsupportedMediaType(String),
     PayloadTooLarge,
@@ -47,6 +49,7 @@ impl IntoResponse for ApiError {
                 "missing or invalid API token (send Authorization: Bearer TOKEN)".to_string(),
                 Vec::new(),
             ),
+            ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, "forbidden", message, Vec::new()),
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message, Vec::new()),
             ApiError::UnsupportedMediaType(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -6,12 +6,14 @@
 //! `secrets` (set, list, describe, reveal, delete),
 //! `rollouts`, and `metrics` (Prometheus, outside `/api/v1`).
 
+mod access;
 mod bundles;
 mod error;
 mod hosts;
 mod metrics;
 mod objects;
 mod openapi;
+mod policy;
 mod records;
 mod rollouts;
 mod secrets;
@@ -23,8 +25,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -33,8 +35,11 @@ use outpost_api::selector::Selector;
 use outpost_api::wire::{LabelChange, StoredObject};
 
 pub use error::ApiError;
+pub use policy::{Gate, Principal};
 
-use crate::auth;
+use outpost_api::access::Access;
+use policy::Guard;
+
 use crate::fleet::Fleet;
 use crate::pki::Pki;
 use crate::status::Snapshot;
@@ -137,54 +142,140 @@ impl AppState {
     }
 }
 
-/// Who made a request: the name of the API token it carried.
+/// Who made a request: the name of the API token it carried (the policy
+/// layer puts it and the whole `Principal` in the request).
 #[derive(Debug, Clone)]
 pub(super) struct Actor(pub(super) String);
 
-/// Every route under `/api/v1` that needs a token: (method, path, handler).
-/// The router is built from this list, and the OpenAPI document must
-/// describe exactly these (a test holds the two together).
-fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+/// Every route under `/api/v1` that needs a token: (method, path, gate,
+/// handler). The router is built from this list, each route behind the
+/// policy layer with its gate, and the OpenAPI document must describe
+/// exactly these (a test holds the two together).
+fn protected_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>)> {
+    use Access::*;
+    use Gate::{Manifests, Needs, Object};
     use axum::routing::{delete, patch};
     vec![
-        ("POST", "/apply", post(objects::apply)),
-        ("POST", "/plan", post(objects::plan)),
-        ("GET", "/applications/{name}/history", get(objects::history)),
-        ("POST", "/sites/{name}/tokens", post(hosts::create_join_token)),
-        ("POST", "/sites/{name}/rotate-keys", post(hosts::rotate_keys)),
-        ("GET", "/sites/{name}/keys", get(hosts::site_keys)),
-        ("GET", "/hosts", get(hosts::hosts)),
-        ("GET", "/events", get(records::events)),
-        ("GET", "/logs", get(records::logs)),
-        ("GET", "/streams/{application}/{topic}", get(streams::read)),
-        ("POST", "/streams/{application}/{topic}", post(streams::publish)),
-        ("PATCH", "/hosts/{site}/{host}/labels", patch(hosts::label_host)),
-        ("POST", "/secrets", post(secrets::set)),
-        ("GET", "/secrets", get(secrets::list)),
-        ("GET", "/secrets/{name}", get(secrets::describe)),
-        ("DELETE", "/secrets/{name}", delete(secrets::delete)),
-        ("POST", "/secrets/{name}/reveal", post(secrets::reveal)),
-        ("PATCH", "/{kind}/{name}/labels", patch(objects::label_object)),
+        ("POST", "/apply", Manifests, post(objects::apply)),
+        ("POST", "/plan", Manifests, post(objects::plan)),
+        (
+            "GET",
+            "/applications/{name}/history",
+            Needs(Read),
+            get(objects::history),
+        ),
+        (
+            "POST",
+            "/sites/{name}/tokens",
+            Needs(Edge),
+            post(hosts::create_join_token),
+        ),
+        (
+            "POST",
+            "/sites/{name}/rotate-keys",
+            Needs(Edge),
+            post(hosts::rotate_keys),
+        ),
+        ("GET", "/sites/{name}/keys", Needs(Read), get(hosts::site_keys)),
+        ("GET", "/hosts", Needs(Read), get(hosts::hosts)),
+        ("GET", "/events", Needs(Read), get(records::events)),
+        ("GET", "/logs", Needs(Read), get(records::logs)),
+        (
+            "GET",
+            "/streams/{application}/{topic}",
+            Needs(Read),
+            get(streams::read),
+        ),
+        (
+            "POST",
+            "/streams/{application}/{topic}",
+            Needs(Deploy),
+            post(streams::publish),
+        ),
+        (
+            "PATCH",
+            "/hosts/{site}/{host}/labels",
+            Needs(Edge),
+            patch(hosts::label_host),
+        ),
+        ("POST", "/secrets", Needs(SecretWrite), post(secrets::set)),
+        ("GET", "/secrets", Needs(Read), get(secrets::list)),
+        ("GET", "/secrets/{name}", Needs(Read), get(secrets::describe)),
+        (
+            "DELETE",
+            "/secrets/{name}",
+            Needs(SecretWrite),
+            delete(secrets::delete),
+        ),
+        (
+            "POST",
+            "/secrets/{name}/reveal",
+            Needs(SecretRead),
+            post(secrets::reveal),
+        ),
+        ("POST", "/tokens", Needs(Tokens), post(access::create_token)),
+        ("GET", "/tokens", Needs(Tokens), get(access::list_tokens)),
+        (
+            "DELETE",
+            "/tokens/{name}",
+            Needs(Tokens),
+            delete(access::revoke_token),
+        ),
+        ("GET", "/audit", Needs(Audit), get(access::audit)),
+        ("GET", "/audit/verify", Needs(Audit), get(access::verify_audit)),
+        ("POST", "/block", Needs(Edge), post(access::block)),
+        ("POST", "/unblock", Needs(Edge), post(access::unblock)),
+        ("GET", "/blocks", Needs(Read), get(access::blocks)),
+        (
+            "PATCH",
+            "/{kind}/{name}/labels",
+            Object,
+            patch(objects::label_object),
+        ),
         (
             "GET",
             "/deployments/{name}/rollout",
+            Needs(Read),
             get(rollouts::rollout_status),
         ),
         (
             "POST",
             "/deployments/{name}/rollout/undo",
+            Needs(Deploy),
             post(rollouts::rollout_undo),
         ),
         (
             "POST",
             "/deployments/{name}/rollout/{command}",
+            Needs(Deploy),
             post(rollouts::rollout_command),
         ),
-        ("POST", "/deployments/{name}/bundle", post(bundles::bundle)),
-        ("GET", "/{kind}", get(objects::list)),
-        ("GET", "/{kind}/{name}", get(objects::get_one)),
-        ("DELETE", "/{kind}/{name}", delete(objects::delete_one)),
+        (
+            "POST",
+            "/deployments/{name}/bundle",
+            Needs(Deploy),
+            post(bundles::bundle),
+        ),
+        ("GET", "/{kind}", Needs(Read), get(objects::list)),
+        ("GET", "/{kind}/{name}", Needs(Read), get(objects::get_one)),
+        ("DELETE", "/{kind}/{name}", Object, delete(objects::delete_one)),
     ]
+}
+
+/// Builds a route behind the policy layer: `action` names it in the audit
+/// trail.
+fn guarded(
+    state: &AppState,
+    action: String,
+    gate: Gate,
+    handler: MethodRouter<AppState>,
+) -> MethodRouter<AppState> {
+    let guard = Guard {
+        state: state.clone(),
+        gate,
+        action: action.into(),
+    };
+    handler.route_layer(middleware::from_fn_with_state(guard, policy::enforce))
 }
 
 /// The (method, path) of every route the API serves under `/api/v1`, and of
@@ -192,7 +283,7 @@ fn protected_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>
 pub fn served_routes() -> Vec<(&'static str, &'static str)> {
     let mut served: Vec<_> = protected_routes()
         .into_iter()
-        .map(|(method, path, _)| (method, path))
+        .map(|(method, path, _, _)| (method, path))
         .collect();
     served.extend([
         ("GET", "/openapi.json"),
@@ -203,22 +294,23 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut protected = Router::new();
-    for (_, path, handler) in protected_routes() {
-        protected = protected.route(path, handler);
+    let mut v1 = Router::new().route("/openapi.json", get(openapi::document));
+    for (method, path, gate, handler) in protected_routes() {
+        v1 = v1.route(path, guarded(&state, format!("{method} {path}"), gate, handler));
     }
-    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let v1 = Router::new()
-        .route("/openapi.json", get(openapi::document))
-        .merge(protected)
-        .fallback(not_found);
-    // Prometheus scrapes with the same bearer token as every other client.
-    let metrics = Router::new()
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let v1 = v1.fallback(not_found);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(metrics)
+        // Prometheus scrapes with a token like every other client.
+        .route(
+            "/metrics",
+            guarded(
+                &state,
+                "GET /metrics".to_string(),
+                Gate::Needs(Access::Read),
+                get(metrics::metrics),
+            ),
+        )
         .nest("/api/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -267,32 +359,6 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    let Some(token) = token else {
-        return ApiError::Unauthorized.into_response();
-    };
-    match state.store.api_token_name(&auth::hash_token(token)).await {
-        Ok(Some(name)) => {
-            request.extensions_mut().insert(Actor(name));
-            next.run(request).await
-        }
-        Ok(None) => ApiError::Unauthorized.into_response(),
-        Err(err) => ApiError::from(err).into_response(),
-    }
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header; the scheme is
-/// case-insensitive (RFC 7235 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 pub(super) fn parse_kind(text: &str) -> Result<Kind, ApiError> {
     Kind::ALL.into_iter().find(|k| k.plural() == text).ok_or_else(|| {
         ApiError::NotFound(format!(
@@ -335,6 +401,15 @@ pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
             ApiError::BadRequest(format!("could not read the request body: {rejection}"))
         }
     })
+}
+
+/// A JSON body; `what` names it in the error (`a secret (name, values)`).
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(&body_bytes(body)?)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not {what}: {e}")))
 }
 
 /// A JSON body that may be left out: an empty body is `T`'s default. `what`

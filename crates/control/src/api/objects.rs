@@ -7,13 +7,17 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
+use axum::response::Response;
 use axum::{Extension, Json};
 use outpost_api::manifest::Kind;
 use outpost_api::parse_files;
 use outpost_api::selector::Selector;
 use outpost_api::wire::{ApplyAction, ApplyRequest, ApplyResponse, ObjectList, SourceFile, StoredObject};
 
-use super::{Actor, ApiError, AppState, IDEMPOTENCY_KEY, body_bytes, flag, label_change, parse_kind};
+use super::policy::audited;
+use super::{
+    Actor, ApiError, AppState, IDEMPOTENCY_KEY, Principal, body_bytes, flag, label_change, parse_kind,
+};
 use crate::store::ApplyOptions;
 
 /// The `Idempotency-Key` header of an apply: 1 to 128 visible ASCII characters.
@@ -36,10 +40,11 @@ fn request_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 pub(super) async fn apply(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ApplyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -77,7 +82,7 @@ pub(super) async fn apply(
     if request.files.is_empty() {
         return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
     }
-    let documents = parse_request(&request)?;
+    let documents = parse_request(&request, &principal)?;
     let request_key = request_key(&headers)?;
     let options = ApplyOptions { dry_run, request_key };
     let results = state.store.apply(&documents, &actor, options).await?;
@@ -88,20 +93,32 @@ pub(super) async fn apply(
     for result in &changed {
         tracing::info!(%actor, kind = %result.kind, name = %result.name, action = result.action.as_str(), generation = result.generation, "applied");
     }
+    let objects = changed
+        .iter()
+        .map(|r| format!("{}/{} generation {}", r.kind, r.name, r.generation))
+        .collect();
     let changed: Vec<(Kind, &str)> = changed.iter().map(|r| (r.kind, r.name.as_str())).collect();
     state.recompute_changed(&changed).await;
-    Ok(Json(ApplyResponse { dry_run, results }))
+    Ok(audited(Json(ApplyResponse { dry_run, results }), objects))
 }
 
-/// Parses and validates every file of an apply request, as one batch.
-fn parse_request(request: &ApplyRequest) -> Result<Vec<outpost_api::Document>, ApiError> {
-    parse_files(
+/// Parses and validates every file of an apply request, as one batch, and
+/// asks the policy whether the caller may write each document's kind.
+fn parse_request(
+    request: &ApplyRequest,
+    principal: &Principal,
+) -> Result<Vec<outpost_api::Document>, ApiError> {
+    let documents = parse_files(
         request
             .files
             .iter()
             .map(|f| (f.name.as_str(), f.content.as_str())),
     )
-    .map_err(ApiError::Invalid)
+    .map_err(ApiError::Invalid)?;
+    for document in &documents {
+        principal.may_write(document.manifest.kind())?;
+    }
+    Ok(documents)
 }
 
 /// `POST /api/v1/plan`: what applying the batch (an `ApplyRequest`) would
@@ -109,12 +126,13 @@ fn parse_request(request: &ApplyRequest) -> Result<Vec<outpost_api::Document>, A
 pub(super) async fn plan(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<outpost_api::wire::PlanResponse>, ApiError> {
     let body = body_bytes(body)?;
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
-    let documents = parse_request(&request)?;
+    let documents = parse_request(&request, &principal)?;
     // The same checks as an apply, inside a transaction that is rolled back.
     let dry_run = ApplyOptions {
         dry_run: true,
@@ -180,7 +198,7 @@ pub(super) async fn delete_one(
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
     let cascade = flag(&query, "cascade")?;
-    let deleted = state.store.delete(kind, &name, cascade, &actor).await?;
+    let deleted = state.store.delete(kind, &name, cascade).await?;
     state.revocations.add(&deleted.revoked);
     tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
     state.recompute_changed(&[(kind, name.as_str())]).await;
@@ -203,7 +221,7 @@ pub(super) async fn label_object(
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
     let change = label_change(body)?;
-    let object = state.store.update_labels(kind, &name, &change, &actor).await?;
+    let object = state.store.update_labels(kind, &name, &change).await?;
     tracing::info!(%actor, %kind, %name, generation = object.metadata.generation, "labelled");
     state.recompute_changed(&[(kind, name.as_str())]).await;
     Ok(Json(object))

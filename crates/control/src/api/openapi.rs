@@ -37,7 +37,7 @@ struct Operation {
     parameters: &'static [&'static str],
     request: Option<Body>,
     response: Body,
-    /// Error statuses besides 401 (which every protected route can answer).
+    /// Error statuses besides 401 and 403 (which every protected route can answer).
     errors: &'static [u16],
     public: bool,
 }
@@ -171,11 +171,83 @@ const OPERATIONS: &[Operation] = &[
     op(
         "POST",
         "/secrets/{name}/reveal",
-        "One value of the newest version (base64), written to the audit log with who and when",
+        "One value of the newest version (base64), written to the audit trail with who, from where and when before it is sent",
         &["name"],
         Some(Schema("RevealRequest")),
         Schema("RevealResponse"),
         &[400, 404],
+    ),
+    op(
+        "POST",
+        "/tokens",
+        "An API token for a user or robot, with one role in one tenant (and optionally a site selector); shown once, stored as a hash. No token may make one of a role its own does not cover",
+        &[],
+        Some(Schema("TokenRequest")),
+        Schema("TokenCreated"),
+        &[400, 403, 409],
+    ),
+    op(
+        "GET",
+        "/tokens",
+        "The API tokens of the caller's tenant (every tenant's for the provider), never the tokens themselves",
+        &[],
+        None,
+        ListOf("TokenInfo"),
+        &[403],
+    ),
+    op(
+        "DELETE",
+        "/tokens/{name}",
+        "Revoke an API token: it fails from its next request",
+        &["name"],
+        None,
+        Schema("TokenInfo"),
+        &[403, 404],
+    ),
+    op(
+        "GET",
+        "/audit",
+        "The audit trail, oldest first: every change, every reveal of a secret and every refusal, with who, tenant, what, which objects, from where, when and the result",
+        &["since", "user", "tenant", "limit"],
+        None,
+        ListOf("AuditEntry"),
+        &[400, 403],
+    ),
+    op(
+        "GET",
+        "/audit/verify",
+        "Check the audit trail's hash chain: the first entry that does not follow from the one before it, if any",
+        &[],
+        None,
+        Schema("AuditVerification"),
+        &[403],
+    ),
+    op(
+        "POST",
+        "/block",
+        "Cut a host (SITE/HOST) or a site off at once: its sessions end within a second, its connections and enrollments are refused; with wipe, connected hosts delete their secrets and stop their workloads. A blocked host's site rotates its underlay keys at once",
+        &[],
+        Some(Schema("BlockRequest")),
+        Schema("Block"),
+        &[400, 403, 404, 409],
+    ),
+    op(
+        "POST",
+        "/unblock",
+        "Lift a block: the host or site may connect again (a wipe stays done)",
+        &[],
+        Some(Schema("BlockRequest")),
+        Schema("Block"),
+        &[400, 403, 404],
+    ),
+    op(
+        "GET",
+        "/blocks",
+        "The blocks in force",
+        &[],
+        None,
+        ListOf("Block"),
+        &[],
     ),
     op(
         "POST",
@@ -389,6 +461,8 @@ fn parameter(name: &str) -> Value {
             "at most this many (default 1000); without `after`, the newest",
         ),
         "live" => query(json!({ "type": "boolean" }), "ask the site's connected hosts now"),
+        "user" => query(json!({ "type": "string" }), "only what this user did"),
+        "tenant" => query(json!({ "type": "string" }), "only what was done in this tenant"),
         "tail" => query(
             json!({ "type": "integer" }),
             "with `live`: at most this many lines per container",
@@ -413,7 +487,8 @@ fn content(body: Body) -> Value {
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => "the request is malformed (a query parameter, a header, a body that is not what it should be)",
-        401 => "missing or invalid API token",
+        401 => "missing, invalid, expired or revoked API token",
+        403 => "the token's role may not do this",
         404 => "no such object, kind, site or host",
         409 => "the change conflicts with what is stored or running",
         413 => "the body is larger than 8 MiB",
@@ -429,8 +504,10 @@ fn operation(op: &Operation) -> Value {
         "200".to_string(),
         json!({ "description": "done", "content": content(op.response) }),
     );
-    let unauthorized = if op.public { None } else { Some(401) };
-    for status in op.errors.iter().copied().chain(unauthorized) {
+    // Every protected route answers 401 without a valid token, and 403 to
+    // a role that may not call it (the policy layer).
+    let refused: &[u16] = if op.public { &[] } else { &[401, 403] };
+    for status in op.errors.iter().chain(refused).copied() {
         responses.insert(
             status.to_string(),
             json!({ "description": error_description(status), "content": content(Schema("ErrorBody")) }),
@@ -513,6 +590,13 @@ pub fn openapi() -> Value {
     add_schema::<outpost_api::secret::SecretDetail>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::RevealRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::RevealResponse>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::TokenRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::TokenCreated>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::TokenInfo>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::AuditEntry>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::AuditVerification>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::BlockRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::Block>(&mut generator, &mut schemas);
     add_value("Manifest", manifest_schema().clone(), &mut schemas);
 
     let mut paths = Map::new();

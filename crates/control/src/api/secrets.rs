@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::response::Response;
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +16,8 @@ use outpost_api::secret::{
 };
 use outpost_api::workload::SiteState;
 
-use super::{Actor, ApiError, AppState, body_bytes};
+use super::policy::audited;
+use super::{Actor, ApiError, AppState, json_body};
 use crate::secrets::SecretError;
 use crate::store::StoredSecret;
 
@@ -27,14 +29,6 @@ impl From<SecretError> for ApiError {
             other => ApiError::Internal(crate::error_chain(&other)),
         }
     }
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    what: &str,
-) -> Result<T, ApiError> {
-    let body = body_bytes(body)?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not {what}: {e}")))
 }
 
 /// Per version of one secret: the sites whose desired state refers to it,
@@ -81,7 +75,7 @@ pub(super) async fn set(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SecretSummary>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: SecretSetRequest = json_body(body, "a secret (name, values, sites, images)")?;
     let name = request.name.clone();
     let inputs = state.fleet.inputs(None).await?;
@@ -89,7 +83,10 @@ pub(super) async fn set(
     tracing::info!(%actor, secret = %name, version, "secret set");
     state.recompute().await;
     let stored = state.store.secret(&name, Some(version)).await?;
-    Ok(Json(summary(&stored, None)))
+    Ok(audited(
+        Json(summary(&stored, None)),
+        vec![format!("secret {name} version {version}")],
+    ))
 }
 
 /// `GET /api/v1/secrets`: every secret's newest version, never a value.
@@ -149,13 +146,17 @@ pub(super) async fn reveal(
     Extension(Actor(actor)): Extension<Actor>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<RevealResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: RevealRequest = json_body(body, "a reveal request (key)")?;
     let (version, value) = state.secrets.reveal(&name, &request.key, &actor).await?;
-    Ok(Json(RevealResponse {
+    let response = Json(RevealResponse {
         version,
         value: STANDARD.encode(&*value),
-    }))
+    });
+    Ok(audited(
+        response,
+        vec![format!("secret {name} key {} version {version}", request.key)],
+    ))
 }
 
 /// `DELETE /api/v1/secrets/{name}`: refused while a deployment uses it.
@@ -165,7 +166,7 @@ pub(super) async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<SecretSummary>, ApiError> {
     let stored = state.store.secret(&name, None).await?;
-    state.store.delete_secret(&name, &actor).await?;
+    state.store.delete_secret(&name).await?;
     tracing::info!(%actor, secret = %name, "secret deleted");
     Ok(Json(summary(&stored, None)))
 }

@@ -77,8 +77,8 @@ impl Gateway {
         let HostCertificate {
             site, host, serial, ..
         } = &certificate;
-        if self.revocations.is_revoked(serial) {
-            return Err(Status::permission_denied("this host certificate is revoked"));
+        if let Some(denied) = self.revocations.denied(site, host, serial) {
+            return Err(Status::permission_denied(denied.message()));
         }
         match self.store.host(site, host).await.map_err(internal)? {
             None => Err(Status::permission_denied(format!(
@@ -166,6 +166,11 @@ impl Gateway {
             Err(StoreError::Conflict(why)) => return Err(Status::permission_denied(why)),
             Err(err) => return Err(internal(err)),
         };
+        // A join token does not get a blocked host or site back in.
+        if let Some(denied) = self.revocations.denied(&site, host, &serial) {
+            tracing::warn!(%site, %host, "a blocked host tried to enroll; refused");
+            return Err(Status::permission_denied(denied.message()));
+        }
         let certificate_pem = self
             .pki
             .sign_host_csr(&request.csr_pem, &site, host, &serial)

@@ -11,14 +11,14 @@ use outpost_api::workload::SiteState;
 use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::{
-    AgentMessage, BatchAck, ControlMessage, Heartbeat, LogRequest, agent_message, control_message,
+    AgentMessage, BatchAck, ControlMessage, Heartbeat, LogRequest, Wipe, agent_message, control_message,
 };
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::{check_protocol, record_facts, record_hello, record_status, store_batch};
 use crate::fleet::Fleet;
-use crate::revocation::Revocations;
+use crate::revocation::{Denied, Revocations};
 use crate::store::{Storage, StoreError};
 use crate::streams;
 
@@ -104,8 +104,8 @@ pub(super) enum SessionEnd {
     Streams(String),
     #[error("no word from the agent within the offline grace; it is offline")]
     Silent,
-    #[error("its certificate was revoked")]
-    Revoked,
+    #[error("{}", .0.message())]
+    Denied(Denied),
     #[error("the control plane is stopping")]
     Stopping,
     #[error("the store failed")]
@@ -237,9 +237,12 @@ impl Session {
                     return Err(SessionEnd::Silent);
                 }
                 Ok(()) = revoked.changed() => {
-                    if self.revocations.is_revoked(&self.serial) {
-                        let _ = self.sender.send(Err(Status::permission_denied("this host certificate is revoked"))).await;
-                        return Err(SessionEnd::Revoked);
+                    if let Some(denied) = self.revocations.denied(&self.site, &self.host, &self.serial) {
+                        if denied == (Denied::Blocked { wipe: true }) {
+                            self.send(control_message::Body::Wipe(Wipe {})).await?;
+                        }
+                        let _ = self.sender.send(Err(Status::permission_denied(denied.message()))).await;
+                        return Err(SessionEnd::Denied(denied));
                     }
                 }
                 () = stopping(&mut shutdown) => {

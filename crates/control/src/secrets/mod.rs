@@ -229,7 +229,8 @@ impl Secrets {
         Ok(sealed)
     }
 
-    /// One value of the newest version, written to the audit log first.
+    /// One value of the newest version (the API's policy layer writes the
+    /// reveal to the audit trail before the value leaves).
     pub async fn reveal(
         &self,
         name: &str,
@@ -243,7 +244,6 @@ impl Secrets {
                 stored.keys.join(", ")
             )));
         }
-        self.store.record_reveal(name, stored.version, actor).await?;
         tracing::info!(%actor, secret = %name, %key, version = stored.version, "secret revealed");
         let mut values = self.decrypt(&stored)?;
         let value = values.0.remove(key).unwrap_or_default();

@@ -5,6 +5,7 @@
 //! object of the batch is stored or none is, and checks that span objects
 //! (a deployment naming an application) run inside it.
 
+mod access;
 mod fleet;
 mod secrets;
 mod sqlite;
@@ -21,6 +22,7 @@ use outpost_api::wire::{ApplicationVersion, ApplyResult, LabelChange, StoredObje
 use outpost_api::workload::SiteState;
 use serde::Serialize;
 
+pub use access::{AccessStore, AuditQuery};
 pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
 pub use sqlite::SqliteStore;
 pub use streams::{StreamQuery, StreamStore};
@@ -81,8 +83,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an object; refuses an application that a deployment uses,
     /// and a site that has hosts unless `cascade`, which removes them and
     /// revokes their certificates in the same transaction.
-    async fn delete(&self, kind: Kind, name: &str, cascade: bool, actor: &str)
-    -> Result<Deleted, StoreError>;
+    async fn delete(&self, kind: Kind, name: &str, cascade: bool) -> Result<Deleted, StoreError>;
 
     /// Changes an object's labels (a new generation), as `outpost label` does.
     async fn update_labels(
@@ -90,17 +91,10 @@ pub trait Store: Send + Sync + 'static {
         kind: Kind,
         name: &str,
         change: &LabelChange,
-        actor: &str,
     ) -> Result<StoredObject, StoreError>;
 
     /// The kept versions of an application, newest first.
     async fn application_history(&self, name: &str) -> Result<Vec<ApplicationVersion>, StoreError>;
-
-    /// Stores the hash of a new API token.
-    async fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError>;
-
-    /// The name of the token with this hash, if there is one.
-    async fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
 
     /// Flushes and closes; called on shutdown.
     async fn close(&self);
@@ -403,9 +397,9 @@ pub trait TelemetryStore: Send + Sync + 'static {
 }
 
 /// Everything the control plane keeps.
-pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore + StreamStore {}
+pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore {}
 
-impl<T: Store + FleetStore + TelemetryStore + SecretStore + StreamStore> Storage for T {}
+impl<T: Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore> Storage for T {}
 
 /// One stored version of a secret: what it holds and where it may go, and
 /// its values encrypted (never in clear).

@@ -14,7 +14,7 @@ use outpost_api::secret::SecretPolicy;
 use outpost_api::validate::Document;
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::sqlite::{SqliteStore, audit, now};
+use super::sqlite::{SqliteStore, now};
 use super::{StoreError, StoredSecret};
 
 /// Versions kept per secret; older ones go (sites only ever receive the
@@ -70,13 +70,10 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Every version of a secret is removed, unless a deployment's
     /// application refers to it (`Conflict`, naming them).
-    async fn delete_secret(&self, name: &str, actor: &str) -> Result<(), StoreError>;
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
 
     /// Re-wraps every data key in one transaction; returns how many.
     async fn rewrap_secrets(&self, rewrap: Rewrap<'_>) -> Result<usize, StoreError>;
-
-    /// Writes a reveal to the audit log.
-    async fn record_reveal(&self, name: &str, version: u64, actor: &str) -> Result<(), StoreError>;
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecret, StoreError> {
@@ -333,7 +330,6 @@ impl SecretStore for SqliteStore {
             .bind(version - KEPT_SECRET_VERSIONS)
             .execute(&mut *tx)
             .await?;
-        audit(&mut tx, actor, "set", "Secret", new.name, version).await?;
         tx.commit().await?;
         Ok(version as u64)
     }
@@ -376,19 +372,19 @@ impl SecretStore for SqliteStore {
         }
     }
 
-    async fn delete_secret(&self, name: &str, actor: &str) -> Result<(), StoreError> {
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let newest: Option<i64> =
             sqlx::query_scalar("SELECT max(version) FROM secret_versions WHERE name = ?1")
                 .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
-        let Some(newest) = newest else {
+        if newest.is_none() {
             return Err(StoreError::SecretNotFound {
                 name: name.to_string(),
                 version: None,
             });
-        };
+        }
         let using = deployments_using(&mut tx, name).await?;
         if !using.is_empty() {
             return Err(StoreError::Conflict(format!(
@@ -401,7 +397,6 @@ impl SecretStore for SqliteStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        audit(&mut tx, actor, "deleted", "Secret", name, newest).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -426,13 +421,6 @@ impl SecretStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(rows.len())
-    }
-
-    async fn record_reveal(&self, name: &str, version: u64, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        audit(&mut tx, actor, "revealed", "Secret", name, version as i64).await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 

@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "site keys",
         include_str!("../../migrations/0013_site_keys.sql"),
     ),
+    (
+        14,
+        "governance",
+        include_str!("../../migrations/0014_governance.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -179,28 +184,6 @@ async fn stored_versions(
             Ok((row.try_get("version")?, serde_json::from_str(&spec)?))
         })
         .collect()
-}
-
-pub(super) async fn audit(
-    tx: &mut Transaction<'_, Sqlite>,
-    actor: &str,
-    action: &str,
-    kind: &str,
-    name: &str,
-    generation: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(now())
-    .bind(actor)
-    .bind(action)
-    .bind(kind)
-    .bind(name)
-    .bind(generation)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Checks that need the stored state: versions are immutable, and a
@@ -350,7 +333,6 @@ impl Store for SqliteStore {
                 .bind(&at)
                 .execute(&mut *tx)
                 .await?;
-                audit(&mut tx, actor, action.as_str(), kind.as_str(), name, generation).await?;
             }
             if let Manifest::Application(app) = manifest {
                 let spec_changed = previous.as_ref().is_none_or(|old| old.spec != spec);
@@ -425,13 +407,7 @@ impl Store for SqliteStore {
         rows.iter().map(object_from_row).collect()
     }
 
-    async fn delete(
-        &self,
-        kind: Kind,
-        name: &str,
-        cascade: bool,
-        actor: &str,
-    ) -> Result<Deleted, StoreError> {
+    async fn delete(&self, kind: Kind, name: &str, cascade: bool) -> Result<Deleted, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(object) = fetch_object(&mut tx, kind, name).await? else {
             return Err(StoreError::NotFound {
@@ -471,15 +447,6 @@ impl Store for SqliteStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        audit(
-            &mut tx,
-            actor,
-            "deleted",
-            kind.as_str(),
-            name,
-            object.metadata.generation,
-        )
-        .await?;
         tx.commit().await?;
         Ok(Deleted { object, revoked })
     }
@@ -489,7 +456,6 @@ impl Store for SqliteStore {
         kind: Kind,
         name: &str,
         change: &LabelChange,
-        actor: &str,
     ) -> Result<StoredObject, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(mut object) = fetch_object(&mut tx, kind, name).await? else {
@@ -516,7 +482,6 @@ impl Store for SqliteStore {
         .bind(&at)
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, actor, "labelled", kind.as_str(), name, generation).await?;
         tx.commit().await?;
         object.metadata.labels = labels;
         object.metadata.generation = generation;
@@ -557,25 +522,6 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    async fn add_api_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)")
-            .bind(name)
-            .bind(token_hash)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = ?1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
     }
 
     async fn close(&self) {

@@ -403,26 +403,39 @@ fn references_are_checked_at_apply_and_delete_reveal_is_audited_and_the_key_rota
         control.cli(&["secret", "reveal", "db", "password"]).success(),
         "s3cret"
     );
-    let audit = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; [print(*r) for r in sqlite3.connect(sys.argv[1]).execute(\"SELECT actor, action, kind, name, generation, at FROM audit_log WHERE kind = 'Secret' ORDER BY id\")]",
-            control.dir.path().join("outpost.db").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let audit = String::from_utf8(audit.stdout).unwrap();
-    let lines: Vec<&str> = audit.lines().collect();
-    assert_eq!(lines.len(), 2, "{audit}");
-    // actor, action, kind, name, version, when (RFC 3339)
-    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
-    assert!(fields[0][0].starts_with("admin-"), "{audit}");
-    assert_eq!(fields[0][1..5], ["set", "Secret", "db", "1"], "{audit}");
-    assert_eq!(fields[1][0], fields[0][0], "who revealed: {audit}");
-    assert_eq!(fields[1][1..5], ["revealed", "Secret", "db", "1"], "{audit}");
+    let audit: serde_json::Value =
+        serde_json::from_str(control.cli(&["audit", "-o", "json"]).success()).unwrap();
+    let done: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["status"] == 200 && entry["action"].as_str().unwrap().contains("/secrets"))
+        .collect();
+    assert_eq!(done.len(), 2, "{audit:#}");
     assert!(
-        fields[1][5].contains('T') && fields[1][5].ends_with('Z'),
-        "when: {audit}"
+        done[0]["token"].as_str().unwrap().starts_with("admin-"),
+        "{audit:#}"
+    );
+    assert_eq!(done[0]["action"], "POST /secrets");
+    assert_eq!(done[0]["objects"], serde_json::json!(["secret db version 1"]));
+    assert_eq!(done[1]["token"], done[0]["token"], "who revealed");
+    assert_eq!(done[1]["action"], "POST /secrets/{name}/reveal");
+    assert_eq!(
+        done[1]["objects"],
+        serde_json::json!(["secrets/db/reveal", "secret db key password version 1"])
+    );
+    assert!(
+        done[1]["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "from where"
+    );
+    // The refusals above are in the trail too.
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == 409 && e["action"] == "DELETE /secrets/{name}"),
+        "{audit:#}"
     );
 
     // The key-encryption key rotates under the running control plane.

@@ -1,0 +1,300 @@
+//! API tokens (make, list, revoke), the audit trail (read, verify) and
+//! blocks (block, unblock, list). Who may call these is the policy layer's
+//! business; what a caller may ask for (no token stronger than its own, no
+//! site beyond its selector) is checked here against its `Principal`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::{Extension, Json};
+use outpost_api::access::{
+    AuditEntry, AuditVerification, Block, BlockRequest, BlockTarget, MAX_TOKEN_TTL, PROVIDER, Role,
+    TokenCreated, TokenInfo, TokenRequest,
+};
+use outpost_api::manifest::Kind;
+use outpost_api::quantity::Duration;
+use outpost_api::selector::Selector;
+use time::format_description::well_known::Rfc3339;
+
+use super::policy::{Principal, audited};
+use super::{ApiError, AppState, json_body, whole_number};
+use crate::auth;
+use crate::store::{AuditQuery, now_rfc3339};
+
+/// How long a token lives unless asked otherwise.
+const DEFAULT_TOKEN_TTL: Duration = Duration(90 * 86_400_000);
+/// The most audit entries one read returns.
+const MAX_AUDIT_ENTRIES: i64 = 10_000;
+
+/// A user or robot name: 1 to 128 letters, digits and `.`, `_`, `-`, `@`.
+fn check_user(user: &str) -> Result<(), ApiError> {
+    let valid = !user.is_empty()
+        && user.len() <= 128
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "user: {user:?} must be 1 to 128 letters, digits, '.', '_', '-' or '@'"
+        )))
+    }
+}
+
+/// `POST /api/v1/tokens`: a token for a user or robot, shown once.
+pub(super) async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: TokenRequest = json_body(body, "a token request (user, role)")?;
+    check_user(&request.user)?;
+    let role: Role = request
+        .role
+        .parse()
+        .map_err(|err| ApiError::BadRequest(format!("role: {err}")))?;
+    let tenant = request.tenant.unwrap_or_else(|| caller.tenant.clone());
+    if tenant != PROVIDER {
+        return Err(ApiError::BadRequest(format!(
+            "tenant: {tenant:?} does not exist (the tenants are: {PROVIDER})"
+        )));
+    }
+    if let Some(sites) = &request.sites {
+        sites
+            .parse::<Selector>()
+            .map_err(|err| ApiError::BadRequest(format!("sites: {err}")))?;
+    }
+    let ttl: Duration = match &request.ttl {
+        None => DEFAULT_TOKEN_TTL,
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("ttl: {e}")))?,
+    };
+    if ttl.0 == 0 || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl: {ttl} is not between 1s and {MAX_TOKEN_TTL}"
+        )));
+    }
+    // No token mints a stronger one, or one that reaches further.
+    if !caller.role.covers(role) {
+        return Err(ApiError::Forbidden(format!(
+            "role {} may not make a token of role {role}",
+            caller.role
+        )));
+    }
+    if tenant != caller.tenant {
+        return Err(ApiError::Forbidden(format!(
+            "a token of tenant {} may not make one for tenant {tenant}",
+            caller.tenant
+        )));
+    }
+    if caller.sites.is_some() && request.sites.as_deref().map(str::trim) != caller.sites_text() {
+        return Err(ApiError::Forbidden(
+            "a token limited to some sites may only make tokens with the same sites".to_string(),
+        ));
+    }
+    let token = auth::new_token();
+    let hash = auth::hash_token(&token);
+    let expires_at = (time::OffsetDateTime::now_utc() + ttl.as_std())
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let info = TokenInfo {
+        // The hash's prefix keeps names unique without revealing the token.
+        name: format!("{}-{}", request.user, &hash[..8]),
+        user: request.user,
+        role,
+        tenant,
+        sites: request.sites.map(|s| s.trim().to_string()),
+        created_at: now_rfc3339(),
+        created_by: Some(caller.token.clone()),
+        expires_at: Some(expires_at),
+        revoked_at: None,
+    };
+    state.store.add_api_token(&info, &hash).await?;
+    tracing::info!(actor = %caller.token, token = %info.name, user = %info.user, role = %info.role, "API token created");
+    let objects = vec![format!("token {} ({} as {})", info.name, info.user, info.role)];
+    Ok(audited(Json(TokenCreated { token, info }), objects))
+}
+
+/// `GET /api/v1/tokens`: the caller's tenant's tokens (every tenant's for
+/// the provider), never the tokens themselves.
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let tenant = (caller.tenant != PROVIDER).then_some(caller.tenant.as_str());
+    Ok(Json(state.store.api_tokens(tenant).await?))
+}
+
+/// `DELETE /api/v1/tokens/{name}`: the token fails its next request.
+pub(super) async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no API token is named {name:?}"));
+    let tokens = state.store.api_tokens(Some(&caller.tenant)).await?;
+    let token = tokens
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(not_found)?;
+    if !caller.role.covers(token.role) {
+        return Err(ApiError::Forbidden(format!(
+            "role {} may not revoke a token of role {}",
+            caller.role, token.role
+        )));
+    }
+    let revoked = state.store.revoke_api_token(&name).await?;
+    tracing::info!(actor = %caller.token, token = %name, "API token revoked");
+    Ok(Json(revoked))
+}
+
+/// `GET /api/v1/audit[?since=RFC3339&user=U&tenant=T&limit=N]`: the newest
+/// entries that match, oldest first. A tenant's admin reads its own.
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let since = match query.get("since") {
+        None => None,
+        Some(text) => {
+            let at = time::OffsetDateTime::parse(text, &Rfc3339)
+                .map_err(|_| ApiError::BadRequest(format!("since: {text:?} is not an RFC 3339 time")))?;
+            Some(
+                at.to_offset(time::UtcOffset::UTC)
+                    .format(&Rfc3339)
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let limit = whole_number(&query, "limit", 1000)?.clamp(1, MAX_AUDIT_ENTRIES);
+    let tenant = if caller.tenant == PROVIDER {
+        query.get("tenant").cloned()
+    } else {
+        Some(caller.tenant.clone())
+    };
+    let query = AuditQuery {
+        since,
+        user: query.get("user").cloned(),
+        tenant,
+        limit,
+    };
+    Ok(Json(state.store.audit(&query).await?))
+}
+
+/// `GET /api/v1/audit/verify`: every hash of the trail checked.
+pub(super) async fn verify_audit(State(state): State<AppState>) -> Result<Json<AuditVerification>, ApiError> {
+    let verification = state.store.verify_audit().await?;
+    if let Some(id) = verification.broken_at {
+        tracing::error!(entry = id, "the audit trail is broken");
+    }
+    Ok(Json(verification))
+}
+
+/// The site a block names, which the caller must be able to see; for a
+/// host, the host must be enrolled.
+async fn block_site(
+    state: &AppState,
+    caller: &Principal,
+    request: &BlockRequest,
+) -> Result<String, ApiError> {
+    let (site, host) = match request.target {
+        BlockTarget::Site => (request.name.as_str(), None),
+        BlockTarget::Host => match request.name.split_once('/') {
+            Some((site, host)) if !site.is_empty() && !host.is_empty() => (site, Some(host)),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "name: a host is named SITE/HOST, not {:?}",
+                    request.name
+                )));
+            }
+        },
+    };
+    let labels = state
+        .store
+        .get(Kind::Site, site)
+        .await?
+        .map(|object| object.metadata.labels)
+        .filter(|labels| caller.sees_site(labels));
+    if labels.is_none() {
+        return Err(ApiError::NotFound(format!("site {site:?} not found")));
+    }
+    if let Some(host) = host
+        && state.store.host(site, host).await?.is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "host {host:?} not found in site {site:?}"
+        )));
+    }
+    Ok(site.to_string())
+}
+
+/// `POST /api/v1/block`: the host or site is cut off at once (its sessions
+/// end, its connections are refused); a blocked host's site also stops
+/// accepting its underlay key.
+pub(super) async fn block(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Block>, ApiError> {
+    let request: BlockRequest = json_body(body, "a block request (target, name)")?;
+    let site = block_site(&state, &caller, &request).await?;
+    let block = Block {
+        target: request.target,
+        name: request.name,
+        wipe: request.wipe,
+        blocked_at: now_rfc3339(),
+        blocked_by: caller.token.clone(),
+    };
+    state.store.add_block(&block).await?;
+    state.revocations.block(&block);
+    tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, wipe = block.wipe, "blocked");
+    if block.target == BlockTarget::Host {
+        // The stolen host's underlay key must stop working at its peers too.
+        state
+            .store
+            .rotate_site_keys(&site, true, time::OffsetDateTime::now_utc())
+            .await?;
+        state.fleet.recompute_site(&site).await?;
+    }
+    Ok(Json(block))
+}
+
+/// `POST /api/v1/unblock`: lifts a block (a wipe stays done).
+pub(super) async fn unblock(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Block>, ApiError> {
+    let request: BlockRequest = json_body(body, "an unblock request (target, name)")?;
+    if request.wipe {
+        return Err(ApiError::BadRequest(
+            "wipe: an unblock cannot undo a wipe".to_string(),
+        ));
+    }
+    block_site(&state, &caller, &request).await?;
+    let block = state
+        .store
+        .remove_block(request.target, &request.name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{} {:?} is not blocked",
+                request.target.as_str(),
+                request.name
+            ))
+        })?;
+    state.revocations.unblock(&block);
+    tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, "unblocked");
+    Ok(Json(block))
+}
+
+/// `GET /api/v1/blocks`: the blocks in force.
+pub(super) async fn blocks(State(state): State<AppState>) -> Result<Json<Vec<Block>>, ApiError> {
+    Ok(Json(state.store.blocks().await?))
+}
