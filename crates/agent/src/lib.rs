@@ -221,6 +221,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let networking = network
         .clone()
         .map(|network| tokio::spawn(network.run(shutdown.clone())));
+    // The host certificate, short-lived, renewed before it expires.
+    let renewing = tokio::spawn(identity::renew(
+        config.data_dir.clone(),
+        credentials.host_cert.clone(),
+        (identity.server.clone(), credentials.tls.clone()),
+        shutdown.clone(),
+    ));
     // The underlay keys the site's hosts know each other by.
     let keeping_keys = network.clone().map(|network| {
         tokio::spawn(underlay::keep(
@@ -360,6 +367,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     for task in [networking, keeping_keys].into_iter().flatten() {
         let _ = task.await;
     }
+    let _ = renewing.await;
     if let Some((_, serving)) = endpoint {
         let _ = serving.await;
     }

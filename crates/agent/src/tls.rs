@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
@@ -142,23 +144,72 @@ pub fn pinned(fingerprint: &str) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A certificate chain and its key, as rustls presents them; `what` names
+/// them in errors (`the host key`).
+pub(crate) fn certified(cert_pem: &str, key_pem: &str, what: &str) -> Result<Arc<CertifiedKey>> {
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading the certificate of {what}"))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .with_context(|| format!("reading {what}"))?
+        .with_context(|| format!("the file of {what} holds no key"))?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .with_context(|| format!("loading {what}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
+}
+
+/// The host certificate the agent presents to the control plane. A
+/// renewal swaps it in place: connections made after present the new one,
+/// those already open keep theirs (the control plane accepts both).
+#[derive(Debug)]
+pub struct HostCert {
+    current: parking_lot::RwLock<Arc<CertifiedKey>>,
+}
+
+impl HostCert {
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<HostCert>> {
+        Ok(Arc::new(HostCert {
+            current: parking_lot::RwLock::new(certified(cert_pem, key_pem, "the host key")?),
+        }))
+    }
+
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        *self.current.write() = certified(cert_pem, key_pem, "the host key")?;
+        Ok(())
+    }
+
+    /// The certificate presented now, as DER.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.current.read().cert[0].clone()
+    }
+}
+
+impl ResolvesClientCert for HostCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// For sessions: trust the control plane's CA, present the host certificate.
-pub fn mutual(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>> {
+pub fn mutual(ca_pem: &str, host_cert: Arc<HostCert>) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(cert.context("reading the CA certificate")?)?;
     }
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .context("reading the host certificate")?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .context("reading the host key")?
-        .context("the host key file holds no key")?;
     let mut config = ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .context("using the host certificate")?;
+        .with_client_cert_resolver(host_cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed TLS session would carry the certificate it began with, so
+    // a renewed certificate would never be seen: every connection does a
+    // full handshake (agents connect rarely).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -61,20 +61,6 @@ fn paths(dir: &Path, epoch: u64) -> (PathBuf, PathBuf) {
     )
 }
 
-fn certified(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>> {
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading an underlay certificate")?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .context("reading an underlay key")?
-        .context("the underlay key file holds no key")?;
-    let key = crate::tls::provider()
-        .key_provider
-        .load_private_key(key)
-        .context("loading an underlay key")?;
-    Ok(Arc::new(CertifiedKey::new(chain, key)))
-}
-
 impl Keys {
     /// The keys this host holds, from `data_dir`.
     pub fn load(data_dir: &Path) -> Result<Keys> {
@@ -97,7 +83,10 @@ impl Keys {
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
             };
             let key = zeroize::Zeroizing::new(read(&key)?);
-            held.insert(epoch, certified(&read(&cert)?, &key)?);
+            held.insert(
+                epoch,
+                crate::tls::certified(&read(&cert)?, &key, "an underlay key")?,
+            );
         }
         Ok(Keys {
             dir: data_dir.to_path_buf(),
@@ -193,7 +182,7 @@ impl Keys {
             .map_err(|status| anyhow::anyhow!("{}", status.message()))?
             .into_inner();
         let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-        let certified = certified(&reply.cert_pem, &key_pem)?;
+        let certified = crate::tls::certified(&reply.cert_pem, &key_pem, "an underlay key")?;
         let (key_path, cert_path) = paths(&self.dir, epoch);
         write_private(&key_path, key_pem.as_bytes())?;
         write_private(&cert_path, reply.cert_pem.as_bytes())?;

@@ -37,6 +37,11 @@ FROM audit_log ORDER BY id;
 
 DROP TABLE audit_log;
 
+-- Host certificates are short-lived and renewed over the session: the
+-- serial a host held before its last renewal stays accepted (until it
+-- expires), for calls on connections made before the renewal.
+ALTER TABLE hosts ADD COLUMN previous_serial TEXT;
+
 -- Hosts and sites cut off by `outpost block`: their certificates are
 -- refused at the handshake and on every call until `outpost unblock`.
 CREATE TABLE blocks (

@@ -6,7 +6,9 @@
 //!   is closed after [`UNAUTHENTICATED_IDLE`] without traffic;
 //! - one source address may hold at most [`MAX_UNAUTHENTICATED_PER_SOURCE`]
 //!   such connections, handshakes included; past that, new ones close at once;
-//! - a host certificate on the deny list is refused at the handshake.
+//! - a host certificate on the deny list is refused at the handshake;
+//! - an expired host certificate is refused, unless it expired within the
+//!   operator's grace (`--host-cert-grace`): then it may only renew itself.
 //!
 //! What passes carries its byte counter, its peer and its host certificate
 //! to the gateway as tonic connect info ([`AgentConnectInfo`]).
@@ -24,8 +26,11 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::Stream;
 use outpost_proto::traffic::{Counted, Traffic};
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -47,18 +52,97 @@ pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
 pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
 
 /// The gateway's TLS: our serving certificate; host certificates are
-/// optional (a new host enrolls without one) and checked against our CA.
-pub fn tls_config(pki: &Pki) -> Result<Arc<ServerConfig>> {
+/// optional (a new host enrolls without one) and checked against our CA,
+/// with `grace` for one that expired.
+pub fn tls_config(pki: &Pki, grace: Duration) -> Result<Arc<ServerConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der().clone())?;
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+    let inner = WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()?;
     let mut config = ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(WithGrace { inner, grace }))
         .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a certificate that expired at `not_after` may still renew at
+/// `now` (both in seconds since the Unix epoch).
+fn within_grace(not_after: i64, now: u64, grace: Duration) -> bool {
+    let expired_for = i128::from(now) - i128::from(not_after);
+    expired_for >= 0 && expired_for <= i128::from(grace.as_secs())
+}
+
+/// Client certificates as rustls's WebPKI verifier judges them, but for one
+/// allowance: a host certificate that expired at most `grace` ago passes if
+/// it was valid in its last second (chain, signature, usage), so that its
+/// agent can renew it. The gateway takes such a certificate for a renewal
+/// and nothing else (`Gateway::identity`).
+#[derive(Debug)]
+struct WithGrace {
+    inner: Arc<dyn ClientCertVerifier>,
+    grace: Duration,
+}
+
+impl ClientCertVerifier for WithGrace {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let Err(rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) = &verified
+        else {
+            return verified;
+        };
+        match pki::host_certificate(end_entity) {
+            Some(host) if within_grace(host.not_after, now.as_secs(), self.grace) => {
+                let last_valid =
+                    UnixTime::since_unix_epoch(Duration::from_secs(host.not_after.max(0) as u64));
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, last_valid)
+            }
+            _ => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// What the gateway learns about a connection.
@@ -300,6 +384,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleLimit<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn an_expired_certificate_renews_only_within_the_grace() {
+        let grace = Duration::from_secs(3600);
+        assert!(within_grace(1000, 1000, grace));
+        assert!(within_grace(1000, 4600, grace));
+        assert!(!within_grace(1000, 4601, grace), "past the grace: enroll again");
+        assert!(!within_grace(1000, 999, grace), "not expired: nothing to allow");
+        assert!(!within_grace(1000, 1001, Duration::ZERO));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_stream_times_out_and_a_busy_one_does_not() {

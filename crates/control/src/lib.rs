@@ -59,6 +59,24 @@ pub struct Config {
     /// Rotate every site's underlay keys this long after their last
     /// rotation (`None`: only when the operator asks).
     pub site_key_rotation: Option<std::time::Duration>,
+    pub host_certificates: HostCertificates,
+}
+
+/// How long host certificates live, and how long after expiry a host may
+/// still renew with its old key (after that it must enroll again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCertificates {
+    pub lifetime: std::time::Duration,
+    pub grace: std::time::Duration,
+}
+
+impl Default for HostCertificates {
+    fn default() -> Self {
+        HostCertificates {
+            lifetime: std::time::Duration::from_secs(30 * 86_400),
+            grace: std::time::Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// How long what agents send up is kept, counted from its arrival.
@@ -124,6 +142,7 @@ pub struct ControlPlane {
     poll_interval: Option<std::time::Duration>,
     streams_nats: Option<String>,
     site_key_rotation: Option<std::time::Duration>,
+    host_certificates: HostCertificates,
     max_unauthenticated_per_source: usize,
 }
 
@@ -158,7 +177,7 @@ impl ControlPlane {
         let pki =
             Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
         let tls = server::tls_config(&pki)?;
-        let agent_tls = agent_listener::tls_config(&pki)?;
+        let agent_tls = agent_listener::tls_config(&pki, config.host_certificates.grace)?;
         let revocations = Revocations::load(store.as_ref())
             .await
             .context("loading revoked certificates")?;
@@ -189,6 +208,7 @@ impl ControlPlane {
             poll_interval: config.poll_interval,
             streams_nats: config.streams_nats.clone(),
             site_key_rotation: config.site_key_rotation,
+            host_certificates: config.host_certificates,
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
         })
     }
@@ -222,6 +242,7 @@ impl ControlPlane {
             revocations: self.revocations.clone(),
             enrollments,
             secrets: self.secrets.clone(),
+            certificates: self.host_certificates,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));

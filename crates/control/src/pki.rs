@@ -33,9 +33,13 @@ pub struct Pki {
     pub server_key_pem: String,
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+/// Valid from a little before now (for clocks behind ours: an hour, or a
+/// tenth of a short lifetime, so that agents still renew at two thirds of
+/// the life they were given) for `lifetime`.
+fn validity(params: &mut CertificateParams, lifetime: time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - (lifetime / 10_i32).min(time::Duration::hours(1));
+    params.not_after = now + lifetime;
 }
 
 impl Pki {
@@ -65,7 +69,7 @@ impl Pki {
                 KeyUsagePurpose::CrlSign,
                 KeyUsagePurpose::DigitalSignature,
             ];
-            validity(&mut params, 3650);
+            validity(&mut params, time::Duration::days(3650));
             let cert = params.self_signed(&key).context("signing the CA certificate")?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
             fs::write(&ca_cert_path, cert.pem())
@@ -95,12 +99,19 @@ impl Pki {
         &self.ca_der
     }
 
-    /// Signs a host's CSR with the given serial (from [`new_serial`]). Only
-    /// the public key is taken from the request: the identity (site and
-    /// host) is set here, never by the agent.
-    pub fn sign_host_csr(&self, csr_pem: &str, site: &str, host: &str, serial: &str) -> Result<String> {
+    /// Signs a host's CSR with the given serial (from [`new_serial`]),
+    /// valid for `lifetime`. Only the public key is taken from the request:
+    /// the identity (site and host) is set here, never by the agent.
+    pub fn sign_host_csr(
+        &self,
+        csr_pem: &str,
+        (site, host): (&str, &str),
+        serial: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String> {
         let name = format!("{host}.{site}");
-        self.sign_client_csr(csr_pem, &name, &host_identity_uri(site, host), serial)
+        let lifetime = time::Duration::try_from(lifetime).context("the certificate lifetime is too long")?;
+        self.sign_client_csr(csr_pem, &name, &host_identity_uri(site, host), serial, lifetime)
             .context("signing the host certificate")
     }
 
@@ -112,14 +123,21 @@ impl Pki {
     pub fn sign_underlay_csr(&self, csr_pem: &str, site: &str, host: &str, epoch: u64) -> Result<String> {
         let name = format!("{host}.{site} underlay {epoch}");
         let uri = outpost_proto::identity::underlay_uri(site, host, epoch);
-        self.sign_client_csr(csr_pem, &name, &uri, &new_serial())
+        self.sign_client_csr(csr_pem, &name, &uri, &new_serial(), time::Duration::days(365))
             .context("signing the underlay certificate")
     }
 
-    /// A client certificate (a year) for the public key of `csr_pem`, named
-    /// `common_name` and the URI `uri`: only the key is taken from the
-    /// request, the names are set here, never by the agent.
-    fn sign_client_csr(&self, csr_pem: &str, common_name: &str, uri: &str, serial: &str) -> Result<String> {
+    /// A client certificate valid for `lifetime` for the public key of
+    /// `csr_pem`, named `common_name` and the URI `uri`: only the key is
+    /// taken from the request, the names are set here, never by the agent.
+    fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        uri: &str,
+        serial: &str,
+        lifetime: time::Duration,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .context("the CSR is not a valid PKCS#10 request")?;
         let mut params = CertificateParams::default();
@@ -134,7 +152,7 @@ impl Pki {
         ));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 365);
+        validity(&mut params, lifetime);
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(cert.pem())
     }
@@ -167,7 +185,7 @@ fn server_certificate(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Re
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    validity(&mut params, 365);
+    validity(&mut params, time::Duration::days(365));
     let cert = params
         .signed_by(&key, issuer)
         .context("signing the server certificate")?;
@@ -230,16 +248,27 @@ mod tests {
         )];
         let csr = request.serialize_request(&key).unwrap().pem().unwrap();
         let serial = new_serial();
-        let pem = pki.sign_host_csr(&csr, "store-042", "till-1", &serial).unwrap();
+        let lifetime = std::time::Duration::from_secs(30 * 86_400);
+        let pem = pki
+            .sign_host_csr(&csr, ("store-042", "till-1"), &serial, lifetime)
+            .unwrap();
         let der = pem_to_der(&pem).unwrap();
+        let certificate = host_certificate(&der).unwrap();
+        let expected_end = time::OffsetDateTime::now_utc().unix_timestamp() + 30 * 86_400;
+        assert!(
+            (certificate.not_after - expected_end).abs() < 60,
+            "{certificate:?}"
+        );
         assert_eq!(
-            host_certificate(&der),
-            Some(HostCertificate {
+            certificate,
+            HostCertificate {
                 site: "store-042".to_string(),
                 host: "till-1".to_string(),
                 serial,
                 public_key: key.public_key_raw().to_vec(),
-            })
+                not_before: certificate.not_before,
+                not_after: certificate.not_after,
+            }
         );
 
         // The CA survives a restart: same fingerprint.

@@ -64,6 +64,14 @@ pub(crate) enum Command {
         /// after its last rotation, e.g. 30d [default: only on `outpost site rotate-keys`]
         #[arg(long, value_name = "DURATION")]
         site_key_rotation: Option<outpost_api::quantity::Duration>,
+        /// How long a host certificate lives; agents renew theirs over the
+        /// session when two thirds of it have passed (at least 10s)
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        host_cert_lifetime: outpost_api::quantity::Duration,
+        /// How long after its certificate expired a host that was offline may
+        /// still renew it with its old key; after that it must enroll again
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        host_cert_grace: outpost_api::quantity::Duration,
         /// Tell agents in polling mode to poll this often instead of their own --interval
         #[arg(long, value_name = "DURATION")]
         poll_interval: Option<outpost_api::quantity::Duration>,

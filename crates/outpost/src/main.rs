@@ -114,9 +114,14 @@ async fn run(cli: Cli) -> Result<()> {
             stream_retention,
             streams_nats,
             site_key_rotation,
+            host_cert_lifetime,
+            host_cert_grace,
             poll_interval,
             max_unauthenticated_per_source,
         } => {
+            if host_cert_lifetime.as_std() < std::time::Duration::from_secs(10) {
+                anyhow::bail!("--host-cert-lifetime: at least 10s");
+            }
             if site_key_rotation.is_some_and(|every| every.as_std() < std::time::Duration::from_secs(3600)) {
                 anyhow::bail!("--site-key-rotation: rotate at most once an hour (1h or more)");
             }
@@ -138,6 +143,10 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 streams_nats: streams_nats.clone(),
                 site_key_rotation: site_key_rotation.map(|every| every.as_std()),
+                host_certificates: outpost_control::HostCertificates {
+                    lifetime: host_cert_lifetime.as_std(),
+                    grace: host_cert_grace.as_std(),
+                },
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(outpost::process::shutdown_signal()).await;

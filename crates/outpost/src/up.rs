@@ -64,6 +64,7 @@ pub async fn run(
         secrets_key_file: None,
         streams_nats: None,
         site_key_rotation: None,
+        host_certificates: Default::default(),
     })
     .await?;
 

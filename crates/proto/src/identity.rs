@@ -16,6 +16,9 @@ pub struct HostCertificate {
     pub serial: String,
     /// The certificate's public key: an uncompressed P-256 point.
     pub public_key: Vec<u8>,
+    /// When it became and stops being valid, in seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 /// The site, host, serial and public key of a host certificate.
@@ -34,6 +37,8 @@ pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
         host,
         serial: hex::encode(cert.raw_serial()),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 

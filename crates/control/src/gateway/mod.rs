@@ -16,9 +16,9 @@ use outpost_proto::codec::{self, HEARTBEAT};
 use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
-    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, StatusReport,
-    StreamAck, StreamBatch, SyncRequest, SyncResponse, UnderlayReply, UnderlayRequest, WitnessReply,
-    WitnessRequest,
+    AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, RenewReply,
+    RenewRequest, StatusReport, StreamAck, StreamBatch, SyncRequest, SyncResponse, UnderlayReply,
+    UnderlayRequest, WitnessReply, WitnessRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -54,6 +54,7 @@ pub struct Gateway {
     pub revocations: Arc<Revocations>,
     pub enrollments: Arc<Enrollments>,
     pub secrets: Arc<Secrets>,
+    pub certificates: crate::HostCertificates,
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -68,9 +69,22 @@ fn connection<T>(request: &Request<T>) -> Option<&AgentConnectInfo> {
 
 impl Gateway {
     /// The host a request's certificate names, checked on every call: the
-    /// certificate is not revoked, and it is the one the host was issued
-    /// (a host enrolled before serials were recorded has none to compare).
+    /// certificate is not revoked, has not expired, and is the one the host
+    /// was issued or the one before (a host enrolled before serials were
+    /// recorded has none to compare).
     async fn identity<T>(&self, request: &Request<T>) -> Result<HostCertificate, Status> {
+        let certificate = self.identity_even_expired(request).await?;
+        if certificate.not_after < time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Err(Status::unauthenticated(
+                "this host certificate has expired; the agent renews it (RenewCertificate)",
+            ));
+        }
+        Ok(certificate)
+    }
+
+    /// `identity`, but a certificate that expired within the grace the
+    /// agent port's TLS allows passes: only a renewal asks for this.
+    async fn identity_even_expired<T>(&self, request: &Request<T>) -> Result<HostCertificate, Status> {
         let certificate = connection(request)
             .and_then(|c| c.certificate.clone())
             .ok_or_else(|| Status::unauthenticated("a host certificate is required (enroll first)"))?;
@@ -84,9 +98,14 @@ impl Gateway {
             None => Err(Status::permission_denied(format!(
                 "host {host:?} of site {site:?} is not enrolled"
             ))),
-            Some(record) if record.cert_serial.as_ref().is_some_and(|s| s != serial) => Err(
-                Status::permission_denied("this certificate is not the one the host was issued"),
-            ),
+            Some(record)
+                if record.cert_serial.as_ref().is_some_and(|s| s != serial)
+                    && record.previous_serial.as_ref() != Some(serial) =>
+            {
+                Err(Status::permission_denied(
+                    "this certificate is not the one the host was issued",
+                ))
+            }
             Some(_) => Ok(certificate),
         }
     }
@@ -173,7 +192,12 @@ impl Gateway {
         }
         let certificate_pem = self
             .pki
-            .sign_host_csr(&request.csr_pem, &site, host, &serial)
+            .sign_host_csr(
+                &request.csr_pem,
+                (&site, host),
+                &serial,
+                self.certificates.lifetime,
+            )
             .map_err(internal)?;
         tracing::info!(%site, %host, %serial, "host enrolled");
         if let Err(err) = self.fleet.recompute_site(&site).await {
@@ -290,6 +314,49 @@ impl AgentGateway for Gateway {
         Ok(Response::new(UnderlayReply { cert_pem }))
     }
 
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewReply>, Status> {
+        let HostCertificate {
+            site,
+            host,
+            serial,
+            public_key,
+            ..
+        } = self.identity_even_expired(&request).await?;
+        let csr_pem = request.into_inner().csr_pem;
+        if csr_pem.len() > 16 << 10 {
+            return Err(Status::invalid_argument("the CSR is larger than 16 KiB"));
+        }
+        // The host renews its own key: possession was proven in the handshake.
+        use rcgen::PublicKeyData;
+        let asked = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).map_err(|err| {
+            Status::invalid_argument(format!("the CSR is not a valid PKCS#10 request: {err}"))
+        })?;
+        if asked.public_key.der_bytes() != public_key.as_slice() {
+            return Err(Status::invalid_argument(
+                "the CSR is not for the key of the certificate being renewed",
+            ));
+        }
+        let new_serial = pki::new_serial();
+        let certificate_pem = self
+            .pki
+            .sign_host_csr(&csr_pem, (&site, &host), &new_serial, self.certificates.lifetime)
+            .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        match self
+            .store
+            .renew_host_certificate(&site, &host, &serial, &new_serial)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(why)) => return Err(Status::permission_denied(why)),
+            Err(err) => return Err(internal(err)),
+        }
+        tracing::info!(%site, %host, old = %serial, serial = %new_serial, "host certificate renewed");
+        Ok(Response::new(RenewReply { certificate_pem }))
+    }
+
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         let HostCertificate {
             site,
@@ -367,6 +434,7 @@ impl AgentGateway for Gateway {
             host,
             serial,
             public_key,
+            ..
         } = self.identity(&request).await?;
         let traffic = connection(&request)
             .map(|c| c.traffic.clone())

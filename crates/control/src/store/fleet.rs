@@ -36,6 +36,7 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError
         bytes_received: row.try_get("bytes_received")?,
         bytes_sent: row.try_get("bytes_sent")?,
         cert_serial: row.try_get("cert_serial")?,
+        previous_serial: row.try_get("previous_serial")?,
         site_address: row.try_get("site_address")?,
     })
 }
@@ -45,7 +46,7 @@ macro_rules! select_host {
     ($tail:literal) => {
         concat!(
             "SELECT site, name, facts, labels, agent_version, applied_revision, enrolled_at, last_seen, \
-             dropped, bytes_received, bytes_sent, cert_serial, site_address FROM hosts ",
+             dropped, bytes_received, bytes_sent, cert_serial, previous_serial, site_address FROM hosts ",
             $tail
         )
     };
@@ -53,6 +54,31 @@ macro_rules! select_host {
 
 #[async_trait]
 impl FleetStore for SqliteStore {
+    async fn renew_host_certificate(
+        &self,
+        site: &str,
+        host: &str,
+        old_serial: &str,
+        new_serial: &str,
+    ) -> Result<(), StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE hosts SET previous_serial = ?3, cert_serial = ?4
+             WHERE site = ?1 AND name = ?2 AND (cert_serial = ?3 OR previous_serial = ?3 OR cert_serial IS NULL)",
+        )
+        .bind(site)
+        .bind(host)
+        .bind(old_serial)
+        .bind(new_serial)
+        .execute(&self.pool)
+        .await?;
+        if renewed.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "host {host:?} of site {site:?} holds no certificate with serial {old_serial}"
+            )));
+        }
+        Ok(())
+    }
+
     async fn create_join_token(
         &self,
         token_hash: &str,

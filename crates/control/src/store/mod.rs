@@ -151,6 +151,9 @@ pub struct HostRecord {
     /// before serials were recorded).
     #[serde(skip)]
     pub cert_serial: Option<String>,
+    /// The serial before its last renewal, still accepted until it expires.
+    #[serde(skip)]
+    pub previous_serial: Option<String>,
     /// Where the other hosts of its site reach it (empty: it serves none).
     pub site_address: String,
 }
@@ -218,6 +221,17 @@ pub trait FleetStore: Send + Sync + 'static {
         host: &str,
         cert_serial: &str,
     ) -> Result<String, StoreError>;
+
+    /// Records a renewed host certificate: `new_serial` becomes the host's,
+    /// `old_serial` (the one it renewed with) the one before. `Conflict` if
+    /// the host holds no certificate with `old_serial`.
+    async fn renew_host_certificate(
+        &self,
+        site: &str,
+        host: &str,
+        old_serial: &str,
+        new_serial: &str,
+    ) -> Result<(), StoreError>;
 
     /// Every revoked certificate, for the deny list kept in memory.
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;

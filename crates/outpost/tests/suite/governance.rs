@@ -652,3 +652,48 @@ fn a_blocked_host_is_cut_off_within_a_second_and_wipe_deletes_its_secrets() {
     assert!(trail.success().contains("\"POST /block\"") && trail.stdout.contains("\"POST /unblock\""));
     assert!(!control.logged("do-not-keep") && !agent.logged("do-not-keep"));
 }
+
+#[test]
+fn host_certificates_renew_over_the_session_and_after_expiry_within_the_grace() {
+    let control = ControlPlane::start_with(
+        "info",
+        &["--host-cert-lifetime", "15s", "--host-cert-grace", "1h"],
+    );
+    let name = unique_site("crt");
+    control.apply(&site(&name, "group: crt")).success();
+    let mut agent = Agent::enroll(&control, &name, "h1");
+    let renewals = |agent: &Agent| agent.count_logged("host certificate renewed");
+    // Two renewals, each after two thirds of a 15 s life, on one session.
+    eventually(Duration::from_secs(45), "two renewals", || {
+        (renewals(&agent) >= 2).then_some(())
+    });
+    assert!(control.logged("host certificate renewed"));
+    assert!(
+        !agent.logged("uplink lost"),
+        "the session went on through the renewals"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent.dir.path().join("host.crt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Away past its certificate's expiry, the host renews with its old key
+    // within the grace and connects again.
+    agent.stop();
+    std::thread::sleep(Duration::from_secs(17));
+    let (before, connects) = (
+        renewals(&agent),
+        agent.count_logged("connected to the control plane"),
+    );
+    agent.start();
+    eventually(
+        Duration::from_secs(30),
+        "renewed after expiry and connected",
+        || {
+            (renewals(&agent) > before && agent.count_logged("connected to the control plane") > connects)
+                .then_some(())
+        },
+    );
+}

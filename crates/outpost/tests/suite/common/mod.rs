@@ -567,6 +567,16 @@ impl Agent {
         self.log.lock().unwrap().iter().any(|line| line.contains(text))
     }
 
+    /// How many lines it logged so far that contain `text`.
+    pub fn count_logged(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+
     /// How many lines it logged so far.
     pub fn log_lines(&self) -> usize {
         self.log.lock().unwrap().len()
