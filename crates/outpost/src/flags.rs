@@ -470,7 +470,7 @@ pub(crate) enum SecretCommand {
         #[arg(long, value_name = "PATTERN", num_args = 1..)]
         images: Option<Vec<String>>,
     },
-    /// Print one value (written to the audit log)
+    /// Print one value (written to the audit trail)
     Reveal { name: String, key: String },
 }
 

@@ -140,7 +140,7 @@ pub(super) async fn describe(
     }))
 }
 
-/// `POST /api/v1/secrets/{name}/reveal`: one value, written to the audit log.
+/// `POST /api/v1/secrets/{name}/reveal`: one value (the policy layer audits it).
 pub(super) async fn reveal(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
