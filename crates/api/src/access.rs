@@ -193,6 +193,24 @@ pub struct TokenCreated {
     pub info: TokenInfo,
 }
 
+/// `GET /api/v1/login`: where to sign in (public).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginConfig {
+    /// The OpenID Connect provider's issuer URL.
+    pub issuer: String,
+    /// The client id the control plane accepts ID tokens for.
+    pub client_id: String,
+}
+
+/// `POST /api/v1/login` (public): an ID token from the provider, traded
+/// for an API token of the role its claims map to.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    pub id_token: String,
+}
+
 /// One entry of the audit trail: a change, a read of a secret's value or a
 /// refusal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

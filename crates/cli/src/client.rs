@@ -281,6 +281,20 @@ impl Client {
         self.send(self.request(Method::GET, &path)).await
     }
 
+    /// Where to sign in (needs no token).
+    pub async fn login_config(&self) -> Result<outpost_api::access::LoginConfig> {
+        self.send(self.http.get(format!("{}/login", self.base))).await
+    }
+
+    /// Trades an ID token for an API token (needs no token).
+    pub async fn login(&self, id_token: &str) -> Result<TokenCreated> {
+        let body = outpost_api::access::LoginRequest {
+            id_token: id_token.to_string(),
+        };
+        self.send(self.http.post(format!("{}/login", self.base)).json(&body))
+            .await
+    }
+
     pub async fn create_api_token(&self, request: &TokenRequest) -> Result<TokenCreated> {
         self.send(self.request(Method::POST, "/tokens").json(request))
             .await

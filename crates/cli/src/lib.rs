@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod login;
 pub mod output;
 pub mod streams;
 pub mod telemetry;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod enrollment;
 pub mod fleet;
 pub mod gateway;
+pub mod oidc;
 pub mod pki;
 pub mod plan;
 pub mod presence;
@@ -60,6 +61,8 @@ pub struct Config {
     /// rotation (`None`: only when the operator asks).
     pub site_key_rotation: Option<std::time::Duration>,
     pub host_certificates: HostCertificates,
+    /// The OpenID Connect provider users sign in with (`outpost login`).
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 /// How long host certificates live, and how long after expiry a host may
@@ -143,6 +146,7 @@ pub struct ControlPlane {
     streams_nats: Option<String>,
     site_key_rotation: Option<std::time::Duration>,
     host_certificates: HostCertificates,
+    oidc: Option<Arc<oidc::Oidc>>,
     max_unauthenticated_per_source: usize,
 }
 
@@ -209,6 +213,13 @@ impl ControlPlane {
             streams_nats: config.streams_nats.clone(),
             site_key_rotation: config.site_key_rotation,
             host_certificates: config.host_certificates,
+            oidc: config
+                .oidc
+                .clone()
+                .map(oidc::Oidc::new)
+                .transpose()
+                .context("preparing sign-in")?
+                .map(Arc::new),
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
         })
     }
@@ -224,6 +235,7 @@ impl ControlPlane {
             revocations: self.revocations.clone(),
             enrollments: enrollments.clone(),
             secrets: self.secrets.clone(),
+            oidc: self.oidc.clone(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {

@@ -72,6 +72,17 @@ pub(crate) enum Command {
         /// still renew it with its old key; after that it must enroll again
         #[arg(long, value_name = "DURATION", default_value = "7d")]
         host_cert_grace: outpost_api::quantity::Duration,
+        /// Let users sign in (`outpost login`) with this OpenID Connect
+        /// provider, by its issuer URL
+        #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "oidc_role_map"])]
+        oidc_issuer: Option<String>,
+        /// The client id ID tokens must be issued to
+        #[arg(long, value_name = "ID", requires = "oidc_issuer")]
+        oidc_client_id: Option<String>,
+        /// A claim's value to a role, the first that matches wins
+        /// (repeatable): 'groups: retail-ops -> operator@provider'
+        #[arg(long, value_name = "MAPPING", requires = "oidc_issuer", value_parser = str::parse::<outpost_control::oidc::RoleMapping>)]
+        oidc_role_map: Vec<outpost_control::oidc::RoleMapping>,
         /// Tell agents in polling mode to poll this often instead of their own --interval
         #[arg(long, value_name = "DURATION")]
         poll_interval: Option<outpost_api::quantity::Duration>,
@@ -218,6 +229,16 @@ pub(crate) enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Sign in with the control plane's OpenID Connect provider: an API
+    /// token for your role goes into a context (--context, else the current)
+    Login {
+        /// Make the context: the control plane's URL (with --ca-file)
+        #[arg(long, value_name = "URL", requires = "ca_file")]
+        server: Option<String>,
+        /// Make the context: the control plane's CA certificate (PEM)
+        #[arg(long, value_name = "FILE", requires = "server")]
+        ca_file: Option<PathBuf>,
     },
     /// Read the audit trail: every change, reveal of a secret and refusal
     Audit {

@@ -116,6 +116,9 @@ async fn run(cli: Cli) -> Result<()> {
             site_key_rotation,
             host_cert_lifetime,
             host_cert_grace,
+            oidc_issuer,
+            oidc_client_id,
+            oidc_role_map,
             poll_interval,
             max_unauthenticated_per_source,
         } => {
@@ -147,6 +150,13 @@ async fn run(cli: Cli) -> Result<()> {
                     lifetime: host_cert_lifetime.as_std(),
                     grace: host_cert_grace.as_std(),
                 },
+                oidc: oidc_issuer
+                    .clone()
+                    .map(|issuer| outpost_control::oidc::OidcConfig {
+                        issuer,
+                        client_id: oidc_client_id.clone().unwrap_or_default(),
+                        mappings: oidc_role_map.clone(),
+                    }),
             };
             let control = outpost_control::ControlPlane::start(&config).await?;
             control.serve(outpost::process::shutdown_signal()).await;
@@ -297,6 +307,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token {
             command: TokenCommand::Revoke { name },
         } => commands::revoke_api_token(&client(&cli)?, name).await?,
+        Command::Login { server, ca_file } => {
+            let config_path = outpost_cli::client::config_path(cli.config.as_deref())
+                .context("no configuration file: pass --config FILE or set OUTPOST_CONFIG")?;
+            let context = match &cli.context {
+                Some(context) => context.clone(),
+                None if config_path.exists() => {
+                    outpost_cli::client::load_config(&config_path)?.current_context
+                }
+                None => "default".to_string(),
+            };
+            let target = outpost_cli::login::Target {
+                config_path: &config_path,
+                context: &context,
+                server: server.as_deref(),
+                ca_file: ca_file.as_deref(),
+            };
+            outpost_cli::login::login(&target, |text| eprintln!("{text}")).await?
+        }
         Command::Audit {
             command: Some(AuditCommand::Verify),
             ..

@@ -65,6 +65,7 @@ pub async fn run(
         streams_nats: None,
         site_key_rotation: None,
         host_certificates: Default::default(),
+        oidc: None,
     })
     .await?;
 

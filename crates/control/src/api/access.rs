@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::{Extension, Json};
 use outpost_api::access::{
-    AuditEntry, AuditVerification, Block, BlockRequest, BlockTarget, MAX_TOKEN_TTL, PROVIDER, Role,
-    TokenCreated, TokenInfo, TokenRequest,
+    AuditEntry, AuditVerification, Block, BlockRequest, BlockTarget, LoginConfig, LoginRequest,
+    MAX_TOKEN_TTL, PROVIDER, Role, TokenCreated, TokenInfo, TokenRequest,
 };
 use outpost_api::manifest::Kind;
 use outpost_api::quantity::Duration;
@@ -22,6 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use super::policy::{Principal, audited};
 use super::{ApiError, AppState, json_body, whole_number};
 use crate::auth;
+use crate::oidc::SignInError;
 use crate::store::{AuditQuery, now_rfc3339};
 
 /// How long a token lives unless asked otherwise.
@@ -97,27 +98,117 @@ pub(super) async fn create_token(
             "a token limited to some sites may only make tokens with the same sites".to_string(),
         ));
     }
-    let token = auth::new_token();
-    let hash = auth::hash_token(&token);
-    let expires_at = (time::OffsetDateTime::now_utc() + ttl.as_std())
-        .format(&Rfc3339)
-        .unwrap_or_default();
-    let info = TokenInfo {
-        // The hash's prefix keeps names unique without revealing the token.
-        name: format!("{}-{}", request.user, &hash[..8]),
+    let grant = Grant {
         user: request.user,
         role,
         tenant,
         sites: request.sites.map(|s| s.trim().to_string()),
+    };
+    let created = issue(&state, grant, ttl.as_std(), Some(caller.token.clone())).await?;
+    tracing::info!(actor = %caller.token, token = %created.info.name, user = %created.info.user, role = %created.info.role, "API token created");
+    let objects = vec![format!(
+        "token {} ({} as {})",
+        created.info.name, created.info.user, created.info.role
+    )];
+    Ok(audited(Json(created), objects))
+}
+
+/// What a new API token is for.
+struct Grant {
+    user: String,
+    role: Role,
+    tenant: String,
+    sites: Option<String>,
+}
+
+/// Makes and stores an API token; only its hash is kept.
+async fn issue(
+    state: &AppState,
+    grant: Grant,
+    ttl: std::time::Duration,
+    created_by: Option<String>,
+) -> Result<TokenCreated, ApiError> {
+    let token = auth::new_token();
+    let hash = auth::hash_token(&token);
+    let expires_at = (time::OffsetDateTime::now_utc() + ttl)
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let info = TokenInfo {
+        // The hash's prefix keeps names unique without revealing the token.
+        name: format!("{}-{}", grant.user, &hash[..8]),
+        user: grant.user,
+        role: grant.role,
+        tenant: grant.tenant,
+        sites: grant.sites,
         created_at: now_rfc3339(),
-        created_by: Some(caller.token.clone()),
+        created_by,
         expires_at: Some(expires_at),
         revoked_at: None,
     };
     state.store.add_api_token(&info, &hash).await?;
-    tracing::info!(actor = %caller.token, token = %info.name, user = %info.user, role = %info.role, "API token created");
-    let objects = vec![format!("token {} ({} as {})", info.name, info.user, info.role)];
-    Ok(audited(Json(TokenCreated { token, info }), objects))
+    Ok(TokenCreated { token, info })
+}
+
+fn sign_in_configured(state: &AppState) -> Result<&crate::oidc::Oidc, ApiError> {
+    state.oidc.as_deref().ok_or_else(|| {
+        ApiError::NotFound(
+            "sign-in is not configured on this control plane (outpost control --oidc-issuer URL --oidc-client-id ID --oidc-role-map MAPPING)"
+                .to_string(),
+        )
+    })
+}
+
+/// `GET /api/v1/login` (public): the provider to sign in with.
+pub(super) async fn login_config(State(state): State<AppState>) -> Result<Json<LoginConfig>, ApiError> {
+    let oidc = sign_in_configured(&state)?.config();
+    Ok(Json(LoginConfig {
+        issuer: oidc.issuer.clone(),
+        client_id: oidc.client_id.clone(),
+    }))
+}
+
+/// `POST /api/v1/login` (public): an ID token traded for an API token of
+/// the role its claims map to, for `oidc::SIGN_IN_TTL`.
+pub(super) async fn login(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let oidc = sign_in_configured(&state)?;
+    let request: LoginRequest = json_body(body, "a sign-in (idToken)")?;
+    let signed_in = oidc.sign_in(&request.id_token).await.map_err(|err| match err {
+        SignInError::Rejected(_) => ApiError::BadCredentials(err.to_string()),
+        SignInError::NoRole(why) => ApiError::Forbidden(why),
+        SignInError::Provider(_) => {
+            tracing::warn!(err = %err, "signing in");
+            ApiError::Unavailable(err.to_string())
+        }
+    })?;
+    // A user name as tokens take it: odd characters of a subject become '-'.
+    let user: String = signed_in
+        .user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    let grant = Grant {
+        user,
+        role: signed_in.role,
+        tenant: signed_in.tenant,
+        sites: None,
+    };
+    let created = issue(&state, grant, crate::oidc::SIGN_IN_TTL, None).await?;
+    tracing::info!(user = %created.info.user, role = %created.info.role, token = %created.info.name, "signed in");
+    let objects = vec![format!(
+        "sign-in of {} as {} in {} (token {})",
+        created.info.user, created.info.role, created.info.tenant, created.info.name
+    )];
+    Ok(audited(Json(created), objects))
 }
 
 /// `GET /api/v1/tokens`: the caller's tenant's tokens (every tenant's for

@@ -14,6 +14,11 @@ pub enum ApiError {
     Unauthorized,
     /// The caller's role may not do this (its own object, or a route).
     Forbidden(String),
+    /// Credentials other than a token were refused (a sign-in's ID token).
+    BadCredentials(String),
+    /// A service the control plane relies on did not answer (the identity
+    /// provider).
+    Unavailable(String),
     BadRequest(String),
     UnsupportedMediaType(String),
     PayloadTooLarge,
@@ -50,6 +55,15 @@ impl IntoResponse for ApiError {
                 Vec::new(),
             ),
             ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, "forbidden", message, Vec::new()),
+            ApiError::BadCredentials(message) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", message, Vec::new())
+            }
+            ApiError::Unavailable(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+                Vec::new(),
+            ),
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message, Vec::new()),
             ApiError::UnsupportedMediaType(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -59,6 +59,8 @@ pub struct AppState {
     pub revocations: Arc<crate::revocation::Revocations>,
     pub enrollments: Arc<crate::enrollment::Enrollments>,
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Sign-in with an OpenID Connect provider, if configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 impl AppState {
@@ -147,13 +149,14 @@ impl AppState {
 #[derive(Debug, Clone)]
 pub(super) struct Actor(pub(super) String);
 
-/// Every route under `/api/v1` that needs a token: (method, path, gate,
-/// handler). The router is built from this list, each route behind the
-/// policy layer with its gate, and the OpenAPI document must describe
-/// exactly these (a test holds the two together).
-fn protected_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>)> {
+/// Every route under `/api/v1` but the OpenAPI document: (method, path,
+/// gate, handler). All need a token but sign-in (`Gate::Public`). The
+/// router is built from this list, each route behind the policy layer with
+/// its gate, and the OpenAPI document must describe exactly these (a test
+/// holds the two together).
+fn api_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>)> {
     use Access::*;
-    use Gate::{Manifests, Needs, Object};
+    use Gate::{Manifests, Needs, Object, Public};
     use axum::routing::{delete, patch};
     vec![
         ("POST", "/apply", Manifests, post(objects::apply)),
@@ -213,6 +216,8 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<App
             Needs(SecretRead),
             post(secrets::reveal),
         ),
+        ("GET", "/login", Public, get(access::login_config)),
+        ("POST", "/login", Public, post(access::login)),
         ("POST", "/tokens", Needs(Tokens), post(access::create_token)),
         ("GET", "/tokens", Needs(Tokens), get(access::list_tokens)),
         (
@@ -281,7 +286,7 @@ fn guarded(
 /// The (method, path) of every route the API serves under `/api/v1`, and of
 /// `/metrics` and `/healthz` (paths outside it start with `..`).
 pub fn served_routes() -> Vec<(&'static str, &'static str)> {
-    let mut served: Vec<_> = protected_routes()
+    let mut served: Vec<_> = api_routes()
         .into_iter()
         .map(|(method, path, _, _)| (method, path))
         .collect();
@@ -295,7 +300,7 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
 
 pub fn router(state: AppState) -> Router {
     let mut v1 = Router::new().route("/openapi.json", get(openapi::document));
-    for (method, path, gate, handler) in protected_routes() {
+    for (method, path, gate, handler) in api_routes() {
         v1 = v1.route(path, guarded(&state, format!("{method} {path}"), gate, handler));
     }
     let v1 = v1.fallback(not_found);

@@ -387,6 +387,30 @@ const OPERATIONS: &[Operation] = &[
         public: true,
         ..op("GET", "/openapi.json", "This document", &[], None, Object, &[])
     },
+    Operation {
+        public: true,
+        ..op(
+            "GET",
+            "/login",
+            "Where to sign in: the OpenID Connect provider's issuer and the client id (404 if sign-in is not configured)",
+            &[],
+            None,
+            Schema("LoginConfig"),
+            &[404],
+        )
+    },
+    Operation {
+        public: true,
+        ..op(
+            "POST",
+            "/login",
+            "Sign in: an ID token from the provider (checked against its keys, issuer, audience and expiry) is traded for an API token of the role its claims map to, valid 12 hours; audited",
+            &[],
+            Some(Schema("LoginRequest")),
+            Schema("TokenCreated"),
+            &[400, 401, 403, 404, 503],
+        )
+    },
     op(
         "GET",
         "../metrics",
@@ -489,6 +513,7 @@ fn error_description(status: u16) -> &'static str {
         400 => "the request is malformed (a query parameter, a header, a body that is not what it should be)",
         401 => "missing, invalid, expired or revoked API token",
         403 => "the token's role may not do this",
+        503 => "a service the control plane relies on (the identity provider) did not answer",
         404 => "no such object, kind, site or host",
         409 => "the change conflicts with what is stored or running",
         413 => "the body is larger than 8 MiB",
@@ -591,6 +616,8 @@ pub fn openapi() -> Value {
     add_schema::<outpost_api::secret::RevealRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::secret::RevealResponse>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::TokenRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::LoginConfig>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::LoginRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::TokenCreated>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::TokenInfo>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::AuditEntry>(&mut generator, &mut schemas);

@@ -35,6 +35,8 @@ pub enum Gate {
     /// An apply or a plan: the caller needs `Deploy` or `Edge` to send one,
     /// and each document's kind is checked when the body is parsed.
     Manifests,
+    /// No token: sign-in. Its attempts are audited all the same.
+    Public,
 }
 
 /// Who is calling: the API token's holder, its role and its scope.
@@ -144,6 +146,13 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
         status: 0,
         result: String::new(),
     };
+    if guard.gate == Gate::Public {
+        let response = next.run(request).await;
+        if reads {
+            return response;
+        }
+        return record(&guard.state, entry, response, false).await;
+    }
     // A request without any token is noise, not an attempt: not audited.
     let Some(bearer) = bearer else {
         return ApiError::Unauthorized.into_response();
@@ -180,9 +189,6 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
     let response = next.run(request).await;
     if reads && response.status().is_success() {
         return response;
-    }
-    if let Some(Audited(objects)) = response.extensions().get::<Audited>() {
-        entry.objects.extend(objects.iter().cloned());
     }
     record(&guard.state, entry, response, reveals).await
 }
@@ -243,6 +249,7 @@ async fn admit(
                 principal.require(Access::Deploy)?;
             }
         }
+        Gate::Public => {}
     }
     if principal.sites.is_none() {
         return Ok(());
@@ -265,10 +272,13 @@ async fn admit(
     Ok(())
 }
 
-/// Appends the request to the audit trail. When `withhold` (a reveal), a
-/// response that could not be audited is not sent: the value never leaves
-/// without its record.
+/// Appends the request to the audit trail, with the objects its handler
+/// named. When `withhold` (a reveal), a response that could not be audited
+/// is not sent: the value never leaves without its record.
 async fn record(state: &AppState, mut entry: AuditEntry, response: Response, withhold: bool) -> Response {
+    if let Some(Audited(objects)) = response.extensions().get::<Audited>() {
+        entry.objects.extend(objects.iter().cloned());
+    }
     let status = response.status();
     entry.status = status.as_u16();
     entry.result = if status.is_success() {

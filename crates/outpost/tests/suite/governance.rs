@@ -697,3 +697,101 @@ fn host_certificates_renew_over_the_session_and_after_expiry_within_the_grace() 
         },
     );
 }
+
+#[test]
+fn users_sign_in_with_a_real_oidc_provider_and_its_groups_pick_their_role() {
+    let provider = crate::common::oidc::Provider::start("outpost", "ana@example.com", "hr,retail-ops");
+    let control = ControlPlane::start_with(
+        "info",
+        &[
+            "--oidc-issuer",
+            &provider.issuer,
+            "--oidc-client-id",
+            "outpost",
+            "--oidc-role-map",
+            "groups: platform -> admin",
+            "--oidc-role-map",
+            "groups: retail-ops -> operator@provider",
+        ],
+    );
+    control.apply(&site("s1", "region: eu")).success();
+
+    // A new user's first sign-in makes the context from the server and CA.
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.yaml");
+    let ca = control.dir.path().join("tls/ca.crt");
+    let env = [("OUTPOST_CONFIG", config.to_str().unwrap())];
+    let run = crate::common::cli_with(
+        &[
+            "login",
+            "--context",
+            "shop",
+            "--server",
+            &control.url,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
+    assert!(
+        run.success()
+            .starts_with("signed in as ana@example.com: operator in tenant provider until "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("To sign in, open "), "{}", run.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The token works as an operator, and as nothing more.
+    let sites = crate::common::cli_with(&["get", "sites"], &env, None);
+    assert!(sites.success().contains("s1"));
+    let tokens = crate::common::cli_with(&["token", "list"], &env, None);
+    assert_eq!(
+        tokens.stderr,
+        "error: role operator may not do this (it needs tokens)\n"
+    );
+    let trail = control.cli(&["audit", "-o", "json"]);
+    assert!(
+        trail
+            .success()
+            .contains("sign-in of ana@example.com as operator in provider")
+    );
+
+    // Tokens the provider did not sign as the sign-in needs are refused.
+    let http = control.http();
+    for (query, says) in [
+        ("exp=-60", "ID token expired"),
+        ("iss=http://idp.evil.example", "Invalid issuer"),
+        ("foreign=1", "Signature verification failed"),
+    ] {
+        let body = json_body(json!({ "idToken": provider.mint(query) }));
+        let response = http.send("POST", "/api/v1/login", None, body);
+        assert_eq!(response.status, 401, "{query}: {}", response.body);
+        let message = response.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{query}: {message}");
+    }
+    let garbage = http.send(
+        "POST",
+        "/api/v1/login",
+        None,
+        json_body(json!({ "idToken": "x" })),
+    );
+    assert_eq!(garbage.status, 401);
+    let unknown = http.send("POST", "/api/v1/login", None, json_body(json!({ "token": "x" })));
+    assert_eq!(unknown.status, 400);
+    assert!(trail_has_refusal(&control), "refused sign-ins are audited");
+}
+
+fn trail_has_refusal(control: &ControlPlane) -> bool {
+    let trail: Value = serde_json::from_str(control.cli(&["audit", "-o", "json"]).success()).unwrap();
+    trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "POST /login" && e["status"] == 401)
+}

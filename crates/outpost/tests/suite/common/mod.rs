@@ -19,6 +19,7 @@ pub mod engine;
 pub mod lab;
 pub mod link;
 pub mod nats;
+pub mod oidc;
 pub mod registry;
 pub mod streams;
 
