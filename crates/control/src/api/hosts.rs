@@ -10,7 +10,7 @@ use axum::{Extension, Json};
 use outpost_api::manifest::Kind;
 use outpost_api::wire::{HostList, JoinToken, JoinTokenRequest, RotateKeysRequest, SiteKeys};
 
-use super::{Actor, ApiError, AppState, label_change, optional_body};
+use super::{Actor, ApiError, AppState, Principal, label_change, optional_body};
 use crate::auth;
 use crate::status::Snapshot;
 
@@ -94,13 +94,23 @@ pub(super) async fn site_keys(
     })))
 }
 
-/// `GET /api/v1/hosts[?site=NAME]`: enrolled hosts with their facts and instances.
+/// `GET /api/v1/hosts[?site=NAME]`: enrolled hosts with their facts and
+/// instances, of the sites the caller's site selector reaches.
 pub(super) async fn hosts(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HostList>, ApiError> {
+    let visible: std::collections::HashSet<String> = state
+        .store
+        .list(Kind::Site)
+        .await?
+        .into_iter()
+        .filter(|site| principal.sees_site(&site.metadata.labels))
+        .map(|site| site.metadata.name)
+        .collect();
     if let Some(site) = query.get("site")
-        && state.store.get(Kind::Site, site).await?.is_none()
+        && !visible.contains(site)
     {
         return Err(crate::store::StoreError::NotFound {
             kind: Kind::Site,
@@ -113,6 +123,7 @@ pub(super) async fn hosts(
         .hosts()
         .into_iter()
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
+        .filter(|h| visible.contains(&h.site))
         .collect();
     Ok(Json(HostList { items }))
 }

@@ -146,9 +146,11 @@ pub(super) async fn plan(
     Ok(Json(crate::plan::plan(&inputs, &current, &concerned)))
 }
 
-/// `GET /api/v1/{kind}?selector=…`: objects whose labels match.
+/// `GET /api/v1/{kind}?selector=…`: objects whose labels match (of sites,
+/// those the caller's site selector reaches).
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(kind): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<ObjectList>, ApiError> {
@@ -165,6 +167,7 @@ pub(super) async fn list(
         .await?
         .into_iter()
         .filter(|object| selector.matches(&object.metadata.labels))
+        .filter(|object| kind != Kind::Site || principal.sees_site(&object.metadata.labels))
         .collect();
     let items = state.with_status(items).await?;
     Ok(Json(ObjectList { items }))
