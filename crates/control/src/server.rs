@@ -96,9 +96,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             router.clone(),
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 request
             },
         ));

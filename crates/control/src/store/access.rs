@@ -407,3 +407,73 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod upgrade {
+    use super::*;
+    use outpost_api::access::PROVIDER;
+    use sqlx::migrate::Migrator;
+
+    /// A database an older control plane left (schema 0013): its admin
+    /// token keeps working as the provider's admin, and its audit rows move
+    /// to the trail unchained, ahead of the chain.
+    #[tokio::test]
+    async fn tokens_and_audit_rows_from_before_governance_survive_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let migrator = Migrator::new(super::super::sqlite::Embedded).await.unwrap();
+        migrator.run_to(13, &pool).await.unwrap();
+        for statement in [
+            "INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES ('2026-11-01T10:00:00Z', 'admin-1', 'created', 'Site', 's1', 1)",
+            "INSERT INTO api_tokens (name, token_hash, created_at) VALUES ('admin-1', 'abc', '2026-11-01T10:00:00Z')",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let token = store.api_token("abc").await.unwrap().unwrap();
+        assert_eq!(
+            (token.role, token.tenant.as_str(), token.expires_at),
+            (Role::Admin, PROVIDER, None)
+        );
+        let entry = AuditEntry {
+            id: 0,
+            at: String::new(),
+            token: "admin-1".into(),
+            user: "admin".into(),
+            tenant: PROVIDER.into(),
+            action: "POST /apply".into(),
+            objects: vec![],
+            source: "127.0.0.1:1".into(),
+            status: 200,
+            result: "ok".into(),
+        };
+        store.append_audit(&entry).await.unwrap();
+        let verification = store.verify_audit().await.unwrap();
+        assert_eq!(
+            (
+                verification.unchained,
+                verification.verified,
+                verification.broken_at
+            ),
+            (1, 1, None)
+        );
+        let trail = store
+            .audit(&AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(trail[0].objects, ["Site/s1"]);
+        assert_eq!(trail[0].user, "admin-1");
+    }
+}

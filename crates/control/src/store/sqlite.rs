@@ -78,7 +78,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 #[derive(Debug)]
-struct Embedded;
+pub(super) struct Embedded;
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send>> {

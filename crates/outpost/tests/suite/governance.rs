@@ -421,7 +421,11 @@ fn tokens_expire_are_revoked_at_once_never_mint_stronger_ones_and_scope_sites() 
         http.send("GET", "/api/v1/sites/eu-1", Some(&eu), None).status,
         200
     );
-    assert_eq!(http.names(&eu, "sites"), ["eu-1"], "lists hold only what it may see");
+    assert_eq!(
+        http.names(&eu, "sites"),
+        ["eu-1"],
+        "lists hold only what it may see"
+    );
     let hosts = http.send("GET", "/api/v1/hosts?site=us-1", Some(&eu), None);
     assert_eq!(hosts.status, 404, "{}", hosts.body);
     let hidden = http.send("GET", "/api/v1/sites/us-1", Some(&eu), None);
