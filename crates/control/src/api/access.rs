@@ -1,7 +1,7 @@
-//! API tokens (make, list, revoke), the audit trail (read, verify) and
-//! blocks (block, unblock, list). Who may call these is the policy layer's
-//! business; what a caller may ask for (no token stronger than its own, no
-//! site beyond its selector) is checked here against its `Principal`.
+//! API tokens (make, list, revoke, and sign-in with an OpenID Connect
+//! provider), the audit trail (read, verify) and blocks (block, unblock,
+//! list). Who may call these, and what tokens a caller may make or revoke,
+//! is the policy layer's business (`Principal::may_grant`, `may_revoke`).
 
 use std::collections::HashMap;
 
@@ -80,29 +80,13 @@ pub(super) async fn create_token(
             "ttl: {ttl} is not between 1s and {MAX_TOKEN_TTL}"
         )));
     }
-    // No token mints a stronger one, or one that reaches further.
-    if !caller.role.covers(role) {
-        return Err(ApiError::Forbidden(format!(
-            "role {} may not make a token of role {role}",
-            caller.role
-        )));
-    }
-    if tenant != caller.tenant {
-        return Err(ApiError::Forbidden(format!(
-            "a token of tenant {} may not make one for tenant {tenant}",
-            caller.tenant
-        )));
-    }
-    if caller.sites.is_some() && request.sites.as_deref().map(str::trim) != caller.sites_text() {
-        return Err(ApiError::Forbidden(
-            "a token limited to some sites may only make tokens with the same sites".to_string(),
-        ));
-    }
+    let sites = request.sites.map(|s| s.trim().to_string());
+    caller.may_grant(role, &tenant, sites.as_deref())?;
     let grant = Grant {
         user: request.user,
         role,
         tenant,
-        sites: request.sites.map(|s| s.trim().to_string()),
+        sites,
     };
     let created = issue(&state, grant, ttl.as_std(), Some(caller.token.clone())).await?;
     tracing::info!(actor = %caller.token, token = %created.info.name, user = %created.info.user, role = %created.info.role, "API token created");
@@ -233,12 +217,7 @@ pub(super) async fn revoke_token(
         .into_iter()
         .find(|t| t.name == name)
         .ok_or_else(not_found)?;
-    if !caller.role.covers(token.role) {
-        return Err(ApiError::Forbidden(format!(
-            "role {} may not revoke a token of role {}",
-            caller.role, token.role
-        )));
-    }
+    caller.may_revoke(token.role)?;
     let revoked = state.store.revoke_api_token(&name).await?;
     tracing::info!(actor = %caller.token, token = %name, "API token revoked");
     Ok(Json(revoked))

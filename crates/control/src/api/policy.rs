@@ -6,9 +6,10 @@
 //! trail: every change, every reveal of a secret and every refusal, with
 //! who, from where and the result.
 //!
-//! Handlers never check roles. The one check that depends on a body, the
-//! kinds in an apply or a plan, asks `Principal::require` through
-//! `Principal::may_write`, called from the one function both parse with.
+//! Handlers never check roles themselves. The checks that depend on a body
+//! are `Principal` methods here that handlers call: `may_write` (the kinds
+//! in an apply or a plan), `may_grant` and `may_revoke` (the role of a token
+//! being made or revoked).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,8 +73,36 @@ impl Principal {
         self.require(write_access(kind))
     }
 
-    pub fn sites_text(&self) -> Option<&str> {
-        self.sites_source.as_deref()
+    /// Whether the caller may make a token of `role` in `tenant` for
+    /// `sites`: no token mints a stronger one, one in another tenant, or one
+    /// that reaches more sites.
+    pub fn may_grant(&self, role: Role, tenant: &str, sites: Option<&str>) -> Result<(), ApiError> {
+        self.may_revoke(role)?;
+        if tenant != self.tenant {
+            return Err(ApiError::Forbidden(format!(
+                "a token of tenant {} may not make one for tenant {tenant}",
+                self.tenant
+            )));
+        }
+        if self.sites.is_some() && sites != self.sites_source.as_deref() {
+            return Err(ApiError::Forbidden(
+                "a token limited to some sites may only make tokens with the same sites".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may make or revoke a token of `role`: its own
+    /// role must cover it.
+    pub fn may_revoke(&self, role: Role) -> Result<(), ApiError> {
+        if self.role.covers(role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "role {} may not make or revoke a token of role {role}",
+                self.role
+            )))
+        }
     }
 
     /// Whether the caller's site selector reaches a site with these labels.
@@ -176,12 +205,11 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
             .await
             .map(|Path(params)| params)
             .unwrap_or_default();
-    let request = Request::from_parts(parts, body);
     if let Err(refusal) = admit(&guard, &principal, &params).await {
         return record(&guard.state, entry, refusal.into_response(), false).await;
     }
     let reveals = guard.gate == Gate::Needs(Access::SecretRead);
-    let mut request = request;
+    let mut request = Request::from_parts(parts, body);
     request
         .extensions_mut()
         .insert(super::Actor(principal.token.clone()));
@@ -239,11 +267,11 @@ async fn admit(
     let kind = params.get("kind").map(String::as_str);
     match guard.gate {
         Gate::Needs(access) => principal.require(access)?,
-        Gate::Object => principal.require(if kind == Some("sites") {
-            Access::Edge
-        } else {
-            Access::Deploy
-        })?,
+        // An unknown kind is the handler's 404 to give.
+        Gate::Object => match kind.and_then(|kind| super::parse_kind(kind).ok()) {
+            Some(kind) => principal.may_write(kind)?,
+            None => principal.require(Access::Deploy)?,
+        },
         Gate::Manifests => {
             if !(principal.role.allows(Access::Deploy) || principal.role.allows(Access::Edge)) {
                 principal.require(Access::Deploy)?;

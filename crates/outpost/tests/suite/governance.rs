@@ -374,7 +374,7 @@ fn tokens_expire_are_revoked_at_once_never_mint_stronger_ones_and_scope_sites() 
         assert_eq!(response.status, 403, "{role}: {}", response.body);
         assert_eq!(
             response.body["error"]["message"],
-            format!("role edge-admin may not make a token of role {role}")
+            format!("role edge-admin may not make or revoke a token of role {role}")
         );
     }
 
