@@ -73,44 +73,60 @@ pub fn chain_hash(previous: Option<&str>, entry: &AuditEntry) -> String {
     hex::encode(Sha256::digest(fields.to_string().as_bytes()))
 }
 
-/// Walks the trail oldest first: entries with no hash may only come before
-/// the first chained one (rows from before the chain), and every chained
-/// entry's hash must follow from the entry and the hash before it.
-pub fn verify_chain(rows: impl IntoIterator<Item = (AuditEntry, Option<String>)>) -> AuditVerification {
-    let mut verification = AuditVerification {
-        verified: 0,
-        unchained: 0,
-        broken_at: None,
-        problem: None,
-    };
-    let mut previous: Option<String> = None;
-    let mut last_id = 0;
-    for (entry, hash) in rows {
-        let broken = |problem: String| AuditVerification {
-            broken_at: Some(entry.id),
-            problem: Some(problem),
-            ..verification.clone()
-        };
-        if entry.id <= last_id {
-            return broken(format!("entry {} comes after entry {last_id}", entry.id));
+/// A walk over the trail, oldest first, one entry at a time (the trail
+/// may be far larger than memory): entries with no hash may only come
+/// before the first chained one (rows from before the chain), and every
+/// chained entry's hash must follow from the entry and the hash before it.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    verified: u64,
+    unchained: u64,
+    previous: Option<String>,
+    last_id: i64,
+    broken: Option<(i64, String)>,
+}
+
+impl ChainCheck {
+    /// Takes the next entry; false once the chain is broken (the rest need
+    /// not be read).
+    pub fn push(&mut self, entry: &AuditEntry, hash: Option<String>) -> bool {
+        if self.broken.is_some() {
+            return false;
         }
-        last_id = entry.id;
-        match hash {
-            None if verification.verified == 0 => verification.unchained += 1,
-            None => return broken(format!("entry {} has no hash after chained entries", entry.id)),
-            Some(hash) => {
-                if chain_hash(previous.as_deref(), &entry) != hash {
-                    return broken(format!(
-                        "entry {} does not match its hash: it, or the entry before it, was changed, removed or inserted",
-                        entry.id
-                    ));
+        let id = entry.id;
+        let problem = if id <= self.last_id {
+            Some(format!("entry {id} comes after entry {}", self.last_id))
+        } else {
+            match hash {
+                None if self.verified == 0 => {
+                    self.unchained += 1;
+                    None
                 }
-                verification.verified += 1;
-                previous = Some(hash);
+                None => Some(format!("entry {id} has no hash after chained entries")),
+                Some(hash) if chain_hash(self.previous.as_deref(), entry) != hash => Some(format!(
+                    "entry {id} does not match its hash: it, or the entry before it, was changed, removed or inserted"
+                )),
+                Some(hash) => {
+                    self.verified += 1;
+                    self.previous = Some(hash);
+                    None
+                }
             }
+        };
+        self.last_id = id;
+        self.broken = problem.map(|problem| (id, problem));
+        self.broken.is_none()
+    }
+
+    pub fn finish(self) -> AuditVerification {
+        let (broken_at, problem) = self.broken.unzip();
+        AuditVerification {
+            verified: self.verified,
+            unchained: self.unchained,
+            broken_at,
+            problem,
         }
     }
-    verification
 }
 
 fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenInfo, StoreError> {
@@ -295,13 +311,17 @@ impl AccessStore for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_trail ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        let entries = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(verify_chain(entries))
+        use futures_util::TryStreamExt;
+        let query = format!("SELECT {AUDIT_COLUMNS} FROM audit_trail ORDER BY id");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch(&self.pool);
+        let mut check = ChainCheck::default();
+        while let Some(row) = rows.try_next().await? {
+            let (entry, hash) = audit_from_row(&row)?;
+            if !check.push(&entry, hash) {
+                break;
+            }
+        }
+        Ok(check.finish())
     }
 
     async fn add_block(&self, block: &Block) -> Result<(), StoreError> {
@@ -357,6 +377,17 @@ mod tests {
             status: 200,
             result: "ok".into(),
         }
+    }
+
+    /// `ChainCheck` over entries in memory.
+    fn verify_chain(rows: Vec<(AuditEntry, Option<String>)>) -> AuditVerification {
+        let mut check = ChainCheck::default();
+        for (entry, hash) in rows {
+            if !check.push(&entry, hash) {
+                break;
+            }
+        }
+        check.finish()
     }
 
     fn chained(entries: &[AuditEntry]) -> Vec<(AuditEntry, Option<String>)> {
