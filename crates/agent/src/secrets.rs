@@ -90,10 +90,6 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// File secrets go under `root`, which must be a tmpfs: if it is not
-    /// one when the first file secret is written, one is mounted there
-    /// (mode 0700). With `require_tmpfs` false (the fleet simulator only),
-    /// any directory will do.
     /// Deletes every secret file under the secrets directory (the
     /// directory itself, a tmpfs mount point, stays).
     pub fn wipe(&self) -> Result<()> {
@@ -114,6 +110,10 @@ impl Secrets {
         Ok(())
     }
 
+    /// File secrets go under `root`, which must be a tmpfs: if it is not
+    /// one when the first file secret is written, one is mounted there
+    /// (mode 0700). With `require_tmpfs` false (the fleet simulator only),
+    /// any directory will do.
     pub fn new(
         key: Arc<HostKey>,
         store: Arc<dyn DesiredStore>,

@@ -186,7 +186,8 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
     let Some(bearer) = bearer else {
         return ApiError::Unauthorized.into_response();
     };
-    let stored = match guard.state.store.api_token(&auth::hash_token(&bearer)).await {
+    let token_hash = auth::hash_token(&bearer);
+    let stored = match guard.state.store.api_token(&token_hash).await {
         Ok(stored) => stored,
         Err(err) => return ApiError::from(err).into_response(),
     };
@@ -216,9 +217,40 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
     if reads && response.status().is_success() {
-        return response;
+        return ends_with_token(&guard.state, token_hash, response);
     }
     record(&guard.state, entry, response, reveals).await
+}
+
+/// How often a long answer (server-sent events) checks its token: one whose
+/// token is revoked or expires ends within this.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A long answer ends once its token is revoked or expires; others pass.
+fn ends_with_token(state: &AppState, token_hash: String, response: Response) -> Response {
+    let streams = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if !streams {
+        return response;
+    }
+    let state = state.clone();
+    let invalid = async move {
+        let mut every = tokio::time::interval(RECHECK);
+        loop {
+            every.tick().await;
+            // A store that cannot answer ends nothing.
+            if let Ok(stored) = state.store.api_token(&token_hash).await
+                && stored.map(principal).is_none_or(|principal| principal.is_err())
+            {
+                return;
+            }
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = futures_util::StreamExt::take_until(body.into_data_stream(), invalid);
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// The principal of a stored token, or `Unauthorized` if it was revoked or

@@ -354,12 +354,25 @@ fn tokens_expire_are_revoked_at_once_never_mint_stronger_ones_and_scope_sites() 
         "a listed token is never shown again"
     );
     let name = entry["name"].as_str().unwrap();
+    // A stream it follows ends with it, too.
+    let app = "apiVersion: outpost/v1\nkind: Application\nmetadata: { name: pos }\nspec:\n  version: \"1\"\n  services:\n    - name: till\n      containers:\n        - { name: till, image: outpost-local/busybox:1 }\n  streams:\n    - { name: receipts, direction: up, retention: 1Mi }\n";
+    control.apply(app).success();
+    let mut follow = http.open("/api/v1/streams/pos/receipts?follow=true", &viewer);
+    assert_eq!(follow.status(), 200);
+    let (ended, ends) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut follow, &mut sink);
+        let _ = ended.send(());
+    });
     control.cli(&["token", "revoke", name]).success();
     assert_eq!(
         http.send("GET", "/api/v1/sites", Some(&viewer), None).status,
         401,
         "revoked at once"
     );
+    ends.recv_timeout(Duration::from_secs(5))
+        .expect("the followed stream ended with its token");
 
     // An edge admin makes viewers, never an admin nor a secret admin.
     let edge = token_for(&control, &admin, json!({ "user": "infra", "role": "edge-admin" }));

@@ -310,6 +310,15 @@ impl Http {
         finish(request)
     }
 
+    /// A GET whose body is read as it comes (server-sent events).
+    pub fn open(&self, path: &str, token: &str) -> reqwest::blocking::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    }
+
     /// A GET or DELETE with one header set by hand (no bearer token added).
     pub fn send_with_header(&self, method: &str, path: &str, header: (&str, &str)) -> Response {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
