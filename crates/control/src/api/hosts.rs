@@ -101,16 +101,24 @@ pub(super) async fn hosts(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HostList>, ApiError> {
-    let visible: std::collections::HashSet<String> = state
-        .store
-        .list(Kind::Site)
-        .await?
-        .into_iter()
-        .filter(|site| principal.sees_site(&site.metadata.labels))
-        .map(|site| site.metadata.name)
-        .collect();
+    // The sites a site-scoped token may see; every site for the others,
+    // without listing them.
+    let visible: Option<std::collections::HashSet<String>> = match &principal.sites {
+        None => None,
+        Some(_) => Some(
+            state
+                .store
+                .list(Kind::Site)
+                .await?
+                .into_iter()
+                .filter(|site| principal.sees_site(&site.metadata.labels))
+                .map(|site| site.metadata.name)
+                .collect(),
+        ),
+    };
+    let sees = |site: &str| visible.as_ref().is_none_or(|visible| visible.contains(site));
     if let Some(site) = query.get("site")
-        && !visible.contains(site)
+        && (!sees(site) || state.store.get(Kind::Site, site).await?.is_none())
     {
         return Err(crate::store::StoreError::NotFound {
             kind: Kind::Site,
@@ -123,7 +131,7 @@ pub(super) async fn hosts(
         .hosts()
         .into_iter()
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
-        .filter(|h| visible.contains(&h.site))
+        .filter(|h| sees(&h.site))
         .collect();
     Ok(Json(HostList { items }))
 }
