@@ -315,7 +315,7 @@ fn a_deployment_runs_with_labels_network_alias_env_and_limits() {
             .then_some(())
     });
     // The control plane sees it all.
-    eventually(Duration::from_secs(20), "the deployment to be up to date", || {
+    eventually(Duration::from_secs(60), "the deployment to be up to date", || {
         let json: serde_json::Value =
             serde_json::from_str(control.cli(&["get", "deploy", "web", "-o", "json"]).success()).ok()?;
         (json["status"]["upToDate"] == 1).then_some(())
