@@ -259,6 +259,8 @@ pub enum BlockTarget {
     Host,
     /// Every host of a site.
     Site,
+    /// An application owner: its tokens stop working.
+    Tenant,
 }
 
 impl BlockTarget {
@@ -266,6 +268,7 @@ impl BlockTarget {
         match self {
             BlockTarget::Host => "host",
             BlockTarget::Site => "site",
+            BlockTarget::Tenant => "tenant",
         }
     }
 }
@@ -275,7 +278,7 @@ impl BlockTarget {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BlockRequest {
     pub target: BlockTarget,
-    /// `SITE/HOST` for a host, `SITE` for a site.
+    /// `SITE/HOST` for a host, `SITE` for a site, `TENANT` for a tenant.
     pub name: String,
     /// Also tell the hosts, if connected, to delete their secrets and stop
     /// their workloads (block only; an unblock cannot undo it).

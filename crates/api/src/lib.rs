@@ -26,6 +26,7 @@ pub mod secret;
 pub mod selector;
 pub mod stream;
 pub mod telemetry;
+pub mod tenancy;
 pub mod validate;
 pub mod wire;
 pub mod workload;

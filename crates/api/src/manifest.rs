@@ -1,5 +1,5 @@
-//! The manifests operators write: `Site`, `Application` and `Deployment`
-//! (`apiVersion: outpost/v1`). Serde and the JSON Schema are derived from
+//! The manifests operators write: `Site`, `Application`, `Deployment` and
+//! `Tenant` (`apiVersion: outpost/v1`). Serde and the JSON Schema are derived from
 //! these types; the schema walker validates documents against that schema,
 //! so the published schema and the validator cannot drift apart.
 
@@ -24,6 +24,7 @@ pub enum Manifest {
     Site(Site),
     Application(Application),
     Deployment(Deployment),
+    Tenant(Tenant),
 }
 
 /// The kinds of object, as they appear in manifests, URLs and the CLI.
@@ -32,16 +33,18 @@ pub enum Kind {
     Site,
     Application,
     Deployment,
+    Tenant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Site, Kind::Application, Kind::Deployment];
+    pub const ALL: [Kind; 4] = [Kind::Site, Kind::Application, Kind::Deployment, Kind::Tenant];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Site => "Site",
             Kind::Application => "Application",
             Kind::Deployment => "Deployment",
+            Kind::Tenant => "Tenant",
         }
     }
 
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Site => "sites",
             Kind::Application => "applications",
             Kind::Deployment => "deployments",
+            Kind::Tenant => "tenants",
         }
     }
 
@@ -60,6 +64,7 @@ impl Kind {
             "site" | "sites" => Some(Kind::Site),
             "application" | "applications" | "app" | "apps" => Some(Kind::Application),
             "deployment" | "deployments" | "deploy" | "deploys" => Some(Kind::Deployment),
+            "tenant" | "tenants" => Some(Kind::Tenant),
             _ => None,
         }
     }
@@ -77,6 +82,7 @@ impl Manifest {
             Manifest::Site(_) => Kind::Site,
             Manifest::Application(_) => Kind::Application,
             Manifest::Deployment(_) => Kind::Deployment,
+            Manifest::Tenant(_) => Kind::Tenant,
         }
     }
 
@@ -85,6 +91,7 @@ impl Manifest {
             Manifest::Site(o) => &o.metadata,
             Manifest::Application(o) => &o.metadata,
             Manifest::Deployment(o) => &o.metadata,
+            Manifest::Tenant(o) => &o.metadata,
         }
     }
 
@@ -122,6 +129,7 @@ impl Manifest {
             Manifest::Site(o) => serde_json::to_value(&o.spec),
             Manifest::Application(o) => serde_json::to_value(&o.spec),
             Manifest::Deployment(o) => serde_json::to_value(&o.spec),
+            Manifest::Tenant(o) => serde_json::to_value(&o.spec),
         };
         spec.unwrap_or(serde_json::Value::Null)
     }
@@ -138,8 +146,10 @@ pub enum ApiVersion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
-    /// A DNS label: lower-case letters, digits and `-`, at most 63 characters.
-    pub name: Name,
+    /// A DNS label: lower-case letters, digits and `-`, at most 63
+    /// characters. An application owner's objects are stored as
+    /// `TENANT.NAME` (see `crate::tenancy`).
+    pub name: ObjectName,
     /// The operator's labels, matched by selectors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -184,7 +194,7 @@ pub struct ApplicationSpec {
     pub services: Vec<Service>,
     /// The pull secret of every container that names none itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_secret: Option<Name>,
+    pub image_pull_secret: Option<ObjectName>,
     /// Event streams between the application's containers and the centre:
     /// the agent keeps each topic on disk and its containers reach it at
     /// `OUTPOST_STREAMS_URL` with `OUTPOST_STREAMS_TOKEN`.
@@ -226,7 +236,7 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Egress {
-    pub application: Name,
+    pub application: ObjectName,
     pub service: Name,
 }
 
@@ -340,7 +350,7 @@ pub struct Container {
     /// credentials to pull this container's image (default: the
     /// application's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_secret: Option<Name>,
+    pub image_pull_secret: Option<ObjectName>,
 }
 
 /// An environment variable's value: text, or one key of a secret.
@@ -371,7 +381,7 @@ impl From<&str> for EnvValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
-    pub secret: Name,
+    pub secret: ObjectName,
     pub key: SecretKey,
 }
 
@@ -379,7 +389,7 @@ pub struct SecretKeyRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretMount {
-    pub secret: Name,
+    pub secret: ObjectName,
     /// One key as the file at `path`; without it, `path` is a directory
     /// holding every key as a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -492,7 +502,7 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentSpec {
-    pub application: Name,
+    pub application: ObjectName,
     /// A version from the application's history; without it, the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -500,6 +510,51 @@ pub struct DeploymentSpec {
     pub sites: Selector,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+}
+
+/// An application owner: a team that deploys its own applications to the
+/// sites `spec.sites` selects, within its quotas, and sees nothing of other
+/// tenants. The site provider's admin applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tenant {
+    pub api_version: ApiVersion,
+    pub metadata: Metadata,
+    pub spec: TenantSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantSpec {
+    /// The sites it may see and deploy to, by their labels.
+    pub sites: Selector,
+    /// What its instances may take on each site.
+    #[serde(default, skip_serializing_if = "Quotas::is_unlimited")]
+    pub quotas: Quotas,
+}
+
+/// The most a tenant's instances may take together on one site; a quota
+/// left out is unlimited. CPU, memory and GPU count the containers'
+/// `resources` (a container without them counts nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quotas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4096))]
+    pub gpu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub instances: Option<u32>,
+}
+
+impl Quotas {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Quotas::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -617,6 +672,53 @@ checked_string!(
     check_dns_label
 );
 checked_string!(
+    /// The name of an object, or a reference to one: a DNS label, or
+    /// `TENANT.NAME` for an application owner's object (see `crate::tenancy`).
+    ObjectName,
+    "object-name",
+    check_object_name
+);
+
+impl ObjectName {
+    /// The application owner whose object this is (`None`: the site provider's).
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.split_once('.').map(|(tenant, _)| tenant)
+    }
+
+    /// The name within its tenant.
+    pub fn local(&self) -> &str {
+        self.0.split_once('.').map_or(self.0.as_str(), |(_, name)| name)
+    }
+
+    /// `TENANT.NAME`, or `NAME` for the provider.
+    pub fn within(tenant: Option<&str>, name: &str) -> ObjectName {
+        match tenant {
+            Some(tenant) => ObjectName(format!("{tenant}.{name}")),
+            None => ObjectName(name.to_string()),
+        }
+    }
+}
+
+impl From<Name> for ObjectName {
+    fn from(name: Name) -> ObjectName {
+        ObjectName(name.0)
+    }
+}
+
+pub(crate) fn check_object_name(s: &str) -> Result<(), String> {
+    match s.split_once('.') {
+        None => check_dns_label(s),
+        Some((tenant, name)) => check_dns_label(tenant)
+            .and_then(|()| check_dns_label(name))
+            .map_err(|_| {
+                format!(
+                    "{s:?} is not a name (a DNS label: lower-case letters, digits and '-'; or TENANT.NAME)"
+                )
+            }),
+    }
+}
+
+checked_string!(
     /// A container image reference: `[registry/]path[:tag][@sha256:digest]`.
     ImageRef,
     "image",
@@ -729,7 +831,7 @@ pub fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(|label| check_dns_label(label).is_ok())
 }
 
-pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
+pub fn check_dns_label(s: &str) -> Result<(), String> {
     let valid = !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -831,6 +933,7 @@ pub(crate) fn check_image(s: &str) -> Result<(), String> {
 pub(crate) fn check_format(format: &str, text: &str) -> Option<Result<(), String>> {
     Some(match format {
         "dns-label" => check_dns_label(text),
+        "object-name" => check_object_name(text),
         "image" => check_image(text),
         "http-path" => check_http_path(text),
         "secret-key" => crate::secret::check_secret_key(text),

@@ -397,6 +397,18 @@ impl Selector {
         &self.text
     }
 
+    /// Matches what both match (`(A) and (B)`).
+    pub fn and(&self, other: &Selector) -> Selector {
+        match (&self.expr, &other.expr) {
+            (Expr::All, _) => other.clone(),
+            (_, Expr::All) => self.clone(),
+            (a, b) => Selector {
+                text: format!("({}) and ({})", self.text, other.text),
+                expr: Expr::And(Box::new(a.clone()), Box::new(b.clone())),
+            },
+        }
+    }
+
     pub fn expr(&self) -> &Expr {
         &self.expr
     }

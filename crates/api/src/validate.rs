@@ -182,6 +182,38 @@ impl Checker<'_> {
                 self.metadata(&deployment.metadata, &root);
                 self.deployment(deployment, &root.field("spec"));
             }
+            Manifest::Tenant(tenant) => self.metadata(&tenant.metadata, &root),
+        }
+        self.namespace();
+    }
+
+    /// A site or tenant has a plain name; an object and what it refers to
+    /// share one namespace (see `crate::tenancy`).
+    fn namespace(&mut self) {
+        let mut manifest = self.document.manifest.clone();
+        let kind = manifest.kind();
+        let names = crate::tenancy::names_mut(&mut manifest);
+        let Some(((_, own), refs)) = names.split_first() else {
+            return;
+        };
+        if matches!(kind, Kind::Site | Kind::Tenant) && own.tenant().is_some() {
+            let message = format!("{:?} is not a DNS label (a {kind} has no tenant)", own.as_str());
+            self.error(&Path::root().field("metadata").field("name"), message);
+            return;
+        }
+        for (path, name) in refs {
+            if name.tenant() != own.tenant() {
+                let namespace = name.tenant().map_or("the site provider's".to_string(), |tenant| {
+                    format!("tenant {tenant}'s")
+                });
+                self.error(
+                    path,
+                    format!(
+                        "{:?} is in another namespace ({namespace}): an object refers only to objects of its own tenant",
+                        name.as_str()
+                    ),
+                );
+            }
         }
     }
 

@@ -47,11 +47,11 @@ impl FromStr for RoleMapping {
         }
         let (role, tenant) = target.split_once('@').unwrap_or((target, PROVIDER));
         let role: Role = role.trim().parse()?;
+        // Whether an application owner exists is asked at each sign-in:
+        // tenants come and go while the control plane runs.
         let tenant = tenant.trim();
         if tenant != PROVIDER {
-            return Err(format!(
-                "tenant {tenant:?} does not exist (the tenants are: {PROVIDER})"
-            ));
+            outpost_api::manifest::check_dns_label(tenant).map_err(|why| format!("tenant: {why}"))?;
         }
         Ok(RoleMapping {
             claim: claim.to_string(),
@@ -214,7 +214,10 @@ mod tests {
             ("groups: retail-ops", "is not CLAIM: VALUE -> ROLE"),
             ("groups: -> admin", "is not CLAIM: VALUE -> ROLE"),
             ("groups: x -> root", "\"root\" is not a role"),
-            ("groups: x -> admin@acme", "tenant \"acme\" does not exist"),
+            (
+                "groups: x -> admin@Acme Corp",
+                "tenant: \"Acme Corp\" is not a DNS label",
+            ),
         ] {
             let err = bad.parse::<RoleMapping>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

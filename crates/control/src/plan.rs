@@ -16,6 +16,13 @@ use crate::fleet::Inputs;
 /// deployments; an application's version becomes its current one.
 pub fn overlay(inputs: &mut Inputs, documents: &[Document]) {
     for document in documents {
+        if let Manifest::Tenant(tenant) = &document.manifest {
+            inputs
+                .tenants
+                .insert(tenant.metadata.name.to_string(), tenant.spec.clone());
+        }
+    }
+    for document in documents {
         match &document.manifest {
             Manifest::Site(site) => {
                 inputs.sites.retain(|s| s.metadata.name != site.metadata.name);
@@ -25,8 +32,12 @@ pub fn overlay(inputs: &mut Inputs, documents: &[Document]) {
                 inputs
                     .deployments
                     .retain(|d| d.metadata.name != deployment.metadata.name);
-                inputs.deployments.push(deployment.clone());
+                if let Some(deployment) = inputs.confined(deployment.clone()) {
+                    inputs.deployments.push(deployment);
+                }
             }
+            // Laid over first: it confines the batch's deployments.
+            Manifest::Tenant(_) => {}
             Manifest::Application(app) => {
                 let entry = inputs.versions.entry(app.metadata.name.to_string()).or_default();
                 entry.0 = app.spec.version.clone();

@@ -76,6 +76,13 @@ impl Revocations {
         Some(Denied::Blocked { wipe: *wipe })
     }
 
+    /// Whether an application owner is blocked: its tokens stop working.
+    pub fn tenant_blocked(&self, tenant: &str) -> bool {
+        self.blocks
+            .read()
+            .contains_key(&(BlockTarget::Tenant, tenant.to_string()))
+    }
+
     /// Adds a block the store has just recorded, and tells sessions.
     pub fn block(&self, block: &Block) {
         self.blocks

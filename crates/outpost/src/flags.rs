@@ -580,6 +580,10 @@ pub(crate) enum BlockCommand {
         #[arg(long)]
         wipe: bool,
     },
+    /// Block an application owner: its API tokens stop working at once
+    /// and its followed streams end (its instances keep running; block its
+    /// sites or hosts to stop them)
+    Tenant { name: String },
     /// What is blocked
     List {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
@@ -594,6 +598,9 @@ pub(crate) enum UnblockCommand {
         name: String,
     },
     Site {
+        name: String,
+    },
+    Tenant {
         name: String,
     },
 }

@@ -354,6 +354,9 @@ async fn run(cli: Cli) -> Result<()> {
                 BlockCommand::Site { name, wipe } => {
                     commands::block(&client, BlockTarget::Site, name, *wipe, false).await?
                 }
+                BlockCommand::Tenant { name } => {
+                    commands::block(&client, BlockTarget::Tenant, name, false, false).await?
+                }
                 BlockCommand::List { output } => commands::blocks(&client, (*output).into()).await?,
             }
         }
@@ -361,6 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
             let (target, name) = match command {
                 UnblockCommand::Host { name } => (BlockTarget::Host, name),
                 UnblockCommand::Site { name } => (BlockTarget::Site, name),
+                UnblockCommand::Tenant { name } => (BlockTarget::Tenant, name),
             };
             commands::block(&client(&cli)?, target, name, false, true).await?
         }

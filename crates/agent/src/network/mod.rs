@@ -73,7 +73,8 @@ pub struct Name {
 
 /// The names a container of `workload` may use: its application's
 /// services (by name, as the version lists them, so that a container's
-/// names do not depend on what else the site runs yet) and its egress (`SERVICE.APPLICATION`). A name whose
+/// names do not depend on what else the site runs yet) and its egress
+/// (`SERVICE.APPLICATION`, the application without its tenant). A name whose
 /// address another took (a hash collision: about one in 30 million per
 /// pair) is left out, with a warning.
 pub fn names(workload: &Workload) -> Vec<Name> {
@@ -81,9 +82,11 @@ pub fn names(workload: &Workload) -> Vec<Name> {
         .siblings
         .iter()
         .map(|service| (service.clone(), workload.application.clone(), service.clone()));
+    // An application owner's containers name its other applications as
+    // they wrote them (`db.orders`, not `db.acme.orders`).
     let egress = workload.egress.iter().map(|e| {
         (
-            format!("{}.{}", e.service.as_str(), e.application.as_str()),
+            format!("{}.{}", e.service.as_str(), e.application.local()),
             e.application.to_string(),
             e.service.to_string(),
         )

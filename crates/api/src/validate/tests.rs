@@ -109,7 +109,9 @@ fn not_a_map() {
 fn missing_kind() {
     check(
         "apiVersion: outpost/v1\nmetadata: { name: a }\n",
-        expect![[r#"app.yaml:1:1: missing field "kind" (one of "Site", "Application" or "Deployment")"#]],
+        expect![[
+            r#"app.yaml:1:1: missing field "kind" (one of "Site", "Application", "Deployment" or "Tenant")"#
+        ]],
     );
 }
 

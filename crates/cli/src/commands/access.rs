@@ -140,8 +140,8 @@ pub async fn verify_audit(client: &Client) -> Result<String> {
     }
 }
 
-/// `outpost block host SITE/HOST`, `outpost block site SITE` and their
-/// `unblock`s (`lift`).
+/// `outpost block host SITE/HOST`, `block site SITE`, `block tenant T` and
+/// their `unblock`s (`lift`).
 pub async fn block(
     client: &Client,
     target: BlockTarget,
@@ -156,8 +156,12 @@ pub async fn block(
     };
     let block = client.block(&request, lift).await?;
     let what = format!("{} {}", block.target.as_str(), block.name);
-    Ok(if lift {
+    Ok(if lift && target == BlockTarget::Tenant {
+        format!("{what} unblocked: its tokens work again\n")
+    } else if lift {
         format!("{what} unblocked: it may connect again\n")
+    } else if target == BlockTarget::Tenant {
+        format!("{what} blocked: its API tokens are refused and its followed streams ended\n")
     } else if block.wipe {
         format!(
             "{what} blocked: its sessions ended and its connections are refused; connected hosts were told to delete their secrets and stop their workloads\n"

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use outpost_api::manifest::{Application, Container, Deployment, Kind, ServiceMode, Site};
+use outpost_api::manifest::{Application, Container, Deployment, Kind, ServiceMode, Site, Tenant};
 use outpost_api::wire::{DeploymentStatus, SiteStatus};
 
 use super::{labels_text, selector_text, site_state, status_of, typed, write_times};
@@ -325,6 +325,15 @@ pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<String>
             } else {
                 out.push_str(&table.render());
             }
+        }
+        Kind::Tenant => {
+            let tenant: Tenant = typed(&object)?;
+            let _ = writeln!(out, "Sites:       {}", tenant.spec.sites);
+            let _ = writeln!(
+                out,
+                "Quotas:      {} (per site)",
+                super::get::quotas_text(&tenant.spec.quotas)
+            );
         }
     }
     Ok(out)

@@ -1,8 +1,8 @@
-//! `get`, `history` and `delete` of sites, applications and deployments:
+//! `get`, `history` and `delete` of sites, applications, deployments and tenants:
 //! tables, wide tables, JSON and YAML.
 
 use anyhow::Result;
-use outpost_api::manifest::{Application, Deployment, Kind, Site};
+use outpost_api::manifest::{Application, Deployment, Kind, Quotas, Site, Tenant};
 use outpost_api::wire::{DeploymentStatus, SiteStatus, StoredObject};
 
 use super::{labels_text, lower, selector_text, site_state, status_of, typed};
@@ -159,8 +159,39 @@ fn render_table(kind: Kind, objects: &[StoredObject], format: Format) -> Result<
             }
             table
         }
+        Kind::Tenant => {
+            let mut table = Table::new(&["NAME", "SITES", "QUOTAS", "AGE"]);
+            for object in objects {
+                let tenant: Tenant = typed(object)?;
+                table.row(vec![
+                    tenant.metadata.name.to_string(),
+                    tenant.spec.sites.to_string(),
+                    quotas_text(&tenant.spec.quotas),
+                    age(&object.metadata.created_at),
+                ]);
+            }
+            table
+        }
     };
     Ok(table.render())
+}
+
+/// `cpu=2,memory=4Gi,instances=10` per site, or `-` for none.
+pub(super) fn quotas_text(quotas: &Quotas) -> String {
+    let parts: Vec<String> = [
+        quotas.cpu.map(|cpu| format!("cpu={cpu}")),
+        quotas.memory.map(|memory| format!("memory={memory}")),
+        quotas.gpu.map(|gpu| format!("gpu={gpu}")),
+        quotas.instances.map(|n| format!("instances={n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(",")
+    }
 }
 
 pub async fn delete(client: &Client, kind: Kind, name: &str, cascade: bool) -> Result<String> {

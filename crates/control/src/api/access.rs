@@ -59,11 +59,6 @@ pub(super) async fn create_token(
         .parse()
         .map_err(|err| ApiError::BadRequest(format!("role: {err}")))?;
     let tenant = request.tenant.unwrap_or_else(|| caller.tenant.clone());
-    if tenant != PROVIDER {
-        return Err(ApiError::BadRequest(format!(
-            "tenant: {tenant:?} does not exist (the tenants are: {PROVIDER})"
-        )));
-    }
     if let Some(sites) = &request.sites {
         sites
             .parse::<Selector>()
@@ -82,6 +77,9 @@ pub(super) async fn create_token(
     }
     let sites = request.sites.map(|s| s.trim().to_string());
     caller.may_grant(role, &tenant, sites.as_deref())?;
+    tenant_exists(&state, &tenant)
+        .await
+        .map_err(|why| ApiError::BadRequest(format!("tenant: {why}")))?;
     let grant = Grant {
         user: request.user,
         role,
@@ -95,6 +93,25 @@ pub(super) async fn create_token(
         created.info.name, created.info.user, created.info.role
     )];
     Ok(audited(Json(created), objects))
+}
+
+/// `Err` naming the problem unless `tenant` is the provider or an
+/// application owner that exists.
+async fn tenant_exists(state: &AppState, tenant: &str) -> Result<(), String> {
+    if tenant == PROVIDER
+        || state
+            .store
+            .get(Kind::Tenant, tenant)
+            .await
+            .map_err(|err| err.to_string())?
+            .is_some()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tenant:?} does not exist (apply a Tenant manifest first; {PROVIDER} is the site provider)"
+        ))
+    }
 }
 
 /// What a new API token is for.
@@ -180,6 +197,9 @@ pub(super) async fn login(
         })
         .take(128)
         .collect();
+    tenant_exists(&state, &signed_in.tenant)
+        .await
+        .map_err(|why| ApiError::Forbidden(format!("the sign-in maps to a tenant that is gone: {why}")))?;
     let grant = Grant {
         user,
         role: signed_in.role,
@@ -201,8 +221,7 @@ pub(super) async fn list_tokens(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    let tenant = (caller.tenant != PROVIDER).then_some(caller.tenant.as_str());
-    Ok(Json(state.store.api_tokens(tenant).await?))
+    Ok(Json(state.store.api_tokens(caller.owner()).await?))
 }
 
 /// `DELETE /api/v1/tokens/{name}`: the token fails its next request.
@@ -212,7 +231,7 @@ pub(super) async fn revoke_token(
     Path(name): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no API token is named {name:?}"));
-    let tokens = state.store.api_tokens(Some(&caller.tenant)).await?;
+    let tokens = state.store.api_tokens(caller.owner()).await?;
     let token = tokens
         .into_iter()
         .find(|t| t.name == name)
@@ -267,13 +286,25 @@ pub(super) async fn verify_audit(State(state): State<AppState>) -> Result<Json<A
 }
 
 /// The site a block names, which the caller must be able to see; for a
-/// host, the host must be enrolled.
+/// host, the host must be enrolled. A tenant must exist, and has no site.
 async fn block_site(
     state: &AppState,
     caller: &Principal,
     request: &BlockRequest,
-) -> Result<String, ApiError> {
+) -> Result<Option<String>, ApiError> {
     let (site, host) = match request.target {
+        BlockTarget::Tenant => {
+            if request.wipe {
+                return Err(ApiError::BadRequest(
+                    "wipe: a tenant's hosts are the provider's; block its sites or hosts to wipe them"
+                        .to_string(),
+                ));
+            }
+            if state.store.get(Kind::Tenant, &request.name).await?.is_none() {
+                return Err(ApiError::NotFound(format!("tenant {:?} not found", request.name)));
+            }
+            return Ok(None);
+        }
         BlockTarget::Site => (request.name.as_str(), None),
         BlockTarget::Host => match request.name.split_once('/') {
             Some((site, host)) if !site.is_empty() && !host.is_empty() => (site, Some(host)),
@@ -301,7 +332,7 @@ async fn block_site(
             "host {host:?} not found in site {site:?}"
         )));
     }
-    Ok(site.to_string())
+    Ok(Some(site.to_string()))
 }
 
 /// `POST /api/v1/block`: the host or site is cut off at once (its sessions
@@ -324,13 +355,13 @@ pub(super) async fn block(
     state.store.add_block(&block).await?;
     state.revocations.block(&block);
     tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, wipe = block.wipe, "blocked");
-    if block.target == BlockTarget::Host {
+    if let (BlockTarget::Host, Some(site)) = (block.target, &site) {
         // The stolen host's underlay key must stop working at its peers too.
         state
             .store
-            .rotate_site_keys(&site, true, time::OffsetDateTime::now_utc())
+            .rotate_site_keys(site, true, time::OffsetDateTime::now_utc())
             .await?;
-        state.fleet.recompute_site(&site).await?;
+        state.fleet.recompute_site(site).await?;
     }
     Ok(Json(block))
 }

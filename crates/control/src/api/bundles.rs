@@ -8,16 +8,24 @@ use axum::{Extension, Json};
 use outpost_api::wire::{BundleRequest, BundleResponse};
 use outpost_proto::bundle::{Header, SiteBundle};
 
-use super::{Actor, ApiError, AppState, optional_body};
+use outpost_api::manifest::Kind;
+
+use super::{Actor, ApiError, AppState, Principal, optional_body};
 
 /// `POST /api/v1/deployments/{name}/bundle`.
 pub(super) async fn bundle(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BundleResponse>, ApiError> {
     let request: BundleRequest = optional_body(body, "a bundle request")?;
+    let name = state
+        .visible(&principal, Kind::Deployment, &name)
+        .await?
+        .metadata
+        .name;
     let (version, states) = state.fleet.bundle(&name, request.version.as_deref()).await?;
     let mut images: Vec<String> = states
         .values()

@@ -132,6 +132,17 @@ pub(super) async fn hosts(
         .into_iter()
         .filter(|h| query.get("site").is_none_or(|site| *site == h.site))
         .filter(|h| sees(&h.site))
+        .map(|mut host| {
+            // An application owner sees its own instances only.
+            if principal.owner().is_some() {
+                host.instances = std::mem::take(&mut host.instances)
+                    .into_iter()
+                    .filter(|(instance, _)| principal.owns(instance))
+                    .map(|(instance, state)| (principal.shown_name(&instance).to_string(), state))
+                    .collect();
+            }
+            host
+        })
         .collect();
     Ok(Json(HostList { items }))
 }

@@ -80,6 +80,17 @@ impl AppState {
         }
     }
 
+    /// The stored object the caller names, if it may see it; otherwise
+    /// 404, whether or not it exists.
+    async fn visible(&self, principal: &Principal, kind: Kind, name: &str) -> Result<StoredObject, ApiError> {
+        let stored = principal.object_name(kind, name)?;
+        self.store
+            .get(kind, &stored)
+            .await?
+            .filter(|object| principal.sees(object))
+            .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))
+    }
+
     /// Fills in the live status of sites and deployments.
     async fn with_status(&self, mut objects: Vec<StoredObject>) -> Result<Vec<StoredObject>, ApiError> {
         let all_digests = if objects.iter().any(|o| o.kind == Kind::Application) {
@@ -127,7 +138,7 @@ impl AppState {
                         .collect();
                     serde_json::to_value(snapshot.deployment(&object.metadata.name, &selected))
                 }
-                (Kind::Site | Kind::Deployment, None) => continue,
+                (Kind::Site | Kind::Deployment, None) | (Kind::Tenant, _) => continue,
                 (Kind::Application, _) => {
                     // The digest each version's images resolved to.
                     let digests: BTreeMap<&str, &BTreeMap<String, String>> = all_digests
@@ -367,7 +378,7 @@ async fn method_not_allowed() -> ApiError {
 pub(super) fn parse_kind(text: &str) -> Result<Kind, ApiError> {
     Kind::ALL.into_iter().find(|k| k.plural() == text).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "unknown kind {text:?} (use sites, applications or deployments)"
+            "unknown kind {text:?} (use sites, applications, deployments or tenants)"
         ))
     })
 }

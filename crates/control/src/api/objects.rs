@@ -1,7 +1,9 @@
-//! Sites, applications and deployments: apply (with its idempotency key),
-//! plan, list, get, delete, history and labels.
+//! Sites, applications, deployments and tenants: apply (with its
+//! idempotency key), plan, list, get, delete, history and labels. An
+//! application owner's names are moved into its namespace on the way in
+//! and out of it on the way out (`Principal::object_name`, `shown`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -83,9 +85,10 @@ pub(super) async fn apply(
         return Err(ApiError::BadRequest("nothing to apply: no files".to_string()));
     }
     let documents = parse_request(&request, &principal)?;
+    check_quotas(&state, &documents).await?;
     let request_key = request_key(&headers)?;
     let options = ApplyOptions { dry_run, request_key };
-    let results = state.store.apply(&documents, &actor, options).await?;
+    let mut results = state.store.apply(&documents, &actor, options).await?;
     let changed: Vec<_> = results
         .iter()
         .filter(|r| !dry_run && r.action != ApplyAction::Unchanged)
@@ -99,16 +102,52 @@ pub(super) async fn apply(
         .collect();
     let changed: Vec<(Kind, &str)> = changed.iter().map(|r| (r.kind, r.name.as_str())).collect();
     state.recompute_changed(&changed).await;
+    for result in &mut results {
+        result.name = principal.shown_name(&result.name).to_string();
+    }
     Ok(audited(Json(ApplyResponse { dry_run, results }), objects))
 }
 
-/// Parses and validates every file of an apply request, as one batch, and
-/// asks the policy whether the caller may write each document's kind.
+/// Refuses a batch that would take a tenant past its quotas on any site,
+/// computed as `plan` does: the stored state with the batch laid over it.
+async fn check_quotas(state: &AppState, documents: &[outpost_api::Document]) -> Result<(), ApiError> {
+    let tenant_of = |document: &outpost_api::Document| match document.manifest.kind() {
+        Kind::Tenant => Some(document.manifest.name().to_string()),
+        _ => document.manifest.metadata().name.tenant().map(str::to_string),
+    };
+    let tenants: BTreeSet<String> = documents.iter().filter_map(tenant_of).collect();
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    let mut inputs = state.fleet.inputs(None).await?;
+    crate::plan::overlay(&mut inputs, documents);
+    let mut out = outpost_api::Diagnostics::default();
+    for (tenant, problem) in inputs.over_quota(&tenants) {
+        if let Some(document) = documents
+            .iter()
+            .find(|d| tenant_of(d).as_deref() == Some(tenant.as_str()))
+        {
+            out.0.push(document.diagnostic(
+                &outpost_api::diagnostic::Path::root(),
+                format!("tenant {tenant} would go past its quotas on {problem}"),
+            ));
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(out.sorted()))
+    }
+}
+
+/// Parses and validates every file of an apply request, as one batch, asks
+/// the policy whether the caller may write each document's kind, and moves
+/// an application owner's documents into its namespace.
 fn parse_request(
     request: &ApplyRequest,
     principal: &Principal,
 ) -> Result<Vec<outpost_api::Document>, ApiError> {
-    let documents = parse_files(
+    let mut documents = parse_files(
         request
             .files
             .iter()
@@ -117,6 +156,9 @@ fn parse_request(
     .map_err(ApiError::Invalid)?;
     for document in &documents {
         principal.may_write(document.manifest.kind())?;
+    }
+    if let Some(tenant) = principal.owner() {
+        outpost_api::tenancy::qualify(&mut documents, tenant).map_err(ApiError::Invalid)?;
     }
     Ok(documents)
 }
@@ -133,6 +175,7 @@ pub(super) async fn plan(
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not an apply request: {e}")))?;
     let documents = parse_request(&request, &principal)?;
+    check_quotas(&state, &documents).await?;
     // The same checks as an apply, inside a transaction that is rolled back.
     let dry_run = ApplyOptions {
         dry_run: true,
@@ -146,8 +189,8 @@ pub(super) async fn plan(
     Ok(Json(crate::plan::plan(&inputs, &current, &concerned)))
 }
 
-/// `GET /api/v1/{kind}?selector=…`: objects whose labels match (of sites,
-/// those the caller's site selector reaches).
+/// `GET /api/v1/{kind}?selector=…`: objects whose labels match, of those
+/// the caller sees (`Principal::sees`).
 pub(super) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -167,26 +210,24 @@ pub(super) async fn list(
         .await?
         .into_iter()
         .filter(|object| selector.matches(&object.metadata.labels))
-        .filter(|object| kind != Kind::Site || principal.sees_site(&object.metadata.labels))
+        .filter(|object| principal.sees(object))
         .collect();
     let items = state.with_status(items).await?;
+    let items = items.into_iter().map(|object| principal.shown(object)).collect();
     Ok(Json(ObjectList { items }))
 }
 
 pub(super) async fn get_one(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
-    let object = state
-        .store
-        .get(kind, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+    let object = state.visible(&principal, kind, &name).await?;
     let mut objects = state.with_status(vec![object]).await?;
     objects
         .pop()
-        .map(Json)
+        .map(|object| Json(principal.shown(object)))
         .ok_or_else(|| ApiError::Internal("status lost the object".to_string()))
 }
 
@@ -196,22 +237,30 @@ pub(super) async fn get_one(
 pub(super) async fn delete_one(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path((kind, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
     let cascade = flag(&query, "cascade")?;
+    let name = state.visible(&principal, kind, &name).await?.metadata.name;
     let deleted = state.store.delete(kind, &name, cascade).await?;
     state.revocations.add(&deleted.revoked);
     tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
     state.recompute_changed(&[(kind, name.as_str())]).await;
-    Ok(Json(deleted.object))
+    Ok(Json(principal.shown(deleted.object)))
 }
 
 pub(super) async fn history(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<outpost_api::wire::ApplicationVersion>>, ApiError> {
+    let name = state
+        .visible(&principal, Kind::Application, &name)
+        .await?
+        .metadata
+        .name;
     Ok(Json(state.store.application_history(&name).await?))
 }
 
@@ -219,13 +268,15 @@ pub(super) async fn history(
 pub(super) async fn label_object(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path((kind, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StoredObject>, ApiError> {
     let kind = parse_kind(&kind)?;
     let change = label_change(body)?;
+    let name = state.visible(&principal, kind, &name).await?.metadata.name;
     let object = state.store.update_labels(kind, &name, &change).await?;
     tracing::info!(%actor, %kind, %name, generation = object.metadata.generation, "labelled");
     state.recompute_changed(&[(kind, name.as_str())]).await;
-    Ok(Json(object))
+    Ok(Json(principal.shown(object)))
 }

@@ -10,6 +10,14 @@
 //! are `Principal` methods here that handlers call: `may_write` (the kinds
 //! in an apply or a plan), `may_grant` and `may_revoke` (the role of a token
 //! being made or revoked).
+//!
+//! An application owner's token (a tenant other than the provider) acts in
+//! that tenant's namespace (`outpost_api::tenancy`): handlers ask
+//! `Principal::object_name` for the stored name of what the caller names,
+//! and `sees`/`shown` for what a list or a read may show. Another tenant's
+//! objects are 404, as if they did not exist. Its site selector is its
+//! token's and its tenant's `spec.sites` together, and sites, hosts and
+//! blocks (`Access::Edge`) are the provider's alone.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,9 +26,10 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use outpost_api::access::{Access, AuditEntry, Role, TokenInfo};
+use outpost_api::access::{Access, AuditEntry, PROVIDER, Role, TokenInfo};
 use outpost_api::manifest::Kind;
 use outpost_api::selector::Selector;
+use outpost_api::wire::StoredObject;
 
 use super::{ApiError, AppState};
 use crate::auth;
@@ -48,15 +57,28 @@ pub struct Principal {
     pub user: String,
     pub role: Role,
     pub tenant: String,
-    /// The sites it may see and act on; `None` for all.
+    /// The sites it may see and act on (its token's selector and, for an
+    /// application owner, its tenant's); `None` for all.
     pub sites: Option<Selector>,
     /// That selector as the token was made with it.
     pub sites_source: Option<String>,
 }
 
 impl Principal {
-    /// `Forbidden` unless the role allows `access`.
+    /// The application owner it acts for; `None` for the site provider.
+    pub fn owner(&self) -> Option<&str> {
+        (self.tenant != PROVIDER).then_some(self.tenant.as_str())
+    }
+
+    /// `Forbidden` unless the role allows `access` (and, for an application
+    /// owner, `access` is not the provider's alone).
     pub fn require(&self, access: Access) -> Result<(), ApiError> {
+        if access == Access::Edge && self.owner().is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "sites, hosts and blocks belong to the site provider; tenant {} may not change them",
+                self.tenant
+            )));
+        }
         if self.role.allows(access) {
             Ok(())
         } else {
@@ -73,12 +95,63 @@ impl Principal {
         self.require(write_access(kind))
     }
 
+    /// The stored name of the object of `kind` the caller calls `name`: an
+    /// application owner's own objects are `TENANT.NAME`; sites and tenants
+    /// keep their names. A name in another namespace is not found.
+    pub fn object_name(&self, kind: Kind, name: &str) -> Result<String, ApiError> {
+        match (self.owner(), kind) {
+            (None, _) | (Some(_), Kind::Site | Kind::Tenant) => Ok(name.to_string()),
+            (Some(tenant), _) if !name.contains('.') => Ok(format!("{tenant}.{name}")),
+            (Some(_), _) => Err(ApiError::NotFound(format!("{kind} {name:?} not found"))),
+        }
+    }
+
+    /// The stored name of a secret the caller names (secrets are owned like
+    /// applications).
+    pub fn secret_name(&self, name: &str) -> Result<String, ApiError> {
+        self.object_name(Kind::Application, name)
+            .map_err(|_| ApiError::NotFound(format!("secret {name:?} not found")))
+    }
+
+    /// Whether a stored name is the caller's to see: everything for the
+    /// provider, its own namespace for an application owner.
+    pub fn owns(&self, name: &str) -> bool {
+        self.owner()
+            .is_none_or(|tenant| outpost_api::tenancy::local_name(name, tenant).is_some())
+    }
+
+    /// The name as the caller writes it (`web` of `acme.web` for acme).
+    pub fn shown_name<'a>(&self, name: &'a str) -> &'a str {
+        self.owner()
+            .and_then(|tenant| outpost_api::tenancy::local_name(name, tenant))
+            .unwrap_or(name)
+    }
+
+    /// Whether the caller may see this stored object: sites its selector
+    /// reaches, its own tenant, and objects in its namespace.
+    pub fn sees(&self, object: &StoredObject) -> bool {
+        match object.kind {
+            Kind::Site => self.sees_site(&object.metadata.labels),
+            Kind::Tenant => self.owner().is_none_or(|tenant| tenant == object.metadata.name),
+            Kind::Application | Kind::Deployment => self.owns(&object.metadata.name),
+        }
+    }
+
+    /// An object as the caller sees it: an application owner's names
+    /// without its `TENANT.`.
+    pub fn shown(&self, mut object: StoredObject) -> StoredObject {
+        if let Some(tenant) = self.owner() {
+            outpost_api::tenancy::unqualify(&mut object, tenant);
+        }
+        object
+    }
+
     /// Whether the caller may make a token of `role` in `tenant` for
     /// `sites`: no token mints a stronger one, one in another tenant, or one
     /// that reaches more sites.
     pub fn may_grant(&self, role: Role, tenant: &str, sites: Option<&str>) -> Result<(), ApiError> {
         self.may_revoke(role)?;
-        if tenant != self.tenant {
+        if tenant != self.tenant && self.owner().is_some() {
             return Err(ApiError::Forbidden(format!(
                 "a token of tenant {} may not make one for tenant {tenant}",
                 self.tenant
@@ -116,7 +189,7 @@ impl Principal {
 /// What changing an object of this kind needs.
 pub fn write_access(kind: Kind) -> Access {
     match kind {
-        Kind::Site => Access::Edge,
+        Kind::Site | Kind::Tenant => Access::Edge,
         Kind::Application | Kind::Deployment => Access::Deploy,
     }
 }
@@ -196,7 +269,7 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
         entry.user = stored.user.clone();
         entry.tenant = stored.tenant.clone();
     }
-    let principal = match stored.map(principal).unwrap_or(Err(ApiError::Unauthorized)) {
+    let principal = match authenticate(&guard.state, stored).await {
         Ok(principal) => principal,
         Err(refusal) => return record(&guard.state, entry, refusal.into_response(), false).await,
     };
@@ -242,7 +315,7 @@ fn ends_with_token(state: &AppState, token_hash: String, response: Response) -> 
             every.tick().await;
             // A store that cannot answer ends nothing.
             if let Ok(stored) = state.store.api_token(&token_hash).await
-                && stored.map(principal).is_none_or(|principal| principal.is_err())
+                && let Err(ApiError::Unauthorized) = authenticate(&state, stored).await
             {
                 return;
             }
@@ -253,8 +326,33 @@ fn ends_with_token(state: &AppState, token_hash: String, response: Response) -> 
     Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
+/// The principal of a stored token; `Unauthorized` for none, and for one
+/// revoked, expired, or of a tenant that is blocked or gone (the client is
+/// not told which).
+async fn authenticate(state: &AppState, stored: Option<TokenInfo>) -> Result<Principal, ApiError> {
+    let mut principal = principal(stored.ok_or(ApiError::Unauthorized)?)?;
+    let Some(tenant) = principal.owner() else {
+        return Ok(principal);
+    };
+    if state.revocations.tenant_blocked(tenant) {
+        tracing::info!(token = %principal.token, %tenant, "a blocked tenant's API token was used");
+        return Err(ApiError::Unauthorized);
+    }
+    let Some(object) = state.store.get(Kind::Tenant, tenant).await? else {
+        tracing::info!(token = %principal.token, %tenant, "an API token of a deleted tenant was used");
+        return Err(ApiError::Unauthorized);
+    };
+    let spec: outpost_api::manifest::TenantSpec = serde_json::from_value(object.spec)
+        .map_err(|err| ApiError::Internal(format!("tenant {tenant:?}: stored spec: {err}")))?;
+    principal.sites = Some(match &principal.sites {
+        Some(token) => token.and(&spec.sites),
+        None => spec.sites,
+    });
+    Ok(principal)
+}
+
 /// The principal of a stored token, or `Unauthorized` if it was revoked or
-/// has expired (the client is not told which).
+/// has expired.
 fn principal(stored: TokenInfo) -> Result<Principal, ApiError> {
     if stored.revoked_at.is_some() {
         tracing::info!(token = %stored.name, "a revoked API token was used");

@@ -7,14 +7,20 @@ use axum::Json;
 use axum::extract::{Query, State};
 use outpost_api::manifest::Kind;
 
-use super::{ApiError, AppState, whole_number};
+use axum::Extension;
+
+use super::{ApiError, AppState, Principal, whole_number};
 
 /// The most events or log lines one request returns.
 const MAX_RECORDS: i64 = 10_000;
 
 /// Reads `site`, `application`, `service`, `since` (RFC 3339), `after` and
-/// `limit` from a query string.
-fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQuery, ApiError> {
+/// `limit` from a query string. An application owner reads its own
+/// applications' records only.
+fn record_query(
+    principal: &Principal,
+    query: &HashMap<String, String>,
+) -> Result<crate::store::RecordQuery, ApiError> {
     let since = match query.get("since") {
         Some(since) => {
             let at = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
@@ -29,7 +35,11 @@ fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQ
     };
     Ok(crate::store::RecordQuery {
         site: query.get("site").cloned(),
-        application: query.get("application").cloned(),
+        application: query
+            .get("application")
+            .map(|name| principal.object_name(Kind::Application, name))
+            .transpose()?,
+        tenant: principal.owner().map(str::to_string),
         service: query.get("service").cloned(),
         since,
         after: whole_number(query, "after", 0)?,
@@ -40,33 +50,42 @@ fn record_query(query: &HashMap<String, String>) -> Result<crate::store::RecordQ
 /// `GET /api/v1/events`: what happened at sites, oldest first.
 pub(super) async fn events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<outpost_api::telemetry::EventList>, ApiError> {
-    let items = state.store.events(&record_query(&query)?).await?;
+    let mut items = state.store.events(&record_query(&principal, &query)?).await?;
+    for event in &mut items {
+        event.application = principal.shown_name(&event.application).to_string();
+        event.instance = principal.shown_name(&event.instance).to_string();
+    }
     Ok(Json(outpost_api::telemetry::EventList { items }))
 }
 
 /// `GET /api/v1/logs?application=A`: log lines sites uploaded, oldest first.
 pub(super) async fn logs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<outpost_api::telemetry::LogList>, ApiError> {
-    let query = record_query(&raw)?;
-    let Some(application) = &query.application else {
+    let Some(application) = raw.get("application") else {
         return Err(ApiError::BadRequest(
             "application: which application's logs?".to_string(),
         ));
     };
-    if state.store.get(Kind::Application, application).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "Application {application:?} not found"
-        )));
+    state.visible(&principal, Kind::Application, application).await?;
+    let query = record_query(&principal, &raw)?;
+    let mut list = if raw.get("live").is_some_and(|live| live == "true") {
+        live_logs(&state, &query).await?
+    } else {
+        outpost_api::telemetry::LogList {
+            items: state.store.log_lines(&query).await?,
+        }
+    };
+    for line in &mut list.items {
+        line.application = principal.shown_name(&line.application).to_string();
+        line.instance = principal.shown_name(&line.instance).to_string();
     }
-    if raw.get("live").is_some_and(|live| live == "true") {
-        return live_logs(&state, &query).await.map(Json);
-    }
-    let items = state.store.log_lines(&query).await?;
-    Ok(Json(outpost_api::telemetry::LogList { items }))
+    Ok(Json(list))
 }
 
 /// How long the hosts of a site get to answer a live request for logs.

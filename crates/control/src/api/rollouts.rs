@@ -8,20 +8,19 @@ use outpost_api::manifest::Kind;
 use outpost_api::parse_documents;
 use outpost_api::wire::ApplyResponse;
 
-use super::{Actor, ApiError, AppState, optional_body};
+use super::{Actor, ApiError, AppState, Principal, optional_body};
 use crate::store::ApplyOptions;
 
 /// `GET /api/v1/deployments/{name}/rollout`: the rollout, every site's
 /// state and the deployment's rollout history.
 pub(super) async fn rollout_status(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<outpost_api::wire::RolloutStatus>, ApiError> {
-    let object = state
-        .store
-        .get(Kind::Deployment, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Deployment {name:?} not found")))?;
+    let object = state.visible(&principal, Kind::Deployment, &name).await?;
+    let shown = name;
+    let name = object.metadata.name.clone();
     let sites = state
         .with_status(vec![object])
         .await?
@@ -45,7 +44,7 @@ pub(super) async fn rollout_status(
         )
         .collect();
     Ok(Json(outpost_api::wire::RolloutStatus {
-        deployment: name,
+        deployment: shown,
         rollout,
         sites,
         history,
@@ -56,6 +55,7 @@ pub(super) async fn rollout_status(
 pub(super) async fn rollout_command(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path((name, command)): Path<(String, String)>,
 ) -> Result<Json<outpost_api::rollout::RolloutState>, ApiError> {
     use outpost_api::rollout::Command;
@@ -70,9 +70,11 @@ pub(super) async fn rollout_command(
             )));
         }
     };
-    if state.store.get(Kind::Deployment, &name).await?.is_none() {
-        return Err(ApiError::NotFound(format!("Deployment {name:?} not found")));
-    }
+    let name = state
+        .visible(&principal, Kind::Deployment, &name)
+        .await?
+        .metadata
+        .name;
     let rollout = state.fleet.command(&name, command).await?;
     tracing::info!(%actor, deployment = %name, ?command, "rollout command");
     Ok(Json(rollout))
@@ -84,15 +86,13 @@ pub(super) async fn rollout_command(
 pub(super) async fn rollout_undo(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let request: outpost_api::wire::UndoRequest = optional_body(body, "an undo request")?;
-    let object = state
-        .store
-        .get(Kind::Deployment, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Deployment {name:?} not found")))?;
+    let object = state.visible(&principal, Kind::Deployment, &name).await?;
+    let name = object.metadata.name.clone();
     let target = match request.to_version {
         Some(version) => version,
         None => {
@@ -117,10 +117,13 @@ pub(super) async fn rollout_undo(
     manifest["spec"]["version"] = serde_json::Value::String(target.clone());
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
     let documents = parse_documents(&format!("undo of {name}"), &text).map_err(ApiError::Invalid)?;
-    let results = state
+    let mut results = state
         .store
         .apply(&documents, &actor, ApplyOptions::default())
         .await?;
+    for result in &mut results {
+        result.name = principal.shown_name(&result.name).to_string();
+    }
     tracing::info!(%actor, deployment = %name, version = %target, "rollout undo");
     state.recompute().await;
     Ok(Json(ApplyResponse {

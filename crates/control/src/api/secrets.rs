@@ -17,7 +17,7 @@ use outpost_api::secret::{
 use outpost_api::workload::SiteState;
 
 use super::policy::audited;
-use super::{Actor, ApiError, AppState, json_body};
+use super::{Actor, ApiError, AppState, Principal, json_body};
 use crate::secrets::SecretError;
 use crate::store::StoredSecret;
 
@@ -55,9 +55,9 @@ fn referring_sites(states: &BTreeMap<String, (i64, SiteState)>) -> BTreeMap<&str
     out
 }
 
-fn summary(stored: &StoredSecret, sites: Option<&Referring<'_>>) -> SecretSummary {
+fn summary(principal: &Principal, stored: &StoredSecret, sites: Option<&Referring<'_>>) -> SecretSummary {
     SecretSummary {
-        name: stored.name.clone(),
+        name: principal.shown_name(&stored.name).to_string(),
         version: stored.version,
         keys: stored.keys.clone(),
         sites: stored.sites.clone(),
@@ -74,9 +74,14 @@ fn summary(stored: &StoredSecret, sites: Option<&Referring<'_>>) -> SecretSummar
 pub(super) async fn set(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: SecretSetRequest = json_body(body, "a secret (name, values, sites, images)")?;
+    let mut request: SecretSetRequest = json_body(body, "a secret (name, values, sites, images)")?;
+    if let Some(tenant) = principal.owner() {
+        request.name = outpost_api::tenancy::qualified(tenant, &request.name)
+            .map_err(|err| ApiError::BadRequest(format!("secret name: {err}")))?;
+    }
     let name = request.name.clone();
     let inputs = state.fleet.inputs(None).await?;
     let version = state.secrets.set(request, &inputs, &actor).await?;
@@ -84,20 +89,24 @@ pub(super) async fn set(
     state.recompute().await;
     let stored = state.store.secret(&name, Some(version)).await?;
     Ok(audited(
-        Json(summary(&stored, None)),
+        Json(summary(&principal, &stored, None)),
         vec![format!("secret {name} version {version}")],
     ))
 }
 
 /// `GET /api/v1/secrets`: every secret's newest version, never a value.
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<SecretList>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<SecretList>, ApiError> {
     let secrets = state.store.secrets().await?;
     let states = state.store.site_states().await?;
     let referring = referring_sites(&states);
     Ok(Json(SecretList {
         items: secrets
             .iter()
-            .map(|s| summary(s, referring.get(s.name.as_str())))
+            .filter(|s| principal.owns(&s.name))
+            .map(|s| summary(&principal, s, referring.get(s.name.as_str())))
             .collect(),
     }))
 }
@@ -106,8 +115,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<SecretLis
 /// and every host whose site refers to a version of it.
 pub(super) async fn describe(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<SecretDetail>, ApiError> {
+    let name = principal.secret_name(&name)?;
     let stored = state.store.secret(&name, None).await?;
     let states = state.store.site_states().await?;
     let referring = referring_sites(&states);
@@ -115,7 +126,11 @@ pub(super) async fn describe(
     let inputs = state.fleet.inputs(None).await?;
     let deployments = inputs
         .deployments_using(&name)
-        .map(|(deployment, _)| deployment.metadata.name.to_string())
+        .map(|(deployment, _)| {
+            principal
+                .shown_name(deployment.metadata.name.as_str())
+                .to_string()
+        })
         .collect();
     let mut holders = Vec::new();
     if let Some(versions) = versions {
@@ -134,7 +149,7 @@ pub(super) async fn describe(
         }
     }
     Ok(Json(SecretDetail {
-        summary: summary(&stored, versions),
+        summary: summary(&principal, &stored, versions),
         deployments,
         holders,
     }))
@@ -144,10 +159,12 @@ pub(super) async fn describe(
 pub(super) async fn reveal(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: RevealRequest = json_body(body, "a reveal request (key)")?;
+    let name = principal.secret_name(&name)?;
     let (version, value) = state.secrets.reveal(&name, &request.key, &actor).await?;
     let response = Json(RevealResponse {
         version,
@@ -163,10 +180,12 @@ pub(super) async fn reveal(
 pub(super) async fn delete(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<SecretSummary>, ApiError> {
+    let name = principal.secret_name(&name)?;
     let stored = state.store.secret(&name, None).await?;
     state.store.delete_secret(&name).await?;
     tracing::info!(%actor, secret = %name, "secret deleted");
-    Ok(Json(summary(&stored, None)))
+    Ok(Json(summary(&principal, &stored, None)))
 }

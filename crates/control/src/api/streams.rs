@@ -16,7 +16,7 @@ use outpost_api::Selector;
 use outpost_api::manifest::{Kind, Name};
 use outpost_api::stream::{Direction, Published, StoredRecords, Topic, split_records};
 
-use super::{Actor, ApiError, AppState, body_bytes, whole_number};
+use super::{Actor, ApiError, AppState, Principal, body_bytes, whole_number};
 use crate::store::StreamQuery;
 use crate::streams::{self, PublishError};
 
@@ -24,22 +24,20 @@ use crate::streams::{self, PublishError};
 const MAX_RECORDS: i64 = 10_000;
 
 /// The application and topic of a path, checked: names, an application
-/// that exists, and a topic its current version declares in `direction`.
+/// the caller sees, and a topic its current version declares in
+/// `direction`. Returns the application's stored name.
 async fn topic(
     state: &AppState,
+    principal: &Principal,
     application: &str,
     topic: &str,
     direction: Direction,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     for (what, name) in [("application", application), ("topic", topic)] {
         name.parse::<Name>()
             .map_err(|why| ApiError::BadRequest(format!("{what}: {why}")))?;
     }
-    let Some(object) = state.store.get(Kind::Application, application).await? else {
-        return Err(ApiError::NotFound(format!(
-            "Application {application:?} not found"
-        )));
-    };
+    let object = state.visible(principal, Kind::Application, application).await?;
     let declared: Vec<Topic> = object
         .spec
         .get("streams")
@@ -58,7 +56,7 @@ async fn topic(
                 _ => "published to",
             }
         ))),
-        Some(_) => Ok(()),
+        Some(_) => Ok(object.metadata.name),
     }
 }
 
@@ -91,10 +89,13 @@ fn stream_query(
 /// the record as JSON) that go on as records arrive.
 pub(super) async fn read(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((application, topic_name)): Path<(String, String)>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    topic(&state, &application, &topic_name, Direction::Up).await?;
+    // Records name the application as the caller does.
+    let shown = application;
+    let application = topic(&state, &principal, &shown, &topic_name, Direction::Up).await?;
     let query = stream_query(application, topic_name, &raw)?;
     let follow = match raw.get("follow").map(String::as_str) {
         None | Some("false") => false,
@@ -106,9 +107,12 @@ pub(super) async fn read(
         }
     };
     if follow {
-        return Ok(follow_records(state, query).into_response());
+        return Ok(follow_records(state, query, shown).into_response());
     }
-    let records = state.store.stream_records(&query).await?;
+    let mut records = state.store.stream_records(&query).await?;
+    for record in &mut records {
+        record.application.clone_from(&shown);
+    }
     let next = records.last().map_or(query.after, |r| r.id);
     Ok(Json(StoredRecords { records, next }).into_response())
 }
@@ -116,14 +120,15 @@ pub(super) async fn read(
 fn follow_records(
     state: AppState,
     query: StreamQuery,
+    shown: String,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let stored = state.fleet.streams.stored();
     let stream = futures_util::stream::unfold(
-        (state, query, stored),
-        |(state, mut query, mut stored)| async move {
+        (state, query, stored, shown),
+        |(state, mut query, mut stored, shown)| async move {
             loop {
                 stored.borrow_and_update();
-                let records = match state.store.stream_records(&query).await {
+                let mut records = match state.store.stream_records(&query).await {
                     Ok(records) => records,
                     Err(err) => {
                         tracing::warn!(err = %err.detail(), "following a stream failed");
@@ -135,6 +140,9 @@ fn follow_records(
                     continue;
                 };
                 query.after = last;
+                for record in &mut records {
+                    record.application.clone_from(&shown);
+                }
                 let events: Vec<Result<Event, Infallible>> = records
                     .iter()
                     .map(|record| {
@@ -142,7 +150,7 @@ fn follow_records(
                         Ok(Event::default().id(record.id.to_string()).data(data))
                     })
                     .collect();
-                return Some((futures_util::stream::iter(events), (state, query, stored)));
+                return Some((futures_util::stream::iter(events), (state, query, stored, shown)));
             }
         },
     );
@@ -157,12 +165,13 @@ fn follow_records(
 pub(super) async fn publish(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    Extension(principal): Extension<Principal>,
     Path((application, topic_name)): Path<(String, String)>,
     Query(raw): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Published>, ApiError> {
-    topic(&state, &application, &topic_name, Direction::Down).await?;
+    let application = topic(&state, &principal, &application, &topic_name, Direction::Down).await?;
     let sites = match raw.get("sites") {
         Some(text) => text
             .parse::<Selector>()

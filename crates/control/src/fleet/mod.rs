@@ -8,12 +8,12 @@
 //! change. `rollouts` starts and steps rollouts; who is connected is
 //! `crate::presence`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site};
+use outpost_api::manifest::{ApplicationSpec, Deployment, Kind, Manifest, Site, TenantSpec};
 use outpost_api::rollout::RolloutState;
 use outpost_api::secret::SecretPolicy;
 use outpost_api::workload::{Peer, SiteState, assign_hosts, compile_site};
@@ -50,9 +50,48 @@ pub struct Inputs {
     /// Per site that has underlay keys: the epochs its hosts accept (a
     /// site without: the first).
     pub key_epochs: HashMap<String, Vec<u64>>,
+    /// The application owners, by name.
+    pub tenants: BTreeMap<String, TenantSpec>,
 }
 
 impl Inputs {
+    /// An application owner's deployment as it runs: on its own selector's
+    /// sites that its tenant's `spec.sites` also selects; `None` (nowhere)
+    /// once its tenant is gone.
+    pub fn confined(&self, mut deployment: Deployment) -> Option<Deployment> {
+        if let Some(tenant) = deployment.metadata.name.tenant() {
+            let spec = self.tenants.get(tenant)?;
+            deployment.spec.sites = deployment.spec.sites.and(&spec.sites);
+        }
+        Some(deployment)
+    }
+
+    /// Each site where a tenant's instances would go past its quotas, as
+    /// `(tenant, "site S: cpu 3 > 2")`, for the tenants named.
+    pub fn over_quota(&self, tenants: &BTreeSet<String>) -> Vec<(String, String)> {
+        let limited: Vec<(&String, &TenantSpec)> = self
+            .tenants
+            .iter()
+            .filter(|(name, spec)| tenants.contains(*name) && !spec.quotas.is_unlimited())
+            .collect();
+        if limited.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (site, state) in self.compile() {
+            for (tenant, spec) in &limited {
+                let exceeded = spec.quotas.exceeded(&outpost_api::tenancy::usage(&state, tenant));
+                if !exceeded.is_empty() {
+                    out.push((
+                        tenant.to_string(),
+                        format!("site {site}: {}", exceeded.join(", ")),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The release a deployment is headed for: its pinned version, or its
     /// application's current one, with the newest version of each secret
     /// that version uses (`outpost_api::secret::release`).
@@ -271,6 +310,14 @@ impl Fleet {
             },
         };
         let sites: Vec<Site> = sites.into_iter().filter_map(Manifest::into_site).collect();
+        let tenants: BTreeMap<String, TenantSpec> = typed(Kind::Tenant)
+            .await?
+            .into_iter()
+            .filter_map(|manifest| match manifest {
+                Manifest::Tenant(tenant) => Some((tenant.metadata.name.to_string(), tenant.spec)),
+                _ => None,
+            })
+            .collect();
         let deployments: Vec<Deployment> = typed(Kind::Deployment)
             .await?
             .into_iter()
@@ -325,9 +372,9 @@ impl Fleet {
             let labels = host.selector_labels();
             hosts.entry(host.site).or_default().insert(host.name, labels);
         }
-        Ok(Inputs {
+        let mut inputs = Inputs {
             sites,
-            deployments,
+            deployments: Vec::new(),
             versions,
             hosts,
             rollouts: self.rollouts().await?,
@@ -347,7 +394,13 @@ impl Fleet {
                 .into_iter()
                 .map(|(site, keys)| (site, keys.accepted()))
                 .collect(),
-        })
+            tenants,
+        };
+        inputs.deployments = deployments
+            .into_iter()
+            .filter_map(|deployment| inputs.confined(deployment))
+            .collect();
+        Ok(inputs)
     }
 
     /// Compiles and stores every site's desired state; wakes changed sites.

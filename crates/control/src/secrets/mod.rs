@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use outpost_api::manifest::Name;
+use outpost_api::manifest::ObjectName;
 use outpost_api::secret::{self, MAX_SECRET_BYTES, MAX_SECRET_KEYS, SecretPolicy, SecretSetRequest};
 use outpost_api::selector::Selector;
 use outpost_proto::seal::{self, Values};
@@ -81,7 +81,7 @@ impl Secrets {
         let invalid = |message: String| SecretError::Invalid(message);
         let name = request
             .name
-            .parse::<Name>()
+            .parse::<ObjectName>()
             .map_err(|err| invalid(format!("secret name: {err}")))?
             .to_string();
         if request.values.is_empty() {

@@ -175,6 +175,7 @@ fn block_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Block, StoreError> {
         target: match target.as_str() {
             "host" => BlockTarget::Host,
             "site" => BlockTarget::Site,
+            "tenant" => BlockTarget::Tenant,
             other => {
                 return Err(StoreError::Unreadable(format!(
                     "a block of an unknown target {other:?}"

@@ -357,6 +357,8 @@ pub trait FleetStore: Send + Sync + 'static {
 pub struct RecordQuery {
     pub site: Option<String>,
     pub application: Option<String>,
+    /// Only records of this application owner's applications.
+    pub tenant: Option<String>,
     pub service: Option<String>,
     /// Only what happened at or after this time (RFC 3339).
     pub since: Option<String>,

@@ -141,7 +141,7 @@ pub(super) async fn check_references(
     let concerned = documents.iter().any(|d| match &d.manifest {
         Manifest::Application(app) => uses_secrets(&app.spec),
         Manifest::Deployment(_) => true,
-        Manifest::Site(_) => false,
+        Manifest::Site(_) | Manifest::Tenant(_) => false,
     });
     if !concerned {
         return Ok(());
@@ -219,7 +219,7 @@ pub(super) async fn check_references(
                         .push(document.diagnostic(&FieldPath::root().field("spec").field("sites"), reason));
                 }
             }
-            Manifest::Site(_) => {}
+            Manifest::Site(_) | Manifest::Tenant(_) => {}
         }
     }
     Ok(())

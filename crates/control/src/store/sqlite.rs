@@ -252,7 +252,19 @@ async fn check_references(
                     ));
                 }
             }
-            Manifest::Site(_) => {}
+            Manifest::Site(_) | Manifest::Tenant(_) => {}
+        }
+        // An application owner's object needs its tenant.
+        if let Some(tenant) = document.manifest.metadata().name.tenant() {
+            let in_batch = documents
+                .iter()
+                .any(|d| d.manifest.kind() == Kind::Tenant && d.manifest.name() == tenant);
+            if !in_batch && fetch_object(tx, Kind::Tenant, tenant).await?.is_none() {
+                out.0.push(document.diagnostic(
+                    &FieldPath::root().field("metadata").field("name"),
+                    format!("tenant {tenant:?} does not exist (apply it first, or in the same batch)"),
+                ));
+            }
         }
     }
     Ok(out)
@@ -418,6 +430,21 @@ impl Store for SqliteStore {
         let mut revoked = Vec::new();
         if kind == Kind::Site {
             revoked = super::fleet::remove_site_hosts(&mut tx, name, cascade).await?;
+        }
+        if kind == Kind::Tenant {
+            let owned: Option<String> = sqlx::query_scalar(
+                "SELECT kind || ' ' || name FROM objects WHERE substr(name, 1, length(?1) + 1) = ?1 || '.'
+                 UNION ALL SELECT 'secret ' || name FROM secret_versions WHERE substr(name, 1, length(?1) + 1) = ?1 || '.'
+                 LIMIT 1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(owned) = owned {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {name:?} still owns {owned} (and maybe more); its objects and secrets go first"
+                )));
+            }
         }
         if kind == Kind::Application {
             let users: Vec<String> = sqlx::query_scalar(

@@ -71,10 +71,11 @@ fn log_line_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredLogLine, Sto
     })
 }
 
-/// The filters every record query shares; `?1`…`?4` are site,
-/// application, service and since, each NULL for "any".
+/// The filters every record query shares; `?1`…`?4` and `?7` are site,
+/// application, service, since and tenant, each NULL for "any".
 const FILTERS: &str = "(?1 IS NULL OR site = ?1) AND (?2 IS NULL OR application = ?2)
-     AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR at >= ?4)";
+     AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR at >= ?4)
+     AND (?7 IS NULL OR substr(application, 1, length(?7) + 1) = ?7 || '.')";
 
 /// Runs a record query: with `after`, the next ones after that id; without,
 /// the newest `limit`. Oldest first either way.
@@ -96,6 +97,7 @@ async fn query_records(
         .bind(&query.since)
         .bind(query.after)
         .bind(query.limit)
+        .bind(&query.tenant)
         .fetch_all(&store.pool)
         .await?;
     Ok(rows)
