@@ -37,10 +37,13 @@ pub enum Access {
     SecretRead,
     /// Read and verify the audit trail.
     Audit,
+    /// Read what spans the whole fleet: Prometheus metrics and the blocks
+    /// in force. Every role of the site provider may; no application owner.
+    Fleet,
 }
 
 impl Access {
-    pub const ALL: [Access; 7] = [
+    pub const ALL: [Access; 8] = [
         Access::Read,
         Access::Deploy,
         Access::Edge,
@@ -48,6 +51,7 @@ impl Access {
         Access::SecretWrite,
         Access::SecretRead,
         Access::Audit,
+        Access::Fleet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Access {
             Access::SecretWrite => "secret-write",
             Access::SecretRead => "secret-read",
             Access::Audit => "audit",
+            Access::Fleet => "fleet",
         }
     }
 }
@@ -104,10 +109,10 @@ impl Role {
         use Access::*;
         match self {
             Role::Admin => true,
-            Role::Operator => matches!(access, Read | Deploy),
-            Role::Viewer => matches!(access, Read),
-            Role::EdgeAdmin => matches!(access, Read | Edge | Tokens),
-            Role::SecretAdmin => matches!(access, Read | SecretWrite | SecretRead),
+            Role::Operator => matches!(access, Read | Fleet | Deploy),
+            Role::Viewer => matches!(access, Read | Fleet),
+            Role::EdgeAdmin => matches!(access, Read | Fleet | Edge | Tokens),
+            Role::SecretAdmin => matches!(access, Read | Fleet | SecretWrite | SecretRead),
         }
     }
 }

@@ -30,6 +30,8 @@ mod secrets;
 mod sim;
 #[path = "suite/streams.rs"]
 mod streams;
+#[path = "suite/tenants.rs"]
+mod tenants;
 #[path = "suite/tidy.rs"]
 mod tidy;
 #[path = "suite/up.rs"]

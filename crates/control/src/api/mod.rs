@@ -112,10 +112,20 @@ impl AppState {
                 streams.entry(site).or_default().push(topic);
             }
         }
-        let sites = if objects.iter().any(|o| o.kind == Kind::Deployment) {
-            self.store.list(Kind::Site).await?
+        let (sites, tenants) = if objects.iter().any(|o| o.kind == Kind::Deployment) {
+            let tenants: HashMap<String, Selector> = self
+                .store
+                .list(Kind::Tenant)
+                .await?
+                .into_iter()
+                .filter_map(|tenant| {
+                    let spec: outpost_api::manifest::TenantSpec = serde_json::from_value(tenant.spec).ok()?;
+                    Some((tenant.metadata.name, spec.sites))
+                })
+                .collect();
+            (self.store.list(Kind::Site).await?, tenants)
         } else {
-            Vec::new()
+            Default::default()
         };
         for object in &mut objects {
             let status = match (object.kind, &snapshot) {
@@ -131,6 +141,13 @@ impl AppState {
                         .and_then(|s| s.as_str())
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(Selector::all);
+                    // An application owner's deployment reaches its tenant's sites only.
+                    let tenant = object.metadata.name.split_once('.').map(|(tenant, _)| tenant);
+                    let selector = match tenant.map(|tenant| tenants.get(tenant)) {
+                        None => selector,
+                        Some(Some(sites)) => selector.and(sites),
+                        Some(None) => continue,
+                    };
                     let selected: Vec<String> = sites
                         .iter()
                         .filter(|s| selector.matches(&s.metadata.labels))
@@ -241,7 +258,7 @@ fn api_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>
         ("GET", "/audit/verify", Needs(Audit), get(access::verify_audit)),
         ("POST", "/block", Needs(Edge), post(access::block)),
         ("POST", "/unblock", Needs(Edge), post(access::unblock)),
-        ("GET", "/blocks", Needs(Read), get(access::blocks)),
+        ("GET", "/blocks", Needs(Fleet), get(access::blocks)),
         (
             "PATCH",
             "/{kind}/{name}/labels",
@@ -323,7 +340,7 @@ pub fn router(state: AppState) -> Router {
             guarded(
                 &state,
                 "GET /metrics".to_string(),
-                Gate::Needs(Access::Read),
+                Gate::Needs(Access::Fleet),
                 get(metrics::metrics),
             ),
         )

@@ -73,10 +73,15 @@ impl Principal {
     /// `Forbidden` unless the role allows `access` (and, for an application
     /// owner, `access` is not the provider's alone).
     pub fn require(&self, access: Access) -> Result<(), ApiError> {
-        if access == Access::Edge && self.owner().is_some() {
+        if matches!(access, Access::Edge | Access::Fleet) && self.owner().is_some() {
             return Err(ApiError::Forbidden(format!(
-                "sites, hosts and blocks belong to the site provider; tenant {} may not change them",
-                self.tenant
+                "sites, hosts, blocks and fleet-wide figures are the site provider's; tenant {} may not {}",
+                self.tenant,
+                if access == Access::Edge {
+                    "change them"
+                } else {
+                    "read them"
+                }
             )));
         }
         if self.role.allows(access) {

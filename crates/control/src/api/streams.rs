@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use outpost_api::Selector;
-use outpost_api::manifest::{Kind, Name};
+use outpost_api::manifest::{Kind, Name, ObjectName};
 use outpost_api::stream::{Direction, Published, StoredRecords, Topic, split_records};
 
 use super::{Actor, ApiError, AppState, Principal, body_bytes, whole_number};
@@ -33,10 +33,12 @@ async fn topic(
     topic: &str,
     direction: Direction,
 ) -> Result<String, ApiError> {
-    for (what, name) in [("application", application), ("topic", topic)] {
-        name.parse::<Name>()
-            .map_err(|why| ApiError::BadRequest(format!("{what}: {why}")))?;
-    }
+    application
+        .parse::<ObjectName>()
+        .map_err(|why| ApiError::BadRequest(format!("application: {why}")))?;
+    topic
+        .parse::<Name>()
+        .map_err(|why| ApiError::BadRequest(format!("topic: {why}")))?;
     let object = state.visible(principal, Kind::Application, application).await?;
     let declared: Vec<Topic> = object
         .spec

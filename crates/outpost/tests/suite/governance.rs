@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Agent, ControlPlane, eventually, site, unique_site};
+use crate::common::{Agent, ControlPlane, eventually, site, tenant, unique_site};
 
 const ROLES: [&str; 5] = ["admin", "operator", "viewer", "edge-admin", "secret-admin"];
 
@@ -40,8 +40,16 @@ fn json_body(value: Value) -> Body {
 
 /// A body: its content type and bytes.
 type Body = Option<(&'static str, Vec<u8>)>;
-/// (method, route, path, body, the roles that may).
-type Row = (&'static str, &'static str, String, Body, &'static str);
+/// (method, route, path, body, the roles of the site provider that may,
+/// the roles of an application owner that may).
+type Row = (
+    &'static str,
+    &'static str,
+    String,
+    Body,
+    &'static str,
+    &'static str,
+);
 
 /// The written table: each route (as the OpenAPI document names it), a
 /// request to it, and the roles that may make that request. Everyone else
@@ -60,6 +68,7 @@ fn table() -> Vec<Row> {
             "/apply".into(),
             yaml_body(application),
             "admin operator",
+            "admin operator",
         ),
         (
             "POST",
@@ -67,12 +76,14 @@ fn table() -> Vec<Row> {
             "/apply".into(),
             yaml_body(site_yaml),
             "admin edge-admin",
+            "",
         ),
         (
             "POST",
             "/plan",
             "/plan".into(),
             apply_json(application),
+            "admin operator",
             "admin operator",
         ),
         (
@@ -81,12 +92,14 @@ fn table() -> Vec<Row> {
             "/plan".into(),
             apply_json(site_yaml),
             "admin edge-admin",
+            "",
         ),
         (
             "GET",
             "/applications/{name}/history",
             "/applications/nope/history".into(),
             None,
+            all,
             all,
         ),
         (
@@ -95,6 +108,7 @@ fn table() -> Vec<Row> {
             "/sites/nope/tokens".into(),
             None,
             "admin edge-admin",
+            "",
         ),
         (
             "POST",
@@ -102,16 +116,25 @@ fn table() -> Vec<Row> {
             "/sites/nope/rotate-keys".into(),
             None,
             "admin edge-admin",
+            "",
         ),
-        ("GET", "/sites/{name}/keys", "/sites/nope/keys".into(), None, all),
-        ("GET", "/hosts", "/hosts".into(), None, all),
-        ("GET", "/events", "/events".into(), None, all),
-        ("GET", "/logs", "/logs?application=nope".into(), None, all),
+        (
+            "GET",
+            "/sites/{name}/keys",
+            "/sites/nope/keys".into(),
+            None,
+            all,
+            all,
+        ),
+        ("GET", "/hosts", "/hosts".into(), None, all, all),
+        ("GET", "/events", "/events".into(), None, all, all),
+        ("GET", "/logs", "/logs?application=nope".into(), None, all, all),
         (
             "GET",
             "/streams/{application}/{topic}",
             "/streams/nope/t".into(),
             None,
+            all,
             all,
         ),
         (
@@ -120,6 +143,7 @@ fn table() -> Vec<Row> {
             "/streams/nope/t".into(),
             json_body(json!({})),
             "admin operator",
+            "admin operator",
         ),
         (
             "PATCH",
@@ -127,6 +151,7 @@ fn table() -> Vec<Row> {
             "/hosts/nope/h/labels".into(),
             json_body(json!({ "set": { "a": "b" } })),
             "admin edge-admin",
+            "",
         ),
         (
             "POST",
@@ -134,14 +159,16 @@ fn table() -> Vec<Row> {
             "/secrets".into(),
             json_body(json!({ "name": "tbl", "values": { "k": "dg==" } })),
             "admin secret-admin",
+            "admin secret-admin",
         ),
-        ("GET", "/secrets", "/secrets".into(), None, all),
-        ("GET", "/secrets/{name}", "/secrets/nope".into(), None, all),
+        ("GET", "/secrets", "/secrets".into(), None, all, all),
+        ("GET", "/secrets/{name}", "/secrets/nope".into(), None, all, all),
         (
             "DELETE",
             "/secrets/{name}",
             "/secrets/nope".into(),
             None,
+            "admin secret-admin",
             "admin secret-admin",
         ),
         (
@@ -150,6 +177,7 @@ fn table() -> Vec<Row> {
             "/secrets/nope/reveal".into(),
             json_body(json!({ "key": "k" })),
             "admin secret-admin",
+            "admin secret-admin",
         ),
         (
             "POST",
@@ -157,23 +185,40 @@ fn table() -> Vec<Row> {
             "/tokens".into(),
             json_body(json!({ "user": "tbl", "role": "viewer" })),
             "admin edge-admin",
+            "admin edge-admin",
         ),
-        ("GET", "/tokens", "/tokens".into(), None, "admin edge-admin"),
+        (
+            "GET",
+            "/tokens",
+            "/tokens".into(),
+            None,
+            "admin edge-admin",
+            "admin edge-admin",
+        ),
         (
             "DELETE",
             "/tokens/{name}",
             "/tokens/nope".into(),
             None,
             "admin edge-admin",
+            "admin edge-admin",
         ),
-        ("GET", "/audit", "/audit".into(), None, "admin"),
-        ("GET", "/audit/verify", "/audit/verify".into(), None, "admin"),
+        ("GET", "/audit", "/audit".into(), None, "admin", "admin"),
+        (
+            "GET",
+            "/audit/verify",
+            "/audit/verify".into(),
+            None,
+            "admin",
+            "admin",
+        ),
         (
             "POST",
             "/block",
             "/block".into(),
             json_body(json!({ "target": "site", "name": "nope" })),
             "admin edge-admin",
+            "",
         ),
         (
             "POST",
@@ -181,20 +226,23 @@ fn table() -> Vec<Row> {
             "/unblock".into(),
             json_body(json!({ "target": "site", "name": "nope" })),
             "admin edge-admin",
+            "",
         ),
-        ("GET", "/blocks", "/blocks".into(), None, all),
+        ("GET", "/blocks", "/blocks".into(), None, all, ""),
         (
             "PATCH",
             "/{kind}/{name}/labels",
             "/sites/nope/labels".into(),
             json_body(json!({ "set": { "a": "b" } })),
             "admin edge-admin",
+            "",
         ),
         (
             "PATCH",
             "/{kind}/{name}/labels",
             "/applications/nope/labels".into(),
             json_body(json!({ "set": { "a": "b" } })),
+            "admin operator",
             "admin operator",
         ),
         (
@@ -203,12 +251,14 @@ fn table() -> Vec<Row> {
             "/deployments/nope/rollout".into(),
             None,
             all,
+            all,
         ),
         (
             "POST",
             "/deployments/{name}/rollout/undo",
             "/deployments/nope/rollout/undo".into(),
             None,
+            "admin operator",
             "admin operator",
         ),
         (
@@ -217,6 +267,7 @@ fn table() -> Vec<Row> {
             "/deployments/nope/rollout/pause".into(),
             None,
             "admin operator",
+            "admin operator",
         ),
         (
             "POST",
@@ -224,15 +275,24 @@ fn table() -> Vec<Row> {
             "/deployments/nope/bundle".into(),
             None,
             "admin operator",
+            "admin operator",
         ),
-        ("GET", "/{kind}", "/sites".into(), None, all),
-        ("GET", "/{kind}/{name}", "/deployments/nope".into(), None, all),
+        ("GET", "/{kind}", "/sites".into(), None, all, all),
+        (
+            "GET",
+            "/{kind}/{name}",
+            "/deployments/nope".into(),
+            None,
+            all,
+            all,
+        ),
         (
             "DELETE",
             "/{kind}/{name}",
             "/sites/nope".into(),
             None,
             "admin edge-admin",
+            "",
         ),
         (
             "DELETE",
@@ -240,27 +300,25 @@ fn table() -> Vec<Row> {
             "/deployments/nope".into(),
             None,
             "admin operator",
+            "admin operator",
         ),
-        ("GET", "../metrics", "../metrics".into(), None, all),
+        ("GET", "../metrics", "../metrics".into(), None, all, ""),
     ]
 }
 
 #[test]
-fn every_route_answers_every_role_as_the_written_table_says() {
+fn every_route_answers_every_role_of_every_tenant_as_the_written_table_says() {
     let control = ControlPlane::start();
     let admin = control.token();
     let http = control.http();
-    let tokens: Vec<(&str, String)> = ROLES
+    control.apply(&tenant("acme", "", "{}")).success();
+    // (tenant, role, token) for every role of the provider and of acme.
+    let tokens: Vec<(&str, &str, String)> = ["provider", "acme"]
         .iter()
-        .map(|role| {
-            (
-                *role,
-                token_for(
-                    &control,
-                    &admin,
-                    json!({ "user": format!("u-{role}"), "role": role }),
-                ),
-            )
+        .flat_map(|tenant| ROLES.iter().map(move |role| (*tenant, *role)))
+        .map(|(tenant, role)| {
+            let request = json!({ "user": format!("u-{role}"), "role": role, "tenant": tenant });
+            (tenant, role, token_for(&control, &admin, request))
         })
         .collect();
 
@@ -287,25 +345,26 @@ fn every_route_answers_every_role_as_the_written_table_says() {
     assert_eq!(walked, documented, "the table and the routes differ");
 
     let mut wrong = Vec::new();
-    for (method, route, path, body, allowed) in &table {
+    for (method, route, path, body, provider, owner) in &table {
         let url = match path.strip_prefix("..") {
             Some(root) => root.to_string(),
             None => format!("/api/v1{path}"),
         };
-        for (role, token) in &tokens {
+        for (tenant, role, token) in &tokens {
             let response = http.send(method, &url, Some(token), body.clone());
+            let allowed = if *tenant == "provider" { provider } else { owner };
             let may = allowed.split(' ').any(|r| r == *role);
             let passed = !matches!(response.status, 401 | 403);
             if may != passed {
                 wrong.push(format!(
-                    "{method} {route} ({path}) as {role}: {} {}",
+                    "{method} {route} ({path}) as {role} of {tenant}: {} {}",
                     response.status, response.body
                 ));
             }
             if !may {
                 assert_eq!(
                     response.body["error"]["code"], "forbidden",
-                    "{method} {path} as {role}"
+                    "{method} {path} as {role} of {tenant}"
                 );
             }
         }

@@ -400,6 +400,14 @@ pub fn site(name: &str, labels: &str) -> String {
     format!("apiVersion: outpost/v1\nkind: Site\nmetadata:\n  name: {name}\n  labels: {{ {labels} }}\n")
 }
 
+/// A `Tenant` manifest: an application owner deploying to the sites
+/// `sites` selects, with `quotas` (YAML flow mapping, `{}` for none).
+pub fn tenant(name: &str, sites: &str, quotas: &str) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Tenant\nmetadata: {{ name: {name} }}\nspec:\n  sites: \"{sites}\"\n  quotas: {quotas}\n"
+    )
+}
+
 pub fn application(name: &str, version: &str) -> String {
     format!(
         "apiVersion: outpost/v1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  version: \"{version}\"\n  services:\n    - name: web\n      containers:\n        - name: web\n          image: registry.example.com/web:{version}\n"
