@@ -270,6 +270,7 @@ impl ControlPlane {
             tokio::spawn(streams::nats::forward(
                 url,
                 self.store.clone(),
+                self.secrets.clone(),
                 self.fleet.streams.clone(),
                 stopped.clone(),
             ))

@@ -245,6 +245,9 @@ pub(super) async fn delete_one(
     let cascade = flag(&query, "cascade")?;
     let name = state.visible(&principal, kind, &name).await?.metadata.name;
     let deleted = state.store.delete(kind, &name, cascade).await?;
+    if kind == Kind::Tenant {
+        state.secrets.forget_tenant(&name);
+    }
     state.revocations.add(&deleted.revoked);
     tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
     state.recompute_changed(&[(kind, name.as_str())]).await;

@@ -81,7 +81,12 @@ pub(super) async fn logs(
             items: state.store.log_lines(&query).await?,
         }
     };
+    let context = crate::secrets::log_context(&query.application.clone().unwrap_or_default());
     for line in &mut list.items {
+        line.line.text = state
+            .secrets
+            .open_text(&line.application, &context, &line.line.text)
+            .await;
         line.application = principal.shown_name(&line.application).to_string();
         line.instance = principal.shown_name(&line.instance).to_string();
     }

@@ -112,7 +112,12 @@ pub(super) async fn read(
         return Ok(follow_records(state, query, shown).into_response());
     }
     let mut records = state.store.stream_records(&query).await?;
+    let context = crate::secrets::stream_context(&query.application, &query.topic);
     for record in &mut records {
+        record.data = state
+            .secrets
+            .open_text(&record.application, &context, &record.data)
+            .await;
         record.application.clone_from(&shown);
     }
     let next = records.last().map_or(query.after, |r| r.id);
@@ -142,7 +147,12 @@ fn follow_records(
                     continue;
                 };
                 query.after = last;
+                let context = crate::secrets::stream_context(&query.application, &query.topic);
                 for record in &mut records {
+                    record.data = state
+                        .secrets
+                        .open_text(&record.application, &context, &record.data)
+                        .await;
                     record.application.clone_from(&shown);
                 }
                 let events: Vec<Result<Event, Infallible>> = records
@@ -188,6 +198,7 @@ pub(super) async fn publish(
         split_records(&body_bytes(body)?, ndjson).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let published = streams::publish(
         state.store.as_ref(),
+        &state.secrets,
         &state.fleet.streams,
         (&application, &topic_name),
         &sites,

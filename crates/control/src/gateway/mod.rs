@@ -146,6 +146,7 @@ impl Gateway {
             Some(batch) => Some(
                 streams::accept_up(
                     self.store.as_ref(),
+                    &self.secrets,
                     &self.fleet.streams,
                     state,
                     (site, host),
@@ -156,7 +157,7 @@ impl Gateway {
             ),
             None => None,
         };
-        let down = streams::next_down(self.store.as_ref(), state, (site, host))
+        let down = streams::next_down(self.store.as_ref(), &self.secrets, state, (site, host))
             .await
             .map_err(refused)?;
         Ok((ack, down))
@@ -383,7 +384,7 @@ impl AgentGateway for Gateway {
         }
         let batch_ack = match &request.batch {
             Some(batch) => Some(BatchAck {
-                through_seq: store_batch(self.store.as_ref(), &site, &host, batch).await?,
+                through_seq: store_batch(self.store.as_ref(), &self.secrets, &site, &host, batch).await?,
             }),
             None => None,
         };
@@ -651,17 +652,30 @@ fn is_digest(text: &str) -> bool {
 }
 
 /// Stores a batch's new records; returns the sequence number to acknowledge.
+/// An application owner's log lines are sealed under its tenant's key.
 pub(crate) async fn store_batch(
     store: &dyn Storage,
+    secrets: &Secrets,
     site: &str,
     host: &str,
     batch: &Batch,
 ) -> Result<u64, Status> {
-    let records = codec::decode_batch(batch).map_err(|err| {
+    let mut records = codec::decode_batch(batch).map_err(|err| {
         let why = crate::error_chain(&err);
         tracing::warn!(%site, %host, %why, "refused a batch from an agent");
         Status::invalid_argument(why)
     })?;
+    for record in &mut records {
+        if let outpost_api::telemetry::Record::Log(chunk) = record {
+            let context = crate::secrets::log_context(&chunk.application);
+            for line in &mut chunk.lines {
+                line.text = secrets
+                    .seal_text(&chunk.application, &context, &line.text)
+                    .await
+                    .map_err(|err| internal(format!("{err:#}")))?;
+            }
+        }
+    }
     store
         .store_records(site, host, batch.first_seq, &records, batch.dropped)
         .await

@@ -277,9 +277,14 @@ impl Session {
         let Some((_, state)) = sent else {
             return Ok(false);
         };
-        let batch = streams::next_down(self.store.as_ref(), state, (&self.site, &self.host))
-            .await
-            .map_err(|err| SessionEnd::Streams(err.to_string()))?;
+        let batch = streams::next_down(
+            self.store.as_ref(),
+            &self.secrets,
+            state,
+            (&self.site, &self.host),
+        )
+        .await
+        .map_err(|err| SessionEnd::Streams(err.to_string()))?;
         match batch {
             Some(batch) => {
                 self.send(control_message::Body::StreamBatch(batch)).await?;
@@ -303,6 +308,7 @@ impl Session {
                 let state = state.unwrap_or(&empty);
                 let accepted = streams::accept_up(
                     self.store.as_ref(),
+                    &self.secrets,
                     &self.fleet.streams,
                     state,
                     (site, host),
@@ -349,7 +355,8 @@ impl Session {
                     .await?;
             }
             Some(agent_message::Body::Batch(batch)) => {
-                let through = match store_batch(self.store.as_ref(), site, host, &batch).await {
+                let through = match store_batch(self.store.as_ref(), &self.secrets, site, host, &batch).await
+                {
                     Ok(through) => through,
                     Err(status) => {
                         let why = status.message().to_string();

@@ -51,6 +51,10 @@ impl std::fmt::Debug for Encrypted {
 pub type Encrypt<'a> = &'a (dyn Fn(u64) -> Result<Encrypted, String> + Send + Sync);
 /// Re-wraps one version's data key: the new key id and wrapped key.
 pub type Rewrap<'a> = &'a (dyn Fn(&StoredSecret) -> Result<(String, Vec<u8>), String> + Send + Sync);
+/// Re-wraps one tenant's key: (tenant, key id, wrapped) to the new key id
+/// and wrapped key.
+pub type RewrapTenant<'a> =
+    &'a (dyn Fn(&str, &str, &[u8]) -> Result<(String, Vec<u8>), String> + Send + Sync);
 
 #[async_trait]
 pub trait SecretStore: Send + Sync + 'static {
@@ -74,6 +78,21 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Re-wraps every data key in one transaction; returns how many.
     async fn rewrap_secrets(&self, rewrap: Rewrap<'_>) -> Result<usize, StoreError>;
+
+    /// A tenant's key as stored: (key id of the key-encryption key, wrapped).
+    async fn tenant_key(&self, tenant: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+
+    /// Stores a tenant's first key, unless another request stored one
+    /// first; returns the one stored.
+    async fn add_tenant_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<(String, Vec<u8>), StoreError>;
+
+    /// Re-wraps every tenant's key in one transaction; returns how many.
+    async fn rewrap_tenant_keys(&self, rewrap: RewrapTenant<'_>) -> Result<usize, StoreError>;
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecret, StoreError> {
@@ -418,6 +437,55 @@ impl SecretStore for SqliteStore {
             .bind(stored.version as i64)
             .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    async fn tenant_key(&self, tenant: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT key_id, wrapped FROM tenant_keys WHERE tenant = ?1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn add_tenant_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<(String, Vec<u8>), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_keys (tenant, key_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(key_id)
+        .bind(wrapped)
+        .bind(super::now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        self.tenant_key(tenant)
+            .await?
+            .ok_or_else(|| StoreError::Unreadable(format!("the key of tenant {tenant:?} vanished")))
+    }
+
+    async fn rewrap_tenant_keys(&self, rewrap: RewrapTenant<'_>) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT tenant, key_id, wrapped FROM tenant_keys")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (tenant, key_id, wrapped) in &rows {
+            let (key_id, wrapped) = rewrap(tenant, key_id, wrapped).map_err(StoreError::Unreadable)?;
+            sqlx::query("UPDATE tenant_keys SET key_id = ?1, wrapped = ?2 WHERE tenant = ?3")
+                .bind(key_id)
+                .bind(wrapped)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(rows.len())

@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "governance",
         include_str!("../../migrations/0014_governance.sql"),
     ),
+    (
+        15,
+        "tenant keys",
+        include_str!("../../migrations/0015_tenant_keys.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -445,6 +450,11 @@ impl Store for SqliteStore {
                     "tenant {name:?} still owns {owned} (and maybe more); its objects and secrets go first"
                 )));
             }
+            // What its key sealed (log lines, stream records) stays sealed.
+            sqlx::query("DELETE FROM tenant_keys WHERE tenant = ?1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
         if kind == Kind::Application {
             let users: Vec<String> = sqlx::query_scalar(

@@ -17,6 +17,7 @@ use outpost_proto::codec;
 use outpost_proto::v1::{StreamAck, StreamBatch};
 use tokio::sync::watch;
 
+use crate::secrets::Secrets;
 use crate::store::{Storage, StoreError};
 
 /// The most down-records one batch carries.
@@ -57,6 +58,25 @@ pub enum Refused {
     Codec(#[from] codec::CodecError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("sealing records under their tenant's key: {0:#}")]
+    Seal(anyhow::Error),
+}
+
+/// An application owner's records are stored sealed under its tenant's key.
+async fn seal(
+    secrets: &Secrets,
+    application: &str,
+    topic: &str,
+    records: &mut [(u64, outpost_api::stream::Item)],
+) -> Result<(), Refused> {
+    let context = crate::secrets::stream_context(application, topic);
+    for (_, item) in records {
+        item.data = secrets
+            .seal_text(application, &context, &item.data)
+            .await
+            .map_err(Refused::Seal)?;
+    }
+    Ok(())
 }
 
 /// Whether the site's state declares `topic` of `application` in `direction`.
@@ -75,14 +95,16 @@ fn declares(state: &SiteState, application: &str, topic: &str, direction: Direct
 /// warning: an agent must not resend them forever.
 pub async fn accept_up(
     store: &dyn Storage,
+    secrets: &Secrets,
     signals: &Signals,
     state: &SiteState,
     (site, host): (&str, &str),
     batch: &StreamBatch,
 ) -> Result<StreamAck, Refused> {
-    let records = codec::decode_stream_batch(batch)?;
+    let mut records = codec::decode_stream_batch(batch)?;
     let (application, topic) = (&batch.application, &batch.topic);
     let through_seq = if declares(state, application, topic, Direction::Up) {
+        seal(secrets, application, topic, &mut records).await?;
         let (through, new) = store
             .store_stream(site, host, application, topic, &records)
             .await?;
@@ -105,6 +127,7 @@ pub async fn accept_up(
 /// applications with records it has not stored.
 pub async fn next_down(
     store: &dyn Storage,
+    secrets: &Secrets,
     state: &SiteState,
     (site, host): (&str, &str),
 ) -> Result<Option<StreamBatch>, Refused> {
@@ -119,9 +142,13 @@ pub async fn next_down(
         })
         .collect();
     for (application, topic) in topics {
-        let records = store
+        let mut records = store
             .down_records(site, host, application, topic, DOWN_BATCH)
             .await?;
+        let context = crate::secrets::stream_context(application, topic);
+        for (_, item) in &mut records {
+            item.data = secrets.open_text(application, &context, &item.data).await;
+        }
         if !records.is_empty() {
             return Ok(Some(codec::encode_stream_batch(application, topic, &records)?));
         }
@@ -154,6 +181,7 @@ pub enum PublishError {
 /// or when it comes back).
 pub async fn publish(
     store: &dyn Storage,
+    secrets: &Secrets,
     signals: &Signals,
     (application, topic): (&str, &str),
     sites: &Selector,
@@ -188,8 +216,18 @@ pub async fn publish(
             "no selected site runs application {application:?} with a down topic {topic:?}"
         )));
     }
+    let context = crate::secrets::stream_context(application, topic);
+    let mut sealed = Vec::with_capacity(data.len());
+    for record in data {
+        sealed.push(
+            secrets
+                .seal_text(application, &context, record)
+                .await
+                .map_err(|err| PublishError::Invalid(format!("{err:#}")))?,
+        );
+    }
     let published = store
-        .publish_stream(application, topic, &selected, data, actor)
+        .publish_stream(application, topic, &selected, &sealed, actor)
         .await?;
     signals.published.send_modify(|n| *n += 1);
     Ok(published)

@@ -33,13 +33,14 @@ pub fn subject(record: &StoredRecord) -> String {
 pub async fn forward(
     url: String,
     store: Arc<dyn Storage>,
+    secrets: Arc<crate::secrets::Secrets>,
     signals: Arc<Signals>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = RETRY_MIN;
     loop {
         let result = tokio::select! {
-            result = forward_once(&url, store.as_ref(), &signals, &mut delay) => result,
+            result = forward_once(&url, store.as_ref(), &secrets, &signals, &mut delay) => result,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         if let Err(err) = result {
@@ -56,6 +57,7 @@ pub async fn forward(
 async fn forward_once(
     url: &str,
     store: &dyn Storage,
+    secrets: &crate::secrets::Secrets,
     signals: &Signals,
     delay: &mut Duration,
 ) -> anyhow::Result<()> {
@@ -97,8 +99,13 @@ async fn forward_once(
             headers.insert("Outpost-Host", record.host.as_str());
             headers.insert("Outpost-Seq", record.seq.to_string().as_str());
             headers.insert("Outpost-Produced-At", record.produced_at.as_str());
+            // Consumers get records in clear, as they were produced.
+            let context = crate::secrets::stream_context(&record.application, &record.topic);
+            let data = secrets
+                .open_text(&record.application, &context, &record.data)
+                .await;
             let ack = js
-                .publish_with_headers(subject(record), headers, record.data.clone().into())
+                .publish_with_headers(subject(record), headers, data.into())
                 .await?;
             acks.push(ack);
         }

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -520,22 +519,6 @@ fn tokens_expire_are_revoked_at_once_never_mint_stronger_ones_and_scope_sites() 
 }
 
 /// Runs SQL on the control plane's database behind its back.
-fn sql(control: &ControlPlane, statement: &str) {
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
-            control.dir.path().join("outpost.db").to_str().unwrap(),
-            statement,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[test]
 fn the_audit_trail_records_changes_and_refusals_and_verify_catches_an_edit() {
@@ -607,10 +590,9 @@ fn the_audit_trail_records_changes_and_refusals_and_verify_catches_an_edit() {
 
     // Someone with the database file hides the refusal.
     let id = refused["id"].as_i64().unwrap();
-    sql(
-        &control,
-        &format!("UPDATE audit_trail SET status = 200, result = 'ok' WHERE id = {id}"),
-    );
+    control.sql(&format!(
+        "UPDATE audit_trail SET status = 200, result = 'ok' WHERE id = {id}"
+    ));
     let run = control.cli(&["audit", "verify"]);
     assert_eq!(run.code, 1);
     assert!(
@@ -621,7 +603,7 @@ fn the_audit_trail_records_changes_and_refusals_and_verify_catches_an_edit() {
     );
 
     // Or deletes it outright: the entry after it no longer follows.
-    sql(&control, &format!("DELETE FROM audit_trail WHERE id = {id}"));
+    control.sql(&format!("DELETE FROM audit_trail WHERE id = {id}"));
     let run = control.cli(&["audit", "verify"]);
     assert_eq!(run.code, 1);
     assert!(

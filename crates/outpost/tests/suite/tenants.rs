@@ -99,7 +99,11 @@ fn tenants_see_only_their_own_objects_and_deploy_within_their_sites_and_quotas()
             .map(|s| s["site"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(sites_of(&rollout(&acme)), vec![eu.clone()], "confined to region = eu");
+    assert_eq!(
+        sites_of(&rollout(&acme)),
+        vec![eu.clone()],
+        "confined to region = eu"
+    );
     assert!(sites_of(&rollout(&globex)).contains(&us));
     eventually(Duration::from_secs(60), "both tenants' logs uploaded", || {
         let lines = |token: &str| {
@@ -137,6 +141,22 @@ fn tenants_see_only_their_own_objects_and_deploy_within_their_sites_and_quotas()
     };
     assert_eq!(reveal(&acme, "db-pass").body["value"], "YQ==");
     assert_eq!(reveal(&globex, "db-pass").body["value"], "Zw==");
+
+    // At rest, each tenant's secrets, logs and records are under its own
+    // key: data keys wrapped by it, lines sealed by it, one key each.
+    let wrapped = control.sql("SELECT name, key_id FROM secret_versions ORDER BY name");
+    assert_eq!(
+        wrapped,
+        "('acme.db-pass', 'tenant:acme')\n('globex.db-pass', 'tenant:globex')\n"
+    );
+    let lines = control.sql("SELECT application, text FROM log_lines");
+    assert!(
+        !lines.contains("acme-line") && !lines.contains("globex-line"),
+        "{lines}"
+    );
+    assert!(lines.contains("('acme.web', 'outpost-sealed:v1:"), "{lines}");
+    let keys = control.sql("SELECT tenant, length(wrapped) FROM tenant_keys ORDER BY tenant");
+    assert_eq!(keys.lines().count(), 2, "{keys}");
 
     // globex cannot read, list or learn of anything of acme's: each name
     // of acme's, written as the provider sees it, is 404 like one that

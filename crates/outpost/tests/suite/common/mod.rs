@@ -138,6 +138,26 @@ impl ControlPlane {
         self.agent_url = agent_url;
     }
 
+    /// Runs one SQL statement on the store behind the control plane's
+    /// back (Python's sqlite3); returns the rows it selects, one per line.
+    pub fn sql(&self, statement: &str) -> String {
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nfor row in c.execute(sys.argv[2]): print(row)\nc.commit()",
+                self.dir.path().join("outpost.db").to_str().unwrap(),
+                statement,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     pub fn http(&self) -> Http {
         Http::new(
             &self.config().context(None).unwrap().certificate_authority,
