@@ -101,21 +101,7 @@ pub(super) async fn hosts(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<HostList>, ApiError> {
-    // The sites a site-scoped token may see; every site for the others,
-    // without listing them.
-    let visible: Option<std::collections::HashSet<String>> = match &principal.sites {
-        None => None,
-        Some(_) => Some(
-            state
-                .store
-                .list(Kind::Site)
-                .await?
-                .into_iter()
-                .filter(|site| principal.sees_site(&site.metadata.labels))
-                .map(|site| site.metadata.name)
-                .collect(),
-        ),
-    };
+    let visible = state.visible_sites(&principal).await?;
     let sees = |site: &str| visible.as_ref().is_none_or(|visible| visible.contains(site));
     if let Some(site) = query.get("site")
         && (!sees(site) || state.store.get(Kind::Site, site).await?.is_none())

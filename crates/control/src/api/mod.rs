@@ -19,7 +19,7 @@ mod rollouts;
 mod secrets;
 mod streams;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::Router;
@@ -89,6 +89,23 @@ impl AppState {
             .await?
             .filter(|object| principal.sees(object))
             .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))
+    }
+
+    /// The names of the sites the caller's site selector reaches; `None`
+    /// (without listing them) when it reaches every site.
+    async fn visible_sites(&self, principal: &Principal) -> Result<Option<HashSet<String>>, ApiError> {
+        if principal.sites.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.store
+                .list(Kind::Site)
+                .await?
+                .into_iter()
+                .filter(|site| principal.sees_site(&site.metadata.labels))
+                .map(|site| site.metadata.name)
+                .collect(),
+        ))
     }
 
     /// Fills in the live status of sites and deployments.

@@ -145,8 +145,35 @@ impl Principal {
     /// An object as the caller sees it: an application owner's names
     /// without its `TENANT.`.
     pub fn shown(&self, mut object: StoredObject) -> StoredObject {
-        if let Some(tenant) = self.owner() {
-            outpost_api::tenancy::unqualify(&mut object, tenant);
+        let Some(tenant) = self.owner() else {
+            return object;
+        };
+        outpost_api::tenancy::unqualify(&mut object, tenant);
+        // A site's status names what every tenant runs there: keep its own.
+        if object.kind == Kind::Site
+            && let Some(status) = object.status.take()
+            && let Ok(mut status) = serde_json::from_value::<outpost_api::wire::SiteStatus>(status)
+        {
+            let own = |name: &str| outpost_api::tenancy::local_name(name, tenant).map(str::to_string);
+            status.failures = status.failures.iter().filter_map(|f| own(f)).collect();
+            status.streams.retain_mut(|topic| match own(&topic.application) {
+                Some(name) => {
+                    topic.application = name;
+                    true
+                }
+                None => false,
+            });
+            for host in &mut status.cluster {
+                host.moved
+                    .retain_mut(|moved| match (own(&moved.workload), own(&moved.instance)) {
+                        (Some(workload), Some(instance)) => {
+                            (moved.workload, moved.instance) = (workload, instance);
+                            true
+                        }
+                        _ => false,
+                    });
+            }
+            object.status = serde_json::to_value(status).ok();
         }
         object
     }

@@ -16,11 +16,19 @@ const MAX_RECORDS: i64 = 10_000;
 
 /// Reads `site`, `application`, `service`, `since` (RFC 3339), `after` and
 /// `limit` from a query string. An application owner reads its own
-/// applications' records only.
-fn record_query(
+/// applications' records only, and a token with a site selector those of
+/// the sites it reaches (another site is not found).
+async fn record_query(
+    state: &AppState,
     principal: &Principal,
     query: &HashMap<String, String>,
 ) -> Result<crate::store::RecordQuery, ApiError> {
+    let sites = state.visible_sites(principal).await?;
+    if let (Some(site), Some(sites)) = (query.get("site"), &sites)
+        && !sites.contains(site)
+    {
+        return Err(ApiError::NotFound(format!("site {site:?} not found")));
+    }
     let since = match query.get("since") {
         Some(since) => {
             let at = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
@@ -40,6 +48,7 @@ fn record_query(
             .map(|name| principal.object_name(Kind::Application, name))
             .transpose()?,
         tenant: principal.owner().map(str::to_string),
+        sites: sites.map(|sites| sites.into_iter().collect()),
         service: query.get("service").cloned(),
         since,
         after: whole_number(query, "after", 0)?,
@@ -53,7 +62,10 @@ pub(super) async fn events(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<outpost_api::telemetry::EventList>, ApiError> {
-    let mut items = state.store.events(&record_query(&principal, &query)?).await?;
+    let mut items = state
+        .store
+        .events(&record_query(&state, &principal, &query).await?)
+        .await?;
     for event in &mut items {
         event.application = principal.shown_name(&event.application).to_string();
         event.instance = principal.shown_name(&event.instance).to_string();
@@ -73,7 +85,7 @@ pub(super) async fn logs(
         ));
     };
     state.visible(&principal, Kind::Application, application).await?;
-    let query = record_query(&principal, &raw)?;
+    let query = record_query(&state, &principal, &raw).await?;
     let mut list = if raw.get("live").is_some_and(|live| live == "true") {
         live_logs(&state, &query).await?
     } else {

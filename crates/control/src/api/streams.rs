@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use outpost_api::Selector;
 use outpost_api::manifest::{Kind, Name, ObjectName};
-use outpost_api::stream::{Direction, Published, StoredRecords, Topic, split_records};
+use outpost_api::stream::{Direction, Published, StoredRecord, StoredRecords, Topic, split_records};
 
 use super::{Actor, ApiError, AppState, Principal, body_bytes, whole_number};
 use crate::store::StreamQuery;
@@ -112,16 +112,22 @@ pub(super) async fn read(
         return Ok(follow_records(state, query, shown).into_response());
     }
     let mut records = state.store.stream_records(&query).await?;
+    as_shown(&state, &query, &shown, &mut records).await;
+    let next = records.last().map_or(query.after, |r| r.id);
+    Ok(Json(StoredRecords { records, next }).into_response())
+}
+
+/// Records as the caller reads them: in clear, and naming the application
+/// as the caller does (`shown`).
+async fn as_shown(state: &AppState, query: &StreamQuery, shown: &str, records: &mut [StoredRecord]) {
     let context = crate::secrets::stream_context(&query.application, &query.topic);
-    for record in &mut records {
+    for record in records {
         record.data = state
             .secrets
             .open_text(&record.application, &context, &record.data)
             .await;
-        record.application.clone_from(&shown);
+        record.application = shown.to_string();
     }
-    let next = records.last().map_or(query.after, |r| r.id);
-    Ok(Json(StoredRecords { records, next }).into_response())
 }
 
 fn follow_records(
@@ -147,14 +153,7 @@ fn follow_records(
                     continue;
                 };
                 query.after = last;
-                let context = crate::secrets::stream_context(&query.application, &query.topic);
-                for record in &mut records {
-                    record.data = state
-                        .secrets
-                        .open_text(&record.application, &context, &record.data)
-                        .await;
-                    record.application.clone_from(&shown);
-                }
+                as_shown(&state, &query, &shown, &mut records).await;
                 let events: Vec<Result<Event, Infallible>> = records
                     .iter()
                     .map(|record| {

@@ -359,6 +359,8 @@ pub struct RecordQuery {
     pub application: Option<String>,
     /// Only records of this application owner's applications.
     pub tenant: Option<String>,
+    /// Only records of these sites.
+    pub sites: Option<Vec<String>>,
     pub service: Option<String>,
     /// Only what happened at or after this time (RFC 3339).
     pub since: Option<String>,

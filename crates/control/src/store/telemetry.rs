@@ -71,11 +71,13 @@ fn log_line_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredLogLine, Sto
     })
 }
 
-/// The filters every record query shares; `?1`…`?4` and `?7` are site,
-/// application, service, since and tenant, each NULL for "any".
+/// The filters every record query shares; `?1`…`?4`, `?7` and `?8` are
+/// site, application, service, since, tenant and sites (a JSON array),
+/// each NULL for "any".
 const FILTERS: &str = "(?1 IS NULL OR site = ?1) AND (?2 IS NULL OR application = ?2)
      AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR at >= ?4)
-     AND (?7 IS NULL OR substr(application, 1, length(?7) + 1) = ?7 || '.')";
+     AND (?7 IS NULL OR substr(application, 1, length(?7) + 1) = ?7 || '.')
+     AND (?8 IS NULL OR site IN (SELECT value FROM json_each(?8)))";
 
 /// Runs a record query: with `after`, the next ones after that id; without,
 /// the newest `limit`. Oldest first either way.
@@ -98,6 +100,12 @@ async fn query_records(
         .bind(query.after)
         .bind(query.limit)
         .bind(&query.tenant)
+        .bind(
+            query
+                .sites
+                .as_ref()
+                .map(|sites| serde_json::json!(sites).to_string()),
+        )
         .fetch_all(&store.pool)
         .await?;
     Ok(rows)
@@ -340,6 +348,29 @@ mod tests {
             ..Default::default()
         };
         assert!(store.events(&other).await.unwrap().is_empty());
+        // A site-scoped token's sites; an application owner's applications.
+        let scoped = |sites: &[&str], tenant: Option<&str>| RecordQuery {
+            sites: Some(sites.iter().map(|s| s.to_string()).collect()),
+            tenant: tenant.map(str::to_string),
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .events(&scoped(&["shop-2", "shop-1"], None))
+                .await
+                .unwrap()
+                .len(),
+            8
+        );
+        assert!(store.events(&scoped(&["shop-2"], None)).await.unwrap().is_empty());
+        assert!(
+            store
+                .events(&scoped(&["shop-1"], Some("acme")))
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // Log chunks become lines.
         let chunk = Record::Log(LogChunk {

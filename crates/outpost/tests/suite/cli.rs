@@ -399,7 +399,7 @@ fn schema_and_completion() {
         .iter()
         .map(|b| b["properties"]["kind"]["const"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["Site", "Application", "Deployment"]);
+    assert_eq!(kinds, ["Site", "Application", "Deployment", "Tenant"]);
     assert_eq!(schema["$defs"]["Size"]["format"], "size");
     for shell in ["bash", "zsh", "fish"] {
         let script = cli_with(&["completion", shell], &[], None).success().to_string();

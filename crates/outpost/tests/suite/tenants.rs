@@ -201,6 +201,7 @@ fn tenants_see_only_their_own_objects_and_deploy_within_their_sites_and_quotas()
         404
     );
     let everything = [
+        "/api/v1/sites",
         "/api/v1/applications",
         "/api/v1/deployments",
         "/api/v1/secrets",
