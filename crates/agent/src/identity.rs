@@ -27,6 +27,8 @@ pub struct Identity {
 
 pub struct Credentials {
     pub identity: Identity,
+    /// The CAs it trusts (`ca.crt`), kept current by the control plane.
+    pub trust: Arc<crate::trust::Trust>,
     pub tls: Arc<ClientConfig>,
     /// The certificate `tls` presents, renewed in place (`renew`).
     pub host_cert: Arc<tls::HostCert>,
@@ -58,13 +60,6 @@ fn paths(data_dir: &Path) -> Paths {
     }
 }
 
-/// The CA an enrolled host trusts, as PEM (what offline bundles are
-/// checked against).
-pub fn ca_pem(data_dir: &Path) -> Result<String> {
-    let path = paths(data_dir).ca;
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
 /// Loads the credentials of an enrolled host, if it is one.
 pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
     let paths = paths(data_dir);
@@ -76,17 +71,19 @@ pub fn load(data_dir: &Path) -> Result<Option<Credentials>> {
     let identity: Identity = serde_json::from_str(&read(&paths.identity)?)
         .with_context(|| format!("reading {}", paths.identity.display()))?;
     let key = zeroize::Zeroizing::new(read(&paths.key)?);
-    let (ca, cert) = (read(&paths.ca)?, read(&paths.cert)?);
+    let cert = read(&paths.cert)?;
+    let trust = crate::trust::Trust::open(paths.ca)?;
     let host_cert = tls::HostCert::new(&cert, &key)?;
     Ok(Some(Credentials {
         identity,
-        tls: tls::mutual(&ca, host_cert.clone())?,
+        tls: tls::mutual(trust.clone(), host_cert.clone())?,
         host_cert,
         host_key: host_key(&key)?,
         peer_tls: Arc::new(crate::peers::PeerTls::new(
-            &ca,
+            trust.clone(),
             Arc::new(crate::underlay::Keys::load(data_dir)?),
-        )?),
+        )),
+        trust,
     }))
 }
 
@@ -134,16 +131,18 @@ pub async fn enroll(data_dir: &Path, server: &str, token: &str, host: &str) -> R
     write_private(&paths.identity, &serde_json::to_vec_pretty(&identity)?)?;
     let key = zeroize::Zeroizing::new(key.serialize_pem());
     let host_cert = tls::HostCert::new(&response.certificate_pem, &key)?;
-    let tls = tls::mutual(&response.ca_pem, host_cert.clone())?;
+    let trust = crate::trust::Trust::open(paths.ca)?;
+    let tls = tls::mutual(trust.clone(), host_cert.clone())?;
     Ok(Credentials {
         identity,
         tls,
         host_cert,
         host_key: host_key(&key)?,
         peer_tls: Arc::new(crate::peers::PeerTls::new(
-            &response.ca_pem,
+            trust.clone(),
             Arc::new(crate::underlay::Keys::load(data_dir)?),
-        )?),
+        )),
+        trust,
     })
 }
 
@@ -167,6 +166,7 @@ pub async fn renew(
     data_dir: PathBuf,
     host_cert: Arc<tls::HostCert>,
     (server, tls): (String, Arc<ClientConfig>),
+    now: Arc<tokio::sync::Notify>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -185,6 +185,7 @@ pub async fn renew(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = now.notified() => tracing::info!("renewing the host certificate: the control plane's CA changed"),
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         match renew_once(&data_dir, &host_cert, &server, tls.clone()).await {

@@ -65,7 +65,7 @@ pub fn accept(head: (&[u8], &[u8]), ca_pem: &str, site: &str, held: Held) -> Res
 /// Takes imported heads into the desired state until `shutdown`.
 pub struct Importer {
     pub dir: PathBuf,
-    pub ca_pem: String,
+    pub trust: Arc<crate::trust::Trust>,
     pub site: String,
     pub store: Arc<dyn DesiredStore>,
     pub desired: Arc<watch::Sender<(u64, SiteState)>>,
@@ -114,7 +114,7 @@ impl Importer {
             revision,
             imported: self.store.imported().await?,
         };
-        let (header, ours) = accept((&header, &signature), &self.ca_pem, &self.site, held)?;
+        let (header, ours) = accept((&header, &signature), &self.trust.pem(), &self.site, held)?;
         self.store
             .save_imported(ours.revision, &ours.state, header.created_ms)
             .await?;

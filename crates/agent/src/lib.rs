@@ -28,6 +28,7 @@ pub mod stage;
 pub mod store;
 pub mod streams;
 pub mod tls;
+pub mod trust;
 pub mod underlay;
 pub mod uplink;
 
@@ -157,7 +158,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         Some(_) => {
             let shared = cluster::state::Shared::open(
                 &identity.site,
-                identity::ca_pem(&config.data_dir)?,
+                credentials.trust.clone(),
                 store.pool(),
                 Arc::new(store.clone()),
                 desired_sender.clone(),
@@ -221,11 +222,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let networking = network
         .clone()
         .map(|network| tokio::spawn(network.run(shutdown.clone())));
-    // The host certificate, short-lived, renewed before it expires.
+    // The host certificate, short-lived, renewed before it expires (and at
+    // once when the control plane's CA changes: `renew_now`).
+    let renew_now = Arc::new(tokio::sync::Notify::new());
     let renewing = tokio::spawn(identity::renew(
         config.data_dir.clone(),
         credentials.host_cert.clone(),
         (identity.server.clone(), credentials.tls.clone()),
+        renew_now.clone(),
         shutdown.clone(),
     ));
     // The underlay keys the site's hosts know each other by.
@@ -279,7 +283,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let importing = tokio::spawn(
         import::Importer {
             dir: import::dir(&config.data_dir),
-            ca_pem: identity::ca_pem(&config.data_dir)?,
+            trust: credentials.trust.clone(),
             site: identity.site.clone(),
             store: Arc::new(store.clone()),
             desired: desired_sender.clone(),
@@ -356,6 +360,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         streams: Some(streams),
         cluster,
         secrets,
+        trust: credentials.trust.clone(),
+        renew_now,
     };
     let session = tokio::spawn(session.run(shutdown));
     let _ = session.await;

@@ -38,7 +38,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -103,25 +103,22 @@ pub fn listening(listen: Option<SocketAddr>, address: Option<&str>) -> Result<Op
     Ok(Some(Listening { listen, address }))
 }
 
-/// The CA and the host's underlay keys (`crate::underlay`), for peer
-/// connections.
+/// The CAs and the host's underlay keys (`crate::underlay`), for peer
+/// connections. Each connection is checked against the CAs trusted at
+/// its handshake (`crate::trust`).
 pub struct PeerTls {
-    roots: Arc<RootCertStore>,
+    trust: Arc<crate::trust::Trust>,
     keys: Arc<crate::underlay::Keys>,
     provider: Arc<CryptoProvider>,
 }
 
 impl PeerTls {
-    pub fn new(ca_pem: &str, keys: Arc<crate::underlay::Keys>) -> Result<PeerTls> {
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-            roots.add(cert.context("reading the CA certificate")?)?;
-        }
-        Ok(PeerTls {
-            roots: Arc::new(roots),
+    pub fn new(trust: Arc<crate::trust::Trust>, keys: Arc<crate::underlay::Keys>) -> PeerTls {
+        PeerTls {
+            trust,
             keys,
             provider: crate::tls::provider(),
-        })
+        }
     }
 
     pub fn keys(&self) -> &Arc<crate::underlay::Keys> {
@@ -129,7 +126,8 @@ impl PeerTls {
     }
 
     fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>> {
-        Ok(WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build()?)
+        let roots = Arc::new(self.trust.roots()?);
+        Ok(WebPkiClientVerifier::builder_with_provider(roots, self.provider.clone()).build()?)
     }
 
     /// To serve peers: every client must present a certificate of our CA
@@ -439,9 +437,11 @@ pub async fn serve(
 ) -> Result<()> {
     let cluster = cluster.map(|c| crate::cluster::service(c, desired.clone()));
     let network = network.map(|n| crate::network::relay::service(&site, n));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server()?);
+    // Built again for each connection: the CAs it trusts may have changed.
+    tls.server()?;
     tracing::info!(listen = %listening.listen, address = %listening.address, "serving the site's other hosts");
     let (sender, connections) = tokio::sync::mpsc::channel(16);
+    let keys = tls.keys().clone();
     let accepting = {
         let mut shutdown = shutdown.clone();
         async move {
@@ -459,8 +459,15 @@ pub async fn serve(
                 };
                 // Relayed connections send small writes both ways (see `crate::network`).
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                let (tls, sender) = (tls.clone(), sender.clone());
                 tokio::spawn(async move {
+                    let acceptor = match tls.server() {
+                        Ok(config) => tokio_rustls::TlsAcceptor::from(config),
+                        Err(err) => {
+                            tracing::warn!(%remote, err = format!("{err:#}"), "serving a peer's TLS");
+                            return;
+                        }
+                    };
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = sender.send(Ok::<_, std::io::Error>(stream)).await;
@@ -478,7 +485,7 @@ pub async fn serve(
         host,
         runtime,
         desired,
-        keys: tls.keys().clone(),
+        keys,
     };
     tonic::transport::Server::builder()
         .add_service(SitePeerServer::new(service))
@@ -513,7 +520,9 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let keys = Arc::new(crate::underlay::Keys::load(dir.path()).unwrap());
-        let tls = Arc::new(PeerTls::new(&ca(), keys).unwrap());
+        std::fs::write(dir.path().join("ca.crt"), ca()).unwrap();
+        let trust = crate::trust::Trust::open(dir.path().join("ca.crt")).unwrap();
+        let tls = Arc::new(PeerTls::new(trust, keys));
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = hung.local_addr().unwrap().to_string();
         let held = tokio::spawn(async move {

@@ -63,6 +63,10 @@ pub type Discover = Box<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
 pub struct Session {
     pub server: String,
     pub tls: Arc<ClientConfig>,
+    /// The CAs this host trusts, which the control plane keeps current.
+    pub trust: Arc<crate::trust::Trust>,
+    /// Wakes the renewal of the host certificate (`identity::renew`).
+    pub renew_now: Arc<tokio::sync::Notify>,
     pub store: Arc<dyn DesiredStore>,
     /// Where live log requests are answered from.
     pub runtime: Arc<dyn crate::runtime::Runtime>,
@@ -213,6 +217,7 @@ impl Session {
                 interval_seconds: interval.as_secs().min(u32::MAX as u64) as u32,
                 stream_batch: up.as_ref().map(|(batch, _)| batch.clone()),
                 stream_received: received.take(),
+                trust_digest: self.trust.digest(),
                 streams: self.stream_report(reported)?,
                 cluster: self.cluster_report(reported)?,
             };
@@ -223,6 +228,10 @@ impl Session {
                     anyhow::anyhow!("the control plane refused the poll: {}", status.message())
                 })?
                 .into_inner();
+            // The CAs first: the state may be signed by a new one.
+            if let Some(trust) = &response.trust {
+                self.trust(trust)?;
+            }
             if let Some(manifest) = &response.manifest {
                 self.receive(manifest).await?;
             }
@@ -238,6 +247,7 @@ impl Session {
             if response.interval_seconds > 0 {
                 told = Some(Duration::from_secs(u64::from(response.interval_seconds)));
             }
+
             let streams_wait = received.is_some()
                 || self
                     .streams
@@ -248,6 +258,21 @@ impl Session {
             }
         }
         Ok(told)
+    }
+
+    /// Takes the CAs the control plane sent (`crate::trust`) and, if it
+    /// asks, renews the host certificate under its current CA now.
+    fn trust(&self, bundle: &outpost_proto::v1::TrustBundle) -> Result<()> {
+        if self.trust.replace(&bundle.ca_pem)? {
+            tracing::info!(
+                cas = bundle.ca_pem.matches("BEGIN CERTIFICATE").count(),
+                "the control plane's CAs changed"
+            );
+        }
+        if bundle.renew {
+            self.renew_now.notify_one();
+        }
+        Ok(())
     }
 
     /// What this host says of itself when it connects or polls. A state
@@ -353,6 +378,7 @@ impl Session {
                             sender.send(send(agent_message::Body::StreamReceived(ack))).await?;
                         }
                         Some(control_message::Body::Wipe(_)) => self.wipe().await?,
+                        Some(control_message::Body::Trust(trust)) => self.trust(&trust)?,
                         Some(control_message::Body::Heartbeat(_)) | None => {}
                     }
                 }

@@ -127,7 +127,9 @@ impl CertificateCheck for PinnedCa {
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_server_cert(end_entity, &[], server_name, &[], now)?;
+        // Through a cross-signed CA, if the control plane rotated its CA
+        // since the token was made.
+        verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now)?;
         Ok(())
     }
 }
@@ -196,14 +198,12 @@ impl ResolvesClientCert for HostCert {
     }
 }
 
-/// For sessions: trust the control plane's CA, present the host certificate.
-pub fn mutual(ca_pem: &str, host_cert: Arc<HostCert>) -> Result<Arc<ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(cert.context("reading the CA certificate")?)?;
-    }
+/// For sessions: trust the control plane's CAs as they are at each
+/// connection, present the host certificate.
+pub fn mutual(trust: Arc<crate::trust::Trust>, host_cert: Arc<HostCert>) -> Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder()
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(checked(crate::trust::TrustedCas(trust)))
         .with_client_cert_resolver(host_cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     // A resumed TLS session would carry the certificate it began with, so

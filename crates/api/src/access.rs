@@ -302,6 +302,33 @@ pub struct Block {
     pub blocked_by: String,
 }
 
+/// `GET /api/v1/ca`, and the answer of a rotation or a retirement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    /// SHA-256 of the current CA (what new join tokens pin).
+    pub fingerprint: String,
+    /// The CA's name, as the certificates it signs name their issuer.
+    pub name: String,
+    /// Whether the previous CA is still trusted (a rotation under way).
+    pub rotating: bool,
+    /// Hosts (`SITE/HOST`) whose certificate the current CA has not signed
+    /// yet; the previous CA is retired once there are none.
+    pub hosts_to_renew: Vec<String>,
+    /// Sites whose hosts are still taking new underlay keys.
+    pub sites_to_rekey: Vec<String>,
+}
+
+/// `POST /api/v1/ca/retire`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaRetireRequest {
+    /// Retire even though these hosts hold certificates of the previous CA
+    /// (they must then be enrolled again).
+    #[serde(default)]
+    pub force: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -324,6 +324,22 @@ impl Client {
         self.send(self.request(Method::POST, path).json(request)).await
     }
 
+    /// `GET /ca`, `POST /ca/rotate` or `POST /ca/retire`.
+    pub async fn ca(&self, action: Option<&str>, force: bool) -> Result<outpost_api::access::CaStatus> {
+        match action {
+            None => self.send(self.request(Method::GET, "/ca")).await,
+            Some("retire") => {
+                let body = outpost_api::access::CaRetireRequest { force };
+                self.send(self.request(Method::POST, "/ca/retire").json(&body))
+                    .await
+            }
+            Some(action) => {
+                self.send(self.request(Method::POST, &format!("/ca/{action}")))
+                    .await
+            }
+        }
+    }
+
     pub async fn blocks(&self) -> Result<Vec<Block>> {
         self.send(self.request(Method::GET, "/blocks")).await
     }

@@ -52,17 +52,19 @@ pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
 pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
 
 /// The gateway's TLS: our serving certificate; host certificates are
-/// optional (a new host enrolls without one) and checked against our CA,
-/// with `grace` for one that expired.
-pub fn tls_config(pki: &Pki, grace: Duration) -> Result<Arc<ServerConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der().clone())?;
-    let inner = WebPkiClientVerifier::builder(Arc::new(roots))
-        .allow_unauthenticated()
-        .build()?;
+/// optional (a new host enrolls without one) and checked against the CAs
+/// trusted at the handshake (both during a CA rotation), with `grace` for
+/// one that expired.
+pub fn tls_config(pki: &Arc<Pki>, grace: Duration) -> Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder()
-        .with_client_cert_verifier(Arc::new(WithGrace { inner, grace }))
-        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
+        .with_client_cert_verifier(Arc::new(WithGrace {
+            pki: pki.clone(),
+            grace,
+            provider: rustls::crypto::CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider())),
+        }))
+        .with_cert_resolver(pki.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -81,21 +83,38 @@ fn within_grace(not_after: i64, now: u64, grace: Duration) -> bool {
 /// and nothing else (`Gateway::identity`).
 #[derive(Debug)]
 struct WithGrace {
-    inner: Arc<dyn ClientCertVerifier>,
+    pki: Arc<Pki>,
     grace: Duration,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl WithGrace {
+    /// WebPKI's verifier over the CAs trusted now.
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let roots = self
+            .pki
+            .trusted_roots()
+            .map_err(|e| rustls::Error::General(format!("{e:#}")))?;
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
 }
 
 impl ClientCertVerifier for WithGrace {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        false
     }
 
+    /// No hints: the CAs change with a rotation, and agents present their
+    /// one certificate whatever the hints.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -104,7 +123,8 @@ impl ClientCertVerifier for WithGrace {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let inner = self.inner()?;
+        let verified = inner.verify_client_cert(end_entity, intermediates, now);
         let Err(rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         )) = &verified
@@ -115,8 +135,7 @@ impl ClientCertVerifier for WithGrace {
             Some(host) if within_grace(host.not_after, now.as_secs(), self.grace) => {
                 let last_valid =
                     UnixTime::since_unix_epoch(Duration::from_secs(host.not_after.max(0) as u64));
-                self.inner
-                    .verify_client_cert(end_entity, intermediates, last_valid)
+                inner.verify_client_cert(end_entity, intermediates, last_valid)
             }
             _ => verified,
         }
@@ -128,7 +147,12 @@ impl ClientCertVerifier for WithGrace {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -137,11 +161,18 @@ impl ClientCertVerifier for WithGrace {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

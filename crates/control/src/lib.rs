@@ -178,8 +178,9 @@ impl ControlPlane {
         }
         names.extend(config.tls_san.iter().cloned());
         names.dedup();
-        let pki =
-            Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?;
+        let pki = Arc::new(
+            Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?,
+        );
         let tls = server::tls_config(&pki)?;
         let agent_tls = agent_listener::tls_config(&pki, config.host_certificates.grace)?;
         let revocations = Revocations::load(store.as_ref())
@@ -203,7 +204,7 @@ impl ControlPlane {
             agent_listener,
             store,
             fleet,
-            pki: Arc::new(pki),
+            pki,
             tls,
             agent_tls,
             revocations,
@@ -257,6 +258,25 @@ impl ControlPlane {
             certificates: self.host_certificates,
         };
         let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
+        // admin.yaml trusts the CAs in force after each rotation and retirement.
+        let admin_cas = {
+            let (pki, store) = (self.pki.clone(), self.store.clone());
+            let (path, url) = (self.admin_config.clone(), self.url.clone());
+            let mut cas = pki.subscribe();
+            let stop = signal(stopped.clone());
+            tokio::spawn(async move {
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        Ok(()) = cas.changed() => {}
+                        () = &mut stop => return,
+                    }
+                    if let Err(err) = write_admin_config(&path, &url, &pki, store.as_ref()).await {
+                        tracing::error!(err = format!("{err:#}"), "updating admin.yaml with the new CAs");
+                    }
+                }
+            })
+        };
         let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
         let rotating = self.site_key_rotation.map(|every| {
             tokio::spawn(rotate_site_keys(
@@ -287,6 +307,7 @@ impl ControlPlane {
         let _ = stop.send(true);
         let _ = api.await;
         let _ = engine.await;
+        let _ = admin_cas.await;
         let _ = pruning.await;
         if let Some(rotating) = rotating {
             let _ = rotating.await;
@@ -501,7 +522,7 @@ async fn write_admin_config(path: &Path, url: &str, pki: &Pki, store: &dyn Stora
             token
         }
     };
-    let config = ClientConfig::single("default", url, &pki.ca_pem, &token);
+    let config = ClientConfig::single("default", url, &pki.trusted_pem(), &token);
     let text = serde_saphyr::to_string(&config).context("writing the admin configuration")?;
     outpost_files::write_private(path, text.as_bytes())
 }

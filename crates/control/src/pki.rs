@@ -3,34 +3,57 @@
 //!
 //! The CA is made on first start and kept in `DATA_DIR/tls` (keys mode
 //! 0600). The server certificate is signed afresh at every start, so a new
-//! `--tls-san` takes effect without touching the CA that clients trust. A
+//! `--tls-san` takes effect without touching the CA that clients trust.
+//!
+//! `rotate` brings in a new CA, cross-signed by the old one, which stays
+//! trusted until `retire`: hosts learn both over their sessions, renew
+//! their certificates under the new one, and no session ends. A
 //! host certificate names its site and host in a URI subject alternative
 //! name, `outpost://site/SITE/host/HOST`: the only identity the agent
 //! gateway believes.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use outpost_files::{create_private_dir, write_private};
 pub use outpost_proto::identity::{HostCertificate, host_certificate, host_identity_uri};
 
 use anyhow::{Context, Result};
+use parking_lot::RwLock;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
+/// The control plane's CAs. `authority` is swapped whole by a rotation;
+/// every signature and every TLS handshake reads the one in force.
 pub struct Pki {
-    pub ca_pem: String,
+    dir: PathBuf,
+    names: Vec<String>,
+    authority: RwLock<Arc<Authority>>,
+    /// Raised by one at each rotation and retirement: sessions tell their
+    /// hosts the new CAs.
+    changed: watch::Sender<u64>,
+}
+
+/// One state of the CAs: the current CA (which signs), and while a
+/// rotation is under way the previous one (still trusted) with the current
+/// CA cross-signed by it, so that a host that trusts only the previous CA
+/// still reaches the control plane.
+struct Authority {
+    ca_pem: String,
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
-    pub server_chain: Vec<CertificateDer<'static>>,
-    pub server_key: PrivateKeyDer<'static>,
-    /// The same certificate chain and key as PEM, for the gRPC server.
-    pub server_chain_pem: String,
-    pub server_key_pem: String,
+    previous: Option<(String, CertificateDer<'static>)>,
+    /// The serving certificate and its chain: the current CA, then the
+    /// cross-signed CA and the previous CA while there is one.
+    server: Arc<CertifiedKey>,
 }
 
 /// Valid from a little before now (for clocks behind ours: an hour, or a
@@ -42,61 +65,200 @@ fn validity(params: &mut CertificateParams, lifetime: time::Duration) {
     params.not_after = now + lifetime;
 }
 
-impl Pki {
-    /// Loads the CA from `dir` (making it on first start) and signs a server
-    /// certificate for `names` (DNS names or IP addresses).
-    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Pki> {
-        create_private_dir(dir)?;
-        let ca_cert_path = dir.join("ca.crt");
-        let ca_key_path = dir.join("ca.key");
-        let (ca_pem, ca_key) = if ca_cert_path.exists() {
-            let key_pem = fs::read_to_string(&ca_key_path)
-                .with_context(|| format!("reading {}", ca_key_path.display()))?;
-            let key = KeyPair::from_pem(&key_pem).context("parsing the CA key")?;
-            let pem = fs::read_to_string(&ca_cert_path)
-                .with_context(|| format!("reading {}", ca_cert_path.display()))?;
-            (pem, key)
-        } else {
-            let key = KeyPair::generate().context("generating the CA key")?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "Outpost control plane CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            validity(&mut params, time::Duration::days(3650));
-            let cert = params.self_signed(&key).context("signing the CA certificate")?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            fs::write(&ca_cert_path, cert.pem())
-                .with_context(|| format!("writing {}", ca_cert_path.display()))?;
-            (cert.pem(), key)
-        };
+/// The files of the CAs in the TLS directory.
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const PREVIOUS_CERT: &str = "ca-previous.crt";
+const CROSS_CERT: &str = "ca-cross.crt";
+
+/// A CA certificate for `key`, named `name`, valid ten years.
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, time::Duration::days(3650));
+    params
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+impl Authority {
+    /// Loads the CAs from `dir` and signs a server certificate for `names`.
+    fn load(dir: &Path, names: &[String]) -> Result<Authority> {
+        let ca_pem = read(&dir.join(CA_CERT))?;
+        let key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?).context("parsing the CA key")?;
         let ca_der = pem_to_der(&ca_pem)?;
-        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).context("loading the CA certificate")?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key).context("loading the CA certificate")?;
+        let previous = match dir.join(PREVIOUS_CERT) {
+            path if path.exists() => {
+                let pem = read(&path)?;
+                let der = pem_to_der(&pem)?;
+                Some((pem, der))
+            }
+            _ => None,
+        };
         let server = server_certificate(&issuer, names)?;
-        Ok(Pki {
-            server_chain: vec![server.cert.der().clone(), ca_der.clone()],
-            server_chain_pem: format!("{}{ca_pem}", server.cert.pem()),
-            server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key.serialize_der())),
-            server_key_pem: server.key.serialize_pem(),
+        let mut chain = vec![server.cert.der().clone(), ca_der.clone()];
+        if let Some((_, previous)) = &previous {
+            chain.push(pem_to_der(&read(&dir.join(CROSS_CERT))?)?);
+            chain.push(previous.clone());
+        }
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key.serialize_der()));
+        let key = rustls::crypto::ring::sign::any_supported_type(&key).context("loading the server key")?;
+        Ok(Authority {
             ca_pem,
             ca_der,
             issuer,
+            previous,
+            server: Arc::new(CertifiedKey::new(chain, key)),
         })
+    }
+}
+
+impl Pki {
+    /// Loads the CAs from `dir` (making one on first start) and signs a
+    /// server certificate for `names` (DNS names or IP addresses).
+    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Pki> {
+        create_private_dir(dir)?;
+        if !dir.join(CA_CERT).exists() {
+            let key = KeyPair::generate().context("generating the CA key")?;
+            let cert = ca_params("Outpost control plane CA")
+                .self_signed(&key)
+                .context("signing the CA certificate")?;
+            write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
+            write_private(&dir.join(CA_CERT), cert.pem().as_bytes())?;
+        }
+        Ok(Pki {
+            authority: RwLock::new(Arc::new(Authority::load(dir, names)?)),
+            dir: dir.to_path_buf(),
+            names: names.to_vec(),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    fn authority(&self) -> Arc<Authority> {
+        self.authority.read().clone()
+    }
+
+    /// The current CA, PEM: what new clients are told to trust.
+    pub fn ca_pem(&self) -> String {
+        self.authority().ca_pem.clone()
+    }
+
+    /// Every CA trusted now, PEM, the current one first: what hosts keep
+    /// as their `ca.crt`.
+    pub fn trusted_pem(&self) -> String {
+        let authority = self.authority();
+        match &authority.previous {
+            Some((previous, _)) => format!("{}{previous}", authority.ca_pem),
+            None => authority.ca_pem.clone(),
+        }
+    }
+
+    /// Every CA trusted now, as a root store (host certificates of either
+    /// are accepted while a rotation is under way).
+    pub fn trusted_roots(&self) -> Result<rustls::RootCertStore> {
+        let authority = self.authority();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(authority.ca_der.clone())?;
+        if let Some((_, previous)) = &authority.previous {
+            roots.add(previous.clone())?;
+        }
+        Ok(roots)
+    }
+
+    /// The current CA's name (RFC 4514), as certificates it signs name
+    /// their issuer (each CA a rotation makes has a name of its own).
+    pub fn issuer(&self) -> String {
+        x509_parser::parse_x509_certificate(&self.authority().ca_der)
+            .map(|(_, ca)| ca.subject().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether a rotation is under way (a previous CA is still trusted).
+    pub fn rotating(&self) -> bool {
+        self.authority().previous.is_some()
+    }
+
+    /// Changes at each rotation and retirement.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// How many rotations and retirements there were since the start.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    /// Introduces a new CA: it signs from now on (hosts, heads, bundles,
+    /// the serving certificate), cross-signed by the current one, which
+    /// stays trusted until `retire`. Refused while a rotation is under way.
+    pub fn rotate(&self) -> Result<String> {
+        let old = self.authority();
+        if old.previous.is_some() {
+            anyhow::bail!(
+                "a CA rotation is under way: retire the previous CA first (outpost control rotate-ca --retire)"
+            );
+        }
+        let name = format!(
+            "Outpost control plane CA {}",
+            time::OffsetDateTime::now_utc().unix_timestamp()
+        );
+        let key = KeyPair::generate().context("generating the new CA key")?;
+        let cert = ca_params(&name).self_signed(&key).context("signing the new CA")?;
+        let cross = ca_params(&name)
+            .signed_by(&key, &old.issuer)
+            .context("cross-signing the new CA")?;
+        // The previous CA and the cross-signed one first, then the new key
+        // and certificate: a crash in between leaves the old CA in force.
+        write_private(&self.dir.join(PREVIOUS_CERT), old.ca_pem.as_bytes())?;
+        write_private(&self.dir.join(CROSS_CERT), cross.pem().as_bytes())?;
+        write_private(&self.dir.join("ca-next.key"), key.serialize_pem().as_bytes())?;
+        write_private(&self.dir.join("ca-next.crt"), cert.pem().as_bytes())?;
+        fs::rename(self.dir.join("ca-next.key"), self.dir.join(CA_KEY))
+            .context("installing the new CA key")?;
+        fs::rename(self.dir.join("ca-next.crt"), self.dir.join(CA_CERT)).context("installing the new CA")?;
+        self.reload()?;
+        Ok(self.ca_fingerprint())
+    }
+
+    /// Stops trusting the previous CA (after every host holds a
+    /// certificate of the current one: the caller checks).
+    pub fn retire(&self) -> Result<()> {
+        if !self.rotating() {
+            anyhow::bail!("no previous CA to retire (outpost control rotate-ca introduces a new one)");
+        }
+        fs::remove_file(self.dir.join(CROSS_CERT)).context("removing the cross-signed CA")?;
+        fs::remove_file(self.dir.join(PREVIOUS_CERT)).context("removing the previous CA")?;
+        self.reload()
+    }
+
+    fn reload(&self) -> Result<()> {
+        *self.authority.write() = Arc::new(Authority::load(&self.dir, &self.names)?);
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// SHA-256 of the CA certificate, hex: what join tokens pin.
     pub fn ca_fingerprint(&self) -> String {
-        hex::encode(Sha256::digest(&self.ca_der))
+        hex::encode(Sha256::digest(&self.authority().ca_der))
     }
 
-    pub fn ca_der(&self) -> &CertificateDer<'static> {
-        &self.ca_der
+    /// Whether `fingerprint` is that of a CA trusted now (a join token
+    /// made before a rotation still pins the previous CA).
+    pub fn trusts_fingerprint(&self, fingerprint: &str) -> bool {
+        let authority = self.authority();
+        std::iter::once(&authority.ca_der)
+            .chain(authority.previous.as_ref().map(|(_, der)| der))
+            .any(|der| hex::encode(Sha256::digest(der)) == fingerprint)
     }
 
     /// Signs a host's CSR with the given serial (from [`new_serial`]),
@@ -153,8 +315,24 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, lifetime);
-        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        let cert = params.signed_by(&csr.public_key, &self.authority().issuer)?;
         Ok(cert.pem())
+    }
+}
+
+/// The serving certificate of the CAs in force, for every TLS handshake
+/// (the API's and the agent port's).
+impl ResolvesServerCert for Pki {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.authority().server.clone())
+    }
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -204,13 +382,15 @@ impl Pki {
         state: &outpost_api::workload::SiteState,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         use rcgen::SigningKey;
-        outpost_proto::head::sign(site, revision, state, |message| self.issuer.key().sign(message))
-            .context("signing the state's head")
+        outpost_proto::head::sign(site, revision, state, |message| {
+            self.authority().issuer.key().sign(message)
+        })
+        .context("signing the state's head")
     }
 
     pub fn sign_bundle(&self, header: &[u8]) -> Result<Vec<u8>> {
         use rcgen::SigningKey;
-        outpost_proto::bundle::sign(header, |message| self.issuer.key().sign(message))
+        outpost_proto::bundle::sign(header, |message| self.authority().issuer.key().sign(message))
             .context("signing the bundle")
     }
 }
@@ -268,6 +448,7 @@ mod tests {
                 public_key: key.public_key_raw().to_vec(),
                 not_before: certificate.not_before,
                 not_after: certificate.not_after,
+                issuer: pki.issuer(),
             }
         );
 

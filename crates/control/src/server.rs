@@ -26,10 +26,12 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn tls_config(pki: &crate::pki::Pki) -> anyhow::Result<Arc<ServerConfig>> {
+/// The API's TLS: the serving certificate of the CAs in force at each
+/// handshake (a CA rotation takes effect without a restart).
+pub fn tls_config(pki: &Arc<crate::pki::Pki>) -> anyhow::Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
+        .with_cert_resolver(pki.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

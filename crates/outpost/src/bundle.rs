@@ -135,7 +135,7 @@ pub async fn import(file: &Path, data_dir: &Path) -> Result<String> {
         )
     })?;
     let site = credentials.identity.site;
-    let ca_pem = outpost_agent::identity::ca_pem(data_dir)?;
+    let ca_pem = credentials.trust.pem();
     let opened = || -> Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
             std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,

@@ -445,6 +445,22 @@ pub(crate) enum ControlCommand {
     /// Make a new key-encryption key and re-wrap every secret's data key
     /// with it; safe while the control plane runs
     RotateSecretsKey,
+    /// Bring in a new CA in the running control plane (of --context): it
+    /// signs from now on, cross-signed by the current CA, which stays
+    /// trusted; hosts learn both over their sessions and renew at once.
+    /// Without flags once more: where the rotation stands
+    RotateCa {
+        /// Stop trusting the previous CA (refused while a host still holds
+        /// a certificate of it, or a site its underlay keys)
+        #[arg(long)]
+        retire: bool,
+        /// With --retire: even so (those hosts must be enrolled again)
+        #[arg(long, requires = "retire")]
+        force: bool,
+        /// Only show where a rotation stands
+        #[arg(long, conflicts_with_all = ["retire", "force"])]
+        status: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -90,6 +90,15 @@ fn client(cli: &Cli) -> Result<Client> {
 async fn run(cli: Cli) -> Result<()> {
     let output = match &cli.command {
         Command::Control {
+            command:
+                Some(ControlCommand::RotateCa {
+                    retire,
+                    force,
+                    status,
+                }),
+            ..
+        } => commands::rotate_ca(&client(&cli)?, *retire, *force, *status).await?,
+        Command::Control {
             data_dir,
             secrets_key_file,
             command: Some(ControlCommand::RotateSecretsKey),

@@ -138,19 +138,29 @@ pub fn verify(header: &[u8], signature: &[u8], ca_pem: &str) -> Result<Header, B
     serde_json::from_slice(header).map_err(BundleError::Header)
 }
 
-/// Checks that the CA (PEM) signed `message` (ECDSA P-256, ASN.1 DER).
+/// Checks that a CA of `ca_pem` signed `message` (ECDSA P-256, ASN.1 DER).
+/// `ca_pem` may hold several: during a CA rotation a host trusts the new
+/// CA and the old one (`outpost control rotate-ca`).
 pub(crate) fn ca_signed(message: &[u8], signature: &[u8], ca_pem: &str) -> Result<(), BundleError> {
-    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
-        .next()
-        .ok_or_else(|| BundleError::Ca("no CERTIFICATE block".to_string()))?
-        .map_err(|e| BundleError::Ca(e.to_string()))?;
-    let (_, ca) = x509_parser::parse_x509_certificate(&der).map_err(|e| BundleError::Ca(e.to_string()))?;
-    let key = ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        ca.public_key().subject_public_key.data.as_ref(),
-    );
-    key.verify(message, signature)
-        .map_err(|_| BundleError::BadSignature)
+    let mut any = false;
+    for der in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        let der = der.map_err(|e| BundleError::Ca(e.to_string()))?;
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| BundleError::Ca(e.to_string()))?;
+        let key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            ca.public_key().subject_public_key.data.as_ref(),
+        );
+        if key.verify(message, signature).is_ok() {
+            return Ok(());
+        }
+        any = true;
+    }
+    if any {
+        Err(BundleError::BadSignature)
+    } else {
+        Err(BundleError::Ca("no CERTIFICATE block".to_string()))
+    }
 }
 
 /// Hashes what it reads, to check the archive against the header.

@@ -19,6 +19,8 @@ pub struct HostCertificate {
     /// When it became and stops being valid, in seconds since the Unix epoch.
     pub not_before: i64,
     pub not_after: i64,
+    /// The CA that signed it, by its name (RFC 4514).
+    pub issuer: String,
 }
 
 /// The site, host, serial and public key of a host certificate.
@@ -39,6 +41,7 @@ pub fn host_certificate(cert_der: &[u8]) -> Option<HostCertificate> {
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
     })
 }
 

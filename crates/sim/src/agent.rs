@@ -163,6 +163,8 @@ impl SimSite {
             streams: streams.clone(),
             cluster: None,
             secrets,
+            trust: credentials.trust.clone(),
+            renew_now: Arc::new(tokio::sync::Notify::new()),
         };
         tokio::spawn(session.run(shutdown));
         SimSite {

@@ -35,7 +35,7 @@ struct Signed {
 
 pub struct Shared {
     site: String,
-    ca_pem: String,
+    trust: Arc<crate::trust::Trust>,
     pool: SqlitePool,
     store: Arc<dyn DesiredStore>,
     received: Arc<watch::Sender<(u64, SiteState)>>,
@@ -49,7 +49,7 @@ impl Shared {
     /// head of the state held.
     pub async fn open(
         site: &str,
-        ca_pem: String,
+        trust: Arc<crate::trust::Trust>,
         pool: SqlitePool,
         store: Arc<dyn DesiredStore>,
         received: Arc<watch::Sender<(u64, SiteState)>>,
@@ -67,7 +67,7 @@ impl Shared {
             .filter(|s| s.revision == held);
         Ok(Shared {
             site: site.to_string(),
-            ca_pem,
+            trust,
             pool,
             store,
             received,
@@ -93,7 +93,7 @@ impl Shared {
         if head.is_empty() {
             return self.keep(None).await;
         }
-        match outpost_proto::head::verify(head, signature, &self.ca_pem, &self.site, state) {
+        match outpost_proto::head::verify(head, signature, &self.trust.pem(), &self.site, state) {
             Ok(signed) if signed == revision => {
                 let signed = Signed {
                     revision,
@@ -182,7 +182,7 @@ impl Shared {
         let revision = outpost_proto::head::verify(
             &offered.head,
             &offered.signature,
-            &self.ca_pem,
+            &self.trust.pem(),
             &self.site,
             &state,
         )?;

@@ -1,6 +1,8 @@
 //! Who may act, and what they did: API tokens for users and robots, the
 //! audit trail, and blocks of hosts and sites.
 
+use std::fmt::Write as _;
+
 use anyhow::{Result, bail};
 use outpost_api::access::{BlockRequest, BlockTarget, TokenRequest};
 
@@ -169,6 +171,51 @@ pub async fn block(
     } else {
         format!("{what} blocked: its sessions ended and its connections are refused\n")
     })
+}
+
+/// `outpost control rotate-ca [--retire [--force] | --status]`.
+pub async fn rotate_ca(client: &Client, retire: bool, force: bool, status: bool) -> Result<String> {
+    let action = match (retire, status) {
+        (_, true) => None,
+        (true, _) => Some("retire"),
+        (false, false) => Some("rotate"),
+    };
+    let ca = client.ca(action, force).await?;
+    let mut out = match action {
+        Some("rotate") => format!(
+            "new CA {} ({}) signs from now on; the previous CA stays trusted until `outpost control rotate-ca --retire`\n",
+            &ca.fingerprint[..16],
+            ca.name
+        ),
+        Some(_) => format!(
+            "the previous CA is retired; only CA {} ({}) is trusted\n",
+            &ca.fingerprint[..16],
+            ca.name
+        ),
+        None => format!(
+            "CA {} ({}){}\n",
+            &ca.fingerprint[..16],
+            ca.name,
+            if ca.rotating {
+                ", the previous CA still trusted"
+            } else {
+                ""
+            }
+        ),
+    };
+    if ca.rotating {
+        if ca.hosts_to_renew.is_empty() && ca.sites_to_rekey.is_empty() {
+            out.push_str("every host holds a certificate of the new CA: the previous one may be retired\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "waiting for {} host(s) to renew their certificates and {} site(s) their underlay keys",
+                ca.hosts_to_renew.len(),
+                ca.sites_to_rekey.len()
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// `outpost block list`.

@@ -9,7 +9,9 @@ mod input;
 mod rollout;
 mod secrets;
 
-pub use access::{audit, block, blocks, create_api_token, list_api_tokens, revoke_api_token, verify_audit};
+pub use access::{
+    audit, block, blocks, create_api_token, list_api_tokens, revoke_api_token, rotate_ca, verify_audit,
+};
 pub use describe::describe;
 pub use get::{delete, get, history};
 pub use hosts::{TokenOutput, create_join_token, get_hosts, label, rotate_keys, site_keys};

@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::{Extension, Json};
 use outpost_api::access::{
-    AuditEntry, AuditVerification, Block, BlockRequest, BlockTarget, LoginConfig, LoginRequest,
-    MAX_TOKEN_TTL, PROVIDER, Role, TokenCreated, TokenInfo, TokenRequest,
+    AuditEntry, AuditVerification, Block, BlockRequest, BlockTarget, CaRetireRequest, CaStatus, LoginConfig,
+    LoginRequest, MAX_TOKEN_TTL, PROVIDER, Role, TokenCreated, TokenInfo, TokenRequest,
 };
 use outpost_api::manifest::Kind;
 use outpost_api::quantity::Duration;
@@ -393,6 +393,110 @@ pub(super) async fn unblock(
     state.revocations.unblock(&block);
     tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, "unblocked");
     Ok(Json(block))
+}
+
+/// Where the CAs stand: the current one, and what a retirement waits for.
+async fn ca_status_of(state: &AppState) -> Result<CaStatus, ApiError> {
+    let name = state.pki.issuer();
+    let rotating = state.pki.rotating();
+    let (hosts_to_renew, sites_to_rekey) = if rotating {
+        let hosts = state.store.hosts_not_issued_by(&name).await?;
+        let sites = state
+            .store
+            .site_keys()
+            .await?
+            .into_values()
+            .filter(|keys| keys.retiring.is_some())
+            .map(|keys| keys.site)
+            .collect();
+        (hosts, sites)
+    } else {
+        Default::default()
+    };
+    Ok(CaStatus {
+        fingerprint: state.pki.ca_fingerprint(),
+        name,
+        rotating,
+        hosts_to_renew,
+        sites_to_rekey,
+    })
+}
+
+/// `GET /api/v1/ca`.
+pub(super) async fn ca_status(State(state): State<AppState>) -> Result<Json<CaStatus>, ApiError> {
+    Ok(Json(ca_status_of(&state).await?))
+}
+
+/// `POST /api/v1/ca/rotate`: a new CA signs from now on; the old one stays
+/// trusted. Every site with underlay keys takes new ones, signed by it.
+pub(super) async fn rotate_ca(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<CaStatus>, ApiError> {
+    let fingerprint = state
+        .pki
+        .rotate()
+        .map_err(|err| ApiError::Conflict(format!("{err:#}")))?;
+    tracing::warn!(actor = %caller.token, %fingerprint, "CA rotated: the new CA signs, the previous one stays trusted");
+    let now = time::OffsetDateTime::now_utc();
+    for site in state.store.site_keys().await?.into_keys() {
+        state.store.rotate_site_keys(&site, false, now).await?;
+        state.fleet.recompute_site(&site).await?;
+    }
+    Ok(Json(ca_status_of(&state).await?))
+}
+
+/// `POST /api/v1/ca/retire`: the previous CA is trusted no more, once no
+/// host needs it (or with `force`).
+pub(super) async fn retire_ca(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CaStatus>, ApiError> {
+    let request: CaRetireRequest = super::optional_body(body, "a retire request (force)")?;
+    let status = ca_status_of(&state).await?;
+    if !status.rotating {
+        return Err(ApiError::Conflict(
+            "no previous CA to retire (outpost control rotate-ca introduces a new one)".to_string(),
+        ));
+    }
+    let waiting = !status.hosts_to_renew.is_empty() || !status.sites_to_rekey.is_empty();
+    if waiting && !request.force {
+        let mut why = Vec::new();
+        if !status.hosts_to_renew.is_empty() {
+            why.push(format!(
+                "{} host(s) hold certificates of the previous CA ({}); connected hosts renew within seconds, offline ones when they are back",
+                status.hosts_to_renew.len(),
+                shortlist(&status.hosts_to_renew)
+            ));
+        }
+        if !status.sites_to_rekey.is_empty() {
+            why.push(format!(
+                "site(s) {} are still taking new underlay keys",
+                shortlist(&status.sites_to_rekey)
+            ));
+        }
+        return Err(ApiError::Conflict(format!(
+            "the previous CA is still needed: {}; retire later, or with --force (those hosts must then be enrolled again)",
+            why.join("; ")
+        )));
+    }
+    state
+        .pki
+        .retire()
+        .map_err(|err| ApiError::Internal(format!("{err:#}")))?;
+    tracing::warn!(actor = %caller.token, forced = waiting, "previous CA retired");
+    Ok(Json(ca_status_of(&state).await?))
+}
+
+/// The first few of `names`, and how many more.
+fn shortlist(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 /// `GET /api/v1/blocks`: the blocks in force.

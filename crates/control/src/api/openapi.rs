@@ -223,6 +223,33 @@ const OPERATIONS: &[Operation] = &[
         &[403],
     ),
     op(
+        "GET",
+        "/ca",
+        "The control plane's CA: its fingerprint and name, whether a rotation is under way, and the hosts and sites still to move to the new CA",
+        &[],
+        None,
+        Schema("CaStatus"),
+        &[],
+    ),
+    op(
+        "POST",
+        "/ca/rotate",
+        "Introduce a new CA, cross-signed by the current one, which stays trusted: hosts learn both over their sessions and renew their certificates under the new one at once, sites take new underlay keys, no session ends",
+        &[],
+        None,
+        Schema("CaStatus"),
+        &[403, 409],
+    ),
+    op(
+        "POST",
+        "/ca/retire",
+        "Stop trusting the previous CA, once every host holds a certificate of the new one and every site has its new underlay keys (force: even so)",
+        &[],
+        Some(Schema("CaRetireRequest")),
+        Schema("CaStatus"),
+        &[400, 403, 409],
+    ),
+    op(
         "POST",
         "/block",
         "Cut a host (SITE/HOST) or a site off at once: its sessions end within a second, its connections and enrollments are refused; with wipe, connected hosts delete their secrets and stop their workloads. A blocked host's site rotates its underlay keys at once",
@@ -623,6 +650,8 @@ pub fn openapi() -> Value {
     add_schema::<outpost_api::access::AuditEntry>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::AuditVerification>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::BlockRequest>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::CaStatus>(&mut generator, &mut schemas);
+    add_schema::<outpost_api::access::CaRetireRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::access::Block>(&mut generator, &mut schemas);
     add_value("Manifest", manifest_schema().clone(), &mut schemas);
 

@@ -17,8 +17,8 @@ use outpost_proto::traffic::Traffic;
 use outpost_proto::v1::agent_gateway_server::AgentGateway;
 use outpost_proto::v1::{
     AgentMessage, Batch, BatchAck, ControlMessage, EnrollRequest, EnrollResponse, Hello, RenewReply,
-    RenewRequest, StatusReport, StreamAck, StreamBatch, SyncRequest, SyncResponse, UnderlayReply,
-    UnderlayRequest, WitnessReply, WitnessRequest,
+    RenewRequest, StatusReport, StreamAck, StreamBatch, SyncRequest, SyncResponse, TrustBundle,
+    UnderlayReply, UnderlayRequest, WitnessReply, WitnessRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -167,7 +167,7 @@ impl Gateway {
         let (fingerprint, secret_hash) = auth::parse_join_token(&request.join_token).ok_or_else(|| {
             Status::invalid_argument("the join token is malformed (expected opj1.FINGERPRINT.SECRET)")
         })?;
-        if fingerprint != self.pki.ca_fingerprint() {
+        if !self.pki.trusts_fingerprint(fingerprint) {
             return Err(Status::permission_denied(
                 "the join token was issued by another control plane",
             ));
@@ -200,13 +200,17 @@ impl Gateway {
                 self.certificates.lifetime,
             )
             .map_err(internal)?;
+        self.store
+            .record_issuer(&serial, &self.pki.issuer())
+            .await
+            .map_err(internal)?;
         tracing::info!(%site, %host, %serial, "host enrolled");
         if let Err(err) = self.fleet.recompute_site(&site).await {
             tracing::error!(%err, "recomputing desired state after enrollment");
         }
         Ok(EnrollResponse {
             certificate_pem,
-            ca_pem: self.pki.ca_pem.clone(),
+            ca_pem: self.pki.trusted_pem(),
             site,
             host: host.to_string(),
         })
@@ -354,17 +358,22 @@ impl AgentGateway for Gateway {
             Err(StoreError::Conflict(why)) => return Err(Status::permission_denied(why)),
             Err(err) => return Err(internal(err)),
         }
+        self.store
+            .record_issuer(&new_serial, &self.pki.issuer())
+            .await
+            .map_err(internal)?;
         tracing::info!(%site, %host, old = %serial, serial = %new_serial, "host certificate renewed");
         Ok(Response::new(RenewReply { certificate_pem }))
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let certificate = self.identity(&request).await?;
         let HostCertificate {
             site,
             host,
             public_key,
             ..
-        } = self.identity(&request).await?;
+        } = certificate.clone();
         if let Some(connection) = connection(&request) {
             book_when_closed(self.store.clone(), &site, &host, connection.traffic.clone());
         }
@@ -421,6 +430,7 @@ impl AgentGateway for Gateway {
             interval_seconds: self.poll_interval.map_or(0, |i| i.as_secs() as u32),
             stream_ack,
             stream_batch,
+            trust: trust_for(&self.pki, Some(&request.trust_digest), &certificate),
         }))
     }
 
@@ -430,13 +440,14 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let certificate = self.identity(&request).await?;
         let HostCertificate {
             site,
             host,
             serial,
             public_key,
             ..
-        } = self.identity(&request).await?;
+        } = certificate.clone();
         let traffic = connection(&request)
             .map(|c| c.traffic.clone())
             .unwrap_or_default();
@@ -451,6 +462,8 @@ impl AgentGateway for Gateway {
             host,
             serial,
             public_key,
+            certificate,
+            trust_told: Default::default(),
             secrets: self.secrets.clone(),
             pki: self.pki.clone(),
             revocations: self.revocations.clone(),
@@ -461,6 +474,22 @@ impl AgentGateway for Gateway {
         tokio::spawn(session.run(incoming));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
+}
+
+/// The CAs trusted now, for a host whose agent holds those of SHA-256
+/// `digest` and presents `certificate`: `None` if it holds them and needs
+/// no new certificate; with `renew` while a rotation is under way and its
+/// certificate is of the previous CA.
+pub(crate) fn trust_for(
+    pki: &Pki,
+    digest: Option<&str>,
+    certificate: &HostCertificate,
+) -> Option<TrustBundle> {
+    use sha2::Digest;
+    let ca_pem = pki.trusted_pem();
+    let renew = pki.rotating() && certificate.issuer != pki.issuer();
+    let held = digest.is_some_and(|digest| hex::encode(sha2::Sha256::digest(ca_pem.as_bytes())) == digest);
+    (!held || renew).then_some(TrustBundle { ca_pem, renew })
 }
 
 pub(crate) fn check_protocol(hello: &Hello) -> Result<(), Status> {

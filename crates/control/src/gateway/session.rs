@@ -52,6 +52,10 @@ pub(super) struct Session {
     pub(super) serial: String,
     /// The host's public key (from its certificate): secrets are sealed to it.
     pub(super) public_key: Vec<u8>,
+    /// The certificate it came with (its CA decides whether it must renew).
+    pub(super) certificate: crate::pki::HostCertificate,
+    /// The generation of the CAs it was last told (`Pki::subscribe`).
+    pub(super) trust_told: parking_lot::Mutex<Option<u64>>,
     pub(super) secrets: Arc<crate::secrets::Secrets>,
     /// Signs the head of each state sent (`outpost_proto::head`).
     pub(super) pki: Arc<crate::pki::Pki>,
@@ -175,6 +179,9 @@ impl Session {
 
         let mut revisions = self.fleet.subscribe(&self.site);
         let mut revoked = self.revocations.subscribe();
+        let mut cas = self.pki.subscribe();
+        let generation = *cas.borrow_and_update();
+        self.tell_trust(generation).await?;
         let mut sent: Option<(i64, SiteState)> = None;
         let mut agent_revision = hello.applied_revision as i64;
         self.push_state(&mut sent, agent_revision).await?;
@@ -236,6 +243,10 @@ impl Session {
                 () = tokio::time::sleep_until(silent_until) => {
                     return Err(SessionEnd::Silent);
                 }
+                Ok(()) = cas.changed() => {
+                    let generation = *cas.borrow_and_update();
+                    self.tell_trust(generation).await?;
+                }
                 Ok(()) = revoked.changed() => {
                     if let Some(denied) = self.revocations.denied(&self.site, &self.host, &self.serial) {
                         if denied == (Denied::Blocked { wipe: true }) {
@@ -251,6 +262,19 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Tells the agent the CAs trusted now (and to renew under the current
+    /// one if its certificate is of another), unless it was told this
+    /// generation of them already. Called before anything they sign.
+    async fn tell_trust(&self, generation: u64) -> Result<(), SessionEnd> {
+        if self.trust_told.lock().replace(generation) == Some(generation) {
+            return Ok(());
+        }
+        if let Some(trust) = super::trust_for(&self.pki, None, &self.certificate) {
+            self.send(control_message::Body::Trust(trust)).await?;
+        }
+        Ok(())
     }
 
     async fn record_facts(
@@ -397,6 +421,8 @@ impl Session {
         }?;
         let wanted = codec::secrets_to_send(sent.as_ref().map(|(_, previous)| previous), &state);
         manifest.secrets = self.secrets.seal(&self.public_key, &wanted).await?;
+        // The agent must trust the CA that signs the head.
+        self.tell_trust(self.pki.generation()).await?;
         (manifest.head, manifest.head_signature) = self
             .pki
             .sign_state(&self.site, revision as u64, &state)

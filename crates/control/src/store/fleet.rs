@@ -54,6 +54,25 @@ macro_rules! select_host {
 
 #[async_trait]
 impl FleetStore for SqliteStore {
+    async fn record_issuer(&self, serial: &str, issuer: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO certificate_issuers (serial, issuer) VALUES (?1, ?2) ON CONFLICT (serial) DO UPDATE SET issuer = ?2")
+            .bind(serial)
+            .bind(issuer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn hosts_not_issued_by(&self, issuer: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT h.site || '/' || h.name FROM hosts h LEFT JOIN certificate_issuers c ON c.serial = h.cert_serial
+             WHERE c.issuer IS NULL OR c.issuer != ?1 ORDER BY h.site, h.name",
+        )
+        .bind(issuer)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn renew_host_certificate(
         &self,
         site: &str,

@@ -233,6 +233,13 @@ pub trait FleetStore: Send + Sync + 'static {
         new_serial: &str,
     ) -> Result<(), StoreError>;
 
+    /// Records which CA (by name) signed the host certificate `serial`.
+    async fn record_issuer(&self, serial: &str, issuer: &str) -> Result<(), StoreError>;
+
+    /// The hosts (`SITE/HOST`) whose current certificate another CA than
+    /// `issuer` signed.
+    async fn hosts_not_issued_by(&self, issuer: &str) -> Result<Vec<String>, StoreError>;
+
     /// Every revoked certificate, for the deny list kept in memory.
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
 

@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tenant keys",
         include_str!("../../migrations/0015_tenant_keys.sql"),
     ),
+    (
+        16,
+        "certificate issuers",
+        include_str!("../../migrations/0016_certificate_issuers.sql"),
+    ),
 ];
 
 #[derive(Debug)]

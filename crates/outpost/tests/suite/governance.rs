@@ -211,6 +211,26 @@ fn table() -> Vec<Row> {
             "admin",
             "admin",
         ),
+        ("GET", "/ca", "/ca".into(), None, all, ""),
+        // A real rotation (the client, which trusts the first CA, keeps
+        // reaching the control plane through the cross-signed CA); the
+        // retire is malformed, so that the first CA stays trusted.
+        (
+            "POST",
+            "/ca/rotate",
+            "/ca/rotate".into(),
+            None,
+            "admin edge-admin",
+            "",
+        ),
+        (
+            "POST",
+            "/ca/retire",
+            "/ca/retire".into(),
+            json_body(json!({ "force": "yes" })),
+            "admin edge-admin",
+            "",
+        ),
         (
             "POST",
             "/block",
@@ -757,6 +777,125 @@ fn host_certificates_renew_over_the_session_and_after_expiry_within_the_grace() 
                 .then_some(())
         },
     );
+}
+
+/// The revision every host of `site` applied, once all have applied the
+/// newest one and the deployment runs there; `None` before.
+fn applied_everywhere(control: &ControlPlane, site: &str, hosts: usize) -> Option<i64> {
+    let json = |args: &[&str]| -> Value { serde_json::from_str(control.cli(args).success()).unwrap() };
+    let revision = json(&["get", "site", site, "-o", "json"])["status"]["revision"].as_i64()?;
+    let hosts_json = json(&["get", "hosts", "--site", site, "-o", "json"]);
+    let items = hosts_json["items"].as_array()?;
+    let deployment = json(&["get", "deployment", "sleeper", "-o", "json"]);
+    (items.len() == hosts
+        && items.iter().all(|h| h["appliedRevision"] == revision)
+        && deployment["status"]["upToDate"] == 1)
+        .then_some(revision)
+}
+
+/// A process-runtime application of `version` for the hosts of `group`.
+fn sleeper(group: &str, version: u32) -> String {
+    format!(
+        "apiVersion: outpost/v1\nkind: Application\nmetadata: {{ name: sleeper }}\nspec:\n  version: \"{version}\"\n  services:\n    - name: s\n      mode: per-host\n      containers:\n        - {{ name: s, image: outpost-local/busybox:1, command: [\"/bin/sh\", \"-c\", \"exec sleep 3600\"] }}\n---\napiVersion: outpost/v1\nkind: Deployment\nmetadata: {{ name: sleeper }}\nspec: {{ application: sleeper, sites: \"group = '{group}'\" }}\n"
+    )
+}
+
+#[test]
+fn a_ca_rotation_goes_through_with_three_connected_agents_none_losing_its_session() {
+    let control = ControlPlane::start();
+    let name = unique_site("ca");
+    control.apply(&site(&name, &format!("group: {name}"))).success();
+    let mut agents: Vec<Agent> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|host| Agent::enroll_with(&control, &name, host, &["--runtime", "process"]))
+        .collect();
+    control.apply(&sleeper(&name, 1)).success();
+    let mut revision = eventually(Duration::from_secs(60), "three hosts up to date", || {
+        applied_everywhere(&control, &name, 3)
+    });
+    let ca = |control: &ControlPlane| -> Value {
+        serde_json::from_str(
+            &control
+                .http()
+                .send("GET", "/api/v1/ca", Some(&control.token()), None)
+                .body
+                .to_string(),
+        )
+        .unwrap()
+    };
+    let first = ca(&control);
+    assert_eq!(first["rotating"], false);
+
+    // The new CA signs; the old one stays trusted; every host learns both
+    // over its session and renews under the new one at once.
+    let rotated = control.cli(&["control", "rotate-ca"]);
+    assert!(rotated.success().starts_with("new CA "), "{}", rotated.stdout);
+    eventually(
+        Duration::from_secs(30),
+        "every host renewed under the new CA",
+        || {
+            let status = control.cli(&["control", "rotate-ca", "--status"]);
+            status
+                .success()
+                .contains("every host holds a certificate of the new CA")
+                .then_some(())
+        },
+    );
+    let second = ca(&control);
+    assert_ne!(second["fingerprint"], first["fingerprint"]);
+    for agent in &agents {
+        assert!(agent.logged("the control plane's CAs changed"));
+        assert!(agent.logged("host certificate renewed"));
+        let held = std::fs::read_to_string(agent.dir.path().join("ca.crt")).unwrap();
+        assert_eq!(held.matches("BEGIN CERTIFICATE").count(), 2, "both CAs");
+    }
+    // A state signed by the new CA is taken by every host.
+    control.apply(&sleeper(&name, 2)).success();
+    revision = eventually(Duration::from_secs(60), "version 2 everywhere", || {
+        applied_everywhere(&control, &name, 3).filter(|applied| *applied > revision)
+    });
+
+    // Retired, only the new CA is trusted, and no session ended.
+    let retired = control.cli(&["control", "rotate-ca", "--retire"]);
+    assert!(
+        retired.success().starts_with("the previous CA is retired"),
+        "{}",
+        retired.stdout
+    );
+    eventually(Duration::from_secs(10), "hosts trusting the new CA alone", || {
+        agents
+            .iter()
+            .all(|agent| {
+                std::fs::read_to_string(agent.dir.path().join("ca.crt"))
+                    .is_ok_and(|held| held.matches("BEGIN CERTIFICATE").count() == 1)
+            })
+            .then_some(())
+    });
+    control.apply(&sleeper(&name, 3)).success();
+    eventually(Duration::from_secs(60), "version 3 everywhere", || {
+        applied_everywhere(&control, &name, 3).filter(|applied| *applied > revision)
+    });
+    for agent in &agents {
+        assert_eq!(
+            agent.count_logged("connected to the control plane"),
+            1,
+            "one session throughout"
+        );
+        assert!(!agent.logged("uplink lost"));
+    }
+    let again = control.cli(&["control", "rotate-ca", "--retire"]);
+    assert_eq!(
+        again.stderr,
+        "error: no previous CA to retire (outpost control rotate-ca introduces a new one)\n"
+    );
+
+    // A restarted host connects with its renewed certificate, trusting
+    // the new CA alone.
+    agents[0].stop();
+    agents[0].start();
+    eventually(Duration::from_secs(30), "h1 connected again", || {
+        (agents[0].count_logged("connected to the control plane") == 2).then_some(())
+    });
 }
 
 #[test]
