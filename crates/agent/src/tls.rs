@@ -124,14 +124,25 @@ impl CertificateCheck for PinnedCa {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
         // Through a cross-signed CA, if the control plane rotated its CA
         // since the token was made.
-        verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now)?;
-        Ok(())
+        verify_chain(roots, end_entity, intermediates, server_name, now)
     }
+}
+
+/// WebPKI's judgement of a server's chain against `roots`.
+pub(crate) fn verify_chain(
+    roots: RootCertStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now)?;
+    Ok(())
 }
 
 /// For enrollment: no client certificate, the CA pinned by fingerprint.

@@ -12,8 +12,6 @@ use anyhow::{Context, Result};
 use outpost_files::write_private;
 use parking_lot::RwLock;
 use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
@@ -91,10 +89,6 @@ impl crate::tls::CertificateCheck for TrustedCas {
             .0
             .roots()
             .map_err(|e| rustls::Error::General(format!("{e:#}")))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now)?;
-        Ok(())
+        crate::tls::verify_chain(roots, end_entity, intermediates, server_name, now)
     }
 }

@@ -85,12 +85,15 @@ fn services_reach_each_other_by_name_across_hosts_over_an_encrypted_underlay() {
             &[
                 "sh",
                 "-c",
-                "tcpdump -Z root -i eth0 -U -w /tmp/lan.pcap tcp >/tmp/tcpdump.log 2>&1 &"
+                "tcpdump -Z root -i eth0 --immediate-mode -U -w /tmp/lan.pcap tcp >/tmp/tcpdump.log 2>&1 &"
             ]
         )
         .is_some()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Only once tcpdump listens: the calls below take well under a second.
+    eventually(Duration::from_secs(10), "tcpdump listening on h1", || {
+        lab.host_exec(h1, &["grep", "-q", "listening on", "/tmp/tcpdump.log"])
+    });
     let answer = eventually(Duration::from_secs(30), "api reaching db by name", || {
         fetch(h1, &api, "http://db:8080/").ok()
     });
@@ -124,7 +127,9 @@ fn services_reach_each_other_by_name_across_hosts_over_an_encrypted_underlay() {
         .unwrap_or_default();
     assert!(
         summary.lines().filter(|l| l.contains(&db_peer)).count() > 4,
-        "the capture shows the underlay between h1 and {db_host} ({db_peer}):\n{summary}"
+        "the capture shows the underlay between h1 and {db_host} ({db_peer}):\n{summary}\ntcpdump said: {}",
+        lab.host_exec(h1, &["cat", "/tmp/tcpdump.log"])
+            .unwrap_or_default()
     );
     assert!(
         !capture.contains(PAYLOAD),
