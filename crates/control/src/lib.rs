@@ -237,6 +237,7 @@ impl ControlPlane {
             enrollments: enrollments.clone(),
             secrets: self.secrets.clone(),
             oidc: self.oidc.clone(),
+            refusals: Arc::default(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {

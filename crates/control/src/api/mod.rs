@@ -35,7 +35,7 @@ use outpost_api::selector::Selector;
 use outpost_api::wire::{LabelChange, StoredObject};
 
 pub use error::ApiError;
-pub use policy::{Gate, Principal};
+pub use policy::{Gate, Principal, RefusalBudget};
 
 use outpost_api::access::Access;
 use policy::Guard;
@@ -61,6 +61,8 @@ pub struct AppState {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Sign-in with an OpenID Connect provider, if configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// How many refused tokens each address may still leave in the audit trail.
+    pub refusals: Arc<policy::RefusalBudget>,
 }
 
 impl AppState {

@@ -116,7 +116,23 @@ async fn check_quotas(state: &AppState, documents: &[outpost_api::Document]) -> 
         _ => document.manifest.metadata().name.tenant().map(str::to_string),
     };
     let tenants: BTreeSet<String> = documents.iter().filter_map(tenant_of).collect();
-    if tenants.is_empty() {
+    // Only a tenant with quotas costs a compile of the fleet.
+    let mut limited = false;
+    for tenant in &tenants {
+        let in_batch = documents.iter().find_map(|d| match &d.manifest {
+            outpost_api::Manifest::Tenant(t) if t.metadata.name.as_str() == tenant => Some(t.spec.clone()),
+            _ => None,
+        });
+        let spec = match in_batch {
+            Some(spec) => Some(spec),
+            None => match state.store.get(Kind::Tenant, tenant).await? {
+                Some(object) => serde_json::from_value::<outpost_api::manifest::TenantSpec>(object.spec).ok(),
+                None => None,
+            },
+        };
+        limited |= spec.is_some_and(|spec| !spec.quotas.is_unlimited());
+    }
+    if !limited {
         return Ok(());
     }
     let mut inputs = state.fleet.inputs(None).await?;

@@ -303,7 +303,23 @@ pub async fn enforce(State(guard): State<Guard>, request: Request, next: Next) -
     }
     let principal = match authenticate(&guard.state, stored).await {
         Ok(principal) => principal,
-        Err(refusal) => return record(&guard.state, entry, refusal.into_response(), false).await,
+        Err(refusal) => {
+            // A flood of bad tokens from one address leaves a bounded trace.
+            let ip = entry
+                .source
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|address| address.ip());
+            let Some(skipped) = guard.state.refusals.admit(ip, std::time::Instant::now()) else {
+                return refusal.into_response();
+            };
+            if skipped > 0 {
+                entry.objects.push(format!(
+                    "{skipped} earlier refusals from this address not recorded"
+                ));
+            }
+            return record(&guard.state, entry, refusal.into_response(), false).await;
+        }
     };
     let (mut parts, body) = request.into_parts();
     let params: HashMap<String, String> =
@@ -462,6 +478,41 @@ async fn admit(
     Ok(())
 }
 
+/// How many refusals of missing, expired or revoked tokens one address may
+/// leave in the audit trail per minute. Past it they are only counted, and
+/// the count goes with the next one recorded: a flood of bad tokens cannot
+/// fill the trail, and is not hidden either.
+pub const AUDITED_REFUSALS_PER_MINUTE: u32 = 20;
+
+/// Per address: the minute's start, refusals recorded in it, and those not.
+#[derive(Debug, Default)]
+pub struct RefusalBudget {
+    by_source: parking_lot::Mutex<HashMap<Option<std::net::IpAddr>, (std::time::Instant, u32, u32)>>,
+}
+
+impl RefusalBudget {
+    /// Whether a refusal from `source` at `now` is recorded; if so, how
+    /// many from it were not since the last one recorded.
+    pub fn admit(&self, source: Option<std::net::IpAddr>, now: std::time::Instant) -> Option<u32> {
+        const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut by_source = self.by_source.lock();
+        if by_source.len() > 10_000 {
+            by_source.retain(|_, (start, _, skipped)| now.duration_since(*start) < MINUTE || *skipped > 0);
+        }
+        let (start, recorded, skipped) = by_source.entry(source).or_insert((now, 0, 0));
+        if now.duration_since(*start) >= MINUTE {
+            (*start, *recorded) = (now, 0);
+        }
+        if *recorded < AUDITED_REFUSALS_PER_MINUTE {
+            *recorded += 1;
+            Some(std::mem::take(skipped))
+        } else {
+            *skipped += 1;
+            None
+        }
+    }
+}
+
 /// Appends the request to the audit trail, with the objects its handler
 /// named. When `withhold` (a reveal), a response that could not be audited
 /// is not sent: the value never leaves without its record.
@@ -498,4 +549,33 @@ async fn record(state: &AppState, mut entry: AuditEntry, response: Response, wit
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_bad_tokens_leaves_a_bounded_trace_that_counts_the_rest() {
+        let budget = RefusalBudget::default();
+        let (one, other) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        let start = std::time::Instant::now();
+        for _ in 0..AUDITED_REFUSALS_PER_MINUTE {
+            assert_eq!(budget.admit(one, start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(budget.admit(one, start), None, "past the budget: counted only");
+        }
+        assert_eq!(budget.admit(other, start), Some(0), "each address has its own");
+        let later = start + std::time::Duration::from_secs(61);
+        assert_eq!(
+            budget.admit(one, later),
+            Some(5),
+            "the next minute's first says how many were not recorded"
+        );
+        assert_eq!(budget.admit(one, later), Some(0));
+    }
 }
