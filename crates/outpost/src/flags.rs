@@ -254,7 +254,7 @@ pub(crate) enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Cut a host or a site off at once: sessions end, connections are refused
+    /// Cut a host, a site or a tenant off at once: sessions end, connections and tokens are refused
     Block {
         #[command(subcommand)]
         command: BlockCommand,

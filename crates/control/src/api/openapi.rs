@@ -252,7 +252,7 @@ const OPERATIONS: &[Operation] = &[
     op(
         "POST",
         "/block",
-        "Cut a host (SITE/HOST) or a site off at once: its sessions end within a second, its connections and enrollments are refused; with wipe, connected hosts delete their secrets and stop their workloads. A blocked host's site rotates its underlay keys at once",
+        "Cut a host (SITE/HOST), a site or a tenant off at once: a host's or site's sessions end within a second, its connections and enrollments are refused; with wipe, connected hosts delete their secrets and stop their workloads. A blocked host's site rotates its underlay keys at once. A blocked tenant's tokens are refused and the streams they follow end",
         &[],
         Some(Schema("BlockRequest")),
         Schema("Block"),
@@ -261,7 +261,7 @@ const OPERATIONS: &[Operation] = &[
     op(
         "POST",
         "/unblock",
-        "Lift a block: the host or site may connect again (a wipe stays done)",
+        "Lift a block: the host or site may connect again (a wipe stays done), the tenant's tokens work again",
         &[],
         Some(Schema("BlockRequest")),
         Schema("Block"),
