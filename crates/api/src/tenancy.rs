@@ -113,6 +113,20 @@ pub fn unqualify(object: &mut StoredObject, tenant: &str) {
     object.spec = manifest.spec_json();
 }
 
+/// The sites a deployment named `name` with selector `sites` reaches: for
+/// an application owner's, only those its tenant's `spec.sites`
+/// (`tenant_sites`) also selects; `None` (nowhere) once its tenant is gone.
+pub fn confine<'a>(
+    name: &str,
+    sites: &crate::selector::Selector,
+    tenant_sites: impl FnOnce(&str) -> Option<&'a crate::selector::Selector>,
+) -> Option<crate::selector::Selector> {
+    match name.split_once('.') {
+        None => Some(sites.clone()),
+        Some((tenant, _)) => tenant_sites(tenant).map(|tenant| sites.and(tenant)),
+    }
+}
+
 /// `TENANT.NAME` for a name a tenant wrote, which must be a plain DNS label.
 pub fn qualified(tenant: &str, name: &str) -> Result<String, String> {
     crate::manifest::check_dns_label(name)?;

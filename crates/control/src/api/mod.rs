@@ -160,12 +160,12 @@ impl AppState {
                         .and_then(|s| s.as_str())
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(Selector::all);
-                    // An application owner's deployment reaches its tenant's sites only.
-                    let tenant = object.metadata.name.split_once('.').map(|(tenant, _)| tenant);
-                    let selector = match tenant.map(|tenant| tenants.get(tenant)) {
-                        None => selector,
-                        Some(Some(sites)) => selector.and(sites),
-                        Some(None) => continue,
+                    let Some(selector) =
+                        outpost_api::tenancy::confine(&object.metadata.name, &selector, |tenant| {
+                            tenants.get(tenant)
+                        })
+                    else {
+                        continue;
                     };
                     let selected: Vec<String> = sites
                         .iter()

@@ -59,10 +59,11 @@ impl Inputs {
     /// sites that its tenant's `spec.sites` also selects; `None` (nowhere)
     /// once its tenant is gone.
     pub fn confined(&self, mut deployment: Deployment) -> Option<Deployment> {
-        if let Some(tenant) = deployment.metadata.name.tenant() {
-            let spec = self.tenants.get(tenant)?;
-            deployment.spec.sites = deployment.spec.sites.and(&spec.sites);
-        }
+        deployment.spec.sites = outpost_api::tenancy::confine(
+            deployment.metadata.name.as_str(),
+            &deployment.spec.sites,
+            |tenant| self.tenants.get(tenant).map(|spec| &spec.sites),
+        )?;
         Some(deployment)
     }
 
