@@ -175,6 +175,10 @@ pub struct SiteSpec {
     /// its instances to the other hosts (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_loss_after: Option<Duration>,
+    /// The site is often offline (a ship, a field site on a schedule): the
+    /// fleet overview counts it offline as expected, not as a fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub often_offline: bool,
 }
 
 /// A versioned set of services, each made of containers.

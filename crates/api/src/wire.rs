@@ -337,6 +337,185 @@ pub struct DeploymentStatus {
     pub sites: Vec<DeploymentSite>,
 }
 
+/// How a site fares as a whole, most severe first: the state of the fleet
+/// overview's counts and heat-map, and the site list's order. A site is up
+/// to date only when every deployment that reaches it is
+/// (`DeploymentSiteState::UpToDate`: every instance of the desired version
+/// runs and passes its probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SiteHealth {
+    Failed,
+    /// No host connected, and the site does not say it is often offline.
+    OfflineUnexpected,
+    Progressing,
+    /// No host has ever connected.
+    NeverConnected,
+    /// No host connected, as the site's `oftenOffline` says to expect.
+    OfflineExpected,
+    UpToDate,
+}
+
+impl SiteHealth {
+    pub const ALL: [SiteHealth; 6] = [
+        SiteHealth::Failed,
+        SiteHealth::OfflineUnexpected,
+        SiteHealth::Progressing,
+        SiteHealth::NeverConnected,
+        SiteHealth::OfflineExpected,
+        SiteHealth::UpToDate,
+    ];
+
+    /// The name the API writes (`offlineExpected`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteHealth::Failed => "failed",
+            SiteHealth::OfflineUnexpected => "offlineUnexpected",
+            SiteHealth::Progressing => "progressing",
+            SiteHealth::NeverConnected => "neverConnected",
+            SiteHealth::OfflineExpected => "offlineExpected",
+            SiteHealth::UpToDate => "upToDate",
+        }
+    }
+
+    /// In words, for people (`offline (expected)`).
+    pub fn words(self) -> &'static str {
+        match self {
+            SiteHealth::Failed => "failed",
+            SiteHealth::OfflineUnexpected => "offline (unexpected)",
+            SiteHealth::Progressing => "progressing",
+            SiteHealth::NeverConnected => "never connected",
+            SiteHealth::OfflineExpected => "offline (expected)",
+            SiteHealth::UpToDate => "up to date",
+        }
+    }
+}
+
+impl std::str::FromStr for SiteHealth {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SiteHealth, String> {
+        SiteHealth::ALL
+            .into_iter()
+            .find(|health| health.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SiteHealth::ALL.iter().map(|h| h.as_str()).collect();
+                format!("{text:?} is not a site state (use {})", names.join(", "))
+            })
+    }
+}
+
+/// One site as the fleet views show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteSummary {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub health: SiteHealth,
+    /// Why, for any state but up to date (`shop: web-1: starting`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub hosts: usize,
+    pub online_hosts: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+/// How many sites are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCounts {
+    pub failed: usize,
+    pub offline_unexpected: usize,
+    pub progressing: usize,
+    pub never_connected: usize,
+    pub offline_expected: usize,
+    pub up_to_date: usize,
+}
+
+impl HealthCounts {
+    pub fn add(&mut self, health: SiteHealth) {
+        *self.get_mut(health) += 1;
+    }
+
+    pub fn get(&self, health: SiteHealth) -> usize {
+        match health {
+            SiteHealth::Failed => self.failed,
+            SiteHealth::OfflineUnexpected => self.offline_unexpected,
+            SiteHealth::Progressing => self.progressing,
+            SiteHealth::NeverConnected => self.never_connected,
+            SiteHealth::OfflineExpected => self.offline_expected,
+            SiteHealth::UpToDate => self.up_to_date,
+        }
+    }
+
+    fn get_mut(&mut self, health: SiteHealth) -> &mut usize {
+        match health {
+            SiteHealth::Failed => &mut self.failed,
+            SiteHealth::OfflineUnexpected => &mut self.offline_unexpected,
+            SiteHealth::Progressing => &mut self.progressing,
+            SiteHealth::NeverConnected => &mut self.never_connected,
+            SiteHealth::OfflineExpected => &mut self.offline_expected,
+            SiteHealth::UpToDate => &mut self.up_to_date,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        SiteHealth::ALL.iter().map(|health| self.get(*health)).sum()
+    }
+}
+
+/// `GET /api/v1/fleet/overview`: every site the caller sees, counted by
+/// state and grouped by one label's values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetOverview {
+    pub counts: HealthCounts,
+    /// The label the sites are grouped by.
+    pub group_by: String,
+    /// One group per value of that label (sites without it: the group
+    /// with an empty value), largest first.
+    pub groups: Vec<SiteGroup>,
+}
+
+/// The sites that share one value of the overview's label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteGroup {
+    pub value: String,
+    pub counts: HealthCounts,
+    /// Its most severe sites first, at most the overview's `perGroup`.
+    pub sites: Vec<SiteSummary>,
+}
+
+/// `GET /api/v1/fleet/sites`: one page of the sites the caller sees that a
+/// selector (and a state) picks, most severe first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SitePage {
+    /// How many sites match, over every page.
+    pub total: usize,
+    pub offset: usize,
+    pub items: Vec<SiteSummary>,
+}
+
+/// One instance as its host last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceDetail {
+    pub instance: String,
+    pub application: String,
+    pub service: String,
+    pub state: crate::instance::InstanceState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The application version it runs: the desired one once its spec
+    /// matches, empty while it still runs an earlier one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
 /// An enrolled host, as `GET /api/v1/hosts` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -353,6 +532,10 @@ pub struct HostInfo {
     /// Instances on this host: name → state.
     #[serde(default)]
     pub instances: BTreeMap<String, crate::instance::InstanceState>,
+    /// The same instances with what they run and why they are in their
+    /// state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<InstanceDetail>,
     /// The operator's labels (facts are separate and read-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

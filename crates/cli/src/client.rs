@@ -295,6 +295,12 @@ impl Client {
             .await
     }
 
+    /// A one-time sign-in link's token for the caller itself (the console
+    /// signs in with it at `/ui/signin?link=TOKEN`).
+    pub async fn create_sign_in_link(&self) -> Result<TokenCreated> {
+        self.send(self.request(Method::POST, "/login/links")).await
+    }
+
     pub async fn create_api_token(&self, request: &TokenRequest) -> Result<TokenCreated> {
         self.send(self.request(Method::POST, "/tokens").json(request))
             .await

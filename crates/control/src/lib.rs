@@ -4,6 +4,7 @@
 pub mod agent_listener;
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod enrollment;
 pub mod fleet;
 pub mod gateway;
@@ -239,6 +240,8 @@ impl ControlPlane {
             oidc: self.oidc.clone(),
             refusals: Arc::default(),
         });
+        // The console calls the API's router (and its policy layer) in-process.
+        let router = router.clone().merge(console::router(router));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use outpost_api::quantity::approximate_bytes;
 use outpost_api::wire::{
-    DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, ImageProgress, SiteStatus,
+    DeploymentSite, DeploymentSiteState, DeploymentStatus, HostInfo, ImageProgress, SiteHealth, SiteStatus,
 };
 use outpost_api::workload::SiteState;
 
@@ -263,6 +263,115 @@ impl Snapshot {
         (UpToDate, String::new())
     }
 
+    /// How `site` fares as a whole, and why: its worst deployment, or
+    /// offline. `owner` limits the deployments that count to an
+    /// application owner's (`None`: every one, and a host behind the
+    /// site's revision counts too). `often_offline` is the site's own word
+    /// that a site without a connected host is expected.
+    pub fn site_health(&self, site: &str, owner: Option<&str>, often_offline: bool) -> (SiteHealth, String) {
+        let hosts: Vec<&HostRecord> = self.site_hosts(site).collect();
+        if hosts.is_empty() {
+            return (SiteHealth::NeverConnected, "no host has enrolled".to_string());
+        }
+        if !hosts.iter().any(|h| self.is_online(h)) {
+            return match hosts.iter().filter_map(|h| h.last_seen.clone()).max() {
+                None => (
+                    SiteHealth::NeverConnected,
+                    "no host has connected yet".to_string(),
+                ),
+                Some(at) if often_offline => (SiteHealth::OfflineExpected, format!("last seen {at}")),
+                Some(at) => (SiteHealth::OfflineUnexpected, format!("last seen {at}")),
+            };
+        }
+        let Some((revision, state)) = self.states.get(site) else {
+            return (
+                SiteHealth::Progressing,
+                "desired state not computed yet".to_string(),
+            );
+        };
+        let concerns = |deployment: &str| {
+            owner.is_none_or(|tenant| outpost_api::tenancy::local_name(deployment, tenant).is_some())
+        };
+        let deployments: std::collections::BTreeSet<&str> = state
+            .workloads
+            .iter()
+            .chain(&state.staged)
+            .map(|w| w.deployment.as_str())
+            .chain(state.failures.iter().map(|f| f.deployment.as_str()))
+            .filter(|deployment| concerns(deployment))
+            .collect();
+        let mut worst = (SiteHealth::UpToDate, String::new());
+        for deployment in deployments {
+            let health = match self.deployment_on(deployment, site) {
+                (DeploymentSiteState::UpToDate, _) => continue,
+                (DeploymentSiteState::Failed, reason) => (SiteHealth::Failed, reason),
+                // A connected site: only its deployments' own words.
+                (DeploymentSiteState::Progressing | DeploymentSiteState::Offline, reason) => {
+                    (SiteHealth::Progressing, reason)
+                }
+            };
+            if health.0 < worst.0 {
+                let shown = owner
+                    .and_then(|tenant| outpost_api::tenancy::local_name(deployment, tenant))
+                    .unwrap_or(deployment);
+                worst = (health.0, format!("{shown}: {}", health.1));
+            }
+        }
+        if worst.0 == SiteHealth::UpToDate
+            && owner.is_none()
+            && let Some(behind) = hosts.iter().find(|h| h.applied_revision < *revision)
+        {
+            worst = (
+                SiteHealth::Progressing,
+                format!(
+                    "{} has revision {} of {revision}",
+                    behind.name, behind.applied_revision
+                ),
+            );
+        }
+        worst
+    }
+
+    /// A site as the fleet views list it.
+    pub fn site_summary(
+        &self,
+        site: &outpost_api::wire::StoredObject,
+        owner: Option<&str>,
+    ) -> outpost_api::wire::SiteSummary {
+        let name = site.metadata.name.as_str();
+        let often_offline = site
+            .spec
+            .get("oftenOffline")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let (health, reason) = self.site_health(name, owner, often_offline);
+        let hosts: Vec<&HostRecord> = self.site_hosts(name).collect();
+        outpost_api::wire::SiteSummary {
+            name: name.to_string(),
+            labels: site.metadata.labels.clone(),
+            health,
+            reason,
+            hosts: hosts.len(),
+            online_hosts: hosts.iter().filter(|h| self.is_online(h)).count(),
+            last_seen: hosts.iter().filter_map(|h| h.last_seen.clone()).max(),
+        }
+    }
+
+    /// The version an instance runs, if its spec is the desired one.
+    fn running_version(&self, site: &str, instance: &InstanceRecord) -> String {
+        self.states
+            .get(site)
+            .and_then(|(_, state)| {
+                state
+                    .workloads
+                    .iter()
+                    .find(|w| w.instances.iter().any(|i| i.name == instance.instance))
+            })
+            .filter(|workload| workload.spec_hash() == instance.spec_hash)
+            .map(|workload| workload.version.clone())
+            .unwrap_or_default()
+    }
+
     /// How many of a host's site peers hear it, of how many report: none
     /// when its site has no cluster.
     fn seen_by(&self, site: &str, host: &str) -> Option<(usize, usize)> {
@@ -309,6 +418,18 @@ impl Snapshot {
                     .host_instances(&h.site, &h.name)
                     .iter()
                     .map(|i| (i.instance.clone(), i.state))
+                    .collect(),
+                details: self
+                    .host_instances(&h.site, &h.name)
+                    .iter()
+                    .map(|i| outpost_api::wire::InstanceDetail {
+                        instance: i.instance.clone(),
+                        application: i.application.clone(),
+                        service: i.service.clone(),
+                        state: i.state,
+                        reason: i.reason.clone(),
+                        version: self.running_version(&h.site, i),
+                    })
                     .collect(),
             })
             .collect()

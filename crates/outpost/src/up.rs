@@ -116,6 +116,15 @@ pub async fn run(
         "  CLI context    \"up\", now current in {}",
         user_config.display()
     );
+    // The console's one-time sign-in link; a failure here costs the link, not `up`.
+    let root = url.trim_end_matches('/');
+    match client.create_sign_in_link().await {
+        Ok(link) => println!(
+            "  console        {root}/ui/  (sign in once, within 15 minutes: {root}/ui/signin?link={})",
+            link.token
+        ),
+        Err(err) => println!("  console        {root}/ui/  (no sign-in link: {err:#})"),
+    }
     println!();
     println!("Applied the examples:");
     for line in applied.lines() {

@@ -146,7 +146,7 @@ fn unknown_field_far_from_any() {
     check(
         "apiVersion: outpost/v1\nkind: Site\nmetadata: { name: a }\nspec:\n  wifi: yes\n",
         expect![[
-            r#"app.yaml:5:3: spec.wifi: unknown field "wifi" (expected "variables" or "hostLossAfter")"#
+            r#"app.yaml:5:3: spec.wifi: unknown field "wifi" (expected "variables", "hostLossAfter" or "oftenOffline")"#
         ]],
     );
 }

@@ -86,7 +86,7 @@ pub(super) async fn create_token(
         tenant,
         sites,
     };
-    let created = issue(&state, grant, ttl.as_std(), Some(caller.token.clone())).await?;
+    let created = issue(&state, grant, ttl.as_std(), Some(caller.token.clone()), "").await?;
     tracing::info!(actor = %caller.token, token = %created.info.name, user = %created.info.user, role = %created.info.role, "API token created");
     let objects = vec![format!(
         "token {} ({} as {})",
@@ -128,6 +128,7 @@ async fn issue(
     grant: Grant,
     ttl: std::time::Duration,
     created_by: Option<String>,
+    prefix: &str,
 ) -> Result<TokenCreated, ApiError> {
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
@@ -136,7 +137,7 @@ async fn issue(
         .unwrap_or_default();
     let info = TokenInfo {
         // The hash's prefix keeps names unique without revealing the token.
-        name: format!("{}-{}", grant.user, &hash[..8]),
+        name: format!("{prefix}{}-{}", grant.user, &hash[..8]),
         user: grant.user,
         role: grant.role,
         tenant: grant.tenant,
@@ -206,11 +207,94 @@ pub(super) async fn login(
         tenant: signed_in.tenant,
         sites: None,
     };
-    let created = issue(&state, grant, crate::oidc::SIGN_IN_TTL, None).await?;
+    let created = issue(&state, grant, crate::oidc::SIGN_IN_TTL, None, "").await?;
     tracing::info!(user = %created.info.user, role = %created.info.role, token = %created.info.name, "signed in");
     let objects = vec![format!(
         "sign-in of {} as {} in {} (token {})",
         created.info.user, created.info.role, created.info.tenant, created.info.name
+    )];
+    Ok(audited(Json(created), objects))
+}
+
+/// The name prefix of a one-time sign-in link's token: it signs in once,
+/// and is refused as a bearer token (`policy::principal`).
+pub const ONE_TIME_PREFIX: &str = "once:";
+
+/// How long a one-time sign-in link may wait to be used.
+pub const ONE_TIME_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `POST /api/v1/login/links`: a one-time sign-in link for the caller
+/// itself (its user, role, tenant and sites), good for `ONE_TIME_TTL`:
+/// `outpost up` prints one for the console.
+pub(super) async fn create_sign_in_link(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let grant = Grant {
+        user: caller.user.clone(),
+        role: caller.role,
+        tenant: caller.tenant.clone(),
+        sites: caller.sites_source.clone(),
+    };
+    let created = issue(
+        &state,
+        grant,
+        ONE_TIME_TTL,
+        Some(caller.token.clone()),
+        ONE_TIME_PREFIX,
+    )
+    .await?;
+    let objects = vec![format!("one-time sign-in link {}", created.info.name)];
+    Ok(audited(Json(created), objects))
+}
+
+/// `POST /api/v1/login/link` (public): a one-time sign-in link's token,
+/// used up here, traded for an API token of the same grant for
+/// `oidc::SIGN_IN_TTL`.
+pub(super) async fn use_sign_in_link(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Link {
+        token: String,
+    }
+    let link: Link = json_body(body, "a sign-in link (token)")?;
+    let refused = || ApiError::BadCredentials("the sign-in link is unknown, used or expired".to_string());
+    let stored = state
+        .store
+        .api_token(&auth::hash_token(&link.token))
+        .await?
+        .filter(|stored| stored.name.starts_with(ONE_TIME_PREFIX))
+        .filter(|stored| {
+            stored
+                .expires_at
+                .as_deref()
+                .is_some_and(|expires| expires > now_rfc3339().as_str())
+        })
+        .ok_or_else(refused)?;
+    if !state.store.use_up_api_token(&stored.name).await? {
+        return Err(refused());
+    }
+    let grant = Grant {
+        user: stored.user,
+        role: stored.role,
+        tenant: stored.tenant,
+        sites: stored.sites,
+    };
+    let created = issue(
+        &state,
+        grant,
+        crate::oidc::SIGN_IN_TTL,
+        Some(stored.name.clone()),
+        "",
+    )
+    .await?;
+    tracing::info!(user = %created.info.user, role = %created.info.role, token = %created.info.name, "signed in with a one-time link");
+    let objects = vec![format!(
+        "sign-in of {} with link {} (token {})",
+        created.info.user, stored.name, created.info.name
     )];
     Ok(audited(Json(created), objects))
 }

@@ -126,6 +126,11 @@ pub(super) async fn hosts(
                     .filter(|(instance, _)| principal.owns(instance))
                     .map(|(instance, state)| (principal.shown_name(&instance).to_string(), state))
                     .collect();
+                host.details.retain(|detail| principal.owns(&detail.instance));
+                for detail in &mut host.details {
+                    detail.instance = principal.shown_name(&detail.instance).to_string();
+                    detail.application = principal.shown_name(&detail.application).to_string();
+                }
             }
             host
         })

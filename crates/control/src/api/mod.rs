@@ -4,7 +4,8 @@
 //! `objects` (apply, plan, get, list, delete, history, labels), `hosts`
 //! (join tokens, hosts, host labels), `records` (events and logs),
 //! `secrets` (set, list, describe, reveal, delete),
-//! `rollouts`, and `metrics` (Prometheus, outside `/api/v1`).
+//! `rollouts`, `overview` (the fleet at a glance), and `metrics`
+//! (Prometheus, outside `/api/v1`).
 
 mod access;
 mod bundles;
@@ -13,6 +14,7 @@ mod hosts;
 mod metrics;
 mod objects;
 mod openapi;
+mod overview;
 mod policy;
 mod records;
 mod rollouts;
@@ -228,6 +230,8 @@ fn api_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>
         ),
         ("GET", "/sites/{name}/keys", Needs(Read), get(hosts::site_keys)),
         ("GET", "/hosts", Needs(Read), get(hosts::hosts)),
+        ("GET", "/fleet/overview", Needs(Read), get(overview::overview)),
+        ("GET", "/fleet/sites", Needs(Read), get(overview::sites)),
         ("GET", "/events", Needs(Read), get(records::events)),
         ("GET", "/logs", Needs(Read), get(records::logs)),
         (
@@ -265,6 +269,13 @@ fn api_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>
         ),
         ("GET", "/login", Public, get(access::login_config)),
         ("POST", "/login", Public, post(access::login)),
+        (
+            "POST",
+            "/login/links",
+            Needs(Tokens),
+            post(access::create_sign_in_link),
+        ),
+        ("POST", "/login/link", Public, post(access::use_sign_in_link)),
         ("POST", "/tokens", Needs(Tokens), post(access::create_token)),
         ("GET", "/tokens", Needs(Tokens), get(access::list_tokens)),
         (

@@ -6,8 +6,9 @@
 use axum::Json;
 use outpost_api::schema::manifest_schema;
 use outpost_api::wire::{
-    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, HostList, JoinToken, JoinTokenRequest,
-    LabelChange, ObjectList, PlanResponse, RolloutStatus, StoredObject, UndoRequest,
+    ApplicationVersion, ApplyRequest, ApplyResponse, ErrorBody, FleetOverview, HostList, JoinToken,
+    JoinTokenRequest, LabelChange, ObjectList, PlanResponse, RolloutStatus, SitePage, StoredObject,
+    UndoRequest,
 };
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
@@ -131,6 +132,24 @@ const OPERATIONS: &[Operation] = &[
         None,
         Schema("HostList"),
         &[404],
+    ),
+    op(
+        "GET",
+        "/fleet/overview",
+        "Every site the caller sees counted by state (failed, offlineUnexpected, progressing, neverConnected, offlineExpected, upToDate) and grouped by one label (`groupBy`, default region), each group's most severe sites first (at most `perGroup`)",
+        &["groupBy", "perGroup", "selector"],
+        None,
+        Schema("FleetOverview"),
+        &[400],
+    ),
+    op(
+        "GET",
+        "/fleet/sites",
+        "One page of the sites a selector picks (and, with `health`, in that state), most severe first",
+        &["selector", "health", "offset", "perPage"],
+        None,
+        Schema("SitePage"),
+        &[400],
     ),
     op(
         "POST",
@@ -439,6 +458,27 @@ const OPERATIONS: &[Operation] = &[
         )
     },
     op(
+        "POST",
+        "/login/links",
+        "A one-time sign-in link for the caller itself (same user, role, tenant and sites), good for 15 minutes: its token signs in once at POST /login/link (the console's /ui/signin?link=TOKEN) and is refused as a bearer token",
+        &[],
+        None,
+        Schema("TokenCreated"),
+        &[],
+    ),
+    Operation {
+        public: true,
+        ..op(
+            "POST",
+            "/login/link",
+            "Sign in with a one-time link's token ({\"token\": ...}): it is used up, and traded for an API token of the same grant, valid 12 hours; audited",
+            &[],
+            Some(Object),
+            Schema("TokenCreated"),
+            &[400, 401],
+        )
+    },
+    op(
         "GET",
         "../metrics",
         "The fleet in the Prometheus text format (same bearer token)",
@@ -514,6 +554,26 @@ fn parameter(name: &str) -> Value {
         "live" => query(json!({ "type": "boolean" }), "ask the site's connected hosts now"),
         "user" => query(json!({ "type": "string" }), "only what this user did"),
         "tenant" => query(json!({ "type": "string" }), "only what was done in this tenant"),
+        "groupBy" => query(
+            json!({ "type": "string" }),
+            "the label whose values group the sites (default region)",
+        ),
+        "perGroup" => query(
+            json!({ "type": "integer", "minimum": 0, "maximum": 1000 }),
+            "at most this many sites listed per group, most severe first (default 100)",
+        ),
+        "health" => query(
+            json!({ "type": "string", "enum": ["failed", "offlineUnexpected", "progressing", "neverConnected", "offlineExpected", "upToDate"] }),
+            "only sites in this state",
+        ),
+        "offset" => query(
+            json!({ "type": "integer", "minimum": 0 }),
+            "skip this many sites (default 0)",
+        ),
+        "perPage" => query(
+            json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+            "at most this many sites (default 50)",
+        ),
         "tail" => query(
             json!({ "type": "integer" }),
             "with `live`: at most this many lines per container",
@@ -624,6 +684,8 @@ pub fn openapi() -> Value {
     add_schema::<outpost_api::wire::RotateKeysRequest>(&mut generator, &mut schemas);
     add_schema::<outpost_api::wire::SiteKeys>(&mut generator, &mut schemas);
     add_schema::<HostList>(&mut generator, &mut schemas);
+    add_schema::<FleetOverview>(&mut generator, &mut schemas);
+    add_schema::<SitePage>(&mut generator, &mut schemas);
     add_schema::<crate::store::HostRecord>(&mut generator, &mut schemas);
     add_schema::<LabelChange>(&mut generator, &mut schemas);
     add_schema::<RolloutStatus>(&mut generator, &mut schemas);

@@ -402,6 +402,10 @@ async fn authenticate(state: &AppState, stored: Option<TokenInfo>) -> Result<Pri
 /// The principal of a stored token, or `Unauthorized` if it was revoked or
 /// has expired.
 fn principal(stored: TokenInfo) -> Result<Principal, ApiError> {
+    if stored.name.starts_with(super::access::ONE_TIME_PREFIX) {
+        tracing::info!(token = %stored.name, "a one-time sign-in link was used as a bearer token");
+        return Err(ApiError::Unauthorized);
+    }
     if stored.revoked_at.is_some() {
         tracing::info!(token = %stored.name, "a revoked API token was used");
         return Err(ApiError::Unauthorized);

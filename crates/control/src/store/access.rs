@@ -35,6 +35,10 @@ pub trait AccessStore: Send + Sync + 'static {
     /// Marks a token revoked; it fails its next request.
     async fn revoke_api_token(&self, name: &str) -> Result<TokenInfo, StoreError>;
 
+    /// Revokes a token that is not revoked yet: true for the one caller
+    /// that did (a one-time sign-in link is used once, however many race).
+    async fn use_up_api_token(&self, name: &str) -> Result<bool, StoreError>;
+
     /// Appends an entry to the audit trail, chained to the one before it;
     /// the store gives it its id and time, and returns the id.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
@@ -255,6 +259,16 @@ impl AccessStore for SqliteStore {
             Some(row) => token_from_row(&row),
             None => Err(StoreError::Conflict(format!("no API token is named {name:?}"))),
         }
+    }
+
+    async fn use_up_api_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")
+                .bind(name)
+                .bind(now())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
