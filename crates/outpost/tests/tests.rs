@@ -12,6 +12,8 @@ mod api;
 mod cli;
 #[path = "suite/cluster.rs"]
 mod cluster;
+#[path = "suite/console.rs"]
+mod console;
 #[path = "suite/governance.rs"]
 mod governance;
 #[path = "suite/hardening.rs"]

@@ -299,6 +299,33 @@ pub(super) async fn use_sign_in_link(
     Ok(audited(Json(created), objects))
 }
 
+/// `DELETE /api/v1/login`: signs the caller out. A token that a one-time
+/// sign-in link made (a console session) is revoked; any other token is
+/// its holder's to keep and stays as it is. Answers the token as it now is.
+pub(super) async fn sign_out(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let token = state
+        .store
+        .api_tokens(caller.owner())
+        .await?
+        .into_iter()
+        .find(|token| token.name == caller.token)
+        .ok_or(ApiError::Unauthorized)?;
+    let session = token
+        .created_by
+        .as_deref()
+        .is_some_and(|maker| maker.starts_with(ONE_TIME_PREFIX));
+    if !session {
+        return Ok(axum::response::IntoResponse::into_response(Json(token)));
+    }
+    let revoked = state.store.revoke_api_token(&token.name).await?;
+    tracing::info!(user = %caller.user, token = %token.name, "signed out");
+    let objects = vec![format!("sign-out of {} (token {})", caller.user, token.name)];
+    Ok(audited(Json(revoked), objects))
+}
+
 /// `GET /api/v1/tokens`: the caller's tenant's tokens (every tenant's for
 /// the provider), never the tokens themselves.
 pub(super) async fn list_tokens(

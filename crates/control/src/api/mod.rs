@@ -276,6 +276,7 @@ fn api_routes() -> Vec<(&'static str, &'static str, Gate, MethodRouter<AppState>
             post(access::create_sign_in_link),
         ),
         ("POST", "/login/link", Public, post(access::use_sign_in_link)),
+        ("DELETE", "/login", Needs(Read), delete(access::sign_out)),
         ("POST", "/tokens", Needs(Tokens), post(access::create_token)),
         ("GET", "/tokens", Needs(Tokens), get(access::list_tokens)),
         (

@@ -479,6 +479,15 @@ const OPERATIONS: &[Operation] = &[
         )
     },
     op(
+        "DELETE",
+        "/login",
+        "Sign out: the caller's token is revoked if a one-time sign-in link made it (a console session); any other token stays valid. Answers the token as it now is",
+        &[],
+        None,
+        Schema("TokenInfo"),
+        &[],
+    ),
+    op(
         "GET",
         "../metrics",
         "The fleet in the Prometheus text format (same bearer token)",

@@ -63,7 +63,30 @@ pub fn router(api: Router) -> Router {
             get(|| asset(HTMX_SSE, "text/javascript")),
         )
         .route("/ui/assets/console.css", get(|| asset(CSS, "text/css")))
+        .layer(axum::middleware::from_fn(sign_in_as_whole_page))
         .with_state(console)
+}
+
+/// A request htmx made (a boosted link or form, a live refresh) that must
+/// sign in first goes to the sign-in page as a whole page (`HX-Redirect`),
+/// instead of having it swapped into the page it came from.
+async fn sign_in_as_whole_page(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let from_htmx = request.headers().contains_key("hx-request");
+    let mut response = next.run(request).await;
+    let to_sign_in = response
+        .headers()
+        .get(header::LOCATION)
+        .filter(|location| location.as_bytes().starts_with(b"/ui/signin"))
+        .cloned();
+    if from_htmx
+        && response.status().is_redirection()
+        && let Some(location) = to_sign_in
+    {
+        *response.status_mut() = StatusCode::OK;
+        response.headers_mut().remove(header::LOCATION);
+        response.headers_mut().insert("hx-redirect", location);
+    }
+    response
 }
 
 /// htmx 2.0.10 and its server-sent events extension (0BSD), from the
@@ -314,6 +337,8 @@ fn page(title: &str, live: &str, content: Markup) -> Html<String> {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // Refusals (403, 404, a wrong manifest) are pages too: show them.
+                meta name="htmx-config" content=r#"{"responseHandling":[{"code":"204","swap":false},{"code":"...","swap":true}]}"#;
                 title { (title) " · Outpost" }
                 link rel="stylesheet" href="/ui/assets/console.css";
                 script src="/ui/assets/htmx.min.js" {}
@@ -337,7 +362,8 @@ fn page(title: &str, live: &str, content: Markup) -> Html<String> {
                         (content)
                     } @else {
                         div hx-ext="sse" sse-connect="/ui/live" {
-                            div #live hx-get=(live) hx-trigger="sse:change" hx-select="#live" hx-swap="outerHTML" {
+                            // Links and forms inside keep htmx's defaults (whole pages).
+                            div #live hx-get=(live) hx-trigger="sse:change" hx-select="#live" hx-swap="outerHTML" hx-disinherit="*" {
                                 (content)
                             }
                         }

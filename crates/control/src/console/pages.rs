@@ -11,10 +11,10 @@ use maud::{Markup, html};
 use outpost_api::access::{AuditEntry, TokenCreated, TokenInfo};
 use outpost_api::rollout::Phase;
 use outpost_api::secret::SecretList;
-use outpost_api::telemetry::{EventList, StoredEvent};
+use outpost_api::telemetry::{EventList, LogList, StoredEvent};
 use outpost_api::wire::{
-    ApplyResponse, DeploymentSiteState, DeploymentStatus, FleetOverview, HostList, ObjectList, PlanResponse,
-    RolloutStatus, SiteHealth, SitePage, SiteStatus, StoredObject,
+    ApplyRequest, ApplyResponse, DeploymentSiteState, DeploymentStatus, FleetOverview, HostList, ObjectList,
+    PlanResponse, RolloutStatus, SiteHealth, SitePage, SiteStatus, SourceFile, StoredObject,
 };
 
 use super::{Caller, Console, Refusal, Source, decode, page, query, same_origin, session_cookie, to_sign_in};
@@ -223,11 +223,13 @@ pub(super) async fn sites(
     Ok(page("Sites", &at(offset), content))
 }
 
-/// `GET /ui/sites/{name}`: one site.
+/// `GET /ui/sites/{name}[?logs=APPLICATION]`: one site, with the tail of
+/// one application's logs there (the first it runs unless `logs` says).
 pub(super) async fn site(
     State(console): State<Console>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(params): Params,
 ) -> Result<Html<String>, Refusal> {
     let site: StoredObject = console.get(&caller, &format!("/sites/{name}")).await?;
     let status: SiteStatus = site
@@ -257,6 +259,29 @@ pub(super) async fn site(
             Some((deployment.metadata.name, on_site))
         })
         .collect();
+    let running: std::collections::BTreeSet<&str> = hosts
+        .items
+        .iter()
+        .flat_map(|host| &host.details)
+        .map(|instance| instance.application.as_str())
+        .collect();
+    let logs_of = match param(&params, "logs") {
+        "" => running.first().copied().unwrap_or_default(),
+        chosen => chosen,
+    };
+    let logs: LogList = if logs_of.is_empty() {
+        LogList { items: Vec::new() }
+    } else {
+        console
+            .get(
+                &caller,
+                &format!(
+                    "/logs{}",
+                    query(&[("application", logs_of), ("site", &name), ("limit", "50")])
+                ),
+            )
+            .await?
+    };
     let content = html! {
         p {
             (if status.online { "Online" } else { "Offline" }) ": " (status.online_hosts) " of " (status.hosts) " hosts connected; revision "
@@ -323,10 +348,30 @@ pub(super) async fn site(
         }
         h2 { "Recent events" }
         (events_table(&events.items))
+        h2 { "Log tail" }
+        form.group method="get" action={"/ui/sites/" (name)} {
+            label for="logs" { "Application"
+                select #logs name="logs" {
+                    @for application in &running {
+                        option value=(application) selected[*application == logs_of] { (application) }
+                    }
+                }
+            }
+            button type="submit" { "Show its logs" }
+        }
+        @if logs.items.is_empty() {
+            p.muted { "No log lines from " (if logs_of.is_empty() { "this site" } else { logs_of }) " yet." }
+        } @else {
+            pre.logs aria-label={"Logs of " (logs_of)} {
+                @for line in &logs.items {
+                    (line.line.at) " " (line.host) " " (line.instance) " " (line.line.stream) ": " (line.line.text) "\n"
+                }
+            }
+        }
     };
     Ok(page(
         &format!("Site {name}"),
-        &format!("/ui/sites/{name}"),
+        &format!("/ui/sites/{name}{}", query(&[("logs", logs_of)])),
         content,
     ))
 }
@@ -410,7 +455,7 @@ pub(super) async fn deployment(
                 p #phase { "Rollout to " strong { (rollout.to) } ": " strong { (phase) } }
                 div.actions {
                     @for (command, what) in COMMANDS {
-                        a.button href={"/ui/deployments/" (name) "/" (command)} title=(what) { button type="button" tabindex="-1" aria-label=(what) { (command) } } " "
+                        a.button href={"/ui/deployments/" (name) "/" (command)} title=(what) { (command) } " "
                     }
                 }
                 @for (index, wave) in rollout.waves.iter().enumerate() {
@@ -552,59 +597,59 @@ pub(super) async fn apply(
 ) -> Result<Html<String>, Refusal> {
     same_origin(&headers)?;
     let yaml = form.yaml.replace("\r\n", "\n");
-    let body = Some(("application/yaml", yaml.as_bytes().to_vec()));
-    let source = "?source=console.yaml";
+    let request = ApplyRequest {
+        files: vec![SourceFile {
+            name: "console.yaml".to_string(),
+            content: yaml.clone(),
+        }],
+        dry_run: false,
+    };
+    let body = serde_json::to_vec(&request).map(|json| Some(("application/json", json)));
+    let body = body.map_err(|err| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        message: err.to_string(),
+    })?;
     if form.step == "apply" {
-        return Ok(
-            match console
-                .call(&caller, Method::POST, &format!("/apply{source}"), body)
-                .await
-            {
-                Ok(bytes) => {
-                    let applied: ApplyResponse = decode("/apply", &bytes)?;
-                    let above = html! {
-                        div.notice role="status" {
-                            p { "Applied:" }
-                            ul { @for result in &applied.results {
-                                li { (result.kind) " " (result.name) ": " (result.action.as_str()) " (generation " (result.generation) ")" }
-                            } }
-                        }
-                    };
-                    apply_page(&yaml, above, false)
-                }
-                Err(refusal) => apply_page(&yaml, refused(&refusal), false),
-            },
-        );
-    }
-    Ok(
-        match console
-            .call(&caller, Method::POST, &format!("/plan{source}"), body)
-            .await
-        {
+        return Ok(match console.call(&caller, Method::POST, "/apply", body).await {
             Ok(bytes) => {
-                let plan: PlanResponse = decode("/plan", &bytes)?;
+                let applied: ApplyResponse = decode("/apply", &bytes)?;
                 let above = html! {
-                    h2 { "Plan" }
-                    @if plan.deployments.is_empty() { p { "No deployment changes what sites run." } }
-                    @for deployment in &plan.deployments {
-                        h3 { "Deployment " (deployment.name) ": " (deployment.application) " " (deployment.version) " on " (deployment.selector) }
-                        @for wave in &deployment.waves {
-                            (table(&["Wave", "Site", "Action", "Instances", "Why"], html! {
-                                @for site in &wave.sites {
-                                    tr { td { (wave.wave) } td { (site.site) } td { (site.action) } td { (site.instances.join(", ")) } td { (site.reason) } }
-                                }
-                            }))
-                        }
-                        @if !deployment.not_selected.is_empty() {
-                            p.muted { "Not selected: " (deployment.not_selected.join(", ")) }
-                        }
+                    div.notice role="status" {
+                        p { "Applied:" }
+                        ul { @for result in &applied.results {
+                            li { (result.kind) " " (result.name) ": " (result.action.as_str()) " (generation " (result.generation) ")" }
+                        } }
                     }
                 };
-                apply_page(&yaml, above, true)
+                apply_page(&yaml, above, false)
             }
             Err(refusal) => apply_page(&yaml, refused(&refusal), false),
-        },
-    )
+        });
+    }
+    Ok(match console.call(&caller, Method::POST, "/plan", body).await {
+        Ok(bytes) => {
+            let plan: PlanResponse = decode("/plan", &bytes)?;
+            let above = html! {
+                h2 { "Plan" }
+                @if plan.deployments.is_empty() { p { "No deployment changes what sites run." } }
+                @for deployment in &plan.deployments {
+                    h3 { "Deployment " (deployment.name) ": " (deployment.application) " " (deployment.version) " on " (deployment.selector) }
+                    @for wave in &deployment.waves {
+                        (table(&["Wave", "Site", "Action", "Instances", "Why"], html! {
+                            @for site in &wave.sites {
+                                tr { td { (wave.wave) } td { (site.site) } td { (site.action) } td { (site.instances.join(", ")) } td { (site.reason) } }
+                            }
+                        }))
+                    }
+                    @if !deployment.not_selected.is_empty() {
+                        p.muted { "Not selected: " (deployment.not_selected.join(", ")) }
+                    }
+                }
+            };
+            apply_page(&yaml, above, true)
+        }
+        Err(refusal) => apply_page(&yaml, refused(&refusal), false),
+    })
 }
 
 fn refused(refusal: &Refusal) -> Markup {
@@ -824,10 +869,20 @@ pub(super) async fn sign_in(
     response
 }
 
-/// `POST /ui/signout`: the session cookie is cleared.
-pub(super) async fn sign_out(headers: HeaderMap) -> Response {
+/// `POST /ui/signout`: the session ends at the API (a session a one-time
+/// link made is revoked there) and its cookie is cleared.
+pub(super) async fn sign_out(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Source(source): Source,
+) -> Response {
     if let Err(refusal) = same_origin(&headers) {
         return refusal.into_response();
+    }
+    if let Some(token) = super::session_token(&headers) {
+        let caller = Caller { token, source };
+        // An expired or revoked token is signed out already.
+        let _ = console.call(&caller, Method::DELETE, "/login", None).await;
     }
     let mut response = to_sign_in("/ui/");
     if let Ok(value) = session_cookie("", std::time::Duration::ZERO).parse() {

@@ -142,6 +142,7 @@ fn table() -> Vec<Row> {
             all,
             all,
         ),
+        ("DELETE", "/login", "/login".into(), None, all, all),
         (
             "POST",
             "/login/links",

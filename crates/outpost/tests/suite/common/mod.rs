@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use outpost_api::client_config::ClientConfig;
 
+pub mod browser;
 pub mod engine;
 pub mod lab;
 pub mod link;
