@@ -107,9 +107,10 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// `GET /ui/live`: an event `change` every few seconds, on which the live
-/// parts of the open page ask for themselves again. It carries no data, so
-/// it needs no token: what the page then fetches does.
-async fn live() -> Response {
+/// parts of the open page ask for themselves again. It carries no data
+/// (what the page then fetches goes through the API with the session's
+/// token); it is only for a browser with a session.
+async fn live(_caller: Caller) -> Response {
     let ticks = futures_util::stream::unfold((), |()| async {
         tokio::time::sleep(LIVE_EVERY).await;
         Some((

@@ -87,6 +87,21 @@ fn a_user_signs_in_applies_from_the_console_watches_health_and_steers_a_rollout_
         .unwrap()
         .to_string();
 
+    // The fleet views refuse bad input by name.
+    for (query, named) in [
+        ("/fleet/sites?health=sideways", "health"),
+        ("/fleet/sites?perPage=many", "perPage"),
+        ("/fleet/overview?groupBy=no%20spaces", "groupBy"),
+        ("/fleet/overview?selector=region%20%3D%3D", "selector"),
+    ] {
+        let answer = control
+            .http()
+            .send("GET", &format!("/api/v1{query}"), Some(&control.token()), None);
+        assert_eq!(answer.status, 400, "{query}: {}", answer.body);
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(named), "{query}: {message}");
+    }
+
     let browser = Browser::open(&control.url);
     // Not signed in: every page leads to sign-in, and back after it.
     browser.goto("/ui/sites");

@@ -8,7 +8,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, cli_with, docker_maybe};
+use crate::common::{BIN, Http, cli_with, docker_maybe};
+
+/// `up` is stopped even when an assertion fails first: a leftover one
+/// holds the agent port and fails every later run.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn up_serves_the_examples_and_configures_the_cli() {
@@ -17,19 +28,22 @@ fn up_serves_the_examples_and_configures_the_cli() {
     let config = home.path().join("config.yaml");
     // An existing context must survive `up` adding its own.
     std::fs::write(&config, "currentContext: prod\ncontexts:\n- name: prod\n  server: https://prod.example.com:7800\n  certificateAuthority: x\n  token: t\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env("OUTPOST_CONFIG", &config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Stopped(
+        Command::new(BIN)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .env("OUTPOST_CONFIG", &config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -46,6 +60,30 @@ fn up_serves_the_examples_and_configures_the_cli() {
         printed.contains("deployment/pos-gateway-prod created"),
         "{printed}"
     );
+
+    // The console's address and a one-time link that signs in once.
+    let link = printed
+        .lines()
+        .find_map(|line| line.split("/ui/signin?link=").nth(1))
+        .unwrap_or_else(|| panic!("no console sign-in link: {printed}"))
+        .trim_end_matches(')')
+        .to_string();
+    let url = printed
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("console"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches("/ui/")
+        .to_string();
+    let ca = std::fs::read_to_string(data.join("tls/ca.crt")).unwrap();
+    let http = Http::new(&ca, &url);
+    let sign_in = |token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        let body = Some(("application/json", body.into_bytes()));
+        http.send("POST", "/api/v1/login/link", None, body).status
+    };
+    assert_eq!(sign_in(&link), 200, "{printed}");
+    assert_eq!(sign_in(&link), 401, "a link signs in once");
 
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(

@@ -295,7 +295,7 @@ pub struct Response {
 }
 
 impl Http {
-    fn new(ca_pem: &str, url: &str) -> Http {
+    pub fn new(ca_pem: &str, url: &str) -> Http {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
