@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
 use super::eventually;
@@ -65,8 +66,9 @@ impl Browser {
         });
         let client = runtime
             .block_on(
-                ClientBuilder::rustls()
-                    .unwrap()
+                // chromedriver listens on loopback in plain HTTP, so no TLS
+                // connector (and no second rustls crypto provider) is needed.
+                ClientBuilder::new(HttpConnector::new())
                     .capabilities(capabilities.as_object().unwrap().clone())
                     .connect(&format!("http://127.0.0.1:{port}")),
             )
