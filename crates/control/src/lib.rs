@@ -34,7 +34,7 @@ use crate::fleet::Fleet;
 use crate::pki::Pki;
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
-use crate::store::{SqliteStore, Storage};
+use crate::store::{SqlStore, Storage};
 
 /// Where the admin credentials are written, inside the data directory.
 pub const ADMIN_CONFIG: &str = "admin.yaml";
@@ -56,6 +56,9 @@ pub struct Config {
     /// The key-encryption key file of secrets (`None`: `secrets.key` in
     /// the data directory).
     pub secrets_key_file: Option<PathBuf>,
+    /// A PostgreSQL database for the store (`None`: SQLite, `outpost.db`
+    /// in the data directory).
+    pub store: Option<StoreUrl>,
     /// A NATS server whose JetStream gets every stored up-record.
     pub streams_nats: Option<String>,
     /// Rotate every site's underlay keys this long after their last
@@ -112,17 +115,71 @@ const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// data key re-wrapped with it, the old key dropped. Safe while the control
 /// plane runs (it reads the new key when it first meets it). Returns the
 /// new key's id and how many versions were re-wrapped.
-pub async fn rotate_secrets_key(data_dir: &Path, key_file: Option<&Path>) -> Result<(String, usize)> {
-    let database = data_dir.join("outpost.db");
-    if !database.exists() {
+pub async fn rotate_secrets_key(
+    data_dir: &Path,
+    store: Option<&StoreUrl>,
+    key_file: Option<&Path>,
+) -> Result<(String, usize)> {
+    if store.is_none() && !data_dir.join("outpost.db").exists() {
         anyhow::bail!("{} holds no control plane (no outpost.db)", data_dir.display());
     }
-    let store = SqliteStore::open(&database).await.context("opening the store")?;
-    let store: Arc<dyn Storage> = Arc::new(store);
+    let store = open_store(data_dir, store).await?;
     let keyring = secrets::open_keyring(data_dir, key_file).context("opening the secrets key")?;
     let rotated = Secrets::new(store.clone(), keyring).rotate_key().await;
     store.close().await;
     rotated
+}
+
+/// Where the store is: a PostgreSQL URL, as `--store` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl(url.to_string()))
+        } else {
+            Err(format!(
+                "{url:?} is not a PostgreSQL URL (postgres://USER@HOST[:PORT]/DATABASE); \
+                 leave --store out to keep the store in SQLite in the data directory"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Opens the store: PostgreSQL at `store`, or SQLite in `data_dir`.
+async fn open_store(data_dir: &Path, store: Option<&StoreUrl>) -> Result<Arc<dyn Storage>> {
+    let store = match store {
+        Some(StoreUrl(url)) => SqlStore::connect_postgres(url)
+            .await
+            .with_context(|| format!("opening the store in PostgreSQL ({})", redacted(url)))?,
+        None => SqlStore::open(&data_dir.join("outpost.db"))
+            .await
+            .context("opening the store")?,
+    };
+    Ok(Arc::new(store))
+}
+
+/// A database URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// A control plane that is listening; `serve` runs it until shutdown.
@@ -156,10 +213,7 @@ impl ControlPlane {
     /// the listener; nothing is served until `serve`.
     pub async fn start(config: &Config) -> Result<ControlPlane> {
         outpost_files::create_private_dir(&config.data_dir)?;
-        let store = SqliteStore::open(&config.data_dir.join("outpost.db"))
-            .await
-            .context("opening the store")?;
-        let store: Arc<dyn Storage> = Arc::new(store);
+        let store = open_store(&config.data_dir, config.store.as_ref()).await?;
         let listener = bind(config.listen, "--listen").await?;
         let agent_listener = bind(config.agent_listen, "--agent-listen").await?;
         let local_addr = listener.local_addr()?;

@@ -32,6 +32,10 @@ pub(crate) enum Command {
         /// The key file that encrypts secrets at rest [default: DATA_DIR/secrets.key, made if missing]
         #[arg(long, value_name = "FILE", global = true)]
         secrets_key_file: Option<PathBuf>,
+        /// Keep the store in this PostgreSQL database (postgres://USER@HOST/DB)
+        /// instead of SQLite in the data directory; replicas share one
+        #[arg(long, value_name = "URL", global = true, value_parser = str::parse::<outpost_control::StoreUrl>)]
+        store: Option<outpost_control::StoreUrl>,
         #[command(subcommand)]
         command: Option<ControlCommand>,
         /// Address of the REST API (HTTPS)
@@ -356,6 +360,10 @@ pub(crate) enum SimCommand {
         /// Where the control plane's data and log go [default: a new directory under $TMPDIR, removed after a successful run]
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// The control plane's store: this PostgreSQL database (empty, made
+        /// for the run) instead of SQLite in the work directory
+        #[arg(long, value_name = "URL", value_parser = str::parse::<outpost_control::StoreUrl>)]
+        store: Option<outpost_control::StoreUrl>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
         output: SimOutput,
     },

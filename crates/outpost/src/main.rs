@@ -101,11 +101,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Control {
             data_dir,
             secrets_key_file,
+            store,
             command: Some(ControlCommand::RotateSecretsKey),
             ..
         } => {
             let (id, count) =
-                outpost_control::rotate_secrets_key(data_dir, secrets_key_file.as_deref()).await?;
+                outpost_control::rotate_secrets_key(data_dir, store.as_ref(), secrets_key_file.as_deref())
+                    .await?;
             format!(
                 "secrets key rotated: key {id} now wraps all {count} secret versions; the old key is gone from the key file\n"
             )
@@ -113,6 +115,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Control {
             data_dir,
             secrets_key_file,
+            store,
             command: None,
             listen,
             agent_listen,
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
                 poll_interval: poll_interval.map(|i| i.as_std().max(std::time::Duration::from_secs(1))),
                 max_unauthenticated_per_source: (*max_unauthenticated_per_source).max(1),
                 secrets_key_file: secrets_key_file.clone(),
+                store: store.clone(),
                 retention: outpost_control::Retention {
                     events: event_retention.as_std(),
                     logs: log_retention.as_std(),
@@ -395,6 +399,7 @@ async fn run(cli: Cli) -> Result<()> {
                     no_prestage,
                     wave_size,
                     stream_records,
+                    store,
                 },
         } => {
             init_sim_logging();
@@ -422,6 +427,7 @@ async fn run(cli: Cli) -> Result<()> {
                 prestage: !no_prestage,
                 wave_size: *wave_size,
                 stream_records: *stream_records,
+                store: store.as_ref().map(ToString::to_string),
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {

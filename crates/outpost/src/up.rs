@@ -62,6 +62,7 @@ pub async fn run(
         poll_interval: None,
         max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,
         secrets_key_file: None,
+        store: None,
         streams_nats: None,
         site_key_rotation: None,
         host_certificates: Default::default(),

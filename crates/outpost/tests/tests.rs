@@ -30,6 +30,8 @@ mod queue;
 mod secrets;
 #[path = "suite/sim.rs"]
 mod sim;
+#[path = "suite/store.rs"]
+mod store;
 #[path = "suite/streams.rs"]
 mod streams;
 #[path = "suite/tenants.rs"]

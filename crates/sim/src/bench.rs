@@ -64,6 +64,8 @@ pub struct Options {
     /// With more than 0, every site's application declares an up topic,
     /// and each site produces this many 1 KiB records into it at once.
     pub stream_records: usize,
+    /// The control plane's `--store` (PostgreSQL), if not SQLite.
+    pub store: Option<String>,
 }
 
 /// Per-site latencies of one phase, in seconds.
@@ -380,7 +382,8 @@ pub async fn run(options: &Options) -> Result<Report> {
     }
     std::fs::create_dir_all(&options.work_dir)?;
     let exe = std::env::current_exe().context("finding this binary")?;
-    let mut control = ControlProcess::start(&exe, &options.work_dir.join("control")).await?;
+    let mut control =
+        ControlProcess::start(&exe, &options.work_dir.join("control"), options.store.as_deref()).await?;
     progress(format!(
         "control plane pid {} at {} (log: {})",
         control.pid()?,

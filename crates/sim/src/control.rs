@@ -13,6 +13,7 @@ pub struct ControlProcess {
     child: Child,
     exe: PathBuf,
     data_dir: PathBuf,
+    store: Option<String>,
     pub url: String,
     pub agent_url: String,
     log: PathBuf,
@@ -26,13 +27,14 @@ fn address(url: &str) -> &str {
 impl ControlProcess {
     /// Starts `outpost control` on free loopback ports; its log goes to
     /// `DATA_DIR/control.log`.
-    pub async fn start(exe: &Path, data_dir: &Path) -> Result<ControlProcess> {
+    pub async fn start(exe: &Path, data_dir: &Path, store: Option<&str>) -> Result<ControlProcess> {
         let log = data_dir.with_extension("log");
-        let (child, url, agent_url) = spawn(exe, data_dir, "127.0.0.1:0", "127.0.0.1:0", &log).await?;
+        let (child, url, agent_url) = spawn(exe, data_dir, store, "127.0.0.1:0", "127.0.0.1:0", &log).await?;
         Ok(ControlProcess {
             child,
             exe: exe.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
+            store: store.map(String::from),
             url,
             agent_url,
             log,
@@ -68,6 +70,7 @@ impl ControlProcess {
         let (child, _, _) = spawn(
             &self.exe,
             &self.data_dir,
+            self.store.as_deref(),
             address(&self.url),
             address(&self.agent_url),
             &self.log,
@@ -87,6 +90,7 @@ impl Drop for ControlProcess {
 async fn spawn(
     exe: &Path,
     data_dir: &Path,
+    store: Option<&str>,
     listen: &str,
     agent_listen: &str,
     log: &Path,
@@ -95,6 +99,7 @@ async fn spawn(
         .args(["control", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", listen, "--agent-listen", agent_listen])
+        .args(store.map(|url| ["--store", url]).into_iter().flatten())
         // Every simulated site dials from 127.0.0.1, like hosts behind one
         // NAT: the per-address cap on unauthenticated connections would
         // turn most of a reconnect storm away.

@@ -12,7 +12,7 @@ use crate::store::Storage;
 /// A store in a fresh directory (kept alive by the returned guard).
 async fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::SqliteStore::open(&dir.path().join("outpost.db"))
+    let store = crate::store::SqlStore::open(&dir.path().join("outpost.db"))
         .await
         .unwrap();
     (dir, Arc::new(store))

@@ -472,13 +472,12 @@ pub fn open_keyring(data_dir: &Path, key_file: Option<&Path>) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::SqlStore;
 
     #[tokio::test]
     async fn a_tenants_texts_are_sealed_under_its_own_key_and_bound_to_their_place() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Storage> =
-            Arc::new(SqliteStore::open(&dir.path().join("outpost.db")).await.unwrap());
+        let store: Arc<dyn Storage> = Arc::new(SqlStore::open(&dir.path().join("outpost.db")).await.unwrap());
         let keyring = open_keyring(dir.path(), None).unwrap();
         let secrets = Secrets::new(store.clone(), keyring);
         let context = stream_context("acme.web", "receipts");

@@ -6,9 +6,10 @@ use async_trait::async_trait;
 use outpost_api::access::{AuditEntry, AuditVerification, Block, BlockTarget, Role, TokenInfo};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::StoreError;
-use super::sqlite::{SqliteStore, now};
+use super::engine::{SqlStore, now};
 
 /// Which entries of the audit trail to read, newest last.
 #[derive(Debug, Clone, Default)]
@@ -133,7 +134,7 @@ impl ChainCheck {
     }
 }
 
-fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenInfo, StoreError> {
+fn token_from_row(row: &AnyRow) -> Result<TokenInfo, StoreError> {
     let name: String = row.try_get("name")?;
     let role: String = row.try_get("role")?;
     Ok(TokenInfo {
@@ -153,7 +154,7 @@ fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenInfo, StoreError
     })
 }
 
-fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(AuditEntry, Option<String>), StoreError> {
+fn audit_from_row(row: &AnyRow) -> Result<(AuditEntry, Option<String>), StoreError> {
     let objects: String = row.try_get("objects")?;
     let status: i64 = row.try_get("status")?;
     Ok((
@@ -173,7 +174,7 @@ fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(AuditEntry, Option<S
     ))
 }
 
-fn block_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Block, StoreError> {
+fn block_from_row(row: &AnyRow) -> Result<Block, StoreError> {
     let target: String = row.try_get("target")?;
     Ok(Block {
         target: match target.as_str() {
@@ -187,7 +188,7 @@ fn block_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Block, StoreError> {
             }
         },
         name: row.try_get("name")?,
-        wipe: row.try_get("wipe")?,
+        wipe: row.try_get::<i64, _>("wipe")? != 0,
         blocked_at: row.try_get("blocked_at")?,
         blocked_by: row.try_get("blocked_by")?,
     })
@@ -198,11 +199,11 @@ const TOKEN_COLUMNS: &str =
 const AUDIT_COLUMNS: &str = "id, at, token, user_name, tenant, action, objects, source, status, result, hash";
 
 #[async_trait]
-impl AccessStore for SqliteStore {
+impl AccessStore for SqlStore {
     async fn add_api_token(&self, token: &TokenInfo, token_hash: &str) -> Result<(), StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO api_tokens (name, token_hash, created_at, user_name, role, tenant, sites, created_by, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&token.name)
         .bind(token_hash)
@@ -213,7 +214,7 @@ impl AccessStore for SqliteStore {
         .bind(&token.sites)
         .bind(&token.created_by)
         .bind(&token.expires_at)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match inserted {
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Err(StoreError::Conflict(
@@ -225,35 +226,35 @@ impl AccessStore for SqliteStore {
 
     async fn api_token(&self, token_hash: &str) -> Result<Option<TokenInfo>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
         )))
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
     async fn api_tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE $1 IS NULL OR tenant = $1 ORDER BY id"
         )))
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(token_from_row).collect()
     }
 
     async fn revoke_api_token(&self, name: &str) -> Result<TokenInfo, StoreError> {
-        sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")
+        sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL")
             .bind(name)
             .bind(now())
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE name = ?1"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE name = $1"
         )))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         match row {
             Some(row) => token_from_row(&row),
@@ -263,10 +264,10 @@ impl AccessStore for SqliteStore {
 
     async fn use_up_api_token(&self, name: &str) -> Result<bool, StoreError> {
         let done =
-            sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")
+            sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name)
                 .bind(now())
-                .execute(&self.pool)
+                .execute(&self.db.pool)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -274,7 +275,7 @@ impl AccessStore for SqliteStore {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
         // One writer at a time: the previous hash is read and the entry
         // added in one immediate transaction.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let last: Option<(i64, Option<String>)> =
             sqlx::query_as("SELECT id, hash FROM audit_trail ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
@@ -288,7 +289,7 @@ impl AccessStore for SqliteStore {
         let hash = chain_hash(previous.as_deref(), &entry);
         sqlx::query(
             "INSERT INTO audit_trail (id, at, token, user_name, tenant, action, objects, source, status, result, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(entry.id)
         .bind(&entry.at)
@@ -311,14 +312,14 @@ impl AccessStore for SqliteStore {
         // The newest `limit` that match, returned oldest first.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM (SELECT {AUDIT_COLUMNS} FROM audit_trail
-               WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR user_name = ?2) AND (?3 IS NULL OR tenant = ?3)
-               ORDER BY id DESC LIMIT ?4) ORDER BY id"
+               WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR user_name = $2) AND ($3 IS NULL OR tenant = $3)
+               ORDER BY id DESC LIMIT $4) AS newest ORDER BY id"
         )))
         .bind(&query.since)
         .bind(&query.user)
         .bind(&query.tenant)
         .bind(query.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
             .map(|row| audit_from_row(row).map(|(entry, _)| entry))
@@ -328,7 +329,7 @@ impl AccessStore for SqliteStore {
     async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
         use futures_util::TryStreamExt;
         let query = format!("SELECT {AUDIT_COLUMNS} FROM audit_trail ORDER BY id");
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch(&self.pool);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch(&self.db.pool);
         let mut check = ChainCheck::default();
         while let Some(row) = rows.try_next().await? {
             let (entry, hash) = audit_from_row(&row)?;
@@ -341,14 +342,14 @@ impl AccessStore for SqliteStore {
 
     async fn add_block(&self, block: &Block) -> Result<(), StoreError> {
         let inserted = sqlx::query(
-            "INSERT INTO blocks (target, name, wipe, blocked_at, blocked_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO blocks (target, name, wipe, blocked_at, blocked_by) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(block.target.as_str())
         .bind(&block.name)
-        .bind(block.wipe)
+        .bind(i64::from(block.wipe))
         .bind(&block.blocked_at)
         .bind(&block.blocked_by)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match inserted {
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Err(StoreError::Conflict(
@@ -359,17 +360,17 @@ impl AccessStore for SqliteStore {
     }
 
     async fn remove_block(&self, target: BlockTarget, name: &str) -> Result<Option<Block>, StoreError> {
-        let row = sqlx::query("DELETE FROM blocks WHERE target = ?1 AND name = ?2 RETURNING *")
+        let row = sqlx::query("DELETE FROM blocks WHERE target = $1 AND name = $2 RETURNING *")
             .bind(target.as_str())
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await?;
         row.as_ref().map(block_from_row).transpose()
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
         let rows = sqlx::query("SELECT * FROM blocks ORDER BY blocked_at")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(block_from_row).collect()
     }
@@ -471,7 +472,9 @@ mod upgrade {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let migrator = Migrator::new(super::super::sqlite::Embedded).await.unwrap();
+        let migrator = Migrator::new(super::super::engine::Embedded(super::super::Engine::Sqlite))
+            .await
+            .unwrap();
         migrator.run_to(13, &pool).await.unwrap();
         for statement in [
             "INSERT INTO audit_log (at, actor, action, kind, name, generation) VALUES ('2026-11-01T10:00:00Z', 'admin-1', 'created', 'Site', 's1', 1)",
@@ -484,7 +487,7 @@ mod upgrade {
         }
         pool.close().await;
 
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqlStore::open(&path).await.unwrap();
         let token = store.api_token("abc").await.unwrap().unwrap();
         assert_eq!(
             (token.role, token.tenant.as_str(), token.expires_at),

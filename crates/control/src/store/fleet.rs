@@ -7,10 +7,11 @@ use outpost_api::rollout::RolloutState;
 use outpost_api::wire::LabelChange;
 use outpost_api::workload::SiteState;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::sqlite::{SqliteStore, now};
+use super::engine::{SqlStore, now};
 use super::{
     FleetStore, HostImage, HostRecord, ImageDigest, ImageDigests, InstanceRecord, RevokedCertificate,
     StoreError,
@@ -20,7 +21,7 @@ fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
-fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError> {
+fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
     let facts: String = row.try_get("facts")?;
     let labels: String = row.try_get("labels")?;
     Ok(HostRecord {
@@ -53,12 +54,12 @@ macro_rules! select_host {
 }
 
 #[async_trait]
-impl FleetStore for SqliteStore {
+impl FleetStore for SqlStore {
     async fn record_issuer(&self, serial: &str, issuer: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO certificate_issuers (serial, issuer) VALUES (?1, ?2) ON CONFLICT (serial) DO UPDATE SET issuer = ?2")
+        sqlx::query("INSERT INTO certificate_issuers (serial, issuer) VALUES ($1, $2) ON CONFLICT (serial) DO UPDATE SET issuer = $2")
             .bind(serial)
             .bind(issuer)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         Ok(())
     }
@@ -66,10 +67,10 @@ impl FleetStore for SqliteStore {
     async fn hosts_not_issued_by(&self, issuer: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT h.site || '/' || h.name FROM hosts h LEFT JOIN certificate_issuers c ON c.serial = h.cert_serial
-             WHERE c.issuer IS NULL OR c.issuer != ?1 ORDER BY h.site, h.name",
+             WHERE c.issuer IS NULL OR c.issuer != $1 ORDER BY h.site, h.name",
         )
         .bind(issuer)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?)
     }
 
@@ -81,14 +82,14 @@ impl FleetStore for SqliteStore {
         new_serial: &str,
     ) -> Result<(), StoreError> {
         let renewed = sqlx::query(
-            "UPDATE hosts SET previous_serial = ?3, cert_serial = ?4
-             WHERE site = ?1 AND name = ?2 AND (cert_serial = ?3 OR previous_serial = ?3 OR cert_serial IS NULL)",
+            "UPDATE hosts SET previous_serial = $3, cert_serial = $4
+             WHERE site = $1 AND name = $2 AND (cert_serial = $3 OR previous_serial = $3 OR cert_serial IS NULL)",
         )
         .bind(site)
         .bind(host)
         .bind(old_serial)
         .bind(new_serial)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         if renewed.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -105,13 +106,13 @@ impl FleetStore for SqliteStore {
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO join_tokens (token_hash, site, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO join_tokens (token_hash, site, created_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(token_hash)
         .bind(site)
         .bind(now())
         .bind(rfc3339(expires_at))
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -122,8 +123,8 @@ impl FleetStore for SqliteStore {
         host: &str,
         cert_serial: &str,
     ) -> Result<String, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT site, expires_at, used_at FROM join_tokens WHERE token_hash = ?1")
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query("SELECT site, expires_at, used_at FROM join_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&mut *tx)
             .await?;
@@ -149,7 +150,7 @@ impl FleetStore for SqliteStore {
             )));
         }
         let enrolled: Option<String> =
-            sqlx::query_scalar("SELECT enrolled_at FROM hosts WHERE site = ?1 AND name = ?2")
+            sqlx::query_scalar("SELECT enrolled_at FROM hosts WHERE site = $1 AND name = $2")
                 .bind(&site)
                 .bind(host)
                 .fetch_optional(&mut *tx)
@@ -162,13 +163,13 @@ impl FleetStore for SqliteStore {
             )));
         }
         let at = now();
-        sqlx::query("UPDATE join_tokens SET used_at = ?1, used_by_host = ?2 WHERE token_hash = ?3")
+        sqlx::query("UPDATE join_tokens SET used_at = $1, used_by_host = $2 WHERE token_hash = $3")
             .bind(&at)
             .bind(host)
             .bind(token_hash)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO hosts (site, name, enrolled_at, cert_serial) VALUES (?1, ?2, ?3, ?4)")
+        sqlx::query("INSERT INTO hosts (site, name, enrolled_at, cert_serial) VALUES ($1, $2, $3, $4)")
             .bind(&site)
             .bind(host)
             .bind(&at)
@@ -182,7 +183,7 @@ impl FleetStore for SqliteStore {
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT serial, site, host FROM revoked_certificates ORDER BY revoked_at")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db.pool)
                 .await?;
         Ok(rows
             .into_iter()
@@ -192,7 +193,7 @@ impl FleetStore for SqliteStore {
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(select_host!("ORDER BY site, name"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(host_from_row).collect()
     }
@@ -203,8 +204,8 @@ impl FleetStore for SqliteStore {
         host: &str,
         change: &LabelChange,
     ) -> Result<HostRecord, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(select_host!("WHERE site = ?1 AND name = ?2"))
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(select_host!("WHERE site = $1 AND name = $2"))
             .bind(site)
             .bind(host)
             .fetch_optional(&mut *tx)
@@ -233,7 +234,7 @@ impl FleetStore for SqliteStore {
             )));
         }
         record.labels = change.applied_to(&record.labels).map_err(StoreError::Conflict)?;
-        sqlx::query("UPDATE hosts SET labels = ?3 WHERE site = ?1 AND name = ?2")
+        sqlx::query("UPDATE hosts SET labels = $3 WHERE site = $1 AND name = $2")
             .bind(site)
             .bind(host)
             .bind(serde_json::to_string(&record.labels)?)
@@ -244,10 +245,10 @@ impl FleetStore for SqliteStore {
     }
 
     async fn host(&self, site: &str, host: &str) -> Result<Option<HostRecord>, StoreError> {
-        let row = sqlx::query(select_host!("WHERE site = ?1 AND name = ?2"))
+        let row = sqlx::query(select_host!("WHERE site = $1 AND name = $2"))
             .bind(site)
             .bind(host)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await?;
         row.as_ref().map(host_from_row).transpose()
     }
@@ -262,14 +263,14 @@ impl FleetStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let facts = serde_json::to_string(facts)?;
         let previous: Option<String> =
-            sqlx::query_scalar("SELECT facts FROM hosts WHERE site = ?1 AND name = ?2")
+            sqlx::query_scalar("SELECT facts FROM hosts WHERE site = $1 AND name = $2")
                 .bind(site)
                 .bind(host)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await?;
         sqlx::query(
-            "UPDATE hosts SET facts = ?3, agent_version = ?4, applied_revision = ?5, last_seen = ?6
-             WHERE site = ?1 AND name = ?2",
+            "UPDATE hosts SET facts = $3, agent_version = $4, applied_revision = $5, last_seen = $6
+             WHERE site = $1 AND name = $2",
         )
         .bind(site)
         .bind(host)
@@ -277,19 +278,19 @@ impl FleetStore for SqliteStore {
         .bind(agent_version)
         .bind(applied_revision)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(previous.as_deref() != Some(facts.as_str()))
     }
 
     async fn record_site_address(&self, site: &str, host: &str, address: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE hosts SET site_address = ?3 WHERE site = ?1 AND name = ?2 AND site_address != ?3",
+            "UPDATE hosts SET site_address = $3 WHERE site = $1 AND name = $2 AND site_address != $3",
         )
         .bind(site)
         .bind(host)
         .bind(address)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -301,14 +302,14 @@ impl FleetStore for SqliteStore {
         applied_revision: Option<i64>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE hosts SET last_seen = ?3, applied_revision = COALESCE(?4, applied_revision)
-             WHERE site = ?1 AND name = ?2",
+            "UPDATE hosts SET last_seen = $3, applied_revision = COALESCE($4, applied_revision)
+             WHERE site = $1 AND name = $2",
         )
         .bind(site)
         .bind(host)
         .bind(now())
         .bind(applied_revision)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -317,12 +318,12 @@ impl FleetStore for SqliteStore {
         if digests.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         let mut new = 0;
         for d in digests {
             let done = sqlx::query(
-                "INSERT OR IGNORE INTO image_digests (application, version, image, digest, site, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO image_digests (application, version, image, digest, site, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(&d.application)
             .bind(&d.version)
@@ -341,7 +342,7 @@ impl FleetStore for SqliteStore {
     async fn image_digests(&self) -> Result<ImageDigests, StoreError> {
         let rows: Vec<(String, String, String, String)> =
             sqlx::query_as("SELECT application, version, image, digest FROM image_digests")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db.pool)
                 .await?;
         let mut out = ImageDigests::new();
         for (application, version, image, digest) in rows {
@@ -359,10 +360,10 @@ impl FleetStore for SqliteStore {
         instances: &[InstanceRecord],
         images: &[HostImage],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         for statement in [
-            "DELETE FROM instance_status WHERE site = ?1 AND host = ?2",
-            "DELETE FROM host_images WHERE site = ?1 AND host = ?2",
+            "DELETE FROM instance_status WHERE site = $1 AND host = $2",
+            "DELETE FROM host_images WHERE site = $1 AND host = $2",
         ] {
             sqlx::query(statement)
                 .bind(site)
@@ -372,16 +373,18 @@ impl FleetStore for SqliteStore {
         }
         for image in images {
             sqlx::query(
-                "INSERT OR REPLACE INTO host_images
+                "INSERT INTO host_images
                    (site, host, application, version, image, present, fetched, total, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (site, host, application, version, image) DO UPDATE SET
+                   present = excluded.present, fetched = excluded.fetched, total = excluded.total, error = excluded.error",
             )
             .bind(site)
             .bind(host)
             .bind(&image.application)
             .bind(&image.version)
             .bind(&image.image)
-            .bind(image.present)
+            .bind(i64::from(image.present))
             .bind(image.fetched as i64)
             .bind(image.total as i64)
             .bind(&image.error)
@@ -392,7 +395,7 @@ impl FleetStore for SqliteStore {
             sqlx::query(
                 "INSERT INTO instance_status
                    (site, host, instance, application, service, spec_hash, state, exit_code, reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(site)
             .bind(host)
@@ -412,10 +415,10 @@ impl FleetStore for SqliteStore {
     }
 
     async fn host_images(&self) -> Result<Vec<HostImage>, StoreError> {
-        let rows: Vec<(String, String, String, String, String, bool, i64, i64, String)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, String, String, i64, i64, i64, String)> = sqlx::query_as(
             "SELECT site, host, application, version, image, present, fetched, total, error FROM host_images",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows
             .into_iter()
@@ -426,7 +429,7 @@ impl FleetStore for SqliteStore {
                     application,
                     version,
                     image,
-                    present,
+                    present: present != 0,
                     fetched: fetched.max(0) as u64,
                     total: total.max(0) as u64,
                     error,
@@ -440,7 +443,7 @@ impl FleetStore for SqliteStore {
             "SELECT site, host, instance, application, service, spec_hash, state, exit_code, reason, updated_at
              FROM instance_status ORDER BY site, host, instance",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
             .map(|row| {
@@ -465,7 +468,7 @@ impl FleetStore for SqliteStore {
 
     async fn rollouts(&self) -> Result<BTreeMap<String, RolloutState>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as("SELECT deployment, state FROM rollouts")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.into_iter()
             .map(|(deployment, state)| Ok((deployment, serde_json::from_str(&state)?)))
@@ -478,12 +481,12 @@ impl FleetStore for SqliteStore {
         rollout: &RolloutState,
         started: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         let at = now();
         sqlx::query(
-            "INSERT INTO rollouts (deployment, state, started_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT (deployment) DO UPDATE SET state = ?2, updated_at = ?3,
-               started_at = CASE WHEN ?4 THEN ?3 ELSE started_at END",
+            "INSERT INTO rollouts (deployment, state, started_at, updated_at) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (deployment) DO UPDATE SET state = $2, updated_at = $3,
+               started_at = CASE WHEN $4 THEN $3 ELSE rollouts.started_at END",
         )
         .bind(deployment)
         .bind(serde_json::to_string(rollout)?)
@@ -497,7 +500,7 @@ impl FleetStore for SqliteStore {
             .unwrap_or_default()
             .to_string();
         if started {
-            sqlx::query("INSERT INTO rollout_history (deployment, version, started_at, outcome) VALUES (?1, ?2, ?3, ?4)")
+            sqlx::query("INSERT INTO rollout_history (deployment, version, started_at, outcome) VALUES ($1, $2, $3, $4)")
                 .bind(deployment)
                 .bind(&rollout.to)
                 .bind(&at)
@@ -506,8 +509,8 @@ impl FleetStore for SqliteStore {
                 .await?;
         } else {
             sqlx::query(
-                "UPDATE rollout_history SET outcome = ?2
-                 WHERE id = (SELECT MAX(id) FROM rollout_history WHERE deployment = ?1)",
+                "UPDATE rollout_history SET outcome = $2
+                 WHERE id = (SELECT MAX(id) FROM rollout_history WHERE deployment = $1)",
             )
             .bind(deployment)
             .bind(&outcome)
@@ -519,25 +522,25 @@ impl FleetStore for SqliteStore {
     }
 
     async fn delete_rollout(&self, deployment: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM rollouts WHERE deployment = ?1")
+        sqlx::query("DELETE FROM rollouts WHERE deployment = $1")
             .bind(deployment)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         Ok(())
     }
 
     async fn rollout_history(&self, deployment: &str) -> Result<Vec<(String, String, String)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT version, started_at, outcome FROM rollout_history WHERE deployment = ?1 ORDER BY id",
+            "SELECT version, started_at, outcome FROM rollout_history WHERE deployment = $1 ORDER BY id",
         )
         .bind(deployment)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?)
     }
 
     async fn site_states(&self) -> Result<BTreeMap<String, (i64, SiteState)>, StoreError> {
         let rows = sqlx::query("SELECT site, revision, state FROM site_states")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter()
             .map(|row| {
@@ -552,28 +555,28 @@ impl FleetStore for SqliteStore {
 
     async fn site_state(&self, site: &str) -> Result<Option<(i64, SiteState)>, StoreError> {
         let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT revision, state FROM site_states WHERE site = ?1")
+            sqlx::query_as("SELECT revision, state FROM site_states WHERE site = $1")
                 .bind(site)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await?;
         row.map(|(revision, state)| Ok((revision, serde_json::from_str(&state)?)))
             .transpose()
     }
 
     async fn site_hosts(&self, site: &str) -> Result<Vec<HostRecord>, StoreError> {
-        let rows = sqlx::query(select_host!("WHERE site = ?1 ORDER BY name"))
+        let rows = sqlx::query(select_host!("WHERE site = $1 ORDER BY name"))
             .bind(site)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(host_from_row).collect()
     }
 
     async fn site_keys(&self) -> Result<BTreeMap<String, outpost_api::wire::SiteKeys>, StoreError> {
         let sites: Vec<(String,)> = sqlx::query_as("SELECT site FROM site_keys")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         let mut out = BTreeMap::new();
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = self.db.pool.acquire().await?;
         for (site,) in sites {
             if let Some(keys) = read_site_keys(&mut connection, &site).await? {
                 out.insert(site, keys);
@@ -588,15 +591,15 @@ impl FleetStore for SqliteStore {
         at_once: bool,
         now: OffsetDateTime,
     ) -> Result<outpost_api::wire::SiteKeys, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let epoch: Option<(i64,)> = sqlx::query_as("SELECT epoch FROM site_keys WHERE site = ?1")
+        let mut tx = self.db.begin_write().await?;
+        let epoch: Option<(i64,)> = sqlx::query_as("SELECT epoch FROM site_keys WHERE site = $1")
             .bind(site)
             .fetch_optional(&mut *tx)
             .await?;
         let epoch = epoch.map_or(1, |(e,)| e);
         sqlx::query(
-            "INSERT INTO site_keys (site, epoch, retiring, rotated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (site) DO UPDATE SET epoch = ?2, retiring = ?3, rotated_at = ?4",
+            "INSERT INTO site_keys (site, epoch, retiring, rotated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (site) DO UPDATE SET epoch = $2, retiring = $3, rotated_at = $4",
         )
         .bind(site)
         .bind(epoch + 1)
@@ -616,8 +619,8 @@ impl FleetStore for SqliteStore {
         epoch: u64,
         now: OffsetDateTime,
     ) -> Result<outpost_api::wire::SiteKeys, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO site_keys (site, epoch, rotated_at) VALUES (?1, 1, ?2) ON CONFLICT (site) DO NOTHING")
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("INSERT INTO site_keys (site, epoch, rotated_at) VALUES ($1, 1, $2) ON CONFLICT (site) DO NOTHING")
             .bind(site)
             .bind(now.unix_timestamp())
             .execute(&mut *tx)
@@ -634,8 +637,8 @@ impl FleetStore for SqliteStore {
             )));
         }
         sqlx::query(
-            "INSERT INTO host_keys (site, host, epoch) VALUES (?1, ?2, ?3)
-             ON CONFLICT (site, host) DO UPDATE SET epoch = MAX(epoch, ?3)",
+            "INSERT INTO host_keys (site, host, epoch) VALUES ($1, $2, $3)
+             ON CONFLICT (site, host) DO UPDATE SET epoch = CASE WHEN host_keys.epoch > $3 THEN host_keys.epoch ELSE $3 END",
         )
         .bind(site)
         .bind(host)
@@ -644,7 +647,7 @@ impl FleetStore for SqliteStore {
         .await?;
         let mut keys = stored_site_keys(&mut tx, site).await?;
         if keys.retiring.is_some() && keys.hosts_rotated >= keys.hosts {
-            sqlx::query("UPDATE site_keys SET retiring = NULL WHERE site = ?1")
+            sqlx::query("UPDATE site_keys SET retiring = NULL WHERE site = $1")
                 .bind(site)
                 .execute(&mut *tx)
                 .await?;
@@ -658,12 +661,12 @@ impl FleetStore for SqliteStore {
         &self,
         states: &BTreeMap<String, SiteState>,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let mut changed = Vec::new();
         for (site, state) in states {
             let text = serde_json::to_string(state)?;
             let stored: Option<(i64, String)> =
-                sqlx::query_as("SELECT revision, state FROM site_states WHERE site = ?1")
+                sqlx::query_as("SELECT revision, state FROM site_states WHERE site = $1")
                     .bind(site)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -673,8 +676,8 @@ impl FleetStore for SqliteStore {
                 None => 1,
             };
             sqlx::query(
-                "INSERT INTO site_states (site, revision, state, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (site) DO UPDATE SET revision = ?2, state = ?3, updated_at = ?4",
+                "INSERT INTO site_states (site, revision, state, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (site) DO UPDATE SET revision = $2, state = $3, updated_at = $4",
             )
             .bind(site)
             .bind(revision)
@@ -693,12 +696,12 @@ impl FleetStore for SqliteStore {
 /// unless `cascade`; then removes the hosts, their instances and the site's
 /// join tokens, and puts the hosts' certificates on the deny list.
 pub(super) async fn remove_site_hosts(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     site: &str,
     cascade: bool,
 ) -> Result<Vec<RevokedCertificate>, StoreError> {
     let hosts: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT name, cert_serial FROM hosts WHERE site = ?1 ORDER BY name")
+        sqlx::query_as("SELECT name, cert_serial FROM hosts WHERE site = $1 ORDER BY name")
             .bind(site)
             .fetch_all(&mut *tx)
             .await?;
@@ -725,8 +728,8 @@ pub(super) async fn remove_site_hosts(
         // row goes, and a session needs its row.
         let Some(serial) = serial else { continue };
         sqlx::query(
-            "INSERT OR IGNORE INTO revoked_certificates (serial, site, host, reason, revoked_at)
-             VALUES (?1, ?2, ?3, 'site deleted', ?4)",
+            "INSERT INTO revoked_certificates (serial, site, host, reason, revoked_at)
+             VALUES ($1, $2, $3, 'site deleted', $4) ON CONFLICT DO NOTHING",
         )
         .bind(&serial)
         .bind(site)
@@ -741,10 +744,10 @@ pub(super) async fn remove_site_hosts(
         });
     }
     for statement in [
-        "DELETE FROM hosts WHERE site = ?1",
-        "DELETE FROM instance_status WHERE site = ?1",
-        "DELETE FROM host_images WHERE site = ?1",
-        "DELETE FROM join_tokens WHERE site = ?1",
+        "DELETE FROM hosts WHERE site = $1",
+        "DELETE FROM instance_status WHERE site = $1",
+        "DELETE FROM host_images WHERE site = $1",
+        "DELETE FROM join_tokens WHERE site = $1",
     ] {
         sqlx::query(statement).bind(site).execute(&mut *tx).await?;
     }
@@ -754,7 +757,7 @@ pub(super) async fn remove_site_hosts(
 /// The underlay keys of a site that has some (made earlier in the same
 /// transaction).
 async fn stored_site_keys(
-    connection: &mut sqlx::SqliteConnection,
+    connection: &mut sqlx::AnyConnection,
     site: &str,
 ) -> Result<outpost_api::wire::SiteKeys, StoreError> {
     read_site_keys(connection, site)
@@ -765,11 +768,11 @@ async fn stored_site_keys(
 /// A site's underlay keys as stored, with how many of its hosts (enrolled
 /// now) hold a key of its epoch.
 async fn read_site_keys(
-    connection: &mut sqlx::SqliteConnection,
+    connection: &mut sqlx::AnyConnection,
     site: &str,
 ) -> Result<Option<outpost_api::wire::SiteKeys>, StoreError> {
     let row: Option<(i64, Option<i64>, i64)> =
-        sqlx::query_as("SELECT epoch, retiring, rotated_at FROM site_keys WHERE site = ?1")
+        sqlx::query_as("SELECT epoch, retiring, rotated_at FROM site_keys WHERE site = $1")
             .bind(site)
             .fetch_optional(&mut *connection)
             .await?;
@@ -778,8 +781,8 @@ async fn read_site_keys(
     };
     let (hosts, rotated): (i64, i64) = sqlx::query_as(
         "SELECT COUNT(*), COUNT(k.epoch) FROM hosts h
-         LEFT JOIN host_keys k ON k.site = h.site AND k.host = h.name AND k.epoch >= ?2
-         WHERE h.site = ?1",
+         LEFT JOIN host_keys k ON k.site = h.site AND k.host = h.name AND k.epoch >= $2
+         WHERE h.site = $1",
     )
     .bind(site)
     .bind(epoch)

@@ -6,9 +6,10 @@
 //! (a deployment naming an application) run inside it.
 
 mod access;
+mod engine;
 mod fleet;
+mod objects;
 mod secrets;
-mod sqlite;
 mod streams;
 mod telemetry;
 
@@ -23,13 +24,13 @@ use outpost_api::workload::SiteState;
 use serde::Serialize;
 
 pub use access::{AccessStore, AuditQuery};
+pub use engine::{Engine, SqlStore};
 pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
-pub use sqlite::SqliteStore;
 pub use streams::{StreamQuery, StreamStore};
 
 /// The current time as the store writes it (RFC 3339, UTC).
 pub fn now_rfc3339() -> String {
-    sqlite::now()
+    engine::now()
 }
 
 /// How many versions of each application are kept (plus any a deployment pins).

@@ -12,9 +12,10 @@ use outpost_api::diagnostic::Path as FieldPath;
 use outpost_api::manifest::{ApplicationSpec, Kind, Manifest};
 use outpost_api::secret::SecretPolicy;
 use outpost_api::validate::Document;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
-use super::sqlite::{SqliteStore, now};
+use super::engine::{SqlStore, now};
 use super::{StoreError, StoredSecret};
 
 /// Versions kept per secret; older ones go (sites only ever receive the
@@ -95,7 +96,7 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn rewrap_tenant_keys(&self, rewrap: RewrapTenant<'_>) -> Result<usize, StoreError>;
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecret, StoreError> {
+fn from_row(row: &AnyRow) -> Result<StoredSecret, StoreError> {
     let keys: String = row.try_get("keys")?;
     let images: String = row.try_get("images")?;
     let version: i64 = row.try_get("version")?;
@@ -124,7 +125,7 @@ const SELECT: &str =
 
 /// The policies of the newest versions, for the checks of an apply.
 pub(super) async fn policies(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
 ) -> Result<BTreeMap<String, SecretPolicy>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE v.version = (SELECT max(version) FROM secret_versions m WHERE m.name = v.name)"
@@ -145,7 +146,7 @@ pub(super) async fn policies(
 /// deployment's `sites`, or at an application's reference when a stored
 /// deployment runs it).
 pub(super) async fn check_references(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     documents: &[Document],
     out: &mut Diagnostics,
 ) -> Result<(), StoreError> {
@@ -198,17 +199,9 @@ pub(super) async fn check_references(
                     continue;
                 }
                 // The stored deployments that will run this version.
-                let rows = sqlx::query(
-                    "SELECT name, spec FROM objects WHERE kind = 'Deployment'
-                       AND json_extract(spec, '$.application') = ?1",
-                )
-                .bind(app.metadata.name.as_str())
-                .fetch_all(&mut **tx)
-                .await?;
-                for row in rows {
-                    let name: String = row.try_get("name")?;
-                    let spec: String = row.try_get("spec")?;
-                    let deployment: outpost_api::manifest::DeploymentSpec = serde_json::from_str(&spec)?;
+                for (name, deployment) in
+                    super::objects::deployments_of(tx, app.metadata.name.as_str()).await?
+                {
                     if deployment
                         .version
                         .as_ref()
@@ -246,14 +239,14 @@ pub(super) async fn check_references(
 
 /// An application's stored spec at a version (`None`: its current one).
 async fn stored_spec(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     application: &str,
     version: Option<&str>,
 ) -> Result<Option<ApplicationSpec>, StoreError> {
     let spec: Option<String> = match version {
         Some(version) => {
             sqlx::query_scalar(
-                "SELECT spec FROM application_versions WHERE application = ?1 AND version = ?2",
+                "SELECT spec FROM application_versions WHERE application = $1 AND version = $2",
             )
             .bind(application)
             .bind(version)
@@ -261,7 +254,7 @@ async fn stored_spec(
             .await?
         }
         None => {
-            sqlx::query_scalar("SELECT spec FROM objects WHERE kind = 'Application' AND name = ?1")
+            sqlx::query_scalar("SELECT spec FROM objects WHERE kind = 'Application' AND name = $1")
                 .bind(application)
                 .fetch_optional(&mut **tx)
                 .await?
@@ -272,7 +265,7 @@ async fn stored_spec(
 
 /// The deployments whose application (at the version each runs) refers
 /// to `secret`.
-async fn deployments_using(tx: &mut sqlx::SqliteConnection, secret: &str) -> Result<Vec<String>, StoreError> {
+async fn deployments_using(tx: &mut sqlx::AnyConnection, secret: &str) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query("SELECT name, spec FROM objects WHERE kind = 'Deployment' ORDER BY name")
         .fetch_all(&mut *tx)
         .await?;
@@ -285,7 +278,7 @@ async fn deployments_using(tx: &mut sqlx::SqliteConnection, secret: &str) -> Res
         let specs: Vec<String> = match spec["version"].as_str() {
             Some(version) => {
                 sqlx::query_scalar(
-                    "SELECT spec FROM application_versions WHERE application = ?1 AND version = ?2",
+                    "SELECT spec FROM application_versions WHERE application = $1 AND version = $2",
                 )
                 .bind(application)
                 .bind(version)
@@ -293,7 +286,7 @@ async fn deployments_using(tx: &mut sqlx::SqliteConnection, secret: &str) -> Res
                 .await?
             }
             None => {
-                sqlx::query_scalar("SELECT spec FROM objects WHERE kind = ?1 AND name = ?2")
+                sqlx::query_scalar("SELECT spec FROM objects WHERE kind = $1 AND name = $2")
                     .bind(Kind::Application.as_str())
                     .bind(application)
                     .fetch_all(&mut *tx)
@@ -312,16 +305,16 @@ async fn deployments_using(tx: &mut sqlx::SqliteConnection, secret: &str) -> Res
 }
 
 #[async_trait]
-impl SecretStore for SqliteStore {
+impl SecretStore for SqlStore {
     async fn add_secret_version(
         &self,
         new: NewSecretVersion<'_>,
         encrypt: Encrypt<'_>,
         actor: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let newest: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM secret_versions WHERE name = ?1")
+            sqlx::query_scalar("SELECT max(version) FROM secret_versions WHERE name = $1")
                 .bind(new.name)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -329,7 +322,7 @@ impl SecretStore for SqliteStore {
         let encrypted = encrypt(version as u64).map_err(StoreError::Unreadable)?;
         sqlx::query(
             "INSERT INTO secret_versions (name, version, keys, sites, images, size, key_id, data_key, ciphertext, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(new.name)
         .bind(version)
@@ -344,7 +337,7 @@ impl SecretStore for SqliteStore {
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM secret_versions WHERE name = ?1 AND version <= ?2")
+        sqlx::query("DELETE FROM secret_versions WHERE name = $1 AND version <= $2")
             .bind(new.name)
             .bind(version - KEPT_SECRET_VERSIONS)
             .execute(&mut *tx)
@@ -357,7 +350,7 @@ impl SecretStore for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{SELECT} WHERE v.version = (SELECT max(version) FROM secret_versions m WHERE m.name = v.name) ORDER BY v.name"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -366,19 +359,19 @@ impl SecretStore for SqliteStore {
         let row = match version {
             Some(version) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{SELECT} WHERE v.name = ?1 AND v.version = ?2"
+                    "{SELECT} WHERE v.name = $1 AND v.version = $2"
                 )))
                 .bind(name)
                 .bind(version as i64)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await?
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{SELECT} WHERE v.name = ?1 ORDER BY v.version DESC LIMIT 1"
+                    "{SELECT} WHERE v.name = $1 ORDER BY v.version DESC LIMIT 1"
                 )))
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await?
             }
         };
@@ -392,9 +385,9 @@ impl SecretStore for SqliteStore {
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let newest: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM secret_versions WHERE name = ?1")
+            sqlx::query_scalar("SELECT max(version) FROM secret_versions WHERE name = $1")
                 .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -412,7 +405,7 @@ impl SecretStore for SqliteStore {
                 using.join(", ")
             )));
         }
-        sqlx::query("DELETE FROM secret_versions WHERE name = ?1")
+        sqlx::query("DELETE FROM secret_versions WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -421,7 +414,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn rewrap_secrets(&self, rewrap: Rewrap<'_>) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(SELECT.to_string()))
             .fetch_all(&mut *tx)
             .await?;
@@ -429,7 +422,7 @@ impl SecretStore for SqliteStore {
             let stored = from_row(row)?;
             let (key_id, data_key) = rewrap(&stored).map_err(StoreError::Unreadable)?;
             sqlx::query(
-                "UPDATE secret_versions SET key_id = ?1, data_key = ?2 WHERE name = ?3 AND version = ?4",
+                "UPDATE secret_versions SET key_id = $1, data_key = $2 WHERE name = $3 AND version = $4",
             )
             .bind(key_id)
             .bind(data_key)
@@ -444,9 +437,9 @@ impl SecretStore for SqliteStore {
 
     async fn tenant_key(&self, tenant: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT key_id, wrapped FROM tenant_keys WHERE tenant = ?1")
+            sqlx::query_as("SELECT key_id, wrapped FROM tenant_keys WHERE tenant = $1")
                 .bind(tenant)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await?,
         )
     }
@@ -458,14 +451,14 @@ impl SecretStore for SqliteStore {
         wrapped: &[u8],
     ) -> Result<(String, Vec<u8>), StoreError> {
         sqlx::query(
-            "INSERT INTO tenant_keys (tenant, key_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO tenant_keys (tenant, key_id, wrapped, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant) DO NOTHING",
         )
         .bind(tenant)
         .bind(key_id)
         .bind(wrapped)
         .bind(super::now_rfc3339())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         self.tenant_key(tenant)
             .await?
@@ -473,14 +466,14 @@ impl SecretStore for SqliteStore {
     }
 
     async fn rewrap_tenant_keys(&self, rewrap: RewrapTenant<'_>) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let rows: Vec<(String, String, Vec<u8>)> =
             sqlx::query_as("SELECT tenant, key_id, wrapped FROM tenant_keys")
                 .fetch_all(&mut *tx)
                 .await?;
         for (tenant, key_id, wrapped) in &rows {
             let (key_id, wrapped) = rewrap(tenant, key_id, wrapped).map_err(StoreError::Unreadable)?;
-            sqlx::query("UPDATE tenant_keys SET key_id = ?1, wrapped = ?2 WHERE tenant = ?3")
+            sqlx::query("UPDATE tenant_keys SET key_id = $1, wrapped = $2 WHERE tenant = $3")
                 .bind(key_id)
                 .bind(wrapped)
                 .bind(tenant)

@@ -7,9 +7,10 @@
 use async_trait::async_trait;
 use outpost_api::stream::{Item, Published, StoredRecord, TopicStatus};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::StoreError;
-use super::sqlite::SqliteStore;
+use super::engine::SqlStore;
 
 /// What `GET /api/v1/streams/{application}/{topic}` asks for.
 #[derive(Debug, Clone, Default)]
@@ -96,7 +97,7 @@ pub trait StreamStore: Send + Sync + 'static {
     async fn prune_streams(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, StoreError> {
+fn record_from_row(row: &AnyRow) -> Result<StoredRecord, StoreError> {
     let rfc3339 = |ms: i64| {
         jiff::Timestamp::from_millisecond(ms)
             .map(|t| t.to_string())
@@ -122,7 +123,7 @@ fn now_ms() -> i64 {
 }
 
 #[async_trait]
-impl StreamStore for SqliteStore {
+impl StreamStore for SqlStore {
     async fn store_stream(
         &self,
         site: &str,
@@ -133,9 +134,9 @@ impl StreamStore for SqliteStore {
     ) -> Result<(u64, usize), StoreError> {
         let stored_ms = now_ms();
         // IMMEDIATE: it reads the newest number, then writes past it.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let held: Option<(i64,)> = sqlx::query_as(
-            "SELECT seq FROM stream_received WHERE site = ?1 AND host = ?2 AND application = ?3 AND topic = ?4",
+            "SELECT seq FROM stream_received WHERE site = $1 AND host = $2 AND application = $3 AND topic = $4",
         )
         .bind(site)
         .bind(host)
@@ -149,7 +150,7 @@ impl StreamStore for SqliteStore {
         for (seq, item) in records.iter().filter(|(seq, _)| *seq > held) {
             sqlx::query(
                 "INSERT INTO stream_records (application, topic, site, host, seq, produced_ms, stored_ms, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(application)
             .bind(topic)
@@ -166,8 +167,8 @@ impl StreamStore for SqliteStore {
         }
         if last > held {
             sqlx::query(
-                "INSERT INTO stream_received (site, host, application, topic, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (site, host, application, topic) DO UPDATE SET seq = ?5",
+                "INSERT INTO stream_received (site, host, application, topic, seq) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (site, host, application, topic) DO UPDATE SET seq = $5",
             )
             .bind(site)
             .bind(host)
@@ -183,13 +184,13 @@ impl StreamStore for SqliteStore {
     }
 
     async fn stream_records(&self, query: &StreamQuery) -> Result<Vec<StoredRecord>, StoreError> {
-        const FILTERS: &str = "application = ?1 AND topic = ?2 AND (?3 IS NULL OR site = ?3)
-             AND (?4 IS NULL OR produced_ms >= ?4)";
+        const FILTERS: &str = "application = $1 AND topic = $2 AND ($3 IS NULL OR site = $3)
+             AND ($4 IS NULL OR produced_ms >= $4)";
         let sql = if query.after > 0 {
-            format!("SELECT * FROM stream_records WHERE {FILTERS} AND id > ?5 ORDER BY id LIMIT ?6")
+            format!("SELECT * FROM stream_records WHERE {FILTERS} AND id > $5 ORDER BY id LIMIT $6")
         } else {
             format!(
-                "SELECT * FROM (SELECT * FROM stream_records WHERE {FILTERS} ORDER BY id DESC LIMIT ?6) ORDER BY id"
+                "SELECT * FROM (SELECT * FROM stream_records WHERE {FILTERS} ORDER BY id DESC LIMIT $6) AS newest ORDER BY id"
             )
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -199,16 +200,16 @@ impl StreamStore for SqliteStore {
             .bind(query.since_ms)
             .bind(query.after)
             .bind(query.limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(record_from_row).collect()
     }
 
     async fn stream_records_after(&self, after: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM stream_records WHERE id > ?1 ORDER BY id LIMIT ?2")
+        let rows = sqlx::query("SELECT * FROM stream_records WHERE id > $1 ORDER BY id LIMIT $2")
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(record_from_row).collect()
     }
@@ -222,28 +223,28 @@ impl StreamStore for SqliteStore {
         actor: &str,
     ) -> Result<Published, StoreError> {
         let at = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let publish = sqlx::query(
-            "INSERT INTO stream_publishes (application, topic, published_ms, published_by) VALUES (?1, ?2, ?3, ?4)",
+        let mut tx = self.db.begin_write().await?;
+        let publish: i64 = sqlx::query_scalar(
+            "INSERT INTO stream_publishes (application, topic, published_ms, published_by) VALUES ($1, $2, $3, $4)
+             RETURNING id",
         )
         .bind(application)
         .bind(topic)
         .bind(at)
         .bind(actor)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&mut *tx)
+        .await?;
         for site in sites {
-            sqlx::query("INSERT INTO stream_publish_sites (site, publish) VALUES (?1, ?2)")
+            sqlx::query("INSERT INTO stream_publish_sites (site, publish) VALUES ($1, $2)")
                 .bind(site)
                 .bind(publish)
                 .execute(&mut *tx)
                 .await?;
         }
         let (newest,): (i64,) = sqlx::query_as(
-            "INSERT INTO stream_down_topics (application, topic, last_seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT (application, topic) DO UPDATE SET last_seq = last_seq + ?3
-             RETURNING last_seq - ?3",
+            "INSERT INTO stream_down_topics (application, topic, last_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (application, topic) DO UPDATE SET last_seq = stream_down_topics.last_seq + $3
+             RETURNING last_seq - $3",
         )
         .bind(application)
         .bind(topic)
@@ -253,7 +254,7 @@ impl StreamStore for SqliteStore {
         let first_seq = newest as u64 + 1;
         for (i, data) in data.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO stream_down (application, topic, seq, publish, at_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO stream_down (application, topic, seq, publish, at_ms, data) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(application)
             .bind(topic)
@@ -283,18 +284,18 @@ impl StreamStore for SqliteStore {
     ) -> Result<Vec<(u64, Item)>, StoreError> {
         let rows: Vec<(i64, i64, String)> = sqlx::query_as(
             "SELECT d.seq, d.at_ms, d.data FROM stream_down d
-             JOIN stream_publish_sites p ON p.site = ?1 AND p.publish = d.publish
-             WHERE d.application = ?3 AND d.topic = ?4
+             JOIN stream_publish_sites p ON p.site = $1 AND p.publish = d.publish
+             WHERE d.application = $3 AND d.topic = $4
                AND d.seq > COALESCE((SELECT seq FROM stream_delivered
-                   WHERE site = ?1 AND host = ?2 AND application = ?3 AND topic = ?4), 0)
-             ORDER BY d.seq LIMIT ?5",
+                   WHERE site = $1 AND host = $2 AND application = $3 AND topic = $4), 0)
+             ORDER BY d.seq LIMIT $5",
         )
         .bind(site)
         .bind(host)
         .bind(application)
         .bind(topic)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows
             .into_iter()
@@ -311,15 +312,15 @@ impl StreamStore for SqliteStore {
         seq: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO stream_delivered (site, host, application, topic, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (site, host, application, topic) DO UPDATE SET seq = MAX(seq, ?5)",
+            "INSERT INTO stream_delivered (site, host, application, topic, seq) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (site, host, application, topic) DO UPDATE SET seq = CASE WHEN stream_delivered.seq > $5 THEN stream_delivered.seq ELSE $5 END",
         )
         .bind(site)
         .bind(host)
         .bind(application)
         .bind(topic)
         .bind(seq.min(i64::MAX as u64) as i64)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -331,13 +332,13 @@ impl StreamStore for SqliteStore {
         topics: &[TopicStatus],
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO host_streams (site, host, topics) VALUES (?1, ?2, ?3)
-             ON CONFLICT (site, host) DO UPDATE SET topics = ?3",
+            "INSERT INTO host_streams (site, host, topics) VALUES ($1, $2, $3)
+             ON CONFLICT (site, host) DO UPDATE SET topics = $3",
         )
         .bind(site)
         .bind(host)
         .bind(serde_json::to_string(topics)?)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -347,7 +348,7 @@ impl StreamStore for SqliteStore {
             "SELECT s.site, s.host, s.topics FROM host_streams s
              JOIN hosts h ON h.site = s.site AND h.name = s.host ORDER BY s.site, s.host",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         let mut out = Vec::new();
         for (site, host, topics) in rows {
@@ -362,32 +363,32 @@ impl StreamStore for SqliteStore {
 
     async fn forwarded(&self) -> Result<i64, StoreError> {
         let through: Option<(i64,)> = sqlx::query_as("SELECT through FROM stream_forwarded WHERE id = 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await?;
         Ok(through.map_or(0, |(t,)| t))
     }
 
     async fn record_forwarded(&self, through: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO stream_forwarded (id, through) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET through = ?1",
+            "INSERT INTO stream_forwarded (id, through) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET through = $1",
         )
         .bind(through)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
     async fn prune_streams(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let up = sqlx::query("DELETE FROM stream_records WHERE stored_ms < ?1")
+        let up = sqlx::query("DELETE FROM stream_records WHERE stored_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?
             .rows_affected();
         // Deleting a publish deletes its records and its sites.
-        let down = sqlx::query("DELETE FROM stream_publishes WHERE published_ms < ?1")
+        let down = sqlx::query("DELETE FROM stream_publishes WHERE published_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?
             .rows_affected();
         Ok(up + down)

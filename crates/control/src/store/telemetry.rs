@@ -5,12 +5,13 @@
 use async_trait::async_trait;
 use outpost_api::telemetry::{Event, LogLine, MetricSample, Record, StoredEvent, StoredLogLine};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use super::sqlite::{SqliteStore, now};
+use super::engine::{Engine, SqlStore, now};
 use super::{RecordQuery, StoreError, TelemetryStore};
 
 async fn insert_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     site: &str,
     host: &str,
     seq: Option<i64>,
@@ -19,7 +20,7 @@ async fn insert_event(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO events (site, host, seq, at, received_at, kind, application, service, instance, message, exit_code)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(site)
     .bind(host)
@@ -37,7 +38,7 @@ async fn insert_event(
     Ok(())
 }
 
-fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreError> {
+fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
     let kind: String = row.try_get("kind")?;
     Ok(StoredEvent {
         id: row.try_get("id")?,
@@ -54,7 +55,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreErr
     })
 }
 
-fn log_line_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredLogLine, StoreError> {
+fn log_line_from_row(row: &AnyRow) -> Result<StoredLogLine, StoreError> {
     Ok(StoredLogLine {
         id: row.try_get("id")?,
         site: row.try_get("site")?,
@@ -71,25 +72,33 @@ fn log_line_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredLogLine, Sto
     })
 }
 
-/// The filters every record query shares; `?1`…`?4`, `?7` and `?8` are
+/// The filters every record query shares; `$1`…`$4`, `$7` and `$8` are
 /// site, application, service, since, tenant and sites (a JSON array),
 /// each NULL for "any".
-const FILTERS: &str = "(?1 IS NULL OR site = ?1) AND (?2 IS NULL OR application = ?2)
-     AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR at >= ?4)
-     AND (?7 IS NULL OR substr(application, 1, length(?7) + 1) = ?7 || '.')
-     AND (?8 IS NULL OR site IN (SELECT value FROM json_each(?8)))";
+fn filters(engine: Engine) -> String {
+    format!(
+        "($1 IS NULL OR site = $1) AND ($2 IS NULL OR application = $2)
+         AND ($3 IS NULL OR service = $3) AND ($4 IS NULL OR at >= $4)
+         AND ($7 IS NULL OR substr(application, 1, length($7) + 1) = $7 || '.')
+         AND ($8 IS NULL OR site IN ({}))",
+        engine.json_array_elements("$8")
+    )
+}
 
 /// Runs a record query: with `after`, the next ones after that id; without,
 /// the newest `limit`. Oldest first either way.
 async fn query_records(
-    store: &SqliteStore,
+    store: &SqlStore,
     table: &str,
     query: &RecordQuery,
-) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+) -> Result<Vec<AnyRow>, StoreError> {
+    let filters = filters(store.db.engine);
     let sql = if query.after > 0 {
-        format!("SELECT * FROM {table} WHERE {FILTERS} AND id > ?5 ORDER BY id LIMIT ?6")
+        format!("SELECT * FROM {table} WHERE {filters} AND id > $5 ORDER BY id LIMIT $6")
     } else {
-        format!("SELECT * FROM (SELECT * FROM {table} WHERE {FILTERS} ORDER BY id DESC LIMIT ?6) ORDER BY id")
+        format!(
+            "SELECT * FROM (SELECT * FROM {table} WHERE {filters} ORDER BY id DESC LIMIT $6) AS newest ORDER BY id"
+        )
     };
     // The table name is one of ours, never the caller's.
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -106,13 +115,13 @@ async fn query_records(
                 .as_ref()
                 .map(|sites| serde_json::json!(sites).to_string()),
         )
-        .fetch_all(&store.pool)
+        .fetch_all(&store.db.pool)
         .await?;
     Ok(rows)
 }
 
 #[async_trait]
-impl TelemetryStore for SqliteStore {
+impl TelemetryStore for SqlStore {
     async fn store_records(
         &self,
         site: &str,
@@ -124,9 +133,9 @@ impl TelemetryStore for SqliteStore {
         let received_at = now();
         // IMMEDIATE: the transaction reads, then writes; a deferred one
         // would fail (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let stored: Option<(i64,)> =
-            sqlx::query_as("SELECT received_seq FROM hosts WHERE site = ?1 AND name = ?2")
+            sqlx::query_as("SELECT received_seq FROM hosts WHERE site = $1 AND name = $2")
                 .bind(site)
                 .bind(host)
                 .fetch_optional(&mut *tx)
@@ -151,7 +160,7 @@ impl TelemetryStore for SqliteStore {
                     for line in &chunk.lines {
                         sqlx::query(
                             "INSERT INTO log_lines (site, host, application, service, instance, container, at, stream, text, received_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                         )
                         .bind(site)
                         .bind(host)
@@ -169,7 +178,7 @@ impl TelemetryStore for SqliteStore {
                 }
                 Record::Metrics(sample) => {
                     sqlx::query(
-                        "INSERT INTO metric_samples (site, host, at, received_at, sample) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO metric_samples (site, host, at, received_at, sample) VALUES ($1, $2, $3, $4, $5)",
                     )
                     .bind(site)
                     .bind(host)
@@ -182,7 +191,7 @@ impl TelemetryStore for SqliteStore {
             }
         }
         sqlx::query(
-            "UPDATE hosts SET received_seq = ?3, dropped = MAX(dropped, ?4) WHERE site = ?1 AND name = ?2",
+            "UPDATE hosts SET received_seq = $3, dropped = CASE WHEN dropped > $4 THEN dropped ELSE $4 END WHERE site = $1 AND name = $2",
         )
         .bind(site)
         .bind(host)
@@ -195,7 +204,7 @@ impl TelemetryStore for SqliteStore {
     }
 
     async fn record_event(&self, site: &str, event: &Event) -> Result<(), StoreError> {
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = self.db.pool.acquire().await?;
         insert_event(&mut connection, site, "", None, event, &now()).await
     }
 
@@ -220,7 +229,7 @@ impl TelemetryStore for SqliteStore {
             "SELECT site, host, sample FROM metric_samples
              WHERE id IN (SELECT MAX(id) FROM metric_samples GROUP BY site, host) ORDER BY site, host",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.into_iter()
             .map(|(site, host, sample)| Ok((site, host, serde_json::from_str(&sample)?)))
@@ -229,14 +238,14 @@ impl TelemetryStore for SqliteStore {
 
     async fn add_traffic(&self, site: &str, host: &str, received: u64, sent: u64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE hosts SET bytes_received = bytes_received + ?3, bytes_sent = bytes_sent + ?4
-             WHERE site = ?1 AND name = ?2",
+            "UPDATE hosts SET bytes_received = bytes_received + $3, bytes_sent = bytes_sent + $4
+             WHERE site = $1 AND name = $2",
         )
         .bind(site)
         .bind(host)
         .bind(received as i64)
         .bind(sent as i64)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -248,10 +257,10 @@ impl TelemetryStore for SqliteStore {
             ("log_lines", logs),
             ("metric_samples", metrics),
         ] {
-            let sql = format!("DELETE FROM {table} WHERE received_at < ?1");
+            let sql = format!("DELETE FROM {table} WHERE received_at < $1");
             deleted += sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(before)
-                .execute(&self.pool)
+                .execute(&self.db.pool)
                 .await?
                 .rows_affected();
         }
@@ -280,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn a_resent_batch_is_stored_once_and_queries_filter() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("outpost.db")).await.unwrap();
+        let store = SqlStore::open(&dir.path().join("outpost.db")).await.unwrap();
         let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         store.create_join_token("h", "shop-1", expires).await.unwrap();
         store.redeem_join_token("h", "till", "01").await.unwrap();

@@ -441,16 +441,16 @@ fn references_are_checked_at_apply_and_delete_reveal_is_audited_and_the_key_rota
     // The key-encryption key rotates under the running control plane.
     let key_file = control.dir.path().join("secrets.key");
     let before = std::fs::read_to_string(&key_file).unwrap();
-    let rotated = crate::common::cli_with(
-        &[
-            "control",
-            "rotate-secrets-key",
-            "--data-dir",
-            control.dir.path().to_str().unwrap(),
-        ],
-        &[],
-        None,
-    );
+    let mut rotate = vec![
+        "control",
+        "rotate-secrets-key",
+        "--data-dir",
+        control.dir.path().to_str().unwrap(),
+    ];
+    if let Some(store) = control.postgres_store() {
+        rotate.extend(["--store", store]);
+    }
+    let rotated = crate::common::cli_with(&rotate, &[], None);
     assert!(
         rotated.success().starts_with("secrets key rotated: key "),
         "{}",

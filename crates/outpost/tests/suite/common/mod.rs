@@ -1,5 +1,7 @@
 //! Test harness: a real `outpost control` process on `127.0.0.1:0` with a
-//! real SQLite file in a temporary directory, an HTTPS client that trusts its
+//! real SQLite file in a temporary directory (or, with
+//! `OUTPOST_TEST_STORE=postgres`, a database of its own on a real
+//! PostgreSQL), an HTTPS client that trusts its
 //! CA, and a runner for the CLI binary.
 
 // Test-only code: a panic here is how a test reports that its setup failed.
@@ -21,6 +23,7 @@ pub mod lab;
 pub mod link;
 pub mod nats;
 pub mod oidc;
+pub mod postgres;
 pub mod registry;
 pub mod streams;
 
@@ -56,7 +59,10 @@ impl ControlPlane {
     pub fn start_with(rust_log: &str, args: &[&str]) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::default();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if postgres::wanted_for_every_test() && !args.iter().any(|a| a == "--store") {
+            args.extend(["--store".to_string(), postgres::database()]);
+        }
         let (child, url, agent_url) = spawn_on(
             dir.path(),
             ("127.0.0.1:0", "127.0.0.1:0"),
@@ -139,9 +145,57 @@ impl ControlPlane {
         self.agent_url = agent_url;
     }
 
+    /// The PostgreSQL database its store is in (`--store`), if not SQLite.
+    pub fn postgres_store(&self) -> Option<&str> {
+        let at = self.args.iter().position(|a| a == "--store")?;
+        self.args.get(at + 1).map(String::as_str)
+    }
+
+    /// Everything the store holds, as bytes: the SQLite file and its
+    /// journal, or a dump of the PostgreSQL database.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        if let Some(url) = self.postgres_store() {
+            let dump = Command::new("pg_dump")
+                .args(["--data-only", "--dbname", url])
+                .output()
+                .expect("pg_dump (Debian's postgresql package)");
+            assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+            return dump.stdout;
+        }
+        let mut bytes = std::fs::read(self.dir.path().join("outpost.db")).unwrap();
+        bytes.extend(std::fs::read(self.dir.path().join("outpost.db-wal")).unwrap_or_default());
+        bytes
+    }
+
     /// Runs one SQL statement on the store behind the control plane's
-    /// back (Python's sqlite3); returns the rows it selects, one per line.
+    /// back (Python's sqlite3, or psql); returns the rows it selects, one
+    /// per line, as Python writes tuples: `('text', 12)`.
     pub fn sql(&self, statement: &str) -> String {
+        if let Some(url) = self.postgres_store() {
+            let output = Command::new("psql")
+                .args(["-X", "-q", "-A", "-t", "-F", "\u{1f}", "-d", url, "-c", statement])
+                .output()
+                .expect("psql (Debian's postgresql package)");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|row| {
+                    let fields: Vec<String> = row
+                        .split('\u{1f}')
+                        .map(|field| match field.parse::<i64>() {
+                            Ok(_) => field.to_string(),
+                            Err(_) => format!("'{field}'"),
+                        })
+                        .collect();
+                    format!("({})\n", fields.join(", "))
+                })
+                .collect();
+        }
         let output = Command::new("python3")
             .args([
                 "-c",

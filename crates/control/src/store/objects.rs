@@ -1,146 +1,23 @@
-//! The SQLite store: one file in the data directory, WAL journal,
-//! migrations embedded in the binary.
+//! The Store trait's object half: applies, reads, deletes and labels of
+//! the declared objects, one transaction each.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
-use std::pin::Pin;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use outpost_api::Diagnostics;
 use outpost_api::diagnostic::Path as FieldPath;
-use outpost_api::manifest::{ApiVersion, Kind, Manifest};
+use outpost_api::manifest::{ApiVersion, DeploymentSpec, Kind, Manifest};
 use outpost_api::validate::Document;
 use outpost_api::wire::{
     ApplicationVersion, ApplyAction, ApplyResult, LabelChange, ObjectMeta, StoredObject,
 };
-use sqlx::error::BoxDynError;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
+use super::engine::{SqlStore, now, retry_after};
 use super::{ApplyOptions, Deleted, KEPT_VERSIONS, Store, StoreError};
 
-/// The schema migrations, compiled in so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "objects", include_str!("../../migrations/0001_objects.sql")),
-    (2, "agents", include_str!("../../migrations/0002_agents.sql")),
-    (
-        3,
-        "host labels",
-        include_str!("../../migrations/0003_host_labels.sql"),
-    ),
-    (4, "rollouts", include_str!("../../migrations/0004_rollouts.sql")),
-    (
-        5,
-        "telemetry",
-        include_str!("../../migrations/0005_telemetry.sql"),
-    ),
-    (
-        6,
-        "revocation",
-        include_str!("../../migrations/0006_revocation.sql"),
-    ),
-    (
-        7,
-        "apply requests",
-        include_str!("../../migrations/0007_apply_requests.sql"),
-    ),
-    (8, "secrets", include_str!("../../migrations/0008_secrets.sql")),
-    (
-        9,
-        "image digests",
-        include_str!("../../migrations/0009_image_digests.sql"),
-    ),
-    (
-        10,
-        "host images",
-        include_str!("../../migrations/0010_host_images.sql"),
-    ),
-    (
-        11,
-        "site address",
-        include_str!("../../migrations/0011_site_address.sql"),
-    ),
-    (12, "streams", include_str!("../../migrations/0012_streams.sql")),
-    (
-        13,
-        "site keys",
-        include_str!("../../migrations/0013_site_keys.sql"),
-    ),
-    (
-        14,
-        "governance",
-        include_str!("../../migrations/0014_governance.sql"),
-    ),
-    (
-        15,
-        "tenant keys",
-        include_str!("../../migrations/0015_tenant_keys.sql"),
-    ),
-    (
-        16,
-        "certificate issuers",
-        include_str!("../../migrations/0016_certificate_issuers.sql"),
-    ),
-];
-
-#[derive(Debug)]
-pub(super) struct Embedded;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        (*description).into(),
-                        MigrationType::Simple,
-                        AssertSqlSafe(*sql).into_sql_str(),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pub(super) pool: SqlitePool,
-}
-
-impl SqliteStore {
-    /// Opens (or creates) the database file and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        let migrator = Migrator::new(Embedded).await?;
-        migrator.run(&pool).await?;
-        Ok(SqliteStore { pool })
-    }
-}
-
-pub(super) fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreError> {
+fn object_from_row(row: &AnyRow) -> Result<StoredObject, StoreError> {
     let kind: String = row.try_get("kind")?;
     let kind = Kind::ALL
         .into_iter()
@@ -163,10 +40,10 @@ fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredObject, StoreE
     })
 }
 
-const SELECT_OBJECT: &str = "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects WHERE kind = ?1 AND name = ?2";
+const SELECT_OBJECT: &str = "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects WHERE kind = $1 AND name = $2";
 
 async fn fetch_object(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     kind: Kind,
     name: &str,
 ) -> Result<Option<StoredObject>, StoreError> {
@@ -179,11 +56,11 @@ async fn fetch_object(
 }
 
 async fn stored_versions(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     application: &str,
 ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT version, spec FROM application_versions WHERE application = ?1 ORDER BY generation DESC",
+        "SELECT version, spec FROM application_versions WHERE application = $1 ORDER BY generation DESC",
     )
     .bind(application)
     .fetch_all(&mut **tx)
@@ -199,7 +76,7 @@ async fn stored_versions(
 /// Checks that need the stored state: versions are immutable, and a
 /// deployment names an application (and version) that exists.
 async fn check_references(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     documents: &[Document],
 ) -> Result<Diagnostics, StoreError> {
     let mut out = Diagnostics::default();
@@ -280,38 +157,65 @@ async fn check_references(
     Ok(out)
 }
 
+/// The stored deployments of `application`, by name. Read whole and
+/// picked here rather than in SQL: deployments are few, and the two
+/// engines spell JSON paths differently.
+pub(super) async fn deployments_of(
+    tx: &mut sqlx::AnyConnection,
+    application: &str,
+) -> Result<Vec<(String, DeploymentSpec)>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, spec FROM objects WHERE kind = 'Deployment' ORDER BY name")
+            .fetch_all(tx)
+            .await?;
+    let mut out = Vec::new();
+    for (name, spec) in rows {
+        let spec: DeploymentSpec = serde_json::from_str(&spec)?;
+        if spec.application.as_str() == application {
+            out.push((name, spec));
+        }
+    }
+    Ok(out)
+}
+
 /// Drops versions beyond the newest ten that no deployment pins.
-async fn prune_versions(tx: &mut Transaction<'_, Sqlite>, application: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM application_versions WHERE application = ?1
-           AND version NOT IN (SELECT version FROM application_versions WHERE application = ?1
-                               ORDER BY generation DESC LIMIT ?2)
-           AND version NOT IN (SELECT json_extract(spec, '$.version') FROM objects
-                               WHERE kind = 'Deployment' AND json_extract(spec, '$.application') = ?1
-                                 AND json_extract(spec, '$.version') IS NOT NULL)",
+async fn prune_versions(tx: &mut Transaction<'_, Any>, application: &str) -> Result<(), StoreError> {
+    let pinned: HashSet<String> = deployments_of(tx, application)
+        .await?
+        .into_iter()
+        .filter_map(|(_, spec)| spec.version)
+        .collect();
+    let versions: Vec<String> = sqlx::query_scalar(
+        "SELECT version FROM application_versions WHERE application = $1 ORDER BY generation DESC",
     )
     .bind(application)
-    .bind(KEPT_VERSIONS)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    for version in versions.iter().skip(KEPT_VERSIONS as usize) {
+        if pinned.contains(version) {
+            continue;
+        }
+        sqlx::query("DELETE FROM application_versions WHERE application = $1 AND version = $2")
+            .bind(application)
+            .bind(version)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn apply(
+impl SqlStore {
+    async fn apply_once(
         &self,
         documents: &[Document],
         actor: &str,
         options: ApplyOptions<'_>,
     ) -> Result<Vec<ApplyResult>, StoreError> {
         let ApplyOptions { dry_run, request_key } = options;
-        // IMMEDIATE takes the write lock up front, so two concurrent applies
-        // queue instead of failing when one upgrades from a read.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         if let Some(key) = request_key {
             let stored: Option<String> = sqlx::query_scalar(
-                "SELECT results FROM apply_requests WHERE request_key = ?1 AND actor = ?2",
+                "SELECT results FROM apply_requests WHERE request_key = $1 AND actor = $2",
             )
             .bind(key)
             .bind(actor)
@@ -344,8 +248,8 @@ impl Store for SqliteStore {
             if action != ApplyAction::Unchanged {
                 sqlx::query(
                     "INSERT INTO objects (kind, name, generation, labels, spec, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-                     ON CONFLICT (kind, name) DO UPDATE SET generation = ?3, labels = ?4, spec = ?5, updated_at = ?6",
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     ON CONFLICT (kind, name) DO UPDATE SET generation = $3, labels = $4, spec = $5, updated_at = $6",
                 )
                 .bind(kind.as_str())
                 .bind(name)
@@ -361,8 +265,8 @@ impl Store for SqliteStore {
                 if spec_changed {
                     sqlx::query(
                         "INSERT INTO application_versions (application, version, generation, spec, applied_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (application, version) DO UPDATE SET generation = ?3, applied_at = ?5",
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (application, version) DO UPDATE SET generation = $3, applied_at = $5",
                     )
                     .bind(name)
                     .bind(&app.spec.version)
@@ -393,11 +297,11 @@ impl Store for SqliteStore {
             let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
-            sqlx::query("DELETE FROM apply_requests WHERE created_at < ?1")
+            sqlx::query("DELETE FROM apply_requests WHERE created_at < $1")
                 .bind(day_ago)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO apply_requests (request_key, actor, results, created_at) VALUES (?1, ?2, ?3, ?4)")
+            sqlx::query("INSERT INTO apply_requests (request_key, actor, results, created_at) VALUES ($1, $2, $3, $4)")
                 .bind(key)
                 .bind(actor)
                 .bind(serde_json::to_string(&results)?)
@@ -408,12 +312,30 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(results)
     }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn apply(
+        &self,
+        documents: &[Document],
+        actor: &str,
+        options: ApplyOptions<'_>,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.apply_once(documents, actor, options).await {
+                Err(error) if retry_after(&error, &mut tries).await => continue,
+                outcome => return outcome,
+            }
+        }
+    }
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>, StoreError> {
         let row = sqlx::query(SELECT_OBJECT)
             .bind(kind.as_str())
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await?;
         row.as_ref().map(object_from_row).transpose()
     }
@@ -421,16 +343,16 @@ impl Store for SqliteStore {
     async fn list(&self, kind: Kind) -> Result<Vec<StoredObject>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, name, generation, labels, spec, created_at, updated_at FROM objects
-             WHERE kind = ?1 ORDER BY name",
+             WHERE kind = $1 ORDER BY name",
         )
         .bind(kind.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(object_from_row).collect()
     }
 
     async fn delete(&self, kind: Kind, name: &str, cascade: bool) -> Result<Deleted, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let Some(object) = fetch_object(&mut tx, kind, name).await? else {
             return Err(StoreError::NotFound {
                 kind,
@@ -443,8 +365,8 @@ impl Store for SqliteStore {
         }
         if kind == Kind::Tenant {
             let owned: Option<String> = sqlx::query_scalar(
-                "SELECT kind || ' ' || name FROM objects WHERE substr(name, 1, length(?1) + 1) = ?1 || '.'
-                 UNION ALL SELECT 'secret ' || name FROM secret_versions WHERE substr(name, 1, length(?1) + 1) = ?1 || '.'
+                "SELECT kind || ' ' || name FROM objects WHERE substr(name, 1, length($1) + 1) = $1 || '.'
+                 UNION ALL SELECT 'secret ' || name FROM secret_versions WHERE substr(name, 1, length($1) + 1) = $1 || '.'
                  LIMIT 1",
             )
             .bind(name)
@@ -456,19 +378,17 @@ impl Store for SqliteStore {
                 )));
             }
             // What its key sealed (log lines, stream records) stays sealed.
-            sqlx::query("DELETE FROM tenant_keys WHERE tenant = ?1")
+            sqlx::query("DELETE FROM tenant_keys WHERE tenant = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
         }
         if kind == Kind::Application {
-            let users: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM objects WHERE kind = 'Deployment' AND json_extract(spec, '$.application') = ?1
-                 ORDER BY name",
-            )
-            .bind(name)
-            .fetch_all(&mut *tx)
-            .await?;
+            let users: Vec<String> = deployments_of(&mut tx, name)
+                .await?
+                .into_iter()
+                .map(|(user, _)| user)
+                .collect();
             if !users.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "application {name:?} is used by deployment {}; delete or change that first",
@@ -479,12 +399,12 @@ impl Store for SqliteStore {
                         .join(", ")
                 )));
             }
-            sqlx::query("DELETE FROM application_versions WHERE application = ?1")
+            sqlx::query("DELETE FROM application_versions WHERE application = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM objects WHERE kind = ?1 AND name = ?2")
+        sqlx::query("DELETE FROM objects WHERE kind = $1 AND name = $2")
             .bind(kind.as_str())
             .bind(name)
             .execute(&mut *tx)
@@ -499,7 +419,7 @@ impl Store for SqliteStore {
         name: &str,
         change: &LabelChange,
     ) -> Result<StoredObject, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         let Some(mut object) = fetch_object(&mut tx, kind, name).await? else {
             return Err(StoreError::NotFound {
                 kind,
@@ -515,7 +435,7 @@ impl Store for SqliteStore {
         let generation = object.metadata.generation + 1;
         let at = now();
         sqlx::query(
-            "UPDATE objects SET labels = ?3, generation = ?4, updated_at = ?5 WHERE kind = ?1 AND name = ?2",
+            "UPDATE objects SET labels = $3, generation = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
         )
         .bind(kind.as_str())
         .bind(name)
@@ -532,7 +452,7 @@ impl Store for SqliteStore {
     }
 
     async fn application_history(&self, name: &str) -> Result<Vec<ApplicationVersion>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         let Some(current) = fetch_object(&mut tx, Kind::Application, name).await? else {
             return Err(StoreError::NotFound {
                 kind: Kind::Application,
@@ -546,7 +466,7 @@ impl Store for SqliteStore {
             .unwrap_or_default();
         let rows = sqlx::query(
             "SELECT version, generation, spec, applied_at FROM application_versions
-             WHERE application = ?1 ORDER BY generation DESC",
+             WHERE application = $1 ORDER BY generation DESC",
         )
         .bind(name)
         .fetch_all(&mut *tx)
@@ -567,6 +487,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.db.pool.close().await;
     }
 }
