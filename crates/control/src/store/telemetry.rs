@@ -7,7 +7,7 @@ use outpost_api::telemetry::{Event, LogLine, MetricSample, Record, StoredEvent, 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::engine::{Engine, SqlStore, now};
+use super::engine::{SqlStore, now};
 use super::{RecordQuery, StoreError, TelemetryStore};
 
 async fn insert_event(
@@ -72,49 +72,73 @@ fn log_line_from_row(row: &AnyRow) -> Result<StoredLogLine, StoreError> {
     })
 }
 
-/// The filters every record query shares; `$1`…`$4`, `$7` and `$8` are
-/// site, application, service, since, tenant and sites (a JSON array),
-/// each NULL for "any".
-fn filters(engine: Engine) -> String {
-    format!(
-        "($1 IS NULL OR site = $1) AND ($2 IS NULL OR application = $2)
-         AND ($3 IS NULL OR service = $3) AND ($4 IS NULL OR at >= $4)
-         AND ($7 IS NULL OR substr(application, 1, length($7) + 1) = $7 || '.')
-         AND ($8 IS NULL OR site IN ({}))",
-        engine.json_array_elements("$8")
-    )
-}
-
 /// Runs a record query: with `after`, the next ones after that id; without,
 /// the newest `limit`. Oldest first either way.
+///
+/// Only the filters the query sets are written into the SQL (no `$1 IS
+/// NULL OR …`): PostgreSQL plans a prepared statement once for any
+/// parameters after a few runs, and such a plan could not use
+/// `events_by_site` or `log_lines_by_site` for a site's newest records.
 async fn query_records(
     store: &SqlStore,
     table: &str,
     query: &RecordQuery,
 ) -> Result<Vec<AnyRow>, StoreError> {
-    let filters = filters(store.db.engine);
+    let mut texts: Vec<String> = Vec::new();
+    let mut conditions: Vec<String> = Vec::new();
+    let mut text_filter = |condition: &dyn Fn(usize) -> String, value: String| {
+        texts.push(value);
+        conditions.push(condition(texts.len()));
+    };
+    if let Some(site) = &query.site {
+        text_filter(&|n| format!("site = ${n}"), site.clone());
+    }
+    if let Some(application) = &query.application {
+        text_filter(&|n| format!("application = ${n}"), application.clone());
+    }
+    if let Some(service) = &query.service {
+        text_filter(&|n| format!("service = ${n}"), service.clone());
+    }
+    if let Some(since) = &query.since {
+        text_filter(&|n| format!("at >= ${n}"), since.clone());
+    }
+    if let Some(tenant) = &query.tenant {
+        text_filter(
+            &|n| format!("substr(application, 1, length(${n}) + 1) = ${n} || '.'"),
+            tenant.clone(),
+        );
+    }
+    if let Some(sites) = &query.sites {
+        let engine = store.db.engine;
+        text_filter(
+            &|n| format!("site IN ({})", engine.json_array_elements(&format!("${n}"))),
+            serde_json::json!(sites).to_string(),
+        );
+    }
+    let (after, limit) = (texts.len() + 1, texts.len() + 2);
+    if query.after > 0 {
+        conditions.push(format!("id > ${after}"));
+    }
+    let filters = if conditions.is_empty() {
+        "TRUE".to_string()
+    } else {
+        conditions.join(" AND ")
+    };
     let sql = if query.after > 0 {
-        format!("SELECT * FROM {table} WHERE {filters} AND id > $5 ORDER BY id LIMIT $6")
+        format!("SELECT * FROM {table} WHERE {filters} ORDER BY id LIMIT ${limit}")
     } else {
         format!(
-            "SELECT * FROM (SELECT * FROM {table} WHERE {filters} ORDER BY id DESC LIMIT $6) AS newest ORDER BY id"
+            "SELECT * FROM (SELECT * FROM {table} WHERE {filters} ORDER BY id DESC LIMIT ${limit}) AS newest ORDER BY id"
         )
     };
-    // The table name is one of ours, never the caller's.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&query.site)
-        .bind(&query.application)
-        .bind(&query.service)
-        .bind(&query.since)
+    // The table name is one of ours, never the caller's; every value is bound.
+    let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for text in texts {
+        statement = statement.bind(text);
+    }
+    let rows = statement
         .bind(query.after)
         .bind(query.limit)
-        .bind(&query.tenant)
-        .bind(
-            query
-                .sites
-                .as_ref()
-                .map(|sites| serde_json::json!(sites).to_string()),
-        )
         .fetch_all(&store.db.pool)
         .await?;
     Ok(rows)
