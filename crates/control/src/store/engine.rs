@@ -120,19 +120,11 @@ fn migration_sql(engine: Engine, sql: &'static str) -> String {
         Engine::Sqlite => sql.to_string(),
         Engine::Postgres => {
             // Longest first, so `INTEGER PRIMARY KEY` is not cut into `BIGINT PRIMARY KEY`.
-            let mut sql = sql.to_string();
-            for (sqlite, postgres) in POSTGRES_SPELLING {
-                let mut out = String::with_capacity(sql.len());
-                let mut rest = sql.as_str();
-                while let Some(at) = rest.find(sqlite) {
-                    out.push_str(&rest[..at]);
-                    out.push_str(postgres);
-                    rest = &rest[at + sqlite.len()..];
-                }
-                out.push_str(rest);
-                sql = out;
-            }
-            sql
+            POSTGRES_SPELLING
+                .iter()
+                .fold(sql.to_string(), |sql, (sqlite, postgres)| {
+                    sql.replace(sqlite, postgres)
+                })
         }
     }
 }
@@ -211,7 +203,7 @@ impl Database {
 
 /// The advisory lock key of write transactions on PostgreSQL ("outpost"
 /// in ASCII, so it is unlikely to meet another application's key).
-const WRITE_LOCK: i64 = 0x6f75_7470_6f73_74;
+const WRITE_LOCK: i64 = 0x006f_7574_706f_7374;
 
 /// Whether a failed write transaction is to be run again, after a pause:
 /// PostgreSQL refused it for a conflict with a concurrent one (a

@@ -7,7 +7,7 @@
 //! when the tests run as root) and listens on loopback only.
 //! `scripts/test` stops it when the run ends.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub fn server() -> u16 {
     }
     let port = start(&dir);
     std::fs::write(&port_file, port.to_string()).unwrap();
-    drop::<File>(lock);
+    drop(lock);
     port
 }
 
