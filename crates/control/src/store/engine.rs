@@ -1,6 +1,5 @@
 //! The database under the store: SQLite in the data directory (the
-//! default, nothing to run), or a PostgreSQL that several control-plane
-//! replicas share. One set of queries and one list of migrations serve
+//! default, nothing to run), or a PostgreSQL database (`--store`). One set of queries and one list of migrations serve
 //! both through sqlx's `Any` driver; the few places where the two dialects
 //! differ are in this file.
 //!
