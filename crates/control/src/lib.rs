@@ -130,9 +130,23 @@ pub async fn rotate_secrets_key(
     rotated
 }
 
-/// Where the store is: a PostgreSQL URL, as `--store` takes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the store is: a PostgreSQL URL, as `--store` takes it. It may
+/// hold a password, so it prints (`{:?}`) without one and has no Display.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The whole URL, password included: for connecting, never for a log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", redacted(&self.0))
+    }
+}
 
 impl std::str::FromStr for StoreUrl {
     type Err = String;
@@ -146,12 +160,6 @@ impl std::str::FromStr for StoreUrl {
                  leave --store out to keep the store in SQLite in the data directory"
             ))
         }
-    }
-}
-
-impl std::fmt::Display for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

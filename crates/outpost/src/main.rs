@@ -427,7 +427,7 @@ async fn run(cli: Cli) -> Result<()> {
                 prestage: !no_prestage,
                 wave_size: *wave_size,
                 stream_records: *stream_records,
-                store: store.as_ref().map(ToString::to_string),
+                store: store.as_ref().map(|url| url.as_str().to_string()),
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {
