@@ -114,6 +114,9 @@ pub fn default_host_name() -> Option<String> {
 
 /// Runs the agent until `shutdown` becomes true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+    if let Some(server) = &config.server {
+        tls::servers(server)?;
+    }
     outpost_files::create_private_dir(&config.data_dir)?;
     let credentials = match identity::load(&config.data_dir)? {
         Some(mut credentials) => {

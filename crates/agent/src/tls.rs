@@ -224,10 +224,63 @@ pub fn mutual(trust: Arc<crate::trust::Trust>, host_cert: Arc<HostCert>) -> Resu
     Ok(Arc::new(config))
 }
 
-/// Opens a gRPC channel to `server` (`https://host:port`) over our own TLS.
-/// Its bytes count as the uplink's.
+/// The control plane's URLs in `--server URL1,URL2,...`: each must be
+/// `https://`. One URL may also name a DNS name with several addresses
+/// (each is tried in turn).
+pub fn servers(list: &str) -> Result<Vec<&str>> {
+    let servers: Vec<&str> = list.split(',').map(str::trim).collect();
+    for server in &servers {
+        if server.is_empty() {
+            anyhow::bail!("--server {list:?}: an empty URL in the list (URL1,URL2,...)");
+        }
+        let uri: Uri = server
+            .parse()
+            .with_context(|| format!("--server: {server:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            anyhow::bail!("--server: {server:?} must be https://HOST[:PORT]");
+        }
+    }
+    Ok(servers)
+}
+
+/// Which of the control plane's URLs to try first: the one that answered
+/// last. It starts at a random one, so a fleet spreads over replicas.
+static FIRST_TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Opens a gRPC channel to the control plane (`https://host:port`, or a
+/// list of replicas `URL1,URL2,...`: the one that answered last first,
+/// then the others in turn) over our own TLS. Its bytes count as the
+/// uplink's.
 pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
-    connect(server, None, tls, Some(crate::uplink::traffic())).await
+    use std::sync::atomic::Ordering;
+    let servers = servers(server)?;
+    let first = match FIRST_TRIED.load(Ordering::Relaxed) {
+        usize::MAX => rand::random_range(0..servers.len()),
+        index => index % servers.len(),
+    };
+    let mut failures = Vec::new();
+    for index in (first..servers.len()).chain(0..first) {
+        match connect(servers[index], None, tls.clone(), Some(crate::uplink::traffic())).await {
+            Ok(channel) => {
+                FIRST_TRIED.store(index, Ordering::Relaxed);
+                return Ok(channel);
+            }
+            Err(err) => failures.push(err),
+        }
+    }
+    // After a failure the next try starts at the next replica.
+    FIRST_TRIED.store((first + 1) % servers.len(), Ordering::Relaxed);
+    match failures.len() {
+        1 => Err(failures.remove(0)),
+        _ => Err(anyhow::anyhow!(
+            "no replica answered: {}",
+            failures
+                .iter()
+                .map(|err| format!("{err:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
 }
 
 /// Opens a gRPC channel to a host of this site (`crate::peers`): the TLS

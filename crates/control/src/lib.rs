@@ -12,6 +12,7 @@ pub mod oidc;
 pub mod pki;
 pub mod plan;
 pub mod presence;
+pub mod replicas;
 pub mod revocation;
 pub mod secrets;
 pub mod server;
@@ -47,6 +48,8 @@ pub struct Config {
     pub agent_listen: SocketAddr,
     /// Extra names (DNS or IP) for the server certificate.
     pub tls_san: Vec<String>,
+    /// Where other replicas reach this one's REST API (`None`: `url`).
+    pub advertise: Option<String>,
     pub retention: Retention,
     /// The interval polling agents are told to use (`None`: their own).
     pub poll_interval: Option<std::time::Duration>,
@@ -214,6 +217,11 @@ pub struct ControlPlane {
     host_certificates: HostCertificates,
     oidc: Option<Arc<oidc::Oidc>>,
     max_unauthenticated_per_source: usize,
+    /// The PostgreSQL database other replicas may share (`None`: SQLite,
+    /// where this control plane is the only one).
+    shared_store: Option<StoreUrl>,
+    /// Where the other replicas reach this one's REST API.
+    advertised: String,
 }
 
 impl ControlPlane {
@@ -241,23 +249,35 @@ impl ControlPlane {
         }
         names.extend(config.tls_san.iter().cloned());
         names.dedup();
-        let pki = Arc::new(
-            Pki::load_or_create(&config.data_dir.join("tls"), &names).context("preparing certificates")?,
-        );
+        let keyring = secrets::open_keyring(&config.data_dir, config.secrets_key_file.as_deref())
+            .context("opening the secrets key")?;
+        let secrets = Arc::new(Secrets::new(store.clone(), keyring));
+        // Replicas sharing a store share its CA: the files in `tls` are a
+        // copy of what the store holds.
+        let tls_dir = config.data_dir.join("tls");
+        if store.shared() {
+            replicas::pull_authority(store.as_ref(), &secrets, &tls_dir)
+                .await
+                .context("reading the CA the store holds")?;
+        }
+        let pki = Arc::new(Pki::load_or_create(&tls_dir, &names).context("preparing certificates")?);
+        if store.shared() {
+            replicas::share_authority(store.as_ref(), &secrets, &pki)
+                .await
+                .context("storing the CA for the other replicas")?;
+        }
         let tls = server::tls_config(&pki)?;
         let agent_tls = agent_listener::tls_config(&pki, config.host_certificates.grace)?;
         let revocations = Revocations::load(store.as_ref())
             .await
             .context("loading revoked certificates")?;
 
-        let keyring = secrets::open_keyring(&config.data_dir, config.secrets_key_file.as_deref())
-            .context("opening the secrets key")?;
-        let secrets = Arc::new(Secrets::new(store.clone(), keyring));
-
         let admin_config = config.data_dir.join(ADMIN_CONFIG);
         write_admin_config(&admin_config, &url, &pki, store.as_ref()).await?;
         let fleet = Fleet::new(store.clone());
         fleet.recompute().await.context("computing what each site runs")?;
+        let shared_store = config.store.clone().filter(|_| store.shared());
+        let advertised = config.advertise.clone().unwrap_or_else(|| url.clone());
         Ok(ControlPlane {
             local_addr,
             url,
@@ -285,6 +305,8 @@ impl ControlPlane {
                 .context("preparing sign-in")?
                 .map(Arc::new),
             max_unauthenticated_per_source: config.max_unauthenticated_per_source,
+            shared_store,
+            advertised,
         })
     }
 
@@ -323,7 +345,34 @@ impl ControlPlane {
             secrets: self.secrets.clone(),
             certificates: self.host_certificates,
         };
-        let engine = tokio::spawn(run_rollouts(self.fleet.clone(), signal(stopped.clone())));
+        // The leader steps rollouts, prunes and rotates site keys: on
+        // SQLite always this control plane, on PostgreSQL one replica.
+        let (leader, leading) = tokio::sync::watch::channel(self.shared_store.is_none());
+        let replicas = self.shared_store.clone().map(|url| {
+            let followed = replicas::Followed {
+                store: self.store.clone(),
+                fleet: self.fleet.clone(),
+                revocations: self.revocations.clone(),
+                pki: self.pki.clone(),
+                secrets: self.secrets.clone(),
+            };
+            [
+                tokio::spawn(replicas::lead(url.clone(), leader, stopped.clone())),
+                tokio::spawn(replicas::follow(url, followed, stopped.clone())),
+                tokio::spawn(replicas::share_presence(
+                    self.store.clone(),
+                    self.fleet.clone(),
+                    self.advertised.clone(),
+                    leading.clone(),
+                    stopped.clone(),
+                )),
+            ]
+        });
+        let engine = tokio::spawn(run_rollouts(
+            self.fleet.clone(),
+            leading.clone(),
+            signal(stopped.clone()),
+        ));
         // admin.yaml trusts the CAs in force after each rotation and retirement.
         let admin_cas = {
             let (pki, store) = (self.pki.clone(), self.store.clone());
@@ -343,12 +392,18 @@ impl ControlPlane {
                 }
             })
         };
-        let pruning = tokio::spawn(prune(self.store.clone(), self.retention, signal(stopped.clone())));
+        let pruning = tokio::spawn(prune(
+            self.store.clone(),
+            self.retention,
+            leading.clone(),
+            signal(stopped.clone()),
+        ));
         let rotating = self.site_key_rotation.map(|every| {
             tokio::spawn(rotate_site_keys(
                 self.store.clone(),
                 self.fleet.clone(),
                 every,
+                leading.clone(),
                 signal(stopped.clone()),
             ))
         });
@@ -375,6 +430,9 @@ impl ControlPlane {
         let _ = engine.await;
         let _ = admin_cas.await;
         let _ = pruning.await;
+        for task in replicas.into_iter().flatten() {
+            let _ = task.await;
+        }
         if let Some(rotating) = rotating {
             let _ = rotating.await;
         }
@@ -399,13 +457,21 @@ impl ControlPlane {
     }
 }
 
-/// The rollout engine: one step of every running rollout each second.
-async fn run_rollouts(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+/// The rollout engine: one step of every running rollout each second,
+/// while this control plane leads.
+async fn run_rollouts(
+    fleet: Arc<Fleet>,
+    leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if !*leading.borrow() {
+                    continue;
+                }
                 if let Err(err) = fleet.advance().await {
                     tracing::warn!(%err, "rollout step failed; trying again");
                 }
@@ -415,35 +481,58 @@ async fn run_rollouts(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
     }
 }
 
-/// Deletes events, logs, metrics and stream records past their retention, at start and
-/// then every `PRUNE_EVERY`.
-async fn prune(store: Arc<dyn Storage>, retention: Retention, shutdown: impl Future<Output = ()>) {
+/// Deletes events, logs, metrics and stream records past their retention,
+/// every `PRUNE_EVERY` while this control plane leads (at once when it
+/// starts leading).
+async fn prune(
+    store: Arc<dyn Storage>,
+    retention: Retention,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let before = |keep: std::time::Duration| {
-                    (time::OffsetDateTime::now_utc() - keep)
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default()
-                };
-                match store.prune(&before(retention.events), &before(retention.logs), &before(retention.metrics)).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, "deleted events, log lines and samples past their retention"),
-                    Err(err) => tracing::warn!(%err, "deleting records past their retention failed; trying again later"),
-                }
-                let streams_before = std::time::SystemTime::now()
-                    .checked_sub(retention.streams)
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_millis() as i64);
-                match store.prune_streams(streams_before).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, "deleted stream records past their retention"),
-                    Err(err) => tracing::warn!(%err, "deleting stream records past their retention failed; trying again later"),
-                }
-            }
+            _ = tick.tick() => {}
+            Ok(()) = leading.changed() => tick.reset_immediately(),
             () = &mut shutdown => return,
+        }
+        if !*leading.borrow_and_update() {
+            continue;
+        }
+        let before = |keep: std::time::Duration| {
+            (time::OffsetDateTime::now_utc() - keep)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        match store
+            .prune(
+                &before(retention.events),
+                &before(retention.logs),
+                &before(retention.metrics),
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(
+                deleted,
+                "deleted events, log lines and samples past their retention"
+            ),
+            Err(err) => {
+                tracing::warn!(%err, "deleting records past their retention failed; trying again later")
+            }
+        }
+        let streams_before = std::time::SystemTime::now()
+            .checked_sub(retention.streams)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        match store.prune_streams(streams_before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted stream records past their retention"),
+            Err(err) => {
+                tracing::warn!(%err, "deleting stream records past their retention failed; trying again later")
+            }
         }
     }
 }
@@ -458,6 +547,7 @@ async fn rotate_site_keys(
     store: Arc<dyn Storage>,
     fleet: Arc<Fleet>,
     every: std::time::Duration,
+    leading: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -465,6 +555,9 @@ async fn rotate_site_keys(
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if !*leading.borrow() {
+                    continue;
+                }
                 let now = time::OffsetDateTime::now_utc();
                 let keys = match store.site_keys().await {
                     Ok(keys) => keys,

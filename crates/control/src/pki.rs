@@ -86,6 +86,51 @@ fn ca_params(name: &str) -> CertificateParams {
     params
 }
 
+/// The CA files in `dir`, by name: what replicas share (sealed) through
+/// the store. Empty when the directory holds no CA yet.
+pub fn read_files(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut files = std::collections::BTreeMap::new();
+    for name in [CA_CERT, CA_KEY, PREVIOUS_CERT, CROSS_CERT] {
+        match fs::read_to_string(dir.join(name)) {
+            Ok(text) => {
+                files.insert(name.to_string(), text);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("reading {}", dir.join(name).display())),
+        }
+    }
+    Ok(files)
+}
+
+/// Puts the CA files another replica stored in `dir` (keys mode 0600),
+/// and removes those it does not have: the key and certificate last, so
+/// a crash leaves either set whole enough to load.
+pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    create_private_dir(dir)?;
+    for name in [CA_CERT, CA_KEY] {
+        if !files.contains_key(name) {
+            anyhow::bail!("the stored CA has no {name}");
+        }
+    }
+    for name in [PREVIOUS_CERT, CROSS_CERT] {
+        match files.get(name) {
+            Some(text) => write_private(&dir.join(name), text.as_bytes())?,
+            None => match fs::remove_file(dir.join(name)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("removing {}", dir.join(name).display()));
+                }
+                _ => {}
+            },
+        }
+    }
+    for name in [CA_KEY, CA_CERT] {
+        let next = dir.join(format!("{name}.next"));
+        write_private(&next, files[name].as_bytes())?;
+        fs::rename(&next, dir.join(name)).with_context(|| format!("installing {name}"))?;
+    }
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -142,6 +187,11 @@ impl Pki {
             names: names.to_vec(),
             changed: watch::channel(0).0,
         })
+    }
+
+    /// Where the CA files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn authority(&self) -> Arc<Authority> {
@@ -241,7 +291,9 @@ impl Pki {
         self.reload()
     }
 
-    fn reload(&self) -> Result<()> {
+    /// Reads the CAs from the directory again (another replica rotated or
+    /// retired, and `write_files` put its CAs there).
+    pub fn reload(&self) -> Result<()> {
         *self.authority.write() = Arc::new(Authority::load(&self.dir, &self.names)?);
         self.changed.send_modify(|n| *n += 1);
         Ok(())

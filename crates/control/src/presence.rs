@@ -1,8 +1,10 @@
 //! Presence: which hosts are connected now (a live session, or a poll
-//! recent enough), and where to ask a connected host for its logs. Status
-//! and the gateway read it; nothing here touches the store.
+//! recent enough), here or at another replica, and where to ask a
+//! connected host for its logs. Status and the gateway read it; nothing
+//! here touches the store (`crate::replicas` writes this replica's
+//! sessions down in batches and tells it the others').
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -26,7 +28,12 @@ pub struct Presence {
     /// question to the witness), and when its newest session began.
     heard: Mutex<HashMap<(String, String), std::time::Instant>>,
     sessions: Mutex<HashMap<(String, String), (u64, std::time::Instant)>>,
+    /// The hosts other replicas hold sessions of, by replica.
+    remote: Mutex<HashMap<String, Remote>>,
 }
+
+/// Another replica's API (its URL) and the hosts it holds sessions of.
+type Remote = (String, HashSet<(String, String)>);
 
 /// Keeps a host marked online while its session lives.
 pub struct Connected {
@@ -154,11 +161,18 @@ impl Presence {
         polled.insert((site.to_string(), host.to_string()), now + r#for);
     }
 
-    /// How many hosts have a session now, or polled recently enough.
+    /// How many hosts have a session now, or polled recently enough, here
+    /// or at another replica.
     pub fn online_hosts(&self) -> usize {
         let now = std::time::Instant::now();
         let polled = self.polled.lock();
-        self.online.lock().len() + polled.values().filter(|until| **until > now).count()
+        let here = self.online.lock().len() + polled.values().filter(|until| **until > now).count();
+        here + self
+            .remote
+            .lock()
+            .values()
+            .map(|(_, hosts)| hosts.len())
+            .sum::<usize>()
     }
 
     pub fn is_online(&self, site: &str, host: &str) -> bool {
@@ -166,10 +180,52 @@ impl Presence {
         if self.online.lock().contains_key(&key) {
             return true;
         }
-        let polled = self.polled.lock();
-        polled
+        if self
+            .polled
+            .lock()
             .get(&key)
             .is_some_and(|until| *until > std::time::Instant::now())
+        {
+            return true;
+        }
+        self.remote.lock().values().any(|(_, hosts)| hosts.contains(&key))
+    }
+
+    /// The hosts this replica holds a session of, or that polled it
+    /// recently enough.
+    pub fn held(&self) -> HashSet<(String, String)> {
+        let now = std::time::Instant::now();
+        let mut held: HashSet<_> = self.online.lock().keys().cloned().collect();
+        held.extend(
+            self.polled
+                .lock()
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(key, _)| key.clone()),
+        );
+        held
+    }
+
+    /// The hosts another replica holds, as it last wrote them down.
+    pub fn held_by(&self, replica: &str, url: &str, hosts: HashSet<(String, String)>) {
+        self.remote
+            .lock()
+            .insert(replica.to_string(), (url.to_string(), hosts));
+    }
+
+    /// Forgets the replicas that stopped (or fell silent).
+    pub fn keep_replicas(&self, alive: impl Fn(&str) -> bool) {
+        self.remote.lock().retain(|replica, _| alive(replica));
+    }
+
+    /// The API of the other replica that holds a host's session, if one does.
+    pub fn holder(&self, site: &str, host: &str) -> Option<String> {
+        let key = (site.to_string(), host.to_string());
+        self.remote
+            .lock()
+            .values()
+            .find(|(_, hosts)| hosts.contains(&key))
+            .map(|(url, _)| url.clone())
     }
 }
 
@@ -205,5 +261,29 @@ mod tests {
         assert!(!presence.is_online("shop-1", "till"));
         assert!(presence.live_logs("shop-1", "till").is_none());
         assert_eq!(presence.online_hosts(), 0);
+    }
+
+    #[test]
+    fn hosts_another_replica_holds_count_as_online_until_it_is_forgotten() {
+        let presence = Arc::new(Presence::default());
+        let (_here, _) = presence.connect("shop-1", "till");
+        let key = |site: &str, host: &str| (site.to_string(), host.to_string());
+        presence.held_by(
+            "b",
+            "https://10.0.0.2:7800",
+            [key("shop-2", "till"), key("shop-3", "till")].into(),
+        );
+        assert!(presence.is_online("shop-2", "till"));
+        assert_eq!(presence.online_hosts(), 3);
+        // What this replica writes down is its own hosts only.
+        assert_eq!(presence.held(), [key("shop-1", "till")].into());
+        assert_eq!(
+            presence.holder("shop-2", "till").as_deref(),
+            Some("https://10.0.0.2:7800")
+        );
+        assert_eq!(presence.holder("shop-1", "till"), None);
+        presence.keep_replicas(|replica| replica != "b");
+        assert!(!presence.is_online("shop-2", "till"));
+        assert_eq!(presence.online_hosts(), 1);
     }
 }

@@ -64,6 +64,16 @@ impl Revocations {
         }))
     }
 
+    /// Reads the deny list again (another replica changed it), and tells
+    /// sessions.
+    pub async fn reload(&self, store: &dyn Storage) -> Result<(), StoreError> {
+        let stored = Revocations::load(store).await?;
+        *self.serials.write() = std::mem::take(&mut *stored.serials.write());
+        *self.blocks.write() = std::mem::take(&mut *stored.blocks.write());
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
     /// Whether a host with this certificate may not connect, and why.
     pub fn denied(&self, site: &str, host: &str, serial: &str) -> Option<Denied> {
         if self.serials.read().contains(serial) {

@@ -9,8 +9,10 @@ use clap::{Args, ValueEnum};
 /// The flags of the edge agent of one host.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// The control plane's agent address; needed to enroll
-    #[arg(long, value_name = "URL")]
+    /// The control plane's agent address, or its replicas' as a list
+    /// (URL1,URL2,...: the agent moves to another when its replica goes);
+    /// needed to enroll, and replaces the stored one when given later
+    #[arg(long, value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// Single-use token from `outpost token create` (only for the first start)
     #[arg(

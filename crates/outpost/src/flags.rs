@@ -47,6 +47,11 @@ pub(crate) enum Command {
         /// Extra DNS name or IP address for the server certificate (repeatable)
         #[arg(long, value_name = "NAME")]
         tls_san: Vec<String>,
+        /// Where the other replicas reach this one's REST API, for requests
+        /// that need a host whose session is here (with --store postgres://)
+        /// [default: https://ADDRESS:PORT of --listen; 127.0.0.1 for 0.0.0.0]
+        #[arg(long, value_name = "URL", value_parser = parse_advertise)]
+        advertise: Option<String>,
         /// How long events are kept after they arrive
         #[arg(long, value_name = "DURATION", default_value = "30d")]
         event_retention: outpost_api::quantity::Duration,
@@ -687,6 +692,16 @@ pub(crate) fn parse_history_kind(text: &str) -> Result<Kind, String> {
         Some(Kind::Application) => Ok(Kind::Application),
         _ => Err(format!(
             "{text:?} has no history (use: outpost history application NAME)"
+        )),
+    }
+}
+
+/// `--advertise`: an `https://` URL with a host.
+fn parse_advertise(url: &str) -> Result<String, String> {
+    match url.strip_prefix("https://") {
+        Some(rest) if !rest.is_empty() && !rest.contains('/') => Ok(url.to_string()),
+        _ => Err(format!(
+            "{url:?} is not https://HOST[:PORT] (where the other replicas reach this one's REST API)"
         )),
     }
 }

@@ -58,6 +58,7 @@ pub async fn run(
         listen,
         agent_listen,
         tls_san: Vec::new(),
+        advertise: None,
         retention: Default::default(),
         poll_interval: None,
         max_unauthenticated_per_source: outpost_control::agent_listener::MAX_UNAUTHENTICATED_PER_SOURCE,

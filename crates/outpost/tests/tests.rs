@@ -26,6 +26,8 @@ mod network;
 mod partition;
 #[path = "suite/queue.rs"]
 mod queue;
+#[path = "suite/replicas.rs"]
+mod replicas;
 #[path = "suite/secrets.rs"]
 mod secrets;
 #[path = "suite/sim.rs"]

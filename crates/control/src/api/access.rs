@@ -465,6 +465,7 @@ pub(super) async fn block(
     };
     state.store.add_block(&block).await?;
     state.revocations.block(&block);
+    state.store.announce(&crate::store::Change::Revocations).await;
     tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, wipe = block.wipe, "blocked");
     if let (BlockTarget::Host, Some(site)) = (block.target, &site) {
         // The stolen host's underlay key must stop working at its peers too.
@@ -502,6 +503,7 @@ pub(super) async fn unblock(
             ))
         })?;
     state.revocations.unblock(&block);
+    state.store.announce(&crate::store::Change::Revocations).await;
     tracing::warn!(actor = %caller.token, target = block.target.as_str(), name = %block.name, "unblocked");
     Ok(Json(block))
 }
@@ -549,6 +551,9 @@ pub(super) async fn rotate_ca(
         .rotate()
         .map_err(|err| ApiError::Conflict(format!("{err:#}")))?;
     tracing::warn!(actor = %caller.token, %fingerprint, "CA rotated: the new CA signs, the previous one stays trusted");
+    crate::replicas::publish_authority(state.store.as_ref(), &state.secrets, &state.pki)
+        .await
+        .map_err(|err| ApiError::Internal(format!("{err:#}")))?;
     let now = time::OffsetDateTime::now_utc();
     for site in state.store.site_keys().await?.into_keys() {
         state.store.rotate_site_keys(&site, false, now).await?;
@@ -597,6 +602,9 @@ pub(super) async fn retire_ca(
         .retire()
         .map_err(|err| ApiError::Internal(format!("{err:#}")))?;
     tracing::warn!(actor = %caller.token, forced = waiting, "previous CA retired");
+    crate::replicas::publish_authority(state.store.as_ref(), &state.secrets, &state.pki)
+        .await
+        .map_err(|err| ApiError::Internal(format!("{err:#}")))?;
     Ok(Json(ca_status_of(&state).await?))
 }
 

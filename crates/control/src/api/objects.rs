@@ -265,6 +265,7 @@ pub(super) async fn delete_one(
         state.secrets.forget_tenant(&name);
     }
     state.revocations.add(&deleted.revoked);
+    state.store.announce(&crate::store::Change::Revocations).await;
     tracing::info!(%actor, %kind, %name, revoked = deleted.revoked.len(), "deleted");
     state.recompute_changed(&[(kind, name.as_str())]).await;
     Ok(Json(principal.shown(deleted.object)))

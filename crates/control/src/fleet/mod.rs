@@ -20,7 +20,7 @@ use outpost_api::workload::{Peer, SiteState, assign_hosts, compile_site};
 use tokio::sync::watch;
 
 use crate::presence::Presence;
-use crate::store::{ImageDigests, Storage, StoreError};
+use crate::store::{Change, FleetLock, ImageDigests, Storage, StoreError};
 
 mod pins;
 mod rollouts;
@@ -263,7 +263,8 @@ pub struct Fleet {
     /// What waits on application streams: sessions for publishes, readers
     /// and NATS for stored records.
     pub streams: Arc<crate::streams::Signals>,
-    /// Held by everything that writes rollouts or site states.
+    /// Held by everything that writes rollouts or site states (with the
+    /// store's fleet lock: see `exclusive`).
     recompute: tokio::sync::Mutex<()>,
     /// The stored rollouts, parsed: a rollout names every site it covers,
     /// and enrolling a host must not parse that each time.
@@ -282,6 +283,41 @@ impl Fleet {
             recompute: tokio::sync::Mutex::new(()),
             rollouts: Mutex::new(RolloutCache::default()),
         })
+    }
+
+    /// Held by everything that writes rollouts or site states: this
+    /// process's mutex, then the store's fleet lock, which the writers of
+    /// other replicas take too. Rollouts held in memory that another
+    /// replica wrote since are forgotten here, so nothing is computed from
+    /// a stale step.
+    async fn exclusive(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, FleetLock), StoreError> {
+        let local = self.recompute.lock().await;
+        let shared = self.store.lock_fleet().await?;
+        {
+            let mut cache = self.rollout_cache();
+            if cache.counter != Some(shared.rollouts) {
+                cache.forget();
+                cache.counter = Some(shared.rollouts);
+            }
+        }
+        Ok((local, shared))
+    }
+
+    /// Wakes this replica's sessions of sites whose states were stored at
+    /// these revisions (here or by another replica).
+    pub fn wake(&self, revisions: &[(String, i64)]) {
+        let senders = self.revisions.lock();
+        for (site, revision) in revisions {
+            if let Some(sender) = senders.get(site) {
+                sender.send_if_modified(|current| {
+                    let newer = *revision > *current;
+                    if newer {
+                        *current = *revision;
+                    }
+                    newer
+                });
+            }
+        }
     }
 
     /// A receiver that changes whenever the site's revision does.
@@ -406,7 +442,7 @@ impl Fleet {
 
     /// Compiles and stores every site's desired state; wakes changed sites.
     pub async fn recompute(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.recompute.lock().await;
+        let _one_at_a_time = self.exclusive().await?;
         self.recompute_locked().await
     }
 
@@ -415,7 +451,7 @@ impl Fleet {
     /// changed): no rollout starts, no other site is read. This is what keeps
     /// enrolling thousands of hosts linear.
     pub async fn recompute_site(&self, site: &str) -> Result<(), StoreError> {
-        let _one_at_a_time = self.recompute.lock().await;
+        let _one_at_a_time = self.exclusive().await?;
         self.recompute_site_locked(site, false).await
     }
 
@@ -434,7 +470,7 @@ impl Fleet {
         if changed.len() > MAX_SITES_ONE_BY_ONE || !changed.iter().all(|(kind, _)| *kind == Kind::Site) {
             return self.recompute().await;
         }
-        let _one_at_a_time = self.recompute.lock().await;
+        let _one_at_a_time = self.exclusive().await?;
         for (_, site) in changed {
             self.recompute_site_locked(site, true).await?;
         }
@@ -508,12 +544,12 @@ impl Fleet {
                 tracing::warn!(%site, %err, "recording a placement failure");
             }
         }
-        let revisions = self.revisions.lock();
-        for (site, revision) in changed {
+        for (site, revision) in &changed {
             tracing::info!(%site, revision, "site desired state changed");
-            if let Some(sender) = revisions.get(&site) {
-                sender.send_replace(revision);
-            }
+        }
+        self.wake(&changed);
+        if !changed.is_empty() {
+            self.store.announce(&Change::sites(changed)).await;
         }
         Ok(())
     }

@@ -10,14 +10,25 @@ use outpost_api::rollout::{Command, Phase, RolloutState, SiteHealth};
 use outpost_api::wire::DeploymentSiteState;
 
 use super::{Fleet, Inputs, now_ms};
-use crate::store::StoreError;
+use crate::store::{Change, StoreError};
 
 /// Only the Fleet writes rollouts; each write empties the cache and bumps
-/// the generation, so a read that raced a write never fills it.
+/// the generation, so a read that raced a write never fills it. A write
+/// by another replica empties it too: when it announces it, and when the
+/// fleet lock finds the store's counter moved.
 #[derive(Default)]
 pub(super) struct RolloutCache {
     generation: u64,
     rollouts: Option<Arc<BTreeMap<String, RolloutState>>>,
+    /// The store's rollouts counter the cache agrees with.
+    pub(super) counter: Option<i64>,
+}
+
+impl RolloutCache {
+    pub(super) fn forget(&mut self) {
+        self.generation += 1;
+        self.rollouts = None;
+    }
 }
 
 impl Fleet {
@@ -42,7 +53,13 @@ impl Fleet {
         Ok(loaded)
     }
 
-    /// Stores a rollout (`None`: deletes it) and forgets the cached ones.
+    /// Forgets the rollouts held in memory (another replica wrote some).
+    pub fn forget_rollouts(&self) {
+        self.rollout_cache().forget();
+    }
+
+    /// Stores a rollout (`None`: deletes it), forgets the cached ones and
+    /// tells the other replicas.
     async fn save_rollout(
         &self,
         deployment: &str,
@@ -53,10 +70,13 @@ impl Fleet {
             Some(rollout) => self.store.save_rollout(deployment, rollout, started).await,
             None => self.store.delete_rollout(deployment).await,
         };
-        let mut cache = self.rollout_cache();
-        cache.generation += 1;
-        cache.rollouts = None;
-        saved
+        {
+            let mut cache = self.rollout_cache();
+            cache.forget();
+            cache.counter = saved.as_ref().ok().copied();
+        }
+        self.store.announce(&Change::Rollouts).await;
+        saved.map(drop)
     }
 
     /// Starts a rollout for every deployment whose target version is not its
@@ -183,7 +203,7 @@ impl Fleet {
         // The same lock as recompute: an apply starting a rollout and a step
         // of the old one must not overwrite each other. A rollout written
         // since the read above is stepped at the next tick instead.
-        let _one_at_a_time = self.recompute.lock().await;
+        let _one_at_a_time = self.exclusive().await?;
         if self.rollout_cache().generation != generation {
             return Ok(());
         }
@@ -237,7 +257,7 @@ impl Fleet {
 
     /// Applies an operator command to a deployment's rollout.
     pub async fn command(&self, deployment: &str, command: Command) -> Result<RolloutState, StoreError> {
-        let _one_at_a_time = self.recompute.lock().await;
+        let _one_at_a_time = self.exclusive().await?;
         let rollouts = self.rollouts().await?;
         let rollout = rollouts
             .get(deployment)

@@ -18,7 +18,7 @@
 
 pub mod keyring;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -423,8 +423,52 @@ impl Secrets {
                 .map_err(|err| format!("the key of tenant {tenant:?}: {err:#}"))
         };
         self.store.rewrap_tenant_keys(&rewrap_tenant).await?;
+        if let Some(authority) = self.store.authority().await? {
+            let files = self.open_authority(&authority)?;
+            let resealed = self.seal_authority(&files, authority.generation + 1)?;
+            self.store.save_authority(&resealed).await?;
+        }
         self.keyring.drop_old_keys()?;
         Ok((id, count))
+    }
+}
+
+/// What the CA files are bound to when sealed.
+const AUTHORITY_CONTEXT: &[u8] = b"outpost/authority";
+
+impl Secrets {
+    /// Seals the CA files (by name) for the store, where replicas share
+    /// them, under the key-encryption key every replica is given.
+    pub fn seal_authority(
+        &self,
+        files: &BTreeMap<String, String>,
+        generation: i64,
+    ) -> anyhow::Result<crate::store::SealedAuthority> {
+        let plain = Zeroizing::new(serde_json::to_vec(files)?);
+        let (key_id, sealed) = self.keyring.wrap(&plain, AUTHORITY_CONTEXT)?;
+        Ok(crate::store::SealedAuthority {
+            key_id,
+            sealed,
+            generation,
+        })
+    }
+
+    /// The CA files a replica stored.
+    pub fn open_authority(
+        &self,
+        authority: &crate::store::SealedAuthority,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let plain = self
+            .keyring
+            .unwrap(&authority.key_id, &authority.sealed, AUTHORITY_CONTEXT)
+            .with_context(|| {
+                format!(
+                    "the store's CA is sealed with key-encryption key {:?}, which this control plane's \
+                     key file does not open: give every replica the same --secrets-key-file",
+                    authority.key_id
+                )
+            })?;
+        Ok(serde_json::from_slice(&plain)?)
     }
 }
 

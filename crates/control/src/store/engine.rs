@@ -90,6 +90,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "log lines by site",
         include_str!("../../migrations/0017_log_lines_by_site.sql"),
     ),
+    (18, "replicas", include_str!("../../migrations/0018_replicas.sql")),
 ];
 
 /// How the schema above is spelled for PostgreSQL: the migrations are
@@ -228,6 +229,8 @@ pub(super) async fn retry_after(error: &StoreError, tries: &mut u32) -> bool {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pub(super) db: Database,
+    /// This process's name among replicas sharing the database.
+    pub(super) replica: std::sync::Arc<str>,
 }
 
 impl SqlStore {
@@ -276,6 +279,7 @@ impl SqlStore {
         Migrator::new(Embedded(engine)).await?.run(&pool).await?;
         Ok(SqlStore {
             db: Database { pool, engine },
+            replica: hex::encode(rand::random::<[u8; 8]>()).into(),
         })
     }
 

@@ -480,7 +480,7 @@ impl FleetStore for SqlStore {
         deployment: &str,
         rollout: &RolloutState,
         started: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let mut tx = self.db.pool.begin().await?;
         let at = now();
         sqlx::query(
@@ -517,16 +517,20 @@ impl FleetStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
+        let counter = count_rollout_write(&mut tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(counter)
     }
 
-    async fn delete_rollout(&self, deployment: &str) -> Result<(), StoreError> {
+    async fn delete_rollout(&self, deployment: &str) -> Result<i64, StoreError> {
+        let mut tx = self.db.pool.begin().await?;
         sqlx::query("DELETE FROM rollouts WHERE deployment = $1")
             .bind(deployment)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let counter = count_rollout_write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(counter)
     }
 
     async fn rollout_history(&self, deployment: &str) -> Result<Vec<(String, String, String)>, StoreError> {
@@ -690,6 +694,15 @@ impl FleetStore for SqlStore {
         tx.commit().await?;
         Ok(changed)
     }
+}
+
+/// Raises the rollouts' counter inside a write of a rollout; returns it.
+async fn count_rollout_write(tx: &mut sqlx::AnyConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = 'rollouts' RETURNING value")
+            .fetch_one(&mut *tx)
+            .await?,
+    )
 }
 
 /// Inside a site's delete: refuses while the site has hosts, naming them,

@@ -9,6 +9,7 @@ mod access;
 mod engine;
 mod fleet;
 mod objects;
+mod replicas;
 mod secrets;
 mod streams;
 mod telemetry;
@@ -25,6 +26,9 @@ use serde::Serialize;
 
 pub use access::{AccessStore, AuditQuery};
 pub use engine::{Engine, SqlStore};
+pub use replicas::{
+    Announcement, CHANGES_CHANNEL, Change, FleetLock, ReplicaRecord, ReplicaStore, SealedAuthority,
+};
 pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
 pub use streams::{StreamQuery, StreamStore};
 
@@ -340,14 +344,17 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// Stores a deployment's rollout; a new one (`started`) also starts a
     /// line in the deployment's history, and every save updates its outcome.
+    /// Returns the rollouts' counter, which every save and delete raises
+    /// (see `ReplicaStore::lock_fleet`).
     async fn save_rollout(
         &self,
         deployment: &str,
         rollout: &outpost_api::rollout::RolloutState,
         started: bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<i64, StoreError>;
 
-    async fn delete_rollout(&self, deployment: &str) -> Result<(), StoreError>;
+    /// Deletes a deployment's rollout; returns the rollouts' counter.
+    async fn delete_rollout(&self, deployment: &str) -> Result<i64, StoreError>;
 
     /// A deployment's rollouts, oldest first: (version, started at, outcome).
     async fn rollout_history(&self, deployment: &str) -> Result<Vec<(String, String, String)>, StoreError>;
@@ -423,9 +430,15 @@ pub trait TelemetryStore: Send + Sync + 'static {
 }
 
 /// Everything the control plane keeps.
-pub trait Storage: Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore {}
+pub trait Storage:
+    Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore + ReplicaStore
+{
+}
 
-impl<T: Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore> Storage for T {}
+impl<T: Store + FleetStore + TelemetryStore + SecretStore + StreamStore + AccessStore + ReplicaStore> Storage
+    for T
+{
+}
 
 /// One stored version of a secret: what it holds and where it may go, and
 /// its values encrypted (never in clear).
