@@ -3,7 +3,8 @@
 //! CA; a change made through one replica reaches the session another
 //! holds; the leader steps a rollout from presence another replica
 //! shares; every replica sees the host online and reads its live logs
-//! (through the replica that holds the session); and when the replica
+//! (through the replica that holds the session); a block through one
+//! replica ends the session another holds; and when the replica
 //! that holds the session and the one that leads are both killed, the
 //! agent moves to the survivor, which leads and finishes the next rollout.
 
@@ -134,6 +135,32 @@ fn three_replicas_serve_one_fleet_and_an_agent_outlives_its_replica_and_the_lead
         let live = replica.cli(&["logs", "chatty", "--site", &site, "--live"]);
         assert!(live.success().contains("chatty version 2"), "{}", live.stdout);
     }
+
+    // A block made through a replica that does not hold the session ends
+    // it where it is, at once; after the unblock the agent comes back
+    // (perhaps to another replica: the one that logs its new session).
+    let connections = |replicas: &[ControlPlane]| -> Vec<usize> {
+        replicas
+            .iter()
+            .map(|r| r.count_logged("agent connected"))
+            .collect()
+    };
+    let before = connections(&replicas);
+    let host = format!("{site}/h1");
+    replicas[other].cli(&["block", "host", &host]).success();
+    eventually(Duration::from_secs(5), "the agent told it is blocked", || {
+        agent.logged("this host is blocked").then_some(())
+    });
+    replicas[other].cli(&["unblock", "host", &host]).success();
+    let holder = eventually(
+        Duration::from_secs(30),
+        "the agent back after the unblock",
+        || {
+            let now = connections(&replicas);
+            (0..3).find(|i| now[*i] > before[*i])
+        },
+    );
+    let other = (0..3).find(|i| *i != holder && *i != leader).unwrap();
 
     // A CA rotated through one replica is the one every replica serves.
     let rotated = replicas[other].cli(&["control", "rotate-ca"]);

@@ -90,6 +90,16 @@ impl ControlPlane {
         self.log.lock().unwrap().iter().any(|line| line.contains(text))
     }
 
+    /// How many lines it logged so far contain `text`.
+    pub fn count_logged(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+
     pub fn admin_config(&self) -> PathBuf {
         self.dir.path().join("admin.yaml")
     }
