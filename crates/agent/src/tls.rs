@@ -243,33 +243,21 @@ pub fn servers(list: &str) -> Result<Vec<&str>> {
     Ok(servers)
 }
 
-/// Which of the control plane's URLs to try first: the one that answered
-/// last. It starts at a random one, so a fleet spreads over replicas.
-static FIRST_TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-
 /// Opens a gRPC channel to the control plane (`https://host:port`, or a
-/// list of replicas `URL1,URL2,...`: the one that answered last first,
-/// then the others in turn) over our own TLS. Its bytes count as the
-/// uplink's.
+/// list of replicas `URL1,URL2,...`: from a random one, then the others in
+/// turn, so that a fleet spreads over the replicas and a replica that is
+/// gone costs one refused connection) over our own TLS. Its bytes count as
+/// the uplink's.
 pub async fn channel(server: &str, tls: Arc<ClientConfig>) -> Result<Channel> {
-    use std::sync::atomic::Ordering;
     let servers = servers(server)?;
-    let first = match FIRST_TRIED.load(Ordering::Relaxed) {
-        usize::MAX => rand::random_range(0..servers.len()),
-        index => index % servers.len(),
-    };
+    let first = rand::random_range(0..servers.len());
     let mut failures = Vec::new();
     for index in (first..servers.len()).chain(0..first) {
         match connect(servers[index], None, tls.clone(), Some(crate::uplink::traffic())).await {
-            Ok(channel) => {
-                FIRST_TRIED.store(index, Ordering::Relaxed);
-                return Ok(channel);
-            }
+            Ok(channel) => return Ok(channel),
             Err(err) => failures.push(err),
         }
     }
-    // After a failure the next try starts at the next replica.
-    FIRST_TRIED.store((first + 1) % servers.len(), Ordering::Relaxed);
     match failures.len() {
         1 => Err(failures.remove(0)),
         _ => Err(anyhow::anyhow!(

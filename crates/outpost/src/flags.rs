@@ -369,6 +369,11 @@ pub(crate) enum SimCommand {
         /// for the run) instead of SQLite in the work directory
         #[arg(long, value_name = "URL", value_parser = str::parse::<outpost_control::StoreUrl>)]
         store: Option<outpost_control::StoreUrl>,
+        /// Run this many control-plane replicas on the --store database;
+        /// sites are given all of them, and the restart is one replica (the
+        /// leader) killed outright instead
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "store", value_parser = clap::value_parser!(u16).range(1..=16))]
+        replicas: u16,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = SimOutput::Text)]
         output: SimOutput,
     },

@@ -402,6 +402,7 @@ async fn run(cli: Cli) -> Result<()> {
                     wave_size,
                     stream_records,
                     store,
+                    replicas,
                 },
         } => {
             init_sim_logging();
@@ -430,6 +431,7 @@ async fn run(cli: Cli) -> Result<()> {
                 wave_size: *wave_size,
                 stream_records: *stream_records,
                 store: store.as_ref().map(|url| url.as_str().to_string()),
+                replicas: usize::from(*replicas),
             };
             let report = outpost_sim::bench::run(&options).await?;
             if temporary {

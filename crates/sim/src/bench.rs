@@ -66,6 +66,8 @@ pub struct Options {
     pub stream_records: usize,
     /// The control plane's `--store` (PostgreSQL), if not SQLite.
     pub store: Option<String>,
+    /// Control-plane replicas on that store (1: one control plane).
+    pub replicas: usize,
 }
 
 /// Per-site latencies of one phase, in seconds.
@@ -98,8 +100,9 @@ pub struct Report {
     pub enrolled_per_second: f64,
     /// From agents starting to each site running the first version.
     pub first_deploy: Spread,
+    /// Of the largest replica.
     pub control_rss_mib: f64,
-    /// Of one core, averaged over the idle window.
+    /// Of one core, averaged over the idle window (all replicas together).
     pub control_idle_cpu_percent: f64,
     pub sim_rss_mib: f64,
     /// Both directions, at the agents' sockets (TLS included).
@@ -109,10 +112,15 @@ pub struct Report {
     pub update: Spread,
     /// From the apply request until the control plane reports every site up to date.
     pub update_reported_seconds: f64,
-    /// From SIGTERM to every site connected again.
+    pub replicas: usize,
+    /// One control plane: from SIGTERM to every site connected again.
+    /// Replicas: from the leader's SIGKILL to every site connected again.
     pub reconnect_seconds: f64,
-    /// From the new control plane listening to every site connected again.
+    /// One control plane: from the new one listening to every site
+    /// connected again. Replicas: from the SIGKILL to a new leader.
     pub reconnect_after_listening_seconds: f64,
+    /// Replicas: the sites that lost their session with the killed replica.
+    pub moved_sites: usize,
     pub crashed_sites_restarted: usize,
     /// Sites with failing probes that the control plane reported as not up
     /// to date (all of them recovered before the run ended).
@@ -380,16 +388,32 @@ pub async fn run(options: &Options) -> Result<Report> {
             options.unhealthy_sites
         );
     }
+    if options.replicas > 1 && options.store.is_none() {
+        bail!("--replicas: replicas share a PostgreSQL database; add --store postgres://...");
+    }
     std::fs::create_dir_all(&options.work_dir)?;
     let exe = std::env::current_exe().context("finding this binary")?;
-    let mut control =
-        ControlProcess::start(&exe, &options.work_dir.join("control"), options.store.as_deref()).await?;
-    progress(format!(
-        "control plane pid {} at {} (log: {})",
-        control.pid()?,
-        control.url,
-        options.work_dir.join("control.log").display()
-    ));
+    // Replicas share one key file; the first one makes it.
+    let key_file = (options.replicas > 1).then(|| options.work_dir.join("secrets.key"));
+    let mut controls = Vec::with_capacity(options.replicas);
+    for i in 0..options.replicas.max(1) {
+        let dir = match i {
+            0 => options.work_dir.join("control"),
+            i => options.work_dir.join(format!("control-{i}")),
+        };
+        let control =
+            ControlProcess::start(&exe, &dir, options.store.as_deref(), key_file.as_deref()).await?;
+        progress(format!(
+            "control plane pid {} at {} (log: {})",
+            control.pid()?,
+            control.url,
+            dir.with_extension("log").display()
+        ));
+        controls.push(control);
+    }
+    // The first replica leads (it took the lock first); the API is asked
+    // through the last, which outlives the leader's kill.
+    let control = controls.last().context("no control plane")?;
     let config = outpost_cli::client::load_config(&control.admin_config())?;
     let context = config.context(None).context("admin.yaml has no context")?;
     let client = Client::new(context)?;
@@ -435,7 +459,11 @@ pub async fn run(options: &Options) -> Result<Report> {
         .await?;
 
     let enroll_started = Instant::now();
-    let agent_url = control.agent_url.clone();
+    let agent_url = controls
+        .iter()
+        .map(|control| control.agent_url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let keys = options.work_dir.join("agents");
     let credentials: Vec<_> = futures_util::stream::iter(tokens.into_iter().enumerate())
         .map(|(i, token)| {
@@ -475,14 +503,28 @@ pub async fn run(options: &Options) -> Result<Report> {
     wait_reported(&client, n, options.timeout).await?;
 
     // Idle: everything converged and reported; only heartbeats flow.
-    let pid = control.pid()?;
-    let (cpu_before, bytes_before) = (control::cpu_time(pid)?, total_bytes());
+    let pids = controls
+        .iter()
+        .map(ControlProcess::pid)
+        .collect::<Result<Vec<_>>>()?;
+    let cpu = |pids: &[u32]| -> Result<Duration> {
+        pids.iter()
+            .map(|pid| control::cpu_time(*pid))
+            .sum::<Result<Duration>>()
+    };
+    let (cpu_before, bytes_before) = (cpu(&pids)?, total_bytes());
     let idle_started = Instant::now();
     tokio::time::sleep(options.idle).await;
     let idle_seconds = idle_started.elapsed().as_secs_f64();
-    let control_cpu = (control::cpu_time(pid)? - cpu_before).as_secs_f64();
+    let control_cpu = (cpu(&pids)? - cpu_before).as_secs_f64();
     let idle_bytes = total_bytes() - bytes_before;
-    let control_rss = control::rss(pid)?;
+    let control_rss = pids
+        .iter()
+        .map(|pid| control::rss(*pid))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or_default();
     let sim_rss = control::rss(std::process::id())?;
     progress(format!("idle for {idle_seconds:.0}s"));
 
@@ -508,23 +550,34 @@ pub async fn run(options: &Options) -> Result<Report> {
     let update_reported_seconds = update_started.elapsed().as_secs_f64();
     progress(format!("all {n} sites run 2.0.0"));
 
-    let restart_started = Instant::now();
-    control.stop().await?;
-    per_site(&sites, Instant::now(), options.timeout, "disconnected", |s| {
-        !*s.connected.borrow()
-    })
-    .await?;
-    control.start_again().await?;
-    let listening = Instant::now();
-    per_site(&sites, listening, options.timeout, "connected again", |s| {
-        *s.connected.borrow()
-    })
-    .await?;
-    let reconnect_seconds = restart_started.elapsed().as_secs_f64();
-    let reconnect_after_listening_seconds = listening.elapsed().as_secs_f64();
-    progress(format!(
-        "all {n} sites reconnected {reconnect_seconds:.1}s after the restart began"
-    ));
+    let (reconnect_seconds, reconnect_after_listening_seconds, moved_sites) = if controls.len() == 1 {
+        let control = &mut controls[0];
+        let restart_started = Instant::now();
+        control.stop().await?;
+        per_site(&sites, Instant::now(), options.timeout, "disconnected", |s| {
+            !*s.connected.borrow()
+        })
+        .await?;
+        control.start_again().await?;
+        let listening = Instant::now();
+        per_site(&sites, listening, options.timeout, "connected again", |s| {
+            *s.connected.borrow()
+        })
+        .await?;
+        let reconnect_seconds = restart_started.elapsed().as_secs_f64();
+        progress(format!(
+            "all {n} sites reconnected {reconnect_seconds:.1}s after the restart began"
+        ));
+        (reconnect_seconds, listening.elapsed().as_secs_f64(), 0)
+    } else {
+        let (seconds, leader_seconds, moved) = fail_over(&mut controls[0], &sites, options.timeout).await?;
+        progress(format!(
+            "the leader killed: its {moved} sites connected elsewhere within {seconds:.1}s, a new leader after {leader_seconds:.1}s"
+        ));
+        // It comes back as a follower, for the rest of the run.
+        controls[0].start_again().await?;
+        (seconds, leader_seconds, moved)
+    };
 
     let crashed = &sites[..options.crash_sites];
     let before: Vec<u64> = crashed.iter().map(|s| s.runtime.starts()).collect();
@@ -587,7 +640,9 @@ pub async fn run(options: &Options) -> Result<Report> {
     let starts: u64 = sites.iter().map(|s| s.runtime.starts()).sum();
     let expected = 2 * n as u64 + restarted.len() as u64;
     stop.send_replace(true);
-    control.stop().await?;
+    for control in &mut controls {
+        control.stop().await?;
+    }
 
     Ok(Report {
         sites: n,
@@ -601,14 +656,72 @@ pub async fn run(options: &Options) -> Result<Report> {
         idle_seconds,
         update: Spread::of(update),
         update_reported_seconds,
+        replicas: controls.len(),
         reconnect_seconds,
         reconnect_after_listening_seconds,
+        moved_sites,
         crashed_sites_restarted: restarted.len(),
         unhealthy_sites_reported,
         needless_restarts: starts.saturating_sub(expected),
         sites_lost,
         streams,
     })
+}
+
+/// Kills the leader (SIGKILL, as when its machine is lost) and waits for
+/// the sites whose sessions it held to connect to the other replicas, and
+/// for one of those to lead. Returns the seconds to both and how many sites
+/// moved.
+async fn fail_over(
+    leader: &mut ControlProcess,
+    sites: &[SimSite],
+    timeout: Duration,
+) -> Result<(f64, f64, usize)> {
+    let mut sessions: Vec<watch::Receiver<bool>> = sites.iter().map(|s| s.connected.clone()).collect();
+    for session in &mut sessions {
+        session.borrow_and_update();
+    }
+    let leaders_before = count_in(&leader.log_dir(), "this replica leads now")?;
+    let killed = Instant::now();
+    leader.kill().await?;
+    // The kernel closes the killed replica's sockets at once; its sites
+    // notice within milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = sessions
+        .iter()
+        .filter(|s| s.has_changed().unwrap_or(false))
+        .count();
+    if moved == 0 {
+        bail!("no site lost its session when the leader was killed");
+    }
+    per_site(sites, killed, timeout, "connected again", |s| {
+        *s.connected.borrow()
+    })
+    .await?;
+    let seconds = killed.elapsed().as_secs_f64();
+    let deadline = killed + timeout;
+    while count_in(&leader.log_dir(), "this replica leads now")? <= leaders_before {
+        if Instant::now() > deadline {
+            bail!("no replica took the lead within {timeout:?} of the leader's kill");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((seconds, killed.elapsed().as_secs_f64(), moved))
+}
+
+/// How many lines of the replicas' logs in `dir` contain `text`.
+fn count_in(dir: &std::path::Path, text: &str) -> Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            count += std::fs::read_to_string(&path)?
+                .lines()
+                .filter(|l| l.contains(text))
+                .count();
+        }
+    }
+    Ok(count)
 }
 
 fn total_bytes() -> u64 {
@@ -642,11 +755,22 @@ impl fmt::Display for Report {
             "idle traffic                 {:.0} bytes per site per minute (over {:.0}s)",
             self.idle_bytes_per_site_per_minute, self.idle_seconds
         )?;
-        writeln!(
-            f,
-            "reconnect after restart      {:.1}s from SIGTERM, {:.1}s from listening",
-            self.reconnect_seconds, self.reconnect_after_listening_seconds
-        )?;
+        if self.replicas > 1 {
+            writeln!(
+                f,
+                "leader killed ({} replicas)  {} sites connected elsewhere {:.1}s after its SIGKILL, a new leader after {:.1}s",
+                self.replicas,
+                self.moved_sites,
+                self.reconnect_seconds,
+                self.reconnect_after_listening_seconds
+            )?;
+        } else {
+            writeln!(
+                f,
+                "reconnect after restart      {:.1}s from SIGTERM, {:.1}s from listening",
+                self.reconnect_seconds, self.reconnect_after_listening_seconds
+            )?;
+        }
         writeln!(f, "crashed sites restarted      {}", self.crashed_sites_restarted)?;
         writeln!(
             f,

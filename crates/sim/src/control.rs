@@ -13,7 +13,8 @@ pub struct ControlProcess {
     child: Child,
     exe: PathBuf,
     data_dir: PathBuf,
-    store: Option<String>,
+    /// Its `--store` and `--secrets-key-file`, kept for a restart.
+    args: Vec<String>,
     pub url: String,
     pub agent_url: String,
     log: PathBuf,
@@ -25,16 +26,29 @@ fn address(url: &str) -> &str {
 }
 
 impl ControlProcess {
-    /// Starts `outpost control` on free loopback ports; its log goes to
-    /// `DATA_DIR/control.log`.
-    pub async fn start(exe: &Path, data_dir: &Path, store: Option<&str>) -> Result<ControlProcess> {
+    /// Starts `outpost control` on free loopback ports, with its store in
+    /// `store` (PostgreSQL) if given and its secrets key in `key_file` (one
+    /// file for replicas) if given; its log goes to `DATA_DIR.log`.
+    pub async fn start(
+        exe: &Path,
+        data_dir: &Path,
+        store: Option<&str>,
+        key_file: Option<&Path>,
+    ) -> Result<ControlProcess> {
         let log = data_dir.with_extension("log");
-        let (child, url, agent_url) = spawn(exe, data_dir, store, "127.0.0.1:0", "127.0.0.1:0", &log).await?;
+        let mut args = Vec::new();
+        if let Some(store) = store {
+            args.extend(["--store".to_string(), store.to_string()]);
+        }
+        if let Some(key_file) = key_file {
+            args.extend(["--secrets-key-file".to_string(), key_file.display().to_string()]);
+        }
+        let (child, url, agent_url) = spawn(exe, data_dir, &args, "127.0.0.1:0", "127.0.0.1:0", &log).await?;
         Ok(ControlProcess {
             child,
             exe: exe.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
-            store: store.map(String::from),
+            args,
             url,
             agent_url,
             log,
@@ -43,6 +57,11 @@ impl ControlProcess {
 
     pub fn pid(&self) -> Result<u32> {
         self.child.id().context("the control plane has exited")
+    }
+
+    /// Where its log is, beside the other replicas'.
+    pub fn log_dir(&self) -> PathBuf {
+        self.log.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     pub fn admin_config(&self) -> PathBuf {
@@ -65,12 +84,19 @@ impl ControlProcess {
         Ok(())
     }
 
+    /// Kills it outright (SIGKILL), as when its machine is lost.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
     /// Starts it again on the same ports and data.
     pub async fn start_again(&mut self) -> Result<()> {
         let (child, _, _) = spawn(
             &self.exe,
             &self.data_dir,
-            self.store.as_deref(),
+            &self.args,
             address(&self.url),
             address(&self.agent_url),
             &self.log,
@@ -90,7 +116,7 @@ impl Drop for ControlProcess {
 async fn spawn(
     exe: &Path,
     data_dir: &Path,
-    store: Option<&str>,
+    args: &[String],
     listen: &str,
     agent_listen: &str,
     log: &Path,
@@ -99,7 +125,7 @@ async fn spawn(
         .args(["control", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", listen, "--agent-listen", agent_listen])
-        .args(store.map(|url| ["--store", url]).into_iter().flatten())
+        .args(args)
         // Every simulated site dials from 127.0.0.1, like hosts behind one
         // NAT: the per-address cap on unauthenticated connections would
         // turn most of a reconnect storm away.
