@@ -681,7 +681,7 @@ async fn fail_over(
     for session in &mut sessions {
         session.borrow_and_update();
     }
-    let leaders_before = count_in(&leader.log_dir(), "this replica leads now")?;
+    let logs = LogsFrom::now(&leader.log_dir())?;
     let killed = Instant::now();
     leader.kill().await?;
     // The kernel closes the killed replica's sockets at once; its sites
@@ -694,34 +694,55 @@ async fn fail_over(
     if moved == 0 {
         bail!("no site lost its session when the leader was killed");
     }
-    per_site(sites, killed, timeout, "connected again", |s| {
-        *s.connected.borrow()
-    })
-    .await?;
-    let seconds = killed.elapsed().as_secs_f64();
-    let deadline = killed + timeout;
-    while count_in(&leader.log_dir(), "this replica leads now")? <= leaders_before {
-        if Instant::now() > deadline {
-            bail!("no replica took the lead within {timeout:?} of the leader's kill");
+    // Both measured from the kill, each when it is first seen.
+    let (mut connected, mut led) = (None, None);
+    loop {
+        if connected.is_none() && sites.iter().all(|s| *s.connected.borrow()) {
+            connected = Some(killed.elapsed().as_secs_f64());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if led.is_none() && logs.contain("this replica leads now")? {
+            led = Some(killed.elapsed().as_secs_f64());
+        }
+        if let (Some(connected), Some(led)) = (connected, led) {
+            return Ok((connected, led, moved));
+        }
+        if killed.elapsed() > timeout {
+            bail!("after {timeout:?} of the leader's kill: every site connected {connected:?}, a new leader {led:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Ok((seconds, killed.elapsed().as_secs_f64(), moved))
 }
 
-/// How many lines of the replicas' logs in `dir` contain `text`.
-fn count_in(dir: &std::path::Path, text: &str) -> Result<usize> {
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            count += std::fs::read_to_string(&path)?
-                .lines()
-                .filter(|l| l.contains(text))
-                .count();
+/// The replicas' logs from a moment on: what they wrote since.
+struct LogsFrom(Vec<(std::path::PathBuf, u64)>);
+
+impl LogsFrom {
+    fn now(dir: &std::path::Path) -> Result<LogsFrom> {
+        let mut logs = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let length = std::fs::metadata(&path)?.len();
+                logs.push((path, length));
+            }
         }
+        Ok(LogsFrom(logs))
     }
-    Ok(count)
+
+    /// Whether a line written since contains `text`.
+    fn contain(&self, text: &str) -> Result<bool> {
+        use std::io::{Read, Seek};
+        for (path, from) in &self.0 {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(std::io::SeekFrom::Start(*from))?;
+            let mut since = String::new();
+            file.read_to_string(&mut since)?;
+            if since.contains(text) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 fn total_bytes() -> u64 {
