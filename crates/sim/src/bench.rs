@@ -707,7 +707,9 @@ async fn fail_over(
             return Ok((connected, led, moved));
         }
         if killed.elapsed() > timeout {
-            bail!("after {timeout:?} of the leader's kill: every site connected {connected:?}, a new leader {led:?}");
+            bail!(
+                "after {timeout:?} of the leader's kill: every site connected {connected:?}, a new leader {led:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
