@@ -127,19 +127,16 @@ pub async fn follow(url: StoreUrl, followed: Followed, mut shutdown: watch::Rece
             listener.listen(CHANGES_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
-        let listener = tokio::select! {
-            listener = listener => listener,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let mut listener = match listener {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!(%err, "listening for the other replicas' changes; trying again");
-                if stopped_within(&mut shutdown, LEAD_CHECK).await {
-                    return;
-                }
-                continue;
-            }
+        let mut listener = match connect(
+            listener,
+            "listening for the other replicas' changes",
+            &mut shutdown,
+        )
+        .await
+        {
+            Connected::Ready(listener) => listener,
+            Connected::Retry => continue,
+            Connected::Stop => return,
         };
         for change in [
             Change::AllSites,
@@ -216,19 +213,17 @@ async fn act(followed: &Followed, change: Change) {
 /// `LEAD_CHECK`.
 pub async fn lead(url: StoreUrl, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let connection = tokio::select! {
-            connection = PgConnection::connect(url.as_str()) => connection,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let mut connection = match connection {
-            Ok(connection) => connection,
-            Err(err) => {
-                tracing::warn!(%err, "connecting to take part in choosing a leader; trying again");
-                if stopped_within(&mut shutdown, LEAD_CHECK).await {
-                    return;
-                }
-                continue;
-            }
+        let connection = PgConnection::connect(url.as_str());
+        let mut connection = match connect(
+            connection,
+            "connecting to take part in choosing a leader",
+            &mut shutdown,
+        )
+        .await
+        {
+            Connected::Ready(connection) => connection,
+            Connected::Retry => continue,
+            Connected::Stop => return,
         };
         loop {
             let leading = *leader.borrow();
@@ -263,6 +258,39 @@ pub async fn lead(url: StoreUrl, leader: watch::Sender<bool>, mut shutdown: watc
                 let _ = connection.close().await;
                 leader.send_replace(false);
                 return;
+            }
+        }
+    }
+}
+
+/// What came of one attempt to connect.
+enum Connected<T> {
+    Ready(T),
+    /// It failed (logged) and `LEAD_CHECK` has passed: try again.
+    Retry,
+    /// Shutdown came first.
+    Stop,
+}
+
+/// Connects unless `shutdown` comes first; a failure is logged as `what`
+/// and followed by a pause.
+async fn connect<T>(
+    connecting: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Connected<T> {
+    let connected = tokio::select! {
+        connected = connecting => connected,
+        _ = shutdown.wait_for(|stop| *stop) => return Connected::Stop,
+    };
+    match connected {
+        Ok(connection) => Connected::Ready(connection),
+        Err(err) => {
+            tracing::warn!(%err, "{what}; trying again");
+            if stopped_within(shutdown, LEAD_CHECK).await {
+                Connected::Stop
+            } else {
+                Connected::Retry
             }
         }
     }

@@ -45,6 +45,15 @@ pub struct ControlPlane {
 
 type Log = Arc<std::sync::Mutex<Vec<String>>>;
 
+/// How many lines of a process's log contain `text`.
+fn lines_with(log: &Log, text: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains(text))
+        .count()
+}
+
 impl ControlPlane {
     pub fn start() -> ControlPlane {
         ControlPlane::start_logging("info")
@@ -92,12 +101,7 @@ impl ControlPlane {
 
     /// How many lines it logged so far contain `text`.
     pub fn count_logged(&self, text: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.contains(text))
-            .count()
+        lines_with(&self.log, text)
     }
 
     pub fn admin_config(&self) -> PathBuf {
@@ -672,12 +676,7 @@ impl Agent {
 
     /// How many lines it logged so far that contain `text`.
     pub fn count_logged(&self, text: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.contains(text))
-            .count()
+        lines_with(&self.log, text)
     }
 
     /// How many lines it logged so far.
