@@ -392,6 +392,11 @@ impl ControlPlane {
                 }
             })
         };
+        let writing = tokio::spawn(write_heard(
+            self.store.clone(),
+            self.fleet.clone(),
+            signal(stopped.clone()),
+        ));
         let pruning = tokio::spawn(prune(
             self.store.clone(),
             self.retention,
@@ -430,6 +435,7 @@ impl ControlPlane {
         let _ = engine.await;
         let _ = admin_cas.await;
         let _ = pruning.await;
+        let _ = writing.await;
         for task in replicas.into_iter().flatten() {
             let _ = task.await;
         }
@@ -451,6 +457,13 @@ impl ControlPlane {
             .is_err()
         {
             tracing::warn!("agent sessions did not end within {drained:?}; closing the store anyway");
+        }
+        // What the sessions heard last.
+        if let Err(err) = self.store.record_heard(&self.fleet.presence.take_heard()).await {
+            tracing::warn!(
+                err = err.detail(),
+                "writing down the hosts' last heartbeats and bytes"
+            );
         }
         self.store.close().await;
         tracing::info!("control plane stopped");
@@ -477,6 +490,31 @@ async fn run_rollouts(
                 }
             }
             () = &mut shutdown => return,
+        }
+    }
+}
+
+/// How often heartbeats and bytes counted are written down.
+const WRITE_HEARD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes down, every `WRITE_HEARD_EVERY` and in one transaction, which
+/// hosts sent a heartbeat and the bytes their sessions carried: heartbeats
+/// never write to the store one by one.
+async fn write_heard(store: Arc<dyn Storage>, fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(WRITE_HEARD_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => return,
+        }
+        let heard = fleet.presence.take_heard();
+        if let Err(err) = store.record_heard(&heard).await {
+            tracing::warn!(
+                err = err.detail(),
+                "writing down the hosts' heartbeats and bytes; trying again"
+            );
+            fleet.presence.keep_heard(heard);
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Presence: which hosts are connected now (a live session, or a poll
 //! recent enough), here or at another replica, and where to ask a
-//! connected host for its logs. Status and the gateway read it; nothing
-//! here touches the store (`crate::replicas` writes this replica's
-//! sessions down in batches and tells it the others').
+//! connected host for its logs. Status and the gateway read it. Nothing
+//! here touches the store: what sessions hear (heartbeats, bytes) waits
+//! here until the control plane writes it down in one batch
+//! (`crate::write_heard`), and `crate::replicas` writes this replica's
+//! sessions down in batches and tells it the others'.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +32,34 @@ pub struct Presence {
     sessions: Mutex<HashMap<(String, String), (u64, std::time::Instant)>>,
     /// The hosts other replicas hold sessions of, by replica.
     remote: Mutex<HashMap<String, Remote>>,
+    /// What sessions heard that is not written down yet.
+    unwritten: Mutex<Heard>,
+}
+
+/// What sessions heard since it was last written down: the hosts that
+/// sent a heartbeat, and the bytes of each host's sessions, received and
+/// sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    pub seen: HashSet<(String, String)>,
+    pub traffic: HashMap<(String, String), (u64, u64)>,
+}
+
+impl Heard {
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.traffic.is_empty()
+    }
+
+    /// Adds what `later` heard (a write that failed is tried again with
+    /// what came since).
+    fn absorb(&mut self, later: Heard) {
+        self.seen.extend(later.seen);
+        for (host, (received, sent)) in later.traffic {
+            let total = self.traffic.entry(host).or_default();
+            total.0 += received;
+            total.1 += sent;
+        }
+    }
 }
 
 /// Another replica's API (its URL) and the hosts it holds sessions of.
@@ -150,6 +180,41 @@ impl Presence {
         let heard = self.heard.lock().get(&key).copied();
         let session = self.sessions.lock().get(&key).map(|(_, began)| *began);
         (heard, session)
+    }
+
+    /// A host's heartbeat: heard now, and seen, which is written down with
+    /// the next batch.
+    pub fn heartbeat(&self, site: &str, host: &str) {
+        self.heard(site, host);
+        self.unwritten
+            .lock()
+            .seen
+            .insert((site.to_string(), host.to_string()));
+    }
+
+    /// Bytes a host's session carried, added to its totals with the next
+    /// batch.
+    pub fn count_traffic(&self, site: &str, host: &str, received: u64, sent: u64) {
+        let mut unwritten = self.unwritten.lock();
+        let total = unwritten
+            .traffic
+            .entry((site.to_string(), host.to_string()))
+            .or_default();
+        total.0 += received;
+        total.1 += sent;
+    }
+
+    /// What was heard since the last call, to write down.
+    pub fn take_heard(&self) -> Heard {
+        std::mem::take(&mut *self.unwritten.lock())
+    }
+
+    /// Puts back what could not be written down.
+    pub fn keep_heard(&self, heard: Heard) {
+        let mut unwritten = self.unwritten.lock();
+        let later = std::mem::take(&mut *unwritten);
+        *unwritten = heard;
+        unwritten.absorb(later);
     }
 
     /// A host in polling mode was heard from: it counts as online for `for`.
@@ -285,5 +350,21 @@ mod tests {
         presence.keep_replicas(|replica| replica != "b");
         assert!(!presence.is_online("shop-2", "till"));
         assert_eq!(presence.online_hosts(), 1);
+    }
+
+    #[test]
+    fn what_was_heard_is_taken_once_and_what_failed_comes_back_with_what_came_since() {
+        let presence = Presence::default();
+        presence.heartbeat("shop-1", "till");
+        presence.count_traffic("shop-1", "till", 100, 10);
+        presence.count_traffic("shop-1", "till", 1, 1);
+        let heard = presence.take_heard();
+        assert_eq!(heard.traffic[&("shop-1".into(), "till".into())], (101, 11));
+        assert!(presence.take_heard().is_empty());
+        presence.count_traffic("shop-1", "till", 5, 5);
+        presence.keep_heard(heard);
+        let again = presence.take_heard();
+        assert_eq!(again.traffic[&("shop-1".into(), "till".into())], (106, 16));
+        assert!(again.seen.contains(&("shop-1".into(), "till".into())));
     }
 }

@@ -132,22 +132,20 @@ impl Session {
         if let Err(err) = self.store.record_seen(&site, &host, None).await {
             tracing::warn!(%err, "recording when a host was last seen");
         }
-        if let Err(err) = self.book_traffic().await {
-            tracing::warn!(%err, "recording the traffic of a host");
-        }
+        self.book_traffic();
     }
 
-    /// Adds the bytes counted since the last call to the host's totals.
-    async fn book_traffic(&self) -> Result<(), StoreError> {
+    /// Adds the bytes counted since the last call to the host's totals
+    /// (with the next batch written down).
+    fn book_traffic(&self) {
         let now = (self.traffic.received(), self.traffic.sent());
         let before = std::mem::replace(&mut *self.booked.lock(), now);
         let (received, sent) = (now.0 - before.0, now.1 - before.1);
-        if received + sent == 0 {
-            return Ok(());
+        if received + sent > 0 {
+            self.fleet
+                .presence
+                .count_traffic(&self.site, &self.host, received, sent);
         }
-        self.store
-            .add_traffic(&self.site, &self.host, received, sent)
-            .await
     }
 
     async fn send(&self, body: control_message::Body) -> Result<(), SessionEnd> {
@@ -238,7 +236,7 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     self.send(control_message::Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_ms() })).await?;
-                    self.book_traffic().await?;
+                    self.book_traffic();
                 }
                 () = tokio::time::sleep_until(silent_until) => {
                     return Err(SessionEnd::Silent);
@@ -368,7 +366,7 @@ impl Session {
                 record_status(self.store.as_ref(), &self.fleet, site, host, report).await?;
             }
             Some(agent_message::Body::Heartbeat(_)) => {
-                self.store.record_seen(site, host, None).await?;
+                self.fleet.presence.heartbeat(site, host);
             }
             Some(agent_message::Body::Facts(facts)) => {
                 let host_record = self.store.host(site, host).await?;

@@ -424,6 +424,11 @@ pub trait TelemetryStore: Send + Sync + 'static {
     /// Adds to the bytes a host's sessions have carried.
     async fn add_traffic(&self, site: &str, host: &str, received: u64, sent: u64) -> Result<(), StoreError>;
 
+    /// Writes down in one transaction what sessions heard since the last
+    /// time: hosts seen now, and bytes to add to hosts' totals
+    /// (`crate::presence::Heard`).
+    async fn record_heard(&self, heard: &crate::presence::Heard) -> Result<(), StoreError>;
+
     /// Deletes events, log lines and metric samples received before the
     /// given times; returns how many rows went.
     async fn prune(&self, events: &str, logs: &str, metrics: &str) -> Result<u64, StoreError>;

@@ -274,6 +274,36 @@ impl TelemetryStore for SqlStore {
         Ok(())
     }
 
+    async fn record_heard(&self, heard: &crate::presence::Heard) -> Result<(), StoreError> {
+        if heard.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.pool.begin().await?;
+        let at = now();
+        for (site, host) in &heard.seen {
+            sqlx::query("UPDATE hosts SET last_seen = $3 WHERE site = $1 AND name = $2")
+                .bind(site)
+                .bind(host)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for ((site, host), (received, sent)) in &heard.traffic {
+            sqlx::query(
+                "UPDATE hosts SET bytes_received = bytes_received + $3, bytes_sent = bytes_sent + $4
+                 WHERE site = $1 AND name = $2",
+            )
+            .bind(site)
+            .bind(host)
+            .bind(*received as i64)
+            .bind(*sent as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn prune(&self, events: &str, logs: &str, metrics: &str) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for (table, before) in [

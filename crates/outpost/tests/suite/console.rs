@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::browser::Browser;
-use crate::common::{Agent, ControlPlane, site, tenant, unique_site};
+use crate::common::{Agent, ControlPlane, eventually, site, tenant, unique_site};
 
 /// `shop` at `version`: one container that becomes ready (its probe
 /// passes) a few seconds after it starts, so that the site is seen
@@ -105,7 +105,9 @@ fn a_user_signs_in_applies_from_the_console_watches_health_and_steers_a_rollout_
     let browser = Browser::open(&control.url);
     // Not signed in: every page leads to sign-in, and back after it.
     browser.goto("/ui/sites");
-    assert!(browser.at().starts_with("/ui/signin"), "{}", browser.at());
+    eventually(Duration::from_secs(10), "the sign-in page", || {
+        browser.at().starts_with("/ui/signin").then_some(())
+    });
     assert_labelled(&browser);
 
     // A one-time link signs in once.
@@ -129,8 +131,10 @@ fn a_user_signs_in_applies_from_the_console_watches_health_and_steers_a_rollout_
     assert!(error.contains("unknown field"), "{error}");
     browser.fill("#yaml", &shop("1", ""));
     browser.click("button[value=plan]");
-    let plan = browser.wait_for_text("main", "Deployment shop", Duration::from_secs(10));
-    assert!(plan.contains(&online) && plan.contains(&offline), "{plan}");
+    // The plan names both sites (waited for: htmx swaps it in).
+    browser.wait_for_text("main", "Deployment shop", Duration::from_secs(10));
+    browser.wait_for_text("main", &online, Duration::from_secs(10));
+    browser.wait_for_text("main", &offline, Duration::from_secs(10));
     browser.screenshot("apply-plan");
     browser.click("button[value=apply]");
     browser.wait_for_text(".notice", "Deployment shop", Duration::from_secs(10));
