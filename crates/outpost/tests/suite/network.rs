@@ -161,10 +161,13 @@ fn services_reach_each_other_by_name_across_hosts_over_an_encrypted_underlay() {
         lab.host_docker(h1, &["exec", "-d", &api, "sh", "-c", looped])
             .is_some()
     );
+    // The loop rewrites the file after every call: a read can meet it
+    // empty, and is made again.
     let counts = || -> (u32, u32) {
-        let text = lab
-            .host_docker(h1, &["exec", &api, "cat", "/tmp/count"])
-            .unwrap_or_default();
+        let text = eventually(Duration::from_secs(5), "the call counts", || {
+            lab.host_docker(h1, &["exec", &api, "cat", "/tmp/count"])
+                .filter(|text| !text.trim().is_empty())
+        });
         let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
         (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
     };
