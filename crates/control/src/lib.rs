@@ -255,13 +255,15 @@ impl ControlPlane {
         // Replicas sharing a store share its CA: the files in `tls` are a
         // copy of what the store holds.
         let tls_dir = config.data_dir.join("tls");
-        if store.shared() {
+        let pulled = if store.shared() {
             replicas::pull_authority(store.as_ref(), &secrets, &tls_dir)
                 .await
-                .context("reading the CA the store holds")?;
-        }
+                .context("reading the CA the store holds")?
+        } else {
+            replicas::Pulled::Same
+        };
         let pki = Arc::new(Pki::load_or_create(&tls_dir, &names).context("preparing certificates")?);
-        if store.shared() {
+        if pulled == replicas::Pulled::Nothing {
             replicas::share_authority(store.as_ref(), &secrets, &pki)
                 .await
                 .context("storing the CA for the other replicas")?;

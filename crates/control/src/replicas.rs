@@ -89,16 +89,11 @@ pub async fn publish_authority(store: &dyn Storage, secrets: &Secrets, pki: &Pki
     Ok(())
 }
 
-/// At start on a shared store: the CA files of the store are used, or,
-/// by the first replica, its own are stored. Two replicas that start
+/// At start on a shared store that held no CA (`pull_authority` found
+/// `Nothing`): the first replica stores its own. Two replicas that start
 /// together on an empty store both make a CA; one stores it, and the
 /// other takes that one.
 pub async fn share_authority(store: &dyn Storage, secrets: &Secrets, pki: &Pki) -> Result<()> {
-    match pull_authority(store, secrets, pki.dir()).await? {
-        Pulled::Written => return pki.reload(),
-        Pulled::Same => return Ok(()),
-        Pulled::Nothing => {}
-    }
     let sealed = secrets.seal_authority(&pki::read_files(pki.dir())?, 1)?;
     if !store.save_authority(&sealed).await? {
         pull_authority(store, secrets, pki.dir()).await?;

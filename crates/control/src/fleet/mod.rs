@@ -293,11 +293,11 @@ impl Fleet {
     async fn exclusive(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, FleetLock), StoreError> {
         let local = self.recompute.lock().await;
         let shared = self.store.lock_fleet().await?;
-        {
+        if let Some(counter) = shared.rollouts {
             let mut cache = self.rollout_cache();
-            if cache.counter != Some(shared.rollouts) {
+            if cache.counter != Some(counter) {
                 cache.forget();
-                cache.counter = Some(shared.rollouts);
+                cache.counter = Some(counter);
             }
         }
         Ok((local, shared))

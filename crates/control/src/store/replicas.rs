@@ -81,11 +81,12 @@ pub struct ReplicaRecord {
 }
 
 /// Held while rollouts and site states are written: on PostgreSQL a
-/// transaction holding the fleet's advisory lock (released when dropped).
-/// `rollouts` is the rollouts' counter under the lock.
+/// transaction holding the fleet's advisory lock (released when dropped),
+/// with the rollouts' counter read under it. On SQLite there is no other
+/// writer: nothing is held and nothing read.
 pub struct FleetLock {
     _held: Option<Transaction<'static, Any>>,
-    pub rollouts: i64,
+    pub rollouts: Option<i64>,
 }
 
 #[async_trait]
@@ -191,25 +192,24 @@ impl ReplicaStore for SqlStore {
     }
 
     async fn lock_fleet(&self) -> Result<FleetLock, StoreError> {
-        let counter = "SELECT value FROM counters WHERE name = 'rollouts'";
-        match self.db.engine {
-            Engine::Sqlite => Ok(FleetLock {
+        if !self.shared() {
+            return Ok(FleetLock {
                 _held: None,
-                rollouts: sqlx::query_scalar(counter).fetch_one(&self.db.pool).await?,
-            }),
-            Engine::Postgres => {
-                let mut tx = self.db.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(FLEET_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                let rollouts = sqlx::query_scalar(counter).fetch_one(&mut *tx).await?;
-                Ok(FleetLock {
-                    _held: Some(tx),
-                    rollouts,
-                })
-            }
+                rollouts: None,
+            });
         }
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FLEET_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rollouts = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'rollouts'")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(FleetLock {
+            _held: Some(tx),
+            rollouts: Some(rollouts),
+        })
     }
 
     async fn site_revisions(&self) -> Result<Vec<(String, i64)>, StoreError> {
