@@ -4,6 +4,7 @@
 pub mod agent_listener;
 pub mod api;
 pub mod auth;
+mod chores;
 pub mod console;
 pub mod enrollment;
 pub mod fleet;
@@ -35,7 +36,8 @@ use crate::fleet::Fleet;
 use crate::pki::Pki;
 use crate::revocation::Revocations;
 use crate::secrets::Secrets;
-use crate::store::{SqlStore, Storage};
+pub use crate::store::StoreUrl;
+use crate::store::{Storage, open_store};
 
 /// Where the admin credentials are written, inside the data directory.
 pub const ADMIN_CONFIG: &str = "admin.yaml";
@@ -111,9 +113,6 @@ impl Default for Retention {
     }
 }
 
-/// How often records past their retention are deleted.
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// `outpost control rotate-secrets-key`: a new key-encryption key, every
 /// data key re-wrapped with it, the old key dropped. Safe while the control
 /// plane runs (it reads the new key when it first meets it). Returns the
@@ -131,66 +130,6 @@ pub async fn rotate_secrets_key(
     let rotated = Secrets::new(store.clone(), keyring).rotate_key().await;
     store.close().await;
     rotated
-}
-
-/// Where the store is: a PostgreSQL URL, as `--store` takes it. It may
-/// hold a password, so it prints (`{:?}`) without one and has no Display.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
-
-impl StoreUrl {
-    /// The whole URL, password included: for connecting, never for a log.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoreUrl({})", redacted(&self.0))
-    }
-}
-
-impl std::str::FromStr for StoreUrl {
-    type Err = String;
-
-    fn from_str(url: &str) -> Result<Self, Self::Err> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(StoreUrl(url.to_string()))
-        } else {
-            Err(format!(
-                "{url:?} is not a PostgreSQL URL (postgres://USER@HOST[:PORT]/DATABASE); \
-                 leave --store out to keep the store in SQLite in the data directory"
-            ))
-        }
-    }
-}
-
-/// Opens the store: PostgreSQL at `store`, or SQLite in `data_dir`.
-async fn open_store(data_dir: &Path, store: Option<&StoreUrl>) -> Result<Arc<dyn Storage>> {
-    let store = match store {
-        Some(StoreUrl(url)) => SqlStore::connect_postgres(url)
-            .await
-            .with_context(|| format!("opening the store in PostgreSQL ({})", redacted(url)))?,
-        None => SqlStore::open(&data_dir.join("outpost.db"))
-            .await
-            .context("opening the store")?,
-    };
-    Ok(Arc::new(store))
-}
-
-/// A database URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// A control plane that is listening; `serve` runs it until shutdown.
@@ -370,7 +309,7 @@ impl ControlPlane {
                 )),
             ]
         });
-        let engine = tokio::spawn(run_rollouts(
+        let engine = tokio::spawn(chores::run_rollouts(
             self.fleet.clone(),
             leading.clone(),
             signal(stopped.clone()),
@@ -394,19 +333,19 @@ impl ControlPlane {
                 }
             })
         };
-        let writing = tokio::spawn(write_heard(
+        let writing = tokio::spawn(chores::write_heard(
             self.store.clone(),
             self.fleet.clone(),
             signal(stopped.clone()),
         ));
-        let pruning = tokio::spawn(prune(
+        let pruning = tokio::spawn(chores::prune(
             self.store.clone(),
             self.retention,
             leading.clone(),
             signal(stopped.clone()),
         ));
         let rotating = self.site_key_rotation.map(|every| {
-            tokio::spawn(rotate_site_keys(
+            tokio::spawn(chores::rotate_site_keys(
                 self.store.clone(),
                 self.fleet.clone(),
                 every,
@@ -469,165 +408,6 @@ impl ControlPlane {
         }
         self.store.close().await;
         tracing::info!("control plane stopped");
-    }
-}
-
-/// The rollout engine: one step of every running rollout each second,
-/// while this control plane leads.
-async fn run_rollouts(
-    fleet: Arc<Fleet>,
-    leading: tokio::sync::watch::Receiver<bool>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if !*leading.borrow() {
-                    continue;
-                }
-                if let Err(err) = fleet.advance().await {
-                    tracing::warn!(%err, "rollout step failed; trying again");
-                }
-            }
-            () = &mut shutdown => return,
-        }
-    }
-}
-
-/// How often heartbeats and bytes counted are written down.
-const WRITE_HEARD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Writes down, every `WRITE_HEARD_EVERY` and in one transaction, which
-/// hosts sent a heartbeat and the bytes their sessions carried: heartbeats
-/// never write to the store one by one.
-async fn write_heard(store: Arc<dyn Storage>, fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(WRITE_HEARD_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut shutdown => return,
-        }
-        let heard = fleet.presence.take_heard();
-        if let Err(err) = store.record_heard(&heard).await {
-            tracing::warn!(
-                err = err.detail(),
-                "writing down the hosts' heartbeats and bytes; trying again"
-            );
-            fleet.presence.keep_heard(heard);
-        }
-    }
-}
-
-/// Deletes events, logs, metrics and stream records past their retention,
-/// every `PRUNE_EVERY` while this control plane leads (at once when it
-/// starts leading).
-async fn prune(
-    store: Arc<dyn Storage>,
-    retention: Retention,
-    mut leading: tokio::sync::watch::Receiver<bool>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Ok(()) = leading.changed() => tick.reset_immediately(),
-            () = &mut shutdown => return,
-        }
-        if !*leading.borrow_and_update() {
-            continue;
-        }
-        let before = |keep: std::time::Duration| {
-            (time::OffsetDateTime::now_utc() - keep)
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        };
-        match store
-            .prune(
-                &before(retention.events),
-                &before(retention.logs),
-                &before(retention.metrics),
-            )
-            .await
-        {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(
-                deleted,
-                "deleted events, log lines and samples past their retention"
-            ),
-            Err(err) => {
-                tracing::warn!(%err, "deleting records past their retention failed; trying again later")
-            }
-        }
-        let streams_before = std::time::SystemTime::now()
-            .checked_sub(retention.streams)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
-        match store.prune_streams(streams_before).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "deleted stream records past their retention"),
-            Err(err) => {
-                tracing::warn!(%err, "deleting stream records past their retention failed; trying again later")
-            }
-        }
-    }
-}
-
-/// How often the schedule of `--site-key-rotation` is looked at.
-const ROTATION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Rotates the underlay keys of each site whose last rotation is `every`
-/// old (`--site-key-rotation`), gracefully: the old keys work until every
-/// host has new ones.
-async fn rotate_site_keys(
-    store: Arc<dyn Storage>,
-    fleet: Arc<Fleet>,
-    every: std::time::Duration,
-    leading: tokio::sync::watch::Receiver<bool>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(ROTATION_CHECK_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if !*leading.borrow() {
-                    continue;
-                }
-                let now = time::OffsetDateTime::now_utc();
-                let keys = match store.site_keys().await {
-                    Ok(keys) => keys,
-                    Err(err) => {
-                        tracing::warn!(%err, "reading the sites' keys for their rotation; trying again later");
-                        continue;
-                    }
-                };
-                for (site, keys) in keys {
-                    let rotated = time::OffsetDateTime::parse(
-                        &keys.rotated_at,
-                        &time::format_description::well_known::Rfc3339,
-                    );
-                    if rotated.is_ok_and(|at| now - at < every) {
-                        continue;
-                    }
-                    match store.rotate_site_keys(&site, false, now).await {
-                        Ok(keys) => tracing::info!(%site, epoch = keys.epoch, "rotating the site's underlay keys on schedule"),
-                        Err(err) => {
-                            tracing::warn!(%site, %err, "rotating the site's underlay keys; trying again later");
-                            continue;
-                        }
-                    }
-                    if let Err(err) = fleet.recompute_site(&site).await {
-                        tracing::warn!(%site, %err, "recomputing the site after its keys changed");
-                    }
-                }
-            }
-            () = &mut shutdown => return,
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! connected host for its logs. Status and the gateway read it. Nothing
 //! here touches the store: what sessions hear (heartbeats, bytes) waits
 //! here until the control plane writes it down in one batch
-//! (`crate::write_heard`), and `crate::replicas` writes this replica's
+//! (`crate::chores::write_heard`), and `crate::replicas` writes this replica's
 //! sessions down in batches and tells it the others'.
 
 use std::collections::{HashMap, HashSet};

@@ -13,6 +13,7 @@ mod replicas;
 mod secrets;
 mod streams;
 mod telemetry;
+mod url;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,6 +32,7 @@ pub use replicas::{
 };
 pub use secrets::{Encrypted, NewSecretVersion, SecretStore};
 pub use streams::{StreamQuery, StreamStore};
+pub use url::{StoreUrl, open_store};
 
 /// The current time as the store writes it (RFC 3339, UTC).
 pub fn now_rfc3339() -> String {
