@@ -681,7 +681,7 @@ async fn fail_over(
     for session in &mut sessions {
         session.borrow_and_update();
     }
-    let logs = LogsFrom::now(&leader.log_dir())?;
+    let logs = control::LogsFrom::now(&leader.log_dir())?;
     let killed = Instant::now();
     leader.kill().await?;
     // The kernel closes the killed replica's sockets at once; its sites
@@ -712,38 +712,6 @@ async fn fail_over(
             );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// The replicas' logs from a moment on: what they wrote since.
-struct LogsFrom(Vec<(std::path::PathBuf, u64)>);
-
-impl LogsFrom {
-    fn now(dir: &std::path::Path) -> Result<LogsFrom> {
-        let mut logs = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let length = std::fs::metadata(&path)?.len();
-                logs.push((path, length));
-            }
-        }
-        Ok(LogsFrom(logs))
-    }
-
-    /// Whether a line written since contains `text`.
-    fn contain(&self, text: &str) -> Result<bool> {
-        use std::io::{Read, Seek};
-        for (path, from) in &self.0 {
-            let mut file = std::fs::File::open(path)?;
-            file.seek(std::io::SeekFrom::Start(*from))?;
-            let mut since = String::new();
-            file.read_to_string(&mut since)?;
-            if since.contains(text) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 }
 

@@ -200,3 +200,35 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     // utime and stime are fields 14 and 15; USER_HZ is 100 on Linux.
     Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
 }
+
+/// The replicas' logs from a moment on: what they wrote since.
+pub struct LogsFrom(Vec<(std::path::PathBuf, u64)>);
+
+impl LogsFrom {
+    pub fn now(dir: &std::path::Path) -> Result<LogsFrom> {
+        let mut logs = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let length = std::fs::metadata(&path)?.len();
+                logs.push((path, length));
+            }
+        }
+        Ok(LogsFrom(logs))
+    }
+
+    /// Whether a line written since contains `text`.
+    pub fn contain(&self, text: &str) -> Result<bool> {
+        use std::io::{Read, Seek};
+        for (path, from) in &self.0 {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(std::io::SeekFrom::Start(*from))?;
+            let mut since = String::new();
+            file.read_to_string(&mut since)?;
+            if since.contains(text) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
